@@ -1,0 +1,211 @@
+//! airlockd's configuration: one TOML file, every key optional. Every key and
+//! its default is documented in `docs/configuration.md`; keep the two in step.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("invalid config file {0}")]
+    Parse(PathBuf, #[source] toml::de::Error),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Jobs, quarantine and the binary cache live here.
+    pub state_dir: PathBuf,
+    /// Unix socket of the admin/local-intake API (airlockctl).
+    pub socket: PathBuf,
+    /// Jobs that run at the same time.
+    pub max_jobs: usize,
+    /// The Nix system this builder builds for.
+    pub system: String,
+    /// Name of this builder in reports.
+    pub identity: String,
+    pub vm: VmConfig,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    Qemu,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmConfig {
+    pub backend: Backend,
+    pub accel: Accel,
+    /// QEMU binary (name on PATH or absolute path).
+    pub qemu: String,
+    /// QEMU machine type: `q35` or `microvm`.
+    pub machine: String,
+    /// Directory with `vmlinux`, `initrd.gz`, `rootfs.img` (vm-images/guest/build-guest.sh).
+    pub image_dir: PathBuf,
+    /// The guest agent binary; empty = `airlock-agent` next to airlockd.
+    pub agent: PathBuf,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    /// Size of the per-job writable /nix disk (sparse).
+    pub nix_disk_mib: u64,
+    /// Size of the per-job export area: the most a job can hand back.
+    pub export_disk_mib: u64,
+    /// How long the KVM probe boot may take before TCG is chosen.
+    pub probe_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Wall-clock limit for a whole job; the VM is killed and the job TimedOut.
+    pub job_timeout_secs: u64,
+    /// The VM must start the agent within this time or the job fails.
+    pub boot_timeout_secs: u64,
+    /// Nix `build-timeout` per derivation inside the VM (0 = none).
+    pub build_timeout_secs: u64,
+    /// Nix `max-silent-time` inside the VM (0 = none).
+    pub max_silent_secs: u64,
+    /// Largest single NAR accepted from a VM.
+    pub max_nar_bytes: u64,
+    /// Most store paths accepted from one job.
+    pub max_paths: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from("/var/lib/airlock"),
+            socket: PathBuf::from("/run/airlock/airlockd.sock"),
+            max_jobs: 1,
+            system: "x86_64-linux".into(),
+            identity: default_identity(),
+            vm: VmConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            backend: Backend::Qemu,
+            accel: Accel::Auto,
+            qemu: "qemu-system-x86_64".into(),
+            machine: "q35".into(),
+            image_dir: PathBuf::from("/var/cache/airlock/guest/current"),
+            agent: PathBuf::new(),
+            memory_mib: 1024,
+            vcpus: 1,
+            nix_disk_mib: 8192,
+            export_disk_mib: 4096,
+            probe_timeout_secs: 20,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            job_timeout_secs: 4 * 3600,
+            boot_timeout_secs: 300,
+            build_timeout_secs: 18000,
+            max_silent_secs: 7200,
+            max_nar_bytes: 4 << 30,
+            max_paths: 100_000,
+        }
+    }
+}
+
+fn default_identity() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|h| format!("airlock-{h}"))
+        .unwrap_or_else(|| "airlock".into())
+}
+
+impl Config {
+    /// Load `path`, or the defaults when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let cfg: Config = match path {
+            None => Config::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| Error::Read(p.into(), e))?;
+                toml::from_str(&text).map_err(|e| Error::Parse(p.into(), e))?
+            }
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if self.max_jobs == 0 {
+            return Err(Error::Invalid("max_jobs must be at least 1".into()));
+        }
+        if self.vm.memory_mib < 256 || self.vm.vcpus == 0 {
+            return Err(Error::Invalid("vm.memory_mib must be >= 256 and vm.vcpus >= 1".into()));
+        }
+        if !matches!(self.vm.machine.as_str(), "q35" | "microvm" | "pc") {
+            return Err(Error::Invalid(format!("vm.machine {:?} is not q35, pc or microvm", self.vm.machine)));
+        }
+        if self.limits.job_timeout_secs == 0 {
+            return Err(Error::Invalid("limits.job_timeout_secs must be > 0".into()));
+        }
+        Ok(())
+    }
+
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.state_dir.join("jobs")
+    }
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.state_dir.join("quarantine")
+    }
+    pub fn git_cache_dir(&self) -> PathBuf {
+        self.state_dir.join("git")
+    }
+
+    /// The agent binary: configured, or next to the running executable.
+    pub fn agent_path(&self) -> PathBuf {
+        if !self.vm.agent.as_os_str().is_empty() {
+            return self.vm.agent.clone();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("airlock-agent")))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("/usr/lib/airlock/airlock-agent"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_typos_are_errors() {
+        Config::default().check().unwrap();
+        let c: Config = toml::from_str("max_jobs = 2\n[vm]\naccel = \"tcg\"\n").unwrap();
+        assert_eq!(c.max_jobs, 2);
+        assert_eq!(c.vm.accel, Accel::Tcg);
+        assert_eq!(c.vm.memory_mib, 1024);
+        assert!(toml::from_str::<Config>("max_job = 2\n").is_err());
+        assert!(toml::from_str::<Config>("[vm]\naccel = \"fast\"\n").is_err());
+    }
+}

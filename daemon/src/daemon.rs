@@ -1,0 +1,231 @@
+//! airlockd's core: the job queue, the scheduler (max_jobs), start-up
+//! recovery, and the API server on the unix socket.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{error, info, warn};
+
+use crate::api::{Reply, Request, MAX_REQUEST};
+use crate::job::{JobRecord, JobState, Source};
+use crate::runner::Runner;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {0}")]
+    Listen(String, #[source] std::io::Error),
+    #[error("cannot create state directory {0}")]
+    StateDir(String, #[source] std::io::Error),
+}
+
+pub struct Daemon {
+    pub runner: Arc<Runner>,
+    queue: mpsc::UnboundedSender<String>,
+}
+
+impl Daemon {
+    /// Recover the state dir, start the scheduler. Returns the daemon handle.
+    pub fn start(runner: Arc<Runner>) -> Result<Arc<Daemon>, Error> {
+        let cfg = runner.cfg.clone();
+        for d in [cfg.jobs_dir(), cfg.quarantine_dir(), cfg.git_cache_dir()] {
+            std::fs::create_dir_all(&d).map_err(|e| Error::StateDir(d.display().to_string(), e))?;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let d = Arc::new(Daemon { runner: runner.clone(), queue: tx });
+        let requeue = d.recover();
+        let sem = Arc::new(Semaphore::new(cfg.max_jobs));
+        let r = runner.clone();
+        tokio::spawn(async move {
+            while let Some(id) = rx.recv().await {
+                let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match r.store.load(&id) {
+                        Ok(mut rec) if !rec.state.is_terminal() => r.run(&mut rec).await,
+                        Ok(_) => {}
+                        Err(e) => error!(job_id = %id, error = %e, "cannot load queued job"),
+                    }
+                });
+            }
+        });
+        for id in requeue {
+            let _ = d.queue.send(id);
+        }
+        Ok(d)
+    }
+
+    /// Clean up after a previous run: half-written quarantine directories,
+    /// per-job disks of jobs that were running. Unfinished jobs run again.
+    fn recover(&self) -> Vec<String> {
+        let cfg = &self.runner.cfg;
+        if let Ok(rd) = std::fs::read_dir(cfg.quarantine_dir()) {
+            for commit in rd.flatten() {
+                if let Ok(rd2) = std::fs::read_dir(commit.path()) {
+                    for e in rd2.flatten() {
+                        if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                            warn!(path = %e.path().display(), "removing half-written quarantine directory");
+                            let _ = std::fs::remove_dir_all(e.path());
+                        }
+                    }
+                }
+            }
+        }
+        let (recs, errs) = self.runner.store.list();
+        for e in errs {
+            warn!(error = %e, "skipping unreadable job record");
+        }
+        let mut requeue = Vec::new();
+        for mut rec in recs {
+            if rec.state.is_terminal() {
+                continue;
+            }
+            let paths = self.runner.paths(&rec.id);
+            if rec.state != JobState::Queued {
+                warn!(job_id = %rec.id, state = ?rec.state, "job was interrupted by a restart; running it again");
+                paths.remove_scratch();
+                let _ = std::fs::remove_file(paths.build_log());
+                rec.state = JobState::Queued;
+                if let Err(e) = self.runner.store.save(&rec) {
+                    warn!(job_id = %rec.id, error = %e, "cannot requeue");
+                    continue;
+                }
+            }
+            requeue.push(rec.id);
+        }
+        requeue
+    }
+
+    pub fn submit(&self, job: crate::ofborg::BuildJob) -> Result<String, String> {
+        job.validate().map_err(|e| e.to_string())?;
+        let rec = JobRecord::new(Source::Local, job);
+        self.runner.store.save(&rec).map_err(|e| e.to_string())?;
+        info!(job_id = %rec.id, pr = rec.job.pr.number, commit = %rec.job.pr.head_sha, attrs = ?rec.job.attrs, "job queued");
+        self.queue.send(rec.id.clone()).map_err(|_| "scheduler stopped".to_string())?;
+        Ok(rec.id)
+    }
+
+    pub async fn serve(self: Arc<Self>, socket: &Path) -> Result<(), Error> {
+        if let Some(dir) = socket.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::remove_file(socket);
+        let l = UnixListener::bind(socket).map_err(|e| Error::Listen(socket.display().to_string(), e))?;
+        info!(socket = %socket.display(), "API listening");
+        loop {
+            match l.accept().await {
+                Ok((s, _)) => {
+                    let d = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = d.handle(s).await {
+                            warn!(error = %e, "API connection failed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, s: UnixStream) -> std::io::Result<()> {
+        let (r, mut w) = s.into_split();
+        let mut line = String::new();
+        let n = BufReader::new(r.take(MAX_REQUEST as u64)).read_line(&mut line).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let send = |rep: Reply| {
+            let mut v = serde_json::to_vec(&rep).expect("serialises");
+            v.push(b'\n');
+            v
+        };
+        let req: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                w.write_all(&send(Reply::Error(format!("bad request: {e}")))).await?;
+                return Ok(());
+            }
+        };
+        let store = &self.runner.store;
+        let reply = match req {
+            Request::Submit { job } => match self.submit(job) {
+                Ok(id) => Reply::Submitted { id },
+                Err(e) => Reply::Error(e),
+            },
+            Request::List => Reply::Jobs(store.list().0),
+            Request::Show { id } => match store.load(&id) {
+                Ok(r) => Reply::Job(Box::new(r)),
+                Err(e) => Reply::Error(e.to_string()),
+            },
+            Request::Wait { id, timeout_secs } => {
+                let t0 = Instant::now();
+                let limit = Duration::from_secs(timeout_secs.unwrap_or(u64::MAX / 4));
+                loop {
+                    match store.load(&id) {
+                        Ok(r) if r.state.is_terminal() => break Reply::Job(Box::new(r)),
+                        Ok(_) if t0.elapsed() > limit => break Reply::Error(format!("job {id} still running after {}s", limit.as_secs())),
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                        Err(e) => break Reply::Error(e.to_string()),
+                    }
+                }
+            }
+            Request::Log { id, follow } => {
+                if let Err(e) = store.load(&id) {
+                    w.write_all(&send(Reply::Error(e.to_string()))).await?;
+                    return Ok(());
+                }
+                let path = self.runner.paths(&id).build_log();
+                let mut pos = 0u64;
+                let mut partial = Vec::new();
+                loop {
+                    let done = store.load(&id).map(|r| r.state.is_terminal()).unwrap_or(true);
+                    if let Ok(mut f) = tokio::fs::File::open(&path).await {
+                        use tokio::io::AsyncSeekExt;
+                        f.seek(std::io::SeekFrom::Start(pos)).await?;
+                        let mut buf = Vec::new();
+                        pos += f.read_to_end(&mut buf).await? as u64;
+                        partial.extend_from_slice(&buf);
+                        while let Some(i) = partial.iter().position(|&b| b == b'\n') {
+                            let l: Vec<u8> = partial.drain(..=i).collect();
+                            let text = String::from_utf8_lossy(&l[..l.len() - 1]).into_owned();
+                            w.write_all(&send(Reply::Line(text))).await?;
+                        }
+                    }
+                    if done || !follow {
+                        break Reply::End;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        w.write_all(&send(reply)).await?;
+        Ok(())
+    }
+}
+
+/// Tell systemd we are ready (Type=notify), if it is listening.
+pub fn sd_notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let p = path.to_string_lossy().into_owned();
+    let res = if let Some(abs) = p.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abs.as_bytes())
+            .and_then(|a| sock.send_to_addr(b"READY=1\n", &a))
+    } else {
+        sock.send_to(b"READY=1\n", &p)
+    };
+    if let Err(e) = res {
+        warn!(error = %e, "sd_notify failed");
+    }
+}

@@ -1,0 +1,24 @@
+//! Atomic file writes: temp name, fsync, rename, fsync the directory.
+
+use std::io::Write;
+use std::path::Path;
+
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile_in(dir, path)?;
+    tmp.1.write_all(data)?;
+    tmp.1.sync_all()?;
+    std::fs::rename(&tmp.0, path)?;
+    sync_dir(dir)
+}
+
+fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(std::path::PathBuf, std::fs::File)> {
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
+    let f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    Ok((tmp, f))
+}
+
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}

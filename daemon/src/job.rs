@@ -1,0 +1,198 @@
+//! The job record: one `jobs/<id>/job.json` per job, a small state machine,
+//! rewritten atomically on every transition.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::write_atomic;
+use crate::ofborg::{BuildJob, BuildStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("job {0} not found")]
+    NotFound(String),
+    #[error("job id {0:?} is invalid")]
+    BadId(String),
+    #[error("cannot write job record {0}")]
+    Write(PathBuf, #[source] std::io::Error),
+    #[error("cannot read job record {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("job record {0} is corrupt")]
+    Corrupt(PathBuf, #[source] serde_json::Error),
+}
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Checkout,
+    Running,
+    Verifying,
+    Done,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        self == JobState::Done
+    }
+}
+
+/// Where a job came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub status: BuildStatus,
+    pub attempted_attrs: Option<Vec<String>>,
+    pub skipped_attrs: Option<Vec<String>>,
+    /// Last ≤ 10 log lines, as ofborg reports them.
+    pub output: Vec<String>,
+    /// Quarantine directory of this job's verified outputs, if any.
+    pub quarantine: Option<PathBuf>,
+    pub store_paths: Vec<String>,
+    /// Why an export was rejected, if it was.
+    pub export_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub source: Source,
+    pub job: BuildJob,
+    pub state: JobState,
+    /// The merged commit that was built (head merged onto the target branch).
+    pub merged_commit: Option<String>,
+    pub created_at: u64,
+    pub started_at: Option<u64>,
+    pub finished_at: Option<u64>,
+    /// VM accelerator used (kvm or tcg).
+    pub accel: Option<String>,
+    /// Seconds from VM start to the agent's first message, per phase.
+    pub boot_secs: Option<f64>,
+    pub result: Option<JobResult>,
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Job ids are UUIDs; they name directories, so check before use.
+pub fn check_id(id: &str) -> Result<()> {
+    uuid::Uuid::parse_str(id)
+        .map(|_| ())
+        .map_err(|_| Error::BadId(id.to_owned()))
+}
+
+impl JobRecord {
+    pub fn new(source: Source, job: BuildJob) -> JobRecord {
+        JobRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            source,
+            job,
+            state: JobState::Queued,
+            merged_commit: None,
+            created_at: now(),
+            started_at: None,
+            finished_at: None,
+            accel: None,
+            boot_secs: None,
+            result: None,
+        }
+    }
+}
+
+/// Reads and writes job records under `jobs/`.
+#[derive(Debug, Clone)]
+pub struct JobStore {
+    root: PathBuf,
+}
+
+impl JobStore {
+    pub fn new(root: impl Into<PathBuf>) -> JobStore {
+        JobStore { root: root.into() }
+    }
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn save(&self, rec: &JobRecord) -> Result<()> {
+        let dir = self.dir(&rec.id);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Write(dir.clone(), e))?;
+        let path = dir.join("job.json");
+        let data = serde_json::to_vec_pretty(rec).expect("job record serialises");
+        write_atomic(&path, &data).map_err(|e| Error::Write(path, e))
+    }
+
+    pub fn load(&self, id: &str) -> Result<JobRecord> {
+        check_id(id)?;
+        let path = self.dir(id).join("job.json");
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(id.to_owned()))
+            }
+            Err(e) => return Err(Error::Read(path, e)),
+        };
+        serde_json::from_slice(&data).map_err(|e| Error::Corrupt(path, e))
+    }
+
+    /// All records, oldest first. Unreadable ones are reported, not fatal.
+    pub fn list(&self) -> (Vec<JobRecord>, Vec<Error>) {
+        let mut recs = Vec::new();
+        let mut errs = Vec::new();
+        let Ok(rd) = std::fs::read_dir(&self.root) else {
+            return (recs, errs);
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if check_id(&name).is_err() {
+                continue;
+            }
+            match self.load(&name) {
+                Ok(r) => recs.push(r),
+                Err(Error::NotFound(_)) => {}
+                Err(e) => errs.push(e),
+            }
+        }
+        recs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        (recs, errs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> BuildJob {
+        serde_json::from_str(r#"{"repo":{"owner":"o","name":"n","full_name":"o/n","clone_url":"/x"},"pr":{"target_branch":"master","number":1,"head_sha":"e9872fa30caac57c69bfac8667e6c21254603df1"},"subset":null,"attrs":["a"],"request_id":"r","logs":null,"statusreport":null}"#).unwrap()
+    }
+
+    #[test]
+    fn save_load_list() {
+        let d = tempfile::tempdir().unwrap();
+        let s = JobStore::new(d.path());
+        let mut r = JobRecord::new(Source::Local, job());
+        s.save(&r).unwrap();
+        r.state = JobState::Done;
+        s.save(&r).unwrap();
+        assert_eq!(s.load(&r.id).unwrap(), r);
+        assert_eq!(s.list().0.len(), 1);
+        assert!(matches!(s.load("../etc"), Err(Error::BadId(_))));
+        assert!(matches!(
+            s.load(&uuid::Uuid::new_v4().to_string()),
+            Err(Error::NotFound(_))
+        ));
+    }
+}

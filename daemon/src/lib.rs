@@ -1,0 +1,21 @@
+//! airlock: build untrusted nixpkgs pull requests in throwaway VMs.
+//!
+//! Layers (see ARCHITECTURE.md):
+//! - pure formats and policy: [`store`] (store paths, NAR, narinfo),
+//!   [`ofborg`] (messages), [`config`], [`job`] (the job record);
+//! - adapters behind narrow traits: [`vm`] (QEMU), [`checkout`] (git),
+//!   [`quarantine`] (verified outputs on disk);
+//! - the [`runner`] that composes them, and the [`daemon`] (queue, scheduler,
+//!   API) that `airlockd` and `airlockctl` wire up.
+
+pub mod api;
+pub mod checkout;
+pub mod config;
+pub mod daemon;
+pub mod fsutil;
+pub mod job;
+pub mod ofborg;
+pub mod quarantine;
+pub mod runner;
+pub mod store;
+pub mod vm;

@@ -1,0 +1,380 @@
+//! Quarantine: read the export stream a VM left behind, verify every NAR
+//! without unpacking it, and publish the job's outputs atomically as an
+//! unsigned binary cache under `quarantine/<commit>/<job-id>/`.
+//!
+//! Nothing here trusts the guest: store paths are parsed strictly, NAR
+//! structure, size and hash are recomputed, and references are rescanned and
+//! must equal what the guest claimed and stay inside the job's own paths.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{sync_dir, write_atomic};
+use crate::store::nar::{self, RefScanner};
+use crate::store::narinfo::{NarInfo, Signed};
+use crate::store::{nix32, StorePath};
+use airlock_wire::{BuildStatus, Manifest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("export stream rejected")]
+    Wire(#[from] airlock_wire::Error),
+    #[error("export lists an invalid store path")]
+    Path(#[from] crate::store::path::Error),
+    #[error("export lists {0} paths, more than the {1} allowed")]
+    TooManyPaths(usize, usize),
+    #[error("export lists {0} twice")]
+    Duplicate(String),
+    #[error("{path} is rejected: {source}")]
+    Nar {
+        path: String,
+        #[source]
+        source: nar::Error,
+    },
+    #[error("{path}: NAR hash {actual} does not match the claimed {claimed}")]
+    HashMismatch {
+        path: String,
+        claimed: String,
+        actual: String,
+    },
+    #[error("{path}: claimed references {claimed:?} differ from the scanned {actual:?}")]
+    References {
+        path: String,
+        claimed: Vec<String>,
+        actual: Vec<String>,
+    },
+    #[error("{path} refers to {reference}, which is not part of this job's export")]
+    ReferenceOutsideJob { path: String, reference: String },
+    #[error("{path} names an invalid deriver {deriver:?}")]
+    BadDeriver { path: String, deriver: String },
+    #[error("commit {0:?} is not a 40-digit hex id")]
+    BadCommit(String),
+    #[error("quarantine for job {0} already exists")]
+    Exists(String),
+    #[error("I/O error in quarantine at {0}")]
+    Io(PathBuf, #[source] std::io::Error),
+}
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_nar_bytes: u64,
+    pub max_paths: usize,
+}
+
+/// What quarantine keeps about a job, next to its NARs (`manifest.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobManifest {
+    pub job_id: String,
+    pub commit: String,
+    pub repo: String,
+    pub pr: u64,
+    pub status: BuildStatus,
+    pub attempted_attrs: Vec<String>,
+    pub skipped_attrs: Vec<String>,
+    pub paths: Vec<String>,
+    pub created_at: u64,
+}
+
+/// Identifies the job whose export is imported.
+#[derive(Debug, Clone)]
+pub struct JobRef<'a> {
+    pub job_id: &'a str,
+    pub commit: &'a str,
+    pub repo: &'a str,
+    pub pr: u64,
+}
+
+pub struct Imported {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub paths: Vec<StorePath>,
+}
+
+/// Read just the manifest (status, attrs) from an export, without importing.
+pub fn read_manifest(export: &Path) -> Result<Manifest> {
+    let f = File::open(export).map_err(|e| Error::Io(export.into(), e))?;
+    Ok(airlock_wire::read_header(&mut BufReader::new(f))?)
+}
+
+/// Verify `export` and publish it under `root/<commit>/<job-id>/`. On any
+/// error nothing is left behind.
+pub fn import(export: &Path, root: &Path, job: &JobRef<'_>, limits: &Limits) -> Result<Imported> {
+    let c = job.commit;
+    if c.len() != 40 || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::BadCommit(c.to_owned()));
+    }
+    crate::job::check_id(job.job_id).map_err(|_| Error::Exists(job.job_id.to_owned()))?;
+    let commit_dir = root.join(c.to_ascii_lowercase());
+    let dest = commit_dir.join(job.job_id);
+    if dest.exists() {
+        return Err(Error::Exists(job.job_id.to_owned()));
+    }
+    std::fs::create_dir_all(&commit_dir).map_err(|e| Error::Io(commit_dir.clone(), e))?;
+    let tmp = commit_dir.join(format!(".tmp-{}", job.job_id));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let res = import_into(export, &tmp, job, limits).and_then(|imported| {
+        std::fs::rename(&tmp, &dest).map_err(|e| Error::Io(dest.clone(), e))?;
+        sync_dir(&commit_dir).map_err(|e| Error::Io(commit_dir.clone(), e))?;
+        Ok(Imported {
+            dir: dest.clone(),
+            ..imported
+        })
+    });
+    if res.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        // Leave no empty commit directory behind for a rejected job.
+        let _ = std::fs::remove_dir(&commit_dir);
+    }
+    res
+}
+
+fn import_into(export: &Path, tmp: &Path, job: &JobRef<'_>, limits: &Limits) -> Result<Imported> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| Error::Io(p, e)
+    };
+    let f = File::open(export).map_err(io(export))?;
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let manifest = airlock_wire::read_header(&mut r)?;
+    if manifest.paths.len() > limits.max_paths {
+        return Err(Error::TooManyPaths(manifest.paths.len(), limits.max_paths));
+    }
+    // Parse every claimed path first: the set of this job's paths.
+    let mut paths = Vec::with_capacity(manifest.paths.len());
+    let mut seen = HashSet::new();
+    for p in &manifest.paths {
+        let sp = StorePath::parse(&p.path)?;
+        if !seen.insert(sp.clone()) {
+            return Err(Error::Duplicate(p.path.clone()));
+        }
+        paths.push(sp);
+    }
+    let hashes: Vec<&str> = paths.iter().map(StorePath::hash_part).collect();
+    let nar_dir = tmp.join("nar");
+    std::fs::create_dir_all(&nar_dir).map_err(io(&nar_dir))?;
+
+    for (claim, sp) in manifest.paths.iter().zip(&paths) {
+        let name = sp.to_string();
+        // Claimed references must be valid paths inside this job's export.
+        let mut claimed = BTreeSet::new();
+        for r in &claim.references {
+            let rp = StorePath::parse(r)?;
+            if !seen.contains(&rp) {
+                return Err(Error::ReferenceOutsideJob {
+                    path: name,
+                    reference: r.clone(),
+                });
+            }
+            claimed.insert(rp);
+        }
+        let deriver = match &claim.deriver {
+            None => None,
+            Some(d) => Some(StorePath::parse(d).map_err(|_| Error::BadDeriver {
+                path: name.clone(),
+                deriver: d.clone(),
+            })?),
+        };
+        let part = nar_dir.join(format!("{}.nar.part", sp.hash_part()));
+        let out = File::create(&part).map_err(io(&part))?;
+        let summary = nar::validate(
+            (&mut r).take(claim.nar_size),
+            claim.nar_size,
+            limits.max_nar_bytes,
+            Some(BufWriter::with_capacity(1 << 20, &out)),
+            RefScanner::new(hashes.iter().copied()),
+        )
+        .map_err(|source| Error::Nar {
+            path: name.clone(),
+            source,
+        })?;
+        out.sync_all().map_err(io(&part))?;
+        if summary.nar_hash != claim.nar_hash {
+            return Err(Error::HashMismatch {
+                path: name,
+                claimed: claim.nar_hash.clone(),
+                actual: summary.nar_hash,
+            });
+        }
+        let actual: BTreeSet<StorePath> = summary
+            .references
+            .iter()
+            .map(|&i| paths[i].clone())
+            .collect();
+        if actual != claimed {
+            return Err(Error::References {
+                path: name,
+                claimed: claimed.iter().map(|p| p.to_string()).collect(),
+                actual: actual.iter().map(|p| p.to_string()).collect(),
+            });
+        }
+        // Uncompressed: the file hash is the NAR hash.
+        let digest = summary.nar_hash.trim_start_matches("sha256:").to_owned();
+        let file = format!("{digest}.nar");
+        let final_path = nar_dir.join(&file);
+        std::fs::rename(&part, &final_path).map_err(io(&final_path))?;
+        let ni = NarInfo {
+            signed: Signed {
+                store_path: sp.clone(),
+                nar_hash: summary.nar_hash.clone(),
+                nar_size: summary.nar_size,
+                references: actual.into_iter().collect(),
+            },
+            url: format!("nar/{file}"),
+            compression: "none".into(),
+            file_hash: summary.nar_hash.clone(),
+            file_size: summary.nar_size,
+            deriver,
+            ca: claim.ca.clone().filter(|ca| ca.starts_with("fixed:") || ca.starts_with("text:")),
+            sigs: vec![],
+        };
+        let ni_path = tmp.join(format!("{}.narinfo", sp.hash_part()));
+        write_atomic(&ni_path, ni.render().as_bytes()).map_err(io(&ni_path))?;
+    }
+    airlock_wire::read_trailer(&mut r)?;
+    sync_dir(&nar_dir).map_err(io(&nar_dir))?;
+
+    write_atomic(&tmp.join("nix-cache-info"), b"StoreDir: /nix/store\nWantMassQuery: 0\nPriority: 50\n")
+        .map_err(io(tmp))?;
+    let jm = JobManifest {
+        job_id: job.job_id.to_owned(),
+        commit: job.commit.to_ascii_lowercase(),
+        repo: job.repo.to_owned(),
+        pr: job.pr,
+        status: manifest.status.clone(),
+        attempted_attrs: manifest.attempted_attrs.clone(),
+        skipped_attrs: manifest.skipped_attrs.clone(),
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+        created_at: crate::job::now(),
+    };
+    let jm_path = tmp.join("manifest.json");
+    write_atomic(&jm_path, &serde_json::to_vec_pretty(&jm).expect("serialises")).map_err(io(&jm_path))?;
+    Ok(Imported {
+        dir: tmp.to_path_buf(),
+        manifest,
+        paths,
+    })
+}
+
+/// nix32 of a sha256 digest, for callers that hash NAR files themselves.
+pub fn sha256_nix32(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", nix32::encode(&sha2::Sha256::digest(data)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::nar::build::{nar, Node};
+    use airlock_wire::{ExportedPath, Phase, WIRE_VERSION};
+
+    const A: &str = "/nix/store/ihml9cgha2ncb1jfpf857yd6nls4n23b-a";
+    const B: &str = "/nix/store/0mdqa9w1p6cmli6976v4wi0sw9r4p5pr-b";
+    const COMMIT: &str = "e9872fa30caac57c69bfac8667e6c21254603df1";
+
+    fn entry(path: &str, bytes: &[u8], refs: &[&str]) -> ExportedPath {
+        ExportedPath {
+            path: path.into(),
+            nar_hash: sha256_nix32(bytes),
+            nar_size: bytes.len() as u64,
+            references: refs.iter().map(|s| s.to_string()).collect(),
+            deriver: None,
+            ca: None,
+        }
+    }
+
+    fn stream(entries: Vec<(ExportedPath, Vec<u8>)>) -> Vec<u8> {
+        let m = Manifest {
+            version: WIRE_VERSION,
+            phase: Phase::All,
+            status: BuildStatus::Success,
+            attempted_attrs: vec!["x".into()],
+            skipped_attrs: vec![],
+            paths: entries.iter().map(|e| e.0.clone()).collect(),
+        };
+        let mut out = Vec::new();
+        airlock_wire::write_header(&mut out, &m).unwrap();
+        for (_, b) in &entries {
+            out.extend_from_slice(b);
+        }
+        airlock_wire::write_trailer(&mut out).unwrap();
+        out
+    }
+
+    fn run(data: &[u8]) -> (tempfile::TempDir, Result<Imported>) {
+        let d = tempfile::tempdir().unwrap();
+        let exp = d.path().join("export.img");
+        let mut padded = data.to_vec();
+        padded.resize(data.len() + 4096, 0); // a disk is bigger than its stream
+        std::fs::write(&exp, padded).unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        let job = JobRef { job_id: &id, commit: COMMIT, repo: "o/n", pr: 1 };
+        let lim = Limits { max_nar_bytes: 1 << 20, max_paths: 100 };
+        let r = import(&exp, &d.path().join("q"), &job, &lim);
+        (d, r)
+    }
+
+    fn quarantine_is_empty(d: &tempfile::TempDir) -> bool {
+        let q = d.path().join("q");
+        !q.exists() || std::fs::read_dir(q).unwrap().next().is_none()
+    }
+
+    #[test]
+    fn imports_valid_closure() {
+        let a = nar(&Node::File { exec: false, data: b"hello" });
+        let text = format!("see {A}");
+        let b = nar(&Node::Dir(vec![("f", Node::File { exec: true, data: text.as_bytes() })]));
+        let s = stream(vec![(entry(A, &a, &[]), a.clone()), (entry(B, &b, &[A]), b.clone())]);
+        let (_d, r) = run(&s);
+        let imp = r.unwrap();
+        let ni = std::fs::read_to_string(imp.dir.join("0mdqa9w1p6cmli6976v4wi0sw9r4p5pr.narinfo")).unwrap();
+        let ni = NarInfo::parse(&ni).unwrap();
+        assert_eq!(ni.signed.references, vec![StorePath::parse(A).unwrap()]);
+        assert!(imp.dir.join(&ni.url).exists());
+        assert!(imp.dir.join("manifest.json").exists());
+    }
+
+    #[test]
+    fn rejects_tampering_and_leaves_nothing() {
+        let good = nar(&Node::File { exec: false, data: b"hello" });
+        let dotdot = {
+            let mut n = Vec::new();
+            let s = crate::store::nar::build::str;
+            for t in [&b"nix-archive-1"[..], b"(", b"type", b"directory", b"entry", b"(", b"name", b"..", b"node"] {
+                s(&mut n, t);
+            }
+            crate::store::nar::build::node(&mut n, &Node::File { exec: false, data: b"x" });
+            s(&mut n, b")");
+            s(&mut n, b")");
+            n
+        };
+        let mut wrong_hash = entry(A, &good, &[]);
+        wrong_hash.nar_hash = sha256_nix32(b"something else");
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("dotdot", stream(vec![(entry(A, &dotdot, &[]), dotdot.clone())])),
+            ("hash", stream(vec![(wrong_hash, good.clone())])),
+            ("outside store", stream(vec![(entry("/etc/passwd", &good, &[]), good.clone())])),
+            ("traversal", stream(vec![(entry("/nix/store/../../etc/x", &good, &[]), good.clone())])),
+            ("ref outside job", stream(vec![(entry(A, &good, &[B]), good.clone())])),
+            ("unclaimed ref", {
+                let t = format!("{B}");
+                let n = nar(&Node::File { exec: false, data: t.as_bytes() });
+                stream(vec![(entry(A, &n, &[]), n.clone()), (entry(B, &good, &[]), good.clone())])
+            }),
+            ("truncated", {
+                let s = stream(vec![(entry(A, &good, &[]), good.clone())]);
+                s[..s.len() - 30].to_vec()
+            }),
+            ("garbage", b"definitely not an export".to_vec()),
+        ];
+        for (what, data) in cases {
+            let (d, r) = run(&data);
+            assert!(r.is_err(), "{what} was accepted");
+            assert!(quarantine_is_empty(&d), "{what} left files behind");
+        }
+    }
+}

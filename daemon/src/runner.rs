@@ -1,0 +1,504 @@
+//! The job runner: checkout → per-job disks → VM → verify → quarantine →
+//! result. Composes the adapters; owns no policy of its own beyond ofborg's
+//! status rules.
+
+use std::collections::VecDeque;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::process::Command;
+use tracing::{info, warn, Instrument};
+
+use crate::checkout::{self, Outcome};
+use crate::config::Config;
+use crate::job::{JobRecord, JobResult, JobState, JobStore};
+use crate::ofborg::{BuildStatus, Subset};
+use crate::quarantine;
+use crate::vm::{Disk, VmBackend, VmExit, VmSpec};
+use airlock_wire::{ChannelLine, Event, GuestJob, Phase, WIRE_VERSION};
+
+/// Receives a job's live log (the local log file; the AMQP reporter later).
+pub trait LogSink: Send + Sync {
+    fn started(&self, _rec: &JobRecord, _attempted: &[String], _skipped: &[String]) {}
+    fn line(&self, _rec: &JobRecord, _n: u64, _text: &str) {}
+}
+
+pub struct NoSink;
+impl LogSink for NoSink {}
+
+pub struct Runner {
+    pub cfg: Arc<Config>,
+    pub backend: Arc<dyn VmBackend>,
+    pub store: JobStore,
+    pub sink: Arc<dyn LogSink>,
+}
+
+/// Files of one job under `jobs/<id>/`.
+pub struct JobPaths {
+    pub dir: PathBuf,
+}
+
+impl JobPaths {
+    pub fn build_log(&self) -> PathBuf {
+        self.dir.join("build.log")
+    }
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    fn channel_log(&self) -> PathBuf {
+        self.dir.join("channel.log")
+    }
+    fn checkout(&self) -> PathBuf {
+        self.dir.join("checkout")
+    }
+    fn stage(&self) -> PathBuf {
+        self.dir.join("input")
+    }
+    fn input_img(&self) -> PathBuf {
+        self.dir.join("input.img")
+    }
+    fn nix_img(&self) -> PathBuf {
+        self.dir.join("nix.img")
+    }
+    fn export_img(&self) -> PathBuf {
+        self.dir.join("export.img")
+    }
+    /// Everything that must not outlive the job (disks, trees).
+    pub fn scratch(&self) -> Vec<PathBuf> {
+        vec![
+            self.checkout(),
+            self.stage(),
+            self.input_img(),
+            self.nix_img(),
+            self.export_img(),
+            self.channel_log(),
+        ]
+    }
+    pub fn remove_scratch(&self) {
+        for p in self.scratch() {
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+fn result(status: BuildStatus, output: Vec<String>) -> JobResult {
+    JobResult {
+        status,
+        attempted_attrs: None,
+        skipped_attrs: None,
+        output,
+        quarantine: None,
+        store_paths: vec![],
+        export_error: None,
+    }
+}
+
+async fn run_tool(cmd: &mut Command, what: &str) -> Result<(), String> {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(md) = std::fs::symlink_metadata(p) else { return 0 };
+    if md.is_dir() {
+        std::fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| dir_size(&e.path()) + 4096).sum())
+            .unwrap_or(0)
+    } else {
+        md.len() + 4096
+    }
+}
+
+async fn sparse_file(path: &Path, mib: u64) -> Result<(), String> {
+    let f = std::fs::File::create(path).map_err(|e| format!("create {}: {e}", path.display()))?;
+    f.set_len(mib << 20)
+        .map_err(|e| format!("size {}: {e}", path.display()))
+}
+
+async fn mkfs(img: &Path, label: &str, from: Option<&Path>, mib: u64) -> Result<(), String> {
+    sparse_file(img, mib).await?;
+    let mut cmd = Command::new("mkfs.ext4");
+    cmd.args(["-q", "-F", "-L", label, "-E", "lazy_itable_init=1,lazy_journal_init=1"]);
+    if let Some(d) = from {
+        cmd.arg("-d").arg(d);
+    }
+    cmd.arg(img);
+    run_tool(&mut cmd, "mkfs.ext4").await
+}
+
+/// Follows the channel file while the VM runs.
+struct Follower {
+    pos: u64,
+    partial: Vec<u8>,
+    tail: VecDeque<String>,
+    lines: u64,
+    log: std::fs::File,
+    started: Option<Instant>,
+    attempted: Option<Vec<String>>,
+    skipped: Option<Vec<String>>,
+    agent_error: Option<String>,
+}
+
+const TAIL: usize = 10;
+
+impl Follower {
+    fn poll(&mut self, channel: &Path, rec: &JobRecord, sink: &dyn LogSink) {
+        let Ok(mut f) = std::fs::File::open(channel) else { return };
+        if f.seek(SeekFrom::Start(self.pos)).is_err() {
+            return;
+        }
+        let mut buf = Vec::new();
+        // Bounded per poll so a chatty guest cannot stall the host.
+        let n = (&mut f).take(16 << 20).read_to_end(&mut buf).unwrap_or(0);
+        self.pos += n as u64;
+        self.partial.extend_from_slice(&buf);
+        while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            self.handle(&line[..line.len() - 1], rec, sink);
+        }
+        if self.partial.len() > airlock_wire::MAX_CHANNEL_LINE {
+            let line = std::mem::take(&mut self.partial);
+            self.handle(&line, rec, sink);
+        }
+    }
+
+    fn log_line(&mut self, text: String, rec: &JobRecord, sink: &dyn LogSink) {
+        self.lines += 1;
+        let _ = writeln!(self.log, "{text}");
+        sink.line(rec, self.lines, &text);
+        if self.tail.len() == TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(text);
+    }
+
+    fn handle(&mut self, line: &[u8], rec: &JobRecord, sink: &dyn LogSink) {
+        match airlock_wire::parse_channel_line(line) {
+            ChannelLine::Log(t) => self.log_line(t, rec, sink),
+            ChannelLine::Garbage(t) => {
+                warn!(line = %t.chars().take(200).collect::<String>(), "unexpected line on the agent channel");
+                self.log_line(t, rec, sink)
+            }
+            ChannelLine::Event(Event::AgentStarted { .. }) => {
+                self.started.get_or_insert_with(Instant::now);
+            }
+            ChannelLine::Event(Event::Instantiated { attempted, skipped }) => {
+                sink.started(rec, &attempted, &skipped);
+                self.attempted = Some(attempted);
+                self.skipped = Some(skipped);
+            }
+            ChannelLine::Event(Event::AgentError { message }) => {
+                self.agent_error = Some(message);
+            }
+            ChannelLine::Event(_) => {}
+        }
+    }
+}
+
+impl Runner {
+    pub fn paths(&self, id: &str) -> JobPaths {
+        JobPaths {
+            dir: self.store.dir(id),
+        }
+    }
+
+    fn save(&self, rec: &JobRecord) {
+        if let Err(e) = self.store.save(rec) {
+            warn!(error = %e, "cannot save job record");
+        }
+    }
+
+    /// Run one job to completion. Always returns with `rec` in `Done` and its
+    /// scratch files removed.
+    pub async fn run(&self, rec: &mut JobRecord) {
+        let span = tracing::info_span!("job", job_id = %rec.id, pr = rec.job.pr.number, commit = %rec.job.pr.head_sha);
+        async {
+            let paths = self.paths(&rec.id);
+            let t0 = Instant::now();
+            rec.started_at = Some(crate::job::now());
+            let res = self.run_inner(rec, &paths).await;
+            paths.remove_scratch();
+            info!(status = ?res.status, secs = t0.elapsed().as_secs_f64(), paths = res.store_paths.len(), "job finished");
+            rec.result = Some(res);
+            rec.state = JobState::Done;
+            rec.finished_at = Some(crate::job::now());
+            self.save(rec);
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn run_inner(&self, rec: &mut JobRecord, paths: &JobPaths) -> JobResult {
+        let _ = std::fs::create_dir_all(&paths.dir);
+        paths.remove_scratch();
+        if rec.job.attrs.is_empty() {
+            return result(BuildStatus::Skipped, vec![]);
+        }
+        if let Err(e) = rec.job.validate() {
+            return result(BuildStatus::UnexpectedError { err: e.to_string() }, vec![]);
+        }
+        // 1. checkout
+        rec.state = JobState::Checkout;
+        self.save(rec);
+        let outcome = checkout::prepare(
+            &self.cfg.git_cache_dir(),
+            &rec.job.repo.clone_url,
+            rec.job.target_branch(),
+            &rec.job.pr.head_sha,
+            rec.job.pr.number,
+            &paths.checkout(),
+        )
+        .await;
+        match outcome {
+            Ok(Outcome::Merged { commit }) => {
+                info!(merged = %commit, "merged head onto {}", rec.job.target_branch());
+                rec.merged_commit = Some(commit);
+            }
+            Ok(Outcome::MergeFailed) => {
+                info!("merge failed");
+                return result(BuildStatus::Failure, vec!["Merge failed".into()]);
+            }
+            Ok(Outcome::Missing(why)) => {
+                warn!(%why, "cannot fetch");
+                return result(BuildStatus::UnexpectedError { err: why }, vec![]);
+            }
+            Err(e) => {
+                warn!(error = %e, "checkout failed");
+                return result(BuildStatus::UnexpectedError { err: format!("checkout failed: {e}") }, vec![]);
+            }
+        }
+        // 2. disks
+        if let Err(e) = self.make_disks(rec, paths).await {
+            warn!(error = %e, "cannot prepare the VM disks");
+            return result(BuildStatus::UnexpectedError { err: e }, vec![]);
+        }
+        // 3. the VM
+        rec.state = JobState::Running;
+        self.save(rec);
+        let (exit, follower) = match self.boot(rec, paths, Phase::All).await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "VM failed");
+                return result(BuildStatus::UnexpectedError { err: e }, vec![]);
+            }
+        };
+        let output: Vec<String> = follower.tail.iter().cloned().collect();
+        let mut res = result(BuildStatus::Success, output);
+        res.attempted_attrs = follower.attempted.clone();
+        res.skipped_attrs = follower.skipped.clone();
+        match exit {
+            VmExit::TimedOut => {
+                warn!(limit = self.cfg.limits.job_timeout_secs, "job timed out; VM killed");
+                res.status = BuildStatus::TimedOut;
+                return res;
+            }
+            VmExit::Killed(reason) => {
+                warn!(%reason, "VM killed");
+                res.status = BuildStatus::UnexpectedError { err: reason };
+                return res;
+            }
+            VmExit::PoweredOff { ok, detail } if !ok => {
+                warn!(%detail, "hypervisor exited with an error");
+            }
+            VmExit::PoweredOff { .. } => {}
+        }
+        // 4. verify and quarantine
+        rec.state = JobState::Verifying;
+        self.save(rec);
+        self.collect(rec, paths, res, follower).await
+    }
+
+    async fn make_disks(&self, rec: &JobRecord, paths: &JobPaths) -> Result<(), String> {
+        let stage = paths.stage();
+        checkout::export_tree(&paths.checkout(), &stage.join("src"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_dir_all(paths.checkout());
+        let gj = GuestJob {
+            version: WIRE_VERSION,
+            phase: Phase::All,
+            attrs: rec.job.attrs.clone(),
+            system: self.cfg.system.clone(),
+            nix_file: match rec.job.subset {
+                Some(Subset::NixOS) => "nixos/release.nix".into(),
+                _ => "default.nix".into(),
+            },
+            build_timeout_secs: self.cfg.limits.build_timeout_secs,
+            max_silent_secs: self.cfg.limits.max_silent_secs,
+        };
+        std::fs::write(stage.join("job.json"), serde_json::to_vec_pretty(&gj).expect("serialises"))
+            .map_err(|e| format!("write job.json: {e}"))?;
+        let agent = self.cfg.agent_path();
+        std::fs::copy(&agent, stage.join("airlock-agent"))
+            .map_err(|e| format!("guest agent {} unusable: {e}", agent.display()))?;
+        let mib = dir_size(&stage) * 5 / 4 / (1 << 20) + 32;
+        mkfs(&paths.input_img(), "airlock-in", Some(&stage), mib).await?;
+        let _ = std::fs::remove_dir_all(&stage);
+        mkfs(&paths.nix_img(), "airlock-nix", None, self.cfg.vm.nix_disk_mib).await?;
+        sparse_file(&paths.export_img(), self.cfg.vm.export_disk_mib).await
+    }
+
+    fn spec(&self, rec: &JobRecord, paths: &JobPaths, phase: Phase) -> VmSpec {
+        let img = &self.cfg.vm.image_dir;
+        VmSpec {
+            name: format!("airlock-{}-{:?}", rec.id, phase).to_lowercase(),
+            kernel: img.join("vmlinux"),
+            initrd: img.join("initrd.gz"),
+            cmdline: "console=ttyS0 quiet panic=-1".into(),
+            memory_mib: self.cfg.vm.memory_mib,
+            vcpus: self.cfg.vm.vcpus,
+            disks: vec![
+                Disk { path: img.join("rootfs.img"), serial: "airlock-root".into(), readonly: true },
+                Disk { path: paths.nix_img(), serial: "airlock-nix".into(), readonly: false },
+                Disk { path: paths.input_img(), serial: "airlock-input".into(), readonly: true },
+                Disk { path: paths.export_img(), serial: "airlock-export".into(), readonly: false },
+            ],
+            console_log: paths.console_log(),
+            channel_log: paths.channel_log(),
+        }
+    }
+
+    async fn boot(&self, rec: &mut JobRecord, paths: &JobPaths, phase: Phase) -> Result<(VmExit, Follower), String> {
+        let spec = self.spec(rec, paths, phase);
+        if !self.cfg.vm.image_dir.join("rootfs.img").exists() {
+            return Err(format!(
+                "guest image not found in {}: run vm-images/guest/build-guest.sh",
+                self.cfg.vm.image_dir.display()
+            ));
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.build_log())
+            .map_err(|e| format!("open build log: {e}"))?;
+        let _ = std::fs::File::create(&spec.channel_log);
+        let mut f = Follower {
+            pos: 0,
+            partial: Vec::new(),
+            tail: VecDeque::new(),
+            lines: 0,
+            log,
+            started: None,
+            attempted: None,
+            skipped: None,
+            agent_error: None,
+        };
+        let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel();
+        let timeout = Duration::from_secs(self.cfg.limits.job_timeout_secs);
+        let boot_limit = Duration::from_secs(self.cfg.limits.boot_timeout_secs);
+        let t0 = Instant::now();
+        rec.accel = Some(self.backend.accel().to_owned());
+        info!(accel = self.backend.accel(), ?phase, "starting VM");
+        let vm = self.backend.run(&spec, timeout, cancel_rx);
+        tokio::pin!(vm);
+        let mut cancel_tx = Some(cancel_tx);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let exit = loop {
+            tokio::select! {
+                r = &mut vm => break r.map_err(|e| e.to_string())?,
+                _ = tick.tick() => {
+                    let was_started = f.started.is_some();
+                    f.poll(&spec.channel_log, rec, self.sink.as_ref());
+                    if !was_started {
+                        if let Some(s) = f.started {
+                            let secs = (s - t0).as_secs_f64();
+                            info!(secs, "agent started");
+                            rec.boot_secs = Some(secs);
+                        } else if t0.elapsed() > boot_limit {
+                            if let Some(tx) = cancel_tx.take() {
+                                let _ = tx.send(format!("VM did not start the agent within {}s", boot_limit.as_secs()));
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        f.poll(&spec.channel_log, rec, self.sink.as_ref());
+        info!(secs = t0.elapsed().as_secs_f64(), ?exit, "VM stopped");
+        Ok((exit, f))
+    }
+
+    async fn collect(&self, rec: &JobRecord, paths: &JobPaths, mut res: JobResult, f: Follower) -> JobResult {
+        let export = paths.export_img();
+        let manifest = match quarantine::read_manifest(&export) {
+            Ok(m) => m,
+            Err(e) => {
+                let why = f.agent_error.clone().unwrap_or_else(|| format!("VM produced no valid result: {e}"));
+                warn!(%why, "no result from the VM");
+                res.status = BuildStatus::UnexpectedError { err: why };
+                return res;
+            }
+        };
+        res.status = manifest.status.clone();
+        res.attempted_attrs = Some(manifest.attempted_attrs.clone()).filter(|a| !a.is_empty() || res.status != BuildStatus::Skipped);
+        res.skipped_attrs = Some(manifest.skipped_attrs.clone());
+        if manifest.paths.is_empty() {
+            return res;
+        }
+        let limits = quarantine::Limits {
+            max_nar_bytes: self.cfg.limits.max_nar_bytes,
+            max_paths: self.cfg.limits.max_paths,
+        };
+        let root = self.cfg.quarantine_dir();
+        let job_id = rec.id.clone();
+        let commit = rec.job.pr.head_sha.clone();
+        let repo = rec.job.repo.full_name.clone();
+        let pr = rec.job.pr.number;
+        let imported = tokio::task::spawn_blocking(move || {
+            let jr = quarantine::JobRef { job_id: &job_id, commit: &commit, repo: &repo, pr };
+            quarantine::import(&export, &root, &jr, &limits)
+        })
+        .await
+        .map_err(|e| e.to_string());
+        match imported {
+            Ok(Ok(imp)) => {
+                info!(dir = %imp.dir.display(), paths = imp.paths.len(), "outputs verified and quarantined");
+                res.quarantine = Some(imp.dir);
+                res.store_paths = imp.paths.iter().map(|p| p.to_string()).collect();
+            }
+            Ok(Err(e)) => {
+                let why = error_chain(&e);
+                warn!(reason = %why, "export rejected; nothing quarantined");
+                let mut log = std::fs::OpenOptions::new().append(true).open(paths.build_log()).ok();
+                if let Some(l) = log.as_mut() {
+                    let _ = writeln!(l, "airlock: export rejected, nothing quarantined: {why}");
+                }
+                res.export_error = Some(why.clone());
+                res.status = BuildStatus::UnexpectedError { err: format!("export rejected: {why}") };
+            }
+            Err(e) => {
+                res.status = BuildStatus::UnexpectedError { err: format!("export verification crashed: {e}") };
+            }
+        }
+        res
+    }
+}
+
+/// "a: b: c" from an error and its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

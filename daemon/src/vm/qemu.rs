@@ -1,0 +1,258 @@
+//! QEMU backend: direct PVH kernel boot, virtio-blk disks, KVM or TCG.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::Command;
+
+use super::{BoxFuture, Cancel, Error, Result, VmBackend, VmExit, VmSpec};
+use crate::config::Accel;
+
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    pub binary: String,
+    pub machine: String,
+    /// `kvm` or `tcg`, never `auto` here: resolve with [`probe_accel`] first.
+    pub accel: String,
+}
+
+/// TCG microvm needs a TSC hint or it may hang calibrating (test-environment §1.4).
+fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+impl Qemu {
+    pub fn args(&self, spec: &VmSpec) -> Vec<String> {
+        let microvm = self.machine == "microvm";
+        let mut cmdline = spec.cmdline.clone();
+        let mut a: Vec<String> = vec![
+            "-name".into(),
+            spec.name.clone(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-accel".into(),
+            self.accel.clone(),
+        ];
+        if self.accel == "kvm" {
+            a.extend(["-cpu".into(), "host".into()]);
+        }
+        if microvm {
+            a.extend(["-M".into(), "microvm,rtc=on".into()]);
+            if self.accel == "tcg" {
+                if let Some(khz) = host_tsc_khz() {
+                    cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+                }
+            }
+        } else {
+            a.extend(["-M".into(), self.machine.clone()]);
+        }
+        let (blk, serialbus, console) = if microvm {
+            ("virtio-blk-device", "virtio-serial-device", "virtconsole")
+        } else {
+            ("virtio-blk-pci", "virtio-serial-pci", "virtconsole")
+        };
+        a.extend([
+            "-m".into(),
+            format!("{}M", spec.memory_mib),
+            "-smp".into(),
+            spec.vcpus.to_string(),
+            "-kernel".into(),
+            spec.kernel.display().to_string(),
+            "-initrd".into(),
+            spec.initrd.display().to_string(),
+            "-append".into(),
+            cmdline,
+            "-serial".into(),
+            format!("file:{}", spec.console_log.display()),
+            "-device".into(),
+            serialbus.into(),
+            "-chardev".into(),
+            format!("file,id=agentch,path={}", spec.channel_log.display()),
+            "-device".into(),
+            format!("{console},chardev=agentch"),
+        ]);
+        for (i, d) in spec.disks.iter().enumerate() {
+            let ro = if d.readonly { ",readonly=on" } else { "" };
+            a.extend([
+                "-drive".into(),
+                format!(
+                    "file={},if=none,id=disk{i},format=raw,cache=unsafe{ro}",
+                    escape_opt(&d.path)
+                ),
+                "-device".into(),
+                format!("{blk},drive=disk{i},serial={}", d.serial),
+            ]);
+        }
+        a
+    }
+}
+
+/// QEMU option values escape ',' by doubling it.
+fn escape_opt(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+impl VmBackend for Qemu {
+    fn accel(&self) -> &str {
+        &self.accel
+    }
+
+    fn run<'a>(
+        &'a self,
+        spec: &'a VmSpec,
+        timeout: Duration,
+        cancel: Cancel,
+    ) -> BoxFuture<'a, Result<VmExit>> {
+        Box::pin(async move {
+            for p in [&spec.kernel, &spec.initrd] {
+                if !p.exists() {
+                    return Err(Error::MissingImage(p.clone()));
+                }
+            }
+            let mut child = Command::new(&self.binary)
+                .args(self.args(spec))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|source| Error::Spawn {
+                    binary: self.binary.clone(),
+                    source,
+                })?;
+            let mut stderr = child.stderr.take().expect("piped");
+            let err_task = tokio::spawn(async move {
+                let mut s = String::new();
+                let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut s).await;
+                s
+            });
+            let exit = tokio::select! {
+                st = child.wait() => {
+                    let st = st.map_err(Error::Wait)?;
+                    let detail = err_task.await.unwrap_or_default();
+                    VmExit::PoweredOff { ok: st.success(), detail: format!("{st}; {}", detail.trim()) }
+                }
+                _ = tokio::time::sleep(timeout) => {
+                    let _ = child.kill().await;
+                    VmExit::TimedOut
+                }
+                Ok(reason) = cancel => {
+                    let _ = child.kill().await;
+                    VmExit::Killed(reason)
+                }
+            };
+            Ok(exit)
+        })
+    }
+}
+
+/// Resolve `accel = auto`: KVM only if `/dev/kvm` exists *and* a probe boot of
+/// the guest kernel reaches its init within `timeout`. Returns the choice and
+/// why, for the log.
+pub async fn probe_accel(
+    binary: &str,
+    machine: &str,
+    requested: Accel,
+    kernel: &Path,
+    initrd: &Path,
+    scratch: &Path,
+    timeout: Duration,
+) -> (String, String) {
+    match requested {
+        Accel::Kvm => return ("kvm".into(), "configured".into()),
+        Accel::Tcg => return ("tcg".into(), "configured".into()),
+        Accel::Auto => {}
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return ("tcg".into(), "/dev/kvm is not usable".into());
+    }
+    let q = Qemu {
+        binary: binary.into(),
+        machine: machine.into(),
+        accel: "kvm".into(),
+    };
+    let _ = std::fs::create_dir_all(scratch);
+    let console: PathBuf = scratch.join("probe-console.log");
+    let spec = VmSpec {
+        name: "airlock-kvm-probe".into(),
+        kernel: kernel.into(),
+        initrd: initrd.into(),
+        cmdline: "console=ttyS0 quiet panic=-1 airlock.probe=1".into(),
+        memory_mib: 256,
+        vcpus: 1,
+        disks: vec![],
+        console_log: console.clone(),
+        channel_log: scratch.join("probe-channel.log"),
+    };
+    let t0 = Instant::now();
+    let (_tx, rx) = tokio::sync::oneshot::channel();
+    let res = q.run(&spec, timeout, rx).await;
+    let out = std::fs::read_to_string(&console).unwrap_or_default();
+    let _ = std::fs::remove_file(&console);
+    let _ = std::fs::remove_file(scratch.join("probe-channel.log"));
+    if out.contains("AIRLOCK-PROBE-OK") {
+        return (
+            "kvm".into(),
+            format!("KVM probe boot succeeded in {:.1}s", t0.elapsed().as_secs_f64()),
+        );
+    }
+    let why = match res {
+        Ok(VmExit::TimedOut) => format!("KVM probe boot did not finish within {}s", timeout.as_secs()),
+        Ok(VmExit::PoweredOff { detail, .. }) => format!("KVM probe boot failed: {}", detail.lines().next().unwrap_or("")),
+        Ok(VmExit::Killed(r)) => r,
+        Err(e) => format!("KVM probe boot could not start: {e}"),
+    };
+    ("tcg".into(), why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::Disk;
+
+    #[test]
+    fn args_have_disks_with_serials_and_readonly_root() {
+        let q = Qemu {
+            binary: "qemu-system-x86_64".into(),
+            machine: "q35".into(),
+            accel: "tcg".into(),
+        };
+        let spec = VmSpec {
+            name: "t".into(),
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: "console=ttyS0".into(),
+            memory_mib: 512,
+            vcpus: 1,
+            disks: vec![
+                Disk { path: "/r,x.img".into(), serial: "airlock-root".into(), readonly: true },
+                Disk { path: "/n.img".into(), serial: "airlock-nix".into(), readonly: false },
+            ],
+            console_log: "/c".into(),
+            channel_log: "/ch".into(),
+        };
+        let a = q.args(&spec).join(" ");
+        assert!(a.contains("file=/r,,x.img,if=none,id=disk0,format=raw,cache=unsafe,readonly=on"));
+        assert!(a.contains("virtio-blk-pci,drive=disk1,serial=airlock-nix"));
+        assert!(a.contains("-accel tcg"));
+        assert!(!a.contains("-netdev"), "no NIC unless asked");
+    }
+}

@@ -1,0 +1,377 @@
+//! airlock-agent: PID 1's only child inside the job VM.
+//!
+//! Reads `job.json` from the read-only input disk, evaluates every attr with
+//! `nix-instantiate` (each on its own, like ofborg), builds the ones that
+//! evaluate with one `nix-build --keep-going`, streams every output line to
+//! the host over the channel (virtio console), and finally writes every store
+//! path the job produced as NARs into the export stream on a raw disk.
+//!
+//! The agent runs inside the sandbox it is meant to protect the host from: the
+//! host trusts nothing it says and re-verifies everything it exports.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+
+use airlock_wire::{
+    encode_event, encode_log_line, BuildStatus, Event, ExportedPath, GuestJob, Manifest, Phase,
+    WIRE_VERSION,
+};
+
+/// Nix prints this for settings an untrusted client may not set; ofborg drops it.
+const RESTRICTED_WARNING: &str = "because it is a restricted setting and you are not a trusted user";
+
+#[derive(Clone)]
+struct Channel(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl Channel {
+    fn open(path: Option<&Path>) -> Channel {
+        let w: Box<dyn Write + Send> = match path.map(|p| OpenOptions::new().write(true).open(p)) {
+            Some(Ok(f)) => Box::new(f),
+            Some(Err(e)) => {
+                eprintln!("airlock-agent: cannot open channel: {e}; using stderr");
+                Box::new(std::io::stderr())
+            }
+            None => Box::new(std::io::stderr()),
+        };
+        Channel(Arc::new(Mutex::new(w)))
+    }
+    fn send(&self, s: &str) {
+        if let Ok(mut w) = self.0.lock() {
+            let _ = w.write_all(s.as_bytes());
+            let _ = w.flush();
+        }
+    }
+    fn log(&self, line: &str) {
+        self.send(&encode_log_line(line));
+    }
+    fn event(&self, ev: &Event) {
+        self.send(&encode_event(ev));
+    }
+}
+
+struct Args {
+    input: PathBuf,
+    export: PathBuf,
+    channel: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let (mut input, mut export, mut channel) = (None, None, None);
+    while let Some(a) = it.next() {
+        let v = it.next().ok_or(format!("{a} needs a value"))?;
+        match a.as_str() {
+            "--input" => input = Some(PathBuf::from(v)),
+            "--export" => export = Some(PathBuf::from(v)),
+            "--channel" => channel = Some(PathBuf::from(v)),
+            _ => return Err(format!("unknown argument {a}")),
+        }
+    }
+    Ok(Args {
+        input: input.ok_or("--input is required")?,
+        export: export.ok_or("--export is required")?,
+        channel,
+    })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("airlock-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ch = Channel::open(args.channel.as_deref());
+    ch.event(&Event::AgentStarted {
+        version: WIRE_VERSION,
+    });
+    match run(&args, &ch) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("airlock-agent: {e}");
+            ch.event(&Event::AgentError { message: e.clone() });
+            // Best effort: tell the host through the export stream as well.
+            let m = Manifest {
+                version: WIRE_VERSION,
+                phase: Phase::All,
+                status: BuildStatus::UnexpectedError { err: e },
+                attempted_attrs: vec![],
+                skipped_attrs: vec![],
+                paths: vec![],
+            };
+            let _ = write_export(&args.export, &m);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn nix_env(cmd: &mut Command, src: &Path) {
+    cmd.current_dir(src)
+        .env_clear()
+        .env("PATH", "/usr/bin:/usr/sbin:/bin:/sbin")
+        .env("HOME", "/tmp")
+        .env("TMPDIR", "/nix/var/airlock-tmp")
+        .env("NIX_PATH", format!("ofborg-nixpkgs-pr={}", src.display()))
+        .stdin(Stdio::null());
+}
+
+/// ofborg's common arguments for evaluation and build.
+fn nix_common(job: &GuestJob) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "--show-trace".into(),
+        "--option".into(),
+        "restrict-eval".into(),
+        "true".into(),
+        "--argstr".into(),
+        "system".into(),
+        job.system.clone(),
+        "--arg".into(),
+        "supportedSystems".into(),
+        format!("[\"{}\"]", job.system),
+    ];
+    v.push(format!("./{}", job.nix_file));
+    v
+}
+
+fn run(args: &Args, ch: &Channel) -> Result<(), String> {
+    let job_path = args.input.join("job.json");
+    let job: GuestJob = serde_json::from_slice(
+        &std::fs::read(&job_path).map_err(|e| format!("cannot read {}: {e}", job_path.display()))?,
+    )
+    .map_err(|e| format!("invalid job.json: {e}"))?;
+    if job.version != WIRE_VERSION {
+        return Err(format!("job.json version {} unsupported", job.version));
+    }
+    let src = args.input.join("src");
+    std::fs::create_dir_all("/nix/var/airlock-tmp").map_err(|e| format!("mkdir tmp: {e}"))?;
+
+    // 1. Evaluate each attr on its own.
+    let mut attempted = Vec::new();
+    let mut skipped = Vec::new();
+    let mut drvs: Vec<String> = Vec::new();
+    for attr in &job.attrs {
+        let mut cmd = Command::new("nix-instantiate");
+        nix_env(&mut cmd, &src);
+        cmd.args(nix_common(&job)).arg("-A").arg(attr);
+        let out = cmd
+            .output()
+            .map_err(|e| format!("cannot run nix-instantiate: {e}"))?;
+        if out.status.success() {
+            attempted.push(attr.clone());
+            drvs.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned),
+            );
+        } else {
+            skipped.push(attr.clone());
+            ch.log(&format!("Cannot nix-instantiate `{attr}` because:"));
+            for l in String::from_utf8_lossy(&out.stderr).lines() {
+                if !l.contains(RESTRICTED_WARNING) {
+                    ch.log(l);
+                }
+            }
+            ch.log("");
+        }
+    }
+    ch.event(&Event::Instantiated {
+        attempted: attempted.clone(),
+        skipped: skipped.clone(),
+    });
+
+    // 2. Build what evaluated.
+    let status = if attempted.is_empty() {
+        BuildStatus::Skipped
+    } else {
+        build(&job, &src, &attempted, ch)?
+    };
+    ch.event(&Event::Built {
+        status: status.clone(),
+    });
+
+    // 3. Export every store path the job produced.
+    let paths = if drvs.is_empty() {
+        vec![]
+    } else {
+        produced_paths(&drvs)?
+    };
+    let m = Manifest {
+        version: WIRE_VERSION,
+        phase: job.phase,
+        status,
+        attempted_attrs: attempted,
+        skipped_attrs: skipped,
+        paths,
+    };
+    let bytes = write_export(&args.export, &m)?;
+    ch.event(&Event::Exported {
+        paths: m.paths.len() as u64,
+        bytes,
+    });
+    Ok(())
+}
+
+fn build(job: &GuestJob, src: &Path, attrs: &[String], ch: &Channel) -> Result<BuildStatus, String> {
+    let mut cmd = Command::new("nix-build");
+    nix_env(&mut cmd, src);
+    cmd.args(["--no-out-link", "--keep-going"]);
+    if job.build_timeout_secs > 0 {
+        cmd.args(["--option", "build-timeout", &job.build_timeout_secs.to_string()]);
+    }
+    if job.max_silent_secs > 0 {
+        cmd.args(["--option", "max-silent-time", &job.max_silent_secs.to_string()]);
+    }
+    cmd.args(nix_common(job));
+    for a in attrs {
+        cmd.arg("-A").arg(a);
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run nix-build: {e}"))?;
+    let pump = |r: Box<dyn Read + Send>, ch: Channel| {
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(r);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+                        let text = airlock_wire::utf8_line(line);
+                        if !text.contains(RESTRICTED_WARNING) {
+                            ch.log(&text);
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let t1 = pump(Box::new(child.stdout.take().expect("piped")), ch.clone());
+    let t2 = pump(Box::new(child.stderr.take().expect("piped")), ch.clone());
+    let st = child.wait().map_err(|e| format!("waiting for nix-build: {e}"))?;
+    let _ = t1.join();
+    let _ = t2.join();
+    Ok(BuildStatus::from_nix_exit(st.code()))
+}
+
+fn nix_store(args: &[&str], paths: &[String]) -> Result<Vec<String>, String> {
+    let out = Command::new("nix-store")
+        .args(args)
+        .args(paths)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run nix-store: {e}"))?;
+    // --check-validity --print-invalid exits 0 and prints the invalid ones.
+    if !out.status.success() {
+        return Err(format!(
+            "nix-store {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Every valid output of every derivation in the closure of `drvs`, plus the
+/// runtime closure of those outputs (sources they reference), minus `.drv`s.
+fn produced_paths(drvs: &[String]) -> Result<Vec<ExportedPath>, String> {
+    let reqs = nix_store(&["-qR"], drvs)?;
+    let all_drvs: Vec<String> = reqs.into_iter().filter(|p| p.ends_with(".drv")).collect();
+    let outputs = nix_store(&["-q", "--outputs"], &all_drvs)?;
+    let invalid = nix_store(&["--check-validity", "--print-invalid"], &outputs)?;
+    let valid: Vec<String> = outputs.into_iter().filter(|p| !invalid.contains(p)).collect();
+    if valid.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut closure = nix_store(&["-qR"], &valid)?;
+    closure.retain(|p| !p.ends_with(".drv"));
+    closure.sort();
+    closure.dedup();
+    let hashes = nix_store(&["-q", "--hash"], &closure)?;
+    let sizes = nix_store(&["-q", "--size"], &closure)?;
+    let derivers = nix_store(&["-q", "--deriver"], &closure)?;
+    if hashes.len() != closure.len() || sizes.len() != closure.len() || derivers.len() != closure.len() {
+        return Err("nix-store returned an unexpected number of lines".into());
+    }
+    let mut out = Vec::with_capacity(closure.len());
+    for (i, p) in closure.iter().enumerate() {
+        let mut references = nix_store(&["-q", "--references"], std::slice::from_ref(p))?;
+        references.sort();
+        out.push(ExportedPath {
+            path: p.clone(),
+            nar_hash: hashes[i].clone(),
+            nar_size: sizes[i]
+                .parse()
+                .map_err(|e| format!("bad size for {p}: {e}"))?,
+            references,
+            deriver: Some(derivers[i].clone()).filter(|d| d != "unknown-deriver"),
+            ca: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Write the whole export stream; returns the bytes written.
+fn write_export(dev: &Path, m: &Manifest) -> Result<u64, String> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(dev)
+        .map_err(|e| format!("cannot open export device {}: {e}", dev.display()))?;
+    let mut w = CountingWriter {
+        inner: BufWriter::with_capacity(1 << 20, f),
+        count: 0,
+    };
+    airlock_wire::write_header(&mut w, m).map_err(|e| format!("export: {e}"))?;
+    for p in &m.paths {
+        let mut child = Command::new("nix-store")
+            .arg("--dump")
+            .arg(&p.path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run nix-store --dump: {e}"))?;
+        let mut stdout = child.stdout.take().expect("piped");
+        let n = std::io::copy(&mut stdout, &mut w)
+            .map_err(|e| format!("export of {} failed (export disk full?): {e}", p.path))?;
+        let st = child.wait().map_err(|e| e.to_string())?;
+        if !st.success() || n != p.nar_size {
+            return Err(format!(
+                "nix-store --dump {} wrote {n} bytes, expected {} ({st})",
+                p.path, p.nar_size
+            ));
+        }
+    }
+    airlock_wire::write_trailer(&mut w).map_err(|e| format!("export: {e}"))?;
+    w.inner.flush().map_err(|e| format!("export flush: {e}"))?;
+    let f: File = w
+        .inner
+        .into_inner()
+        .map_err(|e| format!("export flush: {e}"))?;
+    f.sync_all().map_err(|e| format!("export sync: {e}"))?;
+    Ok(w.count)
+}
+
+struct CountingWriter<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,93 @@
+#!/bin/bash
+# Build airlock's guest image for non-NixOS hosts from Debian packages:
+#   vmlinux     uncompressed kernel for direct (PVH) boot, from Debian's linux-image .deb
+#   initrd.gz   busybox initramfs (init.sh) with the virtio/ext4 modules it needs
+#   rootfs.img  ext4 image of a debootstrap minbase root with nix-bin and busybox;
+#               the VM gets it read-only. The host's own root is never shared.
+# The result is cached under OUTDIR/<hash of inputs>/ and OUTDIR/current points to it,
+# so a re-run with unchanged inputs takes about a second.
+# usage: build-guest.sh [OUTDIR]   (default /var/cache/airlock/guest)
+# env:   DEBIAN_MIRROR (default http://deb.debian.org/debian), SUITE (default bookworm)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+outdir=${1:-/var/cache/airlock/guest}
+SUITE=${SUITE:-bookworm}
+DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+PACKAGES=nix-bin,busybox-static,libdbi-perl
+MODULES="virtio_pci virtio_blk virtio_console virtio_net ext4"
+
+for tool in debootstrap mkfs.ext4 cpio busybox apt-get dpkg-deb depmod modprobe python3; do
+  command -v "$tool" >/dev/null || { echo "build-guest: missing $tool (run scripts/setup.sh)" >&2; exit 1; }
+done
+
+kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+[ -n "$kpkg" ] || { echo "build-guest: cannot resolve linux-image-amd64 (apt-get update?)" >&2; exit 1; }
+kver_pkg=$(apt-cache policy "$kpkg" | awk '/Candidate:/{print $2}')
+hash=$( { cat "$here/build-guest.sh" "$here/init.sh" "$here/extract-vmlinux.py";
+          echo "$kpkg $kver_pkg $SUITE $PACKAGES $MODULES"; } | sha256sum | cut -c1-16)
+dest=$outdir/$hash
+if [ -f "$dest/.complete" ]; then
+  ln -sfn "$hash" "$outdir/current"
+  echo "guest image up to date: $dest"
+  exit 0
+fi
+
+mkdir -p "$outdir"
+work=$(mktemp -d "$outdir/.build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+t0=$(date +%s)
+
+# 1. kernel: unpack the .deb (no initramfs-tools run, /boot untouched)
+(cd "$work" && apt-get download -q "$kpkg" >/dev/null)
+mkdir "$work/kernel"
+dpkg-deb -x "$work"/"$kpkg"_*.deb "$work/kernel"
+kver=$(ls "$work/kernel/lib/modules")
+depmod -b "$work/kernel" "$kver"
+python3 "$here/extract-vmlinux.py" "$work/kernel/boot/vmlinuz-$kver" "$work/vmlinux" >/dev/null
+
+# 2. initramfs: busybox + modules (with their dependencies, in load order) + init.sh
+ird=$work/initramfs
+mkdir -p "$ird"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,mnt,etc,newroot}
+cp /bin/busybox "$ird/bin/busybox"
+for p in $(/bin/busybox --list-full); do [ -e "$ird/$p" ] || ln -s /bin/busybox "$ird/$p"; done
+: > "$ird/etc/modules.order"
+for m in $MODULES; do
+  modprobe -d "$work/kernel" -S "$kver" --show-depends "$m" | while read -r cmd path _; do
+    [ "$cmd" = insmod ] || continue
+    rel=${path#*/lib/modules/$kver/}
+    if [ ! -e "$ird/lib/modules/$kver/$rel" ]; then
+      mkdir -p "$(dirname "$ird/lib/modules/$kver/$rel")"
+      cp "$path" "$ird/lib/modules/$kver/$rel"
+      echo "/lib/modules/$kver/$rel" >> "$ird/etc/modules.order"
+    fi
+  done
+done
+install -m 0755 "$here/init.sh" "$ird/init"
+(cd "$ird" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 > "$work/initrd.gz"
+
+# 3. guest root: debootstrap minbase + Nix, configured for sandboxed single-user builds
+root=$work/root
+debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$DEBIAN_MIRROR" > "$work/debootstrap.log" 2>&1 \
+  || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
+mkdir -p "$root/nix" "$root/etc/nix"
+cat > "$root/etc/nix/nix.conf" <<'NIXCONF'
+build-users-group =
+sandbox = true
+sandbox-fallback = false
+sandbox-paths = /bin/sh=/bin/busybox
+substituters =
+experimental-features = nix-command
+NIXCONF
+rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/usr/share/doc "$root"/usr/share/man
+size_mb=$(( $(du -sm "$root" | cut -f1) * 5 / 4 + 64 ))
+mkfs.ext4 -q -F -L airlock-root -d "$root" "$work/rootfs.img" "${size_mb}M"
+
+# 4. publish atomically
+mkdir "$work/out"
+mv "$work/vmlinux" "$work/initrd.gz" "$work/rootfs.img" "$work/out/"
+echo "kernel=$kpkg $kver_pkg suite=$SUITE packages=$PACKAGES built=$(date -u +%FT%TZ)" > "$work/out/INFO"
+touch "$work/out/.complete"
+rm -rf "$dest"
+mv "$work/out" "$dest"
+ln -sfn "$hash" "$outdir/current"
+echo "guest image built in $(( $(date +%s) - t0 ))s: $dest"

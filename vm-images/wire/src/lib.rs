@@ -1,0 +1,337 @@
+//! Wire formats between `airlockd` (host) and `airlock-agent` (guest).
+//!
+//! Pure data and codecs: no I/O beyond `Read`/`Write`, no async. Everything
+//! the guest sends is untrusted; the decoders here are strict and bounded.
+//!
+//! Three formats cross the VM boundary:
+//!
+//! 1. [`GuestJob`] (host → guest): `job.json` on the read-only input disk.
+//! 2. The **channel** (guest → host, streamed while the VM runs): the guest
+//!    writes lines to its virtio console (`/dev/hvc0`); the host captures
+//!    them to a file. Each line is `L <text>` (one build log line) or
+//!    `E <json>` (an [`Event`]). See [`parse_channel_line`].
+//! 3. The **export stream** (guest → host, read after the VM is gone): the
+//!    guest writes it to a raw block device. Layout:
+//!    `EXPORT_MAGIC` (16 bytes), manifest length (u32 LE), the [`Manifest`]
+//!    as JSON, then for each `manifest.paths[i]` in order exactly
+//!    `nar_size` bytes of NAR, then `EXPORT_TRAILER` (16 bytes).
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// Version of all three formats; bumped on any incompatible change.
+pub const WIRE_VERSION: u32 = 1;
+pub const EXPORT_MAGIC: &[u8; 16] = b"AIRLOCK-EXPORT\x00\x01";
+pub const EXPORT_TRAILER: &[u8; 16] = b"AIRLOCK-END\x00\x00\x00\x00\x00";
+/// Upper bound on the manifest's JSON size.
+pub const MAX_MANIFEST_BYTES: u32 = 8 << 20;
+/// Upper bound on one channel line; longer lines are cut by the host.
+pub const MAX_CHANNEL_LINE: usize = 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("export stream does not start with the airlock magic")]
+    BadMagic,
+    #[error("export manifest is {0} bytes, more than the {MAX_MANIFEST_BYTES} allowed")]
+    ManifestTooLarge(u32),
+    #[error("export manifest is not valid JSON for this version")]
+    BadManifest(#[source] serde_json::Error),
+    #[error("export manifest has version {0}, expected {WIRE_VERSION}")]
+    BadVersion(u32),
+    #[error("export stream is truncated")]
+    Truncated(#[source] std::io::Error),
+    #[error("export stream does not end with the airlock trailer")]
+    BadTrailer,
+    #[error("I/O error on the export stream")]
+    Io(#[source] std::io::Error),
+}
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Which part of the job a VM boot does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Evaluate and build everything in one boot (no network).
+    All,
+    /// Evaluate, substitute and realise only fixed-output derivations (network).
+    Fetch,
+    /// Realise everything else (no network).
+    Build,
+}
+
+/// The job as the guest sees it (`job.json` on the input disk).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestJob {
+    pub version: u32,
+    pub phase: Phase,
+    /// Attribute paths, each evaluated on its own like ofborg does.
+    pub attrs: Vec<String>,
+    pub system: String,
+    /// Nix file relative to the checkout (`default.nix` or `nixos/release.nix`).
+    pub nix_file: String,
+    /// Passed to Nix as `build-timeout` (per derivation); 0 = none.
+    pub build_timeout_secs: u64,
+    /// Passed to Nix as `max-silent-time`; 0 = none.
+    pub max_silent_secs: u64,
+}
+
+/// ofborg's `BuildStatus`, with its exact JSON representation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BuildStatus {
+    Success,
+    Failure,
+    TimedOut,
+    HashMismatch,
+    Skipped,
+    UnexpectedError { err: String },
+}
+
+impl BuildStatus {
+    /// ofborg's mapping of `nix-build`'s exit code.
+    pub fn from_nix_exit(code: Option<i32>) -> BuildStatus {
+        match code {
+            Some(0) => BuildStatus::Success,
+            Some(100) => BuildStatus::Failure,
+            Some(101) => BuildStatus::TimedOut,
+            Some(102) => BuildStatus::HashMismatch,
+            Some(c) => BuildStatus::UnexpectedError {
+                err: format!("command failed with exit code {c}"),
+            },
+            None => BuildStatus::UnexpectedError {
+                err: "unexpected build failure".into(),
+            },
+        }
+    }
+}
+
+/// Structured events on the channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Event {
+    /// The agent started (sent first, so the host can time boot-to-agent).
+    AgentStarted { version: u32 },
+    /// Every attr was tried with `nix-instantiate`.
+    Instantiated {
+        attempted: Vec<String>,
+        skipped: Vec<String>,
+    },
+    /// The build finished with this status; export follows.
+    Built { status: BuildStatus },
+    /// The export stream is complete (paths written, bytes in all).
+    Exported { paths: u64, bytes: u64 },
+    /// Something went wrong outside the build itself.
+    AgentError { message: String },
+}
+
+/// One decoded channel line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelLine {
+    Log(String),
+    Event(Event),
+    /// Anything else: kept as log text, flagged so the host can warn.
+    Garbage(String),
+}
+
+/// Lossy UTF-8 as ofborg does it: a line that is not valid UTF-8 is replaced.
+pub fn utf8_line(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => "Non-UTF8 data omitted from the log.".to_owned(),
+    }
+}
+
+/// Decode one channel line (without its newline). Never fails: the guest is
+/// untrusted, so anything unexpected becomes [`ChannelLine::Garbage`].
+pub fn parse_channel_line(line: &[u8]) -> ChannelLine {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = &line[..line.len().min(MAX_CHANNEL_LINE)];
+    if let Some(text) = line.strip_prefix(b"L ") {
+        return ChannelLine::Log(utf8_line(text));
+    }
+    if line == b"L" {
+        return ChannelLine::Log(String::new());
+    }
+    if let Some(json) = line.strip_prefix(b"E ") {
+        if let Ok(ev) = serde_json::from_slice::<Event>(json) {
+            return ChannelLine::Event(ev);
+        }
+    }
+    ChannelLine::Garbage(utf8_line(line))
+}
+
+/// Encode a log line for the channel (newlines inside are split by the caller).
+pub fn encode_log_line(text: &str) -> String {
+    format!("L {}\n", text.replace(['\n', '\r'], " "))
+}
+
+pub fn encode_event(ev: &Event) -> String {
+    // Serialising our own enum cannot fail.
+    format!("E {}\n", serde_json::to_string(ev).unwrap_or_default())
+}
+
+/// What the guest claims about one exported store path. Untrusted: the host
+/// recomputes the hash and size and rescans the references.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportedPath {
+    pub path: String,
+    /// `sha256:<nix-base32>` as Nix prints it.
+    pub nar_hash: String,
+    pub nar_size: u64,
+    pub references: Vec<String>,
+    pub deriver: Option<String>,
+    /// Content address (`fixed:…`) for fixed-output paths.
+    pub ca: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub version: u32,
+    pub phase: Phase,
+    pub status: BuildStatus,
+    pub attempted_attrs: Vec<String>,
+    pub skipped_attrs: Vec<String>,
+    pub paths: Vec<ExportedPath>,
+}
+
+/// Write the stream header (magic, manifest). The NARs and the trailer follow.
+pub fn write_header(w: &mut impl Write, manifest: &Manifest) -> Result<()> {
+    let json = serde_json::to_vec(manifest).map_err(Error::BadManifest)?;
+    let len = u32::try_from(json.len())
+        .ok()
+        .filter(|l| *l <= MAX_MANIFEST_BYTES)
+        .ok_or(Error::ManifestTooLarge(u32::MAX))?;
+    w.write_all(EXPORT_MAGIC).map_err(Error::Io)?;
+    w.write_all(&len.to_le_bytes()).map_err(Error::Io)?;
+    w.write_all(&json).map_err(Error::Io)
+}
+
+pub fn write_trailer(w: &mut impl Write) -> Result<()> {
+    w.write_all(EXPORT_TRAILER).map_err(Error::Io)
+}
+
+/// Read and check the magic and the manifest. The caller then reads each
+/// path's NAR (exactly `nar_size` bytes, verifying it) and [`read_trailer`].
+pub fn read_header(r: &mut impl Read) -> Result<Manifest> {
+    let mut magic = [0u8; 16];
+    r.read_exact(&mut magic).map_err(Error::Truncated)?;
+    if &magic != EXPORT_MAGIC {
+        return Err(Error::BadMagic);
+    }
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).map_err(Error::Truncated)?;
+    let len = u32::from_le_bytes(len);
+    if len > MAX_MANIFEST_BYTES {
+        return Err(Error::ManifestTooLarge(len));
+    }
+    let mut json = vec![0u8; len as usize];
+    r.read_exact(&mut json).map_err(Error::Truncated)?;
+    let m: Manifest = serde_json::from_slice(&json).map_err(Error::BadManifest)?;
+    if m.version != WIRE_VERSION {
+        return Err(Error::BadVersion(m.version));
+    }
+    Ok(m)
+}
+
+pub fn read_trailer(r: &mut impl Read) -> Result<()> {
+    let mut t = [0u8; 16];
+    r.read_exact(&mut t).map_err(Error::Truncated)?;
+    if &t != EXPORT_TRAILER {
+        return Err(Error::BadTrailer);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            version: WIRE_VERSION,
+            phase: Phase::All,
+            status: BuildStatus::Success,
+            attempted_attrs: vec!["a".into()],
+            skipped_attrs: vec![],
+            paths: vec![],
+        }
+    }
+
+    #[test]
+    fn header_roundtrip() {
+        let mut buf = Vec::new();
+        write_header(&mut buf, &manifest()).unwrap();
+        write_trailer(&mut buf).unwrap();
+        let mut r = &buf[..];
+        assert_eq!(read_header(&mut r).unwrap(), manifest());
+        read_trailer(&mut r).unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_magic_and_oversized_manifest() {
+        let mut r = &b"NOT-AIRLOCK-EXPORT-AT-ALL"[..];
+        assert!(matches!(read_header(&mut r), Err(Error::BadMagic)));
+        let mut buf = EXPORT_MAGIC.to_vec();
+        buf.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            read_header(&mut &buf[..]),
+            Err(Error::ManifestTooLarge(_))
+        ));
+        let mut buf = EXPORT_MAGIC.to_vec();
+        buf.extend_from_slice(&100u32.to_le_bytes());
+        buf.extend_from_slice(b"{}");
+        assert!(matches!(read_header(&mut &buf[..]), Err(Error::Truncated(_))));
+    }
+
+    #[test]
+    fn rejects_unknown_manifest_fields() {
+        let mut json = serde_json::to_value(manifest()).unwrap();
+        json["sneaky"] = serde_json::Value::Bool(true);
+        let body = serde_json::to_vec(&json).unwrap();
+        let mut buf = EXPORT_MAGIC.to_vec();
+        buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&body);
+        assert!(matches!(read_header(&mut &buf[..]), Err(Error::BadManifest(_))));
+    }
+
+    #[test]
+    fn channel_lines() {
+        assert_eq!(parse_channel_line(b"L hello"), ChannelLine::Log("hello".into()));
+        assert_eq!(parse_channel_line(b"L"), ChannelLine::Log("".into()));
+        assert_eq!(
+            parse_channel_line(b"L \xff\xfe"),
+            ChannelLine::Log("Non-UTF8 data omitted from the log.".into())
+        );
+        let ev = Event::Instantiated {
+            attempted: vec!["a".into()],
+            skipped: vec![],
+        };
+        let enc = encode_event(&ev);
+        assert_eq!(
+            parse_channel_line(enc.trim_end().as_bytes()),
+            ChannelLine::Event(ev)
+        );
+        assert!(matches!(
+            parse_channel_line(b"E {\"bogus\":1}"),
+            ChannelLine::Garbage(_)
+        ));
+        assert!(matches!(parse_channel_line(b"random"), ChannelLine::Garbage(_)));
+        assert_eq!(encode_log_line("a\nb"), "L a b\n");
+    }
+
+    #[test]
+    fn status_json_matches_ofborg() {
+        assert_eq!(
+            serde_json::to_string(&BuildStatus::Success).unwrap(),
+            "\"Success\""
+        );
+        assert_eq!(
+            serde_json::to_string(&BuildStatus::UnexpectedError { err: "x".into() }).unwrap(),
+            "{\"UnexpectedError\":{\"err\":\"x\"}}"
+        );
+        assert_eq!(BuildStatus::from_nix_exit(Some(101)), BuildStatus::TimedOut);
+    }
+}
