@@ -10,11 +10,21 @@ use crate::ofborg::BuildJob;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    Submit { job: BuildJob },
+    Submit {
+        job: Box<BuildJob>,
+    },
     List,
-    Show { id: String },
-    Log { id: String, follow: bool },
-    Wait { id: String, timeout_secs: Option<u64> },
+    Show {
+        id: String,
+    },
+    Log {
+        id: String,
+        follow: bool,
+    },
+    Wait {
+        id: String,
+        timeout_secs: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -79,9 +79,15 @@ pub async fn prepare(
         std::fs::rename(&tmp, &cache).map_err(Error::Export)?;
     }
     let target_ref = format!("+refs/heads/{target_branch}:refs/heads/{target_branch}");
-    if let Err(e) = git(Some(&cache), &["fetch", "-q", "--no-tags", "--", url, &target_ref]).await
+    if let Err(e) = git(
+        Some(&cache),
+        &["fetch", "-q", "--no-tags", "--", url, &target_ref],
+    )
+    .await
     {
-        return Ok(Outcome::Missing(format!("target branch {target_branch}: {e}")));
+        return Ok(Outcome::Missing(format!(
+            "target branch {target_branch}: {e}"
+        )));
     }
     let have_head = |c: PathBuf| async move {
         git(Some(&c), &["cat-file", "-e", &format!("{head}^{{commit}}")])
@@ -92,22 +98,43 @@ pub async fn prepare(
         let pr_ref = format!("+refs/pull/{pr}/head:refs/pull/{pr}/head");
         let by_sha = git(Some(&cache), &["fetch", "-q", "--no-tags", "--", url, head]).await;
         if by_sha.is_err() {
-            let _ = git(Some(&cache), &["fetch", "-q", "--no-tags", "--", url, &pr_ref]).await;
+            let _ = git(
+                Some(&cache),
+                &["fetch", "-q", "--no-tags", "--", url, &pr_ref],
+            )
+            .await;
         }
         if !have_head(cache.clone()).await {
-            return Ok(Outcome::Missing(format!("commit {head} not found in {url}")));
+            return Ok(Outcome::Missing(format!(
+                "commit {head} not found in {url}"
+            )));
         }
     }
     let work_s = work.to_string_lossy().into_owned();
     git(
         None,
-        &["clone", "-q", "--shared", "--no-checkout", &cache.to_string_lossy(), &work_s],
+        &[
+            "clone",
+            "-q",
+            "--shared",
+            "--no-checkout",
+            &cache.to_string_lossy(),
+            &work_s,
+        ],
     )
     .await?;
     git(Some(work), &["checkout", "-q", "--detach", target_branch]).await?;
     let merged = git(
         Some(work),
-        &["merge", "--no-gpg-sign", "--no-edit", "-q", "-m", "Automatic merge for airlock", head],
+        &[
+            "merge",
+            "--no-gpg-sign",
+            "--no-edit",
+            "-q",
+            "-m",
+            "Automatic merge for airlock",
+            head,
+        ],
     )
     .await;
     if merged.is_err() {

@@ -160,10 +160,15 @@ impl Config {
             return Err(Error::Invalid("max_jobs must be at least 1".into()));
         }
         if self.vm.memory_mib < 256 || self.vm.vcpus == 0 {
-            return Err(Error::Invalid("vm.memory_mib must be >= 256 and vm.vcpus >= 1".into()));
+            return Err(Error::Invalid(
+                "vm.memory_mib must be >= 256 and vm.vcpus >= 1".into(),
+            ));
         }
         if !matches!(self.vm.machine.as_str(), "q35" | "microvm" | "pc") {
-            return Err(Error::Invalid(format!("vm.machine {:?} is not q35, pc or microvm", self.vm.machine)));
+            return Err(Error::Invalid(format!(
+                "vm.machine {:?} is not q35, pc or microvm",
+                self.vm.machine
+            )));
         }
         if self.limits.job_timeout_secs == 0 {
             return Err(Error::Invalid("limits.job_timeout_secs must be > 0".into()));

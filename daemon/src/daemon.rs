@@ -35,7 +35,10 @@ impl Daemon {
             std::fs::create_dir_all(&d).map_err(|e| Error::StateDir(d.display().to_string(), e))?;
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-        let d = Arc::new(Daemon { runner: runner.clone(), queue: tx });
+        let d = Arc::new(Daemon {
+            runner: runner.clone(),
+            queue: tx,
+        });
         let requeue = d.recover();
         let sem = Arc::new(Semaphore::new(cfg.max_jobs));
         let r = runner.clone();
@@ -105,7 +108,9 @@ impl Daemon {
         let rec = JobRecord::new(Source::Local, job);
         self.runner.store.save(&rec).map_err(|e| e.to_string())?;
         info!(job_id = %rec.id, pr = rec.job.pr.number, commit = %rec.job.pr.head_sha, attrs = ?rec.job.attrs, "job queued");
-        self.queue.send(rec.id.clone()).map_err(|_| "scheduler stopped".to_string())?;
+        self.queue
+            .send(rec.id.clone())
+            .map_err(|_| "scheduler stopped".to_string())?;
         Ok(rec.id)
     }
 
@@ -114,7 +119,8 @@ impl Daemon {
             let _ = std::fs::create_dir_all(dir);
         }
         let _ = std::fs::remove_file(socket);
-        let l = UnixListener::bind(socket).map_err(|e| Error::Listen(socket.display().to_string(), e))?;
+        let l = UnixListener::bind(socket)
+            .map_err(|e| Error::Listen(socket.display().to_string(), e))?;
         info!(socket = %socket.display(), "API listening");
         loop {
             match l.accept().await {
@@ -137,7 +143,9 @@ impl Daemon {
     async fn handle(&self, s: UnixStream) -> std::io::Result<()> {
         let (r, mut w) = s.into_split();
         let mut line = String::new();
-        let n = BufReader::new(r.take(MAX_REQUEST as u64)).read_line(&mut line).await?;
+        let n = BufReader::new(r.take(MAX_REQUEST as u64))
+            .read_line(&mut line)
+            .await?;
         if n == 0 {
             return Ok(());
         }
@@ -149,13 +157,14 @@ impl Daemon {
         let req: Request = match serde_json::from_str(&line) {
             Ok(r) => r,
             Err(e) => {
-                w.write_all(&send(Reply::Error(format!("bad request: {e}")))).await?;
+                w.write_all(&send(Reply::Error(format!("bad request: {e}"))))
+                    .await?;
                 return Ok(());
             }
         };
         let store = &self.runner.store;
         let reply = match req {
-            Request::Submit { job } => match self.submit(job) {
+            Request::Submit { job } => match self.submit(*job) {
                 Ok(id) => Reply::Submitted { id },
                 Err(e) => Reply::Error(e),
             },
@@ -170,7 +179,12 @@ impl Daemon {
                 loop {
                     match store.load(&id) {
                         Ok(r) if r.state.is_terminal() => break Reply::Job(Box::new(r)),
-                        Ok(_) if t0.elapsed() > limit => break Reply::Error(format!("job {id} still running after {}s", limit.as_secs())),
+                        Ok(_) if t0.elapsed() > limit => {
+                            break Reply::Error(format!(
+                                "job {id} still running after {}s",
+                                limit.as_secs()
+                            ))
+                        }
                         Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                         Err(e) => break Reply::Error(e.to_string()),
                     }
@@ -185,7 +199,10 @@ impl Daemon {
                 let mut pos = 0u64;
                 let mut partial = Vec::new();
                 loop {
-                    let done = store.load(&id).map(|r| r.state.is_terminal()).unwrap_or(true);
+                    let done = store
+                        .load(&id)
+                        .map(|r| r.state.is_terminal())
+                        .unwrap_or(true);
                     if let Ok(mut f) = tokio::fs::File::open(&path).await {
                         use tokio::io::AsyncSeekExt;
                         f.seek(std::io::SeekFrom::Start(pos)).await?;
@@ -212,7 +229,9 @@ impl Daemon {
 
 /// Tell systemd we are ready (Type=notify), if it is listening.
 pub fn sd_notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
     let sock = match std::os::unix::net::UnixDatagram::unbound() {
         Ok(s) => s,
         Err(_) => return,

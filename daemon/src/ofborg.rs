@@ -110,7 +110,10 @@ pub enum V1Tag {
 mod tests {
     use super::*;
 
-    const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/ofborg/handwritten");
+    const FIX: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/fixtures/ofborg/handwritten"
+    );
 
     fn fixture(name: &str) -> Option<String> {
         std::fs::read_to_string(format!("{FIX}/{name}")).ok()
@@ -118,7 +121,11 @@ mod tests {
 
     #[test]
     fn build_jobs_roundtrip_byte_for_byte() {
-        for f in ["build-job.json", "build-job-auto.json", "build-job-null-destinations.json"] {
+        for f in [
+            "build-job.json",
+            "build-job-auto.json",
+            "build-job-null-destinations.json",
+        ] {
             let Some(text) = fixture(f) else {
                 eprintln!("SKIP: shared fixtures not found at {FIX}");
                 return;
@@ -148,7 +155,9 @@ mod tests {
 
     #[test]
     fn validate_rejects_hostile_jobs() {
-        let Some(text) = fixture("build-job.json") else { return };
+        let Some(text) = fixture("build-job.json") else {
+            return;
+        };
         let job: BuildJob = serde_json::from_str(&text).unwrap();
         let mut j = job.clone();
         j.pr.head_sha = "HEAD; rm -rf /".into();

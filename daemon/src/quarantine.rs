@@ -229,7 +229,10 @@ fn import_into(export: &Path, tmp: &Path, job: &JobRef<'_>, limits: &Limits) -> 
             file_hash: summary.nar_hash.clone(),
             file_size: summary.nar_size,
             deriver,
-            ca: claim.ca.clone().filter(|ca| ca.starts_with("fixed:") || ca.starts_with("text:")),
+            ca: claim
+                .ca
+                .clone()
+                .filter(|ca| ca.starts_with("fixed:") || ca.starts_with("text:")),
             sigs: vec![],
         };
         let ni_path = tmp.join(format!("{}.narinfo", sp.hash_part()));
@@ -238,8 +241,11 @@ fn import_into(export: &Path, tmp: &Path, job: &JobRef<'_>, limits: &Limits) -> 
     airlock_wire::read_trailer(&mut r)?;
     sync_dir(&nar_dir).map_err(io(&nar_dir))?;
 
-    write_atomic(&tmp.join("nix-cache-info"), b"StoreDir: /nix/store\nWantMassQuery: 0\nPriority: 50\n")
-        .map_err(io(tmp))?;
+    write_atomic(
+        &tmp.join("nix-cache-info"),
+        b"StoreDir: /nix/store\nWantMassQuery: 0\nPriority: 50\n",
+    )
+    .map_err(io(tmp))?;
     let jm = JobManifest {
         job_id: job.job_id.to_owned(),
         commit: job.commit.to_ascii_lowercase(),
@@ -252,7 +258,11 @@ fn import_into(export: &Path, tmp: &Path, job: &JobRef<'_>, limits: &Limits) -> 
         created_at: crate::job::now(),
     };
     let jm_path = tmp.join("manifest.json");
-    write_atomic(&jm_path, &serde_json::to_vec_pretty(&jm).expect("serialises")).map_err(io(&jm_path))?;
+    write_atomic(
+        &jm_path,
+        &serde_json::to_vec_pretty(&jm).expect("serialises"),
+    )
+    .map_err(io(&jm_path))?;
     Ok(Imported {
         dir: tmp.to_path_buf(),
         manifest,
@@ -312,8 +322,16 @@ mod tests {
         padded.resize(data.len() + 4096, 0); // a disk is bigger than its stream
         std::fs::write(&exp, padded).unwrap();
         let id = uuid::Uuid::new_v4().to_string();
-        let job = JobRef { job_id: &id, commit: COMMIT, repo: "o/n", pr: 1 };
-        let lim = Limits { max_nar_bytes: 1 << 20, max_paths: 100 };
+        let job = JobRef {
+            job_id: &id,
+            commit: COMMIT,
+            repo: "o/n",
+            pr: 1,
+        };
+        let lim = Limits {
+            max_nar_bytes: 1 << 20,
+            max_paths: 100,
+        };
         let r = import(&exp, &d.path().join("q"), &job, &lim);
         (d, r)
     }
@@ -325,13 +343,26 @@ mod tests {
 
     #[test]
     fn imports_valid_closure() {
-        let a = nar(&Node::File { exec: false, data: b"hello" });
+        let a = nar(&Node::File {
+            exec: false,
+            data: b"hello",
+        });
         let text = format!("see {A}");
-        let b = nar(&Node::Dir(vec![("f", Node::File { exec: true, data: text.as_bytes() })]));
-        let s = stream(vec![(entry(A, &a, &[]), a.clone()), (entry(B, &b, &[A]), b.clone())]);
+        let b = nar(&Node::Dir(vec![(
+            "f",
+            Node::File {
+                exec: true,
+                data: text.as_bytes(),
+            },
+        )]));
+        let s = stream(vec![
+            (entry(A, &a, &[]), a.clone()),
+            (entry(B, &b, &[A]), b.clone()),
+        ]);
         let (_d, r) = run(&s);
         let imp = r.unwrap();
-        let ni = std::fs::read_to_string(imp.dir.join("0mdqa9w1p6cmli6976v4wi0sw9r4p5pr.narinfo")).unwrap();
+        let ni = std::fs::read_to_string(imp.dir.join("0mdqa9w1p6cmli6976v4wi0sw9r4p5pr.narinfo"))
+            .unwrap();
         let ni = NarInfo::parse(&ni).unwrap();
         assert_eq!(ni.signed.references, vec![StorePath::parse(A).unwrap()]);
         assert!(imp.dir.join(&ni.url).exists());
@@ -340,14 +371,33 @@ mod tests {
 
     #[test]
     fn rejects_tampering_and_leaves_nothing() {
-        let good = nar(&Node::File { exec: false, data: b"hello" });
+        let good = nar(&Node::File {
+            exec: false,
+            data: b"hello",
+        });
         let dotdot = {
             let mut n = Vec::new();
             let s = crate::store::nar::build::str;
-            for t in [&b"nix-archive-1"[..], b"(", b"type", b"directory", b"entry", b"(", b"name", b"..", b"node"] {
+            for t in [
+                &b"nix-archive-1"[..],
+                b"(",
+                b"type",
+                b"directory",
+                b"entry",
+                b"(",
+                b"name",
+                b"..",
+                b"node",
+            ] {
                 s(&mut n, t);
             }
-            crate::store::nar::build::node(&mut n, &Node::File { exec: false, data: b"x" });
+            crate::store::nar::build::node(
+                &mut n,
+                &Node::File {
+                    exec: false,
+                    data: b"x",
+                },
+            );
             s(&mut n, b")");
             s(&mut n, b")");
             n
@@ -355,15 +405,36 @@ mod tests {
         let mut wrong_hash = entry(A, &good, &[]);
         wrong_hash.nar_hash = sha256_nix32(b"something else");
         let cases: Vec<(&str, Vec<u8>)> = vec![
-            ("dotdot", stream(vec![(entry(A, &dotdot, &[]), dotdot.clone())])),
+            (
+                "dotdot",
+                stream(vec![(entry(A, &dotdot, &[]), dotdot.clone())]),
+            ),
             ("hash", stream(vec![(wrong_hash, good.clone())])),
-            ("outside store", stream(vec![(entry("/etc/passwd", &good, &[]), good.clone())])),
-            ("traversal", stream(vec![(entry("/nix/store/../../etc/x", &good, &[]), good.clone())])),
-            ("ref outside job", stream(vec![(entry(A, &good, &[B]), good.clone())])),
+            (
+                "outside store",
+                stream(vec![(entry("/etc/passwd", &good, &[]), good.clone())]),
+            ),
+            (
+                "traversal",
+                stream(vec![(
+                    entry("/nix/store/../../etc/x", &good, &[]),
+                    good.clone(),
+                )]),
+            ),
+            (
+                "ref outside job",
+                stream(vec![(entry(A, &good, &[B]), good.clone())]),
+            ),
             ("unclaimed ref", {
-                let t = format!("{B}");
-                let n = nar(&Node::File { exec: false, data: t.as_bytes() });
-                stream(vec![(entry(A, &n, &[]), n.clone()), (entry(B, &good, &[]), good.clone())])
+                let t = B.to_string();
+                let n = nar(&Node::File {
+                    exec: false,
+                    data: t.as_bytes(),
+                });
+                stream(vec![
+                    (entry(A, &n, &[]), n.clone()),
+                    (entry(B, &good, &[]), good.clone()),
+                ])
             }),
             ("truncated", {
                 let s = stream(vec![(entry(A, &good, &[]), good.clone())]);

@@ -116,7 +116,9 @@ async fn run_tool(cmd: &mut Command, what: &str) -> Result<(), String> {
 }
 
 fn dir_size(p: &Path) -> u64 {
-    let Ok(md) = std::fs::symlink_metadata(p) else { return 0 };
+    let Ok(md) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
     if md.is_dir() {
         std::fs::read_dir(p)
             .map(|rd| rd.flatten().map(|e| dir_size(&e.path()) + 4096).sum())
@@ -135,7 +137,14 @@ async fn sparse_file(path: &Path, mib: u64) -> Result<(), String> {
 async fn mkfs(img: &Path, label: &str, from: Option<&Path>, mib: u64) -> Result<(), String> {
     sparse_file(img, mib).await?;
     let mut cmd = Command::new("mkfs.ext4");
-    cmd.args(["-q", "-F", "-L", label, "-E", "lazy_itable_init=1,lazy_journal_init=1"]);
+    cmd.args([
+        "-q",
+        "-F",
+        "-L",
+        label,
+        "-E",
+        "lazy_itable_init=1,lazy_journal_init=1",
+    ]);
     if let Some(d) = from {
         cmd.arg("-d").arg(d);
     }
@@ -160,7 +169,9 @@ const TAIL: usize = 10;
 
 impl Follower {
     fn poll(&mut self, channel: &Path, rec: &JobRecord, sink: &dyn LogSink) {
-        let Ok(mut f) = std::fs::File::open(channel) else { return };
+        let Ok(mut f) = std::fs::File::open(channel) else {
+            return;
+        };
         if f.seek(SeekFrom::Start(self.pos)).is_err() {
             return;
         }
@@ -281,7 +292,12 @@ impl Runner {
             }
             Err(e) => {
                 warn!(error = %e, "checkout failed");
-                return result(BuildStatus::UnexpectedError { err: format!("checkout failed: {e}") }, vec![]);
+                return result(
+                    BuildStatus::UnexpectedError {
+                        err: format!("checkout failed: {e}"),
+                    },
+                    vec![],
+                );
             }
         }
         // 2. disks
@@ -305,7 +321,10 @@ impl Runner {
         res.skipped_attrs = follower.skipped.clone();
         match exit {
             VmExit::TimedOut => {
-                warn!(limit = self.cfg.limits.job_timeout_secs, "job timed out; VM killed");
+                warn!(
+                    limit = self.cfg.limits.job_timeout_secs,
+                    "job timed out; VM killed"
+                );
                 res.status = BuildStatus::TimedOut;
                 return res;
             }
@@ -343,15 +362,30 @@ impl Runner {
             build_timeout_secs: self.cfg.limits.build_timeout_secs,
             max_silent_secs: self.cfg.limits.max_silent_secs,
         };
-        std::fs::write(stage.join("job.json"), serde_json::to_vec_pretty(&gj).expect("serialises"))
-            .map_err(|e| format!("write job.json: {e}"))?;
+        std::fs::write(
+            stage.join("job.json"),
+            serde_json::to_vec_pretty(&gj).expect("serialises"),
+        )
+        .map_err(|e| format!("write job.json: {e}"))?;
         let agent = self.cfg.agent_path();
-        std::fs::copy(&agent, stage.join("airlock-agent"))
+        let staged = stage.join("airlock-agent");
+        std::fs::copy(&agent, &staged)
             .map_err(|e| format!("guest agent {} unusable: {e}", agent.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| format!("chmod agent: {e}"))?;
+        }
         let mib = dir_size(&stage) * 5 / 4 / (1 << 20) + 32;
         mkfs(&paths.input_img(), "airlock-in", Some(&stage), mib).await?;
         let _ = std::fs::remove_dir_all(&stage);
-        mkfs(&paths.nix_img(), "airlock-nix", None, self.cfg.vm.nix_disk_mib).await?;
+        mkfs(
+            &paths.nix_img(),
+            "airlock-nix",
+            None,
+            self.cfg.vm.nix_disk_mib,
+        )
+        .await?;
         sparse_file(&paths.export_img(), self.cfg.vm.export_disk_mib).await
     }
 
@@ -365,17 +399,38 @@ impl Runner {
             memory_mib: self.cfg.vm.memory_mib,
             vcpus: self.cfg.vm.vcpus,
             disks: vec![
-                Disk { path: img.join("rootfs.img"), serial: "airlock-root".into(), readonly: true },
-                Disk { path: paths.nix_img(), serial: "airlock-nix".into(), readonly: false },
-                Disk { path: paths.input_img(), serial: "airlock-input".into(), readonly: true },
-                Disk { path: paths.export_img(), serial: "airlock-export".into(), readonly: false },
+                Disk {
+                    path: img.join("rootfs.img"),
+                    serial: "airlock-root".into(),
+                    readonly: true,
+                },
+                Disk {
+                    path: paths.nix_img(),
+                    serial: "airlock-nix".into(),
+                    readonly: false,
+                },
+                Disk {
+                    path: paths.input_img(),
+                    serial: "airlock-input".into(),
+                    readonly: true,
+                },
+                Disk {
+                    path: paths.export_img(),
+                    serial: "airlock-export".into(),
+                    readonly: false,
+                },
             ],
             console_log: paths.console_log(),
             channel_log: paths.channel_log(),
         }
     }
 
-    async fn boot(&self, rec: &mut JobRecord, paths: &JobPaths, phase: Phase) -> Result<(VmExit, Follower), String> {
+    async fn boot(
+        &self,
+        rec: &mut JobRecord,
+        paths: &JobPaths,
+        phase: Phase,
+    ) -> Result<(VmExit, Follower), String> {
         let spec = self.spec(rec, paths, phase);
         if !self.cfg.vm.image_dir.join("rootfs.img").exists() {
             return Err(format!(
@@ -435,19 +490,29 @@ impl Runner {
         Ok((exit, f))
     }
 
-    async fn collect(&self, rec: &JobRecord, paths: &JobPaths, mut res: JobResult, f: Follower) -> JobResult {
+    async fn collect(
+        &self,
+        rec: &JobRecord,
+        paths: &JobPaths,
+        mut res: JobResult,
+        f: Follower,
+    ) -> JobResult {
         let export = paths.export_img();
         let manifest = match quarantine::read_manifest(&export) {
             Ok(m) => m,
             Err(e) => {
-                let why = f.agent_error.clone().unwrap_or_else(|| format!("VM produced no valid result: {e}"));
+                let why = f
+                    .agent_error
+                    .clone()
+                    .unwrap_or_else(|| format!("VM produced no valid result: {e}"));
                 warn!(%why, "no result from the VM");
                 res.status = BuildStatus::UnexpectedError { err: why };
                 return res;
             }
         };
         res.status = manifest.status.clone();
-        res.attempted_attrs = Some(manifest.attempted_attrs.clone()).filter(|a| !a.is_empty() || res.status != BuildStatus::Skipped);
+        res.attempted_attrs = Some(manifest.attempted_attrs.clone())
+            .filter(|a| !a.is_empty() || res.status != BuildStatus::Skipped);
         res.skipped_attrs = Some(manifest.skipped_attrs.clone());
         if manifest.paths.is_empty() {
             return res;
@@ -462,7 +527,12 @@ impl Runner {
         let repo = rec.job.repo.full_name.clone();
         let pr = rec.job.pr.number;
         let imported = tokio::task::spawn_blocking(move || {
-            let jr = quarantine::JobRef { job_id: &job_id, commit: &commit, repo: &repo, pr };
+            let jr = quarantine::JobRef {
+                job_id: &job_id,
+                commit: &commit,
+                repo: &repo,
+                pr,
+            };
             quarantine::import(&export, &root, &jr, &limits)
         })
         .await
@@ -476,15 +546,22 @@ impl Runner {
             Ok(Err(e)) => {
                 let why = error_chain(&e);
                 warn!(reason = %why, "export rejected; nothing quarantined");
-                let mut log = std::fs::OpenOptions::new().append(true).open(paths.build_log()).ok();
+                let mut log = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(paths.build_log())
+                    .ok();
                 if let Some(l) = log.as_mut() {
                     let _ = writeln!(l, "airlock: export rejected, nothing quarantined: {why}");
                 }
                 res.export_error = Some(why.clone());
-                res.status = BuildStatus::UnexpectedError { err: format!("export rejected: {why}") };
+                res.status = BuildStatus::UnexpectedError {
+                    err: format!("export rejected: {why}"),
+                };
             }
             Err(e) => {
-                res.status = BuildStatus::UnexpectedError { err: format!("export verification crashed: {e}") };
+                res.status = BuildStatus::UnexpectedError {
+                    err: format!("export verification crashed: {e}"),
+                };
             }
         }
         res

@@ -15,7 +15,12 @@ use airlock::ofborg::{BuildJob, BuildStatus, Pr, Repo};
 #[command(name = "airlockctl", version, about = "Control airlockd")]
 struct Args {
     /// airlockd's API socket.
-    #[arg(long, global = true, env = "AIRLOCK_SOCKET", default_value = "/run/airlock/airlockd.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "AIRLOCK_SOCKET",
+        default_value = "/run/airlock/airlockd.sock"
+    )]
     socket: PathBuf,
     /// Machine-readable output.
     #[arg(long, global = true)]
@@ -62,8 +67,12 @@ enum Cmd {
 }
 
 fn call(socket: &PathBuf, req: &Request, mut on_line: impl FnMut(String)) -> anyhow::Result<Reply> {
-    let mut s = UnixStream::connect(socket)
-        .with_context(|| format!("cannot connect to airlockd at {} (is it running? --socket)", socket.display()))?;
+    let mut s = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot connect to airlockd at {} (is it running? --socket)",
+            socket.display()
+        )
+    })?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     s.write_all(&line)?;
@@ -87,8 +96,15 @@ fn status_text(s: &BuildStatus) -> String {
 fn print_job(r: &JobRecord) {
     println!("id:        {}", r.id);
     println!("state:     {:?}", r.state);
-    println!("repo:      {} (PR #{})", r.job.repo.clone_url, r.job.pr.number);
-    println!("head:      {} onto {}", r.job.pr.head_sha, r.job.target_branch());
+    println!(
+        "repo:      {} (PR #{})",
+        r.job.repo.clone_url, r.job.pr.number
+    );
+    println!(
+        "head:      {} onto {}",
+        r.job.pr.head_sha,
+        r.job.target_branch()
+    );
     if let Some(m) = &r.merged_commit {
         println!("merged:    {m}");
     }
@@ -132,7 +148,13 @@ fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let json = a.json;
     match a.cmd {
-        Cmd::Submit { repo, head, pr, target_branch, attrs } => {
+        Cmd::Submit {
+            repo,
+            head,
+            pr,
+            target_branch,
+            attrs,
+        } => {
             // A local path is resolved here: the daemon has another cwd.
             let clone_url = match std::fs::canonicalize(&repo) {
                 Ok(p) if !repo.contains("://") => p.display().to_string(),
@@ -152,14 +174,18 @@ fn main() -> anyhow::Result<()> {
                     name,
                     clone_url,
                 },
-                pr: Pr { target_branch: Some(target_branch), number: pr, head_sha: head },
+                pr: Pr {
+                    target_branch: Some(target_branch),
+                    number: pr,
+                    head_sha: head,
+                },
                 subset: None,
                 attrs,
                 request_id: uuid::Uuid::new_v4().to_string(),
                 logs: None,
                 statusreport: None,
             };
-            match call(&a.socket, &Request::Submit { job }, |_| {})? {
+            match call(&a.socket, &Request::Submit { job: Box::new(job) }, |_| {})? {
                 Reply::Submitted { id } if json => println!("{}", serde_json::json!({ "id": id })),
                 Reply::Submitted { id } => println!("{id}"),
                 r => bail!("unexpected reply {r:?}"),
@@ -168,7 +194,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Jobs => match call(&a.socket, &Request::List, |_| {})? {
             Reply::Jobs(js) if json => println!("{}", serde_json::to_string_pretty(&js)?),
             Reply::Jobs(js) => {
-                println!("{:<36}  {:<9}  {:<10}  {:>6}  ATTRS", "ID", "STATE", "STATUS", "PR");
+                println!(
+                    "{:<36}  {:<9}  {:<10}  {:>6}  ATTRS",
+                    "ID", "STATE", "STATUS", "PR"
+                );
                 for j in js {
                     let st = j.result.as_ref().map(|r| match &r.status {
                         BuildStatus::UnexpectedError { .. } => "Error".to_string(),
@@ -192,7 +221,10 @@ fn main() -> anyhow::Result<()> {
             r => bail!("unexpected reply {r:?}"),
         },
         Cmd::Log { id, no_follow } => {
-            let req = Request::Log { id, follow: !no_follow };
+            let req = Request::Log {
+                id,
+                follow: !no_follow,
+            };
             call(&a.socket, &req, |l| {
                 if json {
                     println!("{}", serde_json::json!({ "line": l }));
@@ -202,14 +234,24 @@ fn main() -> anyhow::Result<()> {
             })?;
         }
         Cmd::Wait { id, timeout } => {
-            match call(&a.socket, &Request::Wait { id, timeout_secs: timeout }, |_| {})? {
+            match call(
+                &a.socket,
+                &Request::Wait {
+                    id,
+                    timeout_secs: timeout,
+                },
+                |_| {},
+            )? {
                 Reply::Job(r) => {
                     if json {
                         println!("{}", serde_json::to_string_pretty(&r)?);
                     } else {
                         print_job(&r);
                     }
-                    let ok = r.result.as_ref().is_some_and(|x| x.status == BuildStatus::Success);
+                    let ok = r
+                        .result
+                        .as_ref()
+                        .is_some_and(|x| x.status == BuildStatus::Success);
                     std::process::exit(if ok { 0 } else { 1 });
                 }
                 r => bail!("unexpected reply {r:?}"),

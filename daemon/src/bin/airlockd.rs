@@ -16,7 +16,11 @@ use airlock::runner::{NoSink, Runner};
 use airlock::vm::qemu::{probe_accel, Qemu};
 
 #[derive(Parser, Debug)]
-#[command(name = "airlockd", version, about = "Build untrusted nixpkgs PRs in throwaway VMs")]
+#[command(
+    name = "airlockd",
+    version,
+    about = "Build untrusted nixpkgs PRs in throwaway VMs"
+)]
 struct Args {
     /// TOML config file (every key optional; see docs/configuration.md).
     #[arg(long)]

@@ -377,9 +377,24 @@ mod tests {
     #[test]
     fn valid_tree() {
         let n = nar(&Node::Dir(vec![
-            ("bin", Node::Dir(vec![("hello", Node::File { exec: true, data: b"#!/bin/sh\n" })])),
+            (
+                "bin",
+                Node::Dir(vec![(
+                    "hello",
+                    Node::File {
+                        exec: true,
+                        data: b"#!/bin/sh\n",
+                    },
+                )]),
+            ),
             ("link", Node::Link("bin/hello")),
-            ("z", Node::File { exec: false, data: b"" }),
+            (
+                "z",
+                Node::File {
+                    exec: false,
+                    data: b"",
+                },
+            ),
         ]));
         let s = check(&n).unwrap();
         assert_eq!(s.nar_size, n.len() as u64);
@@ -388,7 +403,10 @@ mod tests {
     #[test]
     fn empty_file_hash_matches_nix() {
         // `printf '' > f; nix-hash --type sha256 --base32 f` hashes this NAR.
-        let n = nar(&Node::File { exec: false, data: b"" });
+        let n = nar(&Node::File {
+            exec: false,
+            data: b"",
+        });
         let s = check(&n).unwrap();
         let expect = format!("sha256:{}", nix32::encode(&Sha256::digest(&n)));
         assert_eq!(s.nar_hash, expect);
@@ -397,7 +415,13 @@ mod tests {
     #[test]
     fn rejects_dotdot_slash_unsorted_and_trailing() {
         for name in ["..", ".", "a/b", ""] {
-            let n = nar(&Node::Dir(vec![(name, Node::File { exec: false, data: b"x" })]));
+            let n = nar(&Node::Dir(vec![(
+                name,
+                Node::File {
+                    exec: false,
+                    data: b"x",
+                },
+            )]));
             assert!(matches!(check(&n), Err(Error::BadName(_))), "{name:?}");
         }
         let n = nar(&Node::Dir(vec![
@@ -418,8 +442,17 @@ mod tests {
         build::str(&mut n, b"nix-archive-1");
         n.extend_from_slice(&u64::MAX.to_le_bytes());
         assert!(matches!(check(&n), Err(Error::Malformed(_))));
-        let big = nar(&Node::File { exec: false, data: &[7u8; 4096] });
-        let r = validate(&big[..], big.len() as u64, 100, None::<Vec<u8>>, RefScanner::new([]));
+        let big = nar(&Node::File {
+            exec: false,
+            data: &[7u8; 4096],
+        });
+        let r = validate(
+            &big[..],
+            big.len() as u64,
+            100,
+            None::<Vec<u8>>,
+            RefScanner::new([]),
+        );
         assert!(matches!(r, Err(Error::TooLarge(100))));
     }
 

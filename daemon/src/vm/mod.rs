@@ -72,6 +72,10 @@ pub trait VmBackend: Send + Sync {
     fn accel(&self) -> &str;
     /// Boot, wait for power-off; kill at `timeout` or when `cancel` fires.
     /// No VM process outlives the returned future, even if it is dropped.
-    fn run<'a>(&'a self, spec: &'a VmSpec, timeout: Duration, cancel: Cancel)
-        -> BoxFuture<'a, Result<VmExit>>;
+    fn run<'a>(
+        &'a self,
+        spec: &'a VmSpec,
+        timeout: Duration,
+        cancel: Cancel,
+    ) -> BoxFuture<'a, Result<VmExit>>;
 }

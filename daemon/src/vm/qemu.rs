@@ -211,12 +211,21 @@ pub async fn probe_accel(
     if out.contains("AIRLOCK-PROBE-OK") {
         return (
             "kvm".into(),
-            format!("KVM probe boot succeeded in {:.1}s", t0.elapsed().as_secs_f64()),
+            format!(
+                "KVM probe boot succeeded in {:.1}s",
+                t0.elapsed().as_secs_f64()
+            ),
         );
     }
     let why = match res {
-        Ok(VmExit::TimedOut) => format!("KVM probe boot did not finish within {}s", timeout.as_secs()),
-        Ok(VmExit::PoweredOff { detail, .. }) => format!("KVM probe boot failed: {}", detail.lines().next().unwrap_or("")),
+        Ok(VmExit::TimedOut) => format!(
+            "KVM probe boot did not finish within {}s",
+            timeout.as_secs()
+        ),
+        Ok(VmExit::PoweredOff { detail, .. }) => format!(
+            "KVM probe boot failed: {}",
+            detail.lines().next().unwrap_or("")
+        ),
         Ok(VmExit::Killed(r)) => r,
         Err(e) => format!("KVM probe boot could not start: {e}"),
     };
@@ -243,8 +252,16 @@ mod tests {
             memory_mib: 512,
             vcpus: 1,
             disks: vec![
-                Disk { path: "/r,x.img".into(), serial: "airlock-root".into(), readonly: true },
-                Disk { path: "/n.img".into(), serial: "airlock-nix".into(), readonly: false },
+                Disk {
+                    path: "/r,x.img".into(),
+                    serial: "airlock-root".into(),
+                    readonly: true,
+                },
+                Disk {
+                    path: "/n.img".into(),
+                    serial: "airlock-nix".into(),
+                    readonly: false,
+                },
             ],
             console_log: "/c".into(),
             channel_log: "/ch".into(),

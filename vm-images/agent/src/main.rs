@@ -21,7 +21,8 @@ use airlock_wire::{
 };
 
 /// Nix prints this for settings an untrusted client may not set; ofborg drops it.
-const RESTRICTED_WARNING: &str = "because it is a restricted setting and you are not a trusted user";
+const RESTRICTED_WARNING: &str =
+    "because it is a restricted setting and you are not a trusted user";
 
 #[derive(Clone)]
 struct Channel(Arc<Mutex<Box<dyn Write + Send>>>);
@@ -140,7 +141,8 @@ fn nix_common(job: &GuestJob) -> Vec<String> {
 fn run(args: &Args, ch: &Channel) -> Result<(), String> {
     let job_path = args.input.join("job.json");
     let job: GuestJob = serde_json::from_slice(
-        &std::fs::read(&job_path).map_err(|e| format!("cannot read {}: {e}", job_path.display()))?,
+        &std::fs::read(&job_path)
+            .map_err(|e| format!("cannot read {}: {e}", job_path.display()))?,
     )
     .map_err(|e| format!("invalid job.json: {e}"))?;
     if job.version != WIRE_VERSION {
@@ -216,22 +218,37 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
     Ok(())
 }
 
-fn build(job: &GuestJob, src: &Path, attrs: &[String], ch: &Channel) -> Result<BuildStatus, String> {
+fn build(
+    job: &GuestJob,
+    src: &Path,
+    attrs: &[String],
+    ch: &Channel,
+) -> Result<BuildStatus, String> {
     let mut cmd = Command::new("nix-build");
     nix_env(&mut cmd, src);
     cmd.args(["--no-out-link", "--keep-going"]);
     if job.build_timeout_secs > 0 {
-        cmd.args(["--option", "build-timeout", &job.build_timeout_secs.to_string()]);
+        cmd.args([
+            "--option",
+            "build-timeout",
+            &job.build_timeout_secs.to_string(),
+        ]);
     }
     if job.max_silent_secs > 0 {
-        cmd.args(["--option", "max-silent-time", &job.max_silent_secs.to_string()]);
+        cmd.args([
+            "--option",
+            "max-silent-time",
+            &job.max_silent_secs.to_string(),
+        ]);
     }
     cmd.args(nix_common(job));
     for a in attrs {
         cmd.arg("-A").arg(a);
     }
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run nix-build: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run nix-build: {e}"))?;
     let pump = |r: Box<dyn Read + Send>, ch: Channel| {
         std::thread::spawn(move || {
             let mut r = BufReader::new(r);
@@ -253,7 +270,9 @@ fn build(job: &GuestJob, src: &Path, attrs: &[String], ch: &Channel) -> Result<B
     };
     let t1 = pump(Box::new(child.stdout.take().expect("piped")), ch.clone());
     let t2 = pump(Box::new(child.stderr.take().expect("piped")), ch.clone());
-    let st = child.wait().map_err(|e| format!("waiting for nix-build: {e}"))?;
+    let st = child
+        .wait()
+        .map_err(|e| format!("waiting for nix-build: {e}"))?;
     let _ = t1.join();
     let _ = t2.join();
     Ok(BuildStatus::from_nix_exit(st.code()))
@@ -288,7 +307,10 @@ fn produced_paths(drvs: &[String]) -> Result<Vec<ExportedPath>, String> {
     let all_drvs: Vec<String> = reqs.into_iter().filter(|p| p.ends_with(".drv")).collect();
     let outputs = nix_store(&["-q", "--outputs"], &all_drvs)?;
     let invalid = nix_store(&["--check-validity", "--print-invalid"], &outputs)?;
-    let valid: Vec<String> = outputs.into_iter().filter(|p| !invalid.contains(p)).collect();
+    let valid: Vec<String> = outputs
+        .into_iter()
+        .filter(|p| !invalid.contains(p))
+        .collect();
     if valid.is_empty() {
         return Ok(vec![]);
     }
@@ -299,7 +321,10 @@ fn produced_paths(drvs: &[String]) -> Result<Vec<ExportedPath>, String> {
     let hashes = nix_store(&["-q", "--hash"], &closure)?;
     let sizes = nix_store(&["-q", "--size"], &closure)?;
     let derivers = nix_store(&["-q", "--deriver"], &closure)?;
-    if hashes.len() != closure.len() || sizes.len() != closure.len() || derivers.len() != closure.len() {
+    if hashes.len() != closure.len()
+        || sizes.len() != closure.len()
+        || derivers.len() != closure.len()
+    {
         return Err("nix-store returned an unexpected number of lines".into());
     }
     let mut out = Vec::with_capacity(closure.len());

@@ -283,7 +283,10 @@ mod tests {
         let mut buf = EXPORT_MAGIC.to_vec();
         buf.extend_from_slice(&100u32.to_le_bytes());
         buf.extend_from_slice(b"{}");
-        assert!(matches!(read_header(&mut &buf[..]), Err(Error::Truncated(_))));
+        assert!(matches!(
+            read_header(&mut &buf[..]),
+            Err(Error::Truncated(_))
+        ));
     }
 
     #[test]
@@ -294,12 +297,18 @@ mod tests {
         let mut buf = EXPORT_MAGIC.to_vec();
         buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
         buf.extend_from_slice(&body);
-        assert!(matches!(read_header(&mut &buf[..]), Err(Error::BadManifest(_))));
+        assert!(matches!(
+            read_header(&mut &buf[..]),
+            Err(Error::BadManifest(_))
+        ));
     }
 
     #[test]
     fn channel_lines() {
-        assert_eq!(parse_channel_line(b"L hello"), ChannelLine::Log("hello".into()));
+        assert_eq!(
+            parse_channel_line(b"L hello"),
+            ChannelLine::Log("hello".into())
+        );
         assert_eq!(parse_channel_line(b"L"), ChannelLine::Log("".into()));
         assert_eq!(
             parse_channel_line(b"L \xff\xfe"),
@@ -318,7 +327,10 @@ mod tests {
             parse_channel_line(b"E {\"bogus\":1}"),
             ChannelLine::Garbage(_)
         ));
-        assert!(matches!(parse_channel_line(b"random"), ChannelLine::Garbage(_)));
+        assert!(matches!(
+            parse_channel_line(b"random"),
+            ChannelLine::Garbage(_)
+        ));
         assert_eq!(encode_log_line("a\nb"), "L a b\n");
     }
 

@@ -1,0 +1,325 @@
+//! Harness for the end-to-end tests: real airlockd, real QEMU (TCG here,
+//! KVM where it works), real Nix in the guest, real git.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const IMAGE_DIR_DEFAULT: &str = "/var/cache/airlock/guest/current";
+
+/// Where cargo put the workspace binaries (tests run from target/<profile>/deps).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+pub fn image_dir() -> PathBuf {
+    std::env::var_os("AIRLOCK_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| IMAGE_DIR_DEFAULT.into())
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Everything an end-to-end test needs. Returns false (after a loud message)
+/// when something is missing; with AIRLOCK_REQUIRE_E2E=1 (CI) it panics instead.
+pub fn prerequisites(test: &str) -> bool {
+    let mut missing = Vec::new();
+    // SAFETY-free check for root: the VM disks and Nix's sandbox need it.
+    if !Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"))
+    {
+        missing.push("root".to_string());
+    }
+    for c in ["qemu-system-x86_64", "mkfs.ext4", "git", "nix-build", "tar"] {
+        if !have(c) {
+            missing.push(c.to_string());
+        }
+    }
+    for f in ["vmlinux", "initrd.gz", "rootfs.img"] {
+        if !image_dir().join(f).exists() {
+            missing.push(format!(
+                "guest image {}/{f} (vm-images/guest/build-guest.sh)",
+                image_dir().display()
+            ));
+        }
+    }
+    for b in ["airlockd", "airlockctl", "airlock-agent"] {
+        if !bin(b).exists() {
+            missing.push(format!("{} (cargo build --workspace)", bin(b).display()));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("SKIPPED {test}: missing {}", missing.join(", "));
+    if std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() == Ok("1") {
+        panic!("{msg} (AIRLOCK_REQUIRE_E2E=1 forbids skipping)");
+    }
+    eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+    false
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub config: PathBuf,
+}
+
+impl Daemon {
+    /// Start airlockd with TCG (or AIRLOCK_TEST_ACCEL) and `extra` TOML lines
+    /// (tables after the `[vm]` table).
+    pub fn start(extra: &str) -> Daemon {
+        Daemon::start_full("", extra)
+    }
+
+    /// Like [`Daemon::start`], with extra keys inside the `[vm]` table.
+    pub fn start_with_vm(vm_keys: &str) -> Daemon {
+        Daemon::start_full(vm_keys, "")
+    }
+
+    fn start_full(vm_keys: &str, extra: &str) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("airlock-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let accel = std::env::var("AIRLOCK_TEST_ACCEL").unwrap_or_else(|_| "tcg".into());
+        let config = dir.path().join("airlock.toml");
+        let mut toml = format!(
+            "max_jobs = 1\n[vm]\naccel = \"{accel}\"\nimage_dir = \"{}\"\nnix_disk_mib = 1024\nexport_disk_mib = 256\n",
+            image_dir().display()
+        );
+        toml.push_str(vm_keys);
+        toml.push_str(extra);
+        std::fs::write(&config, toml).unwrap();
+        let mut d = Daemon {
+            dir,
+            child: None,
+            config,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("airlockd.sock")
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("airlockd.log")).unwrap_or_default()
+    }
+
+    pub fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("airlockd.log"))
+            .unwrap();
+        let child = Command::new(bin("airlockd"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--state-dir")
+            .arg(self.state())
+            .arg("--socket")
+            .arg(self.socket())
+            .env("AIRLOCK_LOG", "info,airlock=debug")
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start airlockd");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while !self.socket().exists() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "airlockd did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("airlockctl"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("run airlockctl")
+    }
+
+    pub fn submit(&self, repo: &Path, head: &str, attrs: &[&str]) -> String {
+        let mut args = vec![
+            "--json",
+            "submit",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--head",
+            head,
+            "--pr",
+            "42",
+        ];
+        for a in attrs {
+            args.extend(["--attr", a]);
+        }
+        let out = self.ctl(&args);
+        assert!(
+            out.status.success(),
+            "submit failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("submit --json");
+        v["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Wait for the job to finish; returns its record as JSON.
+    pub fn wait(&self, id: &str, limit_secs: u64) -> serde_json::Value {
+        let out = self.ctl(&["--json", "wait", id, "--timeout", &limit_secs.to_string()]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "wait failed: {}\n--- daemon log ---\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log()
+            )
+        })
+    }
+
+    pub fn build_log(&self, id: &str) -> String {
+        let out = self.ctl(&["log", id, "--no-follow"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.org")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.org")
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+pub fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pkgs")
+}
+
+/// A git repo with the fixture package set on `master` and a PR branch `pr`
+/// with one more commit; `extra` files are added in the PR commit.
+/// Returns (repo dir, PR head sha).
+pub fn fixture_repo(parent: &Path, extra: &[(&str, Vec<u8>)]) -> (PathBuf, String) {
+    let repo = parent.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::copy(fixture_dir().join("default.nix"), repo.join("default.nix")).unwrap();
+    git(&repo, &["init", "-q", "-b", "master"]);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "base"]);
+    git(&repo, &["checkout", "-q", "-b", "pr"]);
+    std::fs::write(repo.join("PR.md"), "a pull request\n").unwrap();
+    for (name, data) in extra {
+        let p = repo.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "pr"]);
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+    // Move master on, so the head really gets merged, not fast-forwarded.
+    git(&repo, &["checkout", "-q", "master"]);
+    std::fs::write(repo.join("MASTER.md"), "moved on\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "master moves on"]);
+    (repo, head)
+}
+
+/// Build an attr of the fixture set directly on the host with Nix.
+pub fn host_build(repo: &Path, attr: &str) -> Vec<String> {
+    let out = Command::new("nix-build")
+        .current_dir(repo)
+        .args([
+            "--no-out-link",
+            "--option",
+            "sandbox",
+            "true",
+            "--option",
+            "sandbox-paths",
+            "/bin/sh=/bin/busybox",
+            "--option",
+            "substituters",
+            "",
+            "-A",
+            attr,
+        ])
+        .output()
+        .expect("nix-build");
+    assert!(
+        out.status.success(),
+        "host nix-build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let top = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let out = Command::new("nix-store")
+        .args(["-qR", &top])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+pub fn status(rec: &serde_json::Value) -> String {
+    let s = &rec["result"]["status"];
+    s.as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| s.to_string())
+}
+
+pub fn no_vm_for(id: &str) -> bool {
+    let out = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    !String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.contains("qemu") && l.contains(id))
+}

@@ -1,0 +1,166 @@
+//! A hostile guest: the agent is replaced by a script that writes crafted
+//! export streams from inside a real VM. Every one must be rejected with the
+//! reason in the log, leaving nothing in quarantine, while the daemon keeps
+//! running and the next honest job still works.
+
+mod common;
+
+use airlock::store::nar::build::{nar, str as nar_str, Node};
+use airlock_wire::{BuildStatus, ExportedPath, Manifest, Phase, WIRE_VERSION};
+use common::*;
+use sha2::Digest;
+
+const A: &str = "/nix/store/ihml9cgha2ncb1jfpf857yd6nls4n23b-evil";
+const B: &str = "/nix/store/0mdqa9w1p6cmli6976v4wi0sw9r4p5pr-other";
+
+const HOSTILE_AGENT: &str = r#"#!/bin/sh
+# Pretends to be airlock-agent; writes a pre-made export chosen by the attr.
+while [ $# -gt 0 ]; do
+  case $1 in --input) in=$2;; --export) ex=$2;; --channel) ch=$2;; esac; shift 2
+done
+printf 'E {"agent_started":{"version":1}}\n' > "$ch"
+printf '\033[2J this is not the agent protocol\n' > "$ch"
+attr=$(grep -o '"evil-[a-z-]*"' "$in/job.json" | head -1 | tr -d '"')
+printf 'L hostile agent writes %s\n' "$attr" > "$ch"
+cat "$in/src/evil/$attr.bin" > "$ex"
+sync
+"#;
+
+fn hash(b: &[u8]) -> String {
+    format!(
+        "sha256:{}",
+        airlock::store::nix32::encode(&sha2::Sha256::digest(b))
+    )
+}
+
+fn entry(path: &str, bytes: &[u8], refs: &[&str]) -> ExportedPath {
+    ExportedPath {
+        path: path.into(),
+        nar_hash: hash(bytes),
+        nar_size: bytes.len() as u64,
+        references: refs.iter().map(|s| s.to_string()).collect(),
+        deriver: None,
+        ca: None,
+    }
+}
+
+fn stream(entries: Vec<(ExportedPath, Vec<u8>)>) -> Vec<u8> {
+    let m = Manifest {
+        version: WIRE_VERSION,
+        phase: Phase::All,
+        status: BuildStatus::Success,
+        attempted_attrs: vec!["x".into()],
+        skipped_attrs: vec![],
+        paths: entries.iter().map(|e| e.0.clone()).collect(),
+    };
+    let mut out = Vec::new();
+    airlock_wire::write_header(&mut out, &m).unwrap();
+    for (_, b) in &entries {
+        out.extend_from_slice(b);
+    }
+    airlock_wire::write_trailer(&mut out).unwrap();
+    out
+}
+
+fn dotdot_nar() -> Vec<u8> {
+    let mut n = Vec::new();
+    for t in [
+        &b"nix-archive-1"[..],
+        b"(",
+        b"type",
+        b"directory",
+        b"entry",
+        b"(",
+        b"name",
+        b"..",
+        b"node",
+    ] {
+        nar_str(&mut n, t);
+    }
+    airlock::store::nar::build::node(
+        &mut n,
+        &Node::File {
+            exec: false,
+            data: b"pwned",
+        },
+    );
+    nar_str(&mut n, b")");
+    nar_str(&mut n, b")");
+    n
+}
+
+#[test]
+fn tampered_exports_are_rejected() {
+    if !prerequisites("tampered_exports_are_rejected") {
+        return;
+    }
+    let good = nar(&Node::File {
+        exec: false,
+        data: b"honest bytes",
+    });
+    let mut lying = entry(A, &good, &[]);
+    lying.nar_hash = hash(b"what the guest claims");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "evil-dotdot",
+            stream(vec![(entry(A, &dotdot_nar(), &[]), dotdot_nar())]),
+            "\"..\" is not allowed",
+        ),
+        (
+            "evil-hash",
+            stream(vec![(lying, good.clone())]),
+            "does not match the claimed",
+        ),
+        (
+            "evil-outside",
+            stream(vec![(entry("/etc/cron.d/evil", &good, &[]), good.clone())]),
+            "is not under /nix/store",
+        ),
+        (
+            "evil-ref",
+            stream(vec![(entry(A, &good, &[B]), good.clone())]),
+            "not part of this job's export",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("hostile-agent");
+    std::fs::write(&agent, HOSTILE_AGENT).unwrap();
+    let d = Daemon::start_with_vm(&format!("agent = \"{}\"\n", agent.display()));
+    let extra: Vec<(String, Vec<u8>)> = cases
+        .iter()
+        .map(|(n, b, _)| (format!("evil/{n}.bin"), b.clone()))
+        .collect();
+    let extra_ref: Vec<(&str, Vec<u8>)> =
+        extra.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    let (repo, head) = fixture_repo(d.dir.path(), &extra_ref);
+    let ids: Vec<String> = cases
+        .iter()
+        .map(|(attr, _, _)| d.submit(&repo, &head, &[attr]))
+        .collect();
+    for ((attr, _, reason), id) in cases.iter().zip(&ids) {
+        let rec = d.wait(id, 600);
+        let st = status(&rec);
+        assert!(st.contains("export rejected"), "{attr}: status {st}");
+        let err = rec["result"]["export_error"].as_str().unwrap_or_default();
+        assert!(
+            err.contains(reason),
+            "{attr}: reason {err:?} lacks {reason:?}"
+        );
+        assert!(rec["result"]["quarantine"].is_null());
+        let log = d.build_log(id);
+        assert!(
+            log.contains("export rejected, nothing quarantined"),
+            "{attr}: {log}"
+        );
+        assert!(
+            log.contains("this is not the agent protocol"),
+            "garbage is kept as log text"
+        );
+    }
+    let q = d.state().join("quarantine");
+    let left: Vec<_> = std::fs::read_dir(&q)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "quarantine must stay empty: {left:?}");
+    assert!(d.log().contains("export rejected; nothing quarantined"));
+}
