@@ -1,0 +1,31 @@
+#!/bin/bash
+# Install everything airlock needs on a fresh Debian 12 machine (root), build
+# the workspace and the guest image. Idempotent: a re-run takes seconds.
+#   scripts/setup.sh            packages + cargo build + guest image
+#   SKIP_IMAGE=1 scripts/setup.sh   without the guest image
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+export DEBIAN_FRONTEND=noninteractive
+[ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (VM disks, Nix sandbox, netns)" >&2; exit 1; }
+
+pkgs=(nix-bin nix-setup-systemd busybox-static cpio kmod qemu-system-x86 e2fsprogs
+      debootstrap git tar python3 ca-certificates procps)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup.sh: installing ${missing[*]}"
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# bookworm's qemu-system-x86 can take the preinstalled qemu-img with it.
+command -v qemu-img >/dev/null || apt-get install -y -q --no-install-recommends qemu-utils
+# apt-cache needs package lists for the guest kernel lookup.
+[ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock)" ] || apt-get update -q
+
+cargo build --workspace --quiet --manifest-path "$repo/Cargo.toml"
+if [ "${SKIP_IMAGE:-0}" != 1 ]; then
+  "$repo/vm-images/guest/build-guest.sh" "${AIRLOCK_IMAGE_CACHE:-/var/cache/airlock/guest}"
+fi
+echo "setup.sh: ready"
