@@ -75,6 +75,14 @@ pub struct JobRecord {
     pub accel: Option<String>,
     /// Seconds from VM start to the agent's first message, per phase.
     pub boot_secs: Option<f64>,
+    /// Seconds since the job started at which each step ended, in order
+    /// (checkout, disks, agent_started, instantiated, built, exported,
+    /// vm_exit, verified): where the time goes.
+    #[serde(default)]
+    pub timings: Vec<(String, f64)>,
+    /// When the current run started (in memory only).
+    #[serde(skip)]
+    pub run_started: Option<std::time::Instant>,
     pub result: Option<JobResult>,
 }
 
@@ -105,6 +113,8 @@ impl JobRecord {
             finished_at: None,
             accel: None,
             boot_secs: None,
+            timings: Vec::new(),
+            run_started: None,
             result: None,
         }
     }

@@ -163,6 +163,8 @@ struct Follower {
     attempted: Option<Vec<String>>,
     skipped: Option<Vec<String>>,
     agent_error: Option<String>,
+    /// (event, when it arrived).
+    marks: Vec<(String, Instant)>,
 }
 
 const TAIL: usize = 10;
@@ -207,18 +209,24 @@ impl Follower {
                 warn!(line = %t.chars().take(200).collect::<String>(), "unexpected line on the agent channel");
                 self.log_line(t, rec, sink)
             }
-            ChannelLine::Event(Event::AgentStarted { .. }) => {
-                self.started.get_or_insert_with(Instant::now);
+            ChannelLine::Event(ev) => {
+                let now = Instant::now();
+                match ev {
+                    Event::AgentStarted { .. } => {
+                        self.started.get_or_insert(now);
+                        self.marks.push(("agent_started".into(), now));
+                    }
+                    Event::Instantiated { attempted, skipped } => {
+                        sink.started(rec, &attempted, &skipped);
+                        self.attempted = Some(attempted);
+                        self.skipped = Some(skipped);
+                        self.marks.push(("instantiated".into(), now));
+                    }
+                    Event::Built { .. } => self.marks.push(("built".into(), now)),
+                    Event::Exported { .. } => self.marks.push(("exported".into(), now)),
+                    Event::AgentError { message } => self.agent_error = Some(message),
+                }
             }
-            ChannelLine::Event(Event::Instantiated { attempted, skipped }) => {
-                sink.started(rec, &attempted, &skipped);
-                self.attempted = Some(attempted);
-                self.skipped = Some(skipped);
-            }
-            ChannelLine::Event(Event::AgentError { message }) => {
-                self.agent_error = Some(message);
-            }
-            ChannelLine::Event(_) => {}
         }
     }
 }
@@ -227,6 +235,19 @@ impl Runner {
     pub fn paths(&self, id: &str) -> JobPaths {
         JobPaths {
             dir: self.store.dir(id),
+        }
+    }
+
+    /// Record that a step of the job ended now.
+    fn mark(&self, rec: &mut JobRecord, step: &str) {
+        self.mark_at(rec, step, Instant::now());
+    }
+
+    fn mark_at(&self, rec: &mut JobRecord, step: &str, at: Instant) {
+        if let Some(t0) = rec.run_started {
+            let secs = at.saturating_duration_since(t0).as_secs_f64();
+            rec.timings
+                .push((step.to_owned(), (secs * 1000.0).round() / 1000.0));
         }
     }
 
@@ -243,6 +264,8 @@ impl Runner {
         async {
             let paths = self.paths(&rec.id);
             let t0 = Instant::now();
+            rec.run_started = Some(t0);
+            rec.timings.clear();
             rec.started_at = Some(crate::job::now());
             let res = self.run_inner(rec, &paths).await;
             paths.remove_scratch();
@@ -281,6 +304,7 @@ impl Runner {
             Ok(Outcome::Merged { commit }) => {
                 info!(merged = %commit, "merged head onto {}", rec.job.target_branch());
                 rec.merged_commit = Some(commit);
+                self.mark(rec, "checkout");
             }
             Ok(Outcome::MergeFailed) => {
                 info!("merge failed");
@@ -305,6 +329,7 @@ impl Runner {
             warn!(error = %e, "cannot prepare the VM disks");
             return result(BuildStatus::UnexpectedError { err: e }, vec![]);
         }
+        self.mark(rec, "disks");
         // 3. the VM
         rec.state = JobState::Running;
         self.save(rec);
@@ -341,7 +366,9 @@ impl Runner {
         // 4. verify and quarantine
         rec.state = JobState::Verifying;
         self.save(rec);
-        self.collect(rec, paths, res, follower).await
+        let res = self.collect(rec, paths, res, follower).await;
+        self.mark(rec, "verified");
+        res
     }
 
     async fn make_disks(&self, rec: &JobRecord, paths: &JobPaths) -> Result<(), String> {
@@ -454,6 +481,7 @@ impl Runner {
             attempted: None,
             skipped: None,
             agent_error: None,
+            marks: Vec::new(),
         };
         let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel();
         let timeout = Duration::from_secs(self.cfg.limits.job_timeout_secs);
@@ -487,6 +515,10 @@ impl Runner {
         };
         f.poll(&spec.channel_log, rec, self.sink.as_ref());
         info!(secs = t0.elapsed().as_secs_f64(), ?exit, "VM stopped");
+        for (name, at) in f.marks.drain(..) {
+            self.mark_at(rec, &name, at);
+        }
+        self.mark(rec, "vm_exit");
         Ok((exit, f))
     }
 

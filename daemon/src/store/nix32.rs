@@ -42,6 +42,25 @@ pub fn decode(s: &str, out_len: usize) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Normalise a sha256 hash as Nix prints it (`sha256:<nix32>`,
+/// `sha256:<hex>` or SRI `sha256-<base64>`) to `sha256:<nix32>`.
+pub fn normalize_sha256(h: &str) -> Option<String> {
+    use base64::Engine as _;
+    let bytes = if let Some(b64) = h.strip_prefix("sha256-") {
+        base64::engine::general_purpose::STANDARD.decode(b64).ok()?
+    } else {
+        let rest = h.strip_prefix("sha256:")?;
+        match rest.len() {
+            52 => decode(rest, 32)?,
+            64 => (0..32)
+                .map(|i| u8::from_str_radix(rest.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()?,
+            _ => return None,
+        }
+    };
+    (bytes.len() == 32).then(|| format!("sha256:{}", encode(&bytes)))
+}
+
 pub fn is_nix32_char(c: u8) -> bool {
     matches!(c, b'0'..=b'9' | b'a'..=b'd' | b'f'..=b'n' | b'p'..=b's' | b'v'..=b'z')
 }
@@ -61,6 +80,18 @@ mod tests {
         let enc = encode(&h);
         assert_eq!(enc, "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73");
         assert_eq!(decode(&enc, 32).unwrap(), h);
+    }
+
+    #[test]
+    fn normalizes_sri_hex_and_nix32() {
+        let n = "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
+        assert_eq!(normalize_sha256(n).unwrap(), n);
+        let sri = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+        assert_eq!(normalize_sha256(sri).unwrap(), n);
+        let hex = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(normalize_sha256(hex).unwrap(), n);
+        assert!(normalize_sha256("md5:abc").is_none());
+        assert!(normalize_sha256("sha256-AAAA").is_none());
     }
 
     #[test]

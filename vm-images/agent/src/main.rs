@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 
+mod nar;
+
 use airlock_wire::{
     encode_event, encode_log_line, BuildStatus, Event, ExportedPath, GuestJob, Manifest, Phase,
     WIRE_VERSION,
@@ -314,35 +316,59 @@ fn produced_paths(drvs: &[String]) -> Result<Vec<ExportedPath>, String> {
     if valid.is_empty() {
         return Ok(vec![]);
     }
-    let mut closure = nix_store(&["-qR"], &valid)?;
-    closure.retain(|p| !p.ends_with(".drv"));
-    closure.sort();
-    closure.dedup();
-    let hashes = nix_store(&["-q", "--hash"], &closure)?;
-    let sizes = nix_store(&["-q", "--size"], &closure)?;
-    let derivers = nix_store(&["-q", "--deriver"], &closure)?;
-    if hashes.len() != closure.len()
-        || sizes.len() != closure.len()
-        || derivers.len() != closure.len()
-    {
-        return Err("nix-store returned an unexpected number of lines".into());
+    // One call for the closure's metadata (hash, size, references, deriver, CA).
+    let out = Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "path-info",
+            "--json",
+            "-r",
+        ])
+        .args(&valid)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run nix path-info: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nix path-info failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
-    let mut out = Vec::with_capacity(closure.len());
-    for (i, p) in closure.iter().enumerate() {
-        let mut references = nix_store(&["-q", "--references"], std::slice::from_ref(p))?;
-        references.sort();
-        out.push(ExportedPath {
-            path: p.clone(),
-            nar_hash: hashes[i].clone(),
-            nar_size: sizes[i]
-                .parse()
-                .map_err(|e| format!("bad size for {p}: {e}"))?,
-            references,
-            deriver: Some(derivers[i].clone()).filter(|d| d != "unknown-deriver"),
-            ca: None,
-        });
-    }
-    Ok(out)
+    let infos: Vec<PathInfo> =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("nix path-info output: {e}"))?;
+    let mut paths: Vec<ExportedPath> = infos
+        .into_iter()
+        .filter(|i| !i.path.ends_with(".drv"))
+        .map(|i| {
+            let mut references = i.references;
+            references.sort();
+            ExportedPath {
+                path: i.path,
+                nar_hash: i.nar_hash,
+                nar_size: i.nar_size,
+                references,
+                deriver: i.deriver,
+                ca: i.ca,
+            }
+        })
+        .collect();
+    paths.sort_by(|a, b| a.path.cmp(&b.path));
+    paths.dedup_by(|a, b| a.path == b.path);
+    Ok(paths)
+}
+
+/// The part of `nix path-info --json` the agent uses.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PathInfo {
+    path: String,
+    nar_hash: String,
+    nar_size: u64,
+    #[serde(default)]
+    references: Vec<String>,
+    deriver: Option<String>,
+    ca: Option<String>,
 }
 
 /// Write the whole export stream; returns the bytes written.
@@ -357,20 +383,13 @@ fn write_export(dev: &Path, m: &Manifest) -> Result<u64, String> {
     };
     airlock_wire::write_header(&mut w, m).map_err(|e| format!("export: {e}"))?;
     for p in &m.paths {
-        let mut child = Command::new("nix-store")
-            .arg("--dump")
-            .arg(&p.path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run nix-store --dump: {e}"))?;
-        let mut stdout = child.stdout.take().expect("piped");
-        let n = std::io::copy(&mut stdout, &mut w)
+        let before = w.count;
+        nar::dump(Path::new(&p.path), &mut w)
             .map_err(|e| format!("export of {} failed (export disk full?): {e}", p.path))?;
-        let st = child.wait().map_err(|e| e.to_string())?;
-        if !st.success() || n != p.nar_size {
+        let n = w.count - before;
+        if n != p.nar_size {
             return Err(format!(
-                "nix-store --dump {} wrote {n} bytes, expected {} ({st})",
+                "NAR of {} is {n} bytes, Nix says {}",
                 p.path, p.nar_size
             ));
         }

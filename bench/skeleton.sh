@@ -1,0 +1,68 @@
+#!/bin/bash
+# Walking-skeleton benchmark: the `chain` fixture attr built N times (default 5)
+# through airlockd (one fresh VM per job) and N times with plain nix-build on
+# the host; prints medians and where a job's time goes.
+# usage: bench/skeleton.sh [N]     env: ACCEL (tcg|kvm|auto, default auto)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+N=${1:-5}
+bin=$repo/target/release
+cargo build --release --workspace --quiet --manifest-path "$repo/Cargo.toml"
+work=$(mktemp -d /tmp/airlock-bench.XXXXXX)
+pid=
+trap '[ -n "$pid" ] && kill $pid 2>/dev/null; rm -rf "$work"' EXIT
+
+g() { git -C "$work/repo" -c user.name=b -c user.email=b@localhost "$@"; }
+mkdir "$work/repo"; cp "$repo/tests/fixtures/pkgs/default.nix" "$work/repo/"
+g init -q -b master; g add .; g commit -q -m base
+g checkout -q -b pr; echo x > "$work/repo/X"; g add .; g commit -q -m pr
+head=$(g rev-parse HEAD)
+
+cat > "$work/airlock.toml" <<TOML
+[vm]
+accel = "${ACCEL:-auto}"
+image_dir = "${AIRLOCK_IMAGE_DIR:-/var/cache/airlock/guest/current}"
+TOML
+"$bin/airlockd" --config "$work/airlock.toml" --state-dir "$work/state" --socket "$work/sock" > "$work/d.log" 2>&1 &
+pid=$!
+for _ in $(seq 600); do [ -S "$work/sock" ] && break; sleep 0.1; done
+ctl() { "$bin/airlockctl" --socket "$work/sock" "$@"; }
+
+for i in $(seq "$N"); do
+  id=$(ctl submit --repo "$work/repo" --head "$head" --attr chain)
+  ctl --json wait "$id" > "$work/job-$i.json" || { cat "$work/d.log"; exit 1; }
+done
+
+nixopts=(--option sandbox true --option sandbox-paths /bin/sh=/bin/busybox --option substituters "")
+for i in $(seq "$N"); do
+  paths=$(cd "$work/repo" && nix-build --no-out-link "${nixopts[@]}" -A chain 2>/dev/null | xargs nix-store -qR)
+  nix-store --delete $paths >/dev/null 2>&1 || true
+  s=$(date +%s.%N)
+  (cd "$work/repo" && nix-build --no-out-link "${nixopts[@]}" -A chain >/dev/null 2>&1)
+  e=$(date +%s.%N)
+  echo "$s $e" >> "$work/host.txt"
+done
+
+python3 - "$work" "$N" <<'PY'
+import json, sys, statistics as st
+work, n = sys.argv[1], int(sys.argv[2])
+jobs = [json.load(open(f"{work}/job-{i}.json")) for i in range(1, n + 1)]
+host = [float(e) - float(s) for s, e in (l.split() for l in open(f"{work}/host.txt"))]
+def med(xs): return st.median(xs)
+total = [dict(j["timings"])["verified"] for j in jobs]
+steps = ["checkout", "disks", "agent_started", "instantiated", "built", "exported", "vm_exit", "verified"]
+print(f"accel: {jobs[0]['accel']}, runs: {n}, status: {[j['result']['status'] for j in jobs]}")
+print(f"| metric | median | min | max |\n|---|---|---|---|")
+print(f"| job via airlockd (s) | {med(total):.2f} | {min(total):.2f} | {max(total):.2f} |")
+print(f"| plain nix-build on host (s) | {med(host):.3f} | {min(host):.3f} | {max(host):.3f} |")
+print(f"| ratio airlockd / host | {med(total)/med(host):.0f}x | | |")
+boot = [j["boot_secs"] for j in jobs]
+print(f"| VM start -> agent running (s) | {med(boot):.2f} | {min(boot):.2f} | {max(boot):.2f} |")
+print("\nwhere the time goes (median seconds per step, from the job's timings):\n")
+print("| step | ends at | takes |\n|---|---|---|")
+prev = 0.0
+for s in steps:
+    at = med([dict(j["timings"])[s] for j in jobs])
+    print(f"| {s} | {at:.2f} | {at - prev:.2f} |")
+    prev = at
+PY
