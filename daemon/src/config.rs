@@ -29,8 +29,102 @@ pub struct Config {
     pub system: String,
     /// Name of this builder in reports.
     pub identity: String,
+    /// On SIGTERM: stop taking jobs, let running ones finish for this long.
+    pub shutdown_grace_secs: u64,
     pub vm: VmConfig,
     pub limits: Limits,
+    pub amqp: AmqpConfig,
+}
+
+/// The ofborg broker. Disabled unless `url` or `host` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    /// Full URI `amqp[s]://user[:password]@host[:port]/vhost`; wins over the fields below.
+    pub url: String,
+    /// ofborg 2025 style: TLS on/off, host, vhost, user, password file.
+    pub ssl: bool,
+    pub host: String,
+    pub port: Option<u16>,
+    pub virtualhost: String,
+    pub username: String,
+    /// File holding the password (whitespace trimmed), as ofborg's `password_file`.
+    pub password_file: PathBuf,
+    /// Systems to take jobs for (`build-inputs-<system>`); empty = `[system]`.
+    pub systems: Vec<String>,
+    /// Where malformed job messages are moved (declared durable by airlockd).
+    pub dead_letter_queue: String,
+    /// Longest wait between reconnect attempts.
+    pub reconnect_max_secs: u64,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            url: String::new(),
+            ssl: true,
+            host: String::new(),
+            port: None,
+            virtualhost: "/".into(),
+            username: String::new(),
+            password_file: PathBuf::new(),
+            systems: Vec::new(),
+            dead_letter_queue: "airlock-dead-letters".into(),
+            reconnect_max_secs: 30,
+        }
+    }
+}
+
+impl AmqpConfig {
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty() || !self.host.is_empty()
+    }
+
+    /// The connection URI with the password from `password_file` filled in.
+    pub fn uri(&self) -> Result<String> {
+        let mut uri = if !self.url.is_empty() {
+            self.url.clone()
+        } else {
+            let scheme = if self.ssl { "amqps" } else { "amqp" };
+            let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
+            let vhost = if self.virtualhost == "/" {
+                "%2f".to_owned()
+            } else {
+                self.virtualhost.clone()
+            };
+            let user = if self.username.is_empty() {
+                String::new()
+            } else {
+                format!("{}@", self.username)
+            };
+            format!("{scheme}://{user}{}{port}/{vhost}", self.host)
+        };
+        if !self.password_file.as_os_str().is_empty() {
+            let pw = std::fs::read_to_string(&self.password_file)
+                .map_err(|e| Error::Read(self.password_file.clone(), e))?;
+            let pw: String = pw
+                .trim()
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            let (scheme, rest) = uri
+                .split_once("://")
+                .ok_or_else(|| Error::Invalid("amqp.url has no scheme".into()))?;
+            let (auth, tail) = rest.split_once('@').ok_or_else(|| {
+                Error::Invalid(
+                    "amqp.password_file needs a user name in the URL or amqp.username".into(),
+                )
+            })?;
+            let user = auth.split(':').next().unwrap_or_default();
+            uri = format!("{scheme}://{user}:{pw}@{tail}");
+        }
+        Ok(uri)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,8 +189,10 @@ impl Default for Config {
             max_jobs: 1,
             system: "x86_64-linux".into(),
             identity: default_identity(),
+            shutdown_grace_secs: 600,
             vm: VmConfig::default(),
             limits: Limits::default(),
+            amqp: AmqpConfig::default(),
         }
     }
 }
@@ -176,6 +272,15 @@ impl Config {
         Ok(())
     }
 
+    /// Systems the broker intake consumes for.
+    pub fn amqp_systems(&self) -> Vec<String> {
+        if self.amqp.systems.is_empty() {
+            vec![self.system.clone()]
+        } else {
+            self.amqp.systems.clone()
+        }
+    }
+
     pub fn jobs_dir(&self) -> PathBuf {
         self.state_dir.join("jobs")
     }
@@ -202,6 +307,36 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amqp_uri_from_fields_and_password_file() {
+        let d = tempfile::tempdir().unwrap();
+        let pw = d.path().join("pw");
+        std::fs::write(&pw, "s3cr@t/x\n").unwrap();
+        let c = AmqpConfig {
+            host: "messages.example.org".into(),
+            port: Some(5671),
+            virtualhost: "ofborg".into(),
+            username: "builder-1".into(),
+            password_file: pw.clone(),
+            ..AmqpConfig::default()
+        };
+        assert!(c.enabled());
+        assert_eq!(
+            c.uri().unwrap(),
+            "amqps://builder-1:s3cr%40t%2Fx@messages.example.org:5671/ofborg"
+        );
+        let c = AmqpConfig {
+            url: "amqp://guest@127.0.0.1:5672/%2f".into(),
+            password_file: pw,
+            ..AmqpConfig::default()
+        };
+        assert_eq!(
+            c.uri().unwrap(),
+            "amqp://guest:s3cr%40t%2Fx@127.0.0.1:5672/%2f"
+        );
+        assert!(!AmqpConfig::default().enabled());
+    }
 
     #[test]
     fn defaults_are_valid_and_typos_are_errors() {

@@ -2,6 +2,7 @@
 //! recovery, and the API server on the unix socket.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::api::{Reply, Request, MAX_REQUEST};
-use crate::job::{JobRecord, JobState, Source};
+use crate::job::{JobRecord, JobState, ReportState, Source};
 use crate::runner::Runner;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,10 @@ pub enum Error {
 pub struct Daemon {
     pub runner: Arc<Runner>,
     queue: mpsc::UnboundedSender<String>,
+    /// Jobs whose VM work is under way.
+    running: Arc<AtomicUsize>,
+    /// Set on SIGTERM: queued jobs are not started any more.
+    draining: Arc<AtomicBool>,
 }
 
 impl Daemon {
@@ -35,9 +40,13 @@ impl Daemon {
             std::fs::create_dir_all(&d).map_err(|e| Error::StateDir(d.display().to_string(), e))?;
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let running = Arc::new(AtomicUsize::new(0));
+        let draining = Arc::new(AtomicBool::new(false));
         let d = Arc::new(Daemon {
             runner: runner.clone(),
             queue: tx,
+            running: running.clone(),
+            draining: draining.clone(),
         });
         let requeue = d.recover();
         let sem = Arc::new(Semaphore::new(cfg.max_jobs));
@@ -45,7 +54,14 @@ impl Daemon {
         tokio::spawn(async move {
             while let Some(id) = rx.recv().await {
                 let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+                if draining.load(Ordering::SeqCst) {
+                    // Left queued: a local job runs at the next start, a broker
+                    // job is redelivered by the broker.
+                    continue;
+                }
                 let r = r.clone();
+                let running = running.clone();
+                running.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let _permit = permit;
                     match r.store.load(&id) {
@@ -53,6 +69,7 @@ impl Daemon {
                         Ok(_) => {}
                         Err(e) => error!(job_id = %id, error = %e, "cannot load queued job"),
                     }
+                    running.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -88,6 +105,32 @@ impl Daemon {
                 continue;
             }
             let paths = self.runner.paths(&rec.id);
+            if rec.source == Source::Amqp {
+                // The broker still holds the unacked delivery and redelivers
+                // it; running it here as well would report it twice.
+                warn!(job_id = %rec.id, state = ?rec.state, "broker job was interrupted by a restart; the broker redelivers it");
+                paths.remove_scratch();
+                rec.state = JobState::Done;
+                rec.finished_at = Some(crate::job::now());
+                if let Some(o) = rec.amqp.as_mut() {
+                    o.report = ReportState::Dropped;
+                }
+                rec.result = Some(crate::job::JobResult {
+                    status: crate::ofborg::BuildStatus::UnexpectedError {
+                        err: "interrupted by a restart of airlockd; the broker redelivers the job"
+                            .into(),
+                    },
+                    attempted_attrs: None,
+                    skipped_attrs: None,
+                    output: vec![],
+                    quarantine: None,
+                    store_paths: vec![],
+                    export_error: None,
+                    silent: true,
+                });
+                let _ = self.runner.store.save(&rec);
+                continue;
+            }
             if rec.state != JobState::Queued {
                 warn!(job_id = %rec.id, state = ?rec.state, "job was interrupted by a restart; running it again");
                 paths.remove_scratch();
@@ -105,13 +148,31 @@ impl Daemon {
 
     pub fn submit(&self, job: crate::ofborg::BuildJob) -> Result<String, String> {
         job.validate().map_err(|e| e.to_string())?;
-        let rec = JobRecord::new(Source::Local, job);
+        self.enqueue(JobRecord::new(Source::Local, job))
+    }
+
+    /// Persist a new job record and queue it.
+    pub fn enqueue(&self, rec: JobRecord) -> Result<String, String> {
         self.runner.store.save(&rec).map_err(|e| e.to_string())?;
-        info!(job_id = %rec.id, pr = rec.job.pr.number, commit = %rec.job.pr.head_sha, attrs = ?rec.job.attrs, "job queued");
+        info!(job_id = %rec.id, source = ?rec.source, pr = rec.job.pr.number, commit = %rec.job.pr.head_sha, attrs = ?rec.job.attrs, "job queued");
         self.queue
             .send(rec.id.clone())
             .map_err(|_| "scheduler stopped".to_string())?;
         Ok(rec.id)
+    }
+
+    /// Stop starting queued jobs (SIGTERM).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Jobs currently running.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
     }
 
     pub async fn serve(self: Arc<Self>, socket: &Path) -> Result<(), Error> {

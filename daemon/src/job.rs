@@ -44,6 +44,29 @@ impl JobState {
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     Local,
+    Amqp,
+}
+
+/// Whether a broker job's result has been published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportState {
+    /// Finished (or running); the result still has to go out.
+    Pending,
+    /// The result was published and confirmed by the broker.
+    Published,
+    /// Never to be reported: interrupted by a restart, the broker redelivers it.
+    Dropped,
+}
+
+/// Where a broker job came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AmqpOrigin {
+    /// The system of the queue it came from.
+    pub system: String,
+    /// New for every delivery (ofborg's `attempt_id`).
+    pub attempt_id: String,
+    pub report: ReportState,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,12 +81,18 @@ pub struct JobResult {
     pub store_paths: Vec<String>,
     /// Why an export was rejected, if it was.
     pub export_error: Option<String>,
+    /// ofborg's silent cases (no attrs, PR or commit gone): nothing is
+    /// published for a broker job, it is only acked.
+    #[serde(default)]
+    pub silent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub id: String,
     pub source: Source,
+    #[serde(default)]
+    pub amqp: Option<AmqpOrigin>,
     pub job: BuildJob,
     pub state: JobState,
     /// The merged commit that was built (head merged onto the target branch).
@@ -105,6 +134,7 @@ impl JobRecord {
         JobRecord {
             id: uuid::Uuid::new_v4().to_string(),
             source,
+            amqp: None,
             job,
             state: JobState::Queued,
             merged_commit: None,

@@ -8,6 +8,7 @@
 //! - the [`runner`] that composes them, and the [`daemon`] (queue, scheduler,
 //!   API) that `airlockd` and `airlockctl` wire up.
 
+pub mod amqp;
 pub mod api;
 pub mod checkout;
 pub mod config;

@@ -86,6 +86,57 @@ impl BuildJob {
     }
 }
 
+/// First message of an attempt on the logs destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildLogStart {
+    pub system: String,
+    pub identity: String,
+    pub attempt_id: String,
+    pub attempted_attrs: Option<Vec<String>>,
+    pub skipped_attrs: Option<Vec<String>>,
+}
+
+/// One log line of an attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildLogMsg {
+    pub system: String,
+    pub identity: String,
+    pub attempt_id: String,
+    pub line_number: u64,
+    pub output: String,
+}
+
+/// Where to publish: `(exchange, routing key)`, `""` meaning the default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub exchange: String,
+    pub routing_key: String,
+}
+
+fn resolve(d: &Option<ExchangeQueue>, default: (&str, &str)) -> Destination {
+    match d {
+        None => Destination {
+            exchange: default.0.into(),
+            routing_key: default.1.into(),
+        },
+        Some((e, k)) => Destination {
+            exchange: e.clone().unwrap_or_default(),
+            routing_key: k.clone().unwrap_or_default(),
+        },
+    }
+}
+
+impl BuildJob {
+    /// ofborg's fallback for `logs: null` is `("logs", "build.log")`.
+    pub fn logs_destination(&self) -> Destination {
+        resolve(&self.logs, ("logs", "build.log"))
+    }
+    /// ofborg's fallback for `statusreport: null` is `("build-results", null)`.
+    pub fn result_destination(&self) -> Destination {
+        resolve(&self.statusreport, ("build-results", ""))
+    }
+}
+
 /// `BuildResult::V1`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildResultV1 {
@@ -104,6 +155,48 @@ pub struct BuildResultV1 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum V1Tag {
     V1,
+}
+
+/// The pre-2018 result format (no `tag`); consumers must still read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildResultLegacy {
+    pub repo: Repo,
+    pub pr: Pr,
+    pub system: String,
+    pub output: Vec<String>,
+    pub attempt_id: String,
+    pub request_id: String,
+    #[serde(default)]
+    pub success: Option<bool>,
+    #[serde(default)]
+    pub status: Option<BuildStatus>,
+    #[serde(default)]
+    pub skipped_attrs: Option<Vec<String>>,
+    #[serde(default)]
+    pub attempted_attrs: Option<Vec<String>>,
+}
+
+/// What a reader of `build-results`/`logs` accepts: V1 first, then legacy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BuildResult {
+    V1(BuildResultV1),
+    Legacy(BuildResultLegacy),
+}
+
+impl BuildResult {
+    /// ofborg's effective status: `status`, else from `success`, else Skipped.
+    pub fn status(&self) -> BuildStatus {
+        match self {
+            BuildResult::V1(r) => r.status.clone(),
+            BuildResult::Legacy(r) => match (&r.status, r.success) {
+                (Some(s), _) => s.clone(),
+                (None, Some(true)) => BuildStatus::Success,
+                (None, Some(false)) => BuildStatus::Failure,
+                (None, None) => BuildStatus::Skipped,
+            },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +244,82 @@ mod tests {
             let r: BuildResultV1 = serde_json::from_str(&text).unwrap();
             assert_eq!(serde_json::to_string(&r).unwrap(), text, "{f}");
         }
+    }
+
+    #[test]
+    fn log_messages_roundtrip_and_destinations() {
+        let Some(text) = fixture("build-log-start.json") else {
+            return;
+        };
+        let m: BuildLogStart = serde_json::from_str(&text).unwrap();
+        assert_eq!(serde_json::to_string(&m).unwrap(), text);
+        let Some(text) = fixture("build-log-msg.json") else {
+            return;
+        };
+        let m: BuildLogMsg = serde_json::from_str(&text).unwrap();
+        assert_eq!(serde_json::to_string(&m).unwrap(), text);
+        let job: BuildJob =
+            serde_json::from_str(&fixture("build-job-null-destinations.json").unwrap()).unwrap();
+        assert_eq!(
+            job.logs_destination(),
+            Destination {
+                exchange: "logs".into(),
+                routing_key: "build.log".into()
+            }
+        );
+        assert_eq!(
+            job.result_destination(),
+            Destination {
+                exchange: "build-results".into(),
+                routing_key: "".into()
+            }
+        );
+        let job: BuildJob = serde_json::from_str(&fixture("build-job.json").unwrap()).unwrap();
+        assert_eq!(job.logs_destination().routing_key, "nixos/nixpkgs.123456");
+        assert_eq!(job.result_destination().exchange, "build-results");
+    }
+
+    #[test]
+    fn legacy_results_still_decode() {
+        // Consumers must accept them; the builder never writes them.
+        let Some(text) = fixture("build-result-legacy.json") else {
+            return;
+        };
+        let r: BuildResult = serde_json::from_str(&text).unwrap();
+        assert!(matches!(r, BuildResult::Legacy(_)));
+        assert_eq!(r.status(), BuildStatus::Success);
+        assert_eq!(serde_json::to_string(&r).unwrap(), text);
+        let text = fixture("build-result-legacy-minimal.json").unwrap();
+        let r: BuildResult = serde_json::from_str(&text).unwrap();
+        assert_eq!(r.status(), BuildStatus::Skipped);
+        let text = fixture("build-result-v1-timed-out.json").unwrap();
+        let r: BuildResult = serde_json::from_str(&text).unwrap();
+        assert!(matches!(r, BuildResult::V1(_)));
+        assert_eq!(r.status(), BuildStatus::TimedOut);
+    }
+
+    #[test]
+    fn sequence_fixture_matches_our_publishing_order() {
+        // BuildLogStart, BuildLogMsg 1..n, BuildResult to build-results, then to logs.
+        let Some(text) = fixture("sequence-success.jsonl") else {
+            return;
+        };
+        let msgs: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let body = |i: usize| serde_json::to_string(&msgs[i]["body"]).unwrap();
+        let start: BuildLogStart = serde_json::from_str(&body(0)).unwrap();
+        assert!(start.attempted_attrs.is_some());
+        let n = msgs.len();
+        for i in 1..n - 2 {
+            let m: BuildLogMsg = serde_json::from_str(&body(i)).unwrap();
+            assert_eq!(m.line_number, i as u64);
+        }
+        assert_eq!(msgs[n - 2]["exchange"], "build-results");
+        assert_eq!(msgs[n - 1]["exchange"], "logs");
+        let r: BuildResultV1 = serde_json::from_str(&body(n - 1)).unwrap();
+        assert_eq!(r.status, BuildStatus::Success);
     }
 
     #[test]

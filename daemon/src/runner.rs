@@ -23,6 +23,8 @@ use airlock_wire::{ChannelLine, Event, GuestJob, Phase, WIRE_VERSION};
 pub trait LogSink: Send + Sync {
     fn started(&self, _rec: &JobRecord, _attempted: &[String], _skipped: &[String]) {}
     fn line(&self, _rec: &JobRecord, _n: u64, _text: &str) {}
+    /// The job is done and its record saved with the result.
+    fn finished(&self, _rec: &JobRecord) {}
 }
 
 pub struct NoSink;
@@ -49,6 +51,9 @@ impl JobPaths {
     }
     fn channel_log(&self) -> PathBuf {
         self.dir.join("channel.log")
+    }
+    pub fn pidfile(&self) -> PathBuf {
+        self.dir.join("vm.pid")
     }
     fn checkout(&self) -> PathBuf {
         self.dir.join("checkout")
@@ -77,6 +82,14 @@ impl JobPaths {
         ]
     }
     pub fn remove_scratch(&self) {
+        let id = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if crate::vm::qemu::kill_orphan(&self.pidfile(), &id) {
+            tracing::warn!(job_id = %id, "killed a VM left behind by a previous run");
+        }
         for p in self.scratch() {
             let _ = if p.is_dir() {
                 std::fs::remove_dir_all(&p)
@@ -96,6 +109,7 @@ fn result(status: BuildStatus, output: Vec<String>) -> JobResult {
         quarantine: None,
         store_paths: vec![],
         export_error: None,
+        silent: false,
     }
 }
 
@@ -274,6 +288,7 @@ impl Runner {
             rec.state = JobState::Done;
             rec.finished_at = Some(crate::job::now());
             self.save(rec);
+            self.sink.finished(rec);
         }
         .instrument(span)
         .await
@@ -283,7 +298,10 @@ impl Runner {
         let _ = std::fs::create_dir_all(&paths.dir);
         paths.remove_scratch();
         if rec.job.attrs.is_empty() {
-            return result(BuildStatus::Skipped, vec![]);
+            return JobResult {
+                silent: true,
+                ..result(BuildStatus::Skipped, vec![])
+            };
         }
         if let Err(e) = rec.job.validate() {
             return result(BuildStatus::UnexpectedError { err: e.to_string() }, vec![]);
@@ -311,8 +329,11 @@ impl Runner {
                 return result(BuildStatus::Failure, vec!["Merge failed".into()]);
             }
             Ok(Outcome::Missing(why)) => {
-                warn!(%why, "cannot fetch");
-                return result(BuildStatus::UnexpectedError { err: why }, vec![]);
+                warn!(%why, "cannot fetch; as ofborg, nothing is reported to the broker");
+                return JobResult {
+                    silent: true,
+                    ..result(BuildStatus::UnexpectedError { err: why }, vec![])
+                };
             }
             Err(e) => {
                 warn!(error = %e, "checkout failed");
@@ -449,6 +470,7 @@ impl Runner {
             ],
             console_log: paths.console_log(),
             channel_log: paths.channel_log(),
+            pidfile: paths.pidfile(),
         }
     }
 

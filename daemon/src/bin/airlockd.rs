@@ -9,10 +9,11 @@ use anyhow::Context;
 use clap::Parser;
 use tracing::info;
 
+use airlock::amqp::Amqp;
 use airlock::config::{Backend, Config};
 use airlock::daemon::{sd_notify_ready, Daemon};
 use airlock::job::JobStore;
-use airlock::runner::{NoSink, Runner};
+use airlock::runner::{LogSink, NoSink, Runner};
 use airlock::vm::qemu::{probe_accel, Qemu};
 
 #[derive(Parser, Debug)]
@@ -31,6 +32,15 @@ struct Args {
     /// Override `socket`.
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Override `amqp.url` (enables the ofborg broker intake).
+    #[arg(long)]
+    amqp_url: Option<String>,
+    /// Override `identity`.
+    #[arg(long)]
+    identity: Option<String>,
+    /// Override `amqp.systems` (repeatable); the first is also `system`.
+    #[arg(long = "system")]
+    systems: Vec<String>,
 }
 
 #[tokio::main]
@@ -49,6 +59,16 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(s) = args.socket {
         cfg.socket = s;
+    }
+    if let Some(u) = args.amqp_url {
+        cfg.amqp.url = u;
+    }
+    if let Some(i) = args.identity {
+        cfg.identity = i;
+    }
+    if !args.systems.is_empty() {
+        cfg.system = args.systems[0].clone();
+        cfg.amqp.systems = args.systems;
     }
     cfg.check()?;
     std::fs::create_dir_all(&cfg.state_dir)
@@ -72,22 +92,58 @@ async fn main() -> anyhow::Result<()> {
         accel,
     });
     let cfg = Arc::new(cfg);
+    let (amqp, sink): (Option<Arc<Amqp>>, Arc<dyn LogSink>) = if cfg.amqp.enabled() {
+        let (a, s) = Amqp::new(cfg.clone());
+        (Some(a), s)
+    } else {
+        (None, Arc::new(NoSink))
+    };
     let runner = Arc::new(Runner {
         store: JobStore::new(cfg.jobs_dir()),
         cfg: cfg.clone(),
         backend,
-        sink: Arc::new(NoSink),
+        sink,
     });
     info!(state_dir = %cfg.state_dir.display(), max_jobs = cfg.max_jobs, identity = %cfg.identity, "airlockd starting");
     let daemon = Daemon::start(runner)?;
+    if let Some(a) = &amqp {
+        tokio::spawn(a.clone().run(daemon.clone()));
+    }
     let socket = cfg.socket.clone();
-    let server = tokio::spawn(async move { daemon.serve(&socket).await });
+    let d2 = daemon.clone();
+    let server = tokio::spawn(async move { d2.serve(&socket).await });
     sd_notify_ready();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        r = server => { r??; }
-        _ = term.recv() => info!("SIGTERM: stopping; unfinished jobs run again at next start"),
-        _ = tokio::signal::ctrl_c() => info!("interrupted; unfinished jobs run again at next start"),
+        r = server => { r??; return Ok(()); }
+        _ = term.recv() => info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => info!("interrupted: draining"),
     }
+    // Graceful drain: take no new jobs, let running ones finish and report.
+    daemon.drain();
+    if let Some(a) = &amqp {
+        a.stop_consuming().await;
+    }
+    let grace = Duration::from_secs(cfg.shutdown_grace_secs);
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < grace {
+        let unreported = daemon.runner.store.list().0.iter().any(|r| {
+            r.state == airlock::job::JobState::Done
+                && r.amqp
+                    .as_ref()
+                    .is_some_and(|o| o.report == airlock::job::ReportState::Pending)
+        });
+        if daemon.running() == 0 && !unreported {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if let Some(a) = &amqp {
+        a.shutdown(&daemon, Duration::from_secs(10)).await;
+    }
+    info!(
+        still_running = daemon.running(),
+        "stopped; unfinished jobs run again (local) or are redelivered (broker)"
+    );
     Ok(())
 }

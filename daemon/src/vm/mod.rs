@@ -50,6 +50,9 @@ pub struct VmSpec {
     pub console_log: PathBuf,
     /// The agent channel (virtio console, `/dev/hvc0`) goes here.
     pub channel_log: PathBuf,
+    /// The hypervisor writes its pid here, so a restarted daemon can find
+    /// and kill an orphaned VM.
+    pub pidfile: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

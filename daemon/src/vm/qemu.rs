@@ -83,6 +83,8 @@ impl Qemu {
             format!("file,id=agentch,path={}", spec.channel_log.display()),
             "-device".into(),
             format!("{console},chardev=agentch"),
+            "-pidfile".into(),
+            spec.pidfile.display().to_string(),
         ]);
         for (i, d) in spec.disks.iter().enumerate() {
             let ro = if d.readonly { ",readonly=on" } else { "" };
@@ -122,7 +124,18 @@ impl VmBackend for Qemu {
                     return Err(Error::MissingImage(p.clone()));
                 }
             }
-            let mut child = Command::new(&self.binary)
+            let mut cmd = Command::new(&self.binary);
+            #[allow(unsafe_code)]
+            // SAFETY: the closure runs in the forked child before exec and only
+            // calls prctl(2), which is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    // The VM dies with the daemon, even on SIGKILL.
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let mut child = cmd
                 .args(self.args(spec))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -157,6 +170,28 @@ impl VmBackend for Qemu {
             Ok(exit)
         })
     }
+}
+
+/// Kill a VM left behind by a previous daemon (its pid file names it, and
+/// its command line must name `marker`, so a reused pid is never hit).
+pub fn kill_orphan(pidfile: &Path, marker: &str) -> bool {
+    let Ok(pid) = std::fs::read_to_string(pidfile) else {
+        return false;
+    };
+    let Ok(pid) = pid.trim().parse::<i32>() else {
+        return false;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let found = String::from_utf8_lossy(&cmdline).contains(marker);
+    if found {
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on a pid whose command line we just checked.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    let _ = std::fs::remove_file(pidfile);
+    found
 }
 
 /// Resolve `accel = auto`: KVM only if `/dev/kvm` exists *and* a probe boot of
@@ -201,6 +236,7 @@ pub async fn probe_accel(
         disks: vec![],
         console_log: console.clone(),
         channel_log: scratch.join("probe-channel.log"),
+        pidfile: scratch.join("probe.pid"),
     };
     let t0 = Instant::now();
     let (_tx, rx) = tokio::sync::oneshot::channel();
@@ -265,6 +301,7 @@ mod tests {
             ],
             console_log: "/c".into(),
             channel_log: "/ch".into(),
+            pidfile: "/p".into(),
         };
         let a = q.args(&spec).join(" ");
         assert!(a.contains("file=/r,,x.img,if=none,id=disk0,format=raw,cache=unsafe,readonly=on"));

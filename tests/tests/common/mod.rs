@@ -2,6 +2,8 @@
 //! KVM where it works), real Nix in the guest, real git.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -80,6 +82,8 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub config: PathBuf,
+    /// Extra airlockd flags.
+    pub args: Vec<String>,
 }
 
 impl Daemon {
@@ -94,7 +98,24 @@ impl Daemon {
         Daemon::start_full(vm_keys, "")
     }
 
+    /// A daemon on the broker at `url` with `identity`, for x86_64-linux.
+    pub fn start_amqp(url: &str, identity: &str, extra: &str) -> Daemon {
+        let args = [
+            "--amqp-url",
+            url,
+            "--identity",
+            identity,
+            "--system",
+            "x86_64-linux",
+        ];
+        Daemon::start_full_args("", extra, args.iter().map(|s| s.to_string()).collect())
+    }
+
     fn start_full(vm_keys: &str, extra: &str) -> Daemon {
+        Daemon::start_full_args(vm_keys, extra, vec![])
+    }
+
+    fn start_full_args(vm_keys: &str, extra: &str, args: Vec<String>) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("airlock-e2e-")
             .tempdir()
@@ -112,6 +133,7 @@ impl Daemon {
             dir,
             child: None,
             config,
+            args,
         };
         d.spawn();
         d
@@ -141,6 +163,7 @@ impl Daemon {
             .arg(self.state())
             .arg("--socket")
             .arg(self.socket())
+            .args(&self.args)
             .env("AIRLOCK_LOG", "info,airlock=debug")
             .env("NO_COLOR", "1")
             .stdout(log.try_clone().unwrap())
@@ -157,6 +180,27 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGTERM, then wait up to `secs` for a clean exit.
+    pub fn terminate(&mut self, secs: u64) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(secs) {
+            if let Ok(Some(_)) = c.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
     }
 
     pub fn kill9(&mut self) {

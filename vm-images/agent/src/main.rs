@@ -157,6 +157,7 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
     let mut attempted = Vec::new();
     let mut skipped = Vec::new();
     let mut drvs: Vec<String> = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
     for attr in &job.attrs {
         let mut cmd = Command::new("nix-instantiate");
         nix_env(&mut cmd, &src);
@@ -174,19 +175,23 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
             );
         } else {
             skipped.push(attr.clone());
-            ch.log(&format!("Cannot nix-instantiate `{attr}` because:"));
+            errors.push(format!("Cannot nix-instantiate `{attr}` because:"));
             for l in String::from_utf8_lossy(&out.stderr).lines() {
                 if !l.contains(RESTRICTED_WARNING) {
-                    ch.log(l);
+                    errors.push(l.to_owned());
                 }
             }
-            ch.log("");
+            errors.push(String::new());
         }
     }
+    // As ofborg: BuildLogStart (this event) first, then the error lines.
     ch.event(&Event::Instantiated {
         attempted: attempted.clone(),
         skipped: skipped.clone(),
     });
+    for l in &errors {
+        ch.log(l);
+    }
 
     // 2. Build what evaluated.
     let status = if attempted.is_empty() {

@@ -1,0 +1,703 @@
+//! The ofborg broker adapter: consumes `BuildJob`s from
+//! `build-inputs-<system>` and publishes `BuildLogStart`, `BuildLogMsg` and
+//! `BuildResult` exactly as one of ofborg's own builders does.
+//!
+//! Delivery rules (see docs/amqp.md):
+//! - a job is acked only after its result is published and confirmed;
+//! - a body that is not a valid `BuildJob` is copied to the dead-letter queue
+//!   with the reason and rejected without requeue;
+//! - results are kept in the job record on disk until published, so a broker
+//!   outage or a restart loses none; a redelivered job that is running or
+//!   already finished here is matched to its record, not built again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Acker, BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::daemon::Daemon;
+use crate::job::{AmqpOrigin, JobRecord, JobState, ReportState, Source};
+use crate::ofborg::{
+    BuildJob, BuildLogMsg, BuildLogStart, BuildResultV1, BuildStatus, Destination, V1Tag,
+};
+use crate::runner::LogSink;
+
+/// Largest job message accepted.
+const MAX_BODY: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("broker connection failed")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker did not confirm a publish")]
+    NotConfirmed,
+    #[error("not connected to the broker")]
+    NotConnected,
+    #[error("broker consumer stopped")]
+    ConsumerClosed,
+    #[error("invalid broker config")]
+    Config(#[from] crate::config::Error),
+}
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Why a message is not a job.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Poison {
+    #[error("message body is {0} bytes, more than {MAX_BODY}")]
+    TooLarge(usize),
+    #[error("not a BuildJob: {0}")]
+    NotAJob(String),
+    #[error("invalid BuildJob: {0}")]
+    Invalid(String),
+}
+
+/// Strictly decode a job message. `Ok(None)`: a valid job with no attrs,
+/// which ofborg acks without publishing anything.
+pub fn decode_job(body: &[u8]) -> std::result::Result<Option<BuildJob>, Poison> {
+    if body.len() > MAX_BODY {
+        return Err(Poison::TooLarge(body.len()));
+    }
+    let job: BuildJob = serde_json::from_slice(body).map_err(|e| Poison::NotAJob(e.to_string()))?;
+    if job.attrs.is_empty() {
+        return Ok(None);
+    }
+    job.validate().map_err(|e| Poison::Invalid(e.to_string()))?;
+    Ok(Some(job))
+}
+
+enum Out {
+    Publish {
+        dest: Destination,
+        body: Vec<u8>,
+    },
+    /// Publish the result of this job if it is due, then ack.
+    Report(String),
+    /// Publish every due result (after a reconnect).
+    ReportAll,
+}
+
+struct Shared {
+    /// Publishing channel of the current connection, with its generation.
+    channel: Mutex<Option<(u64, Channel)>>,
+    generation: AtomicU64,
+    /// Unacked deliveries by job id, with the generation they came on.
+    acks: Mutex<HashMap<String, (u64, Acker)>>,
+    /// Jobs whose BuildLogStart went out.
+    started: Mutex<HashSet<String>>,
+    /// Consumers to cancel on drain.
+    consumers: Mutex<Vec<(Channel, String)>>,
+    reconnect: Notify,
+    /// The current connection, closed cleanly at shutdown.
+    conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
+}
+
+/// The runner's log sink for broker jobs; feeds the publisher.
+pub struct AmqpSink {
+    cfg: Arc<Config>,
+    tx: mpsc::UnboundedSender<Out>,
+    shared: Arc<Shared>,
+}
+
+impl AmqpSink {
+    fn origin<'a>(&self, rec: &'a JobRecord) -> Option<&'a AmqpOrigin> {
+        rec.amqp.as_ref().filter(|_| rec.source == Source::Amqp)
+    }
+
+    fn send_start(
+        &self,
+        rec: &JobRecord,
+        attempted: Option<Vec<String>>,
+        skipped: Option<Vec<String>>,
+    ) {
+        let Some(o) = self.origin(rec) else { return };
+        if !self
+            .shared
+            .started
+            .lock()
+            .expect("lock")
+            .insert(rec.id.clone())
+        {
+            return;
+        }
+        let m = BuildLogStart {
+            system: o.system.clone(),
+            identity: self.cfg.identity.clone(),
+            attempt_id: o.attempt_id.clone(),
+            attempted_attrs: attempted,
+            skipped_attrs: skipped,
+        };
+        let _ = self.tx.send(Out::Publish {
+            dest: rec.job.logs_destination(),
+            body: serde_json::to_vec(&m).expect("serialises"),
+        });
+    }
+}
+
+impl LogSink for AmqpSink {
+    fn started(&self, rec: &JobRecord, attempted: &[String], skipped: &[String]) {
+        self.send_start(rec, Some(attempted.to_vec()), Some(skipped.to_vec()));
+    }
+
+    fn line(&self, rec: &JobRecord, n: u64, text: &str) {
+        let Some(o) = self.origin(rec) else { return };
+        // A guest that never announced its attrs still gets a start message first.
+        self.send_start(rec, None, None);
+        let m = BuildLogMsg {
+            system: o.system.clone(),
+            identity: self.cfg.identity.clone(),
+            attempt_id: o.attempt_id.clone(),
+            line_number: n,
+            output: text.to_owned(),
+        };
+        let _ = self.tx.send(Out::Publish {
+            dest: rec.job.logs_destination(),
+            body: serde_json::to_vec(&m).expect("serialises"),
+        });
+    }
+
+    fn finished(&self, rec: &JobRecord) {
+        if self.origin(rec).is_some() {
+            let _ = self.tx.send(Out::Report(rec.id.clone()));
+        }
+    }
+}
+
+pub struct Amqp {
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Out>>,
+    tx: mpsc::UnboundedSender<Out>,
+}
+
+fn persistent_json() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+}
+
+impl Amqp {
+    /// The adapter and the log sink the runner must use.
+    pub fn new(cfg: Arc<Config>) -> (Arc<Amqp>, Arc<AmqpSink>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            channel: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            acks: Mutex::new(HashMap::new()),
+            started: Mutex::new(HashSet::new()),
+            consumers: Mutex::new(Vec::new()),
+            reconnect: Notify::new(),
+            conn: tokio::sync::Mutex::new(None),
+        });
+        let sink = Arc::new(AmqpSink {
+            cfg: cfg.clone(),
+            tx: tx.clone(),
+            shared: shared.clone(),
+        });
+        let amqp = Arc::new(Amqp {
+            cfg,
+            shared,
+            rx: tokio::sync::Mutex::new(rx),
+            tx,
+        });
+        (amqp, sink)
+    }
+
+    /// Run forever: connect, consume, publish; reconnect with backoff.
+    pub async fn run(self: Arc<Self>, daemon: Arc<Daemon>) {
+        let publisher = self.clone();
+        let d2 = daemon.clone();
+        tokio::spawn(async move { publisher.publish_loop(d2).await });
+        let max = Duration::from_secs(self.cfg.amqp.reconnect_max_secs.max(1));
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            if daemon.is_draining() {
+                return;
+            }
+            match self.session(&daemon).await {
+                Ok(()) => return,
+                Err(e) => {
+                    *self.shared.channel.lock().expect("lock") = None;
+                    self.shared.consumers.lock().expect("lock").clear();
+                    warn!(error = %crate::runner::error_chain(&e), retry_in = ?backoff, "broker connection lost");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(max);
+        }
+    }
+
+    /// Stop consuming (SIGTERM). Running jobs still report.
+    pub async fn stop_consuming(&self) {
+        // Clones: dropping the last handle of a channel closes it, and the
+        // running jobs' deliveries must still be acked on it.
+        let consumers = self.shared.consumers.lock().expect("lock").clone();
+        for (ch, tag) in consumers {
+            if let Err(e) = ch
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await
+            {
+                warn!(error = %e, "cannot cancel consumer");
+            }
+        }
+        info!("stopped consuming from the broker");
+    }
+
+    /// At shutdown: wait (up to `limit`) until finished jobs are acked, then
+    /// close the connection cleanly so every ack reaches the broker and every
+    /// unstarted delivery goes back to the queue at once.
+    pub async fn shutdown(&self, daemon: &Daemon, limit: Duration) {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < limit {
+            let waiting = {
+                let acks = self.shared.acks.lock().expect("lock");
+                acks.keys().any(|id| {
+                    daemon
+                        .runner
+                        .store
+                        .load(id)
+                        .is_ok_and(|r| r.state == JobState::Done)
+                })
+            };
+            if !waiting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some(c) = self.shared.conn.lock().await.take() {
+            let _ = c.close(200, "airlockd shutting down".into()).await;
+        }
+    }
+
+    async fn session(&self, daemon: &Arc<Daemon>) -> Result<()> {
+        let uri = self.cfg.amqp.uri()?;
+        let props = ConnectionProperties::default()
+            .with_connection_name(LongString::from(format!("airlock {}", self.cfg.identity)));
+        let conn = Arc::new(Connection::connect(&uri, props).await?);
+        *self.shared.conn.lock().await = Some(conn.clone());
+        let pubch = conn.create_channel().await?;
+        pubch
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        // ofborg's topology, flag for flag (a mismatch closes the channel).
+        pubch
+            .exchange_declare(
+                "build-jobs".into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        // The exchanges builders publish to (declared like ofborg's central side
+        // does, so a fresh broker works; publishing to a missing one would
+        // close the channel).
+        for (name, kind) in [
+            ("logs", ExchangeKind::Topic),
+            ("build-results", ExchangeKind::Fanout),
+        ] {
+            pubch
+                .exchange_declare(
+                    name.into(),
+                    kind,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let systems = self.cfg.amqp_systems();
+        for sys in &systems {
+            let q = format!("build-inputs-{sys}");
+            pubch
+                .queue_declare(q.as_str().into(), durable, FieldTable::default())
+                .await?;
+            pubch
+                .queue_bind(
+                    q.as_str().into(),
+                    "build-jobs".into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        pubch
+            .queue_declare(
+                self.cfg.amqp.dead_letter_queue.as_str().into(),
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        *self.shared.channel.lock().expect("lock") = Some((generation, pubch.clone()));
+        let _ = self.tx.send(Out::ReportAll);
+
+        let (dtx, mut drx) = mpsc::unbounded_channel::<Option<(String, Delivery)>>();
+        let tag = format!("{}-{}-builder", self.cfg.identity, systems.join(","));
+        for sys in &systems {
+            let ch = conn.create_channel().await?;
+            ch.basic_qos(
+                self.cfg.max_jobs.min(u16::MAX as usize) as u16,
+                BasicQosOptions::default(),
+            )
+            .await?;
+            let q = format!("build-inputs-{sys}");
+            let consumer = ch
+                .basic_consume(
+                    q.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            self.shared
+                .consumers
+                .lock()
+                .expect("lock")
+                .push((ch, tag.clone()));
+            let dtx = dtx.clone();
+            let sys = sys.clone();
+            tokio::spawn(async move {
+                use futures_lite::StreamExt;
+                let mut consumer = consumer;
+                while let Some(d) = consumer.next().await {
+                    match d {
+                        Ok(d) => {
+                            let _ = dtx.send(Some((sys.clone(), d)));
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "consumer error");
+                            break;
+                        }
+                    }
+                }
+                let _ = dtx.send(None);
+            });
+        }
+        drop(dtx);
+        info!(broker = %redact(&uri), systems = ?systems, prefetch = self.cfg.max_jobs, "consuming from the broker");
+        loop {
+            tokio::select! {
+                d = drx.recv() => match d {
+                    Some(Some((sys, d))) => self.handle(daemon, &sys, d, generation).await,
+                    Some(None) | None => {
+                        if daemon.is_draining() {
+                            // Consumers were cancelled; keep the connection for results.
+                            self.shared.reconnect.notified().await;
+                        }
+                        return Err(Error::ConsumerClosed);
+                    }
+                },
+                _ = self.shared.reconnect.notified() => return Err(Error::ConsumerClosed),
+            }
+        }
+    }
+
+    async fn handle(&self, daemon: &Arc<Daemon>, system: &str, d: Delivery, generation: u64) {
+        let job = match decode_job(&d.data) {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                info!(%system, "job without attrs: acked, nothing published (as ofborg)");
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+                return;
+            }
+            Err(reason) => {
+                self.dead_letter(system, &d, &reason).await;
+                return;
+            }
+        };
+        // A redelivery of a job this builder already has?
+        let store = &daemon.runner.store;
+        let existing = store.list().0.into_iter().rev().find(|r| {
+            r.source == Source::Amqp
+                && r.amqp
+                    .as_ref()
+                    .is_some_and(|o| o.system == system && o.report != ReportState::Dropped)
+                && r.job == job
+        });
+        if let Some(rec) = existing {
+            let report = rec.amqp.as_ref().map(|o| o.report);
+            info!(job_id = %rec.id, redelivered = d.redelivered, state = ?rec.state, ?report, "delivery matches a job this builder already has");
+            if report == Some(ReportState::Published) {
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+                return;
+            }
+            self.shared
+                .acks
+                .lock()
+                .expect("lock")
+                .insert(rec.id.clone(), (generation, d.acker));
+            if rec.state == JobState::Done {
+                let _ = self.tx.send(Out::Report(rec.id.clone()));
+            }
+            return;
+        }
+        let mut rec = JobRecord::new(Source::Amqp, job);
+        rec.amqp = Some(AmqpOrigin {
+            system: system.to_owned(),
+            attempt_id: uuid::Uuid::new_v4().to_string(),
+            report: ReportState::Pending,
+        });
+        let id = rec.id.clone();
+        self.shared
+            .acks
+            .lock()
+            .expect("lock")
+            .insert(id.clone(), (generation, d.acker));
+        if let Err(e) = daemon.enqueue(rec) {
+            warn!(job_id = %id, error = %e, "cannot queue broker job; leaving it to the broker");
+            self.shared.acks.lock().expect("lock").remove(&id);
+        }
+    }
+
+    async fn dead_letter(&self, system: &str, d: &Delivery, reason: &Poison) {
+        warn!(%system, reason = %reason, bytes = d.data.len(), "malformed job message: moved to the dead-letter queue");
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-airlock-reason".into(),
+            AMQPValue::LongString(reason.to_string().into()),
+        );
+        headers.insert(
+            "x-airlock-queue".into(),
+            AMQPValue::LongString(format!("build-inputs-{system}").into()),
+        );
+        headers.insert(
+            "x-airlock-identity".into(),
+            AMQPValue::LongString(self.cfg.identity.clone().into()),
+        );
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        let dest = Destination {
+            exchange: String::new(),
+            routing_key: self.cfg.amqp.dead_letter_queue.clone(),
+        };
+        if let Err(e) = self.publish(&dest, &d.data, props, true).await {
+            warn!(error = %e, "cannot copy the message to the dead-letter queue");
+        }
+        let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+    }
+
+    async fn publish(
+        &self,
+        dest: &Destination,
+        body: &[u8],
+        props: BasicProperties,
+        confirm: bool,
+    ) -> Result<()> {
+        let ch = self
+            .shared
+            .channel
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .map(|(_, c)| c.clone())
+            .ok_or(Error::NotConnected)?;
+        let pc = ch
+            .basic_publish(
+                dest.exchange.as_str().into(),
+                dest.routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .inspect_err(|_| self.shared.reconnect.notify_one())?;
+        if confirm {
+            let c = pc.await?;
+            if !c.is_ack() {
+                return Err(Error::NotConfirmed);
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_loop(&self, daemon: Arc<Daemon>) {
+        let mut rx = self.rx.lock().await;
+        let mut retry = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => match m { Some(m) => m, None => return },
+                _ = retry.tick() => Out::ReportAll,
+            };
+            match msg {
+                Out::Publish { dest, body } => {
+                    // Log lines are best effort: lost while the broker is away.
+                    if let Err(e) = self.publish(&dest, &body, persistent_json(), false).await {
+                        debug!(error = %e, "log message not published");
+                    }
+                }
+                Out::Report(id) => self.report(&daemon, &id).await,
+                Out::ReportAll => {
+                    let due: Vec<String> = daemon
+                        .runner
+                        .store
+                        .list()
+                        .0
+                        .into_iter()
+                        .filter(|r| {
+                            r.state == JobState::Done
+                                && r.amqp
+                                    .as_ref()
+                                    .is_some_and(|o| o.report == ReportState::Pending)
+                        })
+                        .map(|r| r.id)
+                        .collect();
+                    for id in due {
+                        self.report(&daemon, &id).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publish a finished job's result (if not yet), then ack its delivery.
+    async fn report(&self, daemon: &Arc<Daemon>, id: &str) {
+        let store = &daemon.runner.store;
+        let Ok(mut rec) = store.load(id) else { return };
+        let Some(origin) = rec.amqp.clone() else {
+            return;
+        };
+        if rec.state != JobState::Done || origin.report == ReportState::Dropped {
+            return;
+        }
+        let span = tracing::info_span!("job", job_id = %rec.id, pr = rec.job.pr.number, commit = %rec.job.pr.head_sha);
+        let _g = span.enter();
+        if origin.report == ReportState::Pending {
+            if let Err(e) = self.publish_result(&rec, &origin).await {
+                warn!(error = %crate::runner::error_chain(&e), "result not published yet; kept on disk, retried when the broker is back");
+                return;
+            }
+            if let Some(o) = rec.amqp.as_mut() {
+                o.report = ReportState::Published;
+            }
+            if let Err(e) = store.save(&rec) {
+                warn!(error = %e, "cannot record that the result was published");
+            }
+            info!("result published");
+        }
+        let ack = self.shared.acks.lock().expect("lock").remove(id);
+        let current = self.shared.generation.load(Ordering::SeqCst);
+        match ack {
+            Some((g, acker)) if g == current => {
+                if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+                    warn!(error = %e, "ack failed; the broker will redeliver and it is acked then");
+                }
+            }
+            Some(_) => info!(
+                "delivery belonged to a lost connection; its redelivery is acked when it arrives"
+            ),
+            None => debug!("no delivery to ack yet"),
+        }
+    }
+
+    async fn publish_result(&self, rec: &JobRecord, origin: &AmqpOrigin) -> Result<()> {
+        let Some(res) = rec.result.as_ref() else {
+            return Ok(());
+        };
+        if res.silent {
+            return Ok(());
+        }
+        let merge_failed = res.status == BuildStatus::Failure
+            && res.attempted_attrs.is_none()
+            && res.output == ["Merge failed"];
+        if !merge_failed && !self.shared.started.lock().expect("lock").contains(&rec.id) {
+            let m = BuildLogStart {
+                system: origin.system.clone(),
+                identity: self.cfg.identity.clone(),
+                attempt_id: origin.attempt_id.clone(),
+                attempted_attrs: res.attempted_attrs.clone(),
+                skipped_attrs: res.skipped_attrs.clone(),
+            };
+            let body = serde_json::to_vec(&m).expect("serialises");
+            self.publish(&rec.job.logs_destination(), &body, persistent_json(), true)
+                .await?;
+        }
+        let result = BuildResultV1 {
+            tag: V1Tag::V1,
+            repo: rec.job.repo.clone(),
+            pr: rec.job.pr.clone(),
+            system: origin.system.clone(),
+            output: res.output.clone(),
+            attempt_id: origin.attempt_id.clone(),
+            request_id: rec.job.request_id.clone(),
+            status: res.status.clone(),
+            skipped_attrs: res.skipped_attrs.clone(),
+            attempted_attrs: res.attempted_attrs.clone(),
+        };
+        let body = serde_json::to_vec(&result).expect("serialises");
+        self.publish(
+            &rec.job.result_destination(),
+            &body,
+            persistent_json(),
+            true,
+        )
+        .await?;
+        if !merge_failed {
+            self.publish(&rec.job.logs_destination(), &body, persistent_json(), true)
+                .await?;
+        }
+        self.shared.started.lock().expect("lock").remove(&rec.id);
+        Ok(())
+    }
+}
+
+/// The URI without its password, for logs.
+fn redact(uri: &str) -> String {
+    match (uri.split_once("://"), uri.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://…@{}", &uri[at + 1..]),
+        _ => uri.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poison_messages_are_classified() {
+        assert!(matches!(decode_job(b"not json"), Err(Poison::NotAJob(_))));
+        assert!(matches!(
+            decode_job(b"{\"repo\":1}"),
+            Err(Poison::NotAJob(_))
+        ));
+        assert!(matches!(
+            decode_job(&vec![b' '; MAX_BODY + 1]),
+            Err(Poison::TooLarge(_))
+        ));
+        let ok = r#"{"repo":{"owner":"o","name":"n","full_name":"o/n","clone_url":"https://x/o/n.git"},"pr":{"target_branch":"master","number":1,"head_sha":"e9872fa30caac57c69bfac8667e6c21254603df1"},"attrs":["hello"],"request_id":"r"}"#;
+        assert!(decode_job(ok.as_bytes()).unwrap().is_some());
+        let empty = ok.replace("[\"hello\"]", "[]");
+        assert_eq!(decode_job(empty.as_bytes()), Ok(None));
+        let bad_sha = ok.replace("e9872fa30caac57c69bfac8667e6c21254603df1", "HEAD");
+        assert!(matches!(
+            decode_job(bad_sha.as_bytes()),
+            Err(Poison::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn redacts_password() {
+        assert_eq!(redact("amqps://u:pw@host:5671/v"), "amqps://…@host:5671/v");
+    }
+}

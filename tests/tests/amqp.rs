@@ -1,0 +1,354 @@
+//! ofborg compatibility over a real RabbitMQ: airlockd consumes BuildJobs from
+//! `build-inputs-x86_64-linux` and reports like one of ofborg's builders.
+
+mod common;
+
+use common::broker::{job_json, rt, Broker, Probe};
+use common::*;
+
+fn prerequisites_amqp(test: &str) -> bool {
+    if !prerequisites(test) {
+        return false;
+    }
+    if Broker::available() {
+        return true;
+    }
+    let msg = format!("SKIPPED {test}: missing rabbitmq-server");
+    if std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() == Ok("1") {
+        panic!("{msg} (AIRLOCK_REQUIRE_E2E=1 forbids skipping)");
+    }
+    eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+    false
+}
+
+const QUEUE: &str = "build-inputs-x86_64-linux";
+
+fn start_msgs(p: &Probe, request_attempt: &str) -> usize {
+    p.logs_for_attempt(request_attempt)
+        .iter()
+        .filter(|m| m.get("line_number").is_none() && m.get("tag").is_none())
+        .count()
+}
+
+#[test]
+fn job_from_broker_is_built_and_reported_like_ofborg() {
+    if !prerequisites_amqp("job_from_broker_is_built_and_reported_like_ofborg") {
+        return;
+    }
+    let broker = Broker::start();
+    let d = Daemon::start_amqp(&broker.url(), "airlock-test-1", "");
+    let (repo, head) = fixture_repo(d.dir.path(), &[]);
+    rt().block_on(async {
+        let mut p = Probe::setup(&broker.url()).await;
+        // Wait for airlockd to declare its queue.
+        assert!(p.until(60, |_| true).await);
+        let t0 = std::time::Instant::now();
+        while p.queue_len(QUEUE).await.is_none() {
+            assert!(
+                t0.elapsed().as_secs() < 60,
+                "airlockd never declared {QUEUE}:\n{}",
+                d.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+
+        // 1. A poison message goes to the dead-letter queue, with the reason.
+        p.publish("", QUEUE, b"{\"this is\": \"not a BuildJob\"}")
+            .await;
+        // 2. A job with no attrs: acked, nothing published (ofborg's silent case).
+        p.publish("", QUEUE, &job_json(&repo, &head, &[], "silent-request"))
+            .await;
+        // 3. A real job.
+        let req = uuid::Uuid::new_v4().to_string();
+        p.publish(
+            "",
+            QUEUE,
+            &job_json(&repo, &head, &["chain", "broken"], &req),
+        )
+        .await;
+
+        assert!(
+            p.until(600, |p| p.results_for(&req).len() == 1
+                && p.logs.iter().any(|m| m["request_id"] == req.as_str()))
+                .await,
+            "no result; daemon log:\n{}",
+            d.log()
+        );
+        let r = p.results_for(&req)[0].clone();
+        assert_eq!(r["tag"], "V1");
+        assert_eq!(r["status"], "Success", "{r:#}");
+        assert_eq!(r["system"], "x86_64-linux");
+        assert_eq!(r["repo"]["full_name"], "airlock/fixture");
+        assert_eq!(r["pr"]["number"], 42);
+        assert_eq!(r["pr"]["head_sha"], head.as_str());
+        assert_eq!(r["attempted_attrs"], serde_json::json!(["chain"]));
+        assert_eq!(r["skipped_attrs"], serde_json::json!(["broken"]));
+        let attempt = r["attempt_id"].as_str().unwrap().to_owned();
+
+        // The logs exchange got: BuildLogStart, every line in order, the result.
+        let msgs = p.logs_for_attempt(&attempt);
+        let first = msgs[0];
+        assert_eq!(first["identity"], "airlock-test-1");
+        assert_eq!(first["attempted_attrs"], serde_json::json!(["chain"]));
+        assert_eq!(first["skipped_attrs"], serde_json::json!(["broken"]));
+        assert!(first.get("line_number").is_none());
+        let lines: Vec<&serde_json::Value> = msgs
+            .iter()
+            .copied()
+            .filter(|m| m.get("line_number").is_some())
+            .collect();
+        assert!(lines.len() > 5, "{msgs:#?}");
+        for (i, l) in lines.iter().enumerate() {
+            assert_eq!(
+                l["line_number"],
+                (i + 1) as u64,
+                "line numbers 1, 2, 3, … in order"
+            );
+        }
+        assert_eq!(
+            lines[0]["output"],
+            "Cannot nix-instantiate `broken` because:"
+        );
+        let texts: Vec<&str> = lines
+            .iter()
+            .map(|l| l["output"].as_str().unwrap())
+            .collect();
+        let tail: Vec<&str> = texts[texts.len().saturating_sub(10)..].to_vec();
+        let output: Vec<&str> = r["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(output, tail, "result output = last 10 log lines");
+        assert_eq!(
+            msgs.last().unwrap()["tag"],
+            "V1",
+            "the result also goes to logs, last"
+        );
+        assert_eq!(start_msgs(&p, &attempt), 1);
+
+        // Nothing for the silent job; the poison message is dead-lettered.
+        assert!(p.results_for("silent-request").is_empty());
+        let (body, headers) = p
+            .get_one("airlock-dead-letters")
+            .await
+            .expect("dead-lettered message");
+        assert_eq!(body, b"{\"this is\": \"not a BuildJob\"}");
+        let headers = headers.expect("headers");
+        let reason = match headers.inner().get("x-airlock-reason") {
+            Some(lapin::types::AMQPValue::LongString(s)) => {
+                String::from_utf8_lossy(s.as_bytes()).into_owned()
+            }
+            other => panic!("no reason header: {other:?}"),
+        };
+        assert!(
+            reason.starts_with("not a BuildJob: missing field `repo`"),
+            "{reason}"
+        );
+        // Everything was acked.
+        let t0 = std::time::Instant::now();
+        while p.queue_len(QUEUE).await != Some(0) {
+            assert!(t0.elapsed().as_secs() < 30, "jobs left in the queue");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    assert!(d.log().contains("moved to the dead-letter queue"));
+}
+
+#[test]
+fn kill9_mid_job_redelivers_and_reports_once() {
+    if !prerequisites_amqp("kill9_mid_job_redelivers_and_reports_once") {
+        return;
+    }
+    let broker = Broker::start();
+    let mut d = Daemon::start_amqp(&broker.url(), "airlock-test-k", "");
+    let (repo, head) = fixture_repo(d.dir.path(), &[]);
+    let req = uuid::Uuid::new_v4().to_string();
+    rt().block_on(async {
+        let mut p = Probe::setup(&broker.url()).await;
+        while p.queue_len(QUEUE).await.is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        p.publish("", QUEUE, &job_json(&repo, &head, &["chain"], &req))
+            .await;
+        // Kill the daemon once the VM is running the job.
+        assert!(
+            p.until(300, |p| p
+                .logs
+                .iter()
+                .any(|m| m["attempted_attrs"].is_array()))
+                .await,
+            "{}",
+            d.log()
+        );
+        d.kill9();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        d.spawn();
+        assert!(
+            p.until(600, |p| !p.results_for(&req).is_empty()).await,
+            "{}",
+            d.log()
+        );
+        // Give a duplicate time to show up; there must be none.
+        p.until(10, |_| false).await;
+        let rs = p.results_for(&req);
+        assert_eq!(rs.len(), 1, "exactly one BuildResult: {rs:#?}");
+        assert_eq!(rs[0]["status"], "Success");
+    });
+    assert!(
+        d.log().contains("broker job was interrupted by a restart"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn broker_restart_mid_job_still_delivers_the_result() {
+    if !prerequisites_amqp("broker_restart_mid_job_still_delivers_the_result") {
+        return;
+    }
+    let broker = Broker::start();
+    let d = Daemon::start_amqp(
+        &broker.url(),
+        "airlock-test-r",
+        "[amqp]\nreconnect_max_secs = 2\n",
+    );
+    let (repo, head) = fixture_repo(d.dir.path(), &[]);
+    let req = uuid::Uuid::new_v4().to_string();
+    rt().block_on(async {
+        let mut p = Probe::setup(&broker.url()).await;
+        while p.queue_len(QUEUE).await.is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        p.publish("", QUEUE, &job_json(&repo, &head, &["chain"], &req))
+            .await;
+        assert!(
+            p.until(300, |p| p
+                .logs
+                .iter()
+                .any(|m| m["attempted_attrs"].is_array()))
+                .await,
+            "{}",
+            d.log()
+        );
+        broker.stop();
+        broker.boot();
+        assert!(
+            p.until(600, |p| !p.results_for(&req).is_empty()).await,
+            "{}",
+            d.log()
+        );
+        p.until(10, |_| false).await;
+        let rs = p.results_for(&req);
+        assert_eq!(rs.len(), 1, "exactly one BuildResult: {rs:#?}");
+        assert_eq!(rs[0]["status"], "Success");
+        let t0 = std::time::Instant::now();
+        while p.queue_len(QUEUE).await != Some(0) {
+            assert!(
+                t0.elapsed().as_secs() < 60,
+                "the job was never acked:\n{}",
+                d.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    });
+    assert!(d.log().contains("broker connection lost"));
+}
+
+#[test]
+fn two_builders_share_one_queue() {
+    if !prerequisites_amqp("two_builders_share_one_queue") {
+        return;
+    }
+    let broker = Broker::start();
+    let a = Daemon::start_amqp(&broker.url(), "airlock-a", "");
+    let b = Daemon::start_amqp(&broker.url(), "airlock-b", "");
+    let (repo, head) = fixture_repo(a.dir.path(), &[]);
+    let reqs: Vec<String> = (0..4).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    rt().block_on(async {
+        let mut p = Probe::setup(&broker.url()).await;
+        while p.queue_len(QUEUE).await.is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        for r in &reqs {
+            p.publish("", QUEUE, &job_json(&repo, &head, &["leaf"], r))
+                .await;
+        }
+        assert!(
+            p.until(900, |p| reqs.iter().all(|r| !p.results_for(r).is_empty()))
+                .await,
+            "A:\n{}\nB:\n{}",
+            a.log(),
+            b.log()
+        );
+        p.until(5, |_| false).await;
+        let mut by = std::collections::BTreeMap::new();
+        for r in &reqs {
+            let rs = p.results_for(r);
+            assert_eq!(rs.len(), 1, "job {r} reported {} times", rs.len());
+            let attempt = rs[0]["attempt_id"].as_str().unwrap();
+            let start = p
+                .logs_for_attempt(attempt)
+                .into_iter()
+                .find(|m| m.get("identity").is_some())
+                .unwrap();
+            *by.entry(start["identity"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
+        }
+        assert_eq!(by.len(), 2, "both builders took work: {by:?}");
+    });
+}
+
+#[test]
+fn sigterm_drains_running_jobs_and_leaves_the_rest_to_the_broker() {
+    if !prerequisites_amqp("sigterm_drains_running_jobs_and_leaves_the_rest_to_the_broker") {
+        return;
+    }
+    let broker = Broker::start();
+    let mut d = Daemon::start_amqp(&broker.url(), "airlock-test-t", "");
+    let (repo, head) = fixture_repo(d.dir.path(), &[]);
+    let first = uuid::Uuid::new_v4().to_string();
+    let second = uuid::Uuid::new_v4().to_string();
+    rt().block_on(async {
+        let mut p = Probe::setup(&broker.url()).await;
+        while p.queue_len(QUEUE).await.is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        p.publish("", QUEUE, &job_json(&repo, &head, &["chain"], &first))
+            .await;
+        p.publish("", QUEUE, &job_json(&repo, &head, &["leaf"], &second))
+            .await;
+        assert!(
+            p.until(300, |p| p
+                .logs
+                .iter()
+                .any(|m| m["attempted_attrs"].is_array()))
+                .await,
+            "{}",
+            d.log()
+        );
+        // SIGTERM while the first job runs: it finishes and reports, the
+        // second is never started and goes back to the queue.
+        assert!(
+            d.terminate(300),
+            "airlockd did not exit after draining:\n{}",
+            d.log()
+        );
+        p.poll().await;
+        assert_eq!(
+            p.results_for(&first).len(),
+            1,
+            "the running job finished and reported:\n{}",
+            d.log()
+        );
+        assert!(p.results_for(&second).is_empty());
+        assert_eq!(
+            p.queue_len(QUEUE).await,
+            Some(1),
+            "the unstarted job is back in the queue:\n{}",
+            d.log()
+        );
+    });
+    assert!(d.log().contains("stopped consuming from the broker"));
+}
