@@ -101,6 +101,14 @@ struct Shared {
     reconnect: Notify,
     /// The current connection, closed cleanly at shutdown.
     conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    /// Broker jobs this builder has (not dropped), by [`job_key`]: a
+    /// redelivery is matched here instead of scanning every record.
+    index: Mutex<Option<HashMap<String, String>>>,
+}
+
+/// Identifies one build of one request on one system.
+fn job_key(system: &str, job: &BuildJob) -> String {
+    serde_json::to_string(&(system, job)).expect("serialises")
 }
 
 /// The runner's log sink for broker jobs; feeds the publisher.
@@ -199,6 +207,7 @@ impl Amqp {
             consumers: Mutex::new(Vec::new()),
             reconnect: Notify::new(),
             conn: tokio::sync::Mutex::new(None),
+            index: Mutex::new(None),
         });
         let sink = Arc::new(AmqpSink {
             cfg: cfg.clone(),
@@ -427,14 +436,15 @@ impl Amqp {
             }
         };
         // A redelivery of a job this builder already has?
-        let store = &daemon.runner.store;
-        let existing = store.list().0.into_iter().rev().find(|r| {
-            r.source == Source::Amqp
-                && r.amqp
+        let key = job_key(system, &job);
+        let existing = self
+            .lookup(daemon, &key)
+            .and_then(|id| daemon.runner.store.load(&id).ok())
+            .filter(|r| {
+                r.amqp
                     .as_ref()
-                    .is_some_and(|o| o.system == system && o.report != ReportState::Dropped)
-                && r.job == job
-        });
+                    .is_some_and(|o| o.report != ReportState::Dropped)
+            });
         if let Some(rec) = existing {
             let report = rec.amqp.as_ref().map(|o| o.report);
             info!(job_id = %rec.id, redelivered = d.redelivered, state = ?rec.state, ?report, "delivery matches a job this builder already has");
@@ -468,6 +478,28 @@ impl Amqp {
             warn!(job_id = %id, error = %e, "cannot queue broker job; leaving it to the broker");
             self.shared.acks.lock().expect("lock").remove(&id);
         }
+    }
+
+    /// The job id for `key`, from the index of broker jobs (built from the
+    /// records on first use).
+    fn lookup(&self, daemon: &Daemon, key: &str) -> Option<String> {
+        let mut ix = self.shared.index.lock().expect("lock");
+        ix.get_or_insert_with(|| {
+            daemon
+                .runner
+                .store
+                .list()
+                .0
+                .into_iter()
+                .filter_map(|r| {
+                    let o = r.amqp.as_ref()?;
+                    (o.report != ReportState::Dropped)
+                        .then(|| (job_key(&o.system, &r.job), r.id.clone()))
+                })
+                .collect()
+        })
+        .get(key)
+        .cloned()
     }
 
     async fn dead_letter(&self, system: &str, d: &Delivery, reason: &Poison) {

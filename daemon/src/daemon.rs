@@ -23,6 +23,17 @@ pub enum Error {
     StateDir(String, #[source] std::io::Error),
 }
 
+/// Runs one job to completion (the [`Runner`] in production).
+pub trait Executor: Send + Sync {
+    fn execute<'a>(&'a self, rec: &'a mut JobRecord) -> crate::vm::BoxFuture<'a, ()>;
+}
+
+impl Executor for Runner {
+    fn execute<'a>(&'a self, rec: &'a mut JobRecord) -> crate::vm::BoxFuture<'a, ()> {
+        Box::pin(self.run(rec))
+    }
+}
+
 pub struct Daemon {
     pub runner: Arc<Runner>,
     queue: mpsc::UnboundedSender<String>,
@@ -35,6 +46,13 @@ pub struct Daemon {
 impl Daemon {
     /// Recover the state dir, start the scheduler. Returns the daemon handle.
     pub fn start(runner: Arc<Runner>) -> Result<Arc<Daemon>, Error> {
+        let exec: Arc<dyn Executor> = runner.clone();
+        Daemon::start_with(runner, exec)
+    }
+
+    /// Like [`Daemon::start`] with another executor (benchmarks of the
+    /// intake path use one that runs no VM).
+    pub fn start_with(runner: Arc<Runner>, exec: Arc<dyn Executor>) -> Result<Arc<Daemon>, Error> {
         let cfg = runner.cfg.clone();
         for d in [cfg.jobs_dir(), cfg.quarantine_dir(), cfg.git_cache_dir()] {
             std::fs::create_dir_all(&d).map_err(|e| Error::StateDir(d.display().to_string(), e))?;
@@ -51,6 +69,7 @@ impl Daemon {
         let requeue = d.recover();
         let sem = Arc::new(Semaphore::new(cfg.max_jobs));
         let r = runner.clone();
+        let exec = exec.clone();
         tokio::spawn(async move {
             while let Some(id) = rx.recv().await {
                 let permit = sem.clone().acquire_owned().await.expect("semaphore open");
@@ -60,12 +79,13 @@ impl Daemon {
                     continue;
                 }
                 let r = r.clone();
+                let exec = exec.clone();
                 let running = running.clone();
                 running.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let _permit = permit;
                     match r.store.load(&id) {
-                        Ok(mut rec) if !rec.state.is_terminal() => r.run(&mut rec).await,
+                        Ok(mut rec) if !rec.state.is_terminal() => exec.execute(&mut rec).await,
                         Ok(_) => {}
                         Err(e) => error!(job_id = %id, error = %e, "cannot load queued job"),
                     }
