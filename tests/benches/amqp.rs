@@ -105,10 +105,12 @@ async fn throughput(broker: &Broker, n: usize) {
         .unwrap();
     }
     ch.wait_for_confirms().await.unwrap();
-    let mut cfg = Config::default();
-    cfg.state_dir = dir.path().to_path_buf();
-    cfg.identity = "bench".into();
-    cfg.max_jobs = 8;
+    let mut cfg = Config {
+        state_dir: dir.path().to_path_buf(),
+        identity: "bench".into(),
+        max_jobs: 8,
+        ..Config::default()
+    };
     cfg.amqp.url = broker.url();
     let cfg = Arc::new(cfg);
     let (amqp, sink) = Amqp::new(cfg.clone());
