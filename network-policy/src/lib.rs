@@ -1,0 +1,133 @@
+//! airlock's per-job network for the fetch phase.
+//!
+//! - [`policy`]: the egress policy as data and the nftables ruleset it
+//!   becomes (pure);
+//! - [`tap`]: TAP devices (TUN ioctl + rtnetlink);
+//! - [`nft`]: applies rulesets atomically;
+//! - [`Network`]: hands out one /30 + TAP + chains per job and takes them
+//!   back, and cleans up after a crash at start-up.
+
+pub mod nft;
+pub mod policy;
+pub mod tap;
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tracing::{info, warn};
+
+pub use policy::{JobNet, Policy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open a netlink socket")]
+    Netlink(#[source] std::io::Error),
+    #[error(transparent)]
+    Tap(#[from] tap::Error),
+    #[error(transparent)]
+    Nft(#[from] nft::Error),
+    #[error(transparent)]
+    Policy(#[from] policy::Error),
+    #[error("all {0} job network slots are in use")]
+    Exhausted(u32),
+    #[error("cannot enable IPv4 forwarding")]
+    Forwarding(#[source] std::io::Error),
+    #[error("invalid network.allow entries: {0:?}")]
+    BadAllow(Vec<String>),
+}
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub struct Network {
+    policy: Policy,
+    handle: rtnetlink::Handle,
+    used: Mutex<BTreeSet<u32>>,
+}
+
+impl Network {
+    /// Open netlink, enable forwarding, remove whatever a previous run left
+    /// (TAPs named `alk*`, airlock's nftables table) and install the table.
+    pub async fn init(policy: Policy) -> Result<Network> {
+        let bad = policy.bad_allow_entries();
+        if !bad.is_empty() {
+            return Err(Error::BadAllow(bad));
+        }
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::Netlink)?;
+        tokio::spawn(conn);
+        let n = Network {
+            policy,
+            handle,
+            used: Mutex::new(BTreeSet::new()),
+        };
+        n.cleanup().await?;
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(Error::Forwarding)?;
+        nft::apply(&n.policy.base_ruleset()).await?;
+        info!(pool = %n.policy.pool, "job network ready: IPv4 forwarding on, nftables table inet airlock installed");
+        Ok(n)
+    }
+
+    /// Remove every airlock TAP and the airlock table.
+    pub async fn cleanup(&self) -> Result<()> {
+        for name in tap::list(&self.handle, policy::TAP_PREFIX).await? {
+            warn!(tap = %name, "removing TAP device left by a previous run");
+            tap::delete(&self.handle, &name).await?;
+        }
+        let t = policy::TABLE;
+        nft::apply(&format!("table inet {t}\ndelete table inet {t}\n")).await?;
+        Ok(())
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// A /30, a TAP and the job's chains. Undone completely on error.
+    pub async fn setup(&self) -> Result<JobNet> {
+        let t0 = Instant::now();
+        let slot = {
+            let mut used = self.used.lock().expect("lock");
+            let max = JobNet::slots(&self.policy.pool);
+            let slot = (0..max).find(|s| !used.contains(s)).ok_or(Error::Exhausted(max))?;
+            used.insert(slot);
+            slot
+        };
+        let res = self.setup_slot(slot).await;
+        match &res {
+            Ok(j) => info!(tap = %j.tap, guest = %j.guest, ms = t0.elapsed().as_secs_f64() * 1000.0, "job network up"),
+            Err(_) => {
+                self.used.lock().expect("lock").remove(&slot);
+            }
+        }
+        res
+    }
+
+    async fn setup_slot(&self, slot: u32) -> Result<JobNet> {
+        let j = JobNet::new(&self.policy.pool, slot)?;
+        let _ = tap::delete(&self.handle, &j.tap).await;
+        tap::create(&j.tap)?;
+        let r = async {
+            tap::configure(&self.handle, &j.tap, j.host, j.prefix_len).await?;
+            nft::apply(&self.policy.add_job(&j)).await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = r {
+            let _ = tap::delete(&self.handle, &j.tap).await;
+            return Err(e);
+        }
+        Ok(j)
+    }
+
+    /// Remove the job's chains and TAP; never fails the job.
+    pub async fn teardown(&self, j: &JobNet) {
+        let t0 = Instant::now();
+        if let Err(e) = nft::apply(&self.policy.remove_job(j)).await {
+            warn!(tap = %j.tap, error = %e, "cannot remove the job's nftables chains");
+        }
+        if let Err(e) = tap::delete(&self.handle, &j.tap).await {
+            warn!(tap = %j.tap, error = %e, "cannot delete the job's TAP");
+        }
+        self.used.lock().expect("lock").remove(&j.slot);
+        info!(tap = %j.tap, ms = t0.elapsed().as_secs_f64() * 1000.0, "job network down");
+    }
+}
