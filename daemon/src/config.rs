@@ -34,6 +34,27 @@ pub struct Config {
     pub vm: VmConfig,
     pub limits: Limits,
     pub amqp: AmqpConfig,
+    pub network: NetworkConfig,
+}
+
+/// The fetch phase's network (see docs/network.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Two boots per job (fetch with a NIC, build without). Off: one boot
+    /// with no NIC at all, so fixed-output derivations cannot download.
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub policy: airlock_network_policy::Policy,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            enabled: true,
+            policy: airlock_network_policy::Policy::default(),
+        }
+    }
 }
 
 /// The ofborg broker. Disabled unless `url` or `host` is set.
@@ -167,8 +188,11 @@ pub struct VmConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Wall-clock limit for a whole job; the VM is killed and the job TimedOut.
+    /// Wall-clock limit for the build VM (or the only VM without network);
+    /// it is killed and the job TimedOut.
     pub job_timeout_secs: u64,
+    /// Wall-clock limit for the fetch VM.
+    pub fetch_timeout_secs: u64,
     /// The VM must start the agent within this time or the job fails.
     pub boot_timeout_secs: u64,
     /// Nix `build-timeout` per derivation inside the VM (0 = none).
@@ -193,6 +217,7 @@ impl Default for Config {
             vm: VmConfig::default(),
             limits: Limits::default(),
             amqp: AmqpConfig::default(),
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -219,6 +244,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             job_timeout_secs: 4 * 3600,
+            fetch_timeout_secs: 3600,
             boot_timeout_secs: 300,
             build_timeout_secs: 18000,
             max_silent_secs: 7200,

@@ -17,7 +17,8 @@ use crate::job::{JobRecord, JobResult, JobState, JobStore};
 use crate::ofborg::{BuildStatus, Subset};
 use crate::quarantine;
 use crate::vm::{Disk, VmBackend, VmExit, VmSpec};
-use airlock_wire::{ChannelLine, Event, GuestJob, Phase, WIRE_VERSION};
+use airlock_network_policy::{JobNet, Network};
+use airlock_wire::{BootParams, ChannelLine, Event, GuestJob, Phase, WIRE_VERSION};
 
 /// Receives a job's live log (the local log file; the AMQP reporter later).
 pub trait LogSink: Send + Sync {
@@ -35,6 +36,8 @@ pub struct Runner {
     pub backend: Arc<dyn VmBackend>,
     pub store: JobStore,
     pub sink: Arc<dyn LogSink>,
+    /// The fetch phase's network; `None`: one boot without any NIC.
+    pub network: Option<Arc<Network>>,
 }
 
 /// Files of one job under `jobs/<id>/`.
@@ -354,7 +357,54 @@ impl Runner {
         // 3. the VM
         rec.state = JobState::Running;
         self.save(rec);
-        let (exit, follower) = match self.boot(rec, paths, Phase::All).await {
+        let log = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.build_log())
+        {
+            Ok(l) => l,
+            Err(e) => {
+                return result(
+                    BuildStatus::UnexpectedError {
+                        err: format!("open build log: {e}"),
+                    },
+                    vec![],
+                );
+            }
+        };
+        let mut follower = Follower {
+            pos: 0,
+            partial: Vec::new(),
+            tail: VecDeque::new(),
+            lines: 0,
+            log,
+            started: None,
+            attempted: None,
+            skipped: None,
+            agent_error: None,
+            marks: Vec::new(),
+        };
+        // 3a. Fetch phase: a NIC behind the egress policy; only FODs are realised.
+        let mut fetch_status = None;
+        let last_phase = if let Some(net) = &self.network {
+            match self.fetch_phase(rec, paths, net, &mut follower).await {
+                Ok(st) => fetch_status = Some(st),
+                Err(res) => return *res,
+            }
+            if fetch_status == Some(BuildStatus::Skipped) {
+                let mut res = result(
+                    BuildStatus::Skipped,
+                    follower.tail.iter().cloned().collect(),
+                );
+                res.skipped_attrs = follower.skipped.clone();
+                return res;
+            }
+            Phase::Build
+        } else {
+            Phase::All
+        };
+        // 3b. Build phase (or the only phase): no NIC at all.
+        let exit = match self.boot(rec, paths, last_phase, None, &mut follower).await {
             Ok(x) => x,
             Err(e) => {
                 warn!(error = %e, "VM failed");
@@ -387,9 +437,67 @@ impl Runner {
         // 4. verify and quarantine
         rec.state = JobState::Verifying;
         self.save(rec);
-        let res = self.collect(rec, paths, res, follower).await;
+        let mut res = self.collect(rec, paths, res, follower).await;
         self.mark(rec, "verified");
+        // A fixed-output hash mismatch in the fetch phase is what the job
+        // reports (the build phase only sees the missing output).
+        if fetch_status == Some(BuildStatus::HashMismatch) && res.status == BuildStatus::Failure {
+            res.status = BuildStatus::HashMismatch;
+        }
         res
+    }
+
+    /// Boot the fetch VM on a fresh job network; returns the fetch status,
+    /// or the job's final result when the job cannot go on.
+    async fn fetch_phase(
+        &self,
+        rec: &mut JobRecord,
+        paths: &JobPaths,
+        net: &Network,
+        f: &mut Follower,
+    ) -> Result<BuildStatus, Box<JobResult>> {
+        let fail = |err: String| Box::new(result(BuildStatus::UnexpectedError { err }, vec![]));
+        let jn = net.setup().await.map_err(|e| {
+            fail(format!(
+                "cannot set up the job network: {}",
+                error_chain(&e)
+            ))
+        })?;
+        let exit = self.boot(rec, paths, Phase::Fetch, Some(&jn), f).await;
+        net.teardown(&jn).await;
+        let exit = exit.map_err(fail)?;
+        let mut res = result(BuildStatus::Success, f.tail.iter().cloned().collect());
+        res.attempted_attrs = f.attempted.clone();
+        res.skipped_attrs = f.skipped.clone();
+        match exit {
+            VmExit::TimedOut => {
+                warn!(
+                    limit = self.cfg.limits.fetch_timeout_secs,
+                    "fetch phase timed out; VM killed"
+                );
+                res.status = BuildStatus::TimedOut;
+                return Err(Box::new(res));
+            }
+            VmExit::Killed(reason) => {
+                res.status = BuildStatus::UnexpectedError { err: reason };
+                return Err(Box::new(res));
+            }
+            VmExit::PoweredOff { .. } => {}
+        }
+        let m = quarantine::read_manifest(&paths.export_img()).map_err(|e| {
+            let why = f
+                .agent_error
+                .clone()
+                .unwrap_or_else(|| format!("fetch VM produced no valid result: {e}"));
+            res.status = BuildStatus::UnexpectedError { err: why };
+            Box::new(res.clone())
+        })?;
+        info!(status = ?m.status, "fetch phase done");
+        // A fresh export area for the build phase.
+        sparse_file(&paths.export_img(), self.cfg.vm.export_disk_mib)
+            .await
+            .map_err(fail)?;
+        Ok(m.status)
     }
 
     async fn make_disks(&self, rec: &JobRecord, paths: &JobPaths) -> Result<(), String> {
@@ -409,6 +517,14 @@ impl Runner {
             },
             build_timeout_secs: self.cfg.limits.build_timeout_secs,
             max_silent_secs: self.cfg.limits.max_silent_secs,
+            dns: self
+                .cfg
+                .network
+                .policy
+                .dns
+                .iter()
+                .map(|d| d.to_string())
+                .collect(),
         };
         std::fs::write(
             stage.join("job.json"),
@@ -437,13 +553,23 @@ impl Runner {
         sparse_file(&paths.export_img(), self.cfg.vm.export_disk_mib).await
     }
 
-    fn spec(&self, rec: &JobRecord, paths: &JobPaths, phase: Phase) -> VmSpec {
+    fn spec(
+        &self,
+        rec: &JobRecord,
+        paths: &JobPaths,
+        phase: Phase,
+        net: Option<&JobNet>,
+    ) -> VmSpec {
         let img = &self.cfg.vm.image_dir;
+        let boot = BootParams {
+            phase,
+            net: net.map(|n| (format!("{}/{}", n.guest, n.prefix_len), n.host.to_string())),
+        };
         VmSpec {
             name: format!("airlock-{}-{:?}", rec.id, phase).to_lowercase(),
             kernel: img.join("vmlinux"),
             initrd: img.join("initrd.gz"),
-            cmdline: "console=ttyS0 quiet panic=-1".into(),
+            cmdline: format!("console=ttyS0 quiet panic=-1 {}", boot.to_cmdline()),
             memory_mib: self.cfg.vm.memory_mib,
             vcpus: self.cfg.vm.vcpus,
             disks: vec![
@@ -471,6 +597,7 @@ impl Runner {
             console_log: paths.console_log(),
             channel_log: paths.channel_log(),
             pidfile: paths.pidfile(),
+            tap: net.map(|n| n.tap.clone()),
         }
     }
 
@@ -479,34 +606,25 @@ impl Runner {
         rec: &mut JobRecord,
         paths: &JobPaths,
         phase: Phase,
-    ) -> Result<(VmExit, Follower), String> {
-        let spec = self.spec(rec, paths, phase);
+        net: Option<&JobNet>,
+        f: &mut Follower,
+    ) -> Result<VmExit, String> {
+        let spec = self.spec(rec, paths, phase, net);
         if !self.cfg.vm.image_dir.join("rootfs.img").exists() {
             return Err(format!(
                 "guest image not found in {}: run vm-images/guest/build-guest.sh",
                 self.cfg.vm.image_dir.display()
             ));
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(paths.build_log())
-            .map_err(|e| format!("open build log: {e}"))?;
         let _ = std::fs::File::create(&spec.channel_log);
-        let mut f = Follower {
-            pos: 0,
-            partial: Vec::new(),
-            tail: VecDeque::new(),
-            lines: 0,
-            log,
-            started: None,
-            attempted: None,
-            skipped: None,
-            agent_error: None,
-            marks: Vec::new(),
-        };
+        f.pos = 0;
+        f.partial.clear();
+        f.started = None;
         let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel();
-        let timeout = Duration::from_secs(self.cfg.limits.job_timeout_secs);
+        let timeout = Duration::from_secs(match phase {
+            Phase::Fetch => self.cfg.limits.fetch_timeout_secs,
+            _ => self.cfg.limits.job_timeout_secs,
+        });
         let boot_limit = Duration::from_secs(self.cfg.limits.boot_timeout_secs);
         let t0 = Instant::now();
         rec.accel = Some(self.backend.accel().to_owned());
@@ -525,7 +643,7 @@ impl Runner {
                         if let Some(s) = f.started {
                             let secs = (s - t0).as_secs_f64();
                             info!(secs, "agent started");
-                            rec.boot_secs = Some(secs);
+                            rec.boot_secs.get_or_insert(secs);
                         } else if t0.elapsed() > boot_limit {
                             if let Some(tx) = cancel_tx.take() {
                                 let _ = tx.send(format!("VM did not start the agent within {}s", boot_limit.as_secs()));
@@ -536,12 +654,22 @@ impl Runner {
             }
         };
         f.poll(&spec.channel_log, rec, self.sink.as_ref());
-        info!(secs = t0.elapsed().as_secs_f64(), ?exit, "VM stopped");
+        info!(
+            secs = t0.elapsed().as_secs_f64(),
+            ?exit,
+            ?phase,
+            "VM stopped"
+        );
+        let prefix = match phase {
+            Phase::Fetch => "fetch:",
+            Phase::Build => "build:",
+            Phase::All => "",
+        };
         for (name, at) in f.marks.drain(..) {
-            self.mark_at(rec, &name, at);
+            self.mark_at(rec, &format!("{prefix}{name}"), at);
         }
-        self.mark(rec, "vm_exit");
-        Ok((exit, f))
+        self.mark(rec, &format!("{prefix}vm_exit"));
+        Ok(exit)
     }
 
     async fn collect(

@@ -87,13 +87,17 @@ impl Network {
         let slot = {
             let mut used = self.used.lock().expect("lock");
             let max = JobNet::slots(&self.policy.pool);
-            let slot = (0..max).find(|s| !used.contains(s)).ok_or(Error::Exhausted(max))?;
+            let slot = (0..max)
+                .find(|s| !used.contains(s))
+                .ok_or(Error::Exhausted(max))?;
             used.insert(slot);
             slot
         };
         let res = self.setup_slot(slot).await;
         match &res {
-            Ok(j) => info!(tap = %j.tap, guest = %j.guest, ms = t0.elapsed().as_secs_f64() * 1000.0, "job network up"),
+            Ok(j) => {
+                info!(tap = %j.tap, guest = %j.guest, ms = t0.elapsed().as_secs_f64() * 1000.0, "job network up")
+            }
             Err(_) => {
                 self.used.lock().expect("lock").remove(&slot);
             }

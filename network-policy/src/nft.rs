@@ -25,11 +25,16 @@ pub async fn apply(script: &str) -> Result<()> {
         .spawn()
         .map_err(Error::Spawn)?;
     let mut stdin = child.stdin.take().expect("piped");
-    stdin.write_all(script.as_bytes()).await.map_err(Error::Spawn)?;
+    stdin
+        .write_all(script.as_bytes())
+        .await
+        .map_err(Error::Spawn)?;
     drop(stdin);
     let out = child.wait_with_output().await.map_err(Error::Spawn)?;
     if !out.status.success() {
-        return Err(Error::Rejected(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+        return Err(Error::Rejected(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
     }
     Ok(())
 }
@@ -41,5 +46,7 @@ pub async fn list_table(family: &str, name: &str) -> Option<String> {
         .output()
         .await
         .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }

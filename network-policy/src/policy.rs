@@ -36,7 +36,13 @@ pub const BLOCKED4: &[&str] = &[
     "224.0.0.0/3",
 ];
 /// Loopback, unspecified, IPv4-mapped, ULA, link-local, multicast.
-pub const BLOCKED6: &[&str] = &["::/127", "::ffff:0:0/96", "fc00::/7", "fe80::/10", "ff00::/8"];
+pub const BLOCKED6: &[&str] = &[
+    "::/127",
+    "::ffff:0:0/96",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
@@ -141,12 +147,18 @@ fn parse_allow(s: &str) -> Option<(IpNet, Option<u16>)> {
 impl Policy {
     /// Invalid `allow` entries, for config checking.
     pub fn bad_allow_entries(&self) -> Vec<String> {
-        self.allow.iter().filter(|a| parse_allow(a).is_none()).cloned().collect()
+        self.allow
+            .iter()
+            .filter(|a| parse_allow(a).is_none())
+            .cloned()
+            .collect()
     }
 
     fn allow_rules(&self, out: &mut String) {
         for a in &self.allow {
-            let Some((net, port)) = parse_allow(a) else { continue };
+            let Some((net, port)) = parse_allow(a) else {
+                continue;
+            };
             let fam = if net.addr().is_ipv4() { "ip" } else { "ip6" };
             match port {
                 Some(p) => {
@@ -159,7 +171,10 @@ impl Policy {
         }
         for d in &self.dns {
             let fam = if d.is_ipv4() { "ip" } else { "ip6" };
-            let _ = writeln!(out, "    {fam} daddr {d} meta l4proto {{ tcp, udp }} th dport 53 accept");
+            let _ = writeln!(
+                out,
+                "    {fam} daddr {d} meta l4proto {{ tcp, udp }} th dport 53 accept"
+            );
         }
     }
 
@@ -170,34 +185,70 @@ impl Policy {
         let _ = writeln!(s, "table inet {TABLE}");
         let _ = writeln!(s, "delete table inet {TABLE}");
         let _ = writeln!(s, "table inet {TABLE} {{");
-        let _ = writeln!(s, "  set blocked4 {{ type ipv4_addr; flags interval; elements = {{ {} }} }}", BLOCKED4.join(", "));
-        let _ = writeln!(s, "  set blocked6 {{ type ipv6_addr; flags interval; elements = {{ {} }} }}", BLOCKED6.join(", "));
+        let _ = writeln!(
+            s,
+            "  set blocked4 {{ type ipv4_addr; flags interval; elements = {{ {} }} }}",
+            BLOCKED4.join(", ")
+        );
+        let _ = writeln!(
+            s,
+            "  set blocked6 {{ type ipv6_addr; flags interval; elements = {{ {} }} }}",
+            BLOCKED6.join(", ")
+        );
         let _ = writeln!(s, "  map jobs_fwd {{ type ifname : verdict; }}");
         let _ = writeln!(s, "  map jobs_in {{ type ifname : verdict; }}");
         // Routed traffic: from a job's TAP to its chain; nothing unsolicited to a TAP.
         let _ = writeln!(s, "  chain forward {{");
-        let _ = writeln!(s, "    type filter hook forward priority filter - 10; policy accept;");
-        let _ = writeln!(s, "    oifname \"{TAP_PREFIX}*\" ct state established,related accept");
+        let _ = writeln!(
+            s,
+            "    type filter hook forward priority filter - 10; policy accept;"
+        );
+        let _ = writeln!(
+            s,
+            "    oifname \"{TAP_PREFIX}*\" ct state established,related accept"
+        );
         let _ = writeln!(s, "    oifname \"{TAP_PREFIX}*\" counter drop");
         let _ = writeln!(s, "    iifname \"{TAP_PREFIX}*\" iifname vmap @jobs_fwd");
         let _ = writeln!(s, "    iifname \"{TAP_PREFIX}*\" counter drop");
         let _ = writeln!(s, "  }}");
         // Traffic to the host itself.
         let _ = writeln!(s, "  chain input {{");
-        let _ = writeln!(s, "    type filter hook input priority filter - 10; policy accept;");
-        let _ = writeln!(s, "    iifname \"{TAP_PREFIX}*\" ct state established,related accept");
+        let _ = writeln!(
+            s,
+            "    type filter hook input priority filter - 10; policy accept;"
+        );
+        let _ = writeln!(
+            s,
+            "    iifname \"{TAP_PREFIX}*\" ct state established,related accept"
+        );
         let _ = writeln!(s, "    iifname \"{TAP_PREFIX}*\" iifname vmap @jobs_in");
         let _ = writeln!(s, "    iifname \"{TAP_PREFIX}*\" counter drop");
         let _ = writeln!(s, "  }}");
         // Nothing from the host to a TAP but replies.
         let _ = writeln!(s, "  chain output {{");
-        let _ = writeln!(s, "    type filter hook output priority filter - 10; policy accept;");
-        let _ = writeln!(s, "    oifname \"{TAP_PREFIX}*\" ct state established,related accept");
-        let _ = writeln!(s, "    oifname \"{TAP_PREFIX}*\" meta l4proto {{ tcp, udp }} counter drop");
+        let _ = writeln!(
+            s,
+            "    type filter hook output priority filter - 10; policy accept;"
+        );
+        let _ = writeln!(
+            s,
+            "    oifname \"{TAP_PREFIX}*\" ct state established,related accept"
+        );
+        let _ = writeln!(
+            s,
+            "    oifname \"{TAP_PREFIX}*\" meta l4proto {{ tcp, udp }} counter drop"
+        );
         let _ = writeln!(s, "  }}");
         let _ = writeln!(s, "  chain postrouting {{");
-        let _ = writeln!(s, "    type nat hook postrouting priority srcnat; policy accept;");
-        let _ = writeln!(s, "    ip saddr {} oifname != \"{TAP_PREFIX}*\" masquerade", self.pool);
+        let _ = writeln!(
+            s,
+            "    type nat hook postrouting priority srcnat; policy accept;"
+        );
+        let _ = writeln!(
+            s,
+            "    ip saddr {} oifname != \"{TAP_PREFIX}*\" masquerade",
+            self.pool
+        );
         let _ = writeln!(s, "  }}");
         let _ = writeln!(s, "}}");
         s
@@ -213,12 +264,25 @@ impl Policy {
         // Anything but the job's own source address is spoofed.
         let _ = writeln!(fwd, "    ip saddr != {} counter drop", j.guest);
         if self.rate_limit_kbytes > 0 {
-            let _ = writeln!(fwd, "    limit rate over {} kbytes/second counter drop", self.rate_limit_kbytes);
+            let _ = writeln!(
+                fwd,
+                "    limit rate over {} kbytes/second counter drop",
+                self.rate_limit_kbytes
+            );
         }
         self.allow_rules(&mut fwd);
-        let _ = writeln!(fwd, "    ip daddr @blocked4 counter reject with icmpx admin-prohibited");
-        let _ = writeln!(fwd, "    ip6 daddr @blocked6 counter reject with icmpx admin-prohibited");
-        let _ = writeln!(fwd, "    fib daddr type local counter reject with icmpx admin-prohibited");
+        let _ = writeln!(
+            fwd,
+            "    ip daddr @blocked4 counter reject with icmpx admin-prohibited"
+        );
+        let _ = writeln!(
+            fwd,
+            "    ip6 daddr @blocked6 counter reject with icmpx admin-prohibited"
+        );
+        let _ = writeln!(
+            fwd,
+            "    fib daddr type local counter reject with icmpx admin-prohibited"
+        );
         let _ = writeln!(fwd, "    meta nfproto ipv4 accept");
         let _ = writeln!(fwd, "    counter reject with icmpx admin-prohibited");
         let mut inp = String::new();
@@ -228,14 +292,25 @@ impl Policy {
         }
         for d in &self.dns {
             if *d == IpAddr::V4(j.host) {
-                let _ = writeln!(inp, "    ip daddr {d} meta l4proto {{ tcp, udp }} th dport 53 accept");
+                let _ = writeln!(
+                    inp,
+                    "    ip daddr {d} meta l4proto {{ tcp, udp }} th dport 53 accept"
+                );
             }
         }
         let _ = writeln!(inp, "    meta l4proto {{ tcp, udp }} counter reject");
         let _ = writeln!(inp, "    counter drop");
         let _ = writeln!(s, "table inet {TABLE} {{\n  chain fwd-{n} {{\n{fwd}  }}\n  chain in-{n} {{\n{inp}  }}\n}}");
-        let _ = writeln!(s, "add element inet {TABLE} jobs_fwd {{ \"{}\" : jump fwd-{n} }}", j.tap);
-        let _ = writeln!(s, "add element inet {TABLE} jobs_in {{ \"{}\" : jump in-{n} }}", j.tap);
+        let _ = writeln!(
+            s,
+            "add element inet {TABLE} jobs_fwd {{ \"{}\" : jump fwd-{n} }}",
+            j.tap
+        );
+        let _ = writeln!(
+            s,
+            "add element inet {TABLE} jobs_in {{ \"{}\" : jump in-{n} }}",
+            j.tap
+        );
         s
     }
 
@@ -263,8 +338,14 @@ mod tests {
         let pool: Ipv4Net = "10.213.0.0/16".parse().unwrap();
         let a = JobNet::new(&pool, 0).unwrap();
         let b = JobNet::new(&pool, 1).unwrap();
-        assert_eq!((a.host, a.guest), ("10.213.0.1".parse().unwrap(), "10.213.0.2".parse().unwrap()));
-        assert_eq!((b.host, b.guest), ("10.213.0.5".parse().unwrap(), "10.213.0.6".parse().unwrap()));
+        assert_eq!(
+            (a.host, a.guest),
+            ("10.213.0.1".parse().unwrap(), "10.213.0.2".parse().unwrap())
+        );
+        assert_eq!(
+            (b.host, b.guest),
+            ("10.213.0.5".parse().unwrap(), "10.213.0.6".parse().unwrap())
+        );
         assert_eq!(a.tap, "alk0");
         assert_eq!(JobNet::slots(&pool), 16384);
         assert!(JobNet::new(&pool, 16384).is_err());
@@ -274,7 +355,16 @@ mod tests {
     #[test]
     fn every_private_range_is_blocked() {
         let blocked: Vec<Ipv4Net> = BLOCKED4.iter().map(|s| s.parse().unwrap()).collect();
-        for a in ["10.99.0.10", "169.254.169.254", "192.168.1.1", "172.16.5.5", "127.0.0.1", "100.64.1.1", "224.0.0.1", "10.213.0.6"] {
+        for a in [
+            "10.99.0.10",
+            "169.254.169.254",
+            "192.168.1.1",
+            "172.16.5.5",
+            "127.0.0.1",
+            "100.64.1.1",
+            "224.0.0.1",
+            "10.213.0.6",
+        ] {
             let ip: Ipv4Addr = a.parse().unwrap();
             assert!(blocked.iter().any(|n| n.contains(&ip)), "{a} not blocked");
         }
@@ -286,7 +376,11 @@ mod tests {
 
     #[test]
     fn job_rules_reference_only_the_job() {
-        let p = Policy { allow_host_ports: vec![5000], allow: vec!["10.1.2.0/24:8080".into(), "192.168.9.9".into()], ..Policy::default() };
+        let p = Policy {
+            allow_host_ports: vec![5000],
+            allow: vec!["10.1.2.0/24:8080".into(), "192.168.9.9".into()],
+            ..Policy::default()
+        };
         assert!(p.bad_allow_entries().is_empty());
         let j = JobNet::new(&p.pool, 7).unwrap();
         let add = p.add_job(&j);
@@ -296,8 +390,14 @@ mod tests {
         assert!(add.contains("ip daddr 192.168.9.9/32 accept"));
         assert!(add.contains("\"alk7\" : jump fwd-7"));
         let rm = p.remove_job(&j);
-        assert!(rm.contains("delete chain inet airlock fwd-7") && rm.contains("delete chain inet airlock in-7"));
-        let bad = Policy { allow: vec!["not-an-ip".into()], ..Policy::default() };
+        assert!(
+            rm.contains("delete chain inet airlock fwd-7")
+                && rm.contains("delete chain inet airlock in-7")
+        );
+        let bad = Policy {
+            allow: vec!["not-an-ip".into()],
+            ..Policy::default()
+        };
         assert_eq!(bad.bad_allow_entries(), vec!["not-an-ip".to_string()]);
     }
 }

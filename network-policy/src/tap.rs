@@ -37,7 +37,10 @@ struct IfReq {
 
 /// Create a persistent TAP device `name` (owned by root).
 pub fn create(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 15 || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') {
+    if name.is_empty()
+        || name.len() > 15
+        || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+    {
         return Err(Error::BadName(name.to_owned()));
     }
     let f = std::fs::OpenOptions::new()
@@ -62,7 +65,10 @@ pub fn create(name: &str) -> Result<()> {
         }
     };
     if rc < 0 {
-        return Err(Error::Create(name.to_owned(), std::io::Error::last_os_error()));
+        return Err(Error::Create(
+            name.to_owned(),
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -80,7 +86,9 @@ async fn index(h: &Handle, name: &str) -> Result<Option<u32>> {
 
 /// Give the TAP the host's address of the job's /30 and bring it up.
 pub async fn configure(h: &Handle, name: &str, host: Ipv4Addr, prefix_len: u8) -> Result<()> {
-    let idx = index(h, name).await?.ok_or_else(|| Error::NotFound(name.to_owned()))?;
+    let idx = index(h, name)
+        .await?
+        .ok_or_else(|| Error::NotFound(name.to_owned()))?;
     h.address()
         .add(idx, host.into(), prefix_len)
         .execute()

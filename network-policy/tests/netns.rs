@@ -8,7 +8,10 @@ use airlock_network_policy::{nft, tap, Network, Policy};
 /// Run `f` on a new thread that lives in a new, empty network namespace.
 fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     let ok = std::process::Command::new("sh")
-        .args(["-c", "command -v nft && [ -e /dev/net/tun ] && [ $(id -u) = 0 ]"])
+        .args([
+            "-c",
+            "command -v nft && [ -e /dev/net/tun ] && [ $(id -u) = 0 ]",
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
@@ -24,7 +27,12 @@ fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option
             #[allow(unsafe_code)]
             // SAFETY: unshare(2) on this thread only; the thread is ours.
             let rc = unsafe { libc_unshare() };
-            assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+            assert_eq!(
+                rc,
+                0,
+                "unshare(CLONE_NEWNET): {}",
+                std::io::Error::last_os_error()
+            );
             f()
         })
         .join()
@@ -42,7 +50,10 @@ unsafe fn libc_unshare() -> i32 {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]

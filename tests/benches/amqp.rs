@@ -124,6 +124,7 @@ async fn throughput(broker: &Broker, n: usize) {
         }),
         store: store.clone(),
         sink: sink.clone(),
+        network: None,
     });
     let daemon = Daemon::start_with(runner, Arc::new(Noop { store, sink })).unwrap();
     let t0 = Instant::now();

@@ -78,6 +78,9 @@ sandbox-paths = /bin/sh=/bin/busybox
 substituters =
 experimental-features = nix-command
 NIXCONF
+# The agent writes the fetch phase's resolvers to /run (the root is read-only).
+ln -sfn /run/resolv.conf "$root/etc/resolv.conf"
+[ -s "$root/etc/hosts" ] || printf '127.0.0.1 localhost\n::1 localhost\n' > "$root/etc/hosts"
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/usr/share/doc "$root"/usr/share/man
 size_mb=$(( $(du -sm "$root" | cut -f1) * 5 / 4 + 64 ))
 mkfs.ext4 -q -F -L airlock-root -d "$root" "$work/rootfs.img" "${size_mb}M"

@@ -98,7 +98,18 @@ async fn main() -> anyhow::Result<()> {
     } else {
         (None, Arc::new(NoSink))
     };
+    let network = if cfg.network.enabled {
+        let n = airlock_network_policy::Network::init(cfg.network.policy.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", airlock::runner::error_chain(&e)))
+            .context("cannot set up the fetch-phase network (needs root, nftables and /dev/net/tun; or set network.enabled = false)")?;
+        Some(Arc::new(n))
+    } else {
+        info!("network.enabled = false: one VM boot per job, no NIC, fixed-output derivations cannot download");
+        None
+    };
     let runner = Arc::new(Runner {
+        network,
         store: JobStore::new(cfg.jobs_dir()),
         cfg: cfg.clone(),
         backend,

@@ -53,6 +53,8 @@ pub struct VmSpec {
     /// The hypervisor writes its pid here, so a restarted daemon can find
     /// and kill an orphaned VM.
     pub pidfile: PathBuf,
+    /// One virtio-net NIC on this existing TAP device (fetch phase only).
+    pub tap: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

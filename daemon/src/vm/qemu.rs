@@ -86,6 +86,19 @@ impl Qemu {
             "-pidfile".into(),
             spec.pidfile.display().to_string(),
         ]);
+        if let Some(tap) = &spec.tap {
+            let nic = if microvm {
+                "virtio-net-device"
+            } else {
+                "virtio-net-pci"
+            };
+            a.extend([
+                "-netdev".into(),
+                format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
+                "-device".into(),
+                format!("{nic},netdev=net0"),
+            ]);
+        }
         for (i, d) in spec.disks.iter().enumerate() {
             let ro = if d.readonly { ",readonly=on" } else { "" };
             a.extend([
@@ -237,6 +250,7 @@ pub async fn probe_accel(
         console_log: console.clone(),
         channel_log: scratch.join("probe-channel.log"),
         pidfile: scratch.join("probe.pid"),
+        tap: None,
     };
     let t0 = Instant::now();
     let (_tx, rx) = tokio::sync::oneshot::channel();
@@ -302,6 +316,7 @@ mod tests {
             console_log: "/c".into(),
             channel_log: "/ch".into(),
             pidfile: "/p".into(),
+            tap: None,
         };
         let a = q.args(&spec).join(" ");
         assert!(a.contains("file=/r,,x.img,if=none,id=disk0,format=raw,cache=unsafe,readonly=on"));

@@ -84,13 +84,46 @@ pub struct Daemon {
     pub config: PathBuf,
     /// Extra airlockd flags.
     pub args: Vec<String>,
+    /// The network namespace airlockd runs in (None: the machine's own).
+    pub netns: Option<String>,
+}
+
+/// A fresh network namespace with only `lo` up, deleted by the caller.
+pub fn new_netns(tag: &str) -> String {
+    let name = format!(
+        "al-{tag}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    for args in [
+        vec!["netns", "add", &name],
+        vec!["-n", &name, "link", "set", "lo", "up"],
+    ] {
+        let st = Command::new("ip").args(&args).status().expect("ip");
+        assert!(st.success(), "ip {args:?} failed");
+    }
+    name
+}
+
+pub fn del_netns(name: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", name]).status();
 }
 
 impl Daemon {
     /// Start airlockd with TCG (or AIRLOCK_TEST_ACCEL) and `extra` TOML lines
-    /// (tables after the `[vm]` table).
+    /// (tables after the `[vm]` table), in a network namespace of its own
+    /// (its job networks and nftables table live there).
     pub fn start(extra: &str) -> Daemon {
         Daemon::start_full("", extra)
+    }
+
+    /// Start in an existing network namespace (the caller built a topology).
+    pub fn start_in_netns(netns: &str, extra: &str) -> Daemon {
+        Daemon::start_inner("", extra, vec![], Some(netns.to_owned()))
     }
 
     /// Like [`Daemon::start`], with extra keys inside the `[vm]` table.
@@ -98,7 +131,9 @@ impl Daemon {
         Daemon::start_full(vm_keys, "")
     }
 
-    /// A daemon on the broker at `url` with `identity`, for x86_64-linux.
+    /// A daemon on the broker at `url` with `identity`, for x86_64-linux. It
+    /// runs in the machine's network namespace (the broker is on its
+    /// 127.0.0.1) with the fetch-phase network off, so it changes nothing there.
     pub fn start_amqp(url: &str, identity: &str, extra: &str) -> Daemon {
         let args = [
             "--amqp-url",
@@ -108,14 +143,21 @@ impl Daemon {
             "--system",
             "x86_64-linux",
         ];
-        Daemon::start_full_args("", extra, args.iter().map(|s| s.to_string()).collect())
+        let extra = format!("{extra}\n[network]\nenabled = false\n");
+        Daemon::start_inner(
+            "",
+            &extra,
+            args.iter().map(|s| s.to_string()).collect(),
+            None,
+        )
     }
 
     fn start_full(vm_keys: &str, extra: &str) -> Daemon {
-        Daemon::start_full_args(vm_keys, extra, vec![])
+        let ns = new_netns("d");
+        Daemon::start_inner(vm_keys, extra, vec![], Some(ns))
     }
 
-    fn start_full_args(vm_keys: &str, extra: &str, args: Vec<String>) -> Daemon {
+    fn start_inner(vm_keys: &str, extra: &str, args: Vec<String>, netns: Option<String>) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("airlock-e2e-")
             .tempdir()
@@ -134,6 +176,7 @@ impl Daemon {
             child: None,
             config,
             args,
+            netns,
         };
         d.spawn();
         d
@@ -156,7 +199,15 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("airlockd.log"))
             .unwrap();
-        let child = Command::new(bin("airlockd"))
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("airlockd"));
+                c
+            }
+            None => Command::new(bin("airlockd")),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .arg("--state-dir")
@@ -264,6 +315,11 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        if let Some(ns) = &self.netns {
+            if ns.starts_with("al-d-") {
+                del_netns(ns);
+            }
+        }
     }
 }
 

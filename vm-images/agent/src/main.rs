@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 mod nar;
 
 use airlock_wire::{
-    encode_event, encode_log_line, BuildStatus, Event, ExportedPath, GuestJob, Manifest, Phase,
-    WIRE_VERSION,
+    encode_event, encode_log_line, BootParams, BuildStatus, Event, ExportedPath, GuestJob,
+    Manifest, Phase, WIRE_VERSION,
 };
 
 /// Nix prints this for settings an untrusted client may not set; ofborg drops it.
@@ -152,6 +152,13 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
     }
     let src = args.input.join("src");
     std::fs::create_dir_all("/nix/var/airlock-tmp").map_err(|e| format!("mkdir tmp: {e}"))?;
+    // Which boot this is comes from the kernel command line.
+    let boot =
+        BootParams::from_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let phase = boot.phase;
+    if phase == Phase::Fetch {
+        configure_network(boot.net.as_ref(), &job.dns)?;
+    }
 
     // 1. Evaluate each attr on its own.
     let mut attempted = Vec::new();
@@ -185,17 +192,22 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
         }
     }
     // As ofborg: BuildLogStart (this event) first, then the error lines.
-    ch.event(&Event::Instantiated {
-        attempted: attempted.clone(),
-        skipped: skipped.clone(),
-    });
-    for l in &errors {
-        ch.log(l);
+    // The build phase re-evaluates the same tree: already reported.
+    if phase != Phase::Build {
+        ch.event(&Event::Instantiated {
+            attempted: attempted.clone(),
+            skipped: skipped.clone(),
+        });
+        for l in &errors {
+            ch.log(l);
+        }
     }
 
-    // 2. Build what evaluated.
+    // 2. Fetch phase: only fixed-output derivations. Otherwise: build.
     let status = if attempted.is_empty() {
         BuildStatus::Skipped
+    } else if phase == Phase::Fetch {
+        fetch(&job, &drvs, ch)?
     } else {
         build(&job, &src, &attempted, ch)?
     };
@@ -203,15 +215,15 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
         status: status.clone(),
     });
 
-    // 3. Export every store path the job produced.
-    let paths = if drvs.is_empty() {
+    // 3. Export every store path the job produced (after the last phase).
+    let paths = if drvs.is_empty() || phase == Phase::Fetch {
         vec![]
     } else {
         produced_paths(&drvs)?
     };
     let m = Manifest {
         version: WIRE_VERSION,
-        phase: job.phase,
+        phase,
         status,
         attempted_attrs: attempted,
         skipped_attrs: skipped,
@@ -234,6 +246,15 @@ fn build(
     let mut cmd = Command::new("nix-build");
     nix_env(&mut cmd, src);
     cmd.args(["--no-out-link", "--keep-going"]);
+    timeouts(job, &mut cmd);
+    cmd.args(nix_common(job));
+    for a in attrs {
+        cmd.arg("-A").arg(a);
+    }
+    run_streamed(cmd, "nix-build", ch)
+}
+
+fn timeouts(job: &GuestJob, cmd: &mut Command) {
     if job.build_timeout_secs > 0 {
         cmd.args([
             "--option",
@@ -248,14 +269,78 @@ fn build(
             &job.max_silent_secs.to_string(),
         ]);
     }
-    cmd.args(nix_common(job));
-    for a in attrs {
-        cmd.arg("-A").arg(a);
+}
+
+/// Realise only the fixed-output derivations in the closure of `drvs`.
+fn fetch(job: &GuestJob, drvs: &[String], ch: &Channel) -> Result<BuildStatus, String> {
+    let out = Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "show-derivation",
+            "-r",
+        ])
+        .args(drvs)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run nix show-derivation: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nix show-derivation failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
+    let all: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("nix show-derivation output: {e}"))?;
+    let fods: Vec<&String> = all
+        .iter()
+        .filter(|(_, d)| {
+            d["outputs"]
+                .as_object()
+                .is_some_and(|o| o.values().any(|v| v.get("hash").is_some()))
+        })
+        .map(|(p, _)| p)
+        .collect();
+    if fods.is_empty() {
+        return Ok(BuildStatus::Success);
+    }
+    let mut cmd = Command::new("nix-store");
+    cmd.env("TMPDIR", "/nix/var/airlock-tmp")
+        .env("HOME", "/tmp")
+        .stdin(Stdio::null())
+        .args(["-r", "--keep-going"]);
+    timeouts(job, &mut cmd);
+    cmd.args(fods);
+    run_streamed(cmd, "nix-store -r", ch)
+}
+
+/// Bring up the fetch phase's NIC: `net` = (address/prefix, gateway).
+fn configure_network(net: Option<&(String, String)>, dns: &[String]) -> Result<(), String> {
+    let (addr, gw) = net.ok_or("fetch phase without airlock.net on the kernel command line")?;
+    let ip = |args: &[&str]| -> Result<(), String> {
+        let st = Command::new("/bin/busybox")
+            .arg("ip")
+            .args(args)
+            .status()
+            .map_err(|e| format!("busybox ip: {e}"))?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(format!("ip {} failed", args.join(" ")))
+        }
+    };
+    ip(&["link", "set", "lo", "up"])?;
+    ip(&["link", "set", "eth0", "up"])?;
+    ip(&["addr", "add", addr, "dev", "eth0"])?;
+    ip(&["route", "add", "default", "via", gw])?;
+    let conf: String = dns.iter().map(|d| format!("nameserver {d}\n")).collect();
+    std::fs::write("/run/resolv.conf", conf).map_err(|e| format!("resolv.conf: {e}"))
+}
+
+fn run_streamed(mut cmd: Command, what: &str, ch: &Channel) -> Result<BuildStatus, String> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run nix-build: {e}"))?;
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))?;
     let pump = |r: Box<dyn Read + Send>, ch: Channel| {
         std::thread::spawn(move || {
             let mut r = BufReader::new(r);

@@ -75,6 +75,54 @@ pub struct GuestJob {
     pub build_timeout_secs: u64,
     /// Passed to Nix as `max-silent-time`; 0 = none.
     pub max_silent_secs: u64,
+    /// Resolvers for the fetch phase (the only phase with a network).
+    #[serde(default)]
+    pub dns: Vec<String>,
+}
+
+/// Per-boot parameters on the kernel command line (the input disk is the
+/// same for both boots): `airlock.phase=fetch|build|all` and, in the fetch
+/// phase, `airlock.net=<guest address>/<prefix>,<gateway>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootParams {
+    pub phase: Phase,
+    pub net: Option<(String, String)>,
+}
+
+impl BootParams {
+    pub fn to_cmdline(&self) -> String {
+        let phase = match self.phase {
+            Phase::All => "all",
+            Phase::Fetch => "fetch",
+            Phase::Build => "build",
+        };
+        let mut s = format!("airlock.phase={phase}");
+        if let Some((addr, gw)) = &self.net {
+            s.push_str(&format!(" airlock.net={addr},{gw}"));
+        }
+        s
+    }
+
+    pub fn from_cmdline(cmdline: &str) -> BootParams {
+        let mut p = BootParams {
+            phase: Phase::All,
+            net: None,
+        };
+        for w in cmdline.split_whitespace() {
+            if let Some(v) = w.strip_prefix("airlock.phase=") {
+                p.phase = match v {
+                    "fetch" => Phase::Fetch,
+                    "build" => Phase::Build,
+                    _ => Phase::All,
+                };
+            } else if let Some(v) = w.strip_prefix("airlock.net=") {
+                if let Some((a, g)) = v.split_once(',') {
+                    p.net = Some((a.to_owned(), g.to_owned()));
+                }
+            }
+        }
+        p
+    }
 }
 
 /// ofborg's `BuildStatus`, with its exact JSON representation.
@@ -332,6 +380,17 @@ mod tests {
             ChannelLine::Garbage(_)
         ));
         assert_eq!(encode_log_line("a\nb"), "L a b\n");
+    }
+
+    #[test]
+    fn boot_params_roundtrip() {
+        let p = BootParams {
+            phase: Phase::Fetch,
+            net: Some(("10.213.0.2/30".into(), "10.213.0.1".into())),
+        };
+        let line = format!("console=ttyS0 quiet {} panic=-1", p.to_cmdline());
+        assert_eq!(BootParams::from_cmdline(&line), p);
+        assert_eq!(BootParams::from_cmdline("console=ttyS0").phase, Phase::All);
     }
 
     #[test]
