@@ -441,7 +441,9 @@ impl Runner {
         self.mark(rec, "verified");
         // A fixed-output hash mismatch in the fetch phase is what the job
         // reports (the build phase only sees the missing output).
-        if fetch_status == Some(BuildStatus::HashMismatch) && res.status == BuildStatus::Failure {
+        if fetch_status == Some(BuildStatus::HashMismatch)
+            && !matches!(res.status, BuildStatus::Success | BuildStatus::TimedOut)
+        {
             res.status = BuildStatus::HashMismatch;
         }
         res

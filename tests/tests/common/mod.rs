@@ -164,12 +164,27 @@ impl Daemon {
             .expect("tempdir");
         let accel = std::env::var("AIRLOCK_TEST_ACCEL").unwrap_or_else(|_| "tcg".into());
         let config = dir.path().join("airlock.toml");
+        // Top-level keys in `extra` (before its first table) go first.
+        let split = extra
+            .find("\n[")
+            .map(|i| i + 1)
+            .unwrap_or(if extra.starts_with('[') {
+                0
+            } else {
+                extra.len()
+            });
+        let (top, tables) = extra.split_at(split);
+        let max_jobs = if top.contains("max_jobs") {
+            ""
+        } else {
+            "max_jobs = 1\n"
+        };
         let mut toml = format!(
-            "max_jobs = 1\n[vm]\naccel = \"{accel}\"\nimage_dir = \"{}\"\nnix_disk_mib = 1024\nexport_disk_mib = 256\n",
+            "{max_jobs}{top}\n[vm]\naccel = \"{accel}\"\nimage_dir = \"{}\"\nnix_disk_mib = 1024\nexport_disk_mib = 256\n",
             image_dir().display()
         );
         toml.push_str(vm_keys);
-        toml.push_str(extra);
+        toml.push_str(tables);
         std::fs::write(&config, toml).unwrap();
         let mut d = Daemon {
             dir,

@@ -158,6 +158,9 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
     let phase = boot.phase;
     if phase == Phase::Fetch {
         configure_network(boot.net.as_ref(), &job.dns)?;
+    } else {
+        // /etc/resolv.conf points here; Nix wants it to exist.
+        std::fs::write("/run/resolv.conf", "").map_err(|e| format!("resolv.conf: {e}"))?;
     }
 
     // 1. Evaluate each attr on its own.

@@ -1,0 +1,348 @@
+//! The network policy for real: airlockd runs in a namespace that plays the
+//! builder host, wired to an "internet" host (203.0.113.10, TEST-NET-3) and a
+//! "LAN" host (10.99.0.10, also answering as 169.254.169.254), all namespaces
+//! this test creates. No packet leaves them.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+struct Topology {
+    host: String,
+    inet: String,
+    lan: String,
+    servers: Vec<Child>,
+    _www: tempfile::TempDir,
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().unwrap();
+    assert!(st.success(), "ip {args:?}");
+}
+
+fn nft_in(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft"])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Topology {
+    fn up() -> Topology {
+        let host = new_netns("h");
+        let inet = new_netns("i");
+        let lan = new_netns("l");
+        ip(&[
+            "link", "add", "wan0", "netns", &host, "type", "veth", "peer", "name", "eth0", "netns",
+            &inet,
+        ]);
+        ip(&["-n", &host, "addr", "add", "203.0.113.1/24", "dev", "wan0"]);
+        ip(&["-n", &host, "link", "set", "wan0", "up"]);
+        ip(&["-n", &inet, "addr", "add", "203.0.113.10/24", "dev", "eth0"]);
+        ip(&["-n", &inet, "link", "set", "eth0", "up"]);
+        ip(&[
+            "-n",
+            &host,
+            "route",
+            "add",
+            "default",
+            "via",
+            "203.0.113.10",
+        ]);
+        ip(&[
+            "link", "add", "lan0", "netns", &host, "type", "veth", "peer", "name", "eth0", "netns",
+            &lan,
+        ]);
+        ip(&["-n", &host, "addr", "add", "10.99.0.1/24", "dev", "lan0"]);
+        ip(&["-n", &host, "link", "set", "lan0", "up"]);
+        ip(&["-n", &lan, "addr", "add", "10.99.0.10/24", "dev", "eth0"]);
+        ip(&[
+            "-n",
+            &lan,
+            "addr",
+            "add",
+            "169.254.169.254/32",
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &lan, "link", "set", "eth0", "up"]);
+        ip(&[
+            "-n",
+            &host,
+            "route",
+            "add",
+            "169.254.169.254/32",
+            "via",
+            "10.99.0.10",
+        ]);
+        // Worst case: a LAN that would route answers back to the job pool.
+        ip(&[
+            "-n",
+            &lan,
+            "route",
+            "add",
+            "10.213.0.0/16",
+            "via",
+            "10.99.0.1",
+        ]);
+        let www = tempfile::tempdir().unwrap();
+        std::fs::write(www.path().join("file.txt"), "airlock-internet-ok\n").unwrap();
+        std::fs::write(www.path().join("gw.txt"), "airlock-gw-ok\n").unwrap();
+        std::fs::write(www.path().join("index.html"), "LEAK\n").unwrap();
+        let serve = |ns: &str, bind: &str, port: &str| {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    ns,
+                    "python3",
+                    "-m",
+                    "http.server",
+                    port,
+                    "--bind",
+                    bind,
+                    "--directory",
+                ])
+                .arg(www.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let servers = vec![
+            serve(&inet, "203.0.113.10", "80"),
+            serve(&lan, "0.0.0.0", "80"),
+            serve(&host, "0.0.0.0", "8081"), // a host port nobody allowed
+            serve(&host, "0.0.0.0", "8080"), // the port the operator allows
+        ];
+        // The operator's own firewall, which airlock must never touch.
+        let op = "table inet operator {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\ttcp dport 2222 counter packets 0 bytes 0 drop\n\t}\n}\n";
+        let mut c = Command::new("ip")
+            .args(["netns", "exec", &host, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        c.stdin.take().unwrap().write_all(op.as_bytes()).unwrap();
+        assert!(c.wait().unwrap().success());
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        Topology {
+            host,
+            inet,
+            lan,
+            servers,
+            _www: www,
+        }
+    }
+
+    fn operator_table(&self) -> String {
+        nft_in(&self.host, &["list", "table", "inet", "operator"])
+    }
+
+    /// What a job could leave behind: TAPs, its chains, routes into the pool.
+    fn leftovers(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        let links = Command::new("ip")
+            .args(["-n", &self.host, "-o", "link"])
+            .output()
+            .unwrap();
+        v.extend(
+            String::from_utf8_lossy(&links.stdout)
+                .lines()
+                .filter(|l| l.contains(": alk"))
+                .map(str::to_owned),
+        );
+        let table = nft_in(&self.host, &["list", "table", "inet", "airlock"]);
+        v.extend(
+            table
+                .lines()
+                .filter(|l| l.contains("chain fwd-") || l.contains("chain in-"))
+                .map(str::to_owned),
+        );
+        let routes = Command::new("ip")
+            .args(["-n", &self.host, "route"])
+            .output()
+            .unwrap();
+        v.extend(
+            String::from_utf8_lossy(&routes.stdout)
+                .lines()
+                .filter(|l| l.starts_with("10.213."))
+                .map(str::to_owned),
+        );
+        v
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        for ns in [&self.host, &self.inet, &self.lan] {
+            del_netns(ns);
+        }
+    }
+}
+
+const CONFIG: &str =
+    "max_jobs = 2\n[network]\nallow_host_ports = [8080]\ndns = [\"203.0.113.10\"]\n";
+
+fn probes(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains("PROBE ")).collect()
+}
+
+#[test]
+fn only_fixed_output_derivations_reach_the_internet() {
+    if !prerequisites("only_fixed_output_derivations_reach_the_internet") {
+        return;
+    }
+    let topo = Topology::up();
+    let before = topo.operator_table();
+    assert!(before.contains("tcp dport 2222"));
+    let d = Daemon::start_in_netns(&topo.host, CONFIG);
+    let (repo, head) = fixture_repo(d.dir.path(), &[]);
+
+    // Holds slot 0's network while the attacker (slot 1) probes it.
+    let sleeper = d.submit(&repo, &head, &["net.sleeper"]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let attrs = [
+        "net.fetch-ok",
+        "net.fetch-gw",
+        "net.probe-lan",
+        "net.probe-metadata",
+        "net.probe-host-port",
+        "net.probe-host-wan",
+        "net.probe-other-tap",
+        "net.probe-other-guest",
+        "net.nonfod",
+        "net.console",
+    ];
+    let attacker = d.submit(&repo, &head, &attrs);
+    let badhash = d.submit(&repo, &head, &["net.fetch-badhash"]);
+
+    let rec = d.wait(&attacker, 900);
+    let log = d.build_log(&attacker);
+    let res = &rec["result"];
+    assert_eq!(status(&rec), "Failure", "{rec:#}\n{log}");
+    let seen = probes(&log);
+    assert!(
+        !log.contains(": REACHED"),
+        "something got through:\n{seen:#?}"
+    );
+    for p in [
+        "lan",
+        "metadata",
+        "host-port",
+        "host-wan",
+        "other-tap",
+        "other-guest",
+    ] {
+        assert!(
+            log.contains(&format!("PROBE {p}: BLOCKED")),
+            "probe {p} did not run:\n{seen:#?}\n{log}"
+        );
+    }
+    assert!(log.contains("PROBE nonfod: BLOCKED"), "{log}");
+    for dev in ["/dev/hvc0", "/dev/ttyS0", "/dev/vda", "/dev/vdd"] {
+        let blocked = log.contains(&format!("PROBE console {dev}: BLOCKED"));
+        let absent = log.contains(&format!("PROBE console {dev}: ABSENT"));
+        assert!(blocked || absent, "{dev}:\n{log}");
+    }
+    assert!(!log.contains(": WROTE"), "{log}");
+    assert_eq!(
+        res["attempted_attrs"].as_array().unwrap().len(),
+        attrs.len(),
+        "no fake agent event: {rec:#}"
+    );
+    assert!(!res.to_string().contains("pwned"));
+    // The allowed fetches worked and were verified against their hashes.
+    let paths: Vec<String> = serde_json::from_value(res["store_paths"].clone()).unwrap();
+    assert!(
+        paths.iter().any(|p| p.ends_with("-airlock-fetch-ok")),
+        "{paths:?}"
+    );
+    assert!(
+        paths.iter().any(|p| p.ends_with("-airlock-fetch-gw")),
+        "{paths:?}"
+    );
+    assert!(
+        paths.iter().any(|p| p.ends_with("-airlock-console-attack")),
+        "{paths:?}"
+    );
+    let q = std::path::Path::new(res["quarantine"].as_str().unwrap());
+    let fetched = std::fs::read_dir(q).unwrap().flatten().find_map(|e| {
+        let t = std::fs::read_to_string(e.path()).ok()?;
+        t.contains("-airlock-fetch-ok").then_some(t)
+    });
+    assert!(
+        fetched.unwrap().contains("CA: fixed:sha256:"),
+        "FOD narinfo carries its content address"
+    );
+
+    let rec = d.wait(&badhash, 900);
+    assert_eq!(
+        status(&rec),
+        "HashMismatch",
+        "{rec:#}\n{}",
+        d.build_log(&badhash)
+    );
+    let rec = d.wait(&sleeper, 900);
+    assert_eq!(
+        status(&rec),
+        "Success",
+        "{rec:#}\n{}",
+        d.build_log(&sleeper)
+    );
+
+    assert!(
+        topo.leftovers().is_empty(),
+        "left behind: {:?}",
+        topo.leftovers()
+    );
+    assert_eq!(topo.operator_table(), before, "operator's table changed");
+}
+
+#[test]
+fn kill9_during_fetch_leaves_no_network_behind() {
+    if !prerequisites("kill9_during_fetch_leaves_no_network_behind") {
+        return;
+    }
+    let topo = Topology::up();
+    let before = topo.operator_table();
+    let mut d = Daemon::start_in_netns(&topo.host, CONFIG);
+    let (repo, head) = fixture_repo(d.dir.path(), &[]);
+    let id = d.submit(&repo, &head, &["net.sleeper"]);
+    let t0 = std::time::Instant::now();
+    while topo.leftovers().is_empty() {
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "the job network never came up:\n{}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    d.kill9();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(no_vm_for(&id), "the VM outlived the daemon");
+    d.spawn();
+    // The restart removed the stale TAP and chains; the job runs again.
+    let rec = d.wait(&id, 900);
+    assert_eq!(status(&rec), "Success", "{rec:#}");
+    assert!(
+        d.log()
+            .contains("removing TAP device left by a previous run"),
+        "{}",
+        d.log()
+    );
+    assert!(
+        topo.leftovers().is_empty(),
+        "left behind: {:?}",
+        topo.leftovers()
+    );
+    assert_eq!(topo.operator_table(), before);
+}
