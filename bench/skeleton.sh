@@ -3,6 +3,9 @@
 # through airlockd (one fresh VM per job) and N times with plain nix-build on
 # the host; prints medians and where a job's time goes.
 # usage: bench/skeleton.sh [N]     env: ACCEL (tcg|kvm|auto, default auto)
+#        NETWORK=1 (default): two boots per job (fetch with a NIC, build without);
+#        NETWORK=0: one boot, no NIC. airlockd runs in a network namespace of
+#        its own, so the machine's network is not touched.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 N=${1:-5}
@@ -10,7 +13,9 @@ bin=$repo/target/release
 cargo build --release --workspace --quiet --manifest-path "$repo/Cargo.toml"
 work=$(mktemp -d /tmp/airlock-bench.XXXXXX)
 pid=
-trap '[ -n "$pid" ] && kill $pid 2>/dev/null; rm -rf "$work"' EXIT
+ns=airlock-bench-$$
+ip netns add "$ns"; ip -n "$ns" link set lo up
+trap '[ -n "$pid" ] && kill $pid 2>/dev/null; sleep 0.5; ip netns del "$ns"; rm -rf "$work"' EXIT
 
 g() { git -C "$work/repo" -c user.name=b -c user.email=b@localhost "$@"; }
 mkdir "$work/repo"; cp "$repo/tests/fixtures/pkgs/default.nix" "$work/repo/"
@@ -19,11 +24,13 @@ g checkout -q -b pr; echo x > "$work/repo/X"; g add .; g commit -q -m pr
 head=$(g rev-parse HEAD)
 
 cat > "$work/airlock.toml" <<TOML
+[network]
+enabled = $([ "${NETWORK:-1}" = 1 ] && echo true || echo false)
 [vm]
 accel = "${ACCEL:-auto}"
 image_dir = "${AIRLOCK_IMAGE_DIR:-/var/cache/airlock/guest/current}"
 TOML
-"$bin/airlockd" --config "$work/airlock.toml" --state-dir "$work/state" --socket "$work/sock" > "$work/d.log" 2>&1 &
+ip netns exec "$ns" "$bin/airlockd" --config "$work/airlock.toml" --state-dir "$work/state" --socket "$work/sock" > "$work/d.log" 2>&1 &
 pid=$!
 for _ in $(seq 600); do [ -S "$work/sock" ] && break; sleep 0.1; done
 ctl() { "$bin/airlockctl" --socket "$work/sock" "$@"; }
@@ -50,8 +57,8 @@ jobs = [json.load(open(f"{work}/job-{i}.json")) for i in range(1, n + 1)]
 host = [float(e) - float(s) for s, e in (l.split() for l in open(f"{work}/host.txt"))]
 def med(xs): return st.median(xs)
 total = [dict(j["timings"])["verified"] for j in jobs]
-steps = ["checkout", "disks", "agent_started", "instantiated", "built", "exported", "vm_exit", "verified"]
-print(f"accel: {jobs[0]['accel']}, runs: {n}, status: {[j['result']['status'] for j in jobs]}")
+steps = [name for name, _ in jobs[0]["timings"]]
+print(f"accel: {jobs[0]['accel']}, runs: {n}, two-phase: {any(s.startswith('fetch:') for s in steps)}, status: {[j['result']['status'] for j in jobs]}")
 print(f"| metric | median | min | max |\n|---|---|---|---|")
 print(f"| job via airlockd (s) | {med(total):.2f} | {min(total):.2f} | {max(total):.2f} |")
 print(f"| plain nix-build on host (s) | {med(host):.3f} | {min(host):.3f} | {max(host):.3f} |")

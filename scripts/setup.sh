@@ -9,7 +9,8 @@ export DEBIAN_FRONTEND=noninteractive
 [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (VM disks, Nix sandbox, netns)" >&2; exit 1; }
 
 pkgs=(nix-bin nix-setup-systemd busybox-static cpio kmod qemu-system-x86 e2fsprogs
-      debootstrap git tar python3 ca-certificates procps rabbitmq-server)
+      debootstrap git tar python3 ca-certificates procps rabbitmq-server
+      nftables iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

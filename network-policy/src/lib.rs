@@ -109,14 +109,16 @@ impl Network {
         let j = JobNet::new(&self.policy.pool, slot)?;
         let _ = tap::delete(&self.handle, &j.tap).await;
         tap::create(&j.tap)?;
-        let r = async {
-            tap::configure(&self.handle, &j.tap, j.host, j.prefix_len).await?;
-            nft::apply(&self.policy.add_job(&j)).await?;
-            Ok::<_, Error>(())
-        }
-        .await;
-        if let Err(e) = r {
+        // The rules match the TAP by name, so both can be set up at once;
+        // the VM starts only after both are done.
+        let rules = self.policy.add_job(&j);
+        let (link, chains) = tokio::join!(
+            tap::configure(&self.handle, &j.tap, j.host, j.prefix_len),
+            nft::apply(&rules)
+        );
+        if let Err(e) = link.map_err(Error::from).and(chains.map_err(Error::from)) {
             let _ = tap::delete(&self.handle, &j.tap).await;
+            let _ = nft::apply(&self.policy.remove_job(&j)).await;
             return Err(e);
         }
         Ok(j)
@@ -125,10 +127,13 @@ impl Network {
     /// Remove the job's chains and TAP; never fails the job.
     pub async fn teardown(&self, j: &JobNet) {
         let t0 = Instant::now();
-        if let Err(e) = nft::apply(&self.policy.remove_job(j)).await {
+        // The VM is gone: chains and link go at the same time.
+        let rules = self.policy.remove_job(j);
+        let (chains, link) = tokio::join!(nft::apply(&rules), tap::delete(&self.handle, &j.tap));
+        if let Err(e) = chains {
             warn!(tap = %j.tap, error = %e, "cannot remove the job's nftables chains");
         }
-        if let Err(e) = tap::delete(&self.handle, &j.tap).await {
+        if let Err(e) = link {
             warn!(tap = %j.tap, error = %e, "cannot delete the job's TAP");
         }
         self.used.lock().expect("lock").remove(&j.slot);

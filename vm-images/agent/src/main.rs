@@ -163,36 +163,31 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
         std::fs::write("/run/resolv.conf", "").map_err(|e| format!("resolv.conf: {e}"))?;
     }
 
-    // 1. Evaluate each attr on its own.
-    let mut attempted = Vec::new();
-    let mut skipped = Vec::new();
-    let mut drvs: Vec<String> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
-    for attr in &job.attrs {
-        let mut cmd = Command::new("nix-instantiate");
-        nix_env(&mut cmd, &src);
-        cmd.args(nix_common(&job)).arg("-A").arg(attr);
-        let out = cmd
-            .output()
-            .map_err(|e| format!("cannot run nix-instantiate: {e}"))?;
-        if out.status.success() {
-            attempted.push(attr.clone());
-            drvs.extend(
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_owned),
-            );
-        } else {
-            skipped.push(attr.clone());
-            errors.push(format!("Cannot nix-instantiate `{attr}` because:"));
-            for l in String::from_utf8_lossy(&out.stderr).lines() {
-                if !l.contains(RESTRICTED_WARNING) {
-                    errors.push(l.to_owned());
-                }
-            }
-            errors.push(String::new());
-        }
+    // 1. Evaluate each attr on its own (the build phase reuses the fetch
+    // phase's evaluation, kept on the job's /nix disk).
+    let saved: Option<Eval> = (phase == Phase::Build)
+        .then(|| std::fs::read(EVAL_FILE).ok())
+        .flatten()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let reused = saved.is_some();
+    let Eval {
+        attempted,
+        skipped,
+        drvs,
+    } = match saved {
+        Some(e) => e,
+        None => evaluate(&job, &src, &mut errors)?,
+    };
+    if phase == Phase::Fetch {
+        let e = Eval {
+            attempted: attempted.clone(),
+            skipped: skipped.clone(),
+            drvs: drvs.clone(),
+        };
+        let _ = std::fs::create_dir_all("/nix/var/airlock");
+        std::fs::write(EVAL_FILE, serde_json::to_vec(&e).unwrap_or_default())
+            .map_err(|e| format!("cannot save the evaluation: {e}"))?;
     }
     // As ofborg: BuildLogStart (this event) first, then the error lines.
     // The build phase re-evaluates the same tree: already reported.
@@ -211,6 +206,8 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
         BuildStatus::Skipped
     } else if phase == Phase::Fetch {
         fetch(&job, &drvs, ch)?
+    } else if reused {
+        realise(&job, &drvs, ch)?
     } else {
         build(&job, &src, &attempted, ch)?
     };
@@ -238,6 +235,55 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
         bytes,
     });
     Ok(())
+}
+
+/// Where the fetch phase leaves its evaluation for the build phase.
+const EVAL_FILE: &str = "/nix/var/airlock/eval.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Eval {
+    attempted: Vec<String>,
+    skipped: Vec<String>,
+    drvs: Vec<String>,
+}
+
+/// `nix-instantiate` each attr on its own, as ofborg does; error lines for
+/// the attrs that fail go to `errors`.
+fn evaluate(job: &GuestJob, src: &Path, errors: &mut Vec<String>) -> Result<Eval, String> {
+    let mut attempted = Vec::new();
+    let mut skipped = Vec::new();
+    let mut drvs: Vec<String> = Vec::new();
+    for attr in &job.attrs {
+        let mut cmd = Command::new("nix-instantiate");
+        nix_env(&mut cmd, src);
+        cmd.args(nix_common(job)).arg("-A").arg(attr);
+        let out = cmd
+            .output()
+            .map_err(|e| format!("cannot run nix-instantiate: {e}"))?;
+        if out.status.success() {
+            attempted.push(attr.clone());
+            drvs.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned),
+            );
+        } else {
+            skipped.push(attr.clone());
+            errors.push(format!("Cannot nix-instantiate `{attr}` because:"));
+            for l in String::from_utf8_lossy(&out.stderr).lines() {
+                if !l.contains(RESTRICTED_WARNING) {
+                    errors.push(l.to_owned());
+                }
+            }
+            errors.push(String::new());
+        }
+    }
+    Ok(Eval {
+        attempted,
+        skipped,
+        drvs,
+    })
 }
 
 fn build(
@@ -315,6 +361,18 @@ fn fetch(job: &GuestJob, drvs: &[String], ch: &Channel) -> Result<BuildStatus, S
         .args(["-r", "--keep-going"]);
     timeouts(job, &mut cmd);
     cmd.args(fods);
+    run_streamed(cmd, "nix-store -r", ch)
+}
+
+/// Build phase after a fetch phase: realise the derivations it evaluated.
+fn realise(job: &GuestJob, drvs: &[String], ch: &Channel) -> Result<BuildStatus, String> {
+    let mut cmd = Command::new("nix-store");
+    cmd.env("TMPDIR", "/nix/var/airlock-tmp")
+        .env("HOME", "/tmp")
+        .stdin(Stdio::null())
+        .args(["-r", "--keep-going"]);
+    timeouts(job, &mut cmd);
+    cmd.args(drvs);
     run_streamed(cmd, "nix-store -r", ch)
 }
 
