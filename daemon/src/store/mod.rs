@@ -6,4 +6,7 @@ pub mod narinfo;
 pub mod nix32;
 pub mod path;
 
+#[cfg(test)]
+mod fuzzish;
+
 pub use path::StorePath;

@@ -1,0 +1,13 @@
+//! narinfo text (read back from quarantine and, later, from other caches).
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(s) = std::str::from_utf8(data) {
+        if let Ok(ni) = airlock::store::narinfo::NarInfo::parse(s) {
+            let again = airlock::store::narinfo::NarInfo::parse(&ni.render()).expect("re-parse");
+            assert_eq!(again, ni);
+        }
+        let _ = airlock::store::StorePath::parse(s);
+    }
+});
