@@ -20,10 +20,15 @@ g checkout -q -b pr; echo "demo change" > "$work/repo/CHANGE"; g add .; g commit
 head=$(g rev-parse HEAD)
 
 echo "== starting airlockd (defaults; log: $work/airlockd.log)"
+rm -f /run/airlock/airlockd.sock   # a stale socket of an earlier, killed run
 "$bin/airlockd" > "$work/airlockd.log" 2>&1 &
 daemon_pid=$!
-for _ in $(seq 600); do [ -S /run/airlock/airlockd.sock ] && break; sleep 0.1; done
-[ -S /run/airlock/airlockd.sock ] || { cat "$work/airlockd.log"; exit 1; }
+for _ in $(seq 600); do
+  "$bin/airlockctl" jobs >/dev/null 2>&1 && break
+  kill -0 "$daemon_pid" 2>/dev/null || break
+  sleep 0.1
+done
+"$bin/airlockctl" jobs >/dev/null 2>&1 || { echo "airlockd did not start:"; cat "$work/airlockd.log"; exit 1; }
 grep -h "accelerator" "$work/airlockd.log" | sed 's/^/   /' || true
 
 echo "== airlockctl submit --repo $work/repo --head $head --pr 1 --attr chain"

@@ -358,7 +358,7 @@ fn fetch(job: &GuestJob, drvs: &[String], ch: &Channel) -> Result<BuildStatus, S
     cmd.env("TMPDIR", "/nix/var/airlock-tmp")
         .env("HOME", "/tmp")
         .stdin(Stdio::null())
-        .args(["-r", "--keep-going"]);
+        .args(["-r", "--keep-going", "--no-gc-warning"]);
     timeouts(job, &mut cmd);
     cmd.args(fods);
     run_streamed(cmd, "nix-store -r", ch)
@@ -370,7 +370,7 @@ fn realise(job: &GuestJob, drvs: &[String], ch: &Channel) -> Result<BuildStatus,
     cmd.env("TMPDIR", "/nix/var/airlock-tmp")
         .env("HOME", "/tmp")
         .stdin(Stdio::null())
-        .args(["-r", "--keep-going"]);
+        .args(["-r", "--keep-going", "--no-gc-warning"]);
     timeouts(job, &mut cmd);
     cmd.args(drvs);
     run_streamed(cmd, "nix-store -r", ch)
