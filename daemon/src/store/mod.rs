@@ -5,6 +5,7 @@ pub mod nar;
 pub mod narinfo;
 pub mod nix32;
 pub mod path;
+pub mod signing;
 
 #[cfg(test)]
 mod fuzzish;
