@@ -5,10 +5,10 @@
 
 mod common;
 
-use airlock::store::nar::build::{nar, str as nar_str, Node};
-use airlock_wire::{BuildStatus, ExportedPath, Manifest, Phase, WIRE_VERSION};
+use airlock::quarantine::craft::{entry, stream};
+use airlock::quarantine::sha256_nix32 as hash;
+use airlock::store::nar::build::{nar, Node};
 use common::*;
-use sha2::Digest;
 
 const A: &str = "/nix/store/ihml9cgha2ncb1jfpf857yd6nls4n23b-evil";
 const B: &str = "/nix/store/0mdqa9w1p6cmli6976v4wi0sw9r4p5pr-other";
@@ -26,67 +26,15 @@ cat "$in/src/evil/$attr.bin" > "$ex"
 sync
 "#;
 
-fn hash(b: &[u8]) -> String {
-    format!(
-        "sha256:{}",
-        airlock::store::nix32::encode(&sha2::Sha256::digest(b))
-    )
-}
-
-fn entry(path: &str, bytes: &[u8], refs: &[&str]) -> ExportedPath {
-    ExportedPath {
-        path: path.into(),
-        nar_hash: hash(bytes),
-        nar_size: bytes.len() as u64,
-        references: refs.iter().map(|s| s.to_string()).collect(),
-        deriver: None,
-        ca: None,
-    }
-}
-
-fn stream(entries: Vec<(ExportedPath, Vec<u8>)>) -> Vec<u8> {
-    let m = Manifest {
-        version: WIRE_VERSION,
-        phase: Phase::All,
-        status: BuildStatus::Success,
-        attempted_attrs: vec!["x".into()],
-        skipped_attrs: vec![],
-        paths: entries.iter().map(|e| e.0.clone()).collect(),
-    };
-    let mut out = Vec::new();
-    airlock_wire::write_header(&mut out, &m).unwrap();
-    for (_, b) in &entries {
-        out.extend_from_slice(b);
-    }
-    airlock_wire::write_trailer(&mut out).unwrap();
-    out
-}
-
+/// An entry in the `..` name, which the NAR writer lets through.
 fn dotdot_nar() -> Vec<u8> {
-    let mut n = Vec::new();
-    for t in [
-        &b"nix-archive-1"[..],
-        b"(",
-        b"type",
-        b"directory",
-        b"entry",
-        b"(",
-        b"name",
-        b"..",
-        b"node",
-    ] {
-        nar_str(&mut n, t);
-    }
-    airlock::store::nar::build::node(
-        &mut n,
-        &Node::File {
+    nar(&Node::Dir(vec![(
+        "..",
+        Node::File {
             exec: false,
             data: b"pwned",
         },
-    );
-    nar_str(&mut n, b")");
-    nar_str(&mut n, b")");
-    n
+    )]))
 }
 
 #[test]

@@ -354,17 +354,12 @@ fn fetch(job: &GuestJob, drvs: &[String], ch: &Channel) -> Result<BuildStatus, S
     if fods.is_empty() {
         return Ok(BuildStatus::Success);
     }
-    let mut cmd = Command::new("nix-store");
-    cmd.env("TMPDIR", "/nix/var/airlock-tmp")
-        .env("HOME", "/tmp")
-        .stdin(Stdio::null())
-        .args(["-r", "--keep-going", "--no-gc-warning"]);
-    timeouts(job, &mut cmd);
-    cmd.args(fods);
-    run_streamed(cmd, "nix-store -r", ch)
+    let fods: Vec<String> = fods.into_iter().cloned().collect();
+    realise(job, &fods, ch)
 }
 
-/// Build phase after a fetch phase: realise the derivations it evaluated.
+/// `nix-store -r --keep-going` of `drvs`: the fetch phase's FODs, or, in
+/// the build phase after a fetch phase, the derivations it evaluated.
 fn realise(job: &GuestJob, drvs: &[String], ch: &Channel) -> Result<BuildStatus, String> {
     let mut cmd = Command::new("nix-store");
     cmd.env("TMPDIR", "/nix/var/airlock-tmp")
