@@ -185,9 +185,7 @@ async fn latency(broker: &Broker) {
             }
         }
     });
-    while p.queue_len("build-inputs-x86_64-linux").await.is_none() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(p.wait_for_queue("build-inputs-x86_64-linux", 60).await);
     p.publish(
         "",
         "build-inputs-x86_64-linux",

@@ -42,15 +42,11 @@ fn job_from_broker_is_built_and_reported_like_ofborg() {
         let mut p = Probe::setup(&broker.url()).await;
         // Wait for airlockd to declare its queue.
         assert!(p.until(60, |_| true).await);
-        let t0 = std::time::Instant::now();
-        while p.queue_len(QUEUE).await.is_none() {
-            assert!(
-                t0.elapsed().as_secs() < 60,
-                "airlockd never declared {QUEUE}:\n{}",
-                d.log()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
+        assert!(
+            p.wait_for_queue(QUEUE, 60).await,
+            "airlockd never declared {QUEUE}:\n{}",
+            d.log()
+        );
 
         // 1. A poison message goes to the dead-letter queue, with the reason.
         p.publish("", QUEUE, b"{\"this is\": \"not a BuildJob\"}")
@@ -167,9 +163,10 @@ fn kill9_mid_job_redelivers_and_reports_once() {
     let req = uuid::Uuid::new_v4().to_string();
     rt().block_on(async {
         let mut p = Probe::setup(&broker.url()).await;
-        while p.queue_len(QUEUE).await.is_none() {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
+        assert!(
+            p.wait_for_queue(QUEUE, 60).await,
+            "airlockd never declared {QUEUE}"
+        );
         p.publish("", QUEUE, &job_json(&repo, &head, &["chain"], &req))
             .await;
         // Kill the daemon once the VM is running the job.
@@ -218,9 +215,10 @@ fn broker_restart_mid_job_still_delivers_the_result() {
     let req = uuid::Uuid::new_v4().to_string();
     rt().block_on(async {
         let mut p = Probe::setup(&broker.url()).await;
-        while p.queue_len(QUEUE).await.is_none() {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
+        assert!(
+            p.wait_for_queue(QUEUE, 60).await,
+            "airlockd never declared {QUEUE}"
+        );
         p.publish("", QUEUE, &job_json(&repo, &head, &["chain"], &req))
             .await;
         assert!(
@@ -268,9 +266,10 @@ fn two_builders_share_one_queue() {
     let reqs: Vec<String> = (0..4).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     rt().block_on(async {
         let mut p = Probe::setup(&broker.url()).await;
-        while p.queue_len(QUEUE).await.is_none() {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
+        assert!(
+            p.wait_for_queue(QUEUE, 60).await,
+            "airlockd never declared {QUEUE}"
+        );
         for r in &reqs {
             p.publish("", QUEUE, &job_json(&repo, &head, &["leaf"], r))
                 .await;
@@ -312,9 +311,10 @@ fn sigterm_drains_running_jobs_and_leaves_the_rest_to_the_broker() {
     let second = uuid::Uuid::new_v4().to_string();
     rt().block_on(async {
         let mut p = Probe::setup(&broker.url()).await;
-        while p.queue_len(QUEUE).await.is_none() {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
+        assert!(
+            p.wait_for_queue(QUEUE, 60).await,
+            "airlockd never declared {QUEUE}"
+        );
         p.publish("", QUEUE, &job_json(&repo, &head, &["chain"], &first))
             .await;
         p.publish("", QUEUE, &job_json(&repo, &head, &["leaf"], &second))

@@ -285,6 +285,18 @@ impl Probe {
         .flatten()
     }
 
+    /// Wait (up to `secs`) until queue `q` exists, i.e. a builder declared it.
+    pub async fn wait_for_queue(&self, q: &str, secs: u64) -> bool {
+        let t0 = Instant::now();
+        while self.queue_len(q).await.is_none() {
+            if t0.elapsed() > Duration::from_secs(secs) {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        true
+    }
+
     pub async fn get_one(&self, q: &str) -> Option<(Vec<u8>, Option<FieldTable>)> {
         self.with_channel(async |ch| {
             ch.basic_get(q.into(), BasicGetOptions { no_ack: true })
