@@ -25,6 +25,17 @@ pub enum Request {
         id: String,
         timeout_secs: Option<u64>,
     },
+    /// Why a commit is or is not released.
+    ReleaseStatus {
+        commit: String,
+    },
+    /// Operator release by hand (trusted builders only; logged).
+    Release {
+        commit: String,
+        reason: String,
+    },
+    /// Apply the retention policy now.
+    Gc,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +45,9 @@ pub enum Reply {
     Jobs(Vec<JobRecord>),
     Job(Box<JobRecord>),
     Line(String),
+    ReleaseStatus(Box<crate::release::Status>),
+    Released(Vec<crate::release::store::ReleasedJob>),
+    Gc(crate::release::store::GcReport),
     End,
     Error(String),
 }

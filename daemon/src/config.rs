@@ -35,6 +35,129 @@ pub struct Config {
     pub limits: Limits,
     pub amqp: AmqpConfig,
     pub network: NetworkConfig,
+    /// `trusted` (the project's own infrastructure: may release to the
+    /// binary cache) or `community` (never releases). Default: community.
+    pub trust: Trust,
+    pub release: ReleaseConfig,
+    pub cache: CacheConfig,
+    pub github: GithubConfig,
+    pub retention: RetentionConfig,
+}
+
+/// Is this builder trusted with the binary cache? (ARCHITECTURE.md, trust model.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Trust {
+    Trusted,
+    #[default]
+    Community,
+}
+
+impl std::str::FromStr for Trust {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Trust, String> {
+        match s {
+            "trusted" => Ok(Trust::Trusted),
+            "community" => Ok(Trust::Community),
+            o => Err(format!("trust must be `trusted` or `community`, not `{o}`")),
+        }
+    }
+}
+
+/// When quarantined outputs are released (docs/release.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReleaseConfig {
+    /// The PR label that says the input is not malicious.
+    pub label: String,
+    /// GitHub logins whose label counts. Empty: anyone GitHub reports as
+    /// having write (or admin) access to the repository.
+    pub allowed_actors: Vec<String>,
+    /// Nix secret key file (`name:base64`, as `nix-store
+    /// --generate-binary-cache-key` writes it). Required to release.
+    pub signing_key_file: Option<PathBuf>,
+}
+
+impl Default for ReleaseConfig {
+    fn default() -> Self {
+        ReleaseConfig {
+            label: "nonmalicious-checked".into(),
+            allowed_actors: vec![],
+            signing_key_file: None,
+        }
+    }
+}
+
+/// The binary cache HTTP server (released outputs only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// `ADDR:PORT` to serve on; unset: no server.
+    pub listen: Option<String>,
+    /// `Priority` in /nix-cache-info (lower is preferred by Nix).
+    pub priority: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            listen: None,
+            priority: 40,
+        }
+    }
+}
+
+/// GitHub, for the label watcher.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GithubConfig {
+    /// REST API base URL (GitHub Enterprise: `https://HOST/api/v3`).
+    pub api_url: String,
+    /// File holding an API token; unset: unauthenticated (public repos,
+    /// 60 requests an hour, and write access cannot be checked).
+    pub token_file: Option<PathBuf>,
+    /// Seconds between polls of PRs that have outputs waiting.
+    pub poll_interval_secs: u64,
+    /// `ADDR:PORT` for GitHub webhook deliveries (`POST /github-webhook`);
+    /// unset: polling only.
+    pub webhook_listen: Option<String>,
+    /// File holding the webhook secret (required with `webhook_listen`).
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+impl Default for GithubConfig {
+    fn default() -> Self {
+        GithubConfig {
+            api_url: "https://api.github.com".into(),
+            token_file: None,
+            poll_interval_secs: 60,
+            webhook_listen: None,
+            webhook_secret_file: None,
+        }
+    }
+}
+
+/// How long outputs are kept (`airlockctl gc` and the daemon's timer).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Unreleased quarantined outputs are deleted this long after the job.
+    pub unreleased_hours: u64,
+    /// Released outputs are deleted (from quarantine and the cache) this long
+    /// after their release; 0 keeps them for ever.
+    pub released_hours: u64,
+    /// Seconds between automatic collections; 0 disables the timer.
+    pub gc_interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            unreleased_hours: 24 * 14,
+            released_hours: 24 * 90,
+            gc_interval_secs: 3600,
+        }
+    }
 }
 
 /// The fetch phase's network (see docs/network.md).
@@ -218,6 +341,11 @@ impl Default for Config {
             limits: Limits::default(),
             amqp: AmqpConfig::default(),
             network: NetworkConfig::default(),
+            trust: Trust::Community,
+            release: ReleaseConfig::default(),
+            cache: CacheConfig::default(),
+            github: GithubConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -278,6 +406,11 @@ impl Config {
     }
 
     pub fn check(&self) -> Result<()> {
+        if self.github.webhook_listen.is_some() && self.github.webhook_secret_file.is_none() {
+            return Err(Error::Invalid(
+                "github.webhook_listen needs github.webhook_secret_file".into(),
+            ));
+        }
         if self.max_jobs == 0 {
             return Err(Error::Invalid("max_jobs must be at least 1".into()));
         }
@@ -312,6 +445,18 @@ impl Config {
     }
     pub fn quarantine_dir(&self) -> PathBuf {
         self.state_dir.join("quarantine")
+    }
+    /// Released, signed narinfos and (hard-linked) NARs: what the cache serves.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.state_dir.join("cache")
+    }
+    /// One record per released commit.
+    pub fn releases_dir(&self) -> PathBuf {
+        self.state_dir.join("releases")
+    }
+    /// What the label watcher learned about PR heads.
+    pub fn github_dir(&self) -> PathBuf {
+        self.state_dir.join("github")
     }
     pub fn git_cache_dir(&self) -> PathBuf {
         self.state_dir.join("git")

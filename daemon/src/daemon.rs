@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{Reply, Request, MAX_REQUEST};
 use crate::job::{JobRecord, JobState, ReportState, Source};
+use crate::release::Release;
 use crate::runner::Runner;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,8 @@ pub struct Daemon {
     running: Arc<AtomicUsize>,
     /// Set on SIGTERM: queued jobs are not started any more.
     draining: Arc<AtomicBool>,
+    /// The release service, once started: poked when a job is done.
+    release: Arc<OnceLock<Arc<Release>>>,
 }
 
 impl Daemon {
@@ -60,11 +63,13 @@ impl Daemon {
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         let running = Arc::new(AtomicUsize::new(0));
         let draining = Arc::new(AtomicBool::new(false));
+        let release: Arc<OnceLock<Arc<Release>>> = Arc::new(OnceLock::new());
         let d = Arc::new(Daemon {
             runner: runner.clone(),
             queue: tx,
             running: running.clone(),
             draining: draining.clone(),
+            release: release.clone(),
         });
         let requeue = d.recover();
         let sem = Arc::new(Semaphore::new(cfg.max_jobs));
@@ -81,11 +86,17 @@ impl Daemon {
                 let r = r.clone();
                 let exec = exec.clone();
                 let running = running.clone();
+                let release = release.clone();
                 running.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let _permit = permit;
                     match r.store.load(&id) {
-                        Ok(mut rec) if !rec.state.is_terminal() => exec.execute(&mut rec).await,
+                        Ok(mut rec) if !rec.state.is_terminal() => {
+                            exec.execute(&mut rec).await;
+                            if let Some(r) = release.get() {
+                                r.poke();
+                            }
+                        }
                         Ok(_) => {}
                         Err(e) => error!(job_id = %id, error = %e, "cannot load queued job"),
                     }
@@ -182,6 +193,17 @@ impl Daemon {
     }
 
     /// Stop starting queued jobs (SIGTERM).
+    /// Attach the release service (status, release, gc over the API).
+    pub fn set_release(&self, r: Arc<Release>) {
+        let _ = self.release.set(r);
+    }
+
+    fn release(&self) -> Result<&Arc<Release>, String> {
+        self.release
+            .get()
+            .ok_or_else(|| "the release service is not running".to_string())
+    }
+
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
@@ -250,6 +272,27 @@ impl Daemon {
                 Err(e) => Reply::Error(e),
             },
             Request::List => Reply::Jobs(store.list().0),
+            Request::ReleaseStatus { commit } => match self.release() {
+                Ok(r) => match r.status(&commit).await {
+                    Ok(s) => Reply::ReleaseStatus(Box::new(s)),
+                    Err(e) => Reply::Error(e.to_string()),
+                },
+                Err(e) => Reply::Error(e),
+            },
+            Request::Release { commit, reason } => match self.release() {
+                Ok(r) => match r.release_by_operator(&commit, &reason).await {
+                    Ok(js) => Reply::Released(js),
+                    Err(e) => Reply::Error(e.to_string()),
+                },
+                Err(e) => Reply::Error(e),
+            },
+            Request::Gc => match self.release() {
+                Ok(r) => match r.gc().await {
+                    Ok(g) => Reply::Gc(g),
+                    Err(e) => Reply::Error(e.to_string()),
+                },
+                Err(e) => Reply::Error(e),
+            },
             Request::Show { id } => match store.load(&id) {
                 Ok(r) => Reply::Job(Box::new(r)),
                 Err(e) => Reply::Error(e.to_string()),

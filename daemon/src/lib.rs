@@ -4,7 +4,8 @@
 //! - pure formats and policy: [`store`] (store paths, NAR, narinfo),
 //!   [`ofborg`] (messages), [`config`], [`job`] (the job record);
 //! - adapters behind narrow traits: [`vm`] (QEMU), [`checkout`] (git),
-//!   [`quarantine`] (verified outputs on disk);
+//!   [`quarantine`] (verified outputs on disk), [`release`] (GitHub label
+//!   watcher, signing, the binary cache server);
 //! - the [`runner`] that composes them, and the [`daemon`] (queue, scheduler,
 //!   API) that `airlockd` and `airlockctl` wire up.
 
@@ -17,6 +18,7 @@ pub mod fsutil;
 pub mod job;
 pub mod ofborg;
 pub mod quarantine;
+pub mod release;
 pub mod runner;
 pub mod store;
 pub mod vm;

@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand};
 use airlock::api::{Reply, Request};
 use airlock::job::JobRecord;
 use airlock::ofborg::{BuildJob, BuildStatus, Pr, Repo};
+use airlock::release::rule::{fmt_time, source_text, Decision};
+use airlock::release::store::How;
+use airlock::release::Status;
 
 #[derive(Parser, Debug)]
 #[command(name = "airlockctl", version, about = "Control airlockd")]
@@ -41,6 +44,9 @@ enum Cmd {
         head: String,
         #[arg(long, default_value_t = 0)]
         pr: u64,
+        /// The GitHub repository the PR belongs to (for the label watcher).
+        #[arg(long, value_name = "OWNER/NAME")]
+        github: Option<String>,
         #[arg(long, default_value = "master")]
         target_branch: String,
         /// Attribute to build (repeatable).
@@ -64,6 +70,19 @@ enum Cmd {
         #[arg(long)]
         timeout: Option<u64>,
     },
+    /// `release status COMMIT`: why a commit is or is not released.
+    /// `release COMMIT --reason TEXT`: release by hand (trusted builders; logged).
+    Release {
+        /// `status`, or the commit to release.
+        what: String,
+        /// With `status`: the commit.
+        commit: Option<String>,
+        /// Why the operator releases by hand (required to release).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Apply the retention policy now (expire old quarantined and released outputs).
+    Gc,
 }
 
 fn call(socket: &PathBuf, req: &Request, mut on_line: impl FnMut(String)) -> anyhow::Result<Reply> {
@@ -144,6 +163,58 @@ fn print_job(r: &JobRecord) {
     }
 }
 
+fn how_text(h: &How) -> String {
+    match h {
+        How::Label { repo, pr, grant } => format!(
+            "label on {repo}#{pr} by {} at {} (head since {}, {})",
+            grant.actor,
+            fmt_time(grant.labeled_at),
+            fmt_time(grant.head_since),
+            source_text(grant.head_source)
+        ),
+        How::Operator { reason } => format!("operator by hand: {reason}"),
+    }
+}
+
+fn print_release_status(st: &Status) {
+    println!("commit:   {}", st.commit);
+    println!("builder:  {:?}", st.trust);
+    if st.jobs.is_empty() {
+        println!("jobs:     none in quarantine");
+    }
+    for j in &st.jobs {
+        let what = match &j.released {
+            Some(r) if r.expired_at.is_some() => {
+                format!("released, since expired ({})", how_text(&r.how))
+            }
+            Some(r) => format!(
+                "RELEASED at {} by {}",
+                fmt_time(r.released_at as i64),
+                how_text(&r.how)
+            ),
+            None => "not released".into(),
+        };
+        println!(
+            "job {}  {}#{}  {} path(s)  {what}",
+            j.job_id, j.repo, j.pr, j.paths
+        );
+    }
+    for p in &st.prs {
+        match &p.decision {
+            Decision::Release(g) => println!(
+                "{}#{}: rule holds: labelled by {} at {}, after the head was set at {} ({})",
+                p.repo,
+                p.pr,
+                g.actor,
+                fmt_time(g.labeled_at),
+                fmt_time(g.head_since),
+                source_text(g.head_source)
+            ),
+            Decision::Hold(why) => println!("{}#{}: not released: {why}", p.repo, p.pr),
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let json = a.json;
@@ -152,6 +223,7 @@ fn main() -> anyhow::Result<()> {
             repo,
             head,
             pr,
+            github,
             target_branch,
             attrs,
         } => {
@@ -167,13 +239,29 @@ fn main() -> anyhow::Result<()> {
                 .next()
                 .unwrap_or("repo")
                 .to_owned();
-            let job = BuildJob {
-                repo: Repo {
+            let repo = match github {
+                Some(g) => {
+                    airlock::release::github::check_repo(&g)?;
+                    if pr == 0 {
+                        bail!("--github needs --pr N");
+                    }
+                    let (o, n) = g.split_once('/').expect("checked");
+                    Repo {
+                        owner: o.into(),
+                        name: n.into(),
+                        full_name: g.clone(),
+                        clone_url,
+                    }
+                }
+                None => Repo {
                     owner: "local".into(),
                     full_name: format!("local/{name}"),
                     name,
                     clone_url,
                 },
+            };
+            let job = BuildJob {
+                repo,
                 pr: Pr {
                     target_branch: Some(target_branch),
                     number: pr,
@@ -257,6 +345,55 @@ fn main() -> anyhow::Result<()> {
                 r => bail!("unexpected reply {r:?}"),
             }
         }
+        Cmd::Release {
+            what,
+            commit,
+            reason,
+        } => {
+            let req = if what == "status" {
+                let Some(commit) = commit else {
+                    bail!("usage: airlockctl release status COMMIT");
+                };
+                Request::ReleaseStatus { commit }
+            } else {
+                if commit.is_some() {
+                    bail!("usage: airlockctl release COMMIT --reason TEXT");
+                }
+                let Some(reason) = reason else {
+                    bail!("releasing by hand needs --reason TEXT (it is logged)");
+                };
+                Request::Release {
+                    commit: what,
+                    reason,
+                }
+            };
+            match call(&a.socket, &req, |_| {})? {
+                Reply::ReleaseStatus(st) if json => {
+                    println!("{}", serde_json::to_string_pretty(&st)?)
+                }
+                Reply::ReleaseStatus(st) => print_release_status(&st),
+                Reply::Released(js) if json => println!("{}", serde_json::to_string_pretty(&js)?),
+                Reply::Released(js) => {
+                    for j in js {
+                        println!("released job {} ({} paths)", j.job_id, j.paths.len());
+                    }
+                }
+                r => bail!("unexpected reply {r:?}"),
+            }
+        }
+        Cmd::Gc => match call(&a.socket, &Request::Gc, |_| {})? {
+            Reply::Gc(g) if json => println!("{}", serde_json::to_string_pretty(&g)?),
+            Reply::Gc(g) => {
+                println!(
+                    "expired: {} unreleased job(s), {} released job(s); {} cache path(s) removed; {} bytes freed",
+                    g.expired_unreleased.len(),
+                    g.expired_released.len(),
+                    g.cache_paths_removed,
+                    g.bytes_freed
+                );
+            }
+            r => bail!("unexpected reply {r:?}"),
+        },
     }
     Ok(())
 }

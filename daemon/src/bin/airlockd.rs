@@ -10,9 +10,10 @@ use clap::Parser;
 use tracing::info;
 
 use airlock::amqp::Amqp;
-use airlock::config::{Backend, Config};
+use airlock::config::{Backend, Config, Trust};
 use airlock::daemon::{sd_notify_ready, Daemon};
 use airlock::job::JobStore;
+use airlock::release::Release;
 use airlock::runner::{LogSink, NoSink, Runner};
 use airlock::vm::qemu::{probe_accel, Qemu};
 
@@ -41,6 +42,18 @@ struct Args {
     /// Override `amqp.systems` (repeatable); the first is also `system`.
     #[arg(long = "system")]
     systems: Vec<String>,
+    /// Override `trust`: `trusted` (may release to the binary cache) or `community`.
+    #[arg(long)]
+    trust: Option<Trust>,
+    /// Override `release.signing_key_file` (Nix secret key, `name:base64`).
+    #[arg(long)]
+    signing_key_file: Option<PathBuf>,
+    /// Override `cache.listen` (ADDR:PORT of the binary cache server).
+    #[arg(long)]
+    cache_listen: Option<String>,
+    /// Override `github.api_url` (GitHub Enterprise, tests).
+    #[arg(long)]
+    github_api_url: Option<String>,
 }
 
 #[tokio::main]
@@ -69,6 +82,18 @@ async fn main() -> anyhow::Result<()> {
     if !args.systems.is_empty() {
         cfg.system = args.systems[0].clone();
         cfg.amqp.systems = args.systems;
+    }
+    if let Some(t) = args.trust {
+        cfg.trust = t;
+    }
+    if let Some(k) = args.signing_key_file {
+        cfg.release.signing_key_file = Some(k);
+    }
+    if let Some(l) = args.cache_listen {
+        cfg.cache.listen = Some(l);
+    }
+    if let Some(u) = args.github_api_url {
+        cfg.github.api_url = u;
     }
     cfg.check()?;
     std::fs::create_dir_all(&cfg.state_dir)
@@ -116,7 +141,12 @@ async fn main() -> anyhow::Result<()> {
         sink,
     });
     info!(state_dir = %cfg.state_dir.display(), max_jobs = cfg.max_jobs, identity = %cfg.identity, "airlockd starting");
+    let release = Release::new(cfg.clone()).context("cannot start the release service")?;
     let daemon = Daemon::start(runner)?;
+    daemon.set_release(release.clone());
+    release
+        .spawn()
+        .context("cannot listen (cache.listen / github.webhook_listen)")?;
     if let Some(a) = &amqp {
         tokio::spawn(a.clone().run(daemon.clone()));
     }

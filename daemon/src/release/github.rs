@@ -1,0 +1,418 @@
+//! The GitHub REST adapter for the label watcher: octocrab as the HTTP
+//! client (auth, base URL), our own conditional requests (ETag →
+//! `If-None-Match`, a 304 costs no rate limit), pagination by `Link`
+//! headers, and rate-limit bookkeeping (`x-ratelimit-*`, `retry-after`).
+//! Only the fields the release rule needs are parsed, strictly.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderMap, HeaderValue, ACCEPT, ETAG, IF_NONE_MATCH, LINK};
+use http::StatusCode;
+use octocrab::Octocrab;
+use serde::Deserialize;
+use tracing::{debug, warn};
+
+use super::rule::{parse_time, Time};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("GitHub client: {0}")]
+    Client(String),
+    #[error("GET {0}: HTTP {1}: {2}")]
+    Status(String, u16, String),
+    #[error("GitHub rate limit exhausted; next request allowed at {}", super::rule::fmt_time(*.0))]
+    RateLimited(Time),
+    #[error("GET {0}: unexpected response: {1}")]
+    Parse(String, String),
+    #[error("not a GitHub repository name: {0:?}")]
+    BadRepo(String),
+}
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// `owner/name` as GitHub allows them (no path tricks in URLs we build).
+pub fn check_repo(full_name: &str) -> Result<()> {
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 100
+            && !s.starts_with('.')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    match full_name.split_once('/') {
+        Some((o, n)) if ok(o) && ok(n) => Ok(()),
+        _ => Err(Error::BadRepo(full_name.to_owned())),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct User {
+    pub login: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LabelRef {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PullHead {
+    pub sha: String,
+}
+
+/// GET /repos/{owner}/{repo}/pulls/{n}, the fields we use.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Pull {
+    pub number: u64,
+    pub state: String,
+    pub head: PullHead,
+    #[serde(default)]
+    pub labels: Vec<LabelRef>,
+}
+
+/// One element of GET /repos/{owner}/{repo}/issues/{n}/events.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IssueEvent {
+    pub event: String,
+    pub actor: Option<User>,
+    pub created_at: String,
+    #[serde(default)]
+    pub commit_id: Option<String>,
+    #[serde(default)]
+    pub label: Option<LabelRef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct PermissionReply {
+    permission: String,
+}
+
+struct Cached {
+    etag: HeaderValue,
+    body: bytes::Bytes,
+    next: Option<String>,
+}
+
+/// One fetched page: body, the `next` link, and GitHub's clock (`Date`).
+pub struct Page {
+    pub body: bytes::Bytes,
+    pub next: Option<String>,
+    pub date: Option<Time>,
+    pub not_modified: bool,
+}
+
+/// Counters for logs, tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub not_modified: AtomicU64,
+}
+
+pub struct GitHub {
+    octo: Octocrab,
+    base: http::Uri,
+    authenticated: bool,
+    etags: Mutex<HashMap<String, Cached>>,
+    blocked_until: Mutex<Option<Time>>,
+    permissions: Mutex<HashMap<(String, String), (Instant, String)>>,
+    pub stats: Stats,
+}
+
+/// Longest issue-event history read (100 events a page).
+const MAX_PAGES: usize = 50;
+const PERMISSION_TTL: Duration = Duration::from_secs(600);
+
+fn now() -> Time {
+    crate::job::now() as Time
+}
+
+impl GitHub {
+    pub fn new(api_url: &str, token: Option<String>) -> Result<GitHub> {
+        let base: http::Uri = api_url
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|e| Error::Client(format!("bad github.api_url {api_url:?}: {e}")))?;
+        let mut b = Octocrab::builder()
+            .base_uri(base.clone())
+            .map_err(|e| Error::Client(e.to_string()))?
+            .set_connect_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(30)));
+        let authenticated = token.is_some();
+        if let Some(t) = token {
+            b = b.personal_token(t);
+        }
+        let octo = b.build().map_err(|e| Error::Client(e.to_string()))?;
+        Ok(GitHub {
+            octo,
+            base,
+            authenticated,
+            etags: Mutex::new(HashMap::new()),
+            blocked_until: Mutex::new(None),
+            permissions: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    fn url(&self, path_and_query: &str) -> String {
+        format!(
+            "{}{}",
+            self.base.to_string().trim_end_matches('/'),
+            path_and_query
+        )
+    }
+
+    /// One conditional GET.
+    pub async fn get(&self, url: &str) -> Result<Page> {
+        if let Some(until) = *self.blocked_until.lock().expect("lock") {
+            if now() < until {
+                return Err(Error::RateLimited(until));
+            }
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/vnd.github+json"),
+        );
+        h.insert(
+            "x-github-api-version",
+            HeaderValue::from_static("2022-11-28"),
+        );
+        if let Some(c) = self.etags.lock().expect("lock").get(url) {
+            h.insert(IF_NONE_MATCH, c.etag.clone());
+        }
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = self
+            .octo
+            ._get_with_headers(url, Some(h))
+            .await
+            .map_err(|e| Error::Client(format!("GET {url}: {e}")))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let date = headers
+            .get(http::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| chrono::DateTime::parse_from_rfc2822(s).ok())
+            .map(|d| d.timestamp());
+        self.note_rate_limit(&headers, status);
+        if status == StatusCode::NOT_MODIFIED {
+            self.stats.not_modified.fetch_add(1, Ordering::Relaxed);
+            let c = self.etags.lock().expect("lock");
+            let c = c
+                .get(url)
+                .ok_or_else(|| Error::Parse(url.into(), "304 without a cached copy".into()))?;
+            return Ok(Page {
+                body: c.body.clone(),
+                next: c.next.clone(),
+                date,
+                not_modified: true,
+            });
+        }
+        let body = self
+            .octo
+            .body_to_string(resp)
+            .await
+            .map_err(|e| Error::Client(format!("GET {url}: {e}")))?;
+        if !status.is_success() {
+            if let Some(until) = *self.blocked_until.lock().expect("lock") {
+                if now() < until {
+                    return Err(Error::RateLimited(until));
+                }
+            }
+            let mut b = body;
+            b.truncate(300);
+            return Err(Error::Status(url.into(), status.as_u16(), b));
+        }
+        let next = headers
+            .get(LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link)
+            .map(|n| self.check_next(url, n))
+            .transpose()?;
+        let body = bytes::Bytes::from(body);
+        if let Some(etag) = headers.get(ETAG) {
+            self.etags.lock().expect("lock").insert(
+                url.to_owned(),
+                Cached {
+                    etag: etag.clone(),
+                    body: body.clone(),
+                    next: next.clone(),
+                },
+            );
+        }
+        Ok(Page {
+            body,
+            next,
+            date,
+            not_modified: false,
+        })
+    }
+
+    /// A `next` link must stay on the API host: the token goes with it.
+    fn check_next(&self, url: &str, next: &str) -> Result<String> {
+        let n: http::Uri = next
+            .parse()
+            .map_err(|_| Error::Parse(url.into(), format!("bad Link URL {next:?}")))?;
+        if n.authority().is_some() && n.authority() != self.base.authority() {
+            return Err(Error::Parse(
+                url.into(),
+                format!("Link points away from the API host: {next}"),
+            ));
+        }
+        Ok(next.to_owned())
+    }
+
+    fn note_rate_limit(&self, h: &HeaderMap, status: StatusCode) {
+        let num = |k: &str| {
+            h.get(k)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.trim().parse::<i64>().ok())
+        };
+        let mut until = None;
+        if let Some(ra) = num("retry-after") {
+            if status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS {
+                until = Some(now() + ra.max(1));
+            }
+        }
+        if num("x-ratelimit-remaining") == Some(0) {
+            if let Some(reset) = num("x-ratelimit-reset") {
+                until = Some(until.unwrap_or(0).max(reset));
+            }
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS && until.is_none() {
+            until = Some(now() + 60);
+        }
+        if let Some(u) = until {
+            warn!(until = %super::rule::fmt_time(u), status = status.as_u16(), "GitHub rate limit reached; pausing requests");
+            *self.blocked_until.lock().expect("lock") = Some(u);
+        } else if let Some(r) = num("x-ratelimit-remaining") {
+            debug!(remaining = r, "GitHub rate limit");
+        }
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(url: &str, body: &[u8]) -> Result<T> {
+        serde_json::from_slice(body).map_err(|e| Error::Parse(url.into(), e.to_string()))
+    }
+
+    /// The PR and GitHub's clock at the time of the answer.
+    pub async fn pull(&self, repo: &str, number: u64) -> Result<(Pull, Option<Time>)> {
+        check_repo(repo)?;
+        let url = self.url(&format!("/repos/{repo}/pulls/{number}"));
+        let p = self.get(&url).await?;
+        let pull: Pull = Self::parse(&url, &p.body)?;
+        if pull.number != number || !is_sha(&pull.head.sha) {
+            return Err(Error::Parse(url, "PR number or head sha malformed".into()));
+        }
+        Ok((pull, p.date))
+    }
+
+    /// Every issue event of the PR, oldest first, following `Link: next`.
+    pub async fn issue_events(&self, repo: &str, number: u64) -> Result<Vec<IssueEvent>> {
+        check_repo(repo)?;
+        let mut url = self.url(&format!(
+            "/repos/{repo}/issues/{number}/events?per_page=100"
+        ));
+        let mut all = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let p = self.get(&url).await?;
+            let mut page: Vec<IssueEvent> = Self::parse(&url, &p.body)?;
+            all.append(&mut page);
+            match p.next {
+                Some(n) => url = n,
+                None => return Ok(all),
+            }
+        }
+        warn!(
+            repo,
+            number, "issue event history longer than {MAX_PAGES} pages; reading no further"
+        );
+        Ok(all)
+    }
+
+    /// The account's permission on the repository, as GitHub reports it
+    /// (`admin`, `write`, `read`, `none`); cached for ten minutes.
+    pub async fn permission(&self, repo: &str, login: &str) -> Result<String> {
+        check_repo(repo)?;
+        if login.is_empty()
+            || !login
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_[]".contains(&b))
+        {
+            return Err(Error::Parse(login.into(), "not a GitHub login".into()));
+        }
+        let key = (repo.to_owned(), login.to_owned());
+        if let Some((t, p)) = self.permissions.lock().expect("lock").get(&key) {
+            if t.elapsed() < PERMISSION_TTL {
+                return Ok(p.clone());
+            }
+        }
+        let url = self.url(&format!("/repos/{repo}/collaborators/{login}/permission"));
+        let p = self.get(&url).await?;
+        let r: PermissionReply = Self::parse(&url, &p.body)?;
+        self.permissions
+            .lock()
+            .expect("lock")
+            .insert(key, (Instant::now(), r.permission.clone()));
+        Ok(r.permission)
+    }
+}
+
+pub fn is_sha(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The `rel="next"` URL of a `Link` header.
+pub fn next_link(link: &str) -> Option<&str> {
+    link.split(',').find_map(|part| {
+        let (url, params) = part.trim().split_once(';')?;
+        let url = url.trim().strip_prefix('<')?.strip_suffix('>')?;
+        params
+            .split(';')
+            .any(|p| {
+                let p = p.trim();
+                p == "rel=\"next\"" || p == "rel=next"
+            })
+            .then_some(url)
+    })
+}
+
+/// Event times, parsed; events with bad times are dropped (and logged).
+pub fn event_time(e: &IssueEvent) -> Option<Time> {
+    let t = parse_time(&e.created_at);
+    if t.is_none() {
+        warn!(created_at = %e.created_at, event = %e.event, "issue event with an unreadable time; ignored");
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_header() {
+        let l = r#"<https://api.github.com/repositories/1/issues/2/events?per_page=100&page=2>; rel="next", <https://api.github.com/repositories/1/issues/2/events?per_page=100&page=5>; rel="last""#;
+        assert_eq!(
+            next_link(l),
+            Some("https://api.github.com/repositories/1/issues/2/events?per_page=100&page=2")
+        );
+        assert_eq!(
+            next_link(r#"<https://x/?page=1>; rel="prev", <https://x/?page=1>; rel="first""#),
+            None
+        );
+        assert_eq!(next_link("garbage"), None);
+    }
+
+    #[test]
+    fn repo_names() {
+        assert!(check_repo("NixOS/nixpkgs").is_ok());
+        for bad in ["NixOS", "../x/y", "a/b/c", "a/..", "a/b?x=1", "/b", "a/"] {
+            assert!(check_repo(bad).is_err(), "{bad}");
+        }
+    }
+}

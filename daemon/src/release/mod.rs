@@ -1,0 +1,557 @@
+//! Release from quarantine (docs/release.md): the label watcher decides,
+//! with the pure [`rule`], whether a commit's outputs may leave quarantine;
+//! [`store`] signs and links them into `cache/`; [`server`] serves `cache/`
+//! as a Nix binary cache and receives GitHub webhooks.
+
+pub mod github;
+pub mod rule;
+pub mod server;
+pub mod store;
+pub mod webhook;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::config::{Config, Trust};
+use crate::store::signing::SecretKey;
+use github::GitHub;
+use rule::{Allowed, Decision, HeadRecord, HeadSource, LabelEvent};
+use store::{Dirs, GcReport, How, QuarantinedJob, ReleasedJob};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {0}: {1}")]
+    ReadFile(String, #[source] std::io::Error),
+    #[error("signing key {0}: {1}")]
+    Key(String, String),
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    GitHub(#[from] github::Error),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn read_secret(p: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(p)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| Error::ReadFile(p.display().to_string(), e))
+}
+
+/// What `airlockctl release status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub commit: String,
+    pub trust: Trust,
+    pub jobs: Vec<JobStatus>,
+    /// Per PR that built the commit: the rule's answer now.
+    pub prs: Vec<PrStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub job_id: String,
+    pub repo: String,
+    pub pr: u64,
+    pub paths: usize,
+    pub released: Option<ReleasedJob>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrStatus {
+    pub repo: String,
+    pub pr: u64,
+    pub decision: Decision,
+}
+
+pub struct Release {
+    cfg: Arc<Config>,
+    dirs: Dirs,
+    gh: GitHub,
+    key: Option<Arc<SecretKey>>,
+    webhook_secret: Option<Vec<u8>>,
+    /// Serialises writes to cache/ and releases/ (release, gc).
+    lock: tokio::sync::Mutex<()>,
+    poke_tx: mpsc::UnboundedSender<()>,
+    poke_rx: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
+    /// Last decision logged per commit, so the log says each change once.
+    last: Mutex<HashMap<String, String>>,
+    rejected_webhooks: AtomicU64,
+}
+
+impl Release {
+    pub fn new(cfg: Arc<Config>) -> Result<Arc<Release>> {
+        let dirs = Dirs::new(&cfg);
+        dirs.create()?;
+        let key = match &cfg.release.signing_key_file {
+            Some(p) => {
+                let text = read_secret(p)?;
+                let k = SecretKey::parse(&text)
+                    .map_err(|e| Error::Key(p.display().to_string(), e.to_string()))?;
+                warn_if_readable(p);
+                Some(Arc::new(k))
+            }
+            None => None,
+        };
+        if cfg.trust == Trust::Trusted && key.is_none() {
+            return Err(Error::Refused(
+                "trust = \"trusted\" needs release.signing_key_file (or --signing-key-file)".into(),
+            ));
+        }
+        let token = cfg
+            .github
+            .token_file
+            .as_deref()
+            .map(read_secret)
+            .transpose()?;
+        let webhook_secret = cfg
+            .github
+            .webhook_secret_file
+            .as_deref()
+            .map(read_secret)
+            .transpose()?
+            .map(String::into_bytes);
+        let gh = GitHub::new(&cfg.github.api_url, token)?;
+        let (poke_tx, poke_rx) = mpsc::unbounded_channel();
+        Ok(Arc::new(Release {
+            cfg,
+            dirs,
+            gh,
+            key,
+            webhook_secret,
+            lock: tokio::sync::Mutex::new(()),
+            poke_tx,
+            poke_rx: Mutex::new(Some(poke_rx)),
+            last: Mutex::new(HashMap::new()),
+            rejected_webhooks: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn public_key(&self) -> Option<String> {
+        self.key.as_ref().map(|k| k.public())
+    }
+
+    pub fn webhook_secret(&self) -> Option<&[u8]> {
+        self.webhook_secret.as_deref()
+    }
+
+    pub fn count_rejected_webhook(&self) {
+        self.rejected_webhooks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn github(&self) -> &GitHub {
+        &self.gh
+    }
+
+    /// Ask the watcher to look now (a job finished, a webhook arrived).
+    pub fn poke(&self) {
+        let _ = self.poke_tx.send(());
+    }
+
+    /// Start the watcher, the gc timer and the HTTP listeners.
+    pub fn spawn(self: &Arc<Self>) -> std::io::Result<()> {
+        let cfg = &self.cfg;
+        if cfg.trust == Trust::Trusted {
+            let me = self.clone();
+            tokio::spawn(async move { me.watch().await });
+        } else {
+            info!("community builder: quarantined outputs are never released");
+        }
+        if let Some(addr) = cfg.cache.listen.clone() {
+            if cfg.trust == Trust::Trusted {
+                let r = server::cache_router(self.dirs.cache.clone(), cfg.cache.priority);
+                let std_l = std::net::TcpListener::bind(&addr)?;
+                std_l.set_nonblocking(true)?;
+                tokio::spawn(async move {
+                    let l = tokio::net::TcpListener::from_std(std_l).expect("tokio listener");
+                    info!(addr = ?l.local_addr().ok(), "binary cache listening");
+                    if let Err(e) = axum::serve(l, r).await {
+                        warn!(error = %e, "binary cache server stopped");
+                    }
+                });
+            } else {
+                warn!("cache.listen ignored: a community builder serves no cache");
+            }
+        }
+        if let Some(addr) = cfg.github.webhook_listen.clone() {
+            let r = server::webhook_router(self.clone());
+            let std_l = std::net::TcpListener::bind(&addr)?;
+            std_l.set_nonblocking(true)?;
+            tokio::spawn(async move {
+                let l = tokio::net::TcpListener::from_std(std_l).expect("tokio listener");
+                info!(addr = ?l.local_addr().ok(), "GitHub webhook receiver listening");
+                if let Err(e) = axum::serve(l, r).await {
+                    warn!(error = %e, "webhook receiver stopped");
+                }
+            });
+        }
+        if cfg.retention.gc_interval_secs > 0 {
+            let me = self.clone();
+            let every = Duration::from_secs(cfg.retention.gc_interval_secs);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match me.gc().await {
+                        Ok(r) => info!(?r, "retention: gc done"),
+                        Err(e) => warn!(error = %e, "retention: gc failed"),
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn watch(self: Arc<Self>) {
+        let Some(mut rx) = self.poke_rx.lock().expect("lock").take() else {
+            return;
+        };
+        let every = Duration::from_secs(self.cfg.github.poll_interval_secs.max(1));
+        info!(api = %self.cfg.github.api_url, authenticated = self.gh.authenticated(), poll_secs = every.as_secs(), label = %self.cfg.release.label, "label watcher running");
+        loop {
+            self.check_all().await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                p = rx.recv() => {
+                    if p.is_none() { return; }
+                    while rx.try_recv().is_ok() {}
+                }
+            }
+        }
+    }
+
+    /// One pass: every PR with unreleased outputs.
+    pub async fn check_all(&self) {
+        let pending = store::pending(&self.dirs);
+        let mut by_pr: BTreeMap<(String, u64), Vec<QuarantinedJob>> = BTreeMap::new();
+        for j in pending {
+            by_pr.entry((j.repo.clone(), j.pr)).or_default().push(j);
+        }
+        for ((repo, pr), jobs) in by_pr {
+            let span = info_span!("release", %repo, pr);
+            async {
+                let commits: Vec<String> = {
+                    let mut c: Vec<String> = jobs.iter().map(|j| j.commit.clone()).collect();
+                    c.dedup();
+                    c
+                };
+                let decisions = self.evaluate(&repo, pr, &commits).await;
+                for (commit, d) in decisions {
+                    self.log_decision(&commit, &d);
+                    if let Decision::Release(g) = d {
+                        let how = How::Label {
+                            repo: repo.clone(),
+                            pr,
+                            grant: g,
+                        };
+                        let js: Vec<&QuarantinedJob> =
+                            jobs.iter().filter(|j| j.commit == commit).collect();
+                        if let Err(e) = self.release_jobs(&js, how).await {
+                            warn!(%commit, error = %e, "release failed; retried at the next check");
+                        }
+                    }
+                }
+            }
+            .instrument(span)
+            .await;
+        }
+    }
+
+    fn log_decision(&self, commit: &str, d: &Decision) {
+        let text = match d {
+            Decision::Release(g) => format!("release: labelled by {}", g.actor),
+            Decision::Hold(why) => why.clone(),
+        };
+        let mut last = self.last.lock().expect("lock");
+        if last.get(commit) != Some(&text) {
+            match d {
+                Decision::Release(g) => {
+                    info!(%commit, actor = %g.actor, labeled_at = %rule::fmt_time(g.labeled_at), head_since = %rule::fmt_time(g.head_since), head_source = rule::source_text(g.head_source), "release rule holds")
+                }
+                Decision::Hold(why) => info!(%commit, reason = %why, "not released"),
+            }
+            last.insert(commit.to_owned(), text);
+        }
+    }
+
+    /// The rule's answer for each commit of one PR. Errors (GitHub
+    /// unreachable, rate limited) are holds with the reason.
+    pub async fn evaluate(
+        &self,
+        repo: &str,
+        pr: u64,
+        commits: &[String],
+    ) -> Vec<(String, Decision)> {
+        let hold_all = |why: String| {
+            commits
+                .iter()
+                .map(|c| (c.clone(), Decision::Hold(why.clone())))
+                .collect()
+        };
+        if self.cfg.trust != Trust::Trusted {
+            return hold_all("this builder's trust is `community`: it never releases".into());
+        }
+        if repo.starts_with("local/") || pr == 0 {
+            return hold_all(
+                "job has no GitHub PR (submit with --github OWNER/NAME --pr N)".into(),
+            );
+        }
+        match self.facts(repo, pr).await {
+            Err(e) => hold_all(format!("cannot ask GitHub: {e}")),
+            Ok(f) => {
+                let mut out = Vec::new();
+                for c in commits {
+                    let d = rule::decide(
+                        &rule::Facts {
+                            trust: self.cfg.trust,
+                            commit: c,
+                            label: &self.cfg.release.label,
+                            current_head: &f.head,
+                            current_labels: &f.labels,
+                            label_events: &f.label_events,
+                            heads: &f.heads,
+                        },
+                        |a| {
+                            f.allowed
+                                .get(a)
+                                .cloned()
+                                .unwrap_or(Allowed::No("unknown".into()))
+                        },
+                    );
+                    out.push((c.clone(), d));
+                }
+                out
+            }
+        }
+    }
+
+    async fn facts(&self, repo: &str, pr: u64) -> Result<Facts> {
+        let (pull, date) = self.gh.pull(repo, pr).await?;
+        let head = pull.head.sha.to_ascii_lowercase();
+        let seen_at = date.unwrap_or_else(|| crate::job::now() as i64);
+        // Our own observation, kept only when the head changed since the last one.
+        let mut heads = store::load_heads(&self.dirs, repo, pr);
+        if heads.iter().max_by_key(|h| h.at).map(|h| h.sha.as_str()) != Some(head.as_str()) {
+            let obs = HeadRecord {
+                sha: head.clone(),
+                at: seen_at,
+                source: HeadSource::Observed,
+            };
+            store::add_heads(&self.dirs, repo, pr, std::slice::from_ref(&obs))?;
+            heads.push(obs);
+        }
+        let label = &self.cfg.release.label;
+        let mut label_events = Vec::new();
+        for e in self.gh.issue_events(repo, pr).await? {
+            let Some(at) = github::event_time(&e) else {
+                continue;
+            };
+            match e.event.as_str() {
+                "labeled" | "unlabeled" if e.label.as_ref().is_some_and(|l| &l.name == label) => {
+                    label_events.push(LabelEvent {
+                        added: e.event == "labeled",
+                        actor: e.actor.map(|a| a.login).unwrap_or_default(),
+                        at,
+                    })
+                }
+                "head_ref_force_pushed" => match e.commit_id.as_deref() {
+                    Some(sha) if github::is_sha(sha) => heads.push(HeadRecord {
+                        sha: sha.to_ascii_lowercase(),
+                        at,
+                        source: HeadSource::ForcePush,
+                    }),
+                    // Unknown new head: some head changed at `at`; that
+                    // ends every earlier headship.
+                    _ => heads.push(HeadRecord {
+                        sha: String::new(),
+                        at,
+                        source: HeadSource::ForcePush,
+                    }),
+                },
+                _ => {}
+            }
+        }
+        let mut allowed = HashMap::new();
+        if let Some(ev) = rule::latest_label(&label_events) {
+            let a = self.allowed(repo, &ev.actor).await;
+            allowed.insert(ev.actor.clone(), a);
+        }
+        Ok(Facts {
+            head,
+            labels: pull.labels.into_iter().map(|l| l.name).collect(),
+            label_events,
+            heads,
+            allowed,
+        })
+    }
+
+    async fn allowed(&self, repo: &str, actor: &str) -> Allowed {
+        let list = &self.cfg.release.allowed_actors;
+        if !list.is_empty() {
+            return if list.iter().any(|a| a.eq_ignore_ascii_case(actor)) {
+                Allowed::Yes
+            } else {
+                Allowed::No("not in release.allowed_actors".into())
+            };
+        }
+        match self.gh.permission(repo, actor).await {
+            Ok(p) if p == "admin" || p == "write" => Allowed::Yes,
+            Ok(p) => Allowed::No(format!(
+                "GitHub reports permission `{p}`; write or admin needed"
+            )),
+            Err(e) => Allowed::No(format!("cannot check write access: {e}")),
+        }
+    }
+
+    async fn release_jobs(&self, jobs: &[&QuarantinedJob], how: How) -> Result<Vec<ReleasedJob>> {
+        let key = self
+            .key
+            .clone()
+            .ok_or_else(|| Error::Refused("no signing key configured".into()))?;
+        let _g = self.lock.lock().await;
+        let dirs = self.dirs.clone();
+        let jobs: Vec<QuarantinedJob> = jobs.iter().map(|j| (*j).clone()).collect();
+        tokio::task::spawn_blocking(move || {
+            let now = crate::job::now();
+            jobs.iter()
+                .map(|j| store::release_job(&dirs, &key, j, how.clone(), now).map_err(Error::from))
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::Refused(format!("release task failed: {e}")))?
+    }
+
+    /// A verified webhook: record push evidence, then check at once.
+    pub async fn on_webhook(&self, ev: webhook::PrEvent) {
+        if let Some(h) = &ev.head {
+            if let Err(e) = store::add_heads(&self.dirs, &ev.repo, ev.pr, std::slice::from_ref(h)) {
+                warn!(error = %e, "cannot record the pushed head");
+            }
+        }
+        self.poke();
+    }
+
+    pub async fn status(&self, commit: &str) -> Result<Status> {
+        let commit = store::check_commit(commit)?;
+        let rec = store::load_record(&self.dirs, &commit)?;
+        let jobs = store::quarantined(&self.dirs, Some(&commit));
+        let mut prs: Vec<(String, u64)> = jobs.iter().map(|j| (j.repo.clone(), j.pr)).collect();
+        prs.sort();
+        prs.dedup();
+        let mut out = Vec::new();
+        for (repo, pr) in prs {
+            let d = self
+                .evaluate(&repo, pr, std::slice::from_ref(&commit))
+                .await
+                .pop()
+                .map(|(_, d)| d)
+                .expect("one commit in, one out");
+            out.push(PrStatus {
+                repo,
+                pr,
+                decision: d,
+            });
+        }
+        let mut js: Vec<JobStatus> = jobs
+            .iter()
+            .map(|j| JobStatus {
+                job_id: j.job_id.clone(),
+                repo: j.repo.clone(),
+                pr: j.pr,
+                paths: j.paths.len(),
+                released: rec.jobs.iter().find(|r| r.job_id == j.job_id).cloned(),
+            })
+            .collect();
+        // Released jobs whose outputs have since expired.
+        for r in &rec.jobs {
+            if !js.iter().any(|j| j.job_id == r.job_id) {
+                js.push(JobStatus {
+                    job_id: r.job_id.clone(),
+                    repo: String::new(),
+                    pr: 0,
+                    paths: r.paths.len(),
+                    released: Some(r.clone()),
+                });
+            }
+        }
+        Ok(Status {
+            commit,
+            trust: self.cfg.trust,
+            jobs: js,
+            prs: out,
+        })
+    }
+
+    /// `airlockctl release COMMIT --reason TEXT`: an operator's release of
+    /// every unreleased job of the commit (trusted builders only).
+    pub async fn release_by_operator(
+        &self,
+        commit: &str,
+        reason: &str,
+    ) -> Result<Vec<ReleasedJob>> {
+        if self.cfg.trust != Trust::Trusted {
+            return Err(Error::Refused(
+                "this builder's trust is `community`: it never releases".into(),
+            ));
+        }
+        if reason.trim().is_empty() {
+            return Err(Error::Refused("a --reason is required".into()));
+        }
+        let commit = store::check_commit(commit)?;
+        let pending: Vec<QuarantinedJob> = store::pending(&self.dirs)
+            .into_iter()
+            .filter(|j| j.commit == commit)
+            .collect();
+        if pending.is_empty() {
+            return Err(Error::Refused(format!(
+                "no unreleased outputs of {commit} in quarantine"
+            )));
+        }
+        warn!(%commit, reason, jobs = pending.len(), "operator release by hand");
+        let refs: Vec<&QuarantinedJob> = pending.iter().collect();
+        self.release_jobs(
+            &refs,
+            How::Operator {
+                reason: reason.to_owned(),
+            },
+        )
+        .await
+    }
+
+    pub async fn gc(&self) -> Result<GcReport> {
+        let _g = self.lock.lock().await;
+        let dirs = self.dirs.clone();
+        let r = &self.cfg.retention;
+        let unreleased = r.unreleased_hours * 3600;
+        let released = (r.released_hours > 0).then_some(r.released_hours * 3600);
+        tokio::task::spawn_blocking(move || {
+            store::gc(&dirs, unreleased, released, crate::job::now())
+        })
+        .await
+        .map_err(|e| Error::Refused(format!("gc task failed: {e}")))?
+        .map_err(Error::from)
+    }
+}
+
+struct Facts {
+    head: String,
+    labels: Vec<String>,
+    label_events: Vec<LabelEvent>,
+    heads: Vec<HeadRecord>,
+    allowed: HashMap<String, Allowed>,
+}
+
+fn warn_if_readable(p: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(p) {
+        if m.permissions().mode() & 0o077 != 0 {
+            warn!(path = %p.display(), "signing key file is readable by group or others; chmod 600 it");
+        }
+    }
+}
