@@ -122,6 +122,7 @@ pub struct GitHub {
 
 /// Longest issue-event history read (100 events a page).
 const MAX_PAGES: usize = 50;
+const PER_PAGE: usize = 100;
 const PERMISSION_TTL: Duration = Duration::from_secs(600);
 
 fn now() -> Time {
@@ -169,6 +170,10 @@ impl GitHub {
 
     /// One conditional GET.
     pub async fn get(&self, url: &str) -> Result<Page> {
+        self.get_inner(url, true).await
+    }
+
+    async fn get_inner(&self, url: &str, conditional: bool) -> Result<Page> {
         if let Some(until) = *self.blocked_until.lock().expect("lock") {
             if now() < until {
                 return Err(Error::RateLimited(until));
@@ -183,8 +188,10 @@ impl GitHub {
             "x-github-api-version",
             HeaderValue::from_static("2022-11-28"),
         );
-        if let Some(c) = self.etags.lock().expect("lock").get(url) {
-            h.insert(IF_NONE_MATCH, c.etag.clone());
+        if conditional {
+            if let Some(c) = self.etags.lock().expect("lock").get(url) {
+                h.insert(IF_NONE_MATCH, c.etag.clone());
+            }
         }
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let resp = self
@@ -200,15 +207,28 @@ impl GitHub {
             .and_then(|s| chrono::DateTime::parse_from_rfc2822(s).ok())
             .map(|d| d.timestamp());
         self.note_rate_limit(&headers, status);
+        let link_next = headers
+            .get(LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link)
+            .map(|n| self.check_next(url, n))
+            .transpose()?;
         if status == StatusCode::NOT_MODIFIED {
             self.stats.not_modified.fetch_add(1, Ordering::Relaxed);
             let c = self.etags.lock().expect("lock");
             let c = c
                 .get(url)
                 .ok_or_else(|| Error::Parse(url.into(), "304 without a cached copy".into()))?;
+            // The body is unchanged, the pages after it may not be: a `Link`
+            // on the 304 itself wins over the cached one.
+            let next = if headers.contains_key(LINK) {
+                link_next
+            } else {
+                c.next.clone()
+            };
             return Ok(Page {
                 body: c.body.clone(),
-                next: c.next.clone(),
+                next,
                 date,
                 not_modified: true,
             });
@@ -228,12 +248,7 @@ impl GitHub {
             b.truncate(300);
             return Err(Error::Status(url.into(), status.as_u16(), b));
         }
-        let next = headers
-            .get(LINK)
-            .and_then(|v| v.to_str().ok())
-            .and_then(next_link)
-            .map(|n| self.check_next(url, n))
-            .transpose()?;
+        let next = link_next;
         let body = bytes::Bytes::from(body);
         if let Some(etag) = headers.get(ETAG) {
             self.etags.lock().expect("lock").insert(
@@ -319,7 +334,12 @@ impl GitHub {
         ));
         let mut all = Vec::new();
         for _ in 0..MAX_PAGES {
-            let p = self.get(&url).await?;
+            let mut p = self.get(&url).await?;
+            if p.not_modified && p.next.is_none() && count_items(&p.body) >= PER_PAGE {
+                // A full last page, unchanged, and no `Link` on the 304: a new
+                // page may have started after it. Ask again, unconditionally.
+                p = self.get_inner(&url, false).await?;
+            }
             let mut page: Vec<IssueEvent> = Self::parse(&url, &p.body)?;
             all.append(&mut page);
             match p.next {
@@ -360,6 +380,12 @@ impl GitHub {
             .insert(key, (Instant::now(), r.permission.clone()));
         Ok(r.permission)
     }
+}
+
+fn count_items(body: &[u8]) -> usize {
+    serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(body)
+        .map(|v| v.len())
+        .unwrap_or(0)
 }
 
 pub fn is_sha(s: &str) -> bool {

@@ -434,6 +434,12 @@ impl Release {
                 warn!(error = %e, "cannot record the pushed head");
             }
         }
+        if ev.action == "unlabeled" && ev.label.as_deref() == Some(self.cfg.release.label.as_str())
+        {
+            for (commit, job) in store::released_by_label(&self.dirs, &ev.repo, ev.pr) {
+                warn!(repo = %ev.repo, pr = ev.pr, %commit, job_id = %job, "label removed after release; the released outputs stay released (they are signed and may be in Hydra already)");
+            }
+        }
         self.poke();
     }
 

@@ -196,6 +196,29 @@ pub fn pending(d: &Dirs) -> Vec<QuarantinedJob> {
         .collect()
 }
 
+/// (commit, job) pairs released by the label on `repo`#`pr`.
+pub fn released_by_label(d: &Dirs, repo: &str, pr: u64) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(&d.releases) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(c) = name.strip_suffix(".json") else {
+            continue;
+        };
+        let Ok(r) = load_record(d, c) else {
+            continue;
+        };
+        for j in r.jobs {
+            if matches!(&j.how, How::Label { repo: r2, pr: p2, .. } if r2 == repo && *p2 == pr) {
+                out.push((r.commit.clone(), j.job_id));
+            }
+        }
+    }
+    out
+}
+
 fn safe_nar_url(url: &str) -> Option<&str> {
     let f = url.strip_prefix("nar/")?;
     let ok = !f.is_empty()

@@ -47,6 +47,13 @@ struct Payload {
     number: u64,
     pull_request: PrPart,
     repository: RepoPart,
+    #[serde(default)]
+    label: Option<LabelPart>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LabelPart {
+    name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +78,8 @@ pub struct PrEvent {
     pub repo: String,
     pub pr: u64,
     pub action: String,
+    /// For `labeled`/`unlabeled`: the label's name.
+    pub label: Option<String>,
     /// For pushes (`synchronize`, `opened`, `reopened`): the new head, as of
     /// the PR's `updated_at` (at or after the push, in GitHub's clock).
     pub head: Option<HeadRecord>,
@@ -103,6 +112,7 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Option<PrEvent>, Error> {
         repo: p.repository.full_name,
         pr: p.number,
         action: p.action,
+        label: p.label.map(|l| l.name),
         head,
     }))
 }
@@ -166,6 +176,7 @@ mod tests {
         ] {
             let e = parse("pull_request", &fixture(f)).unwrap().unwrap();
             assert!(e.head.is_none(), "{f}");
+            assert_eq!(e.label.as_deref(), Some("nonmalicious-checked"));
         }
         assert_eq!(parse("ping", b"{}"), Ok(None));
         assert!(parse("pull_request", b"{\"action\":1}").is_err());

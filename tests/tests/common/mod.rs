@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod github;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -143,6 +144,19 @@ impl Daemon {
             "--system",
             "x86_64-linux",
         ];
+        let extra = format!("{extra}\n[network]\nenabled = false\n");
+        Daemon::start_inner(
+            "",
+            &extra,
+            args.iter().map(|s| s.to_string()).collect(),
+            None,
+        )
+    }
+
+    /// In the machine's network namespace (the test talks to its HTTP
+    /// listeners on 127.0.0.1) with the fetch-phase network off; `args` are
+    /// extra airlockd flags.
+    pub fn start_local(extra: &str, args: &[&str]) -> Daemon {
         let extra = format!("{extra}\n[network]\nenabled = false\n");
         Daemon::start_inner(
             "",

@@ -1,0 +1,417 @@
+//! A local stand-in for GitHub's REST API (the one part of the release path
+//! that cannot run here). It serves the documented response shapes from
+//! `tests/fixtures/github/` with the test's values patched in, paginates
+//! issue events with `Link` headers, answers `If-None-Match` with 304, and
+//! sends the rate-limit headers. Plus: a tiny HTTP client, webhook
+//! deliveries, and Nix binary-cache key generation.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Value};
+
+pub fn fixture(name: &str) -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/github")
+        .join(name);
+    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+}
+
+pub fn now() -> i64 {
+    airlock::job::now() as i64
+}
+
+pub fn iso(t: i64) -> String {
+    airlock::release::rule::fmt_time(t)
+}
+
+#[derive(Default)]
+pub struct GhState {
+    pulls: HashMap<u64, Value>,
+    events: HashMap<u64, Vec<Value>>,
+    perms: HashMap<String, String>,
+    next_id: u64,
+    /// Largest page the fake serves (forces pagination).
+    pub page_cap: usize,
+    pub requests: u64,
+    pub not_modified: u64,
+    pub event_pages_served: u64,
+    /// Authorization headers seen.
+    pub auth: Vec<Option<String>>,
+    /// x-ratelimit-remaining to report (decremented on 200s).
+    pub remaining: i64,
+}
+
+pub struct FakeGitHub {
+    pub url: String,
+    pub state: Arc<Mutex<GhState>>,
+}
+
+impl FakeGitHub {
+    pub fn start() -> FakeGitHub {
+        let state = Arc::new(Mutex::new(GhState {
+            page_cap: 2,
+            remaining: 5000,
+            next_id: 1000,
+            ..Default::default()
+        }));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let st = state.clone();
+        let base = url.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let app = Router::new()
+                    .route("/repos/{o}/{r}/pulls/{n}", get(pull))
+                    .route("/repos/{o}/{r}/issues/{n}/events", get(events))
+                    .route(
+                        "/repos/{o}/{r}/collaborators/{u}/permission",
+                        get(permission),
+                    )
+                    .with_state((st, base));
+                let l = tokio::net::TcpListener::from_std(l).unwrap();
+                axum::serve(l, app).await.unwrap();
+            });
+        });
+        FakeGitHub { url, state }
+    }
+
+    /// PR `n` with head `sha` and these labels.
+    pub fn set_pull(&self, n: u64, sha: &str, labels: &[&str]) {
+        let mut p = fixture("pull.json");
+        let label = p["labels"][0].clone();
+        p["number"] = json!(n);
+        p["head"]["sha"] = json!(sha);
+        p["labels"] = Value::Array(
+            labels
+                .iter()
+                .map(|l| {
+                    let mut o = label.clone();
+                    o["name"] = json!(l);
+                    o
+                })
+                .collect(),
+        );
+        self.state.lock().unwrap().pulls.insert(n, p);
+    }
+
+    /// Append an issue event: `labeled`/`unlabeled` (of `label`),
+    /// `head_ref_force_pushed` (to `commit`), or `referenced`.
+    pub fn event(&self, n: u64, kind: &str, actor: &str, at: i64, label_or_commit: &str) {
+        let file = match kind {
+            "labeled" | "unlabeled" | "head_ref_force_pushed" => format!("issue-event-{kind}.json"),
+            _ => "issue-event-other.json".to_string(),
+        };
+        let mut e = fixture(&file);
+        let mut st = self.state.lock().unwrap();
+        st.next_id += 1;
+        e["id"] = json!(st.next_id);
+        e["actor"]["login"] = json!(actor);
+        e["created_at"] = json!(iso(at));
+        match kind {
+            "labeled" | "unlabeled" => e["label"]["name"] = json!(label_or_commit),
+            "head_ref_force_pushed" => e["commit_id"] = json!(label_or_commit),
+            _ => {}
+        }
+        st.events.entry(n).or_default().push(e);
+    }
+
+    pub fn set_permission(&self, login: &str, perm: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .perms
+            .insert(login.into(), perm.into());
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&mut GhState) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+}
+
+type St = (Arc<Mutex<GhState>>, String);
+
+fn etag_of(body: &[u8]) -> String {
+    use sha2::Digest;
+    format!("W/\"{}\"", hex(&sha2::Sha256::digest(body)[..16]))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn respond(st: &Arc<Mutex<GhState>>, h: &HeaderMap, body: Value, link: Option<String>) -> Response {
+    let body = serde_json::to_vec_pretty(&body).unwrap();
+    let etag = etag_of(&body);
+    let mut s = st.lock().unwrap();
+    s.requests += 1;
+    s.auth.push(
+        h.get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    );
+    let reset = (now() + 3600).to_string();
+    let conditional = h.get("if-none-match").and_then(|v| v.to_str().ok()) == Some(&etag);
+    if !conditional {
+        s.remaining = (s.remaining - 1).max(0);
+    } else {
+        s.not_modified += 1;
+    }
+    let remaining = s.remaining.to_string();
+    let used = (5000 - s.remaining).to_string();
+    drop(s);
+    let mut hdrs = vec![
+        ("etag".to_string(), etag.clone()),
+        ("x-ratelimit-limit".into(), "5000".into()),
+        ("x-ratelimit-remaining".into(), remaining),
+        ("x-ratelimit-used".into(), used),
+        ("x-ratelimit-reset".into(), reset),
+        ("x-ratelimit-resource".into(), "core".into()),
+        (
+            "content-type".into(),
+            "application/json; charset=utf-8".into(),
+        ),
+    ];
+    if let Some(l) = link {
+        hdrs.push(("link".into(), l));
+    }
+    let mut r = if conditional {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        (StatusCode::OK, body).into_response()
+    };
+    for (k, v) in hdrs {
+        r.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    r
+}
+
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        r#"{"message":"Not Found","documentation_url":"https://docs.github.com/rest","status":"404"}"#,
+    )
+        .into_response()
+}
+
+async fn pull(
+    State((st, _)): State<St>,
+    UrlPath((_o, _r, n)): UrlPath<(String, String, u64)>,
+    h: HeaderMap,
+) -> Response {
+    let p = st.lock().unwrap().pulls.get(&n).cloned();
+    match p {
+        Some(p) => respond(&st, &h, p, None),
+        None => not_found(),
+    }
+}
+
+async fn events(
+    State((st, base)): State<St>,
+    UrlPath((o, r, n)): UrlPath<(String, String, u64)>,
+    Query(q): Query<HashMap<String, String>>,
+    h: HeaderMap,
+) -> Response {
+    let (all, cap) = {
+        let s = st.lock().unwrap();
+        (s.events.get(&n).cloned().unwrap_or_default(), s.page_cap)
+    };
+    let per: usize = q
+        .get("per_page")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+        .min(cap);
+    let page: usize = q
+        .get("page")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let pages = all.len().div_ceil(per).max(1);
+    let chunk: Vec<Value> = all
+        .iter()
+        .skip((page - 1) * per)
+        .take(per)
+        .cloned()
+        .collect();
+    let u = |k: usize| format!("{base}/repos/{o}/{r}/issues/{n}/events?per_page={per}&page={k}");
+    let mut links = vec![];
+    if page < pages {
+        links.push(format!("<{}>; rel=\"next\"", u(page + 1)));
+        links.push(format!("<{}>; rel=\"last\"", u(pages)));
+    }
+    if page > 1 {
+        links.push(format!("<{}>; rel=\"first\"", u(1)));
+        links.push(format!("<{}>; rel=\"prev\"", u(page - 1)));
+    }
+    st.lock().unwrap().event_pages_served += 1;
+    let link = (!links.is_empty()).then(|| links.join(", "));
+    respond(&st, &h, Value::Array(chunk), link)
+}
+
+async fn permission(
+    State((st, _)): State<St>,
+    UrlPath((_o, _r, u)): UrlPath<(String, String, String)>,
+    h: HeaderMap,
+) -> Response {
+    let perm = st.lock().unwrap().perms.get(&u).cloned();
+    let Some(perm) = perm else {
+        return not_found();
+    };
+    let file = if perm == "read" {
+        "collaborator-permission-read.json"
+    } else {
+        "collaborator-permission-write.json"
+    };
+    let mut v = fixture(file);
+    v["permission"] = json!(perm);
+    v["user"]["login"] = json!(u);
+    respond(&st, &h, v, None)
+}
+
+/// A minimal HTTP/1.1 client: (status, headers lower-cased, body).
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, HashMap<String, String>, Vec<u8>) {
+    let addr = addr.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut raw = buf[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let hs: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    if hs.get("transfer-encoding").map(String::as_str) == Some("chunked") {
+        raw = dechunk(&raw);
+    }
+    (status, hs, raw)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(i) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..i]).trim(), 16).unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + n]);
+        b = &b[i + 2 + n + 2..];
+    }
+}
+
+/// A `pull_request` webhook body (GitHub's shape) for `action`.
+pub fn webhook_body(
+    action: &str,
+    repo: &str,
+    n: u64,
+    head: &str,
+    updated_at: i64,
+    label: &str,
+) -> Vec<u8> {
+    let file = match action {
+        "labeled" | "unlabeled" => format!("webhook-pull_request-{action}.json"),
+        _ => "webhook-pull_request-synchronize.json".to_string(),
+    };
+    let mut v = fixture(&file);
+    v["action"] = json!(action);
+    v["number"] = json!(n);
+    v["pull_request"]["number"] = json!(n);
+    v["pull_request"]["head"]["sha"] = json!(head);
+    v["pull_request"]["updated_at"] = json!(iso(updated_at));
+    v["repository"]["full_name"] = json!(repo);
+    if action == "synchronize" {
+        v["after"] = json!(head);
+    }
+    if v.get("label").is_some() {
+        v["label"]["name"] = json!(label);
+    }
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// Deliver a webhook; `secret` None sends a signature made with a wrong key.
+pub fn deliver(addr: &str, secret: Option<&[u8]>, event: &str, body: &[u8]) -> u16 {
+    let sig = airlock::release::webhook::sign(secret.unwrap_or(b"not-the-secret"), body);
+    let delivery = uuid::Uuid::new_v4().to_string();
+    http(
+        addr,
+        "POST",
+        "/github-webhook",
+        &[
+            ("X-GitHub-Event", event),
+            ("X-GitHub-Delivery", &delivery),
+            ("X-Hub-Signature-256", &sig),
+            ("Content-Type", "application/json"),
+            ("User-Agent", "GitHub-Hookshot/test"),
+        ],
+        body,
+    )
+    .0
+}
+
+/// `nix-store --generate-binary-cache-key NAME` into `dir`: (secret file, public key).
+pub fn gen_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let sk = dir.join(format!("{name}.sec"));
+    let pk = dir.join(format!("{name}.pub"));
+    let st = std::process::Command::new("nix-store")
+        .arg("--generate-binary-cache-key")
+        .arg(name)
+        .arg(&sk)
+        .arg(&pk)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    (sk, std::fs::read_to_string(pk).unwrap().trim().to_owned())
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,525 @@
+//! Release from quarantine, for real: airlockd with a signing key serves its
+//! binary cache on 127.0.0.1, a real Nix substitutes from it and checks the
+//! signatures. GitHub is the one stand-in (`common::github::FakeGitHub`,
+//! serving GitHub's documented shapes from `tests/fixtures/github/`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use airlock::quarantine::craft::{entry, stream};
+use airlock::store::nar::build::{nar, Node};
+use common::github::*;
+use common::*;
+use serde_json::Value;
+
+const JOB_LIMIT: u64 = 900;
+const REPO: &str = "NixOS/nixpkgs";
+const LABEL: &str = "nonmalicious-checked";
+
+struct Setup {
+    d: Daemon,
+    cache: String,
+    hook: String,
+    secret: Vec<u8>,
+    pk: String,
+    _keys: tempfile::TempDir,
+}
+
+fn setup(gh: &FakeGitHub, trust: &str, extra: &str) -> Setup {
+    let keys = tempfile::tempdir().unwrap();
+    let (sk, pk) = gen_key(keys.path(), "airlock-test-1");
+    let secret = b"webhook secret for tests".to_vec();
+    let secret_file = keys.path().join("webhook.secret");
+    std::fs::write(&secret_file, &secret).unwrap();
+    let cache = format!("127.0.0.1:{}", free_port());
+    let hook = format!("127.0.0.1:{}", free_port());
+    let cfg = format!(
+        "[github]\npoll_interval_secs = 1\nwebhook_listen = \"{hook}\"\nwebhook_secret_file = \"{}\"\n{extra}",
+        secret_file.display()
+    );
+    let d = Daemon::start_local(
+        &cfg,
+        &[
+            "--trust",
+            trust,
+            "--signing-key-file",
+            sk.to_str().unwrap(),
+            "--cache-listen",
+            &cache,
+            "--github-api-url",
+            &gh.url,
+        ],
+    );
+    Setup {
+        d,
+        cache,
+        hook,
+        secret,
+        pk,
+        _keys: keys,
+    }
+}
+
+fn get(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    let (s, _, b) = http(addr, "GET", path, &[], b"");
+    (s, b)
+}
+
+fn narinfo_url(path: &str) -> String {
+    let base = path.trim_start_matches("/nix/store/");
+    format!("/{}.narinfo", &base[..32])
+}
+
+fn status_json(d: &Daemon, commit: &str) -> Value {
+    let out = d.ctl(&["--json", "release", "status", commit]);
+    assert!(
+        out.status.success(),
+        "release status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The decision text for the commit's PR (`"release"` when the rule holds).
+fn decision(d: &Daemon, commit: &str) -> String {
+    let v = status_json(d, commit);
+    let dec = &v["prs"][0]["decision"];
+    if dec.get("release").is_some() {
+        "release".into()
+    } else {
+        dec["hold"].as_str().unwrap_or("?").to_owned()
+    }
+}
+
+fn wait_until(what: &str, secs: u64, d: &Daemon, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}\n--- daemon log ---\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Substitute `path` from the cache into a fresh store with a real Nix.
+fn nix_fetch(dir: &Path, cache: &str, pk: &str, path: &str) -> std::process::Output {
+    let store = dir.join(format!("store-{}", uuid::Uuid::new_v4().simple()));
+    Command::new("nix-store")
+        .args(["--store", store.to_str().unwrap(), "-r", path])
+        .args(["--option", "substituters", &format!("http://{cache}")])
+        .args(["--option", "trusted-public-keys", pk])
+        .args(["--option", "require-sigs", "true"])
+        .args(["--option", "narinfo-cache-negative-ttl", "0"])
+        .env("XDG_CACHE_HOME", dir.join("xdg-cache"))
+        .output()
+        .unwrap()
+}
+
+fn submit_gh(d: &Daemon, repo: &Path, head: &str, pr: u64, attrs: &[&str]) -> String {
+    let pr = pr.to_string();
+    let mut args = vec![
+        "--json",
+        "submit",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--head",
+        head,
+        "--pr",
+        &pr,
+        "--github",
+        REPO,
+    ];
+    for a in attrs {
+        args.extend(["--attr", a]);
+    }
+    let out = d.ctl(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn label_unlocks_signed_cache_for_real_nix() {
+    if !prerequisites("label_unlocks_signed_cache_for_real_nix") {
+        return;
+    }
+    let gh = FakeGitHub::start();
+    gh.set_permission("alice", "write");
+    let s = setup(&gh, "trusted", "[retention]\nunreleased_hours = 0\n");
+    let d = &s.d;
+    let (repo, head) = fixture_repo(d.dir.path(), &[]);
+    gh.set_pull(1234, &head, &[]);
+    for (i, who) in ["alice", "bob", "carol"].iter().enumerate() {
+        gh.event(1234, "referenced", who, now() - 900 + i as i64, "");
+    }
+
+    let id = submit_gh(d, &repo, &head, 1234, &["chain", "fod-local"]);
+    let rec = d.wait(&id, JOB_LIMIT);
+    assert_eq!(status(&rec), "Success", "{rec:#}");
+    let paths: Vec<String> = serde_json::from_value(rec["result"]["store_paths"].clone()).unwrap();
+    assert_eq!(paths.len(), 4, "{paths:?}");
+    let fod = paths
+        .iter()
+        .find(|p| p.ends_with("-airlock-fod-local"))
+        .unwrap()
+        .clone();
+    let top = paths
+        .iter()
+        .find(|p| p.ends_with("-airlock-chain-3"))
+        .unwrap()
+        .clone();
+    let qdir = d.state().join("quarantine").join(&head).join(&id);
+    let nars: Vec<String> = std::fs::read_dir(qdir.join("nar"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(nars.len(), 4);
+
+    // The watcher has seen C as the head; nothing is served yet, not even
+    // the content-addressed FOD output (Nix would take it unsigned).
+    wait_until("first look at the PR", 30, d, || {
+        decision(d, &head).contains("has not been added")
+    });
+    let (st, info) = get(&s.cache, "/nix-cache-info");
+    assert_eq!(st, 200);
+    assert!(String::from_utf8_lossy(&info).contains("StoreDir: /nix/store"));
+    for p in &paths {
+        assert_eq!(
+            get(&s.cache, &narinfo_url(p)).0,
+            404,
+            "{p} served before release"
+        );
+    }
+    for n in &nars {
+        assert_eq!(
+            get(&s.cache, &format!("/nar/{n}")).0,
+            404,
+            "{n} served before release"
+        );
+    }
+    let out = nix_fetch(d.dir.path(), &s.cache, &s.pk, &fod);
+    assert!(!out.status.success(), "FOD substituted before release");
+
+    // A label added before airlock knew when C became the head does not count.
+    let heads: Value = serde_json::from_slice(
+        &std::fs::read(d.state().join("github").join(REPO).join("1234.json")).unwrap(),
+    )
+    .unwrap();
+    let seen = heads[0]["at"].as_i64().unwrap();
+    assert_eq!(heads[0]["source"], "observed");
+    gh.event(1234, "labeled", "alice", seen - 30, LABEL);
+    gh.set_pull(1234, &head, &[LABEL]);
+    wait_until("the label to be seen", 30, d, || {
+        decision(d, &head).contains("must be added again")
+    });
+
+    // A forged webhook claiming an earlier push: rejected, logged, nothing released.
+    let push = webhook_body("synchronize", REPO, 1234, &head, seen - 60, "");
+    assert_eq!(deliver(&s.hook, None, "pull_request", &push), 401);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(d.log().contains("webhook rejected"), "{}", d.log());
+    assert!(decision(d, &head).contains("must be added again"));
+    assert_eq!(get(&s.cache, &narinfo_url(&top)).0, 404);
+
+    // The genuine delivery: the push was before the label, so it is released.
+    let t0 = Instant::now();
+    assert_eq!(
+        deliver(&s.hook, Some(&s.secret), "pull_request", &push),
+        202
+    );
+    wait_until("release", 30, d, || {
+        get(&s.cache, &narinfo_url(&top)).0 == 200
+    });
+    let to_narinfo = t0.elapsed();
+    let out = nix_fetch(d.dir.path(), &s.cache, &s.pk, &top);
+    let to_substituted = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "nix-store -r from the cache: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "BENCH release_latency webhook_to_narinfo_ms={} webhook_to_substituted_ms={}",
+        to_narinfo.as_millis(),
+        to_substituted.as_millis()
+    );
+    assert!(nix_fetch(d.dir.path(), &s.cache, &s.pk, &fod)
+        .status
+        .success());
+    // The signatures are really checked: another key is refused.
+    let other = gen_key(d.dir.path(), "someone-else").1;
+    let out = nix_fetch(d.dir.path(), &s.cache, &other, &top);
+    assert!(!out.status.success(), "substituted with an untrusted key");
+
+    // narinfos carry our signature; NARs serve ranges.
+    let (_, ni) = get(&s.cache, &narinfo_url(&top));
+    let ni = String::from_utf8(ni).unwrap();
+    assert!(ni.contains("Sig: airlock-test-1:"), "{ni}");
+    let url = ni
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap()
+        .to_owned();
+    let (st, hs, body) = http(
+        &s.cache,
+        "GET",
+        &format!("/{url}"),
+        &[("Range", "bytes=0-15")],
+        b"",
+    );
+    assert_eq!(st, 206);
+    assert_eq!(body.len(), 16);
+    assert!(hs["content-range"].starts_with("bytes 0-15/"), "{hs:?}");
+    assert_eq!(&body[8..], b"nix-arch", "NAR magic");
+    assert_eq!(get(&s.cache, "/../quarantine").0, 404);
+
+    let st = status_json(d, &head);
+    assert_eq!(st["jobs"][0]["released"]["how"]["by"], "label");
+    assert_eq!(st["jobs"][0]["released"]["how"]["actor"], "alice");
+    let human = String::from_utf8_lossy(&d.ctl(&["release", "status", &head]).stdout).into_owned();
+    assert!(human.contains("RELEASED"), "{human}");
+
+    // GitHub was asked politely: conditional requests, pages followed.
+    let (nm, pages, auth) = gh.with(|g| (g.not_modified, g.event_pages_served, g.auth.clone()));
+    assert!(nm > 0, "no 304s: ETags not used");
+    assert!(pages >= 3, "pagination not followed");
+    assert!(
+        auth.iter().all(Option::is_none),
+        "no token configured, none sent"
+    );
+
+    // Removing the label after release: logged; the outputs stay released.
+    gh.event(1234, "unlabeled", "bob", now(), LABEL);
+    gh.set_pull(1234, &head, &[]);
+    let un = webhook_body("unlabeled", REPO, 1234, &head, now(), LABEL);
+    assert_eq!(deliver(&s.hook, Some(&s.secret), "pull_request", &un), 202);
+    wait_until("unlabel logged", 30, d, || {
+        d.log().contains("label removed after release")
+    });
+    assert_eq!(get(&s.cache, &narinfo_url(&top)).0, 200);
+
+    // Retention: an unreleased job of another commit expires; the released stay.
+    let other_commit = "0123456789abcdef0123456789abcdef01234567";
+    let other_job = craft_job(d, other_commit, 1235, "leftover");
+    let out = d.ctl(&["--json", "gc"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(g["expired_unreleased"], serde_json::json!([other_job]));
+    assert_eq!(g["expired_released"], serde_json::json!([]));
+    assert!(!d.state().join("quarantine").join(other_commit).exists());
+    assert!(qdir.exists());
+    assert!(nix_fetch(d.dir.path(), &s.cache, &s.pk, &top)
+        .status
+        .success());
+}
+
+/// Put a hand-made quarantined job for `commit` of PR `pr` into the
+/// daemon's quarantine (as the runner would after a build); returns its id.
+fn craft_job(d: &Daemon, commit: &str, pr: u64, name: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{commit}{name}").as_bytes());
+    let path = format!(
+        "/nix/store/{}-{name}",
+        airlock::store::nix32::encode(&h[..20])
+    );
+    let data = format!("{name} of {commit}\n");
+    let n = nar(&Node::File {
+        exec: false,
+        data: data.as_bytes(),
+    });
+    let exp = d.dir.path().join(format!("export-{name}.img"));
+    std::fs::write(&exp, stream(vec![(entry(&path, &n, &[]), n.clone())])).unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    airlock::quarantine::import(
+        &exp,
+        &d.state().join("quarantine"),
+        &airlock::quarantine::JobRef {
+            job_id: &id,
+            commit,
+            repo: REPO,
+            pr,
+        },
+        &airlock::quarantine::Limits {
+            max_nar_bytes: 1 << 20,
+            max_paths: 10,
+        },
+    )
+    .unwrap();
+    id
+}
+
+fn job_path(d: &Daemon, commit: &str, job: &str) -> String {
+    let m: Value = serde_json::from_slice(
+        &std::fs::read(
+            d.state()
+                .join("quarantine")
+                .join(commit)
+                .join(job)
+                .join("manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    m["paths"][0].as_str().unwrap().to_owned()
+}
+
+fn sha(tag: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(tag.as_bytes());
+    h[..20].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn release_rule_cases() {
+    if !prerequisites("release_rule_cases") {
+        return;
+    }
+    let gh = FakeGitHub::start();
+    gh.set_permission("alice", "write");
+    gh.set_permission("mallory", "read");
+    let s = setup(&gh, "trusted", "[retention]\nunreleased_hours = 0\n");
+    let d = &s.d;
+    let t0 = now() - 3600;
+    let hook = |pr: u64, head: &str, at: i64| {
+        let b = webhook_body("synchronize", REPO, pr, head, at, "");
+        assert_eq!(deliver(&s.hook, Some(&s.secret), "pull_request", &b), 202);
+    };
+
+    // 101: labelled on A, then force-pushed to B.
+    let (a, b) = (sha("a"), sha("b"));
+    hook(101, &a, t0);
+    gh.event(101, "labeled", "alice", t0 + 10, LABEL);
+    gh.event(101, "head_ref_force_pushed", "mallory", t0 + 20, &b);
+    gh.set_pull(101, &b, &[LABEL]);
+    // 102: labelled, then an ordinary push made C the head.
+    let c = sha("c");
+    gh.event(102, "labeled", "alice", t0 + 10, LABEL);
+    hook(102, &c, t0 + 20);
+    gh.set_pull(102, &c, &[LABEL]);
+    // 103: labelled and unlabelled again before the watcher looked.
+    let dd = sha("d");
+    hook(103, &dd, t0);
+    gh.event(103, "labeled", "alice", t0 + 10, LABEL);
+    gh.event(103, "unlabeled", "bob", t0 + 15, LABEL);
+    gh.set_pull(103, &dd, &[]);
+    // 104: labelled by someone without write access.
+    let e = sha("e");
+    hook(104, &e, t0);
+    gh.event(104, "labeled", "mallory", t0 + 10, LABEL);
+    gh.set_pull(104, &e, &[LABEL]);
+    // 105: the rule holds.
+    let f = sha("f");
+    hook(105, &f, t0);
+    gh.event(105, "referenced", "alice", t0 + 5, "");
+    gh.event(105, "labeled", "alice", t0 + 10, LABEL);
+    gh.set_pull(105, &f, &[LABEL]);
+
+    let ja = craft_job(d, &a, 101, "a");
+    let jb = craft_job(d, &b, 101, "b");
+    let jc = craft_job(d, &c, 102, "c");
+    let jd = craft_job(d, &dd, 103, "d");
+    let je = craft_job(d, &e, 104, "e");
+    let jf = craft_job(d, &f, 105, "f");
+    let served =
+        |commit: &str, job: &str| get(&s.cache, &narinfo_url(&job_path(d, commit, job))).0 == 200;
+
+    wait_until("105 released", 30, d, || served(&f, &jf));
+    std::thread::sleep(Duration::from_secs(3)); // more polls: nothing else moves
+    assert!(
+        decision(d, &a).contains("no longer the PR's head"),
+        "{}",
+        decision(d, &a)
+    );
+    assert!(
+        decision(d, &b).contains("must be added again"),
+        "{}",
+        decision(d, &b)
+    );
+    assert!(
+        decision(d, &c).contains("must be added again"),
+        "{}",
+        decision(d, &c)
+    );
+    assert!(
+        decision(d, &dd).contains("removed by bob"),
+        "{}",
+        decision(d, &dd)
+    );
+    assert!(
+        decision(d, &e).contains("may not release"),
+        "{}",
+        decision(d, &e)
+    );
+    for (commit, job) in [(&a, &ja), (&b, &jb), (&c, &jc), (&dd, &jd), (&e, &je)] {
+        assert!(!served(commit, job), "{commit} released");
+    }
+
+    // The new head gets its own label: B is released, A never.
+    gh.event(101, "labeled", "alice", now(), LABEL);
+    wait_until("B released", 30, d, || served(&b, &jb));
+    assert!(!served(&a, &ja));
+
+    // An operator may release by hand, with a reason, and it is logged.
+    let out = d.ctl(&["release", &e]);
+    assert!(!out.status.success(), "released without --reason");
+    let out = d.ctl(&["release", &e, "--reason", "checked the diff by hand"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(served(&e, &je));
+    assert_eq!(
+        status_json(d, &e)["jobs"][0]["released"]["how"]["by"],
+        "operator"
+    );
+    assert!(d.log().contains("operator release by hand"));
+
+    // Retention: unreleased outputs expire, released ones stay served.
+    let out = d.ctl(&["--json", "gc"]);
+    let g: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut expired: Vec<String> = serde_json::from_value(g["expired_unreleased"].clone()).unwrap();
+    expired.sort();
+    let mut want = vec![ja.clone(), jc.clone(), jd.clone()];
+    want.sort();
+    assert_eq!(expired, want);
+    for (commit, job) in [(&b, &jb), (&e, &je), (&f, &jf)] {
+        assert!(served(commit, job), "{commit} no longer served after gc");
+    }
+
+    // A community builder with the same, properly labelled PR never releases.
+    let s2 = setup(&gh, "community", "");
+    let jf2 = craft_job(&s2.d, &f, 105, "f");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        decision(&s2.d, &f).contains("community"),
+        "{}",
+        decision(&s2.d, &f)
+    );
+    assert!(
+        std::net::TcpStream::connect(&s2.cache).is_err(),
+        "community builder serves a cache"
+    );
+    let out = s2.d.ctl(&["release", &f, "--reason", "x"]);
+    assert!(!out.status.success());
+    let cache_dir: Vec<PathBuf> = std::fs::read_dir(s2.d.state().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "narinfo"))
+        .collect();
+    assert!(cache_dir.is_empty(), "{cache_dir:?}");
+    let _ = jf2;
+}
