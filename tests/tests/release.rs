@@ -523,3 +523,39 @@ fn release_rule_cases() {
     assert!(cache_dir.is_empty(), "{cache_dir:?}");
     let _ = jf2;
 }
+
+#[test]
+fn github_token_and_rate_limit() {
+    if !prerequisites("github_token_and_rate_limit") {
+        return;
+    }
+    let gh = FakeGitHub::start();
+    let tok = tempfile::tempdir().unwrap();
+    let tok_file = tok.path().join("token");
+    std::fs::write(&tok_file, "ghp_airlocktest\n").unwrap();
+    gh.with(|g| g.remaining = 2);
+    let s = setup(
+        &gh,
+        "trusted",
+        &format!("token_file = \"{}\"\n", tok_file.display()),
+    );
+    let x = sha("x");
+    gh.set_pull(201, &x, &[]);
+    craft_job(&s.d, &x, 201, "x");
+    // Two requests left: the watcher spends them, then pauses until the
+    // reset GitHub announced, and says so.
+    wait_until("rate limit reached", 30, &s.d, || {
+        decision(&s.d, &x).contains("rate limit exhausted")
+    });
+    let n = gh.with(|g| g.requests);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(gh.with(|g| g.requests), n, "requests while rate limited");
+    assert!(s.d.log().contains("GitHub rate limit reached"));
+    // The token from the file went with every request.
+    let auth = gh.with(|g| g.auth.clone());
+    assert!(!auth.is_empty());
+    for a in auth {
+        let a = a.expect("Authorization header");
+        assert!(a.ends_with(" ghp_airlocktest"), "{a}");
+    }
+}
