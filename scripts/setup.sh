@@ -10,7 +10,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 pkgs=(nix-bin nix-setup-systemd busybox-static cpio kmod qemu-system-x86 e2fsprogs
       debootstrap git tar python3 ca-certificates procps rabbitmq-server
-      nftables iproute2)
+      nftables iproute2 nginx-light wrk)
+# nginx-light and wrk: only for the binary cache benchmark (cargo bench --bench cache).
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,6 +20,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup.sh: installing ${missing[*]}"
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # The benchmark starts its own nginx; do not leave Debian's on port 80.
+  if [[ " ${missing[*]} " == *" nginx-light "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable --now nginx 2>/dev/null || true
+  fi
 fi
 # bookworm's qemu-system-x86 can take the preinstalled qemu-img with it.
 command -v qemu-img >/dev/null || apt-get install -y -q --no-install-recommends qemu-utils

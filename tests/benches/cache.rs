@@ -3,10 +3,17 @@
 //! (a static file server: the upper bound), side by side in one run, driven
 //! by wrk:
 //! 1. narinfo requests per second (1000 released paths, rotating);
-//! 2. NAR throughput (one 256 MiB released NAR).
+//! 2. NAR throughput (one 256 MiB released NAR);
+//! 3. label event → first successful substitution, with webhooks: a real
+//!    airlockd (polling set to an hour, so only the webhook can trigger it),
+//!    the local GitHub stand-in, a signed `synchronize` delivery, then a real
+//!    `nix-store -r` from the cache.
 //!
-//! Run: `cargo bench -p airlock-e2e --bench cache` (needs nix-store, nginx
-//! and wrk; scripts/setup.sh installs them).
+//! Run: `cargo bench -p airlock-e2e --bench cache` (root; needs nix-store,
+//! nginx and wrk; scripts/setup.sh installs them).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -263,4 +270,88 @@ fn main() {
     println!("BENCH cache nar_mbps airlock={a:.0} nginx={n:.0}");
     let _ = nginx.kill();
     let _ = nginx.wait();
+    label_latency(tmp.path());
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn label_latency(tmp: &Path) {
+    use common::github::*;
+    const RUNS: u64 = 10;
+    if !common::prerequisites("cache bench: label → substitution latency") {
+        return;
+    }
+    let gh = FakeGitHub::start();
+    gh.set_permission("alice", "write");
+    let (sk, pk) = gen_key(tmp, "bench-latency-1");
+    let secret_file = tmp.join("webhook.secret");
+    std::fs::write(&secret_file, "s3cret").unwrap();
+    let cache = format!("127.0.0.1:{}", free_port());
+    let hook = format!("127.0.0.1:{}", free_port());
+    let cfg = format!(
+        "[github]\npoll_interval_secs = 3600\nwebhook_listen = \"{hook}\"\nwebhook_secret_file = \"{}\"\n",
+        secret_file.display()
+    );
+    let d = common::Daemon::start_local(
+        &cfg,
+        &[
+            "--trust",
+            "trusted",
+            "--signing-key-file",
+            sk.to_str().unwrap(),
+            "--cache-listen",
+            &cache,
+            "--github-api-url",
+            &gh.url,
+        ],
+    );
+    let (mut to_info, mut to_subst) = (Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        use sha2::Digest;
+        let commit: String = sha2::Sha256::digest(format!("latency{i}").as_bytes())[..20]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let pr = 300 + i;
+        gh.set_pull(pr, &commit, &["nonmalicious-checked"]);
+        gh.event(pr, "labeled", "alice", now() - 50, "nonmalicious-checked");
+        let (_, path) = craft_job(&d.state(), &commit, "NixOS/nixpkgs", pr, &format!("p{i}"));
+        let info = format!("/{}.narinfo", &path[11..43]);
+        let body = webhook_body("synchronize", "NixOS/nixpkgs", pr, &commit, now() - 100, "");
+        let t0 = Instant::now();
+        assert_eq!(deliver(&hook, Some(b"s3cret"), "pull_request", &body), 202);
+        while http(&cache, "GET", &info, &[], b"").0 != 200 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "not released:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        to_info.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let store = tmp.join(format!("store-{i}"));
+        let out = Command::new("nix-store")
+            .args(["--store", store.to_str().unwrap(), "-r", &path])
+            .args(["--option", "substituters", &format!("http://{cache}")])
+            .args(["--option", "trusted-public-keys", &pk])
+            .env("XDG_CACHE_HOME", tmp.join("xdg"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        to_subst.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (i50, i90) = (pct(&mut to_info, 0.5), pct(&mut to_info, 0.9));
+    let (s50, s90) = (pct(&mut to_subst, 0.5), pct(&mut to_subst, 0.9));
+    println!(
+        "label webhook → narinfo served:        median {i50:.0} ms, p90 {i90:.0} ms ({RUNS} runs)"
+    );
+    println!("label webhook → nix-store -r succeeded: median {s50:.0} ms, p90 {s90:.0} ms");
+    println!("BENCH release_latency narinfo_ms_p50={i50:.0} p90={i90:.0} substituted_ms_p50={s50:.0} p90={s90:.0}");
 }

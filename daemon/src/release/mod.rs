@@ -159,6 +159,7 @@ impl Release {
     pub fn spawn(self: &Arc<Self>) -> std::io::Result<()> {
         let cfg = &self.cfg;
         if cfg.trust == Trust::Trusted {
+            info!(public_key = %self.public_key().unwrap_or_default(), "trusted builder: released outputs are signed with this key (trusted-public-keys)");
             let me = self.clone();
             tokio::spawn(async move { me.watch().await });
         } else {

@@ -415,3 +415,42 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Put a hand-made quarantined job for `commit` of `repo`#`pr` into the
+/// quarantine under `state` (as the runner does after a build). Returns
+/// (job id, its one store path).
+pub fn craft_job(state: &Path, commit: &str, repo: &str, pr: u64, name: &str) -> (String, String) {
+    use airlock::quarantine::craft::{entry, stream};
+    use airlock::store::nar::build::{nar, Node};
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{commit}{name}").as_bytes());
+    let path = format!(
+        "/nix/store/{}-{name}",
+        airlock::store::nix32::encode(&h[..20])
+    );
+    let data = format!("{name} of {commit}\n");
+    let n = nar(&Node::File {
+        exec: false,
+        data: data.as_bytes(),
+    });
+    let exp = state.join(format!("export-{}.img", uuid::Uuid::new_v4()));
+    std::fs::write(&exp, stream(vec![(entry(&path, &n, &[]), n.clone())])).unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    airlock::quarantine::import(
+        &exp,
+        &state.join("quarantine"),
+        &airlock::quarantine::JobRef {
+            job_id: &id,
+            commit,
+            repo,
+            pr,
+        },
+        &airlock::quarantine::Limits {
+            max_nar_bytes: 1 << 20,
+            max_paths: 10,
+        },
+    )
+    .unwrap();
+    std::fs::remove_file(&exp).unwrap();
+    (id, path)
+}
