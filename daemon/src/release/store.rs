@@ -479,3 +479,133 @@ pub fn gc(
     }
     Ok(rep)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quarantine::craft::{entry, stream};
+    use crate::store::nar::build::{nar, Node};
+
+    const SECRET: &str = "test-1:Fh0qvKtNLAP2Js1+EJ19t3nROpqT88Q3Eljtf02C8k5wQZhxnhZXWxrTD8c2u0RXyLmHv/gCxBDduR5e3FbsYg==";
+    const PUBLIC: &str = "test-1:cEGYcZ4WV1sa0w/HNrtEV8i5h7/4AsQQ3bkeXtxW7GI=";
+
+    fn dirs(root: &Path) -> Dirs {
+        let d = Dirs {
+            quarantine: root.join("quarantine"),
+            cache: root.join("cache"),
+            releases: root.join("releases"),
+            github: root.join("github"),
+        };
+        d.create().unwrap();
+        d
+    }
+
+    /// One quarantined job of `commit` with one path; returns it.
+    fn job(d: &Dirs, commit: &str, path: &str) -> QuarantinedJob {
+        let data = format!("contents of {}", &path[44..]);
+        let n = nar(&Node::File {
+            exec: false,
+            data: data.as_bytes(),
+        });
+        let exp = d.quarantine.with_file_name("export.img");
+        std::fs::write(&exp, stream(vec![(entry(path, &n, &[]), n.clone())])).unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        let jr = crate::quarantine::JobRef {
+            job_id: &id,
+            commit,
+            repo: "o/n",
+            pr: 1,
+        };
+        let lim = crate::quarantine::Limits {
+            max_nar_bytes: 1 << 20,
+            max_paths: 10,
+        };
+        crate::quarantine::import(&exp, &d.quarantine, &jr, &lim).unwrap();
+        quarantined(d, Some(commit))
+            .into_iter()
+            .find(|j| j.job_id == id)
+            .unwrap()
+    }
+
+    const C1: &str = "1111111111111111111111111111111111111111";
+    const C2: &str = "2222222222222222222222222222222222222222";
+    const P1: &str = "/nix/store/ihml9cgha2ncb1jfpf857yd6nls4n23b-one";
+    const P2: &str = "/nix/store/0mdqa9w1p6cmli6976v4wi0sw9r4p5pr-two";
+
+    #[test]
+    fn release_signs_links_and_records() {
+        let t = tempfile::tempdir().unwrap();
+        let d = dirs(t.path());
+        let j = job(&d, C1, P1);
+        assert_eq!(pending(&d).len(), 1);
+        let key = SecretKey::parse(SECRET).unwrap();
+        let how = How::Operator { reason: "t".into() };
+        let r = release_job(&d, &key, &j, how, 100).unwrap();
+        assert_eq!(r.paths, vec![P1.to_string()]);
+        assert!(pending(&d).is_empty());
+        let text =
+            std::fs::read_to_string(d.cache.join("ihml9cgha2ncb1jfpf857yd6nls4n23b.narinfo"))
+                .unwrap();
+        let ni = NarInfo::parse(&text).unwrap();
+        assert_eq!(ni.sigs.len(), 1);
+        assert!(crate::store::signing::verify(PUBLIC, &ni.signed, &ni.sigs[0]).unwrap());
+        // The NAR is the quarantine's file, linked, not copied.
+        use std::os::unix::fs::MetadataExt;
+        let nar = d.cache.join(&ni.url);
+        assert_eq!(std::fs::metadata(&nar).unwrap().nlink(), 2);
+        // Releasing again does not sign twice.
+        let r2 = release_job(
+            &d,
+            &key,
+            &j,
+            How::Operator {
+                reason: "again".into(),
+            },
+            101,
+        )
+        .unwrap();
+        assert_eq!(r2.paths, r.paths);
+        let ni = NarInfo::parse(
+            &std::fs::read_to_string(d.cache.join("ihml9cgha2ncb1jfpf857yd6nls4n23b.narinfo"))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(ni.sigs.len(), 1);
+        assert_eq!(load_record(&d, C1).unwrap().jobs.len(), 1);
+    }
+
+    #[test]
+    fn gc_expires_by_policy() {
+        let t = tempfile::tempdir().unwrap();
+        let d = dirs(t.path());
+        let key = SecretKey::parse(SECRET).unwrap();
+        let released = job(&d, C1, P1);
+        let unreleased = job(&d, C2, P2);
+        let how = How::Operator { reason: "t".into() };
+        release_job(&d, &key, &released, how, crate::job::now()).unwrap();
+        let now = crate::job::now();
+        // Young: nothing expires.
+        let r = gc(&d, 3600, Some(3600), now).unwrap();
+        assert_eq!(r, GcReport::default());
+        // Unreleased expire; released kept for ever (None).
+        let r = gc(&d, 0, None, now + 10).unwrap();
+        assert_eq!(r.expired_unreleased, vec![unreleased.job_id.clone()]);
+        assert!(r.expired_released.is_empty());
+        assert!(!unreleased.dir.exists() && released.dir.exists());
+        assert!(d
+            .cache
+            .join("ihml9cgha2ncb1jfpf857yd6nls4n23b.narinfo")
+            .exists());
+        // Released expire after their own period: quarantine and cache go.
+        let r = gc(&d, 0, Some(5), now + 10).unwrap();
+        assert_eq!(r.expired_released, vec![released.job_id.clone()]);
+        assert_eq!(r.cache_paths_removed, 1);
+        assert!(!released.dir.exists());
+        assert!(!d
+            .cache
+            .join("ihml9cgha2ncb1jfpf857yd6nls4n23b.narinfo")
+            .exists());
+        assert_eq!(std::fs::read_dir(d.cache.join("nar")).unwrap().count(), 0);
+        assert!(load_record(&d, C1).unwrap().jobs[0].expired_at.is_some());
+    }
+}

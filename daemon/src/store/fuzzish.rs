@@ -134,3 +134,29 @@ fn wire_and_text_parsers_never_panic() {
         }
     }
 }
+
+#[test]
+fn github_and_webhook_parsers_never_panic() {
+    use crate::release::{github, rule, webhook};
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/github/");
+    let read = |f: &str| std::fs::read(format!("{dir}{f}")).unwrap();
+    let hook = read("webhook-pull_request-synchronize.json");
+    let pull = read("pull.json");
+    let event = read("issue-event-head_ref_force_pushed.json");
+    assert!(webhook::parse("pull_request", &hook).unwrap().is_some());
+    let mut rng = Rng(0x617_4b75b);
+    for _ in 0..3_000 {
+        let h = mutate(&mut rng, &hook);
+        let _ = webhook::parse("pull_request", &h);
+        let sig = String::from_utf8_lossy(&rng.bytes(80)).into_owned();
+        let _ = webhook::verify(b"k", Some(&sig), &h);
+        let _ = serde_json::from_slice::<github::Pull>(&mutate(&mut rng, &pull));
+        if let Ok(e) = serde_json::from_slice::<github::IssueEvent>(&mutate(&mut rng, &event)) {
+            let _ = github::event_time(&e);
+        }
+        let text = String::from_utf8_lossy(&rng.bytes(120)).into_owned();
+        let _ = github::next_link(&text);
+        let _ = github::check_repo(&text);
+        let _ = rule::parse_time(&text);
+    }
+}
