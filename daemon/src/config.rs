@@ -446,18 +446,6 @@ impl Config {
     pub fn quarantine_dir(&self) -> PathBuf {
         self.state_dir.join("quarantine")
     }
-    /// Released, signed narinfos and (hard-linked) NARs: what the cache serves.
-    pub fn cache_dir(&self) -> PathBuf {
-        self.state_dir.join("cache")
-    }
-    /// One record per released commit.
-    pub fn releases_dir(&self) -> PathBuf {
-        self.state_dir.join("releases")
-    }
-    /// What the label watcher learned about PR heads.
-    pub fn github_dir(&self) -> PathBuf {
-        self.state_dir.join("github")
-    }
     pub fn git_cache_dir(&self) -> PathBuf {
         self.state_dir.join("git")
     }

@@ -28,21 +28,7 @@ const SMALL: usize = 1000;
 const BIG_MIB: usize = 256;
 const SECS: &str = "10";
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{free_port, have};
 
 fn store_path(i: usize, name: &str) -> String {
     use sha2::Digest;
@@ -55,12 +41,7 @@ fn store_path(i: usize, name: &str) -> String {
 
 /// Quarantine one job with SMALL small paths and one big one, release it.
 fn prepare(root: &Path) -> (Dirs, Vec<String>, String) {
-    let dirs = Dirs {
-        quarantine: root.join("quarantine"),
-        cache: root.join("cache"),
-        releases: root.join("releases"),
-        github: root.join("github"),
-    };
+    let dirs = Dirs::under(root);
     dirs.create().unwrap();
     let mut entries = Vec::new();
     let mut paths = Vec::new();
@@ -286,28 +267,9 @@ fn label_latency(tmp: &Path) {
     }
     let gh = FakeGitHub::start();
     gh.set_permission("alice", "write");
-    let (sk, pk) = gen_key(tmp, "bench-latency-1");
-    let secret_file = tmp.join("webhook.secret");
-    std::fs::write(&secret_file, "s3cret").unwrap();
-    let cache = format!("127.0.0.1:{}", free_port());
-    let hook = format!("127.0.0.1:{}", free_port());
-    let cfg = format!(
-        "[github]\npoll_interval_secs = 3600\nwebhook_listen = \"{hook}\"\nwebhook_secret_file = \"{}\"\n",
-        secret_file.display()
-    );
-    let d = common::Daemon::start_local(
-        &cfg,
-        &[
-            "--trust",
-            "trusted",
-            "--signing-key-file",
-            sk.to_str().unwrap(),
-            "--cache-listen",
-            &cache,
-            "--github-api-url",
-            &gh.url,
-        ],
-    );
+    // Polling once an hour: only the webhook can trigger the release.
+    let r = ReleaseDaemon::start(&gh, "trusted", 3600, "");
+    let (d, cache) = (&r.d, &r.cache);
     let (mut to_info, mut to_subst) = (Vec::new(), Vec::new());
     for i in 0..RUNS {
         use sha2::Digest;
@@ -322,8 +284,8 @@ fn label_latency(tmp: &Path) {
         let info = format!("/{}.narinfo", &path[11..43]);
         let body = webhook_body("synchronize", "NixOS/nixpkgs", pr, &commit, now() - 100, "");
         let t0 = Instant::now();
-        assert_eq!(deliver(&hook, Some(b"s3cret"), "pull_request", &body), 202);
-        while http(&cache, "GET", &info, &[], b"").0 != 200 {
+        assert_eq!(r.deliver("pull_request", &body), 202);
+        while http(cache, "GET", &info, &[], b"").0 != 200 {
             assert!(
                 t0.elapsed() < Duration::from_secs(30),
                 "not released:\n{}",
@@ -332,14 +294,7 @@ fn label_latency(tmp: &Path) {
             std::thread::sleep(Duration::from_millis(2));
         }
         to_info.push(t0.elapsed().as_secs_f64() * 1000.0);
-        let store = tmp.join(format!("store-{i}"));
-        let out = Command::new("nix-store")
-            .args(["--store", store.to_str().unwrap(), "-r", &path])
-            .args(["--option", "substituters", &format!("http://{cache}")])
-            .args(["--option", "trusted-public-keys", &pk])
-            .env("XDG_CACHE_HOME", tmp.join("xdg"))
-            .output()
-            .unwrap();
+        let out = nix_substitute(tmp, cache, &r.pk, &path);
         assert!(
             out.status.success(),
             "{}",

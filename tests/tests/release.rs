@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::github::*;
@@ -17,48 +16,8 @@ const JOB_LIMIT: u64 = 900;
 const REPO: &str = "NixOS/nixpkgs";
 const LABEL: &str = "nonmalicious-checked";
 
-struct Setup {
-    d: Daemon,
-    cache: String,
-    hook: String,
-    secret: Vec<u8>,
-    pk: String,
-    _keys: tempfile::TempDir,
-}
-
-fn setup(gh: &FakeGitHub, trust: &str, extra: &str) -> Setup {
-    let keys = tempfile::tempdir().unwrap();
-    let (sk, pk) = gen_key(keys.path(), "airlock-test-1");
-    let secret = b"webhook secret for tests".to_vec();
-    let secret_file = keys.path().join("webhook.secret");
-    std::fs::write(&secret_file, &secret).unwrap();
-    let cache = format!("127.0.0.1:{}", free_port());
-    let hook = format!("127.0.0.1:{}", free_port());
-    let cfg = format!(
-        "[github]\npoll_interval_secs = 1\nwebhook_listen = \"{hook}\"\nwebhook_secret_file = \"{}\"\n{extra}",
-        secret_file.display()
-    );
-    let d = Daemon::start_local(
-        &cfg,
-        &[
-            "--trust",
-            trust,
-            "--signing-key-file",
-            sk.to_str().unwrap(),
-            "--cache-listen",
-            &cache,
-            "--github-api-url",
-            &gh.url,
-        ],
-    );
-    Setup {
-        d,
-        cache,
-        hook,
-        secret,
-        pk,
-        _keys: keys,
-    }
+fn setup(gh: &FakeGitHub, trust: &str, extra: &str) -> ReleaseDaemon {
+    ReleaseDaemon::start(gh, trust, 1, extra)
 }
 
 fn get(addr: &str, path: &str) -> (u16, Vec<u8>) {
@@ -104,45 +63,8 @@ fn wait_until(what: &str, secs: u64, d: &Daemon, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Substitute `path` from the cache into a fresh store with a real Nix.
 fn nix_fetch(dir: &Path, cache: &str, pk: &str, path: &str) -> std::process::Output {
-    let store = dir.join(format!("store-{}", uuid::Uuid::new_v4().simple()));
-    Command::new("nix-store")
-        .args(["--store", store.to_str().unwrap(), "-r", path])
-        .args(["--option", "substituters", &format!("http://{cache}")])
-        .args(["--option", "trusted-public-keys", pk])
-        .args(["--option", "require-sigs", "true"])
-        .args(["--option", "narinfo-cache-negative-ttl", "0"])
-        .env("XDG_CACHE_HOME", dir.join("xdg-cache"))
-        .output()
-        .unwrap()
-}
-
-fn submit_gh(d: &Daemon, repo: &Path, head: &str, pr: u64, attrs: &[&str]) -> String {
-    let pr = pr.to_string();
-    let mut args = vec![
-        "--json",
-        "submit",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--head",
-        head,
-        "--pr",
-        &pr,
-        "--github",
-        REPO,
-    ];
-    for a in attrs {
-        args.extend(["--attr", a]);
-    }
-    let out = d.ctl(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["id"].as_str().unwrap().to_owned()
+    nix_substitute(dir, cache, pk, path)
 }
 
 #[test]
@@ -160,7 +82,7 @@ fn label_unlocks_signed_cache_for_real_nix() {
         gh.event(1234, "referenced", who, now() - 900 + i as i64, "");
     }
 
-    let id = submit_gh(d, &repo, &head, 1234, &["chain", "fod-local"]);
+    let id = d.submit_pr(&repo, &head, 1234, Some(REPO), &["chain", "fod-local"]);
     let rec = d.wait(&id, JOB_LIMIT);
     assert_eq!(status(&rec), "Success", "{rec:#}");
     let paths: Vec<String> = serde_json::from_value(rec["result"]["store_paths"].clone()).unwrap();
@@ -293,7 +215,7 @@ fn label_unlocks_signed_cache_for_real_nix() {
     gh.event(1234, "unlabeled", "bob", now(), LABEL);
     gh.set_pull(1234, &head, &[]);
     let un = webhook_body("unlabeled", REPO, 1234, &head, now(), LABEL);
-    assert_eq!(deliver(&s.hook, Some(&s.secret), "pull_request", &un), 202);
+    assert_eq!(s.deliver("pull_request", &un), 202);
     wait_until("unlabel logged", 30, d, || {
         d.log().contains("label removed after release")
     });
@@ -356,7 +278,7 @@ fn release_rule_cases() {
     let t0 = now() - 3600;
     let hook = |pr: u64, head: &str, at: i64| {
         let b = webhook_body("synchronize", REPO, pr, head, at, "");
-        assert_eq!(deliver(&s.hook, Some(&s.secret), "pull_request", &b), 202);
+        assert_eq!(s.deliver("pull_request", &b), 202);
     };
 
     // 101: labelled on A, then force-pushed to B.

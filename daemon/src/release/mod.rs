@@ -165,33 +165,20 @@ impl Release {
         } else {
             info!("community builder: quarantined outputs are never released");
         }
-        if let Some(addr) = cfg.cache.listen.clone() {
+        if let Some(addr) = &cfg.cache.listen {
             if cfg.trust == Trust::Trusted {
                 let r = server::cache_router(self.dirs.cache.clone(), cfg.cache.priority);
-                let std_l = std::net::TcpListener::bind(&addr)?;
-                std_l.set_nonblocking(true)?;
-                tokio::spawn(async move {
-                    let l = tokio::net::TcpListener::from_std(std_l).expect("tokio listener");
-                    info!(addr = ?l.local_addr().ok(), "binary cache listening");
-                    if let Err(e) = axum::serve(l, r).await {
-                        warn!(error = %e, "binary cache server stopped");
-                    }
-                });
+                server::spawn(addr, r, "binary cache")?;
             } else {
                 warn!("cache.listen ignored: a community builder serves no cache");
             }
         }
-        if let Some(addr) = cfg.github.webhook_listen.clone() {
-            let r = server::webhook_router(self.clone());
-            let std_l = std::net::TcpListener::bind(&addr)?;
-            std_l.set_nonblocking(true)?;
-            tokio::spawn(async move {
-                let l = tokio::net::TcpListener::from_std(std_l).expect("tokio listener");
-                info!(addr = ?l.local_addr().ok(), "GitHub webhook receiver listening");
-                if let Err(e) = axum::serve(l, r).await {
-                    warn!(error = %e, "webhook receiver stopped");
-                }
-            });
+        if let Some(addr) = &cfg.github.webhook_listen {
+            server::spawn(
+                addr,
+                server::webhook_router(self.clone()),
+                "GitHub webhook receiver",
+            )?;
         }
         if cfg.retention.gc_interval_secs > 0 {
             let me = self.clone();

@@ -142,11 +142,19 @@ async fn deliver(State(r): State<Arc<Release>>, h: HeaderMap, body: axum::body::
     }
 }
 
-/// Serve `router` on `addr` until the process ends.
-pub async fn serve(addr: &str, router: Router, what: &'static str) -> std::io::Result<()> {
-    let l = tokio::net::TcpListener::bind(addr).await?;
-    info!(addr = %l.local_addr()?, what, "listening");
-    axum::serve(l, router).await
+/// Bind `addr` now (so a bad address fails at start-up), then serve
+/// `router` on it in the background until the process ends.
+pub fn spawn(addr: &str, router: Router, what: &'static str) -> std::io::Result<()> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    let l = tokio::net::TcpListener::from_std(l)?;
+    info!(addr = ?l.local_addr().ok(), what, "listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(l, router).await {
+            warn!(error = %e, what, "HTTP server stopped");
+        }
+    });
+    Ok(())
 }
 
 #[cfg(test)]

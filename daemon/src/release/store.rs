@@ -56,11 +56,15 @@ pub struct Dirs {
 
 impl Dirs {
     pub fn new(cfg: &crate::config::Config) -> Dirs {
+        Dirs::under(&cfg.state_dir)
+    }
+    /// The layout under a state directory.
+    pub fn under(state_dir: &Path) -> Dirs {
         Dirs {
-            quarantine: cfg.quarantine_dir(),
-            cache: cfg.cache_dir(),
-            releases: cfg.releases_dir(),
-            github: cfg.github_dir(),
+            quarantine: state_dir.join("quarantine"),
+            cache: state_dir.join("cache"),
+            releases: state_dir.join("releases"),
+            github: state_dir.join("github"),
         }
     }
     pub fn create(&self) -> Result<()> {
@@ -490,12 +494,7 @@ mod tests {
     const PUBLIC: &str = "test-1:cEGYcZ4WV1sa0w/HNrtEV8i5h7/4AsQQ3bkeXtxW7GI=";
 
     fn dirs(root: &Path) -> Dirs {
-        let d = Dirs {
-            quarantine: root.join("quarantine"),
-            cache: root.join("cache"),
-            releases: root.join("releases"),
-            github: root.join("github"),
-        };
+        let d = Dirs::under(root);
         d.create().unwrap();
         d
     }

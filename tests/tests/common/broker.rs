@@ -1,6 +1,7 @@
 //! A private RabbitMQ node per test: own node name, port and data dir, on
 //! 127.0.0.1 only. Started and stopped with the real rabbitmq-server.
 
+use super::free_port;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,14 +16,6 @@ pub struct Broker {
     /// Erlang distribution port (must differ from `port`).
     pub dist_port: u16,
     pub node: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Broker {

@@ -407,13 +407,75 @@ pub fn gen_key(dir: &Path, name: &str) -> (PathBuf, String) {
     (sk, std::fs::read_to_string(pk).unwrap().trim().to_owned())
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+/// Substitute `path` from the binary cache at `cache` into a fresh store
+/// under `dir` with a real Nix that trusts only `pk` (signatures required).
+pub fn nix_substitute(dir: &Path, cache: &str, pk: &str, path: &str) -> std::process::Output {
+    let store = dir.join(format!("store-{}", uuid::Uuid::new_v4().simple()));
+    std::process::Command::new("nix-store")
+        .args(["--store", store.to_str().unwrap(), "-r", path])
+        .args(["--option", "substituters", &format!("http://{cache}")])
+        .args(["--option", "trusted-public-keys", pk])
+        .args(["--option", "require-sigs", "true"])
+        .args(["--option", "narinfo-cache-negative-ttl", "0"])
+        .env("XDG_CACHE_HOME", dir.join("xdg-cache"))
+        .output()
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+}
+
+/// airlockd with release on: its own signing key, a binary cache and a
+/// webhook receiver on free 127.0.0.1 ports, GitHub at `gh`.
+pub struct ReleaseDaemon {
+    pub d: super::Daemon,
+    pub cache: String,
+    pub hook: String,
+    pub secret: Vec<u8>,
+    /// The public key (for `trusted-public-keys`).
+    pub pk: String,
+    _keys: tempfile::TempDir,
+}
+
+impl ReleaseDaemon {
+    /// `extra` goes inside the `[github]` table first (keys), then may open
+    /// other tables.
+    pub fn start(gh: &FakeGitHub, trust: &str, poll_secs: u64, extra: &str) -> ReleaseDaemon {
+        let keys = tempfile::tempdir().unwrap();
+        let (sk, pk) = gen_key(keys.path(), "airlock-test-1");
+        let secret = b"webhook secret for tests".to_vec();
+        let secret_file = keys.path().join("webhook.secret");
+        std::fs::write(&secret_file, &secret).unwrap();
+        let cache = format!("127.0.0.1:{}", super::free_port());
+        let hook = format!("127.0.0.1:{}", super::free_port());
+        let cfg = format!(
+            "[github]\npoll_interval_secs = {poll_secs}\nwebhook_listen = \"{hook}\"\nwebhook_secret_file = \"{}\"\n{extra}",
+            secret_file.display()
+        );
+        let d = super::Daemon::start_local(
+            &cfg,
+            &[
+                "--trust",
+                trust,
+                "--signing-key-file",
+                sk.to_str().unwrap(),
+                "--cache-listen",
+                &cache,
+                "--github-api-url",
+                &gh.url,
+            ],
+        );
+        ReleaseDaemon {
+            d,
+            cache,
+            hook,
+            secret,
+            pk,
+            _keys: keys,
+        }
+    }
+
+    /// Deliver a correctly signed webhook; returns the HTTP status.
+    pub fn deliver(&self, event: &str, body: &[u8]) -> u16 {
+        deliver(&self.hook, Some(&self.secret), event, body)
+    }
 }
 
 /// Put a hand-made quarantined job for `commit` of `repo`#`pr` into the

@@ -30,7 +30,7 @@ pub fn image_dir() -> PathBuf {
         .unwrap_or_else(|| IMAGE_DIR_DEFAULT.into())
 }
 
-fn have(cmd: &str) -> bool {
+pub fn have(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
         .stdout(Stdio::null())
@@ -77,6 +77,15 @@ pub fn prerequisites(test: &str) -> bool {
     }
     eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
     false
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct Daemon {
@@ -144,13 +153,7 @@ impl Daemon {
             "--system",
             "x86_64-linux",
         ];
-        let extra = format!("{extra}\n[network]\nenabled = false\n");
-        Daemon::start_inner(
-            "",
-            &extra,
-            args.iter().map(|s| s.to_string()).collect(),
-            None,
-        )
+        Daemon::start_local(extra, &args)
     }
 
     /// In the machine's network namespace (the test talks to its HTTP
@@ -300,6 +303,19 @@ impl Daemon {
     }
 
     pub fn submit(&self, repo: &Path, head: &str, attrs: &[&str]) -> String {
+        self.submit_pr(repo, head, 42, None, attrs)
+    }
+
+    /// Submit as PR `pr`, of GitHub repository `github` (`OWNER/NAME`) if given.
+    pub fn submit_pr(
+        &self,
+        repo: &Path,
+        head: &str,
+        pr: u64,
+        github: Option<&str>,
+        attrs: &[&str],
+    ) -> String {
+        let pr = pr.to_string();
         let mut args = vec![
             "--json",
             "submit",
@@ -308,8 +324,11 @@ impl Daemon {
             "--head",
             head,
             "--pr",
-            "42",
+            &pr,
         ];
+        if let Some(g) = github {
+            args.extend(["--github", g]);
+        }
         for a in attrs {
             args.extend(["--attr", a]);
         }
