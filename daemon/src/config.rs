@@ -73,6 +73,8 @@ pub struct ReleaseConfig {
     /// GitHub logins whose label counts. Empty: anyone GitHub reports as
     /// having write (or admin) access to the repository.
     pub allowed_actors: Vec<String>,
+    /// Repositories (`owner/name`) whose PRs may be released; empty: any.
+    pub repositories: Vec<String>,
     /// Nix secret key file (`name:base64`, as `nix-store
     /// --generate-binary-cache-key` writes it). Required to release.
     pub signing_key_file: Option<PathBuf>,
@@ -83,6 +85,7 @@ impl Default for ReleaseConfig {
         ReleaseConfig {
             label: "nonmalicious-checked".into(),
             allowed_actors: vec![],
+            repositories: vec!["NixOS/nixpkgs".into()],
             signing_key_file: None,
         }
     }

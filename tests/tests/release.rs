@@ -203,9 +203,9 @@ fn label_unlocks_signed_cache_for_real_nix() {
     assert!(human.contains("RELEASED"), "{human}");
 
     // GitHub was asked politely: conditional requests, pages followed.
-    let (nm, pages, auth) = gh.with(|g| (g.not_modified, g.event_pages_served, g.auth.clone()));
+    let (nm, later, auth) = gh.with(|g| (g.not_modified, g.later_pages_served, g.auth.clone()));
     assert!(nm > 0, "no 304s: ETags not used");
-    assert!(pages >= 3, "pagination not followed");
+    assert!(later > 0, "pagination not followed");
     assert!(
         auth.iter().all(Option::is_none),
         "no token configured, none sent"
@@ -310,12 +310,23 @@ fn release_rule_cases() {
     gh.event(105, "labeled", "alice", t0 + 10, LABEL);
     gh.set_pull(105, &f, &[LABEL]);
 
+    // 106: properly labelled, but the history is longer than the watcher
+    // reads (51 pages here): it does not decide on part of it.
+    let g6 = sha("g");
+    hook(106, &g6, t0);
+    for i in 0..101 {
+        gh.event(106, "referenced", "bob", t0 + 1 + i, "");
+    }
+    gh.event(106, "labeled", "alice", t0 + 200, LABEL);
+    gh.set_pull(106, &g6, &[LABEL]);
+
     let ja = craft_job(d, &a, 101, "a");
     let jb = craft_job(d, &b, 101, "b");
     let jc = craft_job(d, &c, 102, "c");
     let jd = craft_job(d, &dd, 103, "d");
     let je = craft_job(d, &e, 104, "e");
     let jf = craft_job(d, &f, 105, "f");
+    let jg = craft_job(d, &g6, 106, "g");
     let served =
         |commit: &str, job: &str| get(&s.cache, &narinfo_url(&job_path(d, commit, job))).0 == 200;
 
@@ -376,7 +387,7 @@ fn release_rule_cases() {
     let g: Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut expired: Vec<String> = serde_json::from_value(g["expired_unreleased"].clone()).unwrap();
     expired.sort();
-    let mut want = vec![ja.clone(), jc.clone(), jd.clone()];
+    let mut want = vec![ja.clone(), jc.clone(), jd.clone(), jg.clone()];
     want.sort();
     assert_eq!(expired, want);
     for (commit, job) in [(&b, &jb), (&e, &je), (&f, &jf)] {

@@ -123,6 +123,10 @@ pub struct GitHub {
 /// Longest issue-event history read (100 events a page).
 const MAX_PAGES: usize = 50;
 const PER_PAGE: usize = 100;
+/// Longest pause a rate-limit header can impose (GitHub's window is an hour).
+const MAX_PAUSE: i64 = 2 * 3600;
+/// Conditional-request cache entries kept (each holds one response body).
+const MAX_CACHED: usize = 4096;
 const PERMISSION_TTL: Duration = Duration::from_secs(600);
 
 fn now() -> Time {
@@ -251,7 +255,11 @@ impl GitHub {
         let next = link_next;
         let body = bytes::Bytes::from(body);
         if let Some(etag) = headers.get(ETAG) {
-            self.etags.lock().expect("lock").insert(
+            let mut c = self.etags.lock().expect("lock");
+            if c.len() >= MAX_CACHED && !c.contains_key(url) {
+                c.clear();
+            }
+            c.insert(
                 url.to_owned(),
                 Cached {
                     etag: etag.clone(),
@@ -289,14 +297,16 @@ impl GitHub {
                 .and_then(|s| s.trim().parse::<i64>().ok())
         };
         let mut until = None;
+        // Never pause longer than MAX_PAUSE, whatever a header says.
+        let cap = |t: i64| t.clamp(now() + 1, now() + MAX_PAUSE);
         if let Some(ra) = num("retry-after") {
             if status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS {
-                until = Some(now() + ra.max(1));
+                until = Some(cap(now().saturating_add(ra)));
             }
         }
         if num("x-ratelimit-remaining") == Some(0) {
             if let Some(reset) = num("x-ratelimit-reset") {
-                until = Some(until.unwrap_or(0).max(reset));
+                until = Some(until.unwrap_or(0).max(cap(reset)));
             }
         }
         if status == StatusCode::TOO_MANY_REQUESTS && until.is_none() {
@@ -347,11 +357,14 @@ impl GitHub {
                 None => return Ok(all),
             }
         }
-        warn!(
-            repo,
-            number, "issue event history longer than {MAX_PAGES} pages; reading no further"
-        );
-        Ok(all)
+        // The newest events are on the pages not read: deciding without them
+        // could miss a force-push or a label removal.
+        Err(Error::Parse(
+            url,
+            format!(
+                "issue event history longer than {MAX_PAGES} pages; not deciding on part of it"
+            ),
+        ))
     }
 
     /// The account's permission on the repository, as GitHub reports it
@@ -407,13 +420,15 @@ pub fn next_link(link: &str) -> Option<&str> {
     })
 }
 
-/// Event times, parsed; events with bad times are dropped (and logged).
-pub fn event_time(e: &IssueEvent) -> Option<Time> {
-    let t = parse_time(&e.created_at);
-    if t.is_none() {
-        warn!(created_at = %e.created_at, event = %e.event, "issue event with an unreadable time; ignored");
-    }
-    t
+/// An event's time; unreadable is an error (deciding without it could
+/// miss a force-push or a label removal).
+pub fn event_time(e: &IssueEvent) -> Result<Time> {
+    parse_time(&e.created_at).ok_or_else(|| {
+        Error::Parse(
+            format!("issue event {}", e.event),
+            format!("unreadable created_at {:?}", e.created_at),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -432,6 +447,31 @@ mod tests {
             None
         );
         assert_eq!(next_link("garbage"), None);
+    }
+
+    #[tokio::test]
+    async fn rate_limit_headers_pause_within_bounds() {
+        let gh = GitHub::new("http://127.0.0.1:9", None).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("99999999999"));
+        gh.note_rate_limit(&h, StatusCode::TOO_MANY_REQUESTS);
+        let until = gh.blocked_until.lock().unwrap().unwrap();
+        assert!(until <= now() + MAX_PAUSE && until > now());
+        // Paused: no request is made, the error says until when.
+        match gh.get("http://127.0.0.1:9/x").await {
+            Err(Error::RateLimited(t)) => assert_eq!(t, until),
+            other => panic!("{:?}", other.map(|p| p.body)),
+        }
+        let gh = GitHub::new("http://127.0.0.1:9", None).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+        h.insert("x-ratelimit-reset", HeaderValue::from_static("-5"));
+        gh.note_rate_limit(&h, StatusCode::OK);
+        let until = gh.blocked_until.lock().unwrap().unwrap();
+        assert!(
+            until > now() - 1 && until <= now() + 1,
+            "reset in the past pauses ~1s"
+        );
     }
 
     #[test]

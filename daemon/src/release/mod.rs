@@ -39,6 +39,9 @@ pub enum Error {
 }
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Shortest webhook secret accepted.
+pub const MIN_SECRET: usize = 16;
+
 fn read_secret(p: &std::path::Path) -> Result<String> {
     std::fs::read_to_string(p)
         .map(|s| s.trim().to_owned())
@@ -79,6 +82,8 @@ pub struct Release {
     webhook_secret: Option<Vec<u8>>,
     /// Serialises writes to cache/ and releases/ (release, gc).
     lock: tokio::sync::Mutex<()>,
+    /// Serialises reads and writes of github/ (head evidence).
+    heads_lock: tokio::sync::Mutex<()>,
     poke_tx: mpsc::UnboundedSender<()>,
     poke_rx: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
     /// Last decision logged per commit, so the log says each change once.
@@ -118,6 +123,14 @@ impl Release {
             .map(read_secret)
             .transpose()?
             .map(String::into_bytes);
+        if webhook_secret
+            .as_ref()
+            .is_some_and(|s| s.len() < MIN_SECRET)
+        {
+            return Err(Error::Refused(format!(
+                "github.webhook_secret_file holds fewer than {MIN_SECRET} characters: anyone could sign deliveries"
+            )));
+        }
         let gh = GitHub::new(&cfg.github.api_url, token)?;
         let (poke_tx, poke_rx) = mpsc::unbounded_channel();
         Ok(Arc::new(Release {
@@ -127,6 +140,7 @@ impl Release {
             key,
             webhook_secret,
             lock: tokio::sync::Mutex::new(()),
+            heads_lock: tokio::sync::Mutex::new(()),
             poke_tx,
             poke_rx: Mutex::new(Some(poke_rx)),
             last: Mutex::new(HashMap::new()),
@@ -217,6 +231,10 @@ impl Release {
     /// One pass: every PR with unreleased outputs.
     pub async fn check_all(&self) {
         let pending = store::pending(&self.dirs);
+        self.last
+            .lock()
+            .expect("lock")
+            .retain(|c, _| pending.iter().any(|j| &j.commit == c));
         let mut by_pr: BTreeMap<(String, u64), Vec<QuarantinedJob>> = BTreeMap::new();
         for j in pending {
             by_pr.entry((j.repo.clone(), j.pr)).or_default().push(j);
@@ -226,6 +244,7 @@ impl Release {
             async {
                 let commits: Vec<String> = {
                     let mut c: Vec<String> = jobs.iter().map(|j| j.commit.clone()).collect();
+                    c.sort();
                     c.dedup();
                     c
                 };
@@ -290,6 +309,10 @@ impl Release {
                 "job has no GitHub PR (submit with --github OWNER/NAME --pr N)".into(),
             );
         }
+        let repos = &self.cfg.release.repositories;
+        if !repos.is_empty() && !repos.iter().any(|r| r.eq_ignore_ascii_case(repo)) {
+            return hold_all(format!("repository {repo} is not in release.repositories"));
+        }
         match self.facts(repo, pr).await {
             Err(e) => hold_all(format!("cannot ask GitHub: {e}")),
             Ok(f) => {
@@ -322,47 +345,54 @@ impl Release {
     async fn facts(&self, repo: &str, pr: u64) -> Result<Facts> {
         let (pull, date) = self.gh.pull(repo, pr).await?;
         let head = pull.head.sha.to_ascii_lowercase();
-        let seen_at = date.unwrap_or_else(|| crate::job::now() as i64);
-        // Our own observation, kept only when the head changed since the last one.
-        let mut heads = store::load_heads(&self.dirs, repo, pr);
-        if heads.iter().max_by_key(|h| h.at).map(|h| h.sha.as_str()) != Some(head.as_str()) {
-            let obs = HeadRecord {
-                sha: head.clone(),
-                at: seen_at,
-                source: HeadSource::Observed,
-            };
-            store::add_heads(&self.dirs, repo, pr, std::slice::from_ref(&obs))?;
-            heads.push(obs);
-        }
         let label = &self.cfg.release.label;
         let mut label_events = Vec::new();
+        let mut heads = self.load_heads(repo, pr).await;
         for e in self.gh.issue_events(repo, pr).await? {
-            let Some(at) = github::event_time(&e) else {
-                continue;
+            let relevant = match e.event.as_str() {
+                "labeled" | "unlabeled" => e.label.as_ref().is_some_and(|l| &l.name == label),
+                "head_ref_force_pushed" => true,
+                _ => false,
             };
-            match e.event.as_str() {
-                "labeled" | "unlabeled" if e.label.as_ref().is_some_and(|l| &l.name == label) => {
-                    label_events.push(LabelEvent {
-                        added: e.event == "labeled",
-                        actor: e.actor.map(|a| a.login).unwrap_or_default(),
-                        at,
-                    })
-                }
-                "head_ref_force_pushed" => match e.commit_id.as_deref() {
-                    Some(sha) if github::is_sha(sha) => heads.push(HeadRecord {
-                        sha: sha.to_ascii_lowercase(),
-                        at,
-                        source: HeadSource::ForcePush,
-                    }),
-                    // Unknown new head: some head changed at `at`; that
-                    // ends every earlier headship.
-                    _ => heads.push(HeadRecord {
-                        sha: String::new(),
-                        at,
-                        source: HeadSource::ForcePush,
-                    }),
-                },
-                _ => {}
+            if !relevant {
+                continue;
+            }
+            let at = github::event_time(&e)?;
+            if e.event == "head_ref_force_pushed" {
+                // `commit_id` is the new head. Unknown: some head changed at
+                // `at`, which still ends every earlier headship.
+                let sha = e
+                    .commit_id
+                    .as_deref()
+                    .filter(|c| github::is_sha(c))
+                    .map(str::to_ascii_lowercase)
+                    .unwrap_or_default();
+                heads.push(HeadRecord {
+                    sha,
+                    at,
+                    source: HeadSource::ForcePush,
+                });
+            } else {
+                label_events.push(LabelEvent {
+                    added: e.event == "labeled",
+                    actor: e.actor.map(|a| a.login).unwrap_or_default(),
+                    at,
+                });
+            }
+        }
+        // Our own observation, in GitHub's clock (the response's `Date`; none,
+        // none recorded). Kept when the head changed since the newest record,
+        // or when the evidence does not yet date the current headship.
+        let newest = heads.iter().max_by_key(|h| h.at).map(|h| h.sha.as_str());
+        if let Some(at) = date {
+            if newest != Some(head.as_str()) || rule::head_since(&head, &heads).is_none() {
+                let obs = HeadRecord {
+                    sha: head.clone(),
+                    at,
+                    source: HeadSource::Observed,
+                };
+                self.add_heads(repo, pr, obs.clone()).await?;
+                heads.push(obs);
             }
         }
         let mut allowed = HashMap::new();
@@ -377,6 +407,24 @@ impl Release {
             heads,
             allowed,
         })
+    }
+
+    async fn load_heads(&self, repo: &str, pr: u64) -> Vec<HeadRecord> {
+        let _g = self.heads_lock.lock().await;
+        let (dirs, repo) = (self.dirs.clone(), repo.to_owned());
+        tokio::task::spawn_blocking(move || store::load_heads(&dirs, &repo, pr))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Persist head evidence (one writer at a time: webhooks and the watcher).
+    async fn add_heads(&self, repo: &str, pr: u64, h: HeadRecord) -> Result<()> {
+        let _g = self.heads_lock.lock().await;
+        let (dirs, repo) = (self.dirs.clone(), repo.to_owned());
+        tokio::task::spawn_blocking(move || store::add_heads(&dirs, &repo, pr, &[h]))
+            .await
+            .map_err(|e| Error::Refused(format!("heads task failed: {e}")))??;
+        Ok(())
     }
 
     async fn allowed(&self, repo: &str, actor: &str) -> Allowed {
@@ -418,7 +466,7 @@ impl Release {
     /// A verified webhook: record push evidence, then check at once.
     pub async fn on_webhook(&self, ev: webhook::PrEvent) {
         if let Some(h) = &ev.head {
-            if let Err(e) = store::add_heads(&self.dirs, &ev.repo, ev.pr, std::slice::from_ref(h)) {
+            if let Err(e) = self.add_heads(&ev.repo, ev.pr, h.clone()).await {
                 warn!(error = %e, "cannot record the pushed head");
             }
         }
@@ -547,5 +595,34 @@ fn warn_if_readable(p: &std::path::Path) {
         if m.permissions().mode() & 0o077 != 0 {
             warn!(path = %p.display(), "signing key file is readable by group or others; chmod 600 it");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refuses_unsafe_configuration() {
+        let t = tempfile::tempdir().unwrap();
+        let mut cfg = Config {
+            state_dir: t.path().join("state"),
+            ..Config::default()
+        };
+        // Community with no key: fine.
+        assert!(Release::new(Arc::new(cfg.clone())).is_ok());
+        // Trusted needs a key.
+        cfg.trust = Trust::Trusted;
+        let e = Release::new(Arc::new(cfg.clone())).err().unwrap();
+        assert!(e.to_string().contains("signing_key_file"), "{e}");
+        // A short webhook secret would let anyone sign deliveries.
+        cfg.trust = Trust::Community;
+        let sf = t.path().join("secret");
+        std::fs::write(&sf, "  short \n").unwrap();
+        cfg.github.webhook_secret_file = Some(sf.clone());
+        let e = Release::new(Arc::new(cfg.clone())).err().unwrap();
+        assert!(e.to_string().contains("fewer than"), "{e}");
+        std::fs::write(&sf, "a-long-enough-random-secret\n").unwrap();
+        assert!(Release::new(Arc::new(cfg)).is_ok());
     }
 }

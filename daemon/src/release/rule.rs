@@ -370,6 +370,25 @@ mod tests {
     }
 
     #[test]
+    fn label_must_still_be_on_the_pr() {
+        // The events say "labelled", the PR's labels say otherwise (an
+        // unlabel event not yet visible): not released.
+        let d = decide(
+            &Facts {
+                trust: Trust::Trusted,
+                commit: C,
+                label: L,
+                current_head: C,
+                current_labels: &["other".to_string()],
+                label_events: &[label(true, "alice", 200)],
+                heads: &[head(C, 100, HeadSource::Webhook)],
+            },
+            |_| Allowed::Yes,
+        );
+        assert!(hold_text(d).contains("not on the PR now"));
+    }
+
+    #[test]
     fn unknown_head_time_holds() {
         let d = run(C, &[label(true, "alice", 200)], &[], Trust::Trusted);
         assert!(hold_text(d).contains("not yet known"));
@@ -402,6 +421,19 @@ mod tests {
             Some((5, HeadSource::Observed))
         );
         assert_eq!(head_since(C, &[head(B, 5, HeadSource::Observed)]), None);
+        // A force-push to an unknown commit (no commit_id) still ends C's
+        // earlier headship: only what comes after it counts.
+        let h3 = [
+            head(C, 10, HeadSource::Webhook),
+            head("", 20, HeadSource::ForcePush),
+        ];
+        assert_eq!(head_since(C, &h3), None);
+        // Same second as another head's record: not datable (yet).
+        let h4 = [
+            head(B, 20, HeadSource::Observed),
+            head(C, 20, HeadSource::Webhook),
+        ];
+        assert_eq!(head_since(C, &h4), None);
     }
 
     #[test]

@@ -109,6 +109,7 @@ pub fn webhook_router(release: Arc<Release>) -> Router {
         .route("/github-webhook", post(deliver))
         .fallback(|| async { not_found() })
         .layer(DefaultBodyLimit::max(webhook::MAX_BODY))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(8))
         .with_state(release)
 }
 

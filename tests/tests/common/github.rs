@@ -44,6 +44,8 @@ pub struct GhState {
     pub requests: u64,
     pub not_modified: u64,
     pub event_pages_served: u64,
+    /// Event pages after the first (pagination followed).
+    pub later_pages_served: u64,
     /// Authorization headers seen.
     pub auth: Vec<Option<String>>,
     /// x-ratelimit-remaining to report (decremented on 200s).
@@ -259,7 +261,13 @@ async fn events(
         links.push(format!("<{}>; rel=\"first\"", u(1)));
         links.push(format!("<{}>; rel=\"prev\"", u(page - 1)));
     }
-    st.lock().unwrap().event_pages_served += 1;
+    {
+        let mut s = st.lock().unwrap();
+        s.event_pages_served += 1;
+        if page > 1 {
+            s.later_pages_served += 1;
+        }
+    }
     let link = (!links.is_empty()).then(|| links.join(", "));
     respond(&st, &h, Value::Array(chunk), link)
 }
