@@ -186,6 +186,10 @@ impl Release {
             } else {
                 warn!("cache.listen ignored: a community builder serves no cache");
             }
+        } else if cfg.trust == Trust::Trusted {
+            warn!(
+                "cache.listen is not set: released outputs are signed into cache/ but not served"
+            );
         }
         if let Some(addr) = &cfg.github.webhook_listen {
             server::spawn(
