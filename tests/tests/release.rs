@@ -361,6 +361,15 @@ fn release_rule_cases() {
         assert!(!served(commit, job), "{commit} released");
     }
 
+    // Removing the label after release (no webhook: polling sees it) is
+    // logged; the outputs stay released.
+    gh.event(105, "unlabeled", "bob", now() + 1, LABEL);
+    gh.set_pull(105, &f, &[]);
+    wait_until("unlabel seen by polling", 30, d, || {
+        d.log().contains("label removed after release") && d.log().contains(&jf)
+    });
+    assert!(served(&f, &jf));
+
     // The new head gets its own label: B is released, A never.
     gh.event(101, "labeled", "alice", now(), LABEL);
     wait_until("B released", 30, d, || served(&b, &jb));

@@ -89,7 +89,12 @@ pub struct Release {
     /// Last decision logged per commit, so the log says each change once.
     last: Mutex<HashMap<String, String>>,
     rejected_webhooks: AtomicU64,
+    /// Jobs whose "label removed after release" was logged.
+    unlabel_logged: Mutex<std::collections::HashSet<String>>,
 }
+
+/// How long after a label release polling still watches for the label's removal.
+const WATCH_AFTER_RELEASE_SECS: u64 = 7 * 24 * 3600;
 
 impl Release {
     pub fn new(cfg: Arc<Config>) -> Result<Arc<Release>> {
@@ -145,6 +150,7 @@ impl Release {
             poke_rx: Mutex::new(Some(poke_rx)),
             last: Mutex::new(HashMap::new()),
             rejected_webhooks: AtomicU64::new(0),
+            unlabel_logged: Mutex::new(Default::default()),
         }))
     }
 
@@ -271,6 +277,55 @@ impl Release {
             }
             .instrument(span)
             .await;
+        }
+        self.check_unlabels().await;
+    }
+
+    fn log_unlabel_after_release(&self, r: &store::LabelRelease) {
+        if self
+            .unlabel_logged
+            .lock()
+            .expect("lock")
+            .insert(r.job_id.clone())
+        {
+            warn!(repo = %r.repo, pr = r.pr, commit = %r.commit, job_id = %r.job_id, "label removed after release; the released outputs stay released (they are signed and may be in Hydra already)");
+        }
+    }
+
+    /// Polling's view of labels removed after a release (webhooks report it
+    /// at once): PRs with a label release in the last week.
+    async fn check_unlabels(&self) {
+        let since = crate::job::now().saturating_sub(WATCH_AFTER_RELEASE_SECS);
+        let mut by_pr: BTreeMap<(String, u64), Vec<store::LabelRelease>> = BTreeMap::new();
+        for r in store::label_releases(&self.dirs) {
+            let logged = self
+                .unlabel_logged
+                .lock()
+                .expect("lock")
+                .contains(&r.job_id);
+            if r.released_at >= since && !logged {
+                by_pr.entry((r.repo.clone(), r.pr)).or_default().push(r);
+            }
+        }
+        for ((repo, pr), rs) in by_pr {
+            let Ok(events) = self.gh.issue_events(&repo, pr).await else {
+                continue;
+            };
+            let last = events
+                .iter()
+                .filter(|e| {
+                    matches!(e.event.as_str(), "labeled" | "unlabeled")
+                        && e.label
+                            .as_ref()
+                            .is_some_and(|l| l.name == self.cfg.release.label)
+                })
+                .filter_map(|e| github::event_time(e).ok().map(|t| (t, e.event.as_str())))
+                .max_by_key(|(t, _)| *t);
+            if let Some((t, "unlabeled")) = last {
+                for r in rs.iter().filter(|r| t >= r.released_at as i64) {
+                    self.log_unlabel_after_release(r);
+                }
+            }
         }
     }
 
@@ -476,8 +531,10 @@ impl Release {
         }
         if ev.action == "unlabeled" && ev.label.as_deref() == Some(self.cfg.release.label.as_str())
         {
-            for (commit, job) in store::released_by_label(&self.dirs, &ev.repo, ev.pr) {
-                warn!(repo = %ev.repo, pr = ev.pr, %commit, job_id = %job, "label removed after release; the released outputs stay released (they are signed and may be in Hydra already)");
+            for r in store::label_releases(&self.dirs) {
+                if r.repo == ev.repo && r.pr == ev.pr {
+                    self.log_unlabel_after_release(&r);
+                }
             }
         }
         self.poke();

@@ -200,8 +200,18 @@ pub fn pending(d: &Dirs) -> Vec<QuarantinedJob> {
         .collect()
 }
 
-/// (commit, job) pairs released by the label on `repo`#`pr`.
-pub fn released_by_label(d: &Dirs, repo: &str, pr: u64) -> Vec<(String, String)> {
+/// A job released because of a label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelRelease {
+    pub repo: String,
+    pub pr: u64,
+    pub commit: String,
+    pub job_id: String,
+    pub released_at: u64,
+}
+
+/// Every job released by a label (expired ones included).
+pub fn label_releases(d: &Dirs) -> Vec<LabelRelease> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(&d.releases) else {
         return out;
@@ -215,8 +225,14 @@ pub fn released_by_label(d: &Dirs, repo: &str, pr: u64) -> Vec<(String, String)>
             continue;
         };
         for j in r.jobs {
-            if matches!(&j.how, How::Label { repo: r2, pr: p2, .. } if r2 == repo && *p2 == pr) {
-                out.push((r.commit.clone(), j.job_id));
+            if let How::Label { repo, pr, .. } = j.how {
+                out.push(LabelRelease {
+                    repo,
+                    pr,
+                    commit: r.commit.clone(),
+                    job_id: j.job_id,
+                    released_at: j.released_at,
+                });
             }
         }
     }
