@@ -189,10 +189,14 @@ impl Daemon {
         self.queue
             .send(rec.id.clone())
             .map_err(|_| "scheduler stopped".to_string())?;
+        if let Some(r) = self.release.get() {
+            // Date the PR's head now, not when the build is done: a label
+            // added during the build then counts even without webhooks.
+            r.observe(&rec.job.repo.full_name, rec.job.pr.number);
+        }
         Ok(rec.id)
     }
 
-    /// Stop starting queued jobs (SIGTERM).
     /// Attach the release service (status, release, gc over the API).
     pub fn set_release(&self, r: Arc<Release>) {
         let _ = self.release.set(r);
@@ -204,6 +208,7 @@ impl Daemon {
             .ok_or_else(|| "the release service is not running".to_string())
     }
 
+    /// Stop starting queued jobs (SIGTERM).
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }

@@ -136,6 +136,12 @@ fn label_unlocks_signed_cache_for_real_nix() {
     .unwrap();
     let seen = heads[0]["at"].as_i64().unwrap();
     assert_eq!(heads[0]["source"], "observed");
+    // Observed when the job arrived, not when its build was done.
+    assert!(
+        seen <= rec["finished_at"].as_i64().unwrap() - 2,
+        "head first seen at {seen}, job finished {}",
+        rec["finished_at"]
+    );
     gh.event(1234, "labeled", "alice", seen - 30, LABEL);
     gh.set_pull(1234, &head, &[LABEL]);
     wait_until("the label to be seen", 30, d, || {

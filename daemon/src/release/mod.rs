@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::{Config, Trust};
 use crate::store::signing::SecretKey;
@@ -439,20 +439,9 @@ impl Release {
                 });
             }
         }
-        // Our own observation, in GitHub's clock (the response's `Date`; none,
-        // none recorded). Kept when the head changed since the newest record,
-        // or when the evidence does not yet date the current headship.
-        let newest = heads.iter().max_by_key(|h| h.at).map(|h| h.sha.as_str());
         if let Some(at) = date {
-            if newest != Some(head.as_str()) || rule::head_since(&head, &heads).is_none() {
-                let obs = HeadRecord {
-                    sha: head.clone(),
-                    at,
-                    source: HeadSource::Observed,
-                };
-                self.add_heads(repo, pr, obs.clone()).await?;
-                heads.push(obs);
-            }
+            self.record_observation(repo, pr, &head, at, &mut heads)
+                .await?;
         }
         let mut allowed = HashMap::new();
         if let Some(ev) = rule::latest_label(&label_events) {
@@ -466,6 +455,63 @@ impl Release {
             heads,
             allowed,
         })
+    }
+
+    /// Our own observation that `head` is the head at `at` (GitHub's clock,
+    /// the response's `Date`). Kept when the head changed since the newest
+    /// record, or when the evidence does not yet date the current headship.
+    async fn record_observation(
+        &self,
+        repo: &str,
+        pr: u64,
+        head: &str,
+        at: rule::Time,
+        heads: &mut Vec<HeadRecord>,
+    ) -> Result<()> {
+        let newest = heads.iter().max_by_key(|h| h.at).map(|h| h.sha.as_str());
+        if newest != Some(head) || rule::head_since(head, heads).is_none() {
+            let obs = HeadRecord {
+                sha: head.to_owned(),
+                at,
+                source: HeadSource::Observed,
+            };
+            self.add_heads(repo, pr, obs.clone()).await?;
+            heads.push(obs);
+        }
+        Ok(())
+    }
+
+    /// A job for `repo`#`pr` arrived: note the PR's head now (in the
+    /// background), so the time it became the head is bounded by the job's
+    /// arrival rather than by the end of its build.
+    pub fn observe(self: &Arc<Self>, repo: &str, pr: u64) {
+        if self.cfg.trust != Trust::Trusted || repo.starts_with("local/") || pr == 0 {
+            return;
+        }
+        let repos = &self.cfg.release.repositories;
+        if !repos.is_empty() && !repos.iter().any(|r| r.eq_ignore_ascii_case(repo)) {
+            return;
+        }
+        let (me, repo) = (self.clone(), repo.to_owned());
+        tokio::spawn(async move {
+            let seen = match me.gh.pull(&repo, pr).await {
+                Ok((p, Some(at))) => Some((p.head.sha.to_ascii_lowercase(), at)),
+                Ok((_, None)) => None,
+                Err(e) => {
+                    debug!(%repo, pr, error = %e, "cannot observe the PR head at job arrival");
+                    None
+                }
+            };
+            if let Some((head, at)) = seen {
+                let mut heads = me.load_heads(&repo, pr).await;
+                if let Err(e) = me
+                    .record_observation(&repo, pr, &head, at, &mut heads)
+                    .await
+                {
+                    warn!(%repo, pr, error = %e, "cannot record the observed head");
+                }
+            }
+        });
     }
 
     async fn load_heads(&self, repo: &str, pr: u64) -> Vec<HeadRecord> {
