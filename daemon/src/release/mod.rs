@@ -10,7 +10,6 @@ pub mod store;
 pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,7 +87,6 @@ pub struct Release {
     poke_rx: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
     /// Last decision logged per commit, so the log says each change once.
     last: Mutex<HashMap<String, String>>,
-    rejected_webhooks: AtomicU64,
     /// Jobs whose "label removed after release" was logged.
     unlabel_logged: Mutex<std::collections::HashSet<String>>,
 }
@@ -149,7 +147,6 @@ impl Release {
             poke_tx,
             poke_rx: Mutex::new(Some(poke_rx)),
             last: Mutex::new(HashMap::new()),
-            rejected_webhooks: AtomicU64::new(0),
             unlabel_logged: Mutex::new(Default::default()),
         }))
     }
@@ -160,14 +157,6 @@ impl Release {
 
     pub fn webhook_secret(&self) -> Option<&[u8]> {
         self.webhook_secret.as_deref()
-    }
-
-    pub fn count_rejected_webhook(&self) {
-        self.rejected_webhooks.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn github(&self) -> &GitHub {
-        &self.gh
     }
 
     /// Ask the watcher to look now (a job finished, a webhook arrived).
@@ -228,6 +217,12 @@ impl Release {
         info!(api = %self.cfg.github.api_url, authenticated = self.gh.authenticated(), poll_secs = every.as_secs(), label = %self.cfg.release.label, "label watcher running");
         loop {
             self.check_all().await;
+            let st = &self.gh.stats;
+            debug!(
+                requests = st.requests.load(std::sync::atomic::Ordering::Relaxed),
+                not_modified = st.not_modified.load(std::sync::atomic::Ordering::Relaxed),
+                "GitHub requests so far"
+            );
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 p = rx.recv() => {

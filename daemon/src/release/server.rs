@@ -126,7 +126,6 @@ async fn deliver(State(r): State<Arc<Release>>, h: HeaderMap, body: axum::body::
     };
     if let Err(e) = webhook::verify(secret, hv("x-hub-signature-256"), &body) {
         warn!(delivery, event, error = %e, "webhook rejected");
-        r.count_rejected_webhook();
         return (StatusCode::UNAUTHORIZED, format!("{e}\n")).into_response();
     }
     match webhook::parse(&event, &body) {
