@@ -326,6 +326,13 @@ fn release_rule_cases() {
     gh.event(106, "labeled", "alice", t0 + 200, LABEL);
     gh.set_pull(106, &g6, &[LABEL]);
 
+    // 107: no webhook; the ordinary push is dated by the fork's repository
+    // activity, so a label added before airlock first looked still counts.
+    let h7 = sha("h");
+    gh.push_activity(107, &h7, t0);
+    gh.event(107, "labeled", "alice", t0 + 10, LABEL);
+    gh.set_pull(107, &h7, &[LABEL]);
+
     let ja = craft_job(d, &a, 101, "a");
     let jb = craft_job(d, &b, 101, "b");
     let jc = craft_job(d, &c, 102, "c");
@@ -333,10 +340,16 @@ fn release_rule_cases() {
     let je = craft_job(d, &e, 104, "e");
     let jf = craft_job(d, &f, 105, "f");
     let jg = craft_job(d, &g6, 106, "g");
+    let jh = craft_job(d, &h7, 107, "h");
     let served =
         |commit: &str, job: &str| get(&s.cache, &narinfo_url(&job_path(d, commit, job))).0 == 200;
 
     wait_until("105 released", 30, d, || served(&f, &jf));
+    wait_until("107 released", 30, d, || served(&h7, &jh));
+    assert_eq!(
+        status_json(d, &h7)["jobs"][0]["released"]["how"]["head_source"],
+        "activity"
+    );
     std::thread::sleep(Duration::from_secs(3)); // more polls: nothing else moves
     assert!(
         decision(d, &a).contains("no longer the PR's head"),

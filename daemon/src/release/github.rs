@@ -60,6 +60,27 @@ pub struct LabelRef {
 #[derive(Debug, Clone, Deserialize)]
 pub struct PullHead {
     pub sha: String,
+    /// The head branch (in `repo`).
+    #[serde(rename = "ref", default)]
+    pub branch: String,
+    /// The head repository (the fork); null when it was deleted.
+    #[serde(default)]
+    pub repo: Option<RepoRef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RepoRef {
+    pub full_name: String,
+}
+
+/// One element of GET /repos/{owner}/{repo}/activity.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Activity {
+    pub after: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub timestamp: String,
+    pub activity_type: String,
 }
 
 /// GET /repos/{owner}/{repo}/pulls/{n}, the fields we use.
@@ -367,6 +388,41 @@ impl GitHub {
         ))
     }
 
+    /// Server times at which pushes to `branch` of `repo` made a commit its
+    /// tip (repository activity API, newest 100): `(sha, time)`.
+    pub async fn branch_pushes(&self, repo: &str, branch: &str) -> Result<Vec<(String, Time)>> {
+        check_repo(repo)?;
+        if branch.is_empty() || branch.len() > 255 {
+            return Err(Error::Parse(branch.into(), "not a branch name".into()));
+        }
+        let url = self.url(&format!(
+            "/repos/{repo}/activity?ref={}&per_page=100",
+            query_escape(&format!("refs/heads/{branch}"))
+        ));
+        let p = self.get(&url).await?;
+        let acts: Vec<Activity> = Self::parse(&url, &p.body)?;
+        let want = format!("refs/heads/{branch}");
+        let mut out = Vec::new();
+        for a in acts {
+            if a.git_ref != want
+                || !matches!(
+                    a.activity_type.as_str(),
+                    "push" | "force_push" | "branch_creation"
+                )
+            {
+                continue;
+            }
+            let t = parse_time(&a.timestamp).ok_or_else(|| {
+                Error::Parse(url.clone(), format!("bad timestamp {:?}", a.timestamp))
+            })?;
+            if !is_sha(&a.after) {
+                return Err(Error::Parse(url, format!("bad sha {:?}", a.after)));
+            }
+            out.push((a.after.to_ascii_lowercase(), t));
+        }
+        Ok(out)
+    }
+
     /// The account's permission on the repository, as GitHub reports it
     /// (`admin`, `write`, `read`, `none`); cached for ten minutes.
     pub async fn permission(&self, repo: &str, login: &str) -> Result<String> {
@@ -399,6 +455,19 @@ fn count_items(body: &[u8]) -> usize {
     serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(body)
         .map(|v| v.len())
         .unwrap_or(0)
+}
+
+/// Percent-encode a query value (unreserved characters and `/` stay).
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 pub fn is_sha(s: &str) -> bool {
@@ -471,6 +540,22 @@ mod tests {
         assert!(
             until > now() - 1 && until <= now() + 1,
             "reset in the past pauses ~1s"
+        );
+    }
+
+    #[test]
+    fn activity_fixture_and_escaping() {
+        let p = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/github/repository-activity.json"
+        );
+        let v: Vec<Activity> = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].activity_type, "push");
+        assert_eq!(v[0].git_ref, "refs/heads/hello-2.12.2");
+        assert_eq!(
+            query_escape("refs/heads/a b+c#d"),
+            "refs/heads/a%20b%2Bc%23d"
         );
     }
 

@@ -434,6 +434,18 @@ impl Release {
                 });
             }
         }
+        // Exact push times from the head repository's activity, when GitHub
+        // answers (more evidence; without it the rule is only stricter).
+        if let Some(fork) = pull.head.repo.as_ref().map(|r| r.full_name.clone()) {
+            match self.gh.branch_pushes(&fork, &pull.head.branch).await {
+                Ok(pushes) => heads.extend(pushes.into_iter().map(|(sha, at)| HeadRecord {
+                    sha,
+                    at,
+                    source: HeadSource::Activity,
+                })),
+                Err(e) => debug!(%fork, error = %e, "no push activity for the head branch"),
+            }
+        }
         if let Some(at) = date {
             self.record_observation(repo, pr, &head, at, &mut heads)
                 .await?;

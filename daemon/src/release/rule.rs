@@ -33,6 +33,8 @@ pub enum HeadSource {
     Webhook,
     /// The watcher saw C as the head at `at` (it became head at or before).
     Observed,
+    /// Repository activity API: a push to the head branch made C its tip at `at`.
+    Activity,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +186,7 @@ pub fn source_text(s: HeadSource) -> &'static str {
         HeadSource::ForcePush => "force-push event",
         HeadSource::Webhook => "push webhook",
         HeadSource::Observed => "first seen by airlock",
+        HeadSource::Activity => "push activity",
     }
 }
 

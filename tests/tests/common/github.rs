@@ -38,6 +38,8 @@ pub struct GhState {
     pulls: HashMap<u64, Value>,
     events: HashMap<u64, Vec<Value>>,
     perms: HashMap<String, String>,
+    /// Repository activity per (repo, full ref), newest first.
+    activity: HashMap<(String, String), Vec<Value>>,
     next_id: u64,
     /// Largest page the fake serves (forces pagination).
     pub page_cap: usize,
@@ -83,6 +85,7 @@ impl FakeGitHub {
                         "/repos/{o}/{r}/collaborators/{u}/permission",
                         get(permission),
                     )
+                    .route("/repos/{o}/{r}/activity", get(activity))
                     .with_state((st, base));
                 let l = tokio::net::TcpListener::from_std(l).unwrap();
                 axum::serve(l, app).await.unwrap();
@@ -97,6 +100,8 @@ impl FakeGitHub {
         let label = p["labels"][0].clone();
         p["number"] = json!(n);
         p["head"]["sha"] = json!(sha);
+        // One head branch per PR in the fork (see `push_activity`).
+        p["head"]["ref"] = json!(format!("pr-{n}"));
         p["labels"] = Value::Array(
             labels
                 .iter()
@@ -129,6 +134,24 @@ impl FakeGitHub {
             _ => {}
         }
         st.events.entry(n).or_default().push(e);
+    }
+
+    /// Record an ordinary push (repository activity) that made `sha` the
+    /// tip of PR `n`'s head branch in the fork at `at`.
+    pub fn push_activity(&self, n: u64, sha: &str, at: i64) {
+        let fork = fixture("pull.json")["head"]["repo"]["full_name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut a = fixture("repository-activity.json")[0].clone();
+        let git_ref = format!("refs/heads/pr-{n}");
+        let mut st = self.state.lock().unwrap();
+        st.next_id += 1;
+        a["id"] = json!(st.next_id);
+        a["after"] = json!(sha);
+        a["ref"] = json!(git_ref);
+        a["timestamp"] = json!(iso(at));
+        st.activity.entry((fork, git_ref)).or_default().insert(0, a);
     }
 
     pub fn set_permission(&self, login: &str, perm: &str) {
@@ -270,6 +293,26 @@ async fn events(
     }
     let link = (!links.is_empty()).then(|| links.join(", "));
     respond(&st, &h, Value::Array(chunk), link)
+}
+
+async fn activity(
+    State((st, _)): State<St>,
+    UrlPath((o, r)): UrlPath<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    h: HeaderMap,
+) -> Response {
+    let key = (
+        format!("{o}/{r}"),
+        q.get("ref").cloned().unwrap_or_default(),
+    );
+    let list = st
+        .lock()
+        .unwrap()
+        .activity
+        .get(&key)
+        .cloned()
+        .unwrap_or_default();
+    respond(&st, &h, Value::Array(list), None)
 }
 
 async fn permission(
