@@ -333,6 +333,15 @@ fn release_rule_cases() {
     gh.event(107, "labeled", "alice", t0 + 10, LABEL);
     gh.set_pull(107, &h7, &[LABEL]);
 
+    // 108: the author pushed while the PR was closed, a committer labelled
+    // the closed PR, then it was reopened with the pushed head: the push
+    // does not date the headship, the reopening ends what came before.
+    let i8 = sha("i");
+    gh.push_activity(108, &i8, t0);
+    gh.event(108, "labeled", "alice", t0 + 10, LABEL);
+    gh.event(108, "reopened", "mallory", t0 + 20, "");
+    gh.set_pull(108, &i8, &[LABEL]);
+
     let ja = craft_job(d, &a, 101, "a");
     let jb = craft_job(d, &b, 101, "b");
     let jc = craft_job(d, &c, 102, "c");
@@ -341,6 +350,7 @@ fn release_rule_cases() {
     let jf = craft_job(d, &f, 105, "f");
     let jg = craft_job(d, &g6, 106, "g");
     let jh = craft_job(d, &h7, 107, "h");
+    let ji = craft_job(d, &i8, 108, "i");
     let served =
         |commit: &str, job: &str| get(&s.cache, &narinfo_url(&job_path(d, commit, job))).0 == 200;
 
@@ -351,32 +361,18 @@ fn release_rule_cases() {
         "activity"
     );
     std::thread::sleep(Duration::from_secs(3)); // more polls: nothing else moves
-    assert!(
-        decision(d, &a).contains("no longer the PR's head"),
-        "{}",
-        decision(d, &a)
-    );
-    assert!(
-        decision(d, &b).contains("must be added again"),
-        "{}",
-        decision(d, &b)
-    );
-    assert!(
-        decision(d, &c).contains("must be added again"),
-        "{}",
-        decision(d, &c)
-    );
-    assert!(
-        decision(d, &dd).contains("removed by bob"),
-        "{}",
-        decision(d, &dd)
-    );
-    assert!(
-        decision(d, &e).contains("may not release"),
-        "{}",
-        decision(d, &e)
-    );
-    for (commit, job) in [(&a, &ja), (&b, &jb), (&c, &jc), (&dd, &jd), (&e, &je)] {
+    let expected = [
+        (&a, &ja, "no longer the PR's head"),
+        (&b, &jb, "must be added again"),
+        (&c, &jc, "must be added again"),
+        (&dd, &jd, "removed by bob"),
+        (&e, &je, "may not release"),
+        (&g6, &jg, "longer than 50 pages"),
+        (&i8, &ji, "must be added again"),
+    ];
+    for (commit, job, why) in expected {
+        let dec = decision(d, commit);
+        assert!(dec.contains(why), "{commit}: {dec}");
         assert!(!served(commit, job), "{commit} released");
     }
 
@@ -415,7 +411,7 @@ fn release_rule_cases() {
     let g: Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut expired: Vec<String> = serde_json::from_value(g["expired_unreleased"].clone()).unwrap();
     expired.sort();
-    let mut want = vec![ja.clone(), jc.clone(), jd.clone(), jg.clone()];
+    let mut want = vec![ja.clone(), jc.clone(), jd.clone(), jg.clone(), ji.clone()];
     want.sort();
     assert_eq!(expired, want);
     for (commit, job) in [(&b, &jb), (&e, &je), (&f, &jf)] {

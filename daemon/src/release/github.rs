@@ -404,12 +404,7 @@ impl GitHub {
         let want = format!("refs/heads/{branch}");
         let mut out = Vec::new();
         for a in acts {
-            if a.git_ref != want
-                || !matches!(
-                    a.activity_type.as_str(),
-                    "push" | "force_push" | "branch_creation"
-                )
-            {
+            if a.git_ref != want {
                 continue;
             }
             let t = parse_time(&a.timestamp).ok_or_else(|| {
@@ -418,7 +413,15 @@ impl GitHub {
             if !is_sha(&a.after) {
                 return Err(Error::Parse(url, format!("bad sha {:?}", a.after)));
             }
-            out.push((a.after.to_ascii_lowercase(), t));
+            // Every kind of tip change counts; a deletion (all zeros) is a
+            // change to no commit: recorded with no sha.
+            let after = a.after.to_ascii_lowercase();
+            let after = if after.bytes().all(|b| b == b'0') {
+                String::new()
+            } else {
+                after
+            };
+            out.push((after, t));
         }
         Ok(out)
     }

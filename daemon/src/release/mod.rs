@@ -89,6 +89,8 @@ pub struct Release {
     last: Mutex<HashMap<String, String>>,
     /// Jobs whose "label removed after release" was logged.
     unlabel_logged: Mutex<std::collections::HashSet<String>>,
+    /// When polling last looked for labels removed after release.
+    unlabel_checked: Mutex<Option<std::time::Instant>>,
 }
 
 /// How long after a label release polling still watches for the label's removal.
@@ -148,6 +150,7 @@ impl Release {
             poke_rx: Mutex::new(Some(poke_rx)),
             last: Mutex::new(HashMap::new()),
             unlabel_logged: Mutex::new(Default::default()),
+            unlabel_checked: Mutex::new(None),
         }))
     }
 
@@ -290,9 +293,24 @@ impl Release {
     /// Polling's view of labels removed after a release (webhooks report it
     /// at once): PRs with a label release in the last week.
     async fn check_unlabels(&self) {
+        // At most once a poll interval, however often webhooks poke.
+        {
+            let mut last = self.unlabel_checked.lock().expect("lock");
+            let every = Duration::from_secs(self.cfg.github.poll_interval_secs.max(1));
+            if last.is_some_and(|t| t.elapsed() < every) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
         let since = crate::job::now().saturating_sub(WATCH_AFTER_RELEASE_SECS);
         let mut by_pr: BTreeMap<(String, u64), Vec<store::LabelRelease>> = BTreeMap::new();
-        for r in store::label_releases(&self.dirs) {
+        let releases = store::label_releases(&self.dirs);
+        self.unlabel_logged.lock().expect("lock").retain(|job| {
+            releases
+                .iter()
+                .any(|r| &r.job_id == job && r.released_at >= since)
+        });
+        for r in releases {
             let logged = self
                 .unlabel_logged
                 .lock()
@@ -406,13 +424,24 @@ impl Release {
             let relevant = match e.event.as_str() {
                 "labeled" | "unlabeled" => e.label.as_ref().is_some_and(|l| &l.name == label),
                 "head_ref_force_pushed" => true,
+                // The head may have jumped to whatever the branch tip is now
+                // (pushes while a PR is closed do not move its head).
+                "reopened" | "head_ref_restored" => true,
                 _ => false,
             };
             if !relevant {
                 continue;
             }
             let at = github::event_time(&e)?;
-            if e.event == "head_ref_force_pushed" {
+            if matches!(e.event.as_str(), "reopened" | "head_ref_restored") {
+                // An unknown head from `at` on: it ends every earlier
+                // headship, so earlier pushes no longer date the current one.
+                heads.push(HeadRecord {
+                    sha: String::new(),
+                    at,
+                    source: HeadSource::Reopened,
+                });
+            } else if e.event == "head_ref_force_pushed" {
                 // `commit_id` is the new head. Unknown: some head changed at
                 // `at`, which still ends every earlier headship.
                 let sha = e

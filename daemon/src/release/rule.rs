@@ -35,6 +35,9 @@ pub enum HeadSource {
     Observed,
     /// Repository activity API: a push to the head branch made C its tip at `at`.
     Activity,
+    /// The PR was reopened, or its head branch restored, at `at`: from then
+    /// on the head is whatever the branch tip was (recorded with no sha).
+    Reopened,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +190,7 @@ pub fn source_text(s: HeadSource) -> &'static str {
         HeadSource::Webhook => "push webhook",
         HeadSource::Observed => "first seen by airlock",
         HeadSource::Activity => "push activity",
+        HeadSource::Reopened => "PR reopened",
     }
 }
 
@@ -431,6 +435,17 @@ mod tests {
             head("", 20, HeadSource::ForcePush),
         ];
         assert_eq!(head_since(C, &h3), None);
+        // Pushes while the PR was closed (activity says D became the branch
+        // tip at 15) do not date D's headship: the reopening at 30 ends it,
+        // and only what comes after counts.
+        let d = "dddddddddddddddddddddddddddddddddddddddd";
+        let h5 = [
+            head(C, 10, HeadSource::Observed),
+            head(d, 15, HeadSource::Activity),
+            head("", 30, HeadSource::Reopened),
+            head(d, 40, HeadSource::Observed),
+        ];
+        assert_eq!(head_since(d, &h5), Some((40, HeadSource::Observed)));
         // Same second as another head's record: not datable (yet).
         let h4 = [
             head(B, 20, HeadSource::Observed),

@@ -116,7 +116,8 @@ impl FakeGitHub {
     }
 
     /// Append an issue event: `labeled`/`unlabeled` (of `label`),
-    /// `head_ref_force_pushed` (to `commit`), or `referenced`.
+    /// `head_ref_force_pushed` (to `commit`), or any other kind (shaped like
+    /// the `referenced` fixture, with `event` set to `kind`).
     pub fn event(&self, n: u64, kind: &str, actor: &str, at: i64, label_or_commit: &str) {
         let file = match kind {
             "labeled" | "unlabeled" | "head_ref_force_pushed" => format!("issue-event-{kind}.json"),
@@ -128,6 +129,7 @@ impl FakeGitHub {
         e["id"] = json!(st.next_id);
         e["actor"]["login"] = json!(actor);
         e["created_at"] = json!(iso(at));
+        e["event"] = json!(kind);
         match kind {
             "labeled" | "unlabeled" => e["label"]["name"] = json!(label_or_commit),
             "head_ref_force_pushed" => e["commit_id"] = json!(label_or_commit),
