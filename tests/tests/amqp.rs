@@ -23,6 +23,30 @@ fn prerequisites_amqp(test: &str) -> bool {
 
 const QUEUE: &str = "build-inputs-x86_64-linux";
 
+/// A probe on the broker, once airlockd (`d`) has declared its queue.
+async fn probe_when_ready(url: &str, d: &Daemon) -> Probe {
+    let p = Probe::setup(url).await;
+    assert!(
+        p.wait_for_queue(QUEUE, 60).await,
+        "airlockd never declared {QUEUE}:\n{}",
+        d.log()
+    );
+    p
+}
+
+/// Poll until a job's `BuildLogStart` (with its attempted attrs) arrived.
+async fn until_build_started(p: &mut Probe, d: &Daemon) {
+    assert!(
+        p.until(300, |p| p
+            .logs
+            .iter()
+            .any(|m| m["attempted_attrs"].is_array()))
+            .await,
+        "{}",
+        d.log()
+    );
+}
+
 fn start_msgs(p: &Probe, request_attempt: &str) -> usize {
     p.logs_for_attempt(request_attempt)
         .iter()
@@ -39,14 +63,9 @@ fn job_from_broker_is_built_and_reported_like_ofborg() {
     let d = Daemon::start_amqp(&broker.url(), "airlock-test-1", "");
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
     rt().block_on(async {
-        let mut p = Probe::setup(&broker.url()).await;
         // Wait for airlockd to declare its queue.
+        let mut p = probe_when_ready(&broker.url(), &d).await;
         assert!(p.until(60, |_| true).await);
-        assert!(
-            p.wait_for_queue(QUEUE, 60).await,
-            "airlockd never declared {QUEUE}:\n{}",
-            d.log()
-        );
 
         // 1. A poison message goes to the dead-letter queue, with the reason.
         p.publish("", QUEUE, b"{\"this is\": \"not a BuildJob\"}")
@@ -162,23 +181,11 @@ fn kill9_mid_job_redelivers_and_reports_once() {
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
     let req = uuid::Uuid::new_v4().to_string();
     rt().block_on(async {
-        let mut p = Probe::setup(&broker.url()).await;
-        assert!(
-            p.wait_for_queue(QUEUE, 60).await,
-            "airlockd never declared {QUEUE}"
-        );
+        let mut p = probe_when_ready(&broker.url(), &d).await;
         p.publish("", QUEUE, &job_json(&repo, &head, &["chain"], &req))
             .await;
         // Kill the daemon once the VM is running the job.
-        assert!(
-            p.until(300, |p| p
-                .logs
-                .iter()
-                .any(|m| m["attempted_attrs"].is_array()))
-                .await,
-            "{}",
-            d.log()
-        );
+        until_build_started(&mut p, &d).await;
         d.kill9();
         std::thread::sleep(std::time::Duration::from_secs(1));
         d.spawn();
@@ -214,22 +221,10 @@ fn broker_restart_mid_job_still_delivers_the_result() {
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
     let req = uuid::Uuid::new_v4().to_string();
     rt().block_on(async {
-        let mut p = Probe::setup(&broker.url()).await;
-        assert!(
-            p.wait_for_queue(QUEUE, 60).await,
-            "airlockd never declared {QUEUE}"
-        );
+        let mut p = probe_when_ready(&broker.url(), &d).await;
         p.publish("", QUEUE, &job_json(&repo, &head, &["chain"], &req))
             .await;
-        assert!(
-            p.until(300, |p| p
-                .logs
-                .iter()
-                .any(|m| m["attempted_attrs"].is_array()))
-                .await,
-            "{}",
-            d.log()
-        );
+        until_build_started(&mut p, &d).await;
         broker.stop();
         broker.boot();
         assert!(
@@ -265,11 +260,7 @@ fn two_builders_share_one_queue() {
     let (repo, head) = fixture_repo(a.dir.path(), &[]);
     let reqs: Vec<String> = (0..4).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     rt().block_on(async {
-        let mut p = Probe::setup(&broker.url()).await;
-        assert!(
-            p.wait_for_queue(QUEUE, 60).await,
-            "airlockd never declared {QUEUE}"
-        );
+        let mut p = probe_when_ready(&broker.url(), &a).await;
         for r in &reqs {
             p.publish("", QUEUE, &job_json(&repo, &head, &["leaf"], r))
                 .await;
@@ -310,24 +301,12 @@ fn sigterm_drains_running_jobs_and_leaves_the_rest_to_the_broker() {
     let first = uuid::Uuid::new_v4().to_string();
     let second = uuid::Uuid::new_v4().to_string();
     rt().block_on(async {
-        let mut p = Probe::setup(&broker.url()).await;
-        assert!(
-            p.wait_for_queue(QUEUE, 60).await,
-            "airlockd never declared {QUEUE}"
-        );
+        let mut p = probe_when_ready(&broker.url(), &d).await;
         p.publish("", QUEUE, &job_json(&repo, &head, &["chain"], &first))
             .await;
         p.publish("", QUEUE, &job_json(&repo, &head, &["leaf"], &second))
             .await;
-        assert!(
-            p.until(300, |p| p
-                .logs
-                .iter()
-                .any(|m| m["attempted_attrs"].is_array()))
-                .await,
-            "{}",
-            d.log()
-        );
+        until_build_started(&mut p, &d).await;
         // SIGTERM while the first job runs: it finishes and reports, the
         // second is never started and goes back to the queue.
         assert!(
