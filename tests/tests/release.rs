@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::github::*;
@@ -61,10 +61,6 @@ fn wait_until(what: &str, secs: u64, d: &Daemon, mut f: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn nix_fetch(dir: &Path, cache: &str, pk: &str, path: &str) -> std::process::Output {
-    nix_substitute(dir, cache, pk, path)
 }
 
 #[test]
@@ -126,7 +122,7 @@ fn label_unlocks_signed_cache_for_real_nix() {
             "{n} served before release"
         );
     }
-    let out = nix_fetch(d.dir.path(), &s.cache, &s.pk, &fod);
+    let out = nix_substitute(d.dir.path(), &s.cache, &s.pk, &fod);
     assert!(!out.status.success(), "FOD substituted before release");
 
     // A label added before airlock knew when C became the head does not count.
@@ -165,19 +161,19 @@ fn label_unlocks_signed_cache_for_real_nix() {
     wait_until("release", 30, d, || {
         get(&s.cache, &narinfo_url(&top)).0 == 200
     });
-    let out = nix_fetch(d.dir.path(), &s.cache, &s.pk, &top);
+    let out = nix_substitute(d.dir.path(), &s.cache, &s.pk, &top);
     assert!(
         out.status.success(),
         "nix-store -r from the cache: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     println!("released {}s after the webhook", t0.elapsed().as_secs_f64());
-    assert!(nix_fetch(d.dir.path(), &s.cache, &s.pk, &fod)
+    assert!(nix_substitute(d.dir.path(), &s.cache, &s.pk, &fod)
         .status
         .success());
     // The signatures are really checked: another key is refused.
     let other = gen_key(d.dir.path(), "someone-else").1;
-    let out = nix_fetch(d.dir.path(), &s.cache, &other, &top);
+    let out = nix_substitute(d.dir.path(), &s.cache, &other, &top);
     assert!(!out.status.success(), "substituted with an untrusted key");
 
     // narinfos carry our signature; NARs serve ranges.
@@ -241,7 +237,7 @@ fn label_unlocks_signed_cache_for_real_nix() {
     assert_eq!(g["expired_released"], serde_json::json!([]));
     assert!(!d.state().join("quarantine").join(other_commit).exists());
     assert!(qdir.exists());
-    assert!(nix_fetch(d.dir.path(), &s.cache, &s.pk, &top)
+    assert!(nix_substitute(d.dir.path(), &s.cache, &s.pk, &top)
         .status
         .success());
 }

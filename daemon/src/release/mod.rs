@@ -359,6 +359,22 @@ impl Release {
         }
     }
 
+    /// Whether outputs of `repo`#`pr` can be released here at all, before
+    /// asking GitHub anything.
+    fn eligible(&self, repo: &str, pr: u64) -> std::result::Result<(), String> {
+        if self.cfg.trust != Trust::Trusted {
+            return Err(rule::COMMUNITY.into());
+        }
+        if repo.starts_with("local/") || pr == 0 {
+            return Err("job has no GitHub PR (submit with --github OWNER/NAME --pr N)".into());
+        }
+        let repos = &self.cfg.release.repositories;
+        if !repos.is_empty() && !repos.iter().any(|r| r.eq_ignore_ascii_case(repo)) {
+            return Err(format!("repository {repo} is not in release.repositories"));
+        }
+        Ok(())
+    }
+
     /// The rule's answer for each commit of one PR. Errors (GitHub
     /// unreachable, rate limited) are holds with the reason.
     pub async fn evaluate(
@@ -373,17 +389,8 @@ impl Release {
                 .map(|c| (c.clone(), Decision::Hold(why.clone())))
                 .collect()
         };
-        if self.cfg.trust != Trust::Trusted {
-            return hold_all("this builder's trust is `community`: it never releases".into());
-        }
-        if repo.starts_with("local/") || pr == 0 {
-            return hold_all(
-                "job has no GitHub PR (submit with --github OWNER/NAME --pr N)".into(),
-            );
-        }
-        let repos = &self.cfg.release.repositories;
-        if !repos.is_empty() && !repos.iter().any(|r| r.eq_ignore_ascii_case(repo)) {
-            return hold_all(format!("repository {repo} is not in release.repositories"));
+        if let Err(why) = self.eligible(repo, pr) {
+            return hold_all(why);
         }
         match self.facts(repo, pr).await {
             Err(e) => hold_all(format!("cannot ask GitHub: {e}")),
@@ -521,11 +528,7 @@ impl Release {
     /// background), so the time it became the head is bounded by the job's
     /// arrival rather than by the end of its build.
     pub fn observe(self: &Arc<Self>, repo: &str, pr: u64) {
-        if self.cfg.trust != Trust::Trusted || repo.starts_with("local/") || pr == 0 {
-            return;
-        }
-        let repos = &self.cfg.release.repositories;
-        if !repos.is_empty() && !repos.iter().any(|r| r.eq_ignore_ascii_case(repo)) {
+        if self.eligible(repo, pr).is_err() {
             return;
         }
         let (me, repo) = (self.clone(), repo.to_owned());
@@ -681,9 +684,7 @@ impl Release {
         reason: &str,
     ) -> Result<Vec<ReleasedJob>> {
         if self.cfg.trust != Trust::Trusted {
-            return Err(Error::Refused(
-                "this builder's trust is `community`: it never releases".into(),
-            ));
+            return Err(Error::Refused(rule::COMMUNITY.into()));
         }
         if reason.trim().is_empty() {
             return Err(Error::Refused("a --reason is required".into()));

@@ -85,6 +85,9 @@ pub struct Facts<'a> {
     pub heads: &'a [HeadRecord],
 }
 
+/// The answer on a community builder, whatever GitHub says.
+pub const COMMUNITY: &str = "this builder's trust is `community`: it never releases";
+
 /// Why a commit is released.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
@@ -131,7 +134,7 @@ pub fn latest_label(events: &[LabelEvent]) -> Option<&LabelEvent> {
 pub fn decide(f: &Facts<'_>, allowed: impl Fn(&str) -> Allowed) -> Decision {
     let hold = Decision::Hold;
     if f.trust != Trust::Trusted {
-        return hold("this builder's trust is `community`: it never releases".into());
+        return hold(COMMUNITY.into());
     }
     if !f.current_head.eq_ignore_ascii_case(f.commit) {
         return hold(format!(

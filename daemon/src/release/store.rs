@@ -210,20 +210,24 @@ pub struct LabelRelease {
     pub released_at: u64,
 }
 
-/// Every job released by a label (expired ones included).
+/// Every release record, with its commit (from the file name).
+fn all_records(d: &Dirs) -> impl Iterator<Item = Result<(String, ReleaseRecord)>> + '_ {
+    std::fs::read_dir(&d.releases)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".json").map(str::to_owned)
+        })
+        .map(|c| load_record(d, &c).map(|r| (c, r)))
+}
+
+/// Every job released by a label (expired ones included); unreadable
+/// records are skipped.
 pub fn label_releases(d: &Dirs) -> Vec<LabelRelease> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(&d.releases) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(c) = name.strip_suffix(".json") else {
-            continue;
-        };
-        let Ok(r) = load_record(d, c) else {
-            continue;
-        };
+    for (_, r) in all_records(d).flatten() {
         for j in r.jobs {
             if let How::Label { repo, pr, .. } = j.how {
                 out.push(LabelRelease {
@@ -406,17 +410,13 @@ pub fn gc(
     now: u64,
 ) -> Result<GcReport> {
     let mut rep = GcReport::default();
-    let mut live: HashSet<String> = HashSet::new();
-    let mut records: std::collections::HashMap<String, ReleaseRecord> = Default::default();
+    let mut records = std::collections::HashMap::new();
+    for r in all_records(d) {
+        let (commit, rec) = r?;
+        records.insert(commit, rec);
+    }
     for j in quarantined(d, None) {
-        let rec = match records.get(&j.commit) {
-            Some(r) => r.clone(),
-            None => {
-                let r = load_record(d, &j.commit)?;
-                records.insert(j.commit.clone(), r.clone());
-                r
-            }
-        };
+        let rec = records.get(&j.commit).cloned().unwrap_or_default();
         let released = rec
             .jobs
             .iter()
@@ -434,7 +434,9 @@ pub fn gc(
         if released.is_some() {
             info!(commit = %j.commit, job_id = %j.job_id, "released outputs expired");
             rep.expired_released.push(j.job_id.clone());
-            let r = records.get_mut(&j.commit).expect("loaded");
+            let r = records
+                .get_mut(&j.commit)
+                .expect("a released job has a record");
             for rj in r.jobs.iter_mut().filter(|rj| rj.job_id == j.job_id) {
                 rj.expired_at = Some(now);
             }
@@ -445,18 +447,12 @@ pub fn gc(
         }
     }
     // Live: every path of every unexpired released job (all records).
-    if let Ok(rd) = std::fs::read_dir(&d.releases) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(c) = name.strip_suffix(".json") else {
-                continue;
-            };
-            let r = load_record(d, c)?;
-            for j in r.jobs.iter().filter(|j| j.expired_at.is_none()) {
-                for p in &j.paths {
-                    if let Ok(sp) = crate::store::path::StorePath::parse(p) {
-                        live.insert(sp.hash_part().to_owned());
-                    }
+    let mut live: HashSet<String> = HashSet::new();
+    for r in records.values() {
+        for j in r.jobs.iter().filter(|j| j.expired_at.is_none()) {
+            for p in &j.paths {
+                if let Ok(sp) = crate::store::path::StorePath::parse(p) {
+                    live.insert(sp.hash_part().to_owned());
                 }
             }
         }
