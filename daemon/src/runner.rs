@@ -187,6 +187,15 @@ struct Follower {
 const TAIL: usize = 10;
 
 impl Follower {
+    /// A `Success` result with what the channel told so far (log tail,
+    /// attempted and skipped attrs); the caller sets the real status.
+    fn result(&self) -> JobResult {
+        let mut res = result(BuildStatus::Success, self.tail.iter().cloned().collect());
+        res.attempted_attrs = self.attempted.clone();
+        res.skipped_attrs = self.skipped.clone();
+        res
+    }
+
     fn poll(&mut self, channel: &Path, rec: &JobRecord, sink: &dyn LogSink) {
         let Ok(mut f) = std::fs::File::open(channel) else {
             return;
@@ -411,10 +420,7 @@ impl Runner {
                 return result(BuildStatus::UnexpectedError { err: e }, vec![]);
             }
         };
-        let output: Vec<String> = follower.tail.iter().cloned().collect();
-        let mut res = result(BuildStatus::Success, output);
-        res.attempted_attrs = follower.attempted.clone();
-        res.skipped_attrs = follower.skipped.clone();
+        let mut res = follower.result();
         match exit {
             VmExit::TimedOut => {
                 warn!(
@@ -468,9 +474,7 @@ impl Runner {
         let exit = self.boot(rec, paths, Phase::Fetch, Some(&jn), f).await;
         net.teardown(&jn).await;
         let exit = exit.map_err(fail)?;
-        let mut res = result(BuildStatus::Success, f.tail.iter().cloned().collect());
-        res.attempted_attrs = f.attempted.clone();
-        res.skipped_attrs = f.skipped.clone();
+        let mut res = f.result();
         match exit {
             VmExit::TimedOut => {
                 warn!(
