@@ -11,8 +11,10 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # Binaries first: the end-to-end tests run the real airlockd/airlockctl/agent.
 cargo build --workspace --quiet
-cargo test --workspace -- --test-threads=2 --show-output 2>&1 | tee /tmp/airlock-test-output.txt
-if grep -q "SKIPPED" /tmp/airlock-test-output.txt; then
+out=$(mktemp "${TMPDIR:-/tmp}/airlock-test-output.XXXXXX")
+trap 'rm -f "$out"' EXIT
+cargo test --workspace -- --test-threads="${AIRLOCK_TEST_THREADS:-2}" --show-output 2>&1 | tee "$out"
+if grep -q "SKIPPED" "$out"; then
   echo "test.sh: some end-to-end tests were SKIPPED (see above)" >&2
   [ "${AIRLOCK_REQUIRE_E2E:-0}" = 1 ] && exit 1
 fi

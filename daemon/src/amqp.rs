@@ -81,6 +81,8 @@ enum Out {
     Publish {
         dest: Destination,
         body: Vec<u8>,
+        /// Set for a job's `BuildLogStart`: recorded once published.
+        start_of: Option<String>,
     },
     /// Publish the result of this job if it is due, then ack.
     Report(String),
@@ -94,21 +96,44 @@ struct Shared {
     generation: AtomicU64,
     /// Unacked deliveries by job id, with the generation they came on.
     acks: Mutex<HashMap<String, (u64, Acker)>>,
-    /// Jobs whose BuildLogStart went out.
+    /// Jobs whose BuildLogStart was handed to the publisher in this run
+    /// (what actually went out is recorded on disk: [`start_marker`]).
     started: Mutex<HashSet<String>>,
     /// Consumers to cancel on drain.
     consumers: Mutex<Vec<(Channel, String)>>,
     reconnect: Notify,
     /// The current connection, closed cleanly at shutdown.
     conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
-    /// Broker jobs this builder has (not dropped), by [`job_key`]: a
+    /// Broker jobs this builder has (not dropped), by [`delivery_key`]: a
     /// redelivery is matched here instead of scanning every record.
     index: Mutex<Option<HashMap<String, String>>>,
 }
 
-/// Identifies one build of one request on one system.
-fn job_key(system: &str, job: &BuildJob) -> String {
-    serde_json::to_string(&(system, job)).expect("serialises")
+/// A delivery's identity on one system: ofborg's `request_id` where it
+/// sets one, otherwise a hash of the message body. A redelivery carries the
+/// same identity as the delivery it repeats.
+pub fn delivery_key(system: &str, job: &BuildJob, body: &[u8]) -> String {
+    if job.request_id.is_empty() {
+        use sha2::{Digest, Sha256};
+        format!("{system} body {}", hex::encode(Sha256::digest(body)))
+    } else {
+        format!("{system} request {}", job.request_id)
+    }
+}
+
+/// The identity of a stored broker job (records written before identities
+/// were stored fall back to the re-serialised job).
+fn record_key(o: &AmqpOrigin, job: &BuildJob) -> String {
+    o.key.clone().unwrap_or_else(|| {
+        let body = serde_json::to_vec(job).expect("serialises");
+        delivery_key(&o.system, job, &body)
+    })
+}
+
+/// Marker file: this job's `BuildLogStart` went out (kept across restarts,
+/// so a result published after a restart is not preceded by a second one).
+fn start_marker(daemon: &Daemon, id: &str) -> std::path::PathBuf {
+    daemon.runner.store.dir(id).join("amqp-start-published")
 }
 
 /// The runner's log sink for broker jobs; feeds the publisher.
@@ -149,6 +174,7 @@ impl AmqpSink {
         let _ = self.tx.send(Out::Publish {
             dest: rec.job.logs_destination(),
             body: serde_json::to_vec(&m).expect("serialises"),
+            start_of: Some(rec.id.clone()),
         });
     }
 }
@@ -172,6 +198,7 @@ impl LogSink for AmqpSink {
         let _ = self.tx.send(Out::Publish {
             dest: rec.job.logs_destination(),
             body: serde_json::to_vec(&m).expect("serialises"),
+            start_of: None,
         });
     }
 
@@ -435,23 +462,30 @@ impl Amqp {
                 return;
             }
         };
-        // A redelivery of a job this builder already has?
-        let key = job_key(system, &job);
-        let existing = self
-            .lookup(daemon, &key)
-            .and_then(|id| daemon.runner.store.load(&id).ok())
-            .filter(|r| {
-                r.amqp
-                    .as_ref()
-                    .is_some_and(|o| o.report != ReportState::Dropped)
-            });
+        // A redelivery of a job this builder already has? Only a delivery
+        // the broker flags as redelivered can be one: the same body
+        // published again is a new request and is built again, as ofborg does.
+        let key = delivery_key(system, &job, &d.data);
+        let existing = if d.redelivered {
+            self.lookup(daemon, &key)
+                .and_then(|id| daemon.runner.store.load(&id).ok())
+                .filter(|r| {
+                    r.amqp
+                        .as_ref()
+                        .is_some_and(|o| o.report != ReportState::Dropped)
+                })
+        } else {
+            None
+        };
         if let Some(rec) = existing {
             let report = rec.amqp.as_ref().map(|o| o.report);
-            info!(job_id = %rec.id, redelivered = d.redelivered, state = ?rec.state, ?report, "delivery matches a job this builder already has");
+            info!(job_id = %rec.id, state = ?rec.state, ?report, "redelivery of a job this builder already has: not built again");
             if report == Some(ReportState::Published) {
                 let _ = d.acker.ack(BasicAckOptions::default()).await;
                 return;
             }
+            // Its result acks this (the newest) delivery; an older one died
+            // with its connection.
             self.shared
                 .acks
                 .lock()
@@ -467,6 +501,7 @@ impl Amqp {
             system: system.to_owned(),
             attempt_id: uuid::Uuid::new_v4().to_string(),
             report: ReportState::Pending,
+            key: Some(key.clone()),
         });
         let id = rec.id.clone();
         self.shared
@@ -474,17 +509,25 @@ impl Amqp {
             .lock()
             .expect("lock")
             .insert(id.clone(), (generation, d.acker));
+        // Indexed before it is queued, so a redelivery that arrives while it
+        // waits for a slot finds it.
+        self.with_index(daemon, |ix| ix.insert(key.clone(), id.clone()));
         if let Err(e) = daemon.enqueue(rec) {
             warn!(job_id = %id, error = %e, "cannot queue broker job; leaving it to the broker");
             self.shared.acks.lock().expect("lock").remove(&id);
+            self.with_index(daemon, |ix| ix.remove(&key));
         }
     }
 
-    /// The job id for `key`, from the index of broker jobs (built from the
-    /// records on first use).
-    fn lookup(&self, daemon: &Daemon, key: &str) -> Option<String> {
+    /// Run `f` on the index of broker jobs by identity (built from the
+    /// records on first use, then kept up to date by [`Amqp::handle`]).
+    fn with_index<T>(
+        &self,
+        daemon: &Daemon,
+        f: impl FnOnce(&mut HashMap<String, String>) -> T,
+    ) -> T {
         let mut ix = self.shared.index.lock().expect("lock");
-        ix.get_or_insert_with(|| {
+        let ix = ix.get_or_insert_with(|| {
             daemon
                 .runner
                 .store
@@ -494,12 +537,16 @@ impl Amqp {
                 .filter_map(|r| {
                     let o = r.amqp.as_ref()?;
                     (o.report != ReportState::Dropped)
-                        .then(|| (job_key(&o.system, &r.job), r.id.clone()))
+                        .then(|| (record_key(o, &r.job), r.id.clone()))
                 })
                 .collect()
-        })
-        .get(key)
-        .cloned()
+        });
+        f(ix)
+    }
+
+    /// The job id for identity `key`, if this builder has that job.
+    fn lookup(&self, daemon: &Daemon, key: &str) -> Option<String> {
+        self.with_index(daemon, |ix| ix.get(key).cloned())
     }
 
     async fn dead_letter(&self, system: &str, d: &Delivery, reason: &Poison) {
@@ -573,10 +620,21 @@ impl Amqp {
                 _ = retry.tick() => Out::ReportAll,
             };
             match msg {
-                Out::Publish { dest, body } => {
+                Out::Publish {
+                    dest,
+                    body,
+                    start_of,
+                } => {
                     // Log lines are best effort: lost while the broker is away.
-                    if let Err(e) = self.publish(&dest, &body, persistent_json(), false).await {
-                        debug!(error = %e, "log message not published");
+                    match self.publish(&dest, &body, persistent_json(), false).await {
+                        Err(e) => debug!(error = %e, "log message not published"),
+                        Ok(()) => {
+                            if let Some(id) = start_of {
+                                if let Err(e) = std::fs::write(start_marker(&daemon, &id), b"") {
+                                    warn!(job_id = %id, error = %e, "cannot record that BuildLogStart was published");
+                                }
+                            }
+                        }
                     }
                 }
                 Out::Report(id) => self.report(&daemon, &id).await,
@@ -616,7 +674,8 @@ impl Amqp {
         let span = tracing::info_span!("job", job_id = %rec.id, pr = rec.job.pr.number, commit = %rec.job.pr.head_sha);
         let _g = span.enter();
         if origin.report == ReportState::Pending {
-            if let Err(e) = self.publish_result(&rec, &origin).await {
+            crate::fault::pause(&self.cfg.state_dir, crate::fault::Point::BeforePublish, id).await;
+            if let Err(e) = self.publish_result(daemon, &rec, &origin).await {
                 warn!(error = %crate::runner::error_chain(&e), "result not published yet; kept on disk, retried when the broker is back");
                 return;
             }
@@ -628,14 +687,20 @@ impl Amqp {
             }
             info!("result published");
         }
+        crate::fault::pause(&self.cfg.state_dir, crate::fault::Point::AfterPublish, id).await;
         let ack = self.shared.acks.lock().expect("lock").remove(id);
         let current = self.shared.generation.load(Ordering::SeqCst);
         match ack {
-            Some((g, acker)) if g == current => {
-                if let Err(e) = acker.ack(BasicAckOptions::default()).await {
-                    warn!(error = %e, "ack failed; the broker will redeliver and it is acked then");
+            Some((g, acker)) if g == current => match acker.ack(BasicAckOptions::default()).await {
+                Err(e) => {
+                    warn!(error = %e, "ack failed; the broker will redeliver and it is acked then")
                 }
-            }
+                Ok(_) => {
+                    info!("delivery acked");
+                    crate::fault::pause(&self.cfg.state_dir, crate::fault::Point::AfterAck, id)
+                        .await;
+                }
+            },
             Some(_) => info!(
                 "delivery belonged to a lost connection; its redelivery is acked when it arrives"
             ),
@@ -643,7 +708,12 @@ impl Amqp {
         }
     }
 
-    async fn publish_result(&self, rec: &JobRecord, origin: &AmqpOrigin) -> Result<()> {
+    async fn publish_result(
+        &self,
+        daemon: &Daemon,
+        rec: &JobRecord,
+        origin: &AmqpOrigin,
+    ) -> Result<()> {
         let Some(res) = rec.result.as_ref() else {
             return Ok(());
         };
@@ -653,7 +723,8 @@ impl Amqp {
         let merge_failed = res.status == BuildStatus::Failure
             && res.attempted_attrs.is_none()
             && res.output == ["Merge failed"];
-        if !merge_failed && !self.shared.started.lock().expect("lock").contains(&rec.id) {
+        let marker = start_marker(daemon, &rec.id);
+        if !merge_failed && !marker.exists() {
             let m = BuildLogStart {
                 system: origin.system.clone(),
                 identity: self.cfg.identity.clone(),
@@ -664,6 +735,9 @@ impl Amqp {
             let body = serde_json::to_vec(&m).expect("serialises");
             self.publish(&rec.job.logs_destination(), &body, persistent_json(), true)
                 .await?;
+            if let Err(e) = std::fs::write(&marker, b"") {
+                warn!(error = %e, "cannot record that BuildLogStart was published");
+            }
         }
         let result = BuildResultV1 {
             tag: V1Tag::V1,
@@ -726,6 +800,26 @@ mod tests {
             decode_job(bad_sha.as_bytes()),
             Err(Poison::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn delivery_identity_is_the_request_id_or_the_body() {
+        let body = r#"{"repo":{"owner":"o","name":"n","full_name":"o/n","clone_url":"https://x/o/n.git"},"pr":{"target_branch":"master","number":1,"head_sha":"e9872fa30caac57c69bfac8667e6c21254603df1"},"attrs":["hello"],"request_id":"r-1"}"#;
+        let job = decode_job(body.as_bytes()).unwrap().unwrap();
+        assert_eq!(
+            delivery_key("x86_64-linux", &job, body.as_bytes()),
+            "x86_64-linux request r-1"
+        );
+        assert_ne!(
+            delivery_key("aarch64-linux", &job, body.as_bytes()),
+            delivery_key("x86_64-linux", &job, body.as_bytes())
+        );
+        let anon = body.replace("r-1", "");
+        let job = decode_job(anon.as_bytes()).unwrap().unwrap();
+        let k = delivery_key("x86_64-linux", &job, anon.as_bytes());
+        assert!(k.starts_with("x86_64-linux body "), "{k}");
+        let other = anon.replace("hello", "world");
+        assert_ne!(k, delivery_key("x86_64-linux", &job, other.as_bytes()));
     }
 
     #[test]

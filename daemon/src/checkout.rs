@@ -17,6 +17,10 @@ pub enum Error {
     Spawn(#[source] std::io::Error),
     #[error("cannot export the merged tree")]
     Export(#[source] std::io::Error),
+    #[error("cannot prepare the git cache {0}")]
+    Cache(PathBuf, #[source] std::io::Error),
+    #[error("git cache lock task failed: {0}")]
+    LockTask(String),
 }
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -60,9 +64,28 @@ pub fn cache_dir(root: &Path, url: &str) -> PathBuf {
     root.join(format!("{hex}.git"))
 }
 
+/// Take the exclusive lock of one repository's cache (`<hash>.lock`, an
+/// flock: it serialises jobs of this daemon and of any other process using
+/// the same cache). Released when the file is dropped.
+async fn lock_cache(cache: &Path) -> Result<std::fs::File> {
+    let path = cache.with_extension("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Cache(path.clone(), e))?;
+    tokio::task::spawn_blocking(move || f.lock().map(|_| f).map_err(|e| Error::Cache(path, e)))
+        .await
+        .map_err(|e| Error::LockTask(e.to_string()))?
+}
+
 /// Fetch the target branch and the head into the cache, then merge in `work`.
 /// `pr` is used to fetch `refs/pull/<pr>/head` when the sha alone is not
 /// fetchable (GitHub and local mirrors both have it).
+///
+/// Concurrent jobs of one repository take turns on its cache (init, fetch,
+/// clone); their merges run in parallel in their own working trees.
 pub async fn prepare(
     cache_root: &Path,
     url: &str,
@@ -71,12 +94,17 @@ pub async fn prepare(
     pr: u64,
     work: &Path,
 ) -> Result<Outcome> {
+    std::fs::create_dir_all(cache_root).map_err(|e| Error::Cache(cache_root.to_owned(), e))?;
     let cache = cache_dir(cache_root, url);
+    let lock = lock_cache(&cache).await?;
     if !cache.join("HEAD").exists() {
-        std::fs::create_dir_all(cache_root).map_err(Error::Export)?;
+        // A directory without HEAD is a leftover of an interrupted init.
+        if cache.exists() {
+            std::fs::remove_dir_all(&cache).map_err(|e| Error::Cache(cache.clone(), e))?;
+        }
         let tmp = cache.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
         git(None, &["init", "-q", "--bare", &tmp.to_string_lossy()]).await?;
-        std::fs::rename(&tmp, &cache).map_err(Error::Export)?;
+        std::fs::rename(&tmp, &cache).map_err(|e| Error::Cache(cache.clone(), e))?;
     }
     let target_ref = format!("+refs/heads/{target_branch}:refs/heads/{target_branch}");
     if let Err(e) = git(
@@ -123,6 +151,7 @@ pub async fn prepare(
         ],
     )
     .await?;
+    drop(lock);
     git(Some(work), &["checkout", "-q", "--detach", target_branch]).await?;
     let merged = git(
         Some(work),
@@ -179,4 +208,73 @@ pub async fn export_tree(work: &Path, dest: &Path) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(dir: &Path, script: &str) -> String {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.org")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.org")
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Jobs of one repository that arrive together, before airlock has ever
+    /// fetched it, all get their checkout (the first fetch included).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_first_fetches_of_one_repository_all_merge() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        let head = sh(
+            &repo,
+            "git init -q -b master && echo a > a && git add a && git commit -qm base \
+             && git checkout -qb pr && echo b > b && git add b && git commit -qm pr \
+             && git rev-parse HEAD && git checkout -q master && echo c > c && git add c \
+             && git commit -qm moved >/dev/null",
+        );
+        let cache = t.path().join("git");
+        let url = repo.to_string_lossy().into_owned();
+        let jobs: Vec<_> = (0..6)
+            .map(|i| {
+                let (cache, url, head) = (cache.clone(), url.clone(), head.clone());
+                let work = t.path().join(format!("work-{i}"));
+                tokio::spawn(async move { prepare(&cache, &url, "master", &head, 1, &work).await })
+            })
+            .collect();
+        for j in jobs {
+            let out = j.await.unwrap();
+            assert!(
+                matches!(out, Ok(Outcome::Merged { .. })),
+                "every job merges: {out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_checkout_names_its_cause() {
+        let e = Error::Cache(
+            "/var/cache/airlock/git/x.git".into(),
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        let text = crate::runner::error_chain(&e);
+        assert!(
+            text.contains("x.git") && text.contains("No space left"),
+            "{text}"
+        );
+    }
 }

@@ -90,6 +90,8 @@ impl Daemon {
                 running.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let _permit = permit;
+                    crate::fault::pause(&r.cfg.state_dir, crate::fault::Point::BeforeBuild, &id)
+                        .await;
                     match r.store.load(&id) {
                         Ok(mut rec) if !rec.state.is_terminal() => {
                             exec.execute(&mut rec).await;
@@ -123,6 +125,15 @@ impl Daemon {
                             let _ = std::fs::remove_dir_all(e.path());
                         }
                     }
+                }
+            }
+        }
+        // Half-made git caches of an interrupted first fetch.
+        if let Ok(rd) = std::fs::read_dir(cfg.git_cache_dir()) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().contains(".tmp-") {
+                    warn!(path = %e.path().display(), "removing half-made git cache");
+                    let _ = std::fs::remove_dir_all(e.path());
                 }
             }
         }

@@ -67,6 +67,11 @@ pub struct AmqpOrigin {
     /// New for every delivery (ofborg's `attempt_id`).
     pub attempt_id: String,
     pub report: ReportState,
+    /// The delivery's identity: `<system> request <request_id>`, or
+    /// `<system> body <sha256>` for messages without a `request_id`. A
+    /// redelivery with the same identity is this job, not a new one.
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ pub mod api;
 pub mod checkout;
 pub mod config;
 pub mod daemon;
+pub mod fault;
 pub mod fsutil;
 pub mod job;
 pub mod ofborg;

@@ -351,7 +351,7 @@ impl Runner {
                 warn!(error = %e, "checkout failed");
                 return result(
                     BuildStatus::UnexpectedError {
-                        err: format!("checkout failed: {e}"),
+                        err: format!("checkout failed: {}", error_chain(&e)),
                     },
                     vec![],
                 );
@@ -440,6 +440,7 @@ impl Runner {
             }
             VmExit::PoweredOff { .. } => {}
         }
+        crate::fault::pause(&self.cfg.state_dir, crate::fault::Point::MidBuild, &rec.id).await;
         // 4. verify and quarantine
         rec.state = JobState::Verifying;
         self.save(rec);
@@ -510,7 +511,7 @@ impl Runner {
         let stage = paths.stage();
         checkout::export_tree(&paths.checkout(), &stage.join("src"))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("cannot stage the checkout: {}", error_chain(&e)))?;
         let _ = std::fs::remove_dir_all(paths.checkout());
         let gj = GuestJob {
             version: WIRE_VERSION,

@@ -85,6 +85,8 @@ fn prepare(root: &Path) -> (Dirs, Vec<String>, String) {
     std::fs::remove_file(&exp).unwrap();
     let sk = root.join("key.sec");
     let st = Command::new("nix-store")
+        .arg("--store")
+        .arg(root.join("keygen-store"))
         .args(["--generate-binary-cache-key", "bench-1"])
         .arg(&sk)
         .arg(root.join("key.pub"))

@@ -331,3 +331,167 @@ fn sigterm_drains_running_jobs_and_leaves_the_rest_to_the_broker() {
     });
     assert!(d.log().contains("stopped consuming from the broker"));
 }
+
+/// The two faults a broker can inflict on a builder.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// The broker restarts (unacked deliveries come back, redelivered).
+    BrokerRestart,
+    /// The builder's connection and channels are closed under it.
+    LostConnection,
+}
+
+/// Run one job; hold airlockd at fault point `point`, inject `fault`, let it
+/// go on. Then: exactly one BuildResult, one BuildLogStart for its attempt,
+/// the message gone from the queue (ready and unacked), and every job record
+/// of the request but one dropped.
+fn one_result_despite(point: &str, faults: &[Fault]) {
+    let test = format!("one_result_despite_{point}");
+    if !prerequisites_amqp(&test) {
+        return;
+    }
+    let broker = Broker::start();
+    let d = Daemon::start_amqp_env(
+        &broker.url(),
+        "airlock-test-f",
+        "[amqp]\nreconnect_max_secs = 1\n",
+        &[("AIRLOCK_FAULT_PAUSE", point)],
+    );
+    let (repo, head) = fixture_repo(d.dir.path(), &[]);
+    rt().block_on(async {
+        let mut p = probe_when_ready(&broker.url(), &d).await;
+        for fault in faults {
+            let req = uuid::Uuid::new_v4().to_string();
+            p.publish("", QUEUE, &job_json(&repo, &head, &["leaf"], &req))
+                .await;
+            let marker = d.wait_fault(point, 600);
+            let connects = d.log().matches("consuming from the broker").count();
+            match fault {
+                Fault::BrokerRestart => {
+                    broker.stop();
+                    broker.boot();
+                }
+                Fault::LostConnection => broker.close_connections(),
+            }
+            // The builder is back on the broker before it goes on, so the
+            // rest of the job meets the new connection.
+            assert!(
+                p.until(60, |_| d.log().matches("consuming from the broker").count()
+                    > connects)
+                    .await,
+                "no reconnect:\n{}",
+                d.log()
+            );
+            std::fs::remove_file(&marker).unwrap();
+            assert!(
+                p.until(600, |p| !p.results_for(&req).is_empty()).await,
+                "no result after {fault:?} at {point}:\n{}",
+                d.log()
+            );
+            // Settled: the message is gone (acked) and no job is running,
+            // so no further result can come.
+            let t0 = std::time::Instant::now();
+            loop {
+                let gone = broker.messages(QUEUE) == Some(0);
+                let idle = d.jobs().iter().all(|j| j["state"] == "done");
+                if gone && idle {
+                    break;
+                }
+                assert!(
+                    t0.elapsed().as_secs() < 120,
+                    "{fault:?} at {point}: message left in the queue ({:?}) or job running:\n{}",
+                    broker.messages(QUEUE),
+                    d.log()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            p.poll().await;
+            let rs = p.results_for(&req);
+            assert_eq!(
+                rs.len(),
+                1,
+                "{fault:?} at {point}: one BuildResult: {rs:#?}"
+            );
+            assert_eq!(rs[0]["status"], "Success");
+            let attempt = rs[0]["attempt_id"].as_str().unwrap().to_owned();
+            assert_eq!(
+                start_msgs(&p, &attempt),
+                1,
+                "{fault:?} at {point}: one BuildLogStart"
+            );
+            let live: Vec<_> = d
+                .jobs()
+                .into_iter()
+                .filter(|j| j["job"]["request_id"] == req.as_str())
+                .filter(|j| j["amqp"]["report"] != "dropped")
+                .collect();
+            assert_eq!(live.len(), 1, "{fault:?} at {point}: one job: {live:#?}");
+        }
+    });
+}
+
+const BOTH: &[Fault] = &[Fault::BrokerRestart, Fault::LostConnection];
+
+#[test]
+fn one_result_despite_faults_before_build() {
+    one_result_despite("before-build", BOTH);
+}
+
+#[test]
+fn one_result_despite_faults_mid_build() {
+    one_result_despite("mid-build", BOTH);
+}
+
+#[test]
+fn one_result_despite_faults_after_publish() {
+    one_result_despite("after-publish", BOTH);
+}
+
+#[test]
+fn one_result_despite_faults_after_ack() {
+    one_result_despite("after-ack", BOTH);
+}
+
+/// kill -9 while a finished job's result is recorded but not yet published:
+/// after the restart the result goes out once, and its attempt has one
+/// `BuildLogStart` (the one sent during the build), not a second.
+#[test]
+fn restart_with_unpublished_result_sends_one_start() {
+    if !prerequisites_amqp("restart_with_unpublished_result_sends_one_start") {
+        return;
+    }
+    let broker = Broker::start();
+    let mut d = Daemon::start_amqp_env(
+        &broker.url(),
+        "airlock-test-s",
+        "",
+        &[("AIRLOCK_FAULT_PAUSE", "before-publish")],
+    );
+    let (repo, head) = fixture_repo(d.dir.path(), &[]);
+    let req = uuid::Uuid::new_v4().to_string();
+    rt().block_on(async {
+        let mut p = probe_when_ready(&broker.url(), &d).await;
+        p.publish("", QUEUE, &job_json(&repo, &head, &["leaf"], &req))
+            .await;
+        let marker = d.wait_fault("before-publish", 600);
+        d.kill9();
+        std::fs::remove_file(&marker).unwrap();
+        d.env.clear();
+        d.spawn();
+        assert!(
+            p.until(300, |p| !p.results_for(&req).is_empty()).await,
+            "{}",
+            d.log()
+        );
+        let t0 = std::time::Instant::now();
+        while broker.messages(QUEUE) != Some(0) {
+            assert!(t0.elapsed().as_secs() < 120, "never acked:\n{}", d.log());
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        p.poll().await;
+        let rs = p.results_for(&req);
+        assert_eq!(rs.len(), 1, "one BuildResult: {rs:#?}");
+        let attempt = rs[0]["attempt_id"].as_str().unwrap().to_owned();
+        assert_eq!(start_msgs(&p, &attempt), 1, "one BuildLogStart");
+    });
+}

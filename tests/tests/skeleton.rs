@@ -56,7 +56,9 @@ fn chain_builds_in_vm_and_matches_host_build() {
     // Quarantine: one NAR per built path, each hashing like the host's build.
     let q = Path::new(rec["result"]["quarantine"].as_str().unwrap());
     assert!(q.starts_with(d.state().join("quarantine").join(&head)));
-    let host_paths = host_build(&repo, "chain");
+    let host_store = d.dir.path().join("host-store");
+    let hs = host_store.to_str().unwrap();
+    let host_paths = host_build(&host_store, &repo, "chain");
     assert_eq!(host_paths.len(), 3);
     let infos = narinfos(q);
     let mut got: Vec<String> = infos
@@ -69,17 +71,23 @@ fn chain_builds_in_vm_and_matches_host_build() {
     assert_eq!(got, want, "quarantine holds exactly the built paths");
     for ni in &infos {
         let p = ni.signed.store_path.to_string();
-        assert_eq!(ni.signed.nar_hash, nix_hash(&p), "NarHash of {p}");
+        let on_disk = in_store(&host_store, &p);
+        assert_eq!(
+            ni.signed.nar_hash,
+            nix_hash(on_disk.to_str().unwrap()),
+            "NarHash of {p}"
+        );
         assert!(ni.sigs.is_empty(), "quarantine is unsigned");
         let nar = std::fs::read(q.join(&ni.url)).unwrap();
         let dump = Command::new("nix-store")
-            .args(["--dump", &p])
+            .args(["--store", hs, "--dump"])
+            .arg(&on_disk)
             .output()
             .unwrap()
             .stdout;
         assert_eq!(nar, dump, "NAR of {p} equals nix-store --dump");
         let refs = Command::new("nix-store")
-            .args(["-q", "--references", &p])
+            .args(["--store", hs, "-q", "--references", &p])
             .output()
             .unwrap();
         let mut host_refs: Vec<String> = String::from_utf8_lossy(&refs.stdout)

@@ -105,6 +105,41 @@ impl Broker {
             .status();
     }
 
+    /// Messages in queue `q`, ready and unacked together (None: no such
+    /// queue, or the broker does not answer).
+    pub fn messages(&self, q: &str) -> Option<u64> {
+        let out = Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "-q", "list_queues", "name", "messages"])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some(q))
+                .then(|| it.next()?.parse().ok())
+                .flatten()
+        })
+    }
+
+    /// Close every client connection (the builder loses its connection and
+    /// channels; the broker keeps running).
+    pub fn close_connections(&self) {
+        let st = Command::new("rabbitmqctl")
+            .args([
+                "-n",
+                &self.node,
+                "-q",
+                "close_all_connections",
+                "airlock test fault",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "rabbitmqctl close_all_connections failed");
+    }
+
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }

@@ -449,7 +449,10 @@ pub fn deliver(addr: &str, secret: Option<&[u8]>, event: &str, body: &[u8]) -> u
 pub fn gen_key(dir: &Path, name: &str) -> (PathBuf, String) {
     let sk = dir.join(format!("{name}.sec"));
     let pk = dir.join(format!("{name}.pub"));
+    // A private store: the host's Nix database is never opened.
     let st = std::process::Command::new("nix-store")
+        .arg("--store")
+        .arg(dir.join("keygen-store"))
         .arg("--generate-binary-cache-key")
         .arg(name)
         .arg(&sk)

@@ -96,6 +96,9 @@ pub struct Daemon {
     pub args: Vec<String>,
     /// The network namespace airlockd runs in (None: the machine's own).
     pub netns: Option<String>,
+    /// Extra environment of airlockd (e.g. `AIRLOCK_FAULT_PAUSE`), used by
+    /// every [`Daemon::spawn`].
+    pub env: Vec<(String, String)>,
 }
 
 /// A fresh network namespace with only `lo` up, deleted by the caller.
@@ -133,7 +136,7 @@ impl Daemon {
 
     /// Start in an existing network namespace (the caller built a topology).
     pub fn start_in_netns(netns: &str, extra: &str) -> Daemon {
-        Daemon::start_inner("", extra, vec![], Some(netns.to_owned()))
+        Daemon::start_inner("", extra, vec![], Some(netns.to_owned()), &[])
     }
 
     /// Like [`Daemon::start`], with extra keys inside the `[vm]` table.
@@ -145,6 +148,11 @@ impl Daemon {
     /// runs in the machine's network namespace (the broker is on its
     /// 127.0.0.1) with the fetch-phase network off, so it changes nothing there.
     pub fn start_amqp(url: &str, identity: &str, extra: &str) -> Daemon {
+        Daemon::start_amqp_env(url, identity, extra, &[])
+    }
+
+    /// Like [`Daemon::start_amqp`], with extra environment for airlockd.
+    pub fn start_amqp_env(url: &str, identity: &str, extra: &str, env: &[(&str, &str)]) -> Daemon {
         let args = [
             "--amqp-url",
             url,
@@ -153,7 +161,34 @@ impl Daemon {
             "--system",
             "x86_64-linux",
         ];
-        Daemon::start_local(extra, &args)
+        let extra = format!("{extra}\n[network]\nenabled = false\n");
+        Daemon::start_inner(
+            "",
+            &extra,
+            args.iter().map(|s| s.to_string()).collect(),
+            None,
+            env,
+        )
+    }
+
+    /// A broker daemon with the fetch-phase network on, in network
+    /// namespace `netns` (which must also hold the broker).
+    pub fn start_amqp_in_netns(url: &str, identity: &str, netns: &str, extra: &str) -> Daemon {
+        let args = [
+            "--amqp-url",
+            url,
+            "--identity",
+            identity,
+            "--system",
+            "x86_64-linux",
+        ];
+        Daemon::start_inner(
+            "",
+            extra,
+            args.iter().map(|s| s.to_string()).collect(),
+            Some(netns.to_owned()),
+            &[],
+        )
     }
 
     /// In the machine's network namespace (the test talks to its HTTP
@@ -166,15 +201,22 @@ impl Daemon {
             &extra,
             args.iter().map(|s| s.to_string()).collect(),
             None,
+            &[],
         )
     }
 
     fn start_full(vm_keys: &str, extra: &str) -> Daemon {
         let ns = new_netns("d");
-        Daemon::start_inner(vm_keys, extra, vec![], Some(ns))
+        Daemon::start_inner(vm_keys, extra, vec![], Some(ns), &[])
     }
 
-    fn start_inner(vm_keys: &str, extra: &str, args: Vec<String>, netns: Option<String>) -> Daemon {
+    fn start_inner(
+        vm_keys: &str,
+        extra: &str,
+        args: Vec<String>,
+        netns: Option<String>,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("airlock-e2e-")
             .tempdir()
@@ -209,6 +251,10 @@ impl Daemon {
             config,
             args,
             netns,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.spawn();
         d
@@ -249,6 +295,7 @@ impl Daemon {
             .args(&self.args)
             .env("AIRLOCK_LOG", "info,airlock=debug")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -354,6 +401,43 @@ impl Daemon {
         })
     }
 
+    /// Wait (up to `secs`) until airlockd holds a job at fault point
+    /// `point` (see `airlock::fault`); returns the marker to remove to let
+    /// it go on.
+    pub fn wait_fault(&self, point: &str, secs: u64) -> PathBuf {
+        let dir = self.state().join("faults");
+        let t0 = Instant::now();
+        loop {
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                for e in rd.flatten() {
+                    if e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{point}."))
+                    {
+                        return e.path();
+                    }
+                }
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(secs),
+                "airlockd never reached fault point {point}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every job record, as `airlockctl --json jobs` prints them.
+    pub fn jobs(&self) -> Vec<serde_json::Value> {
+        let out = self.ctl(&["--json", "jobs"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "airlockctl jobs: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
     pub fn build_log(&self, id: &str) -> String {
         let out = self.ctl(&["log", id, "--no-follow"]);
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -422,12 +506,16 @@ pub fn fixture_repo(parent: &Path, extra: &[(&str, Vec<u8>)]) -> (PathBuf, Strin
     (repo, head)
 }
 
-/// Build an attr of the fixture set directly on the host with Nix.
-pub fn host_build(repo: &Path, attr: &str) -> Vec<String> {
+/// Build an attr of the fixture set on the host with Nix, into a private
+/// store under `store` (a chroot store: paths are `/nix/store/…`, files live
+/// under `store/nix/store/…`). Tests never touch the host's own Nix database.
+/// Returns the closure of the built path.
+pub fn host_build(store: &Path, repo: &Path, attr: &str) -> Vec<String> {
+    let st = store.to_str().unwrap();
     let out = Command::new("nix-build")
         .current_dir(repo)
+        .args(["--store", st, "--no-out-link"])
         .args([
-            "--no-out-link",
             "--option",
             "sandbox",
             "true",
@@ -449,13 +537,18 @@ pub fn host_build(repo: &Path, attr: &str) -> Vec<String> {
     );
     let top = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let out = Command::new("nix-store")
-        .args(["-qR", &top])
+        .args(["--store", st, "-qR", &top])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// Where store path `p` of the private store `store` is on disk.
+pub fn in_store(store: &Path, p: &str) -> PathBuf {
+    store.join(p.trim_start_matches('/'))
 }
 
 pub fn status(rec: &serde_json::Value) -> String {
