@@ -515,6 +515,7 @@ pub fn host_build(store: &Path, repo: &Path, attr: &str) -> Vec<String> {
     let out = Command::new("nix-build")
         .current_dir(repo)
         .args(["--store", st, "--no-out-link"])
+        .env("XDG_CACHE_HOME", store.join("xdg-cache"))
         .args([
             "--option",
             "sandbox",
@@ -538,6 +539,7 @@ pub fn host_build(store: &Path, repo: &Path, attr: &str) -> Vec<String> {
     let top = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let out = Command::new("nix-store")
         .args(["--store", st, "-qR", &top])
+        .env("XDG_CACHE_HOME", store.join("xdg-cache"))
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
