@@ -61,6 +61,28 @@ pub enum Poison {
     NotAJob(String),
     #[error("invalid BuildJob: {0}")]
     Invalid(String),
+    #[error("refused BuildJob: {0}")]
+    Refused(String),
+}
+
+/// The URL a broker job is fetched from comes from config, never from the
+/// message: a `clone_url` that differs from `[github] clone_url` for the
+/// job's `full_name` is refused (it could pair a real PR's head with
+/// another repository's target branch).
+pub fn check_origin(
+    cfg: &crate::config::GithubConfig,
+    job: &BuildJob,
+) -> std::result::Result<(), Poison> {
+    let want = cfg
+        .clone_url_for(&job.repo.full_name)
+        .map_err(Poison::Refused)?;
+    if job.repo.clone_url != want {
+        return Err(Poison::Refused(format!(
+            "clone_url {:?} is not {want:?}, the configured URL of {}",
+            job.repo.clone_url, job.repo.full_name
+        )));
+    }
+    Ok(())
 }
 
 /// Strictly decode a job message. `Ok(None)`: a valid job with no attrs,
@@ -450,7 +472,10 @@ impl Amqp {
     }
 
     async fn handle(&self, daemon: &Arc<Daemon>, system: &str, d: Delivery, generation: u64) {
-        let job = match decode_job(&d.data) {
+        let job = match decode_job(&d.data).and_then(|j| match j {
+            Some(job) => check_origin(&self.cfg.github, &job).map(|_| Some(job)),
+            None => Ok(None),
+        }) {
             Ok(Some(job)) => job,
             Ok(None) => {
                 info!(%system, "job without attrs: acked, nothing published (as ofborg)");
@@ -820,6 +845,57 @@ mod tests {
         assert!(k.starts_with("x86_64-linux body "), "{k}");
         let other = anon.replace("hello", "world");
         assert_ne!(k, delivery_key("x86_64-linux", &job, other.as_bytes()));
+    }
+
+    #[test]
+    fn clone_url_comes_from_config() {
+        let body = r#"{"repo":{"owner":"NixOS","name":"nixpkgs","full_name":"NixOS/nixpkgs","clone_url":"https://github.com/NixOS/nixpkgs.git"},"pr":{"target_branch":"master","number":1,"head_sha":"e9872fa30caac57c69bfac8667e6c21254603df1"},"attrs":["hello"],"request_id":"r"}"#;
+        let gh = crate::config::GithubConfig::default();
+        let job = decode_job(body.as_bytes()).unwrap().unwrap();
+        assert_eq!(check_origin(&gh, &job), Ok(()));
+        for (from, to) in [
+            (
+                "https://github.com/NixOS/nixpkgs.git",
+                "https://github.com/evil/nixpkgs.git",
+            ),
+            ("https://github.com/NixOS/nixpkgs.git", "file:///root/.ssh"),
+            ("https://github.com/NixOS/nixpkgs.git", "/var/lib/airlock"),
+            (
+                "https://github.com/NixOS/nixpkgs.git",
+                "ssh://git@github.com/NixOS/nixpkgs.git",
+            ),
+            (
+                "https://github.com/NixOS/nixpkgs.git",
+                "http://169.254.169.254/x",
+            ),
+            (
+                "\"full_name\":\"NixOS/nixpkgs\"",
+                "\"full_name\":\"NixOS/../x\"",
+            ),
+            ("\"full_name\":\"NixOS/nixpkgs\"", "\"full_name\":\"NixOS\""),
+        ] {
+            let j = decode_job(body.replace(from, to).as_bytes())
+                .unwrap()
+                .unwrap();
+            assert!(
+                matches!(check_origin(&gh, &j), Err(Poison::Refused(_))),
+                "{to} accepted"
+            );
+        }
+        let ghe = crate::config::GithubConfig {
+            clone_url: "https://git.example.org/{full_name}".into(),
+            ..Default::default()
+        };
+        let j = decode_job(
+            body.replace(
+                "https://github.com/NixOS/nixpkgs.git",
+                "https://git.example.org/NixOS/nixpkgs",
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(check_origin(&ghe, &j), Ok(()));
     }
 
     #[test]

@@ -126,6 +126,30 @@ pub struct GithubConfig {
     pub webhook_listen: Option<String>,
     /// File holding the webhook secret (required with `webhook_listen`).
     pub webhook_secret_file: Option<PathBuf>,
+    /// Where broker jobs are fetched from: `{full_name}` is replaced by the
+    /// job's `repo.full_name`. A BuildJob whose own `clone_url` differs is
+    /// refused (dead-lettered): the URL is never taken from the message.
+    pub clone_url: String,
+}
+
+impl GithubConfig {
+    /// The clone URL for repository `full_name` (`OWNER/NAME`, each part
+    /// of GitHub's characters), or why there is none.
+    pub fn clone_url_for(&self, full_name: &str) -> std::result::Result<String, String> {
+        let ok_part = |p: &str| {
+            !p.is_empty()
+                && !p.starts_with('.')
+                && p.len() <= 100
+                && p.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+        };
+        match full_name.split_once('/') {
+            Some((o, n)) if ok_part(o) && ok_part(n) => {
+                Ok(self.clone_url.replace("{full_name}", full_name))
+            }
+            _ => Err(format!("repo.full_name {full_name:?} is not OWNER/NAME")),
+        }
+    }
 }
 
 impl Default for GithubConfig {
@@ -136,6 +160,7 @@ impl Default for GithubConfig {
             poll_interval_secs: 60,
             webhook_listen: None,
             webhook_secret_file: None,
+            clone_url: "https://github.com/{full_name}.git".into(),
         }
     }
 }

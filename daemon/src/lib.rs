@@ -22,4 +22,5 @@ pub mod quarantine;
 pub mod release;
 pub mod runner;
 pub mod store;
+pub mod term;
 pub mod vm;

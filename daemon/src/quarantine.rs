@@ -27,7 +27,7 @@ pub enum Error {
     Path(#[from] crate::store::path::Error),
     #[error("export lists {0} paths, more than the {1} allowed")]
     TooManyPaths(usize, usize),
-    #[error("export lists {0} twice")]
+    #[error("export lists {0} twice (or another path with its hash)")]
     Duplicate(String),
     #[error("{path} is rejected: {source}")]
     Nar {
@@ -51,6 +51,12 @@ pub enum Error {
     ReferenceOutsideJob { path: String, reference: String },
     #[error("{path} names an invalid deriver {deriver:?}")]
     BadDeriver { path: String, deriver: String },
+    #[error("{path} claims an invalid content address: {source}")]
+    BadCa {
+        path: String,
+        #[source]
+        source: crate::store::ca::Error,
+    },
     #[error("commit {0:?} is not a 40-digit hex id")]
     BadCommit(String),
     #[error("quarantine for job {0} already exists")]
@@ -59,6 +65,68 @@ pub enum Error {
     Io(PathBuf, #[source] std::io::Error),
 }
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// One path as the host verified it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifiedPath {
+    pub path: String,
+    pub nar_hash: String,
+    pub nar_size: u64,
+    pub references: Vec<String>,
+    pub deriver: Option<String>,
+    pub ca: Option<String>,
+    /// `nar/<file>` under the job's quarantine directory.
+    pub url: String,
+}
+
+impl VerifiedPath {
+    fn of(ni: &NarInfo) -> VerifiedPath {
+        VerifiedPath {
+            path: ni.signed.store_path.to_string(),
+            nar_hash: ni.signed.nar_hash.clone(),
+            nar_size: ni.signed.nar_size,
+            references: ni.signed.references.iter().map(|r| r.to_string()).collect(),
+            deriver: ni.deriver.as_ref().map(|d| d.to_string()),
+            ca: ni.ca.clone(),
+            url: ni.url.clone(),
+        }
+    }
+
+    /// The (unsigned) narinfo of this path; every field is checked again
+    /// against its grammar, so a damaged manifest cannot smuggle text in.
+    pub fn narinfo(&self) -> std::result::Result<NarInfo, String> {
+        let sp = |p: &str| StorePath::parse(p).map_err(|e| format!("{p:?}: {e}"));
+        let hash = nix32::normalize_sha256(&self.nar_hash)
+            .filter(|h| *h == self.nar_hash)
+            .ok_or_else(|| format!("bad NAR hash {:?}", self.nar_hash))?;
+        let digest = hash.trim_start_matches("sha256:");
+        if self.url != format!("nar/{digest}.nar") {
+            return Err(format!("bad NAR URL {:?}", self.url));
+        }
+        if let Some(ca) = &self.ca {
+            crate::store::ca::parse(ca).map_err(|e| e.to_string())?;
+        }
+        Ok(NarInfo {
+            signed: Signed {
+                store_path: sp(&self.path)?,
+                nar_hash: hash.clone(),
+                nar_size: self.nar_size,
+                references: self
+                    .references
+                    .iter()
+                    .map(|r| sp(r))
+                    .collect::<std::result::Result<_, _>>()?,
+            },
+            url: self.url.clone(),
+            compression: "none".into(),
+            file_hash: hash,
+            file_size: self.nar_size,
+            deriver: self.deriver.as_deref().map(sp).transpose()?,
+            ca: self.ca.clone(),
+            sigs: vec![],
+        })
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -78,6 +146,11 @@ pub struct JobManifest {
     pub skipped_attrs: Vec<String>,
     pub paths: Vec<String>,
     pub created_at: u64,
+    /// What the host verified for each path (hash, size, scanned
+    /// references, checked deriver and content address, NAR file): release
+    /// signs these values, never text read back from disk.
+    #[serde(default)]
+    pub verified: Vec<VerifiedPath>,
 }
 
 /// Identifies the job whose export is imported.
@@ -147,17 +220,20 @@ fn import_into(export: &Path, tmp: &Path, job: &JobRef<'_>, limits: &Limits) -> 
     // Parse every claimed path first: the set of this job's paths.
     let mut paths = Vec::with_capacity(manifest.paths.len());
     let mut seen = HashSet::new();
+    let mut hash_parts = HashSet::new();
     for p in &manifest.paths {
         let sp = StorePath::parse(&p.path)?;
-        if !seen.insert(sp.clone()) {
+        // Two paths with one hash part would share `<hash>.narinfo`.
+        if !hash_parts.insert(sp.hash_part().to_owned()) || !seen.insert(sp.clone()) {
             return Err(Error::Duplicate(p.path.clone()));
         }
         paths.push(sp);
     }
-    let hashes: Vec<&str> = paths.iter().map(StorePath::hash_part).collect();
+    let scanner = RefScanner::new(paths.iter().map(StorePath::hash_part));
     let nar_dir = tmp.join("nar");
     std::fs::create_dir_all(&nar_dir).map_err(io(&nar_dir))?;
 
+    let mut verified = Vec::with_capacity(paths.len());
     for (claim, sp) in manifest.paths.iter().zip(&paths) {
         let name = sp.to_string();
         // Claimed references must be valid paths inside this job's export.
@@ -172,6 +248,19 @@ fn import_into(export: &Path, tmp: &Path, job: &JobRef<'_>, limits: &Limits) -> 
             }
             claimed.insert(rp);
         }
+        // The content address goes into the narinfo verbatim: only Nix's
+        // canonical grammar passes (no other text, no control characters).
+        let ca = match &claim.ca {
+            None => None,
+            Some(ca) => Some(
+                crate::store::ca::parse(ca)
+                    .map_err(|source| Error::BadCa {
+                        path: name.clone(),
+                        source,
+                    })?
+                    .to_owned(),
+            ),
+        };
         let deriver = match &claim.deriver {
             None => None,
             Some(d) => Some(StorePath::parse(d).map_err(|_| Error::BadDeriver {
@@ -186,7 +275,7 @@ fn import_into(export: &Path, tmp: &Path, job: &JobRef<'_>, limits: &Limits) -> 
             claim.nar_size,
             limits.max_nar_bytes,
             Some(BufWriter::with_capacity(1 << 20, &out)),
-            RefScanner::new(hashes.iter().copied()),
+            scanner.fresh(),
         )
         .map_err(|source| Error::Nar {
             path: name.clone(),
@@ -229,12 +318,10 @@ fn import_into(export: &Path, tmp: &Path, job: &JobRef<'_>, limits: &Limits) -> 
             file_hash: summary.nar_hash.clone(),
             file_size: summary.nar_size,
             deriver,
-            ca: claim
-                .ca
-                .clone()
-                .filter(|ca| ca.starts_with("fixed:") || ca.starts_with("text:")),
+            ca,
             sigs: vec![],
         };
+        verified.push(VerifiedPath::of(&ni));
         let ni_path = tmp.join(format!("{}.narinfo", sp.hash_part()));
         write_atomic(&ni_path, ni.render().as_bytes()).map_err(io(&ni_path))?;
     }
@@ -255,6 +342,7 @@ fn import_into(export: &Path, tmp: &Path, job: &JobRef<'_>, limits: &Limits) -> 
         attempted_attrs: manifest.attempted_attrs.clone(),
         skipped_attrs: manifest.skipped_attrs.clone(),
         paths: paths.iter().map(|p| p.to_string()).collect(),
+        verified,
         created_at: crate::job::now(),
     };
     let jm_path = tmp.join("manifest.json");
@@ -376,6 +464,19 @@ mod tests {
         assert_eq!(ni.signed.references, vec![StorePath::parse(A).unwrap()]);
         assert!(imp.dir.join(&ni.url).exists());
         assert!(imp.dir.join("manifest.json").exists());
+        // The verified values are recorded, and give the same narinfo.
+        let m: JobManifest =
+            serde_json::from_slice(&std::fs::read(imp.dir.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(m.verified.len(), 2);
+        let v = m.verified.iter().find(|v| v.path == B).unwrap();
+        assert_eq!(v.narinfo().unwrap(), ni);
+        // A damaged record is refused, not signed.
+        let mut bad = v.clone();
+        bad.url = "nar/../../etc/passwd".into();
+        assert!(bad.narinfo().is_err());
+        let mut bad = v.clone();
+        bad.ca = Some("fixed:x\nSig: forged".into());
+        assert!(bad.narinfo().is_err());
     }
 
     #[test]
@@ -431,6 +532,26 @@ mod tests {
                 s[..s.len() - 30].to_vec()
             }),
             ("garbage", b"definitely not an export".to_vec()),
+            ("same hash part", {
+                let twin = format!("{}-twin", &A[..44]);
+                stream(vec![
+                    (entry(A, &good, &[]), good.clone()),
+                    (entry(&twin, &good, &[]), good.clone()),
+                ])
+            }),
+            ("injected CA", {
+                let mut e = entry(A, &good, &[]);
+                e.ca = Some(format!(
+                    "fixed:r:{}\nURL: nar/other.nar",
+                    sha256_nix32(b"x")
+                ));
+                stream(vec![(e, good.clone())])
+            }),
+            ("CA of another grammar", {
+                let mut e = entry(A, &good, &[]);
+                e.ca = Some("fixed:x".into());
+                stream(vec![(e, good.clone())])
+            }),
         ];
         for (what, data) in cases {
             let (d, r) = run(&data);

@@ -182,9 +182,16 @@ struct Follower {
     agent_error: Option<String>,
     /// (event, when it arrived).
     marks: Vec<(String, Instant)>,
+    /// Unexpected channel lines seen (only the first few are warned about).
+    garbage: u64,
 }
 
 const TAIL: usize = 10;
+/// Each timing mark at most this often (once per boot), so a guest that
+/// repeats events cannot grow host memory or `job.json`.
+const MARKS_PER_KIND: usize = 2;
+/// Unexpected channel lines warned about per job; the rest are only counted.
+const GARBAGE_WARNINGS: u64 = 5;
 
 impl Follower {
     /// A `Success` result with what the channel told so far (log tail,
@@ -218,6 +225,12 @@ impl Follower {
         }
     }
 
+    fn mark(&mut self, kind: &str, at: Instant) {
+        if self.marks.iter().filter(|(k, _)| k == kind).count() < MARKS_PER_KIND {
+            self.marks.push((kind.to_owned(), at));
+        }
+    }
+
     fn log_line(&mut self, text: String, rec: &JobRecord, sink: &dyn LogSink) {
         self.lines += 1;
         let _ = writeln!(self.log, "{text}");
@@ -232,7 +245,12 @@ impl Follower {
         match airlock_wire::parse_channel_line(line) {
             ChannelLine::Log(t) => self.log_line(t, rec, sink),
             ChannelLine::Garbage(t) => {
-                warn!(line = %t.chars().take(200).collect::<String>(), "unexpected line on the agent channel");
+                self.garbage += 1;
+                if self.garbage <= GARBAGE_WARNINGS {
+                    warn!(line = %crate::term::escape(&t.chars().take(200).collect::<String>()), "unexpected line on the agent channel");
+                } else if self.garbage == GARBAGE_WARNINGS + 1 {
+                    warn!("more unexpected lines on the agent channel; kept in the job log, not warned about");
+                }
                 self.log_line(t, rec, sink)
             }
             ChannelLine::Event(ev) => {
@@ -240,16 +258,16 @@ impl Follower {
                 match ev {
                     Event::AgentStarted { .. } => {
                         self.started.get_or_insert(now);
-                        self.marks.push(("agent_started".into(), now));
+                        self.mark("agent_started", now);
                     }
                     Event::Instantiated { attempted, skipped } => {
                         sink.started(rec, &attempted, &skipped);
                         self.attempted = Some(attempted);
                         self.skipped = Some(skipped);
-                        self.marks.push(("instantiated".into(), now));
+                        self.mark("instantiated", now);
                     }
-                    Event::Built { .. } => self.marks.push(("built".into(), now)),
-                    Event::Exported { .. } => self.marks.push(("exported".into(), now)),
+                    Event::Built { .. } => self.mark("built", now),
+                    Event::Exported { .. } => self.mark("exported", now),
                     Event::AgentError { message } => self.agent_error = Some(message),
                 }
             }
@@ -392,6 +410,7 @@ impl Runner {
             skipped: None,
             agent_error: None,
             marks: Vec::new(),
+            garbage: 0,
         };
         // 3a. Fetch phase: a NIC behind the egress policy; only FODs are realised.
         let mut fetch_status = None;
@@ -767,4 +786,50 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guest that floods the channel with events and junk: what the host
+    /// keeps stays bounded.
+    #[test]
+    fn a_flooding_guest_cannot_grow_what_the_host_keeps() {
+        let t = tempfile::tempdir().unwrap();
+        let job: crate::ofborg::BuildJob = serde_json::from_str(r#"{"repo":{"owner":"o","name":"n","full_name":"o/n","clone_url":"/x"},"pr":{"target_branch":"master","number":1,"head_sha":"e9872fa30caac57c69bfac8667e6c21254603df1"},"attrs":["a"],"request_id":"r"}"#).unwrap();
+        let rec = JobRecord::new(crate::job::Source::Local, job);
+        let mut f = Follower {
+            pos: 0,
+            partial: Vec::new(),
+            tail: VecDeque::new(),
+            lines: 0,
+            log: std::fs::File::create(t.path().join("build.log")).unwrap(),
+            started: None,
+            attempted: None,
+            skipped: None,
+            agent_error: None,
+            marks: Vec::new(),
+            garbage: 0,
+        };
+        let events = [
+            airlock_wire::Event::AgentStarted { version: 1 },
+            airlock_wire::Event::Built {
+                status: airlock_wire::BuildStatus::Success,
+            },
+            airlock_wire::Event::Exported { paths: 1, bytes: 1 },
+            airlock_wire::Event::Instantiated {
+                attempted: vec!["a".into()],
+                skipped: vec![],
+            },
+        ];
+        for i in 0..50_000 {
+            let line = airlock_wire::encode_event(&events[i % events.len()]);
+            f.handle(line.trim_end().as_bytes(), &rec, &NoSink);
+            f.handle(b"\x1b[2J junk", &rec, &NoSink);
+        }
+        assert!(f.marks.len() <= MARKS_PER_KIND * 4, "{}", f.marks.len());
+        assert_eq!(f.tail.len(), TAIL);
+        assert_eq!(f.garbage, 50_000);
+    }
 }

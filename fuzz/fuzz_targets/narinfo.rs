@@ -1,4 +1,5 @@
-//! narinfo text (read back from quarantine and, later, from other caches).
+//! narinfo text (read back from quarantine and, later, from other caches)
+//! and content-address claims.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -9,5 +10,8 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again, ni);
         }
         let _ = airlock::store::StorePath::parse(s);
+        if let Ok(ca) = airlock::store::ca::parse(s) {
+            assert!(!ca.chars().any(char::is_control));
+        }
     }
 });

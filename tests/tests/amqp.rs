@@ -47,6 +47,27 @@ async fn until_build_started(p: &mut Probe, d: &Daemon) {
     );
 }
 
+/// Wait until the job queue is empty, unacked messages included, and no job
+/// of `d` is queued or running: from then on no further result can come.
+async fn settle(p: &mut Probe, broker: &Broker, d: &Daemon, what: &str) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let gone = broker.messages(QUEUE) == Some(0);
+        let idle = d.jobs().iter().all(|j| j["state"] == "done");
+        if gone && idle {
+            break;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "{what}: message left in the queue ({:?}) or a job still running:\n{}",
+            broker.messages(QUEUE),
+            d.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    p.poll().await;
+}
+
 fn start_msgs(p: &Probe, request_attempt: &str) -> usize {
     p.logs_for_attempt(request_attempt)
         .iter()
@@ -70,6 +91,13 @@ fn job_from_broker_is_built_and_reported_like_ofborg() {
         // 1. A poison message goes to the dead-letter queue, with the reason.
         p.publish("", QUEUE, b"{\"this is\": \"not a BuildJob\"}")
             .await;
+        // 1b. A job whose clone_url is not the configured one (a fork with a
+        // malicious target branch, a local path, ssh with root's keys):
+        // refused and dead-lettered, never fetched.
+        let evil = String::from_utf8(job_json(&repo, &head, &["chain"], "evil-request"))
+            .unwrap()
+            .replace(&repo.display().to_string(), "file:///root/.ssh");
+        p.publish("", QUEUE, evil.as_bytes()).await;
         // 2. A job with no attrs: acked, nothing published (ofborg's silent case).
         p.publish("", QUEUE, &job_json(&repo, &head, &[], "silent-request"))
             .await;
@@ -161,6 +189,22 @@ fn job_from_broker_is_built_and_reported_like_ofborg() {
             reason.starts_with("not a BuildJob: missing field `repo`"),
             "{reason}"
         );
+        let (body, headers) = p
+            .get_one("airlock-dead-letters")
+            .await
+            .expect("the refused job is dead-lettered");
+        assert_eq!(body, evil.as_bytes());
+        let reason = match headers.expect("headers").inner().get("x-airlock-reason") {
+            Some(lapin::types::AMQPValue::LongString(s)) => {
+                String::from_utf8_lossy(s.as_bytes()).into_owned()
+            }
+            other => panic!("no reason header: {other:?}"),
+        };
+        assert!(
+            reason.starts_with("refused BuildJob: clone_url \"file:///root/.ssh\""),
+            "{reason}"
+        );
+        assert!(p.results_for("evil-request").is_empty());
         // Everything was acked.
         let t0 = std::time::Instant::now();
         while p.queue_len(QUEUE).await != Some(0) {
@@ -194,8 +238,7 @@ fn kill9_mid_job_redelivers_and_reports_once() {
             "{}",
             d.log()
         );
-        // Give a duplicate time to show up; there must be none.
-        p.until(10, |_| false).await;
+        settle(&mut p, &broker, &d, "kill -9").await;
         let rs = p.results_for(&req);
         assert_eq!(rs.len(), 1, "exactly one BuildResult: {rs:#?}");
         assert_eq!(rs[0]["status"], "Success");
@@ -232,7 +275,7 @@ fn broker_restart_mid_job_still_delivers_the_result() {
             "{}",
             d.log()
         );
-        p.until(10, |_| false).await;
+        settle(&mut p, &broker, &d, "broker restart").await;
         let rs = p.results_for(&req);
         assert_eq!(rs.len(), 1, "exactly one BuildResult: {rs:#?}");
         assert_eq!(rs[0]["status"], "Success");
@@ -255,9 +298,11 @@ fn two_builders_share_one_queue() {
         return;
     }
     let broker = Broker::start();
-    let a = Daemon::start_amqp(&broker.url(), "airlock-a", "");
-    let b = Daemon::start_amqp(&broker.url(), "airlock-b", "");
-    let (repo, head) = fixture_repo(a.dir.path(), &[]);
+    let src = tempfile::tempdir().unwrap();
+    let (repo, head) = fixture_repo(src.path(), &[]);
+    let gh = format!("[github]\nclone_url = \"{}\"\n", repo.display());
+    let a = Daemon::start_amqp(&broker.url(), "airlock-a", &gh);
+    let b = Daemon::start_amqp(&broker.url(), "airlock-b", &gh);
     let reqs: Vec<String> = (0..4).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     rt().block_on(async {
         let mut p = probe_when_ready(&broker.url(), &a).await;
@@ -272,7 +317,8 @@ fn two_builders_share_one_queue() {
             a.log(),
             b.log()
         );
-        p.until(5, |_| false).await;
+        settle(&mut p, &broker, &a, "builder A").await;
+        settle(&mut p, &broker, &b, "builder B").await;
         let mut by = std::collections::BTreeMap::new();
         for r in &reqs {
             let rs = p.results_for(r);
@@ -390,22 +436,7 @@ fn one_result_despite(point: &str, faults: &[Fault]) {
             );
             // Settled: the message is gone (acked) and no job is running,
             // so no further result can come.
-            let t0 = std::time::Instant::now();
-            loop {
-                let gone = broker.messages(QUEUE) == Some(0);
-                let idle = d.jobs().iter().all(|j| j["state"] == "done");
-                if gone && idle {
-                    break;
-                }
-                assert!(
-                    t0.elapsed().as_secs() < 120,
-                    "{fault:?} at {point}: message left in the queue ({:?}) or job running:\n{}",
-                    broker.messages(QUEUE),
-                    d.log()
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-            p.poll().await;
+            settle(&mut p, &broker, &d, &format!("{fault:?} at {point}")).await;
             let rs = p.results_for(&req);
             assert_eq!(
                 rs.len(),
@@ -483,12 +514,7 @@ fn restart_with_unpublished_result_sends_one_start() {
             "{}",
             d.log()
         );
-        let t0 = std::time::Instant::now();
-        while broker.messages(QUEUE) != Some(0) {
-            assert!(t0.elapsed().as_secs() < 120, "never acked:\n{}", d.log());
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-        p.poll().await;
+        settle(&mut p, &broker, &d, "kill -9 before publish").await;
         let rs = p.results_for(&req);
         assert_eq!(rs.len(), 1, "one BuildResult: {rs:#?}");
         let attempt = rs[0]["attempt_id"].as_str().unwrap().to_owned();

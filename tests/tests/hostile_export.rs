@@ -48,6 +48,14 @@ fn tampered_exports_are_rejected() {
     });
     let mut lying = entry(A, &good, &[]);
     lying.nar_hash = hash(b"what the guest claims");
+    // A content address that smuggles narinfo lines (which release would
+    // have signed): refused by the strict CA grammar.
+    let mut injecting = entry(A, &good, &[]);
+    injecting.ca = Some(format!(
+        "fixed:r:{}\nNarHash: {}\nURL: nar/other.nar",
+        hash(b"x"),
+        hash(b"y")
+    ));
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "evil-dotdot",
@@ -63,6 +71,11 @@ fn tampered_exports_are_rejected() {
             "evil-outside",
             stream(vec![(entry("/etc/cron.d/evil", &good, &[]), good.clone())]),
             "is not under /nix/store",
+        ),
+        (
+            "evil-ca",
+            stream(vec![(injecting, good.clone())]),
+            "claims an invalid content address",
         ),
         (
             "evil-ref",
@@ -104,6 +117,9 @@ fn tampered_exports_are_rejected() {
             log.contains("this is not the agent protocol"),
             "garbage is kept as log text"
         );
+        // airlockctl shows it without letting the escape reach the terminal.
+        assert!(!log.contains('\x1b'), "raw ESC on the terminal: {log:?}");
+        assert!(log.contains("\\x1b[2J this is not"), "{log:?}");
     }
     let q = d.state().join("quarantine");
     let left: Vec<_> = std::fs::read_dir(&q)

@@ -14,6 +14,15 @@ use airlock::release::rule::{fmt_time, source_text, Decision};
 use airlock::release::store::How;
 use airlock::release::Status;
 
+/// `println!` for people: guest text in it cannot reach the terminal as
+/// control characters (see `airlock::term`). `--json` output goes through
+/// serde_json, which escapes them itself.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        println!("{}", airlock::term::escape(&format!($($arg)*)))
+    };
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "airlockctl", version, about = "Control airlockd")]
 struct Args {
@@ -98,7 +107,7 @@ fn call(socket: &PathBuf, req: &Request, mut on_line: impl FnMut(String)) -> any
     for l in BufReader::new(s).lines() {
         match serde_json::from_str::<Reply>(&l?)? {
             Reply::Line(t) => on_line(t),
-            Reply::Error(e) => bail!("airlockd: {e}"),
+            Reply::Error(e) => bail!("airlockd: {}", airlock::term::escape(&e)),
             other => return Ok(other),
         }
     }
@@ -113,51 +122,52 @@ fn status_text(s: &BuildStatus) -> String {
 }
 
 fn print_job(r: &JobRecord) {
-    println!("id:        {}", r.id);
-    println!("state:     {:?}", r.state);
-    println!(
+    out!("id:        {}", r.id);
+    out!("state:     {:?}", r.state);
+    out!(
         "repo:      {} (PR #{})",
-        r.job.repo.clone_url, r.job.pr.number
+        r.job.repo.clone_url,
+        r.job.pr.number
     );
-    println!(
+    out!(
         "head:      {} onto {}",
         r.job.pr.head_sha,
         r.job.target_branch()
     );
     if let Some(m) = &r.merged_commit {
-        println!("merged:    {m}");
+        out!("merged:    {m}");
     }
-    println!("attrs:     {}", r.job.attrs.join(" "));
+    out!("attrs:     {}", r.job.attrs.join(" "));
     if let Some(a) = &r.accel {
-        println!("vm accel:  {a}");
+        out!("vm accel:  {a}");
     }
     if let Some(b) = r.boot_secs {
-        println!("boot:      {b:.1}s to agent");
+        out!("boot:      {b:.1}s to agent");
     }
     if let (Some(s), Some(f)) = (r.started_at, r.finished_at) {
-        println!("took:      {}s", f.saturating_sub(s));
+        out!("took:      {}s", f.saturating_sub(s));
     }
     if let Some(res) = &r.result {
-        println!("status:    {}", status_text(&res.status));
+        out!("status:    {}", status_text(&res.status));
         if let Some(a) = &res.attempted_attrs {
-            println!("attempted: {}", a.join(" "));
+            out!("attempted: {}", a.join(" "));
         }
         if let Some(s) = &res.skipped_attrs {
-            println!("skipped:   {}", s.join(" "));
+            out!("skipped:   {}", s.join(" "));
         }
         if let Some(q) = &res.quarantine {
-            println!("quarantine: {}", q.display());
+            out!("quarantine: {}", q.display());
         }
         for p in &res.store_paths {
-            println!("  {p}");
+            out!("  {p}");
         }
         if let Some(e) = &res.export_error {
-            println!("export rejected: {e}");
+            out!("export rejected: {e}");
         }
         if !res.output.is_empty() {
-            println!("last log lines:");
+            out!("last log lines:");
             for l in &res.output {
-                println!("  | {l}");
+                out!("  | {l}");
             }
         }
     }
@@ -177,10 +187,10 @@ fn how_text(h: &How) -> String {
 }
 
 fn print_release_status(st: &Status) {
-    println!("commit:   {}", st.commit);
-    println!("builder:  {:?}", st.trust);
+    out!("commit:   {}", st.commit);
+    out!("builder:  {:?}", st.trust);
     if st.jobs.is_empty() {
-        println!("jobs:     none in quarantine");
+        out!("jobs:     none in quarantine");
     }
     for j in &st.jobs {
         let what = match &j.released {
@@ -194,14 +204,17 @@ fn print_release_status(st: &Status) {
             ),
             None => "not released".into(),
         };
-        println!(
+        out!(
             "job {}  {}#{}  {} path(s)  {what}",
-            j.job_id, j.repo, j.pr, j.paths
+            j.job_id,
+            j.repo,
+            j.pr,
+            j.paths
         );
     }
     for p in &st.prs {
         match &p.decision {
-            Decision::Release(g) => println!(
+            Decision::Release(g) => out!(
                 "{}#{}: rule holds: labelled by {} at {}, after the head was set at {} ({})",
                 p.repo,
                 p.pr,
@@ -210,7 +223,7 @@ fn print_release_status(st: &Status) {
                 fmt_time(g.head_since),
                 source_text(g.head_source)
             ),
-            Decision::Hold(why) => println!("{}#{}: not released: {why}", p.repo, p.pr),
+            Decision::Hold(why) => out!("{}#{}: not released: {why}", p.repo, p.pr),
         }
     }
 }
@@ -275,23 +288,26 @@ fn main() -> anyhow::Result<()> {
             };
             match call(&a.socket, &Request::Submit { job: Box::new(job) }, |_| {})? {
                 Reply::Submitted { id } if json => println!("{}", serde_json::json!({ "id": id })),
-                Reply::Submitted { id } => println!("{id}"),
+                Reply::Submitted { id } => out!("{id}"),
                 r => bail!("unexpected reply {r:?}"),
             }
         }
         Cmd::Jobs => match call(&a.socket, &Request::List, |_| {})? {
             Reply::Jobs(js) if json => println!("{}", serde_json::to_string_pretty(&js)?),
             Reply::Jobs(js) => {
-                println!(
+                out!(
                     "{:<36}  {:<9}  {:<10}  {:>6}  ATTRS",
-                    "ID", "STATE", "STATUS", "PR"
+                    "ID",
+                    "STATE",
+                    "STATUS",
+                    "PR"
                 );
                 for j in js {
                     let st = j.result.as_ref().map(|r| match &r.status {
                         BuildStatus::UnexpectedError { .. } => "Error".to_string(),
                         s => format!("{s:?}"),
                     });
-                    println!(
+                    out!(
                         "{:<36}  {:<9}  {:<10}  {:>6}  {}",
                         j.id,
                         format!("{:?}", j.state).to_lowercase(),
@@ -317,7 +333,7 @@ fn main() -> anyhow::Result<()> {
                 if json {
                     println!("{}", serde_json::json!({ "line": l }));
                 } else {
-                    println!("{l}");
+                    out!("{l}");
                 }
             })?;
         }
@@ -375,7 +391,7 @@ fn main() -> anyhow::Result<()> {
                 Reply::Released(js) if json => println!("{}", serde_json::to_string_pretty(&js)?),
                 Reply::Released(js) => {
                     for j in js {
-                        println!("released job {} ({} paths)", j.job_id, j.paths.len());
+                        out!("released job {} ({} paths)", j.job_id, j.paths.len());
                     }
                 }
                 r => bail!("unexpected reply {r:?}"),
@@ -384,7 +400,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Gc => match call(&a.socket, &Request::Gc, |_| {})? {
             Reply::Gc(g) if json => println!("{}", serde_json::to_string_pretty(&g)?),
             Reply::Gc(g) => {
-                println!(
+                out!(
                     "expired: {} unreleased job(s), {} released job(s); {} cache path(s) removed; {} bytes freed",
                     g.expired_unreleased.len(),
                     g.expired_released.len(),

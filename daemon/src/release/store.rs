@@ -123,6 +123,9 @@ pub struct QuarantinedJob {
     pub paths: Vec<String>,
     #[serde(skip)]
     pub dir: PathBuf,
+    /// The values quarantine verified, which release signs.
+    #[serde(skip)]
+    pub verified: Vec<crate::quarantine::VerifiedPath>,
 }
 
 pub fn load_record(d: &Dirs, commit: &str) -> Result<ReleaseRecord> {
@@ -173,6 +176,7 @@ pub fn quarantined(d: &Dirs, commit: Option<&str>) -> Vec<QuarantinedJob> {
                     created_at: m.created_at,
                     paths: m.paths,
                     dir: e.path(),
+                    verified: m.verified,
                 }),
                 Err(err) => {
                     warn!(path = %mp.display(), error = %err, "unreadable quarantine manifest; skipped")
@@ -277,18 +281,39 @@ pub fn release_job(
     now: u64,
 ) -> Result<ReleasedJob> {
     let mut infos = Vec::new();
-    let rd = std::fs::read_dir(&job.dir).map_err(io(&job.dir))?;
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.extension().and_then(|x| x.to_str()) != Some("narinfo") {
-            continue;
+    let manifest = job.dir.join("manifest.json");
+    if !job.verified.is_empty() {
+        // The values quarantine verified, checked against their grammars
+        // again; never the narinfo text on disk.
+        for v in &job.verified {
+            let ni = v.narinfo().map_err(|e| Error::Bad(manifest.clone(), e))?;
+            if !job.paths.contains(&v.path) {
+                return Err(Error::Bad(
+                    manifest.clone(),
+                    format!("{} not in the job's paths", v.path),
+                ));
+            }
+            let file = safe_nar_url(&ni.url)
+                .ok_or_else(|| Error::Bad(manifest.clone(), format!("bad URL {:?}", ni.url)))?
+                .to_owned();
+            infos.push((ni, file));
         }
-        let text = std::fs::read_to_string(&p).map_err(io(&p))?;
-        let ni = NarInfo::parse(&text).map_err(|e| Error::Bad(p.clone(), e.to_string()))?;
-        let file = safe_nar_url(&ni.url)
-            .ok_or_else(|| Error::Bad(p.clone(), format!("bad URL {:?}", ni.url)))?
-            .to_owned();
-        infos.push((ni, file));
+    } else {
+        // Quarantined before verified values were recorded: the strict
+        // parser (no repeated or unknown keys, canonical CA only).
+        let rd = std::fs::read_dir(&job.dir).map_err(io(&job.dir))?;
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("narinfo") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+            let ni = NarInfo::parse(&text).map_err(|e| Error::Bad(p.clone(), e.to_string()))?;
+            let file = safe_nar_url(&ni.url)
+                .ok_or_else(|| Error::Bad(p.clone(), format!("bad URL {:?}", ni.url)))?
+                .to_owned();
+            infos.push((ni, file));
+        }
     }
     let nar_dir = d.cache.join("nar");
     std::fs::create_dir_all(&nar_dir).map_err(io(&nar_dir))?;

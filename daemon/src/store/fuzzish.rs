@@ -117,6 +117,7 @@ fn wire_and_text_parsers_never_panic() {
     airlock_wire::write_header(&mut valid, &m).unwrap();
     let job = br#"{"repo":{"owner":"o","name":"n","full_name":"o/n","clone_url":"https://x"},"pr":{"target_branch":"master","number":1,"head_sha":"e9872fa30caac57c69bfac8667e6c21254603df1"},"attrs":["a"],"request_id":"r"}"#;
     let narinfo = b"StorePath: /nix/store/ihml9cgha2ncb1jfpf857yd6nls4n23b-x\nURL: nar/x.nar\nNarHash: sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73\nNarSize: 1\nReferences: ihml9cgha2ncb1jfpf857yd6nls4n23b-x\n";
+    let ca_valid = b"fixed:r:sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
     for _ in 0..20_000 {
         let header = mutate(&mut rng, &valid);
         let _ = airlock_wire::read_header(&mut &header[..]);
@@ -127,6 +128,11 @@ fn wire_and_text_parsers_never_panic() {
         let text = String::from_utf8_lossy(&mutate(&mut rng, narinfo)).into_owned();
         if let Ok(ni) = NarInfo::parse(&text) {
             assert_eq!(NarInfo::parse(&ni.render()).unwrap(), ni);
+        }
+        let ca = String::from_utf8_lossy(&mutate(&mut rng, ca_valid)).into_owned();
+        if let Ok(ok) = super::ca::parse(&ca) {
+            assert!(!ok.chars().any(char::is_control), "{ok:?}");
+            assert!(ok.starts_with("fixed:") || ok.starts_with("text:"));
         }
         let p = String::from_utf8_lossy(&rng.bytes(60)).into_owned();
         if let Ok(sp) = StorePath::parse(&p) {

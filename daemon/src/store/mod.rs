@@ -1,6 +1,7 @@
 //! Pure Nix store formats: store paths, Nix's base32, NAR validation, narinfo.
 //! No I/O beyond `Read`/`Write`, no async.
 
+pub mod ca;
 pub mod nar;
 pub mod narinfo;
 pub mod nix32;

@@ -47,7 +47,9 @@ fn io_err(e: io::Error) -> Error {
 /// Finds which candidate store hashes occur in a byte stream, across chunk
 /// boundaries (what Nix does to compute references).
 pub struct RefScanner {
-    candidates: HashMap<[u8; HASH_LEN], usize>,
+    /// Shared between the scanners of one export ([`RefScanner::fresh`]):
+    /// built once, not once per path.
+    candidates: std::sync::Arc<HashMap<[u8; HASH_LEN], usize>>,
     found: BTreeSet<usize>,
     tail: Vec<u8>,
 }
@@ -62,7 +64,17 @@ impl RefScanner {
             }
         }
         RefScanner {
-            candidates,
+            candidates: std::sync::Arc::new(candidates),
+            found: BTreeSet::new(),
+            tail: Vec::new(),
+        }
+    }
+
+    /// A scanner for the next stream with the same candidates (nothing
+    /// found yet); costs no rebuild of the candidate table.
+    pub fn fresh(&self) -> RefScanner {
+        RefScanner {
+            candidates: self.candidates.clone(),
             found: BTreeSet::new(),
             tail: Vec::new(),
         }

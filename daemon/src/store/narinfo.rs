@@ -16,6 +16,12 @@ pub enum Error {
     Missing(&'static str),
     #[error("narinfo field {0} is invalid")]
     BadField(&'static str),
+    #[error("narinfo has field {0} twice")]
+    Duplicate(String),
+    #[error("narinfo has unknown field {0:?}")]
+    Unknown(String),
+    #[error("narinfo contains a control character")]
+    Control,
     #[error(transparent)]
     Path(#[from] path::Error),
 }
@@ -85,14 +91,24 @@ impl NarInfo {
         s
     }
 
+    /// Strict: every line is `Key: value` with a key Nix knows, each key at
+    /// most once (`Sig` may repeat), no control characters but the newlines
+    /// between lines, a `CA` only in Nix's canonical grammar.
     pub fn parse(text: &str) -> Result<NarInfo> {
+        if text.chars().any(|c| c != '\n' && c.is_control()) {
+            return Err(Error::Control);
+        }
         let (mut sp, mut url, mut comp, mut fh, mut fs, mut nh, mut ns) =
             (None, None, None, None, None, None, None);
         let (mut refs, mut deriver, mut ca, mut sigs) = (Vec::new(), None, None, Vec::new());
-        for line in text.lines().filter(|l| !l.is_empty()) {
+        let mut seen = std::collections::HashSet::new();
+        for line in text.split('\n').filter(|l| !l.is_empty()) {
             let (k, v) = line
                 .split_once(": ")
-                .ok_or_else(|| Error::BadLine(line.to_owned()))?;
+                .ok_or_else(|| Error::BadLine(line.chars().take(200).collect()))?;
+            if k != "Sig" && !seen.insert(k) {
+                return Err(Error::Duplicate(k.to_owned()));
+            }
             match k {
                 "StorePath" => sp = Some(StorePath::parse(v)?),
                 "URL" => url = Some(v.to_owned()),
@@ -110,9 +126,13 @@ impl NarInfo {
                 "Deriver" if v != "unknown-deriver" => {
                     deriver = Some(StorePath::from_base_name(v)?)
                 }
+                "Deriver" | "System" => {}
                 "Sig" => sigs.push(v.to_owned()),
-                "CA" => ca = Some(v.to_owned()),
-                _ => {}
+                "CA" => {
+                    super::ca::parse(v).map_err(|_| Error::BadField("CA"))?;
+                    ca = Some(v.to_owned())
+                }
+                _ => return Err(Error::Unknown(k.chars().take(64).collect())),
             }
         }
         Ok(NarInfo {
@@ -157,6 +177,27 @@ mod tests {
             sigs: vec![],
         };
         assert_eq!(NarInfo::parse(&ni.render()).unwrap(), ni);
+        let text = ni.render();
+        // Strictness: a repeated key, an unknown key, a control character,
+        // a CA that is not canonical, an injected line.
+        for bad in [
+            format!("{text}NarHash: sha256:1111111111111111111111111111111111111111111111111111\n"),
+            format!("{text}URL: nar/other.nar\n"),
+            format!("{text}Evil: yes\n"),
+            text.replace("nar/x.nar", "nar/x.nar\r"),
+            text.replace("nar/x.nar", "nar/x\u{1b}[2J.nar"),
+            format!("{text}CA: fixed:x\n"),
+            format!(
+                "{text}CA: fixed:r:sha256:{}\nStorePath: {}\n",
+                "0".repeat(52),
+                b
+            ),
+        ] {
+            assert!(NarInfo::parse(&bad).is_err(), "accepted:\n{bad}");
+        }
+        assert!(
+            NarInfo::parse(&format!("{text}System: x86_64-linux\nSig: a:b\nSig: c:d\n")).is_ok()
+        );
         assert_eq!(
             ni.signed.fingerprint(),
             "1;/nix/store/ihml9cgha2ncb1jfpf857yd6nls4n23b-trivial;sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73;120;/nix/store/0mdqa9w1p6cmli6976v4wi0sw9r4p5pr-dep,/nix/store/ihml9cgha2ncb1jfpf857yd6nls4n23b-trivial"

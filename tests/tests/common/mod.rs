@@ -244,6 +244,14 @@ impl Daemon {
         );
         toml.push_str(vm_keys);
         toml.push_str(tables);
+        // Broker jobs are fetched only from the configured URL: the fixture
+        // repository that tests make with `fixture_repo(d.dir.path(), …)`.
+        if args.iter().any(|a| a == "--amqp-url") && !tables.contains("[github]") {
+            toml.push_str(&format!(
+                "\n[github]\nclone_url = \"{}\"\n",
+                dir.path().join("repo").display()
+            ));
+        }
         std::fs::write(&config, toml).unwrap();
         let mut d = Daemon {
             dir,
