@@ -78,6 +78,9 @@ pub struct ReleaseConfig {
     /// Nix secret key file (`name:base64`, as `nix-store
     /// --generate-binary-cache-key` writes it). Required to release.
     pub signing_key_file: Option<PathBuf>,
+    /// Seconds a commit must have been the PR's head before a label on it
+    /// counts (a push just before the label is not what was reviewed).
+    pub min_head_age_secs: u64,
 }
 
 impl Default for ReleaseConfig {
@@ -87,6 +90,7 @@ impl Default for ReleaseConfig {
             allowed_actors: vec![],
             repositories: vec!["NixOS/nixpkgs".into()],
             signing_key_file: None,
+            min_head_age_secs: 300,
         }
     }
 }

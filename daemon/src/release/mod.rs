@@ -406,6 +406,7 @@ impl Release {
                             current_labels: &f.labels,
                             label_events: &f.label_events,
                             heads: &f.heads,
+                            min_head_age: self.cfg.release.min_head_age_secs as i64,
                         },
                         |a| {
                             f.allowed

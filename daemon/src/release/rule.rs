@@ -83,6 +83,10 @@ pub struct Facts<'a> {
     pub label_events: &'a [LabelEvent],
     /// Head evidence, any order.
     pub heads: &'a [HeadRecord],
+    /// Seconds C must have been the head before a label counts
+    /// (`release.min_head_age_secs`): a push made just before the committer
+    /// clicks is not what the committer reviewed.
+    pub min_head_age: Time,
 }
 
 /// The answer on a community builder, whatever GitHub says.
@@ -173,6 +177,19 @@ pub fn decide(f: &Facts<'_>, allowed: impl Fn(&str) -> Allowed) -> Decision {
             source_text(source)
         ));
     }
+    if ev.at - since < f.min_head_age {
+        return hold(format!(
+            "label `{}` was added by {} at {}, only {} s after {} became the head at {} ({}); a label counts only once the head is {} s old (release.min_head_age_secs), so it must be added again",
+            f.label,
+            ev.actor,
+            fmt_time(ev.at),
+            ev.at - since,
+            f.commit,
+            fmt_time(since),
+            source_text(source),
+            f.min_head_age
+        ));
+    }
     if let Allowed::No(why) = allowed(&ev.actor) {
         return hold(format!(
             "label `{}` was added by {}, who may not release: {why}",
@@ -247,6 +264,7 @@ mod tests {
                 current_labels: &labels,
                 label_events: events,
                 heads,
+                min_head_age: 0,
             },
             |a| {
                 if a == "mallory" {
@@ -281,6 +299,38 @@ mod tests {
                 head_source: HeadSource::Webhook
             })
         );
+    }
+
+    #[test]
+    fn label_right_after_a_push_does_not_count() {
+        // The author pushed C 30 s before the committer clicked: the
+        // committer likely reviewed the previous head.
+        let labels = [L.to_string()];
+        let events = [label(true, "alice", 130)];
+        let heads = [head(C, 100, HeadSource::Webhook)];
+        let f = |age| Facts {
+            trust: Trust::Trusted,
+            commit: C,
+            label: L,
+            current_head: C,
+            current_labels: &labels,
+            label_events: &events,
+            heads: &heads,
+            min_head_age: age,
+        };
+        let t = hold_text(decide(&f(300), |_| Allowed::Yes));
+        assert!(
+            t.contains("only 30 s after") && t.contains("min_head_age_secs"),
+            "{t}"
+        );
+        assert!(matches!(
+            decide(&f(30), |_| Allowed::Yes),
+            Decision::Release(_)
+        ));
+        assert!(matches!(
+            decide(&f(31), |_| Allowed::Yes),
+            Decision::Hold(_)
+        ));
     }
 
     #[test]
@@ -339,6 +389,7 @@ mod tests {
                 current_labels: &[L.to_string()],
                 label_events: &[label(true, "alice", 150)],
                 heads: &[head(B, 100, HeadSource::Observed)],
+                min_head_age: 0,
             },
             |_| Allowed::Yes,
         );
@@ -392,6 +443,7 @@ mod tests {
                 current_labels: &["other".to_string()],
                 label_events: &[label(true, "alice", 200)],
                 heads: &[head(C, 100, HeadSource::Webhook)],
+                min_head_age: 0,
             },
             |_| Allowed::Yes,
         );

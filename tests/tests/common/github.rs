@@ -501,8 +501,10 @@ impl ReleaseDaemon {
         std::fs::write(&secret_file, &secret).unwrap();
         let cache = format!("127.0.0.1:{}", super::free_port());
         let hook = format!("127.0.0.1:{}", super::free_port());
+        // The fake GitHub's label events follow pushes by seconds; the
+        // minimum head age (default 300 s) has its own rule tests.
         let cfg = format!(
-            "[github]\npoll_interval_secs = {poll_secs}\nwebhook_listen = \"{hook}\"\nwebhook_secret_file = \"{}\"\n{extra}",
+            "[release]\nmin_head_age_secs = 0\n[github]\npoll_interval_secs = {poll_secs}\nwebhook_listen = \"{hook}\"\nwebhook_secret_file = \"{}\"\n{extra}",
             secret_file.display()
         );
         let d = super::Daemon::start_local(
