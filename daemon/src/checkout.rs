@@ -21,6 +21,32 @@ pub enum Error {
     Cache(PathBuf, #[source] std::io::Error),
     #[error("git cache lock task failed: {0}")]
     LockTask(String),
+    #[error("git {args} did not finish within {secs} s")]
+    Timeout { args: String, secs: u64 },
+}
+
+/// Bounds on the host-side checkout of an untrusted PR.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_files: u64,
+    pub max_bytes: u64,
+    pub timeout: std::time::Duration,
+}
+
+impl Limits {
+    pub fn from_config(l: &crate::config::Limits) -> Limits {
+        Limits {
+            max_files: l.max_checkout_files,
+            max_bytes: l.max_checkout_bytes,
+            timeout: std::time::Duration::from_secs(l.checkout_timeout_secs.max(1)),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits::from_config(&crate::config::Limits::default())
+    }
 }
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -32,6 +58,91 @@ pub enum Outcome {
     MergeFailed,
     /// The head commit (or the target branch) could not be fetched.
     Missing(String),
+    /// The tree is over a checkout limit (a git bomb, or simply too big);
+    /// nothing of it was written out.
+    TooLarge(String),
+}
+
+/// `git` under the checkout timeout (killed when it runs over).
+async fn git_t(dir: Option<&Path>, args: &[&str], limit: std::time::Duration) -> Result<String> {
+    match tokio::time::timeout(limit, git(dir, args)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout {
+            args: args.join(" "),
+            secs: limit.as_secs(),
+        }),
+    }
+}
+
+/// Count the files of `rev`'s tree and add up their sizes, streaming `git
+/// ls-tree -r -l`, and stop (killing git) at the first limit passed: a tree
+/// of nested trees that expands to billions of entries costs no more than
+/// `max_files` lines. `Ok(None)`: within limits; `Ok(Some(why))`: over.
+pub async fn check_tree(repo: &Path, rev: &str, limits: &Limits) -> Result<Option<String>> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let work = async {
+        let mut child = Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(["ls-tree", "-r", "-l", "-z", "--full-tree", rev])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(Error::Spawn)?;
+        let mut out = tokio::io::BufReader::new(child.stdout.take().expect("piped"));
+        let (mut files, mut bytes) = (0u64, 0u64);
+        let mut entry = Vec::new();
+        loop {
+            entry.clear();
+            // Bounded: an entry is mode, type, id, size and a path.
+            let n = (&mut out)
+                .take(64 * 1024)
+                .read_until(0, &mut entry)
+                .await
+                .map_err(Error::Spawn)?;
+            if n == 0 {
+                break;
+            }
+            files += 1;
+            // "<mode> <type> <id> <size>\t<path>"; size is "-" for submodules.
+            let meta = entry.split(|&b| b == b'\t').next().unwrap_or_default();
+            if let Some(size) = meta.split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(3) {
+                bytes += std::str::from_utf8(size)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+            if files > limits.max_files {
+                return Ok(Some(format!(
+                    "{rev} has more than {} files (limits.max_checkout_files)",
+                    limits.max_files
+                )));
+            }
+            if bytes > limits.max_bytes {
+                return Ok(Some(format!(
+                    "{rev} has more than {} bytes of files (limits.max_checkout_bytes)",
+                    limits.max_bytes
+                )));
+            }
+        }
+        let st = child.wait().await.map_err(Error::Spawn)?;
+        if !st.success() {
+            return Err(Error::Git {
+                args: format!("ls-tree -r {rev}"),
+                stderr: format!("exit {st}"),
+            });
+        }
+        Ok(None)
+    };
+    match tokio::time::timeout(limits.timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout {
+            args: format!("ls-tree -r {rev}"),
+            secs: limits.timeout.as_secs(),
+        }),
+    }
 }
 
 async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String> {
@@ -93,7 +204,9 @@ pub async fn prepare(
     head: &str,
     pr: u64,
     work: &Path,
+    limits: &Limits,
 ) -> Result<Outcome> {
+    let t = limits.timeout;
     std::fs::create_dir_all(cache_root).map_err(|e| Error::Cache(cache_root.to_owned(), e))?;
     let cache = cache_dir(cache_root, url);
     let lock = lock_cache(&cache).await?;
@@ -103,13 +216,14 @@ pub async fn prepare(
             std::fs::remove_dir_all(&cache).map_err(|e| Error::Cache(cache.clone(), e))?;
         }
         let tmp = cache.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
-        git(None, &["init", "-q", "--bare", &tmp.to_string_lossy()]).await?;
+        git_t(None, &["init", "-q", "--bare", &tmp.to_string_lossy()], t).await?;
         std::fs::rename(&tmp, &cache).map_err(|e| Error::Cache(cache.clone(), e))?;
     }
     let target_ref = format!("+refs/heads/{target_branch}:refs/heads/{target_branch}");
-    if let Err(e) = git(
+    if let Err(e) = git_t(
         Some(&cache),
         &["fetch", "-q", "--no-tags", "--", url, &target_ref],
+        t,
     )
     .await
     {
@@ -118,17 +232,27 @@ pub async fn prepare(
         )));
     }
     let have_head = |c: PathBuf| async move {
-        git(Some(&c), &["cat-file", "-e", &format!("{head}^{{commit}}")])
-            .await
-            .is_ok()
+        git_t(
+            Some(&c),
+            &["cat-file", "-e", &format!("{head}^{{commit}}")],
+            t,
+        )
+        .await
+        .is_ok()
     };
     if !have_head(cache.clone()).await {
         let pr_ref = format!("+refs/pull/{pr}/head:refs/pull/{pr}/head");
-        let by_sha = git(Some(&cache), &["fetch", "-q", "--no-tags", "--", url, head]).await;
+        let by_sha = git_t(
+            Some(&cache),
+            &["fetch", "-q", "--no-tags", "--", url, head],
+            t,
+        )
+        .await;
         if by_sha.is_err() {
-            let _ = git(
+            let _ = git_t(
                 Some(&cache),
                 &["fetch", "-q", "--no-tags", "--", url, &pr_ref],
+                t,
             )
             .await;
         }
@@ -138,8 +262,14 @@ pub async fn prepare(
             )));
         }
     }
+    // Nothing of an untrusted tree is written out before its size is known.
+    for rev in [head, target_branch] {
+        if let Some(why) = check_tree(&cache, rev, limits).await? {
+            return Ok(Outcome::TooLarge(why));
+        }
+    }
     let work_s = work.to_string_lossy().into_owned();
-    git(
+    git_t(
         None,
         &[
             "clone",
@@ -149,11 +279,17 @@ pub async fn prepare(
             &cache.to_string_lossy(),
             &work_s,
         ],
+        t,
     )
     .await?;
     drop(lock);
-    git(Some(work), &["checkout", "-q", "--detach", target_branch]).await?;
-    let merged = git(
+    git_t(
+        Some(work),
+        &["checkout", "-q", "--detach", target_branch],
+        t,
+    )
+    .await?;
+    let merged = git_t(
         Some(work),
         &[
             "merge",
@@ -164,13 +300,21 @@ pub async fn prepare(
             "Automatic merge for airlock",
             head,
         ],
+        t,
     )
     .await;
-    if merged.is_err() {
-        let _ = git(Some(work), &["merge", "--abort"]).await;
-        return Ok(Outcome::MergeFailed);
+    match merged {
+        Ok(_) => {}
+        Err(e @ Error::Timeout { .. }) => return Err(e),
+        Err(_) => {
+            let _ = git_t(Some(work), &["merge", "--abort"], t).await;
+            return Ok(Outcome::MergeFailed);
+        }
     }
-    let commit = git(Some(work), &["rev-parse", "HEAD"]).await?;
+    let commit = git_t(Some(work), &["rev-parse", "HEAD"], t).await?;
+    if let Some(why) = check_tree(work, "HEAD", limits).await? {
+        return Ok(Outcome::TooLarge(why));
+    }
     Ok(Outcome::Merged { commit })
 }
 
@@ -253,7 +397,9 @@ mod tests {
             .map(|i| {
                 let (cache, url, head) = (cache.clone(), url.clone(), head.clone());
                 let work = t.path().join(format!("work-{i}"));
-                tokio::spawn(async move { prepare(&cache, &url, "master", &head, 1, &work).await })
+                tokio::spawn(async move {
+                    prepare(&cache, &url, "master", &head, 1, &work, &Limits::default()).await
+                })
             })
             .collect();
         for j in jobs {
@@ -263,6 +409,65 @@ mod tests {
                 "every job merges: {out:?}"
             );
         }
+    }
+
+    /// A PR whose head is a git bomb (ten trees of ten trees … of one
+    /// blob: 10^9 files in a few kilobytes of objects) is refused from its
+    /// object listing, quickly, without writing anything out.
+    #[tokio::test]
+    async fn a_git_bomb_is_refused_before_anything_is_written() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        sh(
+            &repo,
+            "git init -q -b master && echo a > a && git add a && git commit -qm base",
+        );
+        let head = sh(
+            &repo,
+            "blob=$(echo boom | git hash-object -w --stdin) \
+             && tree=$(printf '100644 blob %s\\tf\\n' $blob | git mktree) \
+             && for level in 1 2 3 4 5 6 7 8 9; do \
+                  tree=$(for i in 0 1 2 3 4 5 6 7 8 9; do printf '040000 tree %s\\td%s\\n' $tree $i; done | git mktree); \
+                done \
+             && git commit-tree -p HEAD -m bomb $tree",
+        );
+        let limits = Limits {
+            max_files: 100_000,
+            max_bytes: 1 << 30,
+            timeout: std::time::Duration::from_secs(60),
+        };
+        let t0 = std::time::Instant::now();
+        let work = t.path().join("work");
+        let cache = t.path().join("git");
+        let url = repo.to_string_lossy().into_owned();
+        let out = prepare(&cache, &url, "master", &head, 1, &work, &limits)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&out, Outcome::TooLarge(why) if why.contains("max_checkout_files")),
+            "{out:?}"
+        );
+        assert!(t0.elapsed().as_secs() < 30, "took {:?}", t0.elapsed());
+        assert!(!work.exists(), "nothing was checked out");
+        // A blob that is simply too big is refused the same way.
+        let big = sh(
+            &repo,
+            "git checkout -q master && head -c 2000000 /dev/zero > big && git add big \
+             && git commit -qm big && git rev-parse HEAD",
+        );
+        let small = Limits {
+            max_bytes: 1_000_000,
+            ..limits
+        };
+        let w2 = t.path().join("w2");
+        let out = prepare(&cache, &url, "master", &big, 1, &w2, &small)
+            .await
+            .unwrap();
+        assert!(
+            matches!(&out, Outcome::TooLarge(why) if why.contains("max_checkout_bytes")),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -358,6 +358,13 @@ pub struct Limits {
     pub max_nar_bytes: u64,
     /// Most store paths accepted from one job.
     pub max_paths: usize,
+    /// Most files (tree entries) a PR's head or merged tree may have; checked
+    /// before anything is written out (git bombs).
+    pub max_checkout_files: u64,
+    /// Largest total size of a PR's head or merged tree.
+    pub max_checkout_bytes: u64,
+    /// Wall-clock limit for each git step of the host-side checkout.
+    pub checkout_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -410,6 +417,10 @@ impl Default for Limits {
             max_silent_secs: 7200,
             max_nar_bytes: 4 << 30,
             max_paths: 100_000,
+            // nixpkgs has about 55 000 files and 450 MB today.
+            max_checkout_files: 500_000,
+            max_checkout_bytes: 4 << 30,
+            checkout_timeout_secs: 1800,
         }
     }
 }

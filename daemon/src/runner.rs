@@ -346,6 +346,7 @@ impl Runner {
             &rec.job.pr.head_sha,
             rec.job.pr.number,
             &paths.checkout(),
+            &checkout::Limits::from_config(&self.cfg.limits),
         )
         .await;
         match outcome {
@@ -353,6 +354,15 @@ impl Runner {
                 info!(merged = %commit, "merged head onto {}", rec.job.target_branch());
                 rec.merged_commit = Some(commit);
                 self.mark(rec, "checkout");
+            }
+            Ok(Outcome::TooLarge(why)) => {
+                warn!(%why, "checkout refused");
+                return result(
+                    BuildStatus::UnexpectedError {
+                        err: format!("checkout refused: {why}"),
+                    },
+                    vec![],
+                );
             }
             Ok(Outcome::MergeFailed) => {
                 info!("merge failed");
