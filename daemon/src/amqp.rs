@@ -37,6 +37,11 @@ use crate::runner::LogSink;
 /// Largest job message accepted.
 const MAX_BODY: usize = 1 << 20;
 
+/// Log lines waiting for the publisher, at most: beyond, a chatty build's
+/// lines are dropped (and counted) instead of growing memory while the
+/// broker is slow or away. The job log on disk keeps every line.
+const MAX_QUEUED_LINES: usize = 10_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("broker connection failed")]
@@ -123,6 +128,9 @@ struct Shared {
     started: Mutex<HashSet<String>>,
     /// Consumers to cancel on drain.
     consumers: Mutex<Vec<(Channel, String)>>,
+    /// Log lines in the publisher's queue, and lines dropped because it was full.
+    queued_lines: AtomicU64,
+    dropped_lines: AtomicU64,
     reconnect: Notify,
     /// The current connection, closed cleanly at shutdown.
     conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
@@ -217,6 +225,17 @@ impl LogSink for AmqpSink {
             line_number: n,
             output: text.to_owned(),
         };
+        if self.shared.queued_lines.load(Ordering::Relaxed) >= MAX_QUEUED_LINES as u64 {
+            let n = self.shared.dropped_lines.fetch_add(1, Ordering::Relaxed) + 1;
+            if n == 1 || n.is_multiple_of(10_000) {
+                warn!(
+                    dropped = n,
+                    "broker log queue full: log lines dropped (the job log keeps them)"
+                );
+            }
+            return;
+        }
+        self.shared.queued_lines.fetch_add(1, Ordering::Relaxed);
         let _ = self.tx.send(Out::Publish {
             dest: rec.job.logs_destination(),
             body: serde_json::to_vec(&m).expect("serialises"),
@@ -254,6 +273,8 @@ impl Amqp {
             acks: Mutex::new(HashMap::new()),
             started: Mutex::new(HashSet::new()),
             consumers: Mutex::new(Vec::new()),
+            queued_lines: AtomicU64::new(0),
+            dropped_lines: AtomicU64::new(0),
             reconnect: Notify::new(),
             conn: tokio::sync::Mutex::new(None),
             index: Mutex::new(None),
@@ -650,6 +671,9 @@ impl Amqp {
                     body,
                     start_of,
                 } => {
+                    if start_of.is_none() {
+                        self.shared.queued_lines.fetch_sub(1, Ordering::Relaxed);
+                    }
                     // Log lines are best effort: lost while the broker is away.
                     match self.publish(&dest, &body, persistent_json(), false).await {
                         Err(e) => debug!(error = %e, "log message not published"),

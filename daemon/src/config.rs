@@ -180,6 +180,9 @@ pub struct RetentionConfig {
     pub released_hours: u64,
     /// Seconds between automatic collections; 0 disables the timer.
     pub gc_interval_secs: u64,
+    /// Finished jobs' records and logs (`jobs/<id>/`) are deleted this long
+    /// after the job ended (a broker result not yet published is kept).
+    pub job_hours: u64,
 }
 
 impl Default for RetentionConfig {
@@ -188,6 +191,7 @@ impl Default for RetentionConfig {
             unreleased_hours: 24 * 14,
             released_hours: 24 * 90,
             gc_interval_secs: 3600,
+            job_hours: 24 * 14,
         }
     }
 }
@@ -365,6 +369,9 @@ pub struct Limits {
     pub max_checkout_bytes: u64,
     /// Wall-clock limit for each git step of the host-side checkout.
     pub checkout_timeout_secs: u64,
+    /// Most bytes a VM may write to its console or its agent channel (the
+    /// build log) per boot; over it the VM is killed and the job fails.
+    pub max_log_bytes: u64,
 }
 
 impl Default for Config {
@@ -421,6 +428,7 @@ impl Default for Limits {
             max_checkout_files: 500_000,
             max_checkout_bytes: 4 << 30,
             checkout_timeout_secs: 1800,
+            max_log_bytes: 512 << 20,
         }
     }
 }

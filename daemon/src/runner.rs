@@ -673,6 +673,20 @@ impl Runner {
             tokio::select! {
                 r = &mut vm => break r.map_err(|e| e.to_string())?,
                 _ = tick.tick() => {
+                    // A guest that floods its console or channel is stopped
+                    // before it fills the host's disk.
+                    let cap = self.cfg.limits.max_log_bytes;
+                    for (what, p) in [("console", &spec.console_log), ("agent channel", &spec.channel_log)] {
+                        let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                        if len > cap {
+                            if let Some(tx) = cancel_tx.take() {
+                                warn!(what, bytes = len, cap, "guest output over the limit; VM killed");
+                                let _ = tx.send(format!(
+                                    "the guest wrote more than {cap} bytes to its {what} (limits.max_log_bytes)"
+                                ));
+                            }
+                        }
+                    }
                     let was_started = f.started.is_some();
                     f.poll(&spec.channel_log, rec, self.sink.as_ref());
                     if !was_started {

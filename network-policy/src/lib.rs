@@ -38,6 +38,25 @@ pub enum Error {
 }
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Whether this network namespace forwarded IPv4 before airlock first
+/// turned forwarding on in it (since boot). Remembered in
+/// `/run/airlock/ip_forward-before-<netns inode>` (tmpfs: gone at reboot,
+/// as the sysctl is), so a restarted airlockd does not mistake its own
+/// setting for the operator's.
+fn forwarding_before_airlock() -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/self/ns/net")?.ino();
+    let dir = std::path::Path::new("/run/airlock");
+    let memo = dir.join(format!("ip_forward-before-{ns}"));
+    if let Ok(v) = std::fs::read_to_string(&memo) {
+        return Ok(v.trim() == "1");
+    }
+    let now = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&memo, now.trim())?;
+    Ok(now.trim() == "1")
+}
+
 pub struct Network {
     policy: Policy,
     handle: rtnetlink::Handle,
@@ -60,9 +79,15 @@ impl Network {
             used: Mutex::new(BTreeSet::new()),
         };
         n.cleanup().await?;
+        let was_routing = forwarding_before_airlock().map_err(Error::Forwarding)?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(Error::Forwarding)?;
-        nft::apply(&n.policy.base_ruleset()).await?;
-        info!(pool = %n.policy.pool, "job network ready: IPv4 forwarding on, nftables table inet airlock installed");
+        nft::apply(&n.policy.base_ruleset_for(!was_routing)).await?;
+        info!(pool = %n.policy.pool, host_was_routing = was_routing, "job network ready: IPv4 forwarding on, nftables table inet airlock installed");
+        if was_routing {
+            info!("IPv4 forwarding was on before airlock: the operator's own forwarding is left as it is");
+        } else {
+            info!("IPv4 forwarding was off before airlock: only job traffic is forwarded");
+        }
         Ok(n)
     }
 

@@ -34,6 +34,13 @@ pub const BLOCKED4: &[&str] = &[
     "192.168.0.0/16",
     "198.18.0.0/15",
     "224.0.0.0/3",
+    // Cloud host endpoints outside the ranges above: Azure's WireServer
+    // (168.63.129.16: the VM agent, host DNS and health probes; Microsoft
+    // documents it as the host node's virtual public IP). The metadata
+    // services of AWS, GCP, DigitalOcean, Hetzner, OpenStack and Tencent
+    // (169.254.x) are link-local, Alibaba's 100.100.100.200 is CGNAT, Oracle's
+    // 192.0.0.192 is in 192.0.0/24, AWS's IPv6 fd00:ec2::254 is ULA.
+    "168.63.129.16/32",
 ];
 /// Loopback, unspecified, IPv4-mapped, ULA, link-local, multicast.
 pub const BLOCKED6: &[&str] = &[
@@ -181,6 +188,14 @@ impl Policy {
     /// The table with its sets, maps and base chains. Applying it replaces
     /// any previous airlock table (stale jobs of a crashed daemon included).
     pub fn base_ruleset(&self) -> String {
+        self.base_ruleset_for(true)
+    }
+
+    /// [`Policy::base_ruleset`]; with `only_jobs_forward`, forwarded traffic
+    /// that neither enters nor leaves a job TAP is dropped: the host was not
+    /// routing before airlock turned forwarding on, and must not become a
+    /// router for its LAN peers now.
+    pub fn base_ruleset_for(&self, only_jobs_forward: bool) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "table inet {TABLE}");
         let _ = writeln!(s, "delete table inet {TABLE}");
@@ -210,6 +225,9 @@ impl Policy {
         let _ = writeln!(s, "    oifname \"{TAP_PREFIX}*\" counter drop");
         let _ = writeln!(s, "    iifname \"{TAP_PREFIX}*\" iifname vmap @jobs_fwd");
         let _ = writeln!(s, "    iifname \"{TAP_PREFIX}*\" counter drop");
+        if only_jobs_forward {
+            let _ = writeln!(s, "    counter drop comment \"not job traffic: this host routes only for airlock jobs\"");
+        }
         let _ = writeln!(s, "  }}");
         // Traffic to the host itself.
         let _ = writeln!(s, "  chain input {{");
@@ -261,7 +279,9 @@ impl Policy {
         let _ = writeln!(s, "add chain inet {TABLE} fwd-{n}");
         let _ = writeln!(s, "add chain inet {TABLE} in-{n}");
         let mut fwd = String::new();
-        // Anything but the job's own source address is spoofed.
+        // Anything but the job's own source address is spoofed; a job has
+        // no IPv6 address at all, so any IPv6 from it is too.
+        let _ = writeln!(fwd, "    meta nfproto ipv6 counter drop");
         let _ = writeln!(fwd, "    ip saddr != {} counter drop", j.guest);
         if self.rate_limit_kbytes > 0 {
             let _ = writeln!(
@@ -286,6 +306,7 @@ impl Policy {
         let _ = writeln!(fwd, "    meta nfproto ipv4 accept");
         let _ = writeln!(fwd, "    counter reject with icmpx admin-prohibited");
         let mut inp = String::new();
+        let _ = writeln!(inp, "    meta nfproto ipv6 counter drop");
         let _ = writeln!(inp, "    ip saddr != {} counter drop", j.guest);
         for p in &self.allow_host_ports {
             let _ = writeln!(inp, "    ip daddr {} tcp dport {p} accept", j.host);
@@ -364,6 +385,9 @@ mod tests {
             "100.64.1.1",
             "224.0.0.1",
             "10.213.0.6",
+            "168.63.129.16",
+            "100.100.100.200",
+            "192.0.0.192",
         ] {
             let ip: Ipv4Addr = a.parse().unwrap();
             assert!(blocked.iter().any(|n| n.contains(&ip)), "{a} not blocked");
@@ -389,6 +413,18 @@ mod tests {
         assert!(add.contains("ip daddr 10.1.2.0/24 tcp dport 8080 accept"));
         assert!(add.contains("ip daddr 192.168.9.9/32 accept"));
         assert!(add.contains("\"alk7\" : jump fwd-7"));
+        // IPv6 from a job (which has no IPv6 address) is dropped first, in
+        // both of its chains, before any allow rule.
+        for chain in ["fwd-7 {", "in-7 {"] {
+            let body = &add[add.find(chain).unwrap()..];
+            let first = body.lines().nth(1).unwrap().trim();
+            assert_eq!(first, "meta nfproto ipv6 counter drop", "{chain}");
+        }
+        // Forwarding for others: dropped unless the host was routing before.
+        assert!(p
+            .base_ruleset_for(true)
+            .contains("counter drop comment \"not job traffic"));
+        assert!(!p.base_ruleset_for(false).contains("not job traffic"));
         let rm = p.remove_job(&j);
         assert!(
             rm.contains("delete chain inet airlock fwd-7")

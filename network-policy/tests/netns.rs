@@ -107,3 +107,48 @@ fn jobs_get_and_lose_taps_and_chains_and_the_operator_table_survives() {
         })
     });
 }
+
+/// This namespace's memo of "forwarding before airlock" (see
+/// `Network::init`), removed so the test starts from the real sysctl.
+fn forget_forwarding_memo() {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+    let _ = std::fs::remove_file(format!("/run/airlock/ip_forward-before-{ino}"));
+}
+
+#[test]
+fn the_host_forwards_only_job_traffic_unless_it_was_routing_before() {
+    // A host that did not route: airlock turns forwarding on for its jobs,
+    // and drops forwarded traffic that is not a job's (a LAN peer cannot use
+    // the builder as a router).
+    in_netns(|| {
+        forget_forwarding_memo();
+        rt().block_on(async {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "0").unwrap();
+            let _net = Network::init(Policy::default()).await.unwrap();
+            let table = nft::list_table("inet", "airlock").await.unwrap();
+            assert!(table.contains("not job traffic"), "{table}");
+            // A restart does not mistake airlock's own setting for the operator's.
+            let _net = Network::init(Policy::default()).await.unwrap();
+            let table = nft::list_table("inet", "airlock").await.unwrap();
+            assert!(table.contains("not job traffic"), "{table}");
+        });
+        forget_forwarding_memo();
+    });
+    // A host that was a router (its operator forwards, with rules of their
+    // own): airlock leaves that forwarding alone.
+    in_netns(|| {
+        forget_forwarding_memo();
+        rt().block_on(async {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+            let operator = "table inet operator {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tiifname \"lo\" counter packets 0 bytes 0 accept\n\t}\n}\n";
+            nft::apply(operator).await.unwrap();
+            let before = nft::list_table("inet", "operator").await.unwrap();
+            let _net = Network::init(Policy::default()).await.unwrap();
+            let table = nft::list_table("inet", "airlock").await.unwrap();
+            assert!(!table.contains("not job traffic"), "{table}");
+            assert_eq!(nft::list_table("inet", "operator").await.unwrap(), before);
+        });
+        forget_forwarding_memo();
+    });
+}

@@ -21,6 +21,12 @@ done
 printf 'E {"agent_started":{"version":1}}\n' > "$ch"
 printf '\033[2J this is not the agent protocol\n' > "$ch"
 attr=$(grep -o '"evil-[a-z-]*"' "$in/job.json" | head -1 | tr -d '"')
+if [ "$attr" = evil-flood ]; then
+  # Events and junk without end: host memory, disk and queues must hold.
+  while :; do
+    printf 'E {"built":{"status":"success"}}\nE {"agent_started":{"version":1}}\nE {"exported":{"paths":1,"bytes":1}}\n\033]52;c;eA==\a junk\n'
+  done > "$ch"
+fi
 printf 'L hostile agent writes %s\n' "$attr" > "$ch"
 cat "$in/src/evil/$attr.bin" > "$ex"
 sync
@@ -86,7 +92,10 @@ fn tampered_exports_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let agent = dir.path().join("hostile-agent");
     std::fs::write(&agent, HOSTILE_AGENT).unwrap();
-    let d = Daemon::start_with_vm(&format!("agent = \"{}\"\n", agent.display()));
+    let d = Daemon::start_full(
+        &format!("agent = \"{}\"\n", agent.display()),
+        "[limits]\nmax_log_bytes = 4194304\n",
+    );
     let extra: Vec<(String, Vec<u8>)> = cases
         .iter()
         .map(|(n, b, _)| (format!("evil/{n}.bin"), b.clone()))
@@ -121,6 +130,25 @@ fn tampered_exports_are_rejected() {
         assert!(!log.contains('\x1b'), "raw ESC on the terminal: {log:?}");
         assert!(log.contains("\\x1b[2J this is not"), "{log:?}");
     }
+    // A guest that floods its channel: killed at limits.max_log_bytes, the
+    // job fails with the reason, and the host kept only bounded state.
+    let id = d.submit(&repo, &head, &["evil-flood"]);
+    let rec = d.wait(&id, 600);
+    let st = status(&rec);
+    assert!(st.contains("limits.max_log_bytes"), "flood: status {st}");
+    let timings = rec["timings"].as_array().map(Vec::len).unwrap_or(0);
+    assert!(timings <= 16, "flood: {timings} timing marks kept");
+    let log_len = std::fs::metadata(d.state().join("jobs").join(&id).join("build.log"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(log_len <= 8 << 20, "flood: build.log is {log_len} bytes");
+    assert!(d.log().contains("guest output over the limit"));
+    let warned = d
+        .log()
+        .lines()
+        .filter(|l| l.contains(&id) && l.contains("unexpected line on the agent channel"))
+        .count();
+    assert!(warned <= 5, "garbage warnings are rate-limited: {warned}");
     let q = d.state().join("quarantine");
     let left: Vec<_> = std::fs::read_dir(&q)
         .map(|r| r.flatten().map(|e| e.path()).collect())

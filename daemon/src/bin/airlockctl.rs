@@ -401,11 +401,12 @@ fn main() -> anyhow::Result<()> {
             Reply::Gc(g) if json => println!("{}", serde_json::to_string_pretty(&g)?),
             Reply::Gc(g) => {
                 out!(
-                    "expired: {} unreleased job(s), {} released job(s); {} cache path(s) removed; {} bytes freed",
+                    "expired: {} unreleased job(s), {} released job(s); {} cache path(s) removed; {} bytes freed; {} job log(s) removed",
                     g.expired_unreleased.len(),
                     g.expired_released.len(),
                     g.cache_paths_removed,
-                    g.bytes_freed
+                    g.bytes_freed,
+                    g.jobs_removed.len()
                 );
             }
             r => bail!("unexpected reply {r:?}"),

@@ -717,13 +717,44 @@ impl Release {
         let r = &self.cfg.retention;
         let unreleased = r.unreleased_hours * 3600;
         let released = (r.released_hours > 0).then_some(r.released_hours * 3600);
+        let jobs = crate::job::JobStore::new(self.cfg.jobs_dir());
+        let job_secs = r.job_hours * 3600;
         tokio::task::spawn_blocking(move || {
-            store::gc(&dirs, unreleased, released, crate::job::now())
+            let mut rep = store::gc(&dirs, unreleased, released, crate::job::now())?;
+            rep.jobs_removed = prune_jobs(&jobs, job_secs, crate::job::now());
+            Ok::<_, store::Error>(rep)
         })
         .await
         .map_err(|e| Error::Refused(format!("gc task failed: {e}")))?
         .map_err(Error::from)
     }
+}
+
+/// Delete the records and logs of jobs that ended more than `secs` ago.
+/// A broker job whose result is still to be published is kept.
+fn prune_jobs(jobs: &crate::job::JobStore, secs: u64, now: u64) -> Vec<String> {
+    let mut removed = Vec::new();
+    for rec in jobs.list().0 {
+        let Some(end) = rec.finished_at.filter(|_| rec.state.is_terminal()) else {
+            continue;
+        };
+        let pending = rec
+            .amqp
+            .as_ref()
+            .is_some_and(|o| o.report == crate::job::ReportState::Pending);
+        if pending || now.saturating_sub(end) < secs {
+            continue;
+        }
+        let dir = jobs.dir(&rec.id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {
+                info!(job_id = %rec.id, "job record and logs expired");
+                removed.push(rec.id);
+            }
+            Err(e) => warn!(job_id = %rec.id, error = %e, "cannot remove an expired job"),
+        }
+    }
+    removed
 }
 
 struct Facts {
@@ -769,5 +800,50 @@ mod tests {
         assert!(e.to_string().contains("fewer than"), "{e}");
         std::fs::write(&sf, "a-long-enough-random-secret\n").unwrap();
         assert!(Release::new(Arc::new(cfg)).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use crate::job::{AmqpOrigin, JobRecord, JobState, JobStore, ReportState, Source};
+
+    #[test]
+    fn old_job_logs_go_and_unpublished_results_stay() {
+        let t = tempfile::tempdir().unwrap();
+        let store = JobStore::new(t.path());
+        let job: crate::ofborg::BuildJob = serde_json::from_str(r#"{"repo":{"owner":"o","name":"n","full_name":"o/n","clone_url":"/x"},"pr":{"target_branch":"master","number":1,"head_sha":"e9872fa30caac57c69bfac8667e6c21254603df1"},"attrs":["a"],"request_id":"r"}"#).unwrap();
+        let mk = |finished: Option<u64>, report: Option<ReportState>| {
+            let mut r = JobRecord::new(Source::Local, job.clone());
+            r.state = if finished.is_some() {
+                JobState::Done
+            } else {
+                JobState::Running
+            };
+            r.finished_at = finished;
+            r.amqp = report.map(|report| AmqpOrigin {
+                system: "x86_64-linux".into(),
+                attempt_id: "a".into(),
+                report,
+                key: None,
+            });
+            store.save(&r).unwrap();
+            std::fs::write(store.dir(&r.id).join("build.log"), "log").unwrap();
+            r.id
+        };
+        let old = mk(Some(1_000), None);
+        let recent = mk(Some(9_000), None);
+        let running = mk(None, None);
+        let unpublished = mk(Some(1_000), Some(ReportState::Pending));
+        let published = mk(Some(1_000), Some(ReportState::Published));
+        let removed = super::prune_jobs(&store, 5_000, 10_000);
+        let mut want = vec![old.clone(), published.clone()];
+        want.sort();
+        let mut got = removed.clone();
+        got.sort();
+        assert_eq!(got, want);
+        for id in [recent, running, unpublished] {
+            assert!(store.load(&id).is_ok());
+        }
+        assert!(!store.dir(&old).exists());
     }
 }

@@ -410,6 +410,9 @@ pub struct GcReport {
     /// narinfos removed from the cache.
     pub cache_paths_removed: usize,
     pub bytes_freed: u64,
+    /// Finished jobs whose records and logs were deleted.
+    #[serde(default)]
+    pub jobs_removed: Vec<String>,
 }
 
 fn dir_size(p: &Path) -> u64 {

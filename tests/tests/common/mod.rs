@@ -205,7 +205,7 @@ impl Daemon {
         )
     }
 
-    fn start_full(vm_keys: &str, extra: &str) -> Daemon {
+    pub fn start_full(vm_keys: &str, extra: &str) -> Daemon {
         let ns = new_netns("d");
         Daemon::start_inner(vm_keys, extra, vec![], Some(ns), &[])
     }
@@ -224,14 +224,11 @@ impl Daemon {
         let accel = std::env::var("AIRLOCK_TEST_ACCEL").unwrap_or_else(|_| "tcg".into());
         let config = dir.path().join("airlock.toml");
         // Top-level keys in `extra` (before its first table) go first.
-        let split = extra
-            .find("\n[")
-            .map(|i| i + 1)
-            .unwrap_or(if extra.starts_with('[') {
-                0
-            } else {
-                extra.len()
-            });
+        let split = if extra.starts_with('[') {
+            0
+        } else {
+            extra.find("\n[").map(|i| i + 1).unwrap_or(extra.len())
+        };
         let (top, tables) = extra.split_at(split);
         let max_jobs = if top.contains("max_jobs") {
             ""
@@ -246,7 +243,7 @@ impl Daemon {
         toml.push_str(tables);
         // Broker jobs are fetched only from the configured URL: the fixture
         // repository that tests make with `fixture_repo(d.dir.path(), …)`.
-        if args.iter().any(|a| a == "--amqp-url") && !tables.contains("[github]") {
+        if args.iter().any(|a| a == "--amqp-url") && !extra.contains("[github]") {
             toml.push_str(&format!(
                 "\n[github]\nclone_url = \"{}\"\n",
                 dir.path().join("repo").display()
