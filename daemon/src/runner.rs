@@ -194,6 +194,22 @@ const MARKS_PER_KIND: usize = 2;
 const GARBAGE_WARNINGS: u64 = 5;
 
 impl Follower {
+    fn new(log: std::fs::File) -> Follower {
+        Follower {
+            pos: 0,
+            partial: Vec::new(),
+            tail: VecDeque::new(),
+            lines: 0,
+            log,
+            started: None,
+            attempted: None,
+            skipped: None,
+            agent_error: None,
+            marks: Vec::new(),
+            garbage: 0,
+        }
+    }
+
     /// A `Success` result with what the channel told so far (log tail,
     /// attempted and skipped attrs); the caller sets the real status.
     fn result(&self) -> JobResult {
@@ -409,19 +425,7 @@ impl Runner {
                 );
             }
         };
-        let mut follower = Follower {
-            pos: 0,
-            partial: Vec::new(),
-            tail: VecDeque::new(),
-            lines: 0,
-            log,
-            started: None,
-            attempted: None,
-            skipped: None,
-            agent_error: None,
-            marks: Vec::new(),
-            garbage: 0,
-        };
+        let mut follower = Follower::new(log);
         // 3a. Fetch phase: a NIC behind the egress policy; only FODs are realised.
         let mut fetch_status = None;
         let last_phase = if let Some(net) = &self.network {
@@ -823,19 +827,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let job: crate::ofborg::BuildJob = serde_json::from_str(r#"{"repo":{"owner":"o","name":"n","full_name":"o/n","clone_url":"/x"},"pr":{"target_branch":"master","number":1,"head_sha":"e9872fa30caac57c69bfac8667e6c21254603df1"},"attrs":["a"],"request_id":"r"}"#).unwrap();
         let rec = JobRecord::new(crate::job::Source::Local, job);
-        let mut f = Follower {
-            pos: 0,
-            partial: Vec::new(),
-            tail: VecDeque::new(),
-            lines: 0,
-            log: std::fs::File::create(t.path().join("build.log")).unwrap(),
-            started: None,
-            attempted: None,
-            skipped: None,
-            agent_error: None,
-            marks: Vec::new(),
-            garbage: 0,
-        };
+        let mut f = Follower::new(std::fs::File::create(t.path().join("build.log")).unwrap());
         let events = [
             airlock_wire::Event::AgentStarted { version: 1 },
             airlock_wire::Event::Built {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::broker::{job_json, rt, Broker, Probe};
+use common::broker::{job_json, rt, settle, Broker, Probe};
 use common::*;
 
 fn prerequisites_amqp(test: &str) -> bool {
@@ -45,27 +45,6 @@ async fn until_build_started(p: &mut Probe, d: &Daemon) {
         "{}",
         d.log()
     );
-}
-
-/// Wait until the job queue is empty, unacked messages included, and no job
-/// of `d` is queued or running: from then on no further result can come.
-async fn settle(p: &mut Probe, broker: &Broker, d: &Daemon, what: &str) {
-    let t0 = std::time::Instant::now();
-    loop {
-        let gone = broker.messages(QUEUE) == Some(0);
-        let idle = d.jobs().iter().all(|j| j["state"] == "done");
-        if gone && idle {
-            break;
-        }
-        assert!(
-            t0.elapsed().as_secs() < 120,
-            "{what}: message left in the queue ({:?}) or a job still running:\n{}",
-            broker.messages(QUEUE),
-            d.log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    p.poll().await;
 }
 
 fn start_msgs(p: &Probe, request_attempt: &str) -> usize {
@@ -238,7 +217,7 @@ fn kill9_mid_job_redelivers_and_reports_once() {
             "{}",
             d.log()
         );
-        settle(&mut p, &broker, &d, "kill -9").await;
+        settle(&mut p, &broker, &d, 120, "kill -9").await;
         let rs = p.results_for(&req);
         assert_eq!(rs.len(), 1, "exactly one BuildResult: {rs:#?}");
         assert_eq!(rs[0]["status"], "Success");
@@ -275,7 +254,7 @@ fn broker_restart_mid_job_still_delivers_the_result() {
             "{}",
             d.log()
         );
-        settle(&mut p, &broker, &d, "broker restart").await;
+        settle(&mut p, &broker, &d, 120, "broker restart").await;
         let rs = p.results_for(&req);
         assert_eq!(rs.len(), 1, "exactly one BuildResult: {rs:#?}");
         assert_eq!(rs[0]["status"], "Success");
@@ -317,8 +296,8 @@ fn two_builders_share_one_queue() {
             a.log(),
             b.log()
         );
-        settle(&mut p, &broker, &a, "builder A").await;
-        settle(&mut p, &broker, &b, "builder B").await;
+        settle(&mut p, &broker, &a, 120, "builder A").await;
+        settle(&mut p, &broker, &b, 120, "builder B").await;
         let mut by = std::collections::BTreeMap::new();
         for r in &reqs {
             let rs = p.results_for(r);
@@ -436,7 +415,7 @@ fn one_result_despite(point: &str, faults: &[Fault]) {
             );
             // Settled: the message is gone (acked) and no job is running,
             // so no further result can come.
-            settle(&mut p, &broker, &d, &format!("{fault:?} at {point}")).await;
+            settle(&mut p, &broker, &d, 120, &format!("{fault:?} at {point}")).await;
             let rs = p.results_for(&req);
             assert_eq!(
                 rs.len(),
@@ -514,7 +493,7 @@ fn restart_with_unpublished_result_sends_one_start() {
             "{}",
             d.log()
         );
-        settle(&mut p, &broker, &d, "kill -9 before publish").await;
+        settle(&mut p, &broker, &d, 120, "kill -9 before publish").await;
         let rs = p.results_for(&req);
         assert_eq!(rs.len(), 1, "one BuildResult: {rs:#?}");
         let attempt = rs[0]["attempt_id"].as_str().unwrap().to_owned();

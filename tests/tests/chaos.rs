@@ -15,9 +15,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::broker::{job_json, rt, Broker, Probe};
+use common::broker::{job_json, rt, settle, Broker, Probe};
 use common::*;
 
 const QUEUE: &str = "build-inputs-x86_64-linux";
@@ -167,24 +166,7 @@ fn chaos(ns: &str) {
             "not every job was reported (seed {seed}):\n{}",
             d.log()
         );
-        // Settled: every message acked and no job running; then nothing
-        // more can be published.
-        let t0 = Instant::now();
-        loop {
-            let gone = broker.messages(QUEUE) == Some(0);
-            let idle = d.jobs().iter().all(|j| j["state"] == "done");
-            if gone && idle {
-                break;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(300),
-                "queue not empty ({:?}) or a job still running (seed {seed}):\n{}",
-                broker.messages(QUEUE),
-                d.log()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        p.poll().await;
+        settle(&mut p, &broker, &d, 300, &format!("chaos (seed {seed})")).await;
         let mut counts = BTreeMap::new();
         for (req, attrs) in &reqs {
             let rs = p.results_for(req);

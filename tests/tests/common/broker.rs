@@ -373,3 +373,26 @@ pub fn job_json(repo: &std::path::Path, head: &str, attrs: &[&str], request_id: 
 pub fn data_dir(b: &Broker) -> PathBuf {
     b.dir.path().to_path_buf()
 }
+
+/// Wait (up to `secs`) until queue `build-inputs-x86_64-linux` is empty,
+/// unacked messages included, and no job of `d` is queued or running: from
+/// then on no further result can come. Then collect what arrived.
+pub async fn settle(p: &mut Probe, broker: &Broker, d: &super::Daemon, secs: u64, what: &str) {
+    const QUEUE: &str = "build-inputs-x86_64-linux";
+    let t0 = Instant::now();
+    loop {
+        let gone = broker.messages(QUEUE) == Some(0);
+        let idle = d.jobs().iter().all(|j| j["state"] == "done");
+        if gone && idle {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "{what}: message left in the queue ({:?}) or a job still running:\n{}",
+            broker.messages(QUEUE),
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    p.poll().await;
+}

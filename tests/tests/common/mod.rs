@@ -88,6 +88,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// airlockd's flags for the broker at `url` as `identity`, x86_64-linux.
+fn amqp_args(url: &str, identity: &str) -> Vec<String> {
+    [
+        "--amqp-url",
+        url,
+        "--identity",
+        identity,
+        "--system",
+        "x86_64-linux",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
@@ -153,39 +168,17 @@ impl Daemon {
 
     /// Like [`Daemon::start_amqp`], with extra environment for airlockd.
     pub fn start_amqp_env(url: &str, identity: &str, extra: &str, env: &[(&str, &str)]) -> Daemon {
-        let args = [
-            "--amqp-url",
-            url,
-            "--identity",
-            identity,
-            "--system",
-            "x86_64-linux",
-        ];
         let extra = format!("{extra}\n[network]\nenabled = false\n");
-        Daemon::start_inner(
-            "",
-            &extra,
-            args.iter().map(|s| s.to_string()).collect(),
-            None,
-            env,
-        )
+        Daemon::start_inner("", &extra, amqp_args(url, identity), None, env)
     }
 
     /// A broker daemon with the fetch-phase network on, in network
     /// namespace `netns` (which must also hold the broker).
     pub fn start_amqp_in_netns(url: &str, identity: &str, netns: &str, extra: &str) -> Daemon {
-        let args = [
-            "--amqp-url",
-            url,
-            "--identity",
-            identity,
-            "--system",
-            "x86_64-linux",
-        ];
         Daemon::start_inner(
             "",
             extra,
-            args.iter().map(|s| s.to_string()).collect(),
+            amqp_args(url, identity),
             Some(netns.to_owned()),
             &[],
         )
