@@ -166,6 +166,20 @@ fn start_marker(daemon: &Daemon, id: &str) -> std::path::PathBuf {
     daemon.runner.store.dir(id).join("amqp-start-published")
 }
 
+/// Marker file: this job's `BuildResult` reached its `statusreport`
+/// destination (confirmed); a retry after a failure publishing the copy to
+/// `logs` must not report the job a second time.
+fn result_marker(daemon: &Daemon, id: &str) -> std::path::PathBuf {
+    daemon.runner.store.dir(id).join("amqp-result-published")
+}
+
+/// Write a marker durably (fsync), warning if that fails.
+fn mark(path: &std::path::Path, what: &str) {
+    if let Err(e) = crate::fsutil::write_atomic(path, b"") {
+        warn!(error = %e, "cannot record that {what} was published");
+    }
+}
+
 /// The runner's log sink for broker jobs; feeds the publisher.
 pub struct AmqpSink {
     cfg: Arc<Config>,
@@ -559,9 +573,13 @@ impl Amqp {
         // waits for a slot finds it.
         self.with_index(daemon, |ix| ix.insert(key.clone(), id.clone()));
         if let Err(e) = daemon.enqueue(rec) {
-            warn!(job_id = %id, error = %e, "cannot queue broker job; leaving it to the broker");
-            self.shared.acks.lock().expect("lock").remove(&id);
+            warn!(job_id = %id, error = %e, "cannot queue broker job; handed back to the broker");
             self.with_index(daemon, |ix| ix.remove(&key));
+            let ack = self.shared.acks.lock().expect("lock").remove(&id);
+            if let Some((_, acker)) = ack {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = acker.reject(BasicRejectOptions { requeue: true }).await;
+            }
         }
     }
 
@@ -661,7 +679,10 @@ impl Amqp {
         let mut rx = self.rx.lock().await;
         let mut retry = tokio::time::interval(Duration::from_secs(30));
         loop {
+            // Queued messages first: a job's start and lines go out before a
+            // retry tick publishes its result.
             let msg = tokio::select! {
+                biased;
                 m = rx.recv() => match m { Some(m) => m, None => return },
                 _ = retry.tick() => Out::ReportAll,
             };
@@ -674,14 +695,19 @@ impl Amqp {
                     if start_of.is_none() {
                         self.shared.queued_lines.fetch_sub(1, Ordering::Relaxed);
                     }
+                    // A start that went out with the result already.
+                    if start_of
+                        .as_ref()
+                        .is_some_and(|id| start_marker(&daemon, id).exists())
+                    {
+                        continue;
+                    }
                     // Log lines are best effort: lost while the broker is away.
                     match self.publish(&dest, &body, persistent_json(), false).await {
                         Err(e) => debug!(error = %e, "log message not published"),
                         Ok(()) => {
                             if let Some(id) = start_of {
-                                if let Err(e) = std::fs::write(start_marker(&daemon, &id), b"") {
-                                    warn!(job_id = %id, error = %e, "cannot record that BuildLogStart was published");
-                                }
+                                mark(&start_marker(&daemon, &id), "BuildLogStart");
                             }
                         }
                     }
@@ -784,9 +810,7 @@ impl Amqp {
             let body = serde_json::to_vec(&m).expect("serialises");
             self.publish(&rec.job.logs_destination(), &body, persistent_json(), true)
                 .await?;
-            if let Err(e) = std::fs::write(&marker, b"") {
-                warn!(error = %e, "cannot record that BuildLogStart was published");
-            }
+            mark(&marker, "BuildLogStart");
         }
         let result = BuildResultV1 {
             tag: V1Tag::V1,
@@ -801,13 +825,17 @@ impl Amqp {
             attempted_attrs: res.attempted_attrs.clone(),
         };
         let body = serde_json::to_vec(&result).expect("serialises");
-        self.publish(
-            &rec.job.result_destination(),
-            &body,
-            persistent_json(),
-            true,
-        )
-        .await?;
+        let sent = result_marker(daemon, &rec.id);
+        if !sent.exists() {
+            self.publish(
+                &rec.job.result_destination(),
+                &body,
+                persistent_json(),
+                true,
+            )
+            .await?;
+            mark(&sent, "BuildResult");
+        }
         if !merge_failed {
             self.publish(&rec.job.logs_destination(), &body, persistent_json(), true)
                 .await?;

@@ -220,16 +220,21 @@ pub async fn prepare(
         std::fs::rename(&tmp, &cache).map_err(|e| Error::Cache(cache.clone(), e))?;
     }
     let target_ref = format!("+refs/heads/{target_branch}:refs/heads/{target_branch}");
-    if let Err(e) = git_t(
+    match git_t(
         Some(&cache),
         &["fetch", "-q", "--no-tags", "--", url, &target_ref],
         t,
     )
     .await
     {
-        return Ok(Outcome::Missing(format!(
-            "target branch {target_branch}: {e}"
-        )));
+        Ok(_) => {}
+        // Too slow is our problem, not a missing branch: reported, not silent.
+        Err(e @ Error::Timeout { .. }) => return Err(e),
+        Err(e) => {
+            return Ok(Outcome::Missing(format!(
+                "target branch {target_branch}: {e}"
+            )))
+        }
     }
     let have_head = |c: PathBuf| async move {
         git_t(

@@ -181,7 +181,8 @@ pub struct RetentionConfig {
     /// Seconds between automatic collections; 0 disables the timer.
     pub gc_interval_secs: u64,
     /// Finished jobs' records and logs (`jobs/<id>/`) are deleted this long
-    /// after the job ended (a broker result not yet published is kept).
+    /// after the job ended (a broker result not yet published is kept);
+    /// 0 keeps them for ever.
     pub job_hours: u64,
 }
 

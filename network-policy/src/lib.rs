@@ -53,7 +53,10 @@ fn forwarding_before_airlock() -> std::io::Result<bool> {
     }
     let now = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?;
     std::fs::create_dir_all(dir)?;
-    std::fs::write(&memo, now.trim())?;
+    // Atomically: a crash never leaves an empty memo.
+    let tmp = dir.join(format!("ip_forward-before-{ns}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, now.trim())?;
+    std::fs::rename(&tmp, &memo)?;
     Ok(now.trim() == "1")
 }
 

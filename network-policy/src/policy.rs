@@ -226,7 +226,7 @@ impl Policy {
         let _ = writeln!(s, "    iifname \"{TAP_PREFIX}*\" iifname vmap @jobs_fwd");
         let _ = writeln!(s, "    iifname \"{TAP_PREFIX}*\" counter drop");
         if only_jobs_forward {
-            let _ = writeln!(s, "    counter drop comment \"not job traffic: this host routes only for airlock jobs\"");
+            let _ = writeln!(s, "    meta nfproto ipv4 counter drop comment \"not job traffic: this host routes only for airlock jobs\"");
         }
         let _ = writeln!(s, "  }}");
         // Traffic to the host itself.

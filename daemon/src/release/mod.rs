@@ -734,6 +734,9 @@ impl Release {
 /// A broker job whose result is still to be published is kept.
 fn prune_jobs(jobs: &crate::job::JobStore, secs: u64, now: u64) -> Vec<String> {
     let mut removed = Vec::new();
+    if secs == 0 {
+        return removed; // 0: kept for ever
+    }
     for rec in jobs.list().0 {
         let Some(end) = rec.finished_at.filter(|_| rec.state.is_terminal()) else {
             continue;
