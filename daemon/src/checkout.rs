@@ -63,15 +63,24 @@ pub enum Outcome {
     TooLarge(String),
 }
 
-/// `git` under the checkout timeout (killed when it runs over).
-async fn git_t(dir: Option<&Path>, args: &[&str], limit: std::time::Duration) -> Result<String> {
-    match tokio::time::timeout(limit, git(dir, args)).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Timeout {
-            args: args.join(" "),
+/// Run `work` (a git step named `what`) under `limit`; when it runs over
+/// it is dropped, which kills its git process (`kill_on_drop`).
+async fn timed<T>(
+    limit: std::time::Duration,
+    what: impl FnOnce() -> String,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+        Err(Error::Timeout {
+            args: what(),
             secs: limit.as_secs(),
-        }),
-    }
+        })
+    })
+}
+
+/// `git` under the checkout timeout.
+async fn git_t(dir: Option<&Path>, args: &[&str], limit: std::time::Duration) -> Result<String> {
+    timed(limit, || args.join(" "), git(dir, args)).await
 }
 
 /// Count the files of `rev`'s tree and add up their sizes, streaming `git
@@ -136,13 +145,7 @@ pub async fn check_tree(repo: &Path, rev: &str, limits: &Limits) -> Result<Optio
         }
         Ok(None)
     };
-    match tokio::time::timeout(limits.timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Timeout {
-            args: format!("ls-tree -r {rev}"),
-            secs: limits.timeout.as_secs(),
-        }),
-    }
+    timed(limits.timeout, || format!("ls-tree -r {rev}"), work).await
 }
 
 async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String> {
