@@ -47,13 +47,6 @@ async fn until_build_started(p: &mut Probe, d: &Daemon) {
     );
 }
 
-fn start_msgs(p: &Probe, request_attempt: &str) -> usize {
-    p.logs_for_attempt(request_attempt)
-        .iter()
-        .filter(|m| m.get("line_number").is_none() && m.get("tag").is_none())
-        .count()
-}
-
 #[test]
 fn job_from_broker_is_built_and_reported_like_ofborg() {
     if !prerequisites_amqp("job_from_broker_is_built_and_reported_like_ofborg") {
@@ -148,7 +141,7 @@ fn job_from_broker_is_built_and_reported_like_ofborg() {
             "V1",
             "the result also goes to logs, last"
         );
-        assert_eq!(start_msgs(&p, &attempt), 1);
+        assert_eq!(p.starts_for_attempt(&attempt), 1);
 
         // Nothing for the silent job; the poison message is dead-lettered.
         assert!(p.results_for("silent-request").is_empty());
@@ -425,7 +418,7 @@ fn one_result_despite(point: &str, faults: &[Fault]) {
             assert_eq!(rs[0]["status"], "Success");
             let attempt = rs[0]["attempt_id"].as_str().unwrap().to_owned();
             assert_eq!(
-                start_msgs(&p, &attempt),
+                p.starts_for_attempt(&attempt),
                 1,
                 "{fault:?} at {point}: one BuildLogStart"
             );
@@ -497,6 +490,6 @@ fn restart_with_unpublished_result_sends_one_start() {
         let rs = p.results_for(&req);
         assert_eq!(rs.len(), 1, "one BuildResult: {rs:#?}");
         let attempt = rs[0]["attempt_id"].as_str().unwrap().to_owned();
-        assert_eq!(start_msgs(&p, &attempt), 1, "one BuildLogStart");
+        assert_eq!(p.starts_for_attempt(&attempt), 1, "one BuildLogStart");
     });
 }

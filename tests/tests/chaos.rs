@@ -181,11 +181,7 @@ fn chaos(ns: &str) {
                 .or_insert(0usize) += 1;
             // Its attempt's log has exactly one start.
             let attempt = rs[0]["attempt_id"].as_str().unwrap();
-            let starts = p
-                .logs_for_attempt(attempt)
-                .iter()
-                .filter(|m| m.get("line_number").is_none() && m.get("tag").is_none())
-                .count();
+            let starts = p.starts_for_attempt(attempt);
             assert!(
                 starts <= 1,
                 "request {req}: {starts} BuildLogStart messages (seed {seed})"

@@ -349,6 +349,14 @@ impl Probe {
             .collect()
     }
 
+    /// `BuildLogStart` messages of an attempt (neither a log line nor a result).
+    pub fn starts_for_attempt(&self, attempt: &str) -> usize {
+        self.logs_for_attempt(attempt)
+            .iter()
+            .filter(|m| m.get("line_number").is_none() && m.get("tag").is_none())
+            .count()
+    }
+
     pub fn logs_for_attempt(&self, attempt: &str) -> Vec<&serde_json::Value> {
         self.logs
             .iter()
