@@ -52,8 +52,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Merged; `commit` is the merge result that gets built.
-    Merged { commit: String },
+    /// Merged; `commit` is the merge result that gets built, `base` the
+    /// target branch commit the head was merged onto.
+    Merged { commit: String, base: String },
     /// The head does not merge cleanly onto the target branch.
     MergeFailed,
     /// The head commit (or the target branch) could not be fetched.
@@ -297,6 +298,7 @@ pub async fn prepare(
         t,
     )
     .await?;
+    let base = git_t(Some(work), &["rev-parse", "HEAD"], t).await?;
     let merged = git_t(
         Some(work),
         &[
@@ -323,7 +325,7 @@ pub async fn prepare(
     if let Some(why) = check_tree(work, "HEAD", limits).await? {
         return Ok(Outcome::TooLarge(why));
     }
-    Ok(Outcome::Merged { commit })
+    Ok(Outcome::Merged { commit, base })
 }
 
 /// Write the merged tree (no `.git`) to `dest`.

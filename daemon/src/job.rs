@@ -102,6 +102,9 @@ pub struct JobRecord {
     pub state: JobState,
     /// The merged commit that was built (head merged onto the target branch).
     pub merged_commit: Option<String>,
+    /// The target branch commit the head was merged onto.
+    #[serde(default)]
+    pub base_commit: Option<String>,
     pub created_at: u64,
     pub started_at: Option<u64>,
     pub finished_at: Option<u64>,
@@ -143,6 +146,7 @@ impl JobRecord {
             job,
             state: JobState::Queued,
             merged_commit: None,
+            base_commit: None,
             created_at: now(),
             started_at: None,
             finished_at: None,

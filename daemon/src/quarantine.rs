@@ -151,6 +151,36 @@ pub struct JobManifest {
     /// signs these values, never text read back from disk.
     #[serde(default)]
     pub verified: Vec<VerifiedPath>,
+    /// What the host fetched and merged. Absent in manifests written before
+    /// it was recorded: release then holds (the base cannot be checked).
+    #[serde(default)]
+    pub origin: Option<Origin>,
+}
+
+/// Where the built tree came from, as the host fetched and merged it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The URL both the head and the target branch were fetched from.
+    pub clone_url: String,
+    /// The target branch the head was merged onto (`pr.target_branch`).
+    pub base_branch: String,
+    /// That branch's commit at the time of the merge.
+    pub base_commit: String,
+    /// The merge result that was built.
+    pub merged_commit: String,
+}
+
+impl Origin {
+    /// An origin for crafted test jobs: `branch` of a local repository.
+    #[doc(hidden)]
+    pub fn test(branch: &str) -> Origin {
+        Origin {
+            clone_url: "/nonexistent/test.git".into(),
+            base_branch: branch.into(),
+            base_commit: "0".repeat(40),
+            merged_commit: "1".repeat(40),
+        }
+    }
 }
 
 /// Identifies the job whose export is imported.
@@ -160,6 +190,7 @@ pub struct JobRef<'a> {
     pub commit: &'a str,
     pub repo: &'a str,
     pub pr: u64,
+    pub origin: Option<Origin>,
 }
 
 pub struct Imported {
@@ -344,6 +375,7 @@ fn import_into(export: &Path, tmp: &Path, job: &JobRef<'_>, limits: &Limits) -> 
         paths: paths.iter().map(|p| p.to_string()).collect(),
         verified,
         created_at: crate::job::now(),
+        origin: job.origin.clone(),
     };
     let jm_path = tmp.join("manifest.json");
     write_atomic(
@@ -424,6 +456,7 @@ mod tests {
             commit: COMMIT,
             repo: "o/n",
             pr: 1,
+            origin: Some(crate::quarantine::Origin::test("master")),
         };
         let lim = Limits {
             max_nar_bytes: 1 << 20,

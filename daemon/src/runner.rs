@@ -366,9 +366,10 @@ impl Runner {
         )
         .await;
         match outcome {
-            Ok(Outcome::Merged { commit }) => {
-                info!(merged = %commit, "merged head onto {}", rec.job.target_branch());
+            Ok(Outcome::Merged { commit, base }) => {
+                info!(merged = %commit, %base, "merged head onto {}", rec.job.target_branch());
                 rec.merged_commit = Some(commit);
+                rec.base_commit = Some(base);
                 self.mark(rec, "checkout");
             }
             Ok(Outcome::TooLarge(why)) => {
@@ -762,12 +763,22 @@ impl Runner {
         let commit = rec.job.pr.head_sha.clone();
         let repo = rec.job.repo.full_name.clone();
         let pr = rec.job.pr.number;
+        let origin = match (&rec.base_commit, &rec.merged_commit) {
+            (Some(base), Some(merged)) => Some(quarantine::Origin {
+                clone_url: rec.job.repo.clone_url.clone(),
+                base_branch: rec.job.target_branch().to_owned(),
+                base_commit: base.clone(),
+                merged_commit: merged.clone(),
+            }),
+            _ => None,
+        };
         let imported = tokio::task::spawn_blocking(move || {
             let jr = quarantine::JobRef {
                 job_id: &job_id,
                 commit: &commit,
                 repo: &repo,
                 pr,
+                origin,
             };
             quarantine::import(&export, &root, &jr, &limits)
         })

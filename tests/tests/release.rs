@@ -338,6 +338,19 @@ fn release_rule_cases() {
     gh.event(108, "reopened", "mallory", t0 + 20, "");
     gh.set_pull(108, &i8, &[LABEL]);
 
+    // 109: the rule holds, but one job of the head was merged onto a branch
+    // the PR does not target (a forged `target_branch`, or a retargeted
+    // PR): only the job merged onto the PR's base (`master`) is released.
+    let j9 = sha("j");
+    hook(109, &j9, t0);
+    gh.event(109, "labeled", "alice", t0 + 10, LABEL);
+    gh.set_pull(109, &j9, &[LABEL]);
+    // 110: the rule holds, but the manifest predates the recorded origin.
+    let k10 = sha("k");
+    hook(110, &k10, t0);
+    gh.event(110, "labeled", "alice", t0 + 10, LABEL);
+    gh.set_pull(110, &k10, &[LABEL]);
+
     let ja = craft_job(d, &a, 101, "a");
     let jb = craft_job(d, &b, 101, "b");
     let jc = craft_job(d, &c, 102, "c");
@@ -347,11 +360,18 @@ fn release_rule_cases() {
     let jg = craft_job(d, &g6, 106, "g");
     let jh = craft_job(d, &h7, 107, "h");
     let ji = craft_job(d, &i8, 108, "i");
+    let on = |commit: &str, pr: u64, name: &str, base: Option<&str>| {
+        common::github::craft_job_on(&d.state(), commit, REPO, pr, name, base).0
+    };
+    let j9_evil = on(&j9, 109, "j-evil", Some("evil-base"));
+    let j9_ok = craft_job(d, &j9, 109, "j");
+    let jk = on(&k10, 110, "k", None);
     let served =
         |commit: &str, job: &str| get(&s.cache, &narinfo_url(&job_path(d, commit, job))).0 == 200;
 
     wait_until("105 released", 30, d, || served(&f, &jf));
     wait_until("107 released", 30, d, || served(&h7, &jh));
+    wait_until("109 (onto master) released", 30, d, || served(&j9, &j9_ok));
     assert_eq!(
         status_json(d, &h7)["jobs"][0]["released"]["how"]["head_source"],
         "activity"
@@ -365,12 +385,30 @@ fn release_rule_cases() {
         (&e, &je, "may not release"),
         (&g6, &jg, "longer than 50 pages"),
         (&i8, &ji, "must be added again"),
+        (&k10, &jk, "does not record the branch"),
     ];
     for (commit, job, why) in expected {
         let dec = decision(d, commit);
         assert!(dec.contains(why), "{commit}: {dec}");
         assert!(!served(commit, job), "{commit} released");
     }
+
+    assert!(
+        !served(&j9, &j9_evil),
+        "a job merged onto evil-base was released"
+    );
+    let st = status_json(d, &j9);
+    let evil = st["prs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["base_branch"] == "evil-base")
+        .unwrap_or_else(|| panic!("no evil-base entry: {st}"));
+    let why = evil["decision"]["hold"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("`evil-base`") && why.contains("built again"),
+        "{why}"
+    );
 
     // Removing the label after release (no webhook: polling sees it) is
     // logged; the outputs stay released.
@@ -407,10 +445,18 @@ fn release_rule_cases() {
     let g: Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut expired: Vec<String> = serde_json::from_value(g["expired_unreleased"].clone()).unwrap();
     expired.sort();
-    let mut want = vec![ja.clone(), jc.clone(), jd.clone(), jg.clone(), ji.clone()];
+    let mut want = vec![
+        ja.clone(),
+        jc.clone(),
+        jd.clone(),
+        jg.clone(),
+        ji.clone(),
+        j9_evil.clone(),
+        jk.clone(),
+    ];
     want.sort();
     assert_eq!(expired, want);
-    for (commit, job) in [(&b, &jb), (&e, &je), (&f, &jf)] {
+    for (commit, job) in [(&b, &jb), (&e, &je), (&f, &jf), (&j9, &j9_ok)] {
         assert!(served(commit, job), "{commit} no longer served after gc");
     }
 

@@ -56,6 +56,15 @@ fn chain_builds_in_vm_and_matches_host_build() {
     // Quarantine: one NAR per built path, each hashing like the host's build.
     let q = Path::new(rec["result"]["quarantine"].as_str().unwrap());
     assert!(q.starts_with(d.state().join("quarantine").join(&head)));
+    // The manifest records what was fetched and merged (release checks
+    // the base branch against the PR's).
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(q.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["origin"]["base_branch"], "master", "{m}");
+    assert_eq!(m["origin"]["clone_url"], repo.to_str().unwrap(), "{m}");
+    assert_eq!(m["origin"]["merged_commit"], rec["merged_commit"]);
+    assert_eq!(m["origin"]["base_commit"], rec["base_commit"]);
+    assert_eq!(m["origin"]["base_commit"].as_str().unwrap().len(), 40);
     let host_store = d.dir.path().join("host-store");
     let hs = host_store.to_str().unwrap();
     let host_paths = host_build(&host_store, &repo, "chain");

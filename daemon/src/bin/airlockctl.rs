@@ -213,9 +213,10 @@ fn print_release_status(st: &Status) {
         );
     }
     for p in &st.prs {
+        let onto = p.base_branch.as_deref().unwrap_or("(base not recorded)");
         match &p.decision {
             Decision::Release(g) => out!(
-                "{}#{}: rule holds: labelled by {} at {}, after the head was set at {} ({})",
+                "{}#{} onto {onto}: rule holds: labelled by {} at {}, after the head was set at {} ({})",
                 p.repo,
                 p.pr,
                 g.actor,
@@ -223,7 +224,7 @@ fn print_release_status(st: &Status) {
                 fmt_time(g.head_since),
                 source_text(g.head_source)
             ),
-            Decision::Hold(why) => out!("{}#{}: not released: {why}", p.repo, p.pr),
+            Decision::Hold(why) => out!("{}#{} onto {onto}: not released: {why}", p.repo, p.pr),
         }
     }
 }

@@ -69,6 +69,12 @@ pub struct PullHead {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+pub struct PullBase {
+    #[serde(rename = "ref")]
+    pub branch: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct RepoRef {
     pub full_name: String,
 }
@@ -89,6 +95,10 @@ pub struct Pull {
     pub number: u64,
     pub state: String,
     pub head: PullHead,
+    /// The branch the PR targets (absent in a malformed answer: release
+    /// then holds).
+    #[serde(default)]
+    pub base: Option<PullBase>,
     #[serde(default)]
     pub labels: Vec<LabelRef>,
 }

@@ -70,8 +70,14 @@ pub struct JobStatus {
 pub struct PrStatus {
     pub repo: String,
     pub pr: u64,
+    /// The branch the jobs were merged onto (`None`: not recorded).
+    #[serde(default)]
+    pub base_branch: Option<String>,
     pub decision: Decision,
 }
+
+/// What the rule decides about: one commit, merged onto one base branch.
+type Candidate = (String, Option<String>);
 
 pub struct Release {
     cfg: Arc<Config>,
@@ -86,7 +92,7 @@ pub struct Release {
     poke_tx: mpsc::UnboundedSender<()>,
     poke_rx: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
     /// Last decision logged per commit, so the log says each change once.
-    last: Mutex<HashMap<String, String>>,
+    last: Mutex<HashMap<Candidate, String>>,
     /// Jobs whose "label removed after release" was logged.
     unlabel_logged: Mutex<std::collections::HashSet<String>>,
     /// When polling last looked for labels removed after release.
@@ -242,7 +248,7 @@ impl Release {
         self.last
             .lock()
             .expect("lock")
-            .retain(|c, _| pending.iter().any(|j| &j.commit == c));
+            .retain(|(c, _), _| pending.iter().any(|j| &j.commit == c));
         let mut by_pr: BTreeMap<(String, u64), Vec<QuarantinedJob>> = BTreeMap::new();
         for j in pending {
             by_pr.entry((j.repo.clone(), j.pr)).or_default().push(j);
@@ -250,23 +256,28 @@ impl Release {
         for ((repo, pr), jobs) in by_pr {
             let span = info_span!("release", %repo, pr);
             async {
-                let commits: Vec<String> = {
-                    let mut c: Vec<String> = jobs.iter().map(|j| j.commit.clone()).collect();
+                let candidates: Vec<Candidate> = {
+                    let mut c: Vec<Candidate> = jobs
+                        .iter()
+                        .map(|j| (j.commit.clone(), j.base_branch.clone()))
+                        .collect();
                     c.sort();
                     c.dedup();
                     c
                 };
-                let decisions = self.evaluate(&repo, pr, &commits).await;
-                for (commit, d) in decisions {
-                    self.log_decision(&commit, &d);
+                let decisions = self.evaluate(&repo, pr, &candidates).await;
+                for ((commit, base), d) in decisions {
+                    self.log_decision(&(commit.clone(), base.clone()), &d);
                     if let Decision::Release(g) = d {
                         let how = How::Label {
                             repo: repo.clone(),
                             pr,
                             grant: g,
                         };
-                        let js: Vec<&QuarantinedJob> =
-                            jobs.iter().filter(|j| j.commit == commit).collect();
+                        let js: Vec<&QuarantinedJob> = jobs
+                            .iter()
+                            .filter(|j| j.commit == commit && j.base_branch == base)
+                            .collect();
                         if let Err(e) = self.release_jobs(&js, how).await {
                             warn!(%commit, error = %e, "release failed; retried at the next check");
                         }
@@ -342,20 +353,21 @@ impl Release {
         }
     }
 
-    fn log_decision(&self, commit: &str, d: &Decision) {
+    fn log_decision(&self, key: &Candidate, d: &Decision) {
+        let (commit, base) = (&key.0, key.1.as_deref().unwrap_or("(not recorded)"));
         let text = match d {
             Decision::Release(g) => format!("release: labelled by {}", g.actor),
             Decision::Hold(why) => why.clone(),
         };
         let mut last = self.last.lock().expect("lock");
-        if last.get(commit) != Some(&text) {
+        if last.get(key) != Some(&text) {
             match d {
                 Decision::Release(g) => {
-                    info!(%commit, actor = %g.actor, labeled_at = %rule::fmt_time(g.labeled_at), head_since = %rule::fmt_time(g.head_since), head_source = rule::source_text(g.head_source), "release rule holds")
+                    info!(%commit, %base, actor = %g.actor, labeled_at = %rule::fmt_time(g.labeled_at), head_since = %rule::fmt_time(g.head_since), head_source = rule::source_text(g.head_source), "release rule holds")
                 }
-                Decision::Hold(why) => info!(%commit, reason = %why, "not released"),
+                Decision::Hold(why) => info!(%commit, %base, reason = %why, "not released"),
             }
-            last.insert(commit.to_owned(), text);
+            last.insert(key.clone(), text);
         }
     }
 
@@ -375,14 +387,15 @@ impl Release {
         Ok(())
     }
 
-    /// The rule's answer for each commit of one PR. Errors (GitHub
-    /// unreachable, rate limited) are holds with the reason.
-    pub async fn evaluate(
+    /// The rule's answer for each commit (merged onto a base branch) of one
+    /// PR. Errors (GitHub unreachable, rate limited) are holds with the
+    /// reason.
+    async fn evaluate(
         &self,
         repo: &str,
         pr: u64,
-        commits: &[String],
-    ) -> Vec<(String, Decision)> {
+        commits: &[Candidate],
+    ) -> Vec<(Candidate, Decision)> {
         let hold_all = |why: String| {
             commits
                 .iter()
@@ -400,9 +413,11 @@ impl Release {
                     let d = rule::decide(
                         &rule::Facts {
                             trust: self.cfg.trust,
-                            commit: c,
+                            commit: &c.0,
                             label: &self.cfg.release.label,
                             current_head: &f.head,
+                            current_base: f.base.as_deref(),
+                            merged_base: c.1.as_deref(),
                             current_labels: &f.labels,
                             label_events: &f.label_events,
                             heads: &f.heads,
@@ -494,6 +509,7 @@ impl Release {
         }
         Ok(Facts {
             head,
+            base: pull.base.map(|b| b.branch),
             labels: pull.labels.into_iter().map(|l| l.name).collect(),
             label_events,
             heads,
@@ -630,13 +646,16 @@ impl Release {
         let commit = store::check_commit(commit)?;
         let rec = store::load_record(&self.dirs, &commit)?;
         let jobs = store::quarantined(&self.dirs, Some(&commit));
-        let mut prs: Vec<(String, u64)> = jobs.iter().map(|j| (j.repo.clone(), j.pr)).collect();
+        let mut prs: Vec<(String, u64, Option<String>)> = jobs
+            .iter()
+            .map(|j| (j.repo.clone(), j.pr, j.base_branch.clone()))
+            .collect();
         prs.sort();
         prs.dedup();
         let mut out = Vec::new();
-        for (repo, pr) in prs {
+        for (repo, pr, base) in prs {
             let d = self
-                .evaluate(&repo, pr, std::slice::from_ref(&commit))
+                .evaluate(&repo, pr, &[(commit.clone(), base.clone())])
                 .await
                 .pop()
                 .map(|(_, d)| d)
@@ -644,6 +663,7 @@ impl Release {
             out.push(PrStatus {
                 repo,
                 pr,
+                base_branch: base,
                 decision: d,
             });
         }
@@ -762,6 +782,7 @@ fn prune_jobs(jobs: &crate::job::JobStore, secs: u64, now: u64) -> Vec<String> {
 
 struct Facts {
     head: String,
+    base: Option<String>,
     labels: Vec<String>,
     label_events: Vec<LabelEvent>,
     heads: Vec<HeadRecord>,

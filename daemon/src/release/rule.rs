@@ -77,6 +77,11 @@ pub struct Facts<'a> {
     pub label: &'a str,
     /// P's head now, per the API.
     pub current_head: &'a str,
+    /// P's base branch now, per the API (`None`: the answer had none).
+    pub current_base: Option<&'a str>,
+    /// The branch the job merged C onto, from its quarantine manifest
+    /// (`None`: not recorded).
+    pub merged_base: Option<&'a str>,
     /// Labels on P now, per the API.
     pub current_labels: &'a [String],
     /// Label events for `label`, oldest first.
@@ -145,6 +150,20 @@ pub fn decide(f: &Facts<'_>, allowed: impl Fn(&str) -> Allowed) -> Decision {
             "{} is no longer the PR's head (the head is now {}); a label on the new head does not cover it",
             f.commit, f.current_head
         ));
+    }
+    match (f.merged_base, f.current_base) {
+        (None, _) => {
+            return hold(
+                "the quarantine manifest does not record the branch the head was merged onto, so it cannot be checked against the PR's base; build it again (or release it with `airlockctl release --reason`)".into(),
+            )
+        }
+        (Some(_), None) => return hold("GitHub's answer names no base branch for the PR".into()),
+        (Some(m), Some(c)) if m != c => {
+            return hold(format!(
+                "built merged onto `{m}`, but the PR's base branch is `{c}`: what the committer reviews is a merge onto `{c}`, so it must be built again"
+            ))
+        }
+        _ => {}
     }
     let Some(ev) = latest_label(f.label_events) else {
         return match f.label_events.iter().max_by_key(|e| e.at) {
@@ -261,6 +280,8 @@ mod tests {
                 commit: C,
                 label: L,
                 current_head: head_now,
+                current_base: Some("master"),
+                merged_base: Some("master"),
                 current_labels: &labels,
                 label_events: events,
                 heads,
@@ -302,6 +323,42 @@ mod tests {
     }
 
     #[test]
+    fn base_branch_must_match_the_prs() {
+        let labels = [L.to_string()];
+        let events = [label(true, "alice", 200)];
+        let heads = [head(C, 100, HeadSource::Webhook)];
+        let f = |merged: Option<&'static str>, current: Option<&'static str>| Facts {
+            trust: Trust::Trusted,
+            commit: C,
+            label: L,
+            current_head: C,
+            current_base: current,
+            merged_base: merged,
+            current_labels: &labels,
+            label_events: &events,
+            heads: &heads,
+            min_head_age: 0,
+        };
+        // Built onto a branch the PR does not target (a forged
+        // target_branch, or the PR was retargeted): held.
+        let t = hold_text(decide(&f(Some("evil"), Some("master")), |_| Allowed::Yes));
+        assert!(t.contains("`evil`") && t.contains("`master`"), "{t}");
+        // Not recorded (an old manifest), or GitHub names none: held.
+        assert!(
+            hold_text(decide(&f(None, Some("master")), |_| Allowed::Yes))
+                .contains("does not record")
+        );
+        assert!(matches!(
+            decide(&f(Some("master"), None), |_| Allowed::Yes),
+            Decision::Hold(_)
+        ));
+        assert!(matches!(
+            decide(&f(Some("master"), Some("master")), |_| Allowed::Yes),
+            Decision::Release(_)
+        ));
+    }
+
+    #[test]
     fn label_right_after_a_push_does_not_count() {
         // The author pushed C 30 s before the committer clicked: the
         // committer likely reviewed the previous head.
@@ -313,6 +370,8 @@ mod tests {
             commit: C,
             label: L,
             current_head: C,
+            current_base: Some("master"),
+            merged_base: Some("master"),
             current_labels: &labels,
             label_events: &events,
             heads: &heads,
@@ -386,6 +445,8 @@ mod tests {
                 commit: B,
                 label: L,
                 current_head: C,
+                current_base: Some("master"),
+                merged_base: Some("master"),
                 current_labels: &[L.to_string()],
                 label_events: &[label(true, "alice", 150)],
                 heads: &[head(B, 100, HeadSource::Observed)],
@@ -440,6 +501,8 @@ mod tests {
                 commit: C,
                 label: L,
                 current_head: C,
+                current_base: Some("master"),
+                merged_base: Some("master"),
                 current_labels: &["other".to_string()],
                 label_events: &[label(true, "alice", 200)],
                 heads: &[head(C, 100, HeadSource::Webhook)],

@@ -126,6 +126,9 @@ pub struct QuarantinedJob {
     /// The values quarantine verified, which release signs.
     #[serde(skip)]
     pub verified: Vec<crate::quarantine::VerifiedPath>,
+    /// The target branch the head was merged onto (`None`: not recorded).
+    #[serde(default)]
+    pub base_branch: Option<String>,
 }
 
 pub fn load_record(d: &Dirs, commit: &str) -> Result<ReleaseRecord> {
@@ -177,6 +180,7 @@ pub fn quarantined(d: &Dirs, commit: Option<&str>) -> Vec<QuarantinedJob> {
                     paths: m.paths,
                     dir: e.path(),
                     verified: m.verified,
+                    base_branch: m.origin.map(|o| o.base_branch),
                 }),
                 Err(err) => {
                     warn!(path = %mp.display(), error = %err, "unreadable quarantine manifest; skipped")
@@ -554,6 +558,7 @@ mod tests {
             commit,
             repo: "o/n",
             pr: 1,
+            origin: Some(crate::quarantine::Origin::test("master")),
         };
         let lim = crate::quarantine::Limits {
             max_nar_bytes: 1 << 20,

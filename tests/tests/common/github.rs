@@ -540,6 +540,19 @@ impl ReleaseDaemon {
 /// quarantine under `state` (as the runner does after a build). Returns
 /// (job id, its one store path).
 pub fn craft_job(state: &Path, commit: &str, repo: &str, pr: u64, name: &str) -> (String, String) {
+    craft_job_on(state, commit, repo, pr, name, Some("master"))
+}
+
+/// As [`craft_job`], merged onto `base` (`None`: a manifest from before the
+/// origin was recorded).
+pub fn craft_job_on(
+    state: &Path,
+    commit: &str,
+    repo: &str,
+    pr: u64,
+    name: &str,
+    base: Option<&str>,
+) -> (String, String) {
     use airlock::quarantine::craft::{entry, stream};
     use airlock::store::nar::build::{nar, Node};
     use sha2::Digest;
@@ -564,6 +577,7 @@ pub fn craft_job(state: &Path, commit: &str, repo: &str, pr: u64, name: &str) ->
             commit,
             repo,
             pr,
+            origin: base.map(airlock::quarantine::Origin::test),
         },
         &airlock::quarantine::Limits {
             max_nar_bytes: 1 << 20,
