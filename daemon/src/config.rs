@@ -373,6 +373,10 @@ pub struct Limits {
     /// Most bytes a VM may write to its console or its agent channel (the
     /// build log) per boot; over it the VM is killed and the job fails.
     pub max_log_bytes: u64,
+    /// Most bytes the quarantine may hold (all jobs' verified outputs,
+    /// released or not); an export that would pass it is not kept and the
+    /// job fails with that reason. 0: no quota.
+    pub max_quarantine_bytes: u64,
 }
 
 impl Default for Config {
@@ -430,6 +434,7 @@ impl Default for Limits {
             max_checkout_bytes: 4 << 30,
             checkout_timeout_secs: 1800,
             max_log_bytes: 512 << 20,
+            max_quarantine_bytes: 100 << 30,
         }
     }
 }

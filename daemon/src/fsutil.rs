@@ -25,6 +25,13 @@ fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(std::path::PathBuf
     Ok((tmp, f))
 }
 
+/// Flush every dirty file and directory of the file system holding `path`
+/// (`syncfs(2)`): one call for a tree of many freshly written files.
+pub fn sync_fs(path: &Path) -> std::io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    nix::unistd::syncfs(&f).map_err(std::io::Error::from)
+}
+
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }

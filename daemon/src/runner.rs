@@ -754,10 +754,7 @@ impl Runner {
         if manifest.paths.is_empty() {
             return res;
         }
-        let limits = quarantine::Limits {
-            max_nar_bytes: self.cfg.limits.max_nar_bytes,
-            max_paths: self.cfg.limits.max_paths,
-        };
+        let limits = quarantine::Limits::from_config(&self.cfg.limits);
         let root = self.cfg.quarantine_dir();
         let job_id = rec.id.clone();
         let commit = rec.job.pr.head_sha.clone();

@@ -79,6 +79,7 @@ fn prepare(root: &Path) -> (Dirs, Vec<String>, String) {
         &airlock::quarantine::Limits {
             max_nar_bytes: 1 << 30,
             max_paths: SMALL + 10,
+            max_total_bytes: 0,
         },
     )
     .unwrap();

@@ -12,6 +12,8 @@ use common::*;
 
 const A: &str = "/nix/store/ihml9cgha2ncb1jfpf857yd6nls4n23b-evil";
 const B: &str = "/nix/store/0mdqa9w1p6cmli6976v4wi0sw9r4p5pr-other";
+/// A's hash part with another name: both would be `<hash>.narinfo`.
+const A_TWIN: &str = "/nix/store/ihml9cgha2ncb1jfpf857yd6nls4n23b-twin";
 
 const HOSTILE_AGENT: &str = r#"#!/bin/sh
 # Pretends to be airlock-agent; writes a pre-made export chosen by the attr.
@@ -62,6 +64,13 @@ fn tampered_exports_are_rejected() {
         hash(b"x"),
         hash(b"y")
     ));
+    // An honest export that is simply bigger than the quarantine's quota
+    // (1 MiB in this daemon's config).
+    let big_data = vec![b'x'; 3 << 19];
+    let big = nar(&Node::File {
+        exec: false,
+        data: &big_data,
+    });
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "evil-dotdot",
@@ -88,13 +97,26 @@ fn tampered_exports_are_rejected() {
             stream(vec![(entry(A, &good, &[B]), good.clone())]),
             "not part of this job's export",
         ),
+        (
+            "evil-twins",
+            stream(vec![
+                (entry(A, &good, &[]), good.clone()),
+                (entry(A_TWIN, &good, &[]), good.clone()),
+            ]),
+            "twice (or another path with its hash)",
+        ),
+        (
+            "evil-quota",
+            stream(vec![(entry(A, &big, &[]), big.clone())]),
+            "limits.max_quarantine_bytes",
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
     let agent = dir.path().join("hostile-agent");
     std::fs::write(&agent, HOSTILE_AGENT).unwrap();
     let d = Daemon::start_full(
         &format!("agent = \"{}\"\n", agent.display()),
-        "[limits]\nmax_log_bytes = 4194304\n",
+        "[limits]\nmax_log_bytes = 4194304\nmax_quarantine_bytes = 1048576\n",
     );
     let extra: Vec<(String, Vec<u8>)> = cases
         .iter()

@@ -563,6 +563,7 @@ mod tests {
         let lim = crate::quarantine::Limits {
             max_nar_bytes: 1 << 20,
             max_paths: 10,
+            max_total_bytes: 0,
         };
         crate::quarantine::import(&exp, &d.quarantine, &jr, &lim).unwrap();
         quarantined(d, Some(commit))

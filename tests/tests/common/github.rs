@@ -582,6 +582,7 @@ pub fn craft_job_on(
         &airlock::quarantine::Limits {
             max_nar_bytes: 1 << 20,
             max_paths: 10,
+            max_total_bytes: 0,
         },
     )
     .unwrap();
