@@ -454,7 +454,7 @@ fn import_into(
     airlock_wire::read_trailer(&mut r)?;
 
     std::fs::write(
-        &tmp.join("nix-cache-info"),
+        tmp.join("nix-cache-info"),
         b"StoreDir: /nix/store\nWantMassQuery: 0\nPriority: 50\n",
     )
     .map_err(io(tmp))?;
