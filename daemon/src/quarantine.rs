@@ -302,7 +302,9 @@ pub fn import(export: &Path, root: &Path, job: &JobRef<'_>, limits: &Limits) -> 
     std::fs::create_dir_all(&commit_dir).map_err(|e| Error::Io(commit_dir.clone(), e))?;
     let tmp = commit_dir.join(format!(".tmp-{}", job.job_id));
     let _ = std::fs::remove_dir_all(&tmp);
-    let res = import_into(export, root, &tmp, job, limits).and_then(|imported| {
+    // Held until the import is renamed into place (then its files count).
+    let mut reservation = None;
+    let res = import_into(export, root, &tmp, job, limits, &mut reservation).and_then(|imported| {
         std::fs::rename(&tmp, &dest).map_err(|e| Error::Io(dest.clone(), e))?;
         sync_dir(&commit_dir).map_err(|e| Error::Io(commit_dir.clone(), e))?;
         Ok(Imported {
@@ -324,6 +326,7 @@ fn import_into(
     tmp: &Path,
     job: &JobRef<'_>,
     limits: &Limits,
+    reservation: &mut Option<Reservation>,
 ) -> Result<Imported> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
@@ -341,7 +344,7 @@ fn import_into(
         a.saturating_add(p.nar_size)
             .saturating_add(PER_PATH_OVERHEAD)
     });
-    let _reservation = reserve(root, claimed, limits.max_total_bytes)?;
+    *reservation = reserve(root, claimed, limits.max_total_bytes)?;
     // Parse every claimed path first: the set of this job's paths.
     let mut paths = Vec::with_capacity(manifest.paths.len());
     let mut seen = HashSet::new();

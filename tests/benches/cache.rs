@@ -75,6 +75,7 @@ fn prepare(root: &Path) -> (Dirs, Vec<String>, String) {
             commit,
             repo: "NixOS/nixpkgs",
             pr: 1,
+            origin: Some(airlock::quarantine::Origin::test("master")),
         },
         &airlock::quarantine::Limits {
             max_nar_bytes: 1 << 30,
