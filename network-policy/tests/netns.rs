@@ -152,3 +152,290 @@ fn the_host_forwards_only_job_traffic_unless_it_was_routing_before() {
         forget_forwarding_memo();
     });
 }
+
+// ---------------------------------------------------------------------------
+// Packet-level checks: frames written into TAP devices from "the other side"
+// (as a guest or a LAN peer would send them), and what comes out.
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Attach to TAP `name` as its (non-blocking) queue, as a VMM does.
+fn attach(name: &str) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/net/tun")
+        .unwrap();
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: IFF_TAP | IFF_NO_PI,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    #[allow(unsafe_code)]
+    // SAFETY: TUNSETIFF reads and writes a `struct ifreq` laid out as IfReq,
+    // alive for the whole call.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
+    assert!(
+        rc >= 0,
+        "TUNSETIFF {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    f
+}
+
+/// `ip ARGS` in this thread's network namespace.
+fn ip(args: &str) {
+    let out = std::process::Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn mac_of(dev: &str) -> [u8; 6] {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "dev", dev])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let hex = text
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no MAC in {text}"));
+    let mut m = [0u8; 6];
+    for (i, b) in hex.split(':').enumerate() {
+        m[i] = u8::from_str_radix(b, 16).unwrap();
+    }
+    m
+}
+
+fn checksum(chunks: &[&[u8]]) -> u16 {
+    let mut sum = 0u32;
+    for c in chunks {
+        for pair in c.chunks(2) {
+            let w = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+            sum += u32::from(w);
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// An ICMPv6 echo request in an Ethernet frame to `dst_mac`.
+fn ping6(dst_mac: [u8; 6], src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, id: u16) -> Vec<u8> {
+    let mut icmp = vec![128, 0, 0, 0];
+    icmp.extend_from_slice(&id.to_be_bytes());
+    icmp.extend_from_slice(&1u16.to_be_bytes());
+    icmp.extend_from_slice(b"airlock v6 probe");
+    let len = (icmp.len() as u32).to_be_bytes();
+    let c = checksum(&[&src.octets(), &dst.octets(), &len, &[0, 0, 0, 58], &icmp]);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&PEER_MAC);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[58, 64]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// A UDP datagram carrying `marker` in an Ethernet frame to `dst_mac`.
+fn udp4(
+    dst_mac: [u8; 6],
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    marker: &[u8],
+) -> Vec<u8> {
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&4000u16.to_be_bytes());
+    udp.extend_from_slice(&4001u16.to_be_bytes());
+    udp.extend_from_slice(&((8 + marker.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]); // no UDP checksum (allowed in IPv4)
+    udp.extend_from_slice(marker);
+    let mut iph = vec![0x45, 0];
+    iph.extend_from_slice(&((20 + udp.len()) as u16).to_be_bytes());
+    iph.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
+    iph.extend_from_slice(&src.octets());
+    iph.extend_from_slice(&dst.octets());
+    let c = checksum(&[&iph]);
+    iph[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&PEER_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&iph);
+    f.extend_from_slice(&udp);
+    f
+}
+
+/// Read frames from `tap` for up to 2 s; true once one matches.
+fn sees(tap: &mut std::fs::File, want: impl Fn(&[u8]) -> bool) -> bool {
+    use std::io::Read;
+    let deadline = Instant::now() + std::time::Duration::from_secs(2);
+    let mut buf = vec![0u8; 65536];
+    while Instant::now() < deadline {
+        match tap.read(&mut buf) {
+            Ok(n) if want(&buf[..n]) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("reading a TAP: {e}"),
+        }
+    }
+    false
+}
+
+fn is_echo_reply(f: &[u8], id: u16) -> bool {
+    f.len() >= 14 + 40 + 8
+        && f[12..14] == [0x86, 0xdd]
+        && f[20] == 58
+        && f[54] == 129
+        && f[58..60] == id.to_be_bytes()
+}
+
+fn is_udp_with(f: &[u8], marker: &[u8]) -> bool {
+    f.len() > 14 + 28
+        && f[12..14] == [0x08, 0x00]
+        && f[23] == 17
+        && f.windows(marker.len()).any(|w| w == marker)
+}
+
+#[test]
+fn ipv6_from_a_job_gets_no_answer_while_another_tap_does() {
+    use std::io::Write;
+    in_netns(|| {
+        forget_forwarding_memo();
+        rt().block_on(async {
+            let net = Network::init(Policy::default()).await.unwrap();
+            let job = net.setup().await.unwrap();
+            // A TAP airlock does not manage: the control.
+            tap::create("ctl0").unwrap();
+            ip("link set ctl0 up");
+            for (dev, host) in [
+                (job.tap.as_str(), "2001:db8:a::1"),
+                ("ctl0", "2001:db8:b::1"),
+            ] {
+                ip(&format!("-6 addr add {host}/64 dev {dev} nodad"));
+                let peer = host.replace("::1", "::2");
+                ip(&format!(
+                    "-6 neigh replace {peer} lladdr 02:00:00:00:00:02 dev {dev} nud permanent"
+                ));
+            }
+            let mut ctl = attach("ctl0");
+            let mut jt = attach(&job.tap);
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let (a, b) = (
+                "2001:db8:a::2".parse().unwrap(),
+                "2001:db8:a::1".parse().unwrap(),
+            );
+            let (c, d) = (
+                "2001:db8:b::2".parse().unwrap(),
+                "2001:db8:b::1".parse().unwrap(),
+            );
+            // The control answers: the frames and the setup are right.
+            ctl.write_all(&ping6(mac_of("ctl0"), c, d, 7)).unwrap();
+            assert!(
+                sees(&mut ctl, |f| is_echo_reply(f, 7)),
+                "the control TAP did not answer"
+            );
+            // From the job's TAP, IPv6 (to the host's own address on it) is dropped.
+            jt.write_all(&ping6(mac_of(&job.tap), a, b, 8)).unwrap();
+            assert!(
+                !sees(&mut jt, |f| is_echo_reply(f, 8)),
+                "the host answered IPv6 from a job"
+            );
+            let table = nft::list_table("inet", "airlock").await.unwrap();
+            assert!(table.contains("meta nfproto ipv6"), "{table}");
+            drop(jt);
+            net.teardown(&job).await;
+        });
+        forget_forwarding_memo();
+    });
+}
+
+/// Two TAPs as the host's LAN and WAN ports, a peer "behind" each (a
+/// permanent neighbour entry), and one datagram from the LAN peer to the WAN
+/// peer: does the host route it?
+fn lan_peer_routes_through_host(routing_before: bool, operator: Option<&str>) -> bool {
+    forget_forwarding_memo();
+    let routed = rt().block_on(async {
+        std::fs::write(
+            "/proc/sys/net/ipv4/ip_forward",
+            if routing_before { "1" } else { "0" },
+        )
+        .unwrap();
+        for (dev, addr, peer) in [
+            ("lan0", "10.99.0.1/24", "10.99.0.10"),
+            ("wan0", "203.0.113.1/24", "203.0.113.10"),
+        ] {
+            tap::create(dev).unwrap();
+            ip(&format!("addr add {addr} dev {dev}"));
+            ip(&format!("link set {dev} up"));
+            ip(&format!(
+                "neigh replace {peer} lladdr 02:00:00:00:00:02 dev {dev} nud permanent"
+            ));
+        }
+        if let Some(o) = operator {
+            nft::apply(o).await.unwrap();
+        }
+        let _net = Network::init(Policy::default()).await.unwrap();
+        let mut lan = attach("lan0");
+        let mut wan = attach("wan0");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        use std::io::Write;
+        let marker = b"lan peer using the builder as a router";
+        lan.write_all(&udp4(
+            mac_of("lan0"),
+            "10.99.0.10".parse().unwrap(),
+            "203.0.113.10".parse().unwrap(),
+            marker,
+        ))
+        .unwrap();
+        sees(&mut wan, |f| is_udp_with(f, marker))
+    });
+    forget_forwarding_memo();
+    routed
+}
+
+#[test]
+fn a_lan_peer_cannot_route_through_a_builder_that_was_not_a_router() {
+    // Forwarding was off before airlock: airlock turns it on for its jobs,
+    // and a LAN peer's packet for elsewhere is dropped.
+    let routed = in_netns(|| lan_peer_routes_through_host(false, None));
+    if let Some(routed) = routed {
+        assert!(!routed, "the LAN peer's datagram was forwarded");
+    }
+    // The operator's own router (forwarding on, a forward chain with policy
+    // drop and one accept rule): still routes exactly what they allow.
+    let operator = "table inet operator {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n\t\tiifname \"lan0\" oifname \"wan0\" accept\n\t}\n}\n";
+    let routed = in_netns(move || lan_peer_routes_through_host(true, Some(operator)));
+    if let Some(routed) = routed {
+        assert!(routed, "the operator's forwarding rule stopped working");
+    }
+}
