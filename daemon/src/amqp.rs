@@ -41,6 +41,9 @@ const MAX_BODY: usize = 1 << 20;
 /// lines are dropped (and counted) instead of growing memory while the
 /// broker is slow or away. The job log on disk keeps every line.
 const MAX_QUEUED_LINES: usize = 10_000;
+/// And at most this many bytes of them (lines are up to 64 KiB each, so
+/// the line count alone would allow 640 MiB).
+const MAX_QUEUED_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -130,6 +133,7 @@ struct Shared {
     consumers: Mutex<Vec<(Channel, String)>>,
     /// Log lines in the publisher's queue, and lines dropped because it was full.
     queued_lines: AtomicU64,
+    queued_bytes: AtomicU64,
     dropped_lines: AtomicU64,
     reconnect: Notify,
     /// The current connection, closed cleanly at shutdown.
@@ -239,7 +243,11 @@ impl LogSink for AmqpSink {
             line_number: n,
             output: text.to_owned(),
         };
-        if self.shared.queued_lines.load(Ordering::Relaxed) >= MAX_QUEUED_LINES as u64 {
+        let body = serde_json::to_vec(&m).expect("serialises");
+        let len = body.len() as u64;
+        if self.shared.queued_lines.load(Ordering::Relaxed) >= MAX_QUEUED_LINES as u64
+            || self.shared.queued_bytes.load(Ordering::Relaxed) + len > MAX_QUEUED_BYTES
+        {
             let n = self.shared.dropped_lines.fetch_add(1, Ordering::Relaxed) + 1;
             if n == 1 || n.is_multiple_of(10_000) {
                 warn!(
@@ -250,9 +258,10 @@ impl LogSink for AmqpSink {
             return;
         }
         self.shared.queued_lines.fetch_add(1, Ordering::Relaxed);
+        self.shared.queued_bytes.fetch_add(len, Ordering::Relaxed);
         let _ = self.tx.send(Out::Publish {
             dest: rec.job.logs_destination(),
-            body: serde_json::to_vec(&m).expect("serialises"),
+            body,
             start_of: None,
         });
     }
@@ -288,6 +297,7 @@ impl Amqp {
             started: Mutex::new(HashSet::new()),
             consumers: Mutex::new(Vec::new()),
             queued_lines: AtomicU64::new(0),
+            queued_bytes: AtomicU64::new(0),
             dropped_lines: AtomicU64::new(0),
             reconnect: Notify::new(),
             conn: tokio::sync::Mutex::new(None),
@@ -694,6 +704,9 @@ impl Amqp {
                 } => {
                     if start_of.is_none() {
                         self.shared.queued_lines.fetch_sub(1, Ordering::Relaxed);
+                        self.shared
+                            .queued_bytes
+                            .fetch_sub(body.len() as u64, Ordering::Relaxed);
                     }
                     // A start that went out with the result already.
                     if start_of
@@ -856,6 +869,39 @@ fn redact(uri: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_broker_log_queue_is_bounded_in_lines_and_bytes() {
+        let (_amqp, sink) = Amqp::new(Arc::new(Config::default()));
+        let job: BuildJob = serde_json::from_str(r#"{"repo":{"owner":"o","name":"n","full_name":"o/n","clone_url":"/x"},"pr":{"target_branch":"master","number":1,"head_sha":"e9872fa30caac57c69bfac8667e6c21254603df1"},"subset":null,"attrs":["a"],"request_id":"r","logs":null,"statusreport":null}"#).unwrap();
+        let mut rec = JobRecord::new(Source::Amqp, job);
+        rec.amqp = Some(crate::job::AmqpOrigin {
+            system: "x86_64-linux".into(),
+            attempt_id: "a".into(),
+            report: crate::job::ReportState::Pending,
+            key: None,
+        });
+        // A guest writing 64 KiB lines: the byte cap stops it long before
+        // the line cap (which alone would let 640 MiB queue up).
+        let big = "x".repeat(64 << 10);
+        for n in 0..1000 {
+            sink.line(&rec, n, &big);
+        }
+        let bytes = sink.shared.queued_bytes.load(Ordering::Relaxed);
+        assert!(bytes <= MAX_QUEUED_BYTES, "{bytes}");
+        assert!(bytes > MAX_QUEUED_BYTES / 2, "{bytes}");
+        assert!(sink.shared.dropped_lines.load(Ordering::Relaxed) > 700);
+        // Short lines: the line cap.
+        let (_amqp, sink) = Amqp::new(Arc::new(Config::default()));
+        for n in 0..(MAX_QUEUED_LINES as u64 + 50) {
+            sink.line(&rec, n, "short");
+        }
+        assert_eq!(
+            sink.shared.queued_lines.load(Ordering::Relaxed),
+            MAX_QUEUED_LINES as u64
+        );
+        assert_eq!(sink.shared.dropped_lines.load(Ordering::Relaxed), 50);
+    }
 
     #[test]
     fn poison_messages_are_classified() {
