@@ -31,6 +31,9 @@ pub struct Limits {
     pub max_files: u64,
     pub max_bytes: u64,
     pub timeout: std::time::Duration,
+    /// `RLIMIT_DATA` of every git process (heap and private mappings; the
+    /// pack files git maps read-only do not count); 0: none.
+    pub max_memory: u64,
 }
 
 impl Limits {
@@ -39,6 +42,7 @@ impl Limits {
             max_files: l.max_checkout_files,
             max_bytes: l.max_checkout_bytes,
             timeout: std::time::Duration::from_secs(l.checkout_timeout_secs.max(1)),
+            max_memory: l.max_checkout_memory_bytes,
         }
     }
 }
@@ -79,9 +83,30 @@ async fn timed<T>(
     })
 }
 
-/// `git` under the checkout timeout.
-async fn git_t(dir: Option<&Path>, args: &[&str], limit: std::time::Duration) -> Result<String> {
-    timed(limit, || args.join(" "), git(dir, args)).await
+/// `git` under the checkout's timeout and memory bound.
+async fn git_t(dir: Option<&Path>, args: &[&str], limits: &Limits) -> Result<String> {
+    timed(limits.timeout, || args.join(" "), git(dir, args, limits)).await
+}
+
+/// A git command whose memory is bounded by `limits.max_memory`: a tree
+/// that makes git allocate without end ends in git's own "out of memory"
+/// error, not in the host's OOM killer.
+fn git_command(limits: &Limits) -> Command {
+    let mut cmd = Command::new("git");
+    let max = limits.max_memory;
+    if max > 0 {
+        use nix::sys::resource::{setrlimit, Resource};
+        #[allow(unsafe_code)]
+        // SAFETY: the closure runs in the child between fork and exec; it
+        // only calls setrlimit(2), which is async-signal-safe, and
+        // allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                setrlimit(Resource::RLIMIT_DATA, max, max).map_err(std::io::Error::from)
+            });
+        }
+    }
+    cmd
 }
 
 /// Count the files of `rev`'s tree and add up their sizes, streaming `git
@@ -91,7 +116,7 @@ async fn git_t(dir: Option<&Path>, args: &[&str], limit: std::time::Duration) ->
 pub async fn check_tree(repo: &Path, rev: &str, limits: &Limits) -> Result<Option<String>> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let work = async {
-        let mut child = Command::new("git")
+        let mut child = git_command(limits)
             .arg("-C")
             .arg(repo)
             .args(["ls-tree", "-r", "-l", "-z", "--full-tree", rev])
@@ -149,8 +174,8 @@ pub async fn check_tree(repo: &Path, rev: &str, limits: &Limits) -> Result<Optio
     timed(limits.timeout, || format!("ls-tree -r {rev}"), work).await
 }
 
-async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String> {
-    let mut cmd = Command::new("git");
+async fn git(dir: Option<&Path>, args: &[&str], limits: &Limits) -> Result<String> {
+    let mut cmd = git_command(limits);
     if let Some(d) = dir {
         cmd.arg("-C").arg(d);
     }
@@ -210,7 +235,7 @@ pub async fn prepare(
     work: &Path,
     limits: &Limits,
 ) -> Result<Outcome> {
-    let t = limits.timeout;
+    let t = limits;
     std::fs::create_dir_all(cache_root).map_err(|e| Error::Cache(cache_root.to_owned(), e))?;
     let cache = cache_dir(cache_root, url);
     let lock = lock_cache(&cache).await?;
@@ -257,17 +282,21 @@ pub async fn prepare(
             t,
         )
         .await;
-        if by_sha.is_err() {
-            let _ = git_t(
+        let mut why = String::new();
+        if let Err(e1) = by_sha {
+            if let Err(e2) = git_t(
                 Some(&cache),
                 &["fetch", "-q", "--no-tags", "--", url, &pr_ref],
                 t,
             )
-            .await;
+            .await
+            {
+                why = format!(" ({e1}; {e2})");
+            }
         }
         if !have_head(cache.clone()).await {
             return Ok(Outcome::Missing(format!(
-                "commit {head} not found in {url}"
+                "commit {head} not found in {url}{why}"
             )));
         }
     }
@@ -328,10 +357,20 @@ pub async fn prepare(
     Ok(Outcome::Merged { commit, base })
 }
 
-/// Write the merged tree (no `.git`) to `dest`.
-pub async fn export_tree(work: &Path, dest: &Path) -> Result<()> {
+/// Write the merged tree (no `.git`) to `dest`, under the checkout's
+/// timeout and memory bound (its size was checked by [`check_tree`]).
+pub async fn export_tree(work: &Path, dest: &Path, limits: &Limits) -> Result<()> {
+    timed(
+        limits.timeout,
+        || "archive | tar -x".into(),
+        export_tree_inner(work, dest, limits),
+    )
+    .await
+}
+
+async fn export_tree_inner(work: &Path, dest: &Path, limits: &Limits) -> Result<()> {
     std::fs::create_dir_all(dest).map_err(Error::Export)?;
-    let mut archive = Command::new("git")
+    let mut archive = git_command(limits)
         .arg("-C")
         .arg(work)
         .args(["archive", "--format=tar", "HEAD"])
@@ -351,6 +390,7 @@ pub async fn export_tree(work: &Path, dest: &Path) -> Result<()> {
         .arg("-C")
         .arg(dest)
         .stdin(stdout)
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(Error::Export)?;
@@ -421,6 +461,57 @@ mod tests {
         }
     }
 
+    /// A head whose objects make git allocate more than the checkout's
+    /// memory bound: git fails with its own error (the host is not at
+    /// risk), and the job says why.
+    #[tokio::test]
+    async fn git_runs_under_the_memory_bound() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        let head = sh(
+            &repo,
+            "git init -q -b master && echo a > a && git add a && git commit -qm base \
+             && git checkout -qb pr && head -c 200000000 /dev/zero > big && git add big \
+             && git commit -qm big && git rev-parse HEAD && git checkout -q master",
+        );
+        let url = repo.to_string_lossy().into_owned();
+        let tight = Limits {
+            max_memory: 64 << 20,
+            ..Limits::default()
+        };
+        let work = t.path().join("work");
+        let out = prepare(
+            &t.path().join("git"),
+            &url,
+            "master",
+            &head,
+            1,
+            &work,
+            &tight,
+        )
+        .await;
+        let text = match &out {
+            Ok(Outcome::Missing(why)) => why.clone(),
+            Err(e) => e.to_string(),
+            other => panic!("git went past its memory bound: {other:?}"),
+        };
+        assert!(text.to_lowercase().contains("memory"), "{text}");
+        // The same checkout with the default bound works.
+        let out = prepare(
+            &t.path().join("git2"),
+            &url,
+            "master",
+            &head,
+            1,
+            &t.path().join("w2"),
+            &Limits::default(),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(out, Outcome::Merged { .. }), "{out:?}");
+    }
+
     /// A PR whose head is a git bomb (ten trees of ten trees … of one
     /// blob: 10^9 files in a few kilobytes of objects) is refused from its
     /// object listing, quickly, without writing anything out.
@@ -446,6 +537,7 @@ mod tests {
             max_files: 100_000,
             max_bytes: 1 << 30,
             timeout: std::time::Duration::from_secs(60),
+            ..Limits::default()
         };
         let t0 = std::time::Instant::now();
         let work = t.path().join("work");

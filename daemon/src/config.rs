@@ -370,6 +370,9 @@ pub struct Limits {
     pub max_checkout_bytes: u64,
     /// Wall-clock limit for each git step of the host-side checkout.
     pub checkout_timeout_secs: u64,
+    /// Memory bound (`RLIMIT_DATA`) of each git process of the checkout;
+    /// 0: none.
+    pub max_checkout_memory_bytes: u64,
     /// Most bytes a VM may write to its console or its agent channel (the
     /// build log) per boot; over it the VM is killed and the job fails.
     pub max_log_bytes: u64,
@@ -433,6 +436,7 @@ impl Default for Limits {
             max_checkout_files: 500_000,
             max_checkout_bytes: 4 << 30,
             checkout_timeout_secs: 1800,
+            max_checkout_memory_bytes: 4 << 30,
             max_log_bytes: 512 << 20,
             max_quarantine_bytes: 100 << 30,
         }

@@ -543,9 +543,13 @@ impl Runner {
 
     async fn make_disks(&self, rec: &JobRecord, paths: &JobPaths) -> Result<(), String> {
         let stage = paths.stage();
-        checkout::export_tree(&paths.checkout(), &stage.join("src"))
-            .await
-            .map_err(|e| format!("cannot stage the checkout: {}", error_chain(&e)))?;
+        checkout::export_tree(
+            &paths.checkout(),
+            &stage.join("src"),
+            &checkout::Limits::from_config(&self.cfg.limits),
+        )
+        .await
+        .map_err(|e| format!("cannot stage the checkout: {}", error_chain(&e)))?;
         let _ = std::fs::remove_dir_all(paths.checkout());
         let gj = GuestJob {
             version: WIRE_VERSION,
