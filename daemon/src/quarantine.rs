@@ -57,6 +57,8 @@ pub enum Error {
         #[source]
         source: crate::store::ca::Error,
     },
+    #[error("{path}: false content address: {why}")]
+    FalseCa { path: String, why: String },
     #[error("commit {0:?} is not a 40-digit hex id")]
     BadCommit(String),
     #[error("quarantine for job {0} already exists")]
@@ -280,6 +282,78 @@ pub struct Imported {
     pub paths: Vec<StorePath>,
 }
 
+/// Check a content address against the path's NAR (on disk at `nar`, its
+/// sha256 `nar_hash` already known), its scanned references and its store
+/// path, as Nix computes them.
+fn check_ca(
+    ca: &str,
+    sp: &StorePath,
+    references: &BTreeSet<StorePath>,
+    nar_hash: &str,
+    nar: &Path,
+) -> std::result::Result<(), String> {
+    use crate::store::ca::{self, Algo, Method};
+    let c = ca::parse_address(ca).map_err(|e| e.to_string())?;
+    let open = || {
+        File::open(nar)
+            .map(BufReader::new)
+            .map_err(|e| e.to_string())
+    };
+    let digest = match (c.method, c.algo) {
+        (Method::Recursive, Algo::Sha256) => {
+            nix32::decode(nar_hash.trim_start_matches("sha256:"), 32).unwrap_or_default()
+        }
+        (Method::Recursive, algo) => {
+            let mut h = algo.hasher();
+            let mut r = open()?;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = r.read(&mut buf).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            h.finish()
+        }
+        (method, algo) => {
+            let mut h = algo.hasher();
+            let exec = nar::flat_file(open()?, |b| h.update(b)).map_err(|e| e.to_string())?;
+            match exec {
+                None => {
+                    return Err(format!(
+                        "{ca} is for a single file, but the path is not one"
+                    ))
+                }
+                Some(true) if method == Method::Text => {
+                    return Err(format!("{ca} is for a non-executable file"))
+                }
+                Some(_) => h.finish(),
+            }
+        }
+    };
+    if digest != c.digest {
+        return Err(format!(
+            "claims {ca}, but the content hashes to {}:{}",
+            c.algo.name(),
+            nix32::encode(&digest)
+        ));
+    }
+    let others: Vec<String> = references
+        .iter()
+        .filter(|r| *r != sp)
+        .map(|r| r.to_string())
+        .collect();
+    let expected = ca::store_path(&c, sp.name(), &others, references.contains(sp))
+        .map_err(|e| e.to_string())?;
+    if expected != sp.to_string() {
+        return Err(format!(
+            "{ca} with these references is the store path {expected}, not {sp}"
+        ));
+    }
+    Ok(())
+}
+
 /// Read just the manifest (status, attrs) from an export, without importing.
 pub fn read_manifest(export: &Path) -> Result<Manifest> {
     let f = File::open(export).map_err(|e| Error::Io(export.into(), e))?;
@@ -433,6 +507,16 @@ fn import_into(
         let file = format!("{digest}.nar");
         let final_path = nar_dir.join(&file);
         std::fs::rename(&part, &final_path).map_err(io(&final_path))?;
+        // A content address is a claim about the contents and the path:
+        // both are recomputed, so a signed narinfo never carries a false one.
+        if let Some(ca) = &ca {
+            check_ca(ca, sp, &actual, &summary.nar_hash, &final_path).map_err(|why| {
+                Error::FalseCa {
+                    path: name.clone(),
+                    why,
+                }
+            })?;
+        }
         let ni = NarInfo {
             signed: Signed {
                 store_path: sp.clone(),
@@ -673,6 +757,63 @@ mod tests {
         let mut bad = v.clone();
         bad.ca = Some("fixed:x\nSig: forged".into());
         assert!(bad.narinfo().is_err());
+    }
+
+    #[test]
+    fn content_addresses_are_checked_against_contents_and_path() {
+        // Nix's own answer: `nix-store --print-fixed-path sha256 <hash> f.txt`.
+        const FLAT_PATH: &str = "/nix/store/v2zk7dc9fsjch35qblrfynkqiygw9mxa-f.txt";
+        const FLAT_CA: &str = "fixed:sha256:1gjpf7igg9qb2pa2y3w2vzngxdiwlh381v1rspki0k5r2j4iag8z";
+        let file = nar(&Node::File {
+            exec: false,
+            data: b"hello airlock\n",
+        });
+        let with_ca = |path: &str, ca: &str, n: &[u8]| {
+            let mut e = entry(path, n, &[]);
+            e.ca = Some(ca.to_owned());
+            stream(vec![(e, n.to_vec())])
+        };
+        let (_d, r) = run(&with_ca(FLAT_PATH, FLAT_CA, &file));
+        let imp = r.unwrap();
+        let ni = std::fs::read_to_string(imp.dir.join("v2zk7dc9fsjch35qblrfynkqiygw9mxa.narinfo"))
+            .unwrap();
+        assert!(ni.contains(&format!("CA: {FLAT_CA}")), "{ni}");
+        // Recursive sha256: the NAR hash, and the path Nix derives from it.
+        let dir = nar(&Node::Dir(vec![(
+            "a",
+            Node::File {
+                exec: false,
+                data: b"x",
+            },
+        )]));
+        let rec = format!(
+            "fixed:r:sha256:{}",
+            sha256_nix32(&dir).trim_start_matches("sha256:")
+        );
+        let c = crate::store::ca::parse_address(&rec).unwrap();
+        let rec_path = crate::store::ca::store_path(&c, "src", &[], false).unwrap();
+        let (_d, r) = run(&with_ca(&rec_path, &rec, &dir));
+        assert!(r.is_ok(), "{:?}", r.err().map(|e| e.to_string()));
+        // Well-formed but false: another file's hash; the right hash on
+        // another path; a flat address on a directory.
+        let other = "fixed:sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
+        for (what, data, want) in [
+            (
+                "hash",
+                with_ca(FLAT_PATH, other, &file),
+                "content hashes to",
+            ),
+            ("path", with_ca(A, FLAT_CA, &file), "is the store path"),
+            ("kind", with_ca(&rec_path, FLAT_CA, &dir), "not one"),
+        ] {
+            let (d, r) = run(&data);
+            let Err(e) = r else {
+                panic!("{what}: a false content address was accepted")
+            };
+            assert!(matches!(e, Error::FalseCa { .. }), "{what}: {e}");
+            assert!(e.to_string().contains(want), "{what}: {e}");
+            assert!(quarantine_is_empty(&d), "{what}: left files behind");
+        }
     }
 
     #[test]

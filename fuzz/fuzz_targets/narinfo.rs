@@ -12,6 +12,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = airlock::store::StorePath::parse(s);
         if let Ok(ca) = airlock::store::ca::parse(s) {
             assert!(!ca.chars().any(char::is_control));
+            let parts = airlock::store::ca::parse_address(ca).expect("parts");
+            let _ = airlock::store::ca::store_path(&parts, "x", &[], false);
         }
     }
 });

@@ -64,6 +64,13 @@ fn tampered_exports_are_rejected() {
         hash(b"x"),
         hash(b"y")
     ));
+    // A well-formed content address that is false: release would sign it,
+    // and Nix would take the path for content-addressed.
+    let mut false_ca = entry(A, &good, &[]);
+    false_ca.ca = Some(format!(
+        "fixed:r:sha256:{}",
+        hash(b"some other tree").trim_start_matches("sha256:")
+    ));
     // An honest export that is simply bigger than the quarantine's quota
     // (1 MiB in this daemon's config).
     let big_data = vec![b'x'; 3 << 19];
@@ -91,6 +98,11 @@ fn tampered_exports_are_rejected() {
             "evil-ca",
             stream(vec![(injecting, good.clone())]),
             "claims an invalid content address",
+        ),
+        (
+            "evil-false-ca",
+            stream(vec![(false_ca, good.clone())]),
+            "false content address",
         ),
         (
             "evil-ref",

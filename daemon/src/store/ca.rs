@@ -9,6 +9,8 @@
 //! nothing else (no other spelling, no whitespace, no control characters)
 //! gets into a narinfo.
 
+use sha2::Digest;
+
 use super::nix32;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -19,6 +21,8 @@ pub enum Error {
     Algorithm(String),
     #[error("content address {0:?} has a malformed hash")]
     Hash(String),
+    #[error("a {0} content address cannot have references")]
+    References(&'static str),
 }
 
 /// Digest length in bytes of a hash algorithm Nix uses in content addresses.
@@ -61,11 +65,231 @@ pub fn parse(ca: &str) -> Result<&str, Error> {
     Ok(ca)
 }
 
+/// How the content was hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `text:`: a single non-executable file (`builtins.toFile`, .drv).
+    Text,
+    /// `fixed:`: the contents of a single regular file.
+    Flat,
+    /// `fixed:r:`: the NAR serialisation.
+    Recursive,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algo {
+    Md5,
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+impl Algo {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Md5 => "md5",
+            Algo::Sha1 => "sha1",
+            Algo::Sha256 => "sha256",
+            Algo::Sha512 => "sha512",
+        }
+    }
+
+    pub fn hasher(self) -> Hasher {
+        match self {
+            Algo::Md5 => Hasher::Md5(md5::Md5::new()),
+            Algo::Sha1 => Hasher::Sha1(sha1::Sha1::new()),
+            Algo::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            Algo::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+        }
+    }
+}
+
+/// A running hash of one of the algorithms content addresses use.
+pub enum Hasher {
+    Md5(md5::Md5),
+    Sha1(sha1::Sha1),
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl Hasher {
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Md5(h) => h.update(data),
+            Hasher::Sha1(h) => h.update(data),
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Sha512(h) => h.update(data),
+        }
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        match self {
+            Hasher::Md5(h) => h.finalize().to_vec(),
+            Hasher::Sha1(h) => h.finalize().to_vec(),
+            Hasher::Sha256(h) => h.finalize().to_vec(),
+            Hasher::Sha512(h) => h.finalize().to_vec(),
+        }
+    }
+}
+
+/// A parsed content address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentAddress {
+    pub method: Method,
+    pub algo: Algo,
+    pub digest: Vec<u8>,
+}
+
+/// Parse `ca` (which must pass [`parse`]) into its parts.
+pub fn parse_address(ca: &str) -> Result<ContentAddress, Error> {
+    parse(ca)?;
+    let (method, rest) = if let Some(r) = ca.strip_prefix("text:") {
+        (Method::Text, r)
+    } else if let Some(r) = ca.strip_prefix("fixed:r:") {
+        (Method::Recursive, r)
+    } else {
+        (Method::Flat, ca.strip_prefix("fixed:").unwrap_or(ca))
+    };
+    let (algo, hash) = rest
+        .split_once(':')
+        .ok_or_else(|| Error::Method(ca.into()))?;
+    let algo = match algo {
+        "md5" => Algo::Md5,
+        "sha1" => Algo::Sha1,
+        "sha256" => Algo::Sha256,
+        _ => Algo::Sha512,
+    };
+    let len = digest_len(algo.name()).unwrap_or(0);
+    let digest = nix32::decode(hash, len).ok_or_else(|| Error::Hash(ca.into()))?;
+    Ok(ContentAddress {
+        method,
+        algo,
+        digest,
+    })
+}
+
+/// Nix's `makeStorePath`: the path for `type`, a digest and a name.
+fn make_store_path(ty: &str, algo: Algo, digest: &[u8], name: &str) -> String {
+    let s = format!(
+        "{ty}:{}:{}:/nix/store:{name}",
+        algo.name(),
+        hex::encode(digest)
+    );
+    let h = sha2::Sha256::digest(s.as_bytes());
+    let mut folded = [0u8; 20];
+    for (i, b) in h.iter().enumerate() {
+        folded[i % 20] ^= b;
+    }
+    format!("/nix/store/{}-{name}", nix32::encode(&folded))
+}
+
+/// The store path Nix gives content with address `ca`, name `name`, the
+/// other store paths it refers to (`references`, full paths) and, for
+/// recursive sha256, whether it refers to itself.
+pub fn store_path(
+    ca: &ContentAddress,
+    name: &str,
+    references: &[String],
+    self_reference: bool,
+) -> Result<String, Error> {
+    let mut refs: Vec<&str> = references.iter().map(String::as_str).collect();
+    refs.sort_unstable();
+    let with_refs = |ty: &str| {
+        let mut t = ty.to_owned();
+        for r in &refs {
+            t.push(':');
+            t.push_str(r);
+        }
+        t
+    };
+    match (ca.method, ca.algo) {
+        (Method::Text, _) => {
+            if self_reference {
+                return Err(Error::References("text (self)"));
+            }
+            Ok(make_store_path(
+                &with_refs("text"),
+                ca.algo,
+                &ca.digest,
+                name,
+            ))
+        }
+        (Method::Recursive, Algo::Sha256) => {
+            let mut ty = with_refs("source");
+            if self_reference {
+                ty.push_str(":self");
+            }
+            Ok(make_store_path(&ty, ca.algo, &ca.digest, name))
+        }
+        (method, algo) => {
+            if !refs.is_empty() || self_reference {
+                return Err(Error::References("fixed-output"));
+            }
+            let prefix = if method == Method::Recursive {
+                "r:"
+            } else {
+                ""
+            };
+            let inner = format!(
+                "fixed:out:{prefix}{}:{}:",
+                algo.name(),
+                hex::encode(&ca.digest)
+            );
+            let h = sha2::Sha256::digest(inner.as_bytes());
+            Ok(make_store_path("output:out", Algo::Sha256, &h, name))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const H: &str = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
+
+    /// Paths printed by Nix itself (`nix-store --print-fixed-path`, and
+    /// `builtins.toFile "hello" "hi\n"`).
+    #[test]
+    fn store_paths_match_nix() {
+        let cases = [
+            (
+                "fixed:sha256:1gjpf7igg9qb2pa2y3w2vzngxdiwlh381v1rspki0k5r2j4iag8z",
+                "f.txt",
+                "/nix/store/v2zk7dc9fsjch35qblrfynkqiygw9mxa-f.txt",
+            ),
+            (
+                "fixed:sha1:crk39am5zcy43ldkyjca1hc3i3f5mhwj",
+                "f.txt",
+                "/nix/store/z7g9qgmzbh70wsnlcz2p7120lg2yspny-f.txt",
+            ),
+            (
+                "fixed:r:sha256:00a3r8cv7xaw55wjf3lb0gzmfpgsj083h29s5mslnml9k8c0w0zc",
+                "src",
+                "/nix/store/bfzzsvjl8l9x1zn68s1qc3m60xxxp9xg-src",
+            ),
+            (
+                "fixed:r:sha512:3qcydhqixxwxiw2yixq56lbycvx1y94lw57wkfx3llfp1igg5mh1lgjnkgqlkml4fr42s2r4vnlwnlsgs9g0ai12r5i7i6gziss0y2r",
+                "src",
+                "/nix/store/wwjjw8vcmghkz8lr6rj1vs8nafn5fpka-src",
+            ),
+        ];
+        for (ca, name, want) in cases {
+            let c = parse_address(ca).unwrap();
+            assert_eq!(store_path(&c, name, &[], false).unwrap(), want, "{ca}");
+        }
+        let text = ContentAddress {
+            method: Method::Text,
+            algo: Algo::Sha256,
+            digest: sha2::Sha256::digest(b"hi\n").to_vec(),
+        };
+        assert_eq!(
+            store_path(&text, "hello", &[], false).unwrap(),
+            "/nix/store/yb0n2qbkfp00jb7hkrgrd93vi3cmdjvc-hello"
+        );
+        // Flat fixed outputs cannot have references.
+        let flat = parse_address(cases[0].0).unwrap();
+        assert!(store_path(&flat, "f.txt", &["/nix/store/x".into()], false).is_err());
+    }
 
     #[test]
     fn canonical_forms_are_accepted() {

@@ -99,6 +99,9 @@ fn nar_validator_never_panics() {
         ) {
             assert_eq!(s.nar_size, data.len() as u64);
         }
+        let mut seen = 0usize;
+        let _ = super::nar::flat_file(&data[..], |b| seen += b.len());
+        assert!(seen <= data.len());
     }
 }
 
@@ -133,6 +136,10 @@ fn wire_and_text_parsers_never_panic() {
         if let Ok(ok) = super::ca::parse(&ca) {
             assert!(!ok.chars().any(char::is_control), "{ok:?}");
             assert!(ok.starts_with("fixed:") || ok.starts_with("text:"));
+            let parts = super::ca::parse_address(ok).expect("what parse accepts has parts");
+            let _ = super::ca::store_path(&parts, "x", &[], false);
+        } else {
+            assert!(super::ca::parse_address(&ca).is_err());
         }
         let p = String::from_utf8_lossy(&rng.bytes(60)).into_owned();
         if let Ok(sp) = StorePath::parse(&p) {
