@@ -427,22 +427,34 @@ mod tests {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// A repository under `t` whose `master` has one commit, then a PR
+    /// branch made by `pr` (shell, committed), then `master` again with
+    /// `after` (shell). Returns (its URL, the PR's head).
+    fn pr_repo(t: &Path, pr: &str, after: &str) -> (String, String) {
+        let repo = t.join("repo");
+        std::fs::create_dir(&repo).unwrap();
+        let head = sh(
+            &repo,
+            &format!(
+                "git init -q -b master && echo a > a && git add a && git commit -qm base \
+                 && git checkout -qb pr && {pr} && git add -A && git commit -qm pr \
+                 && git rev-parse HEAD && git checkout -q master && {after}"
+            ),
+        );
+        (repo.to_string_lossy().into_owned(), head)
+    }
+
     /// Jobs of one repository that arrive together, before airlock has ever
     /// fetched it, all get their checkout (the first fetch included).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_first_fetches_of_one_repository_all_merge() {
         let t = tempfile::tempdir().unwrap();
-        let repo = t.path().join("repo");
-        std::fs::create_dir(&repo).unwrap();
-        let head = sh(
-            &repo,
-            "git init -q -b master && echo a > a && git add a && git commit -qm base \
-             && git checkout -qb pr && echo b > b && git add b && git commit -qm pr \
-             && git rev-parse HEAD && git checkout -q master && echo c > c && git add c \
-             && git commit -qm moved >/dev/null",
+        let (url, head) = pr_repo(
+            t.path(),
+            "echo b > b",
+            "echo c > c && git add c && git commit -qm moved >/dev/null",
         );
         let cache = t.path().join("git");
-        let url = repo.to_string_lossy().into_owned();
         let jobs: Vec<_> = (0..6)
             .map(|i| {
                 let (cache, url, head) = (cache.clone(), url.clone(), head.clone());
@@ -467,15 +479,7 @@ mod tests {
     #[tokio::test]
     async fn git_runs_under_the_memory_bound() {
         let t = tempfile::tempdir().unwrap();
-        let repo = t.path().join("repo");
-        std::fs::create_dir(&repo).unwrap();
-        let head = sh(
-            &repo,
-            "git init -q -b master && echo a > a && git add a && git commit -qm base \
-             && git checkout -qb pr && head -c 200000000 /dev/zero > big && git add big \
-             && git commit -qm big && git rev-parse HEAD && git checkout -q master",
-        );
-        let url = repo.to_string_lossy().into_owned();
+        let (url, head) = pr_repo(t.path(), "head -c 200000000 /dev/zero > big", "true");
         let tight = Limits {
             max_memory: 64 << 20,
             ..Limits::default()

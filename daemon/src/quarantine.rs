@@ -630,24 +630,9 @@ mod tests {
 
     fn run(data: &[u8]) -> (tempfile::TempDir, Result<Imported>) {
         let d = tempfile::tempdir().unwrap();
-        let exp = d.path().join("export.img");
         let mut padded = data.to_vec();
         padded.resize(data.len() + 4096, 0); // a disk is bigger than its stream
-        std::fs::write(&exp, padded).unwrap();
-        let id = uuid::Uuid::new_v4().to_string();
-        let job = JobRef {
-            job_id: &id,
-            commit: COMMIT,
-            repo: "o/n",
-            pr: 1,
-            origin: Some(crate::quarantine::Origin::test("master")),
-        };
-        let lim = Limits {
-            max_nar_bytes: 1 << 20,
-            max_paths: 100,
-            max_total_bytes: 0,
-        };
-        let r = import(&exp, &d.path().join("q"), &job, &lim);
+        let r = import_into_root(&d.path().join("q"), &padded, 0);
         (d, r)
     }
 
@@ -661,7 +646,7 @@ mod tests {
             commit: COMMIT,
             repo: "o/n",
             pr: 1,
-            origin: None,
+            origin: Some(Origin::test("master")),
         };
         let lim = Limits {
             max_nar_bytes: 1 << 20,
@@ -671,46 +656,6 @@ mod tests {
         let r = import(&exp, root, &job, &lim);
         std::fs::remove_file(&exp).unwrap();
         r
-    }
-
-    #[test]
-    fn the_quarantine_quota_holds_even_for_concurrent_imports() {
-        let data = vec![7u8; 100_000];
-        let n = nar(&Node::File {
-            exec: false,
-            data: &data,
-        });
-        let one = stream(vec![(entry(A, &n, &[]), n.clone())]);
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().join("q");
-        // Room for three such jobs, not four.
-        let quota = 3 * (n.len() as u64 + PER_PATH_OVERHEAD) + 1000;
-        let results: Vec<bool> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..8)
-                .map(|_| s.spawn(|| import_into_root(&root, &one, quota)))
-                .collect();
-            hs.into_iter()
-                .map(|h| match h.join().unwrap() {
-                    Ok(_) => true,
-                    Err(Error::QuotaFull { .. }) => false,
-                    Err(e) => panic!("unexpected {e}"),
-                })
-                .collect()
-        });
-        let kept = results.iter().filter(|k| **k).count();
-        assert_eq!(kept, 3, "imports kept");
-        assert!(
-            disk_usage(&root) <= quota,
-            "{} > {quota}",
-            disk_usage(&root)
-        );
-        // A rejected import leaves nothing; the message names the setting.
-        let Err(e) = import_into_root(&root, &one, disk_usage(&root) + 10) else {
-            panic!("imported over the quota");
-        };
-        assert!(e.to_string().contains("limits.max_quarantine_bytes"), "{e}");
-        // 0 is no quota.
-        assert!(import_into_root(&root, &one, 0).is_ok());
     }
 
     fn quarantine_is_empty(d: &tempfile::TempDir) -> bool {

@@ -35,17 +35,26 @@ struct IfReq {
     _pad: [u8; 22],
 }
 
-/// Create a persistent TAP device `name` (owned by root).
-pub fn create(name: &str) -> Result<()> {
+fn check_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > 15
         || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
     {
         return Err(Error::BadName(name.to_owned()));
     }
+    Ok(())
+}
+
+/// Open a queue of TAP device `name` (creating the device if it does not
+/// exist), as a VMM does: frames the host sends out of the TAP are read
+/// from the file, frames written to it arrive at the host.
+pub fn attach(name: &str, nonblocking: bool) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    check_name(name)?;
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(if nonblocking { libc::O_NONBLOCK } else { 0 })
         .open("/dev/net/tun")
         .map_err(Error::Open)?;
     let mut req = IfReq {
@@ -56,14 +65,23 @@ pub fn create(name: &str) -> Result<()> {
     req.name[..name.len()].copy_from_slice(name.as_bytes());
     #[allow(unsafe_code)]
     // SAFETY: TUNSETIFF reads and writes a `struct ifreq` (40 bytes, laid out
-    // as IfReq) that lives for the whole call; TUNSETPERSIST takes an int.
-    let rc = unsafe {
-        if libc::ioctl(f.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) < 0 {
-            -1
-        } else {
-            libc::ioctl(f.as_raw_fd(), TUNSETPERSIST as _, 1 as libc::c_ulong)
-        }
-    };
+    // as IfReq) that lives for the whole call.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
+    if rc < 0 {
+        return Err(Error::Create(
+            name.to_owned(),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(f)
+}
+
+/// Create a persistent TAP device `name` (owned by root).
+pub fn create(name: &str) -> Result<()> {
+    let f = attach(name, false)?;
+    #[allow(unsafe_code)]
+    // SAFETY: TUNSETPERSIST takes an int by value.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), TUNSETPERSIST as _, 1 as libc::c_ulong) };
     if rc < 0 {
         return Err(Error::Create(
             name.to_owned(),

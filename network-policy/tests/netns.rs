@@ -157,43 +157,9 @@ fn the_host_forwards_only_job_traffic_unless_it_was_routing_before() {
 // Packet-level checks: frames written into TAP devices from "the other side"
 // (as a guest or a LAN peer would send them), and what comes out.
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-
-#[repr(C)]
-struct IfReq {
-    name: [u8; 16],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
 /// Attach to TAP `name` as its (non-blocking) queue, as a VMM does.
 fn attach(name: &str) -> std::fs::File {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open("/dev/net/tun")
-        .unwrap();
-    let mut req = IfReq {
-        name: [0; 16],
-        flags: IFF_TAP | IFF_NO_PI,
-        _pad: [0; 22],
-    };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
-    #[allow(unsafe_code)]
-    // SAFETY: TUNSETIFF reads and writes a `struct ifreq` laid out as IfReq,
-    // alive for the whole call.
-    let rc = unsafe { libc::ioctl(f.as_raw_fd(), TUNSETIFF as _, &mut req as *mut IfReq) };
-    assert!(
-        rc >= 0,
-        "TUNSETIFF {name}: {}",
-        std::io::Error::last_os_error()
-    );
-    f
+    tap::attach(name, true).unwrap()
 }
 
 /// `ip ARGS` in this thread's network namespace.
