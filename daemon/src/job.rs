@@ -108,6 +108,9 @@ pub struct JobRecord {
     pub created_at: u64,
     pub started_at: Option<u64>,
     pub finished_at: Option<u64>,
+    /// The guest's Nix (`nix --version`), as its agent reported it.
+    #[serde(default)]
+    pub guest_nix: Option<String>,
     /// VM accelerator used (kvm or tcg).
     pub accel: Option<String>,
     /// Seconds from VM start to the agent's first message, per phase.
@@ -147,6 +150,7 @@ impl JobRecord {
             state: JobState::Queued,
             merged_commit: None,
             base_commit: None,
+            guest_nix: None,
             created_at: now(),
             started_at: None,
             finished_at: None,

@@ -132,17 +132,42 @@ async fn run_tool(cmd: &mut Command, what: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn dir_size(p: &Path) -> u64 {
+/// What the tree at `p` needs on ext4: bytes (each entry rounded up to
+/// whole 4 KiB blocks) and inodes (one per entry).
+fn tree_usage(p: &Path) -> (u64, u64) {
     let Ok(md) = std::fs::symlink_metadata(p) else {
-        return 0;
+        return (0, 0);
     };
-    if md.is_dir() {
-        std::fs::read_dir(p)
-            .map(|rd| rd.flatten().map(|e| dir_size(&e.path()) + 4096).sum())
-            .unwrap_or(0)
-    } else {
-        md.len() + 4096
+    let own = md.len().div_ceil(4096).max(1) * 4096;
+    if !md.is_dir() {
+        return (own, 1);
     }
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten().fold((own, 1), |(b, n), e| {
+                let (cb, cn) = tree_usage(&e.path());
+                (b + cb, n + cn)
+            })
+        })
+        .unwrap_or((own, 1))
+}
+
+/// The read-only input disk, sized from the tree it holds: bytes and
+/// inodes (a nixpkgs checkout is 53 000 small files, more inodes than
+/// mkfs's default ratio gives a disk of its byte size).
+async fn input_disk(img: &Path, stage: &Path) -> Result<(), String> {
+    let (bytes, entries) = tree_usage(stage);
+    let inodes = entries + entries / 4 + 1024;
+    // Data, 256-byte inodes, and room for the journal and metadata.
+    let mib = (bytes + bytes / 4 + inodes * 256).div_ceil(1 << 20) + 32;
+    sparse_file(img, mib).await?;
+    let mut cmd = Command::new("mkfs.ext4");
+    cmd.args(["-q", "-F", "-L", "airlock-in", "-I", "256", "-N"])
+        .arg(inodes.to_string())
+        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1", "-d"])
+        .arg(stage)
+        .arg(img);
+    run_tool(&mut cmd, "mkfs.ext4").await
 }
 
 async fn sparse_file(path: &Path, mib: u64) -> Result<(), String> {
@@ -151,7 +176,7 @@ async fn sparse_file(path: &Path, mib: u64) -> Result<(), String> {
         .map_err(|e| format!("size {}: {e}", path.display()))
 }
 
-async fn mkfs(img: &Path, label: &str, from: Option<&Path>, mib: u64) -> Result<(), String> {
+async fn mkfs(img: &Path, label: &str, mib: u64) -> Result<(), String> {
     sparse_file(img, mib).await?;
     let mut cmd = Command::new("mkfs.ext4");
     cmd.args([
@@ -162,9 +187,6 @@ async fn mkfs(img: &Path, label: &str, from: Option<&Path>, mib: u64) -> Result<
         "-E",
         "lazy_itable_init=1,lazy_journal_init=1",
     ]);
-    if let Some(d) = from {
-        cmd.arg("-d").arg(d);
-    }
     cmd.arg(img);
     run_tool(&mut cmd, "mkfs.ext4").await
 }
@@ -180,6 +202,8 @@ struct Follower {
     attempted: Option<Vec<String>>,
     skipped: Option<Vec<String>>,
     agent_error: Option<String>,
+    /// The guest's Nix version, if it said (checked: short, printable).
+    guest_nix: Option<String>,
     /// (event, when it arrived).
     marks: Vec<(String, Instant)>,
     /// Unexpected channel lines seen (only the first few are warned about).
@@ -205,6 +229,7 @@ impl Follower {
             attempted: None,
             skipped: None,
             agent_error: None,
+            guest_nix: None,
             marks: Vec::new(),
             garbage: 0,
         }
@@ -285,6 +310,13 @@ impl Follower {
                     Event::Built { .. } => self.mark("built", now),
                     Event::Exported { .. } => self.mark("exported", now),
                     Event::AgentError { message } => self.agent_error = Some(message),
+                    Event::GuestInfo { nix } => {
+                        // Guest text: kept only when it looks like a version line.
+                        if nix.len() <= 64 && nix.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+                        {
+                            self.guest_nix = Some(nix);
+                        }
+                    }
                 }
             }
         }
@@ -585,16 +617,9 @@ impl Runner {
             std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
                 .map_err(|e| format!("chmod agent: {e}"))?;
         }
-        let mib = dir_size(&stage) * 5 / 4 / (1 << 20) + 32;
-        mkfs(&paths.input_img(), "airlock-in", Some(&stage), mib).await?;
+        input_disk(&paths.input_img(), &stage).await?;
         let _ = std::fs::remove_dir_all(&stage);
-        mkfs(
-            &paths.nix_img(),
-            "airlock-nix",
-            None,
-            self.cfg.vm.nix_disk_mib,
-        )
-        .await?;
+        mkfs(&paths.nix_img(), "airlock-nix", self.cfg.vm.nix_disk_mib).await?;
         sparse_file(&paths.export_img(), self.cfg.vm.export_disk_mib).await
     }
 
@@ -727,6 +752,9 @@ impl Runner {
         for (name, at) in f.marks.drain(..) {
             self.mark_at(rec, &format!("{prefix}{name}"), at);
         }
+        if let Some(nix) = f.guest_nix.take() {
+            rec.guest_nix = Some(nix);
+        }
         self.mark(rec, &format!("{prefix}vm_exit"));
         Ok(exit)
     }
@@ -831,6 +859,32 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tree of many small files (as nixpkgs is: 53 000 files in 440 MB)
+    /// fits its input disk: inodes are counted, not guessed from bytes.
+    #[tokio::test]
+    async fn the_input_disk_fits_a_tree_of_many_small_files() {
+        let t = tempfile::tempdir().unwrap();
+        let stage = t.path().join("stage");
+        for d in 0..40 {
+            let dir = stage.join(format!("pkgs/d{d}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in 0..500 {
+                std::fs::write(dir.join(format!("f{f}.nix")), "{ }:\n").unwrap();
+            }
+        }
+        let img = t.path().join("input.img");
+        input_disk(&img, &stage).await.unwrap();
+        // The image holds every file (debugfs lists one directory).
+        let out = std::process::Command::new("debugfs")
+            .args(["-R", "ls -l /pkgs/d39"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(listing.contains("f499.nix"), "{listing}");
+        assert!(std::fs::metadata(&img).unwrap().len() < 200 << 20);
+    }
 
     /// A guest that floods the channel with events and junk: what the host
     /// keeps stays bounded.

@@ -52,6 +52,15 @@ fn chain_builds_in_vm_and_matches_host_build() {
         rec["result"]["attempted_attrs"],
         serde_json::json!(["chain"])
     );
+    // The agent reports the guest's Nix, and `airlockctl show` prints it.
+    let nix = rec["guest_nix"].as_str().unwrap_or_default();
+    assert!(nix.starts_with("nix (Nix) 2."), "guest nix {nix:?}");
+    let show = d.ctl(&["show", &id]);
+    assert!(
+        String::from_utf8_lossy(&show.stdout).contains(&format!("guest nix: {nix}")),
+        "{}",
+        String::from_utf8_lossy(&show.stdout)
+    );
 
     // Quarantine: one NAR per built path, each hashing like the host's build.
     let q = Path::new(rec["result"]["quarantine"].as_str().unwrap());

@@ -7,11 +7,11 @@
 # The result is cached under OUTDIR/<hash of inputs>/ and OUTDIR/current points to it,
 # so a re-run with unchanged inputs takes about a second.
 # usage: build-guest.sh [OUTDIR]   (default /var/cache/airlock/guest)
-# env:   DEBIAN_MIRROR (default http://deb.debian.org/debian), SUITE (default bookworm)
+# env:   DEBIAN_MIRROR (default http://deb.debian.org/debian), SUITE (default trixie)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 outdir=${1:-/var/cache/airlock/guest}
-SUITE=${SUITE:-bookworm}
+SUITE=${SUITE:-trixie}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PACKAGES=nix-bin,busybox-static,libdbi-perl
 MODULES="virtio_pci virtio_blk virtio_console virtio_net ext4"
@@ -78,8 +78,11 @@ sandbox-paths = /bin/sh=/bin/busybox
 substituters =
 experimental-features = nix-command
 NIXCONF
-# The agent writes the fetch phase's resolvers to /run (the root is read-only).
-ln -sfn /run/resolv.conf "$root/etc/resolv.conf"
+# The agent writes the fetch phase's resolvers to /run/resolv.conf (the root is
+# read-only) and bind-mounts it here: a regular file, because Nix 2.19 and later
+# copy a symlinked resolv.conf into the sandbox as a dangling link.
+rm -f "$root/etc/resolv.conf"
+: > "$root/etc/resolv.conf"
 [ -s "$root/etc/hosts" ] || printf '127.0.0.1 localhost\n::1 localhost\n' > "$root/etc/hosts"
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/usr/share/doc "$root"/usr/share/man
 size_mb=$(( $(du -sm "$root" | cut -f1) * 5 / 4 + 64 ))

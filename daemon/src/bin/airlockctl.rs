@@ -141,6 +141,9 @@ fn print_job(r: &JobRecord) {
     if let Some(a) = &r.accel {
         out!("vm accel:  {a}");
     }
+    if let Some(n) = &r.guest_nix {
+        out!("guest nix: {n}");
+    }
     if let Some(b) = r.boot_secs {
         out!("boot:      {b:.1}s to agent");
     }

@@ -92,6 +92,9 @@ fn main() -> ExitCode {
     ch.event(&Event::AgentStarted {
         version: WIRE_VERSION,
     });
+    if let Some(nix) = nix_version() {
+        ch.event(&Event::GuestInfo { nix });
+    }
     match run(&args, &ch) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -159,9 +162,10 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
     if phase == Phase::Fetch {
         configure_network(boot.net.as_ref(), &job.dns)?;
     } else {
-        // /etc/resolv.conf points here; Nix wants it to exist.
+        // Nix wants /etc/resolv.conf to exist.
         std::fs::write("/run/resolv.conf", "").map_err(|e| format!("resolv.conf: {e}"))?;
     }
+    bind_resolv_conf();
 
     let mut errors: Vec<String> = Vec::new();
     // 1. Evaluate each attr on its own (the build phase reuses the fetch
@@ -266,7 +270,8 @@ fn evaluate(job: &GuestJob, src: &Path, errors: &mut Vec<String>) -> Result<Eval
                 String::from_utf8_lossy(&out.stdout)
                     .lines()
                     .filter(|l| !l.is_empty())
-                    .map(str::to_owned),
+                    // `…drv!bin` when the default output is not `out`.
+                    .map(|l| l.split('!').next().unwrap_or(l).to_owned()),
             );
         } else {
             skipped.push(attr.clone());
@@ -369,6 +374,20 @@ fn realise(job: &GuestJob, drvs: &[String], ch: &Channel) -> Result<BuildStatus,
     timeouts(job, &mut cmd);
     cmd.args(drvs);
     run_streamed(cmd, "nix-store -r", ch)
+}
+
+/// Put /run/resolv.conf over the root's (read-only, empty) /etc/resolv.conf.
+/// A regular file, not a symlink: Nix from 2.19 copies a symlinked
+/// resolv.conf into the sandbox as a dangling link, so fixed-output
+/// derivations could not resolve names. Best effort (an older guest root
+/// has the symlink, which works with its Nix).
+fn bind_resolv_conf() {
+    let _ = Command::new("/bin/busybox")
+        .args(["mount", "--bind", "/run/resolv.conf", "/etc/resolv.conf"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Bring up the fetch phase's NIC: `net` = (address/prefix, gateway).
@@ -481,8 +500,7 @@ fn produced_paths(drvs: &[String]) -> Result<Vec<ExportedPath>, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let infos: Vec<PathInfo> =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("nix path-info output: {e}"))?;
+    let infos = parse_path_infos(&out.stdout)?;
     let mut paths: Vec<ExportedPath> = infos
         .into_iter()
         .filter(|i| !i.path.ends_with(".drv"))
@@ -502,6 +520,40 @@ fn produced_paths(drvs: &[String]) -> Result<Vec<ExportedPath>, String> {
     paths.sort_by(|a, b| a.path.cmp(&b.path));
     paths.dedup_by(|a, b| a.path == b.path);
     Ok(paths)
+}
+
+/// The guest's Nix, as `nix --version` prints it.
+fn nix_version() -> Option<String> {
+    let out = Command::new("nix")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !v.is_empty()).then_some(v)
+}
+
+/// `nix path-info --json` output: an array of objects with a `path` (Nix
+/// before 2.19) or an object keyed by path (2.19 and later).
+fn parse_path_infos(json: &[u8]) -> Result<Vec<PathInfo>, String> {
+    let bad = |e: serde_json::Error| format!("nix path-info output: {e}");
+    match serde_json::from_slice::<serde_json::Value>(json).map_err(bad)? {
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(|v| serde_json::from_value(v).map_err(bad))
+            .collect(),
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .map(|(path, mut v)| {
+                let obj = v
+                    .as_object_mut()
+                    .ok_or_else(|| format!("nix path-info: {path} is not valid"))?;
+                obj.insert("path".into(), serde_json::Value::String(path));
+                serde_json::from_value(v).map_err(bad)
+            })
+            .collect(),
+        _ => Err("nix path-info output is neither an array nor an object".into()),
+    }
 }
 
 /// The part of `nix path-info --json` the agent uses.
@@ -563,5 +615,31 @@ impl<W: Write> Write for CountingWriter<W> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_info_json_of_old_and_new_nix() {
+        // Nix 2.8 (Debian 12).
+        let old = br#"[{"path":"/nix/store/ihml9cgha2ncb1jfpf857yd6nls4n23b-a","narHash":"sha256-AAAA","narSize":8,"references":[],"ca":"fixed:r:sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"}]"#;
+        // Nix 2.26 (Debian 13): keyed by path, nulls spelled out.
+        let new = br#"{"/nix/store/ihml9cgha2ncb1jfpf857yd6nls4n23b-a":{"narHash":"sha256-AAAA","narSize":8,"references":[],"ca":"fixed:r:sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73","deriver":null,"registrationTime":1,"signatures":[],"ultimate":false}}"#;
+        for json in [&old[..], &new[..]] {
+            let infos = parse_path_infos(json).unwrap();
+            assert_eq!(infos.len(), 1);
+            assert_eq!(
+                infos[0].path,
+                "/nix/store/ihml9cgha2ncb1jfpf857yd6nls4n23b-a"
+            );
+            assert_eq!(infos[0].nar_size, 8);
+            assert!(infos[0].ca.is_some() && infos[0].deriver.is_none());
+        }
+        // An invalid path is `null` in the new shape: an error, not a panic.
+        assert!(parse_path_infos(br#"{"/nix/store/x-a":null}"#).is_err());
+        assert!(parse_path_infos(b"3").is_err());
     }
 }

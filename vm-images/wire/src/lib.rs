@@ -160,6 +160,8 @@ impl BuildStatus {
 pub enum Event {
     /// The agent started (sent first, so the host can time boot-to-agent).
     AgentStarted { version: u32 },
+    /// What the guest runs: its Nix (`nix --version`, e.g. `nix (Nix) 2.26.3`).
+    GuestInfo { nix: String },
     /// Every attr was tried with `nix-instantiate`.
     Instantiated {
         attempted: Vec<String>,
