@@ -305,20 +305,12 @@ fn check_ca(
         }
         (Method::Recursive, algo) => {
             let mut h = algo.hasher();
-            let mut r = open()?;
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let n = r.read(&mut buf).map_err(|e| e.to_string())?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
+            std::io::copy(&mut open()?, &mut h).map_err(|e| e.to_string())?;
             h.finish()
         }
         (method, algo) => {
             let mut h = algo.hasher();
-            let exec = nar::flat_file(open()?, |b| h.update(b)).map_err(|e| e.to_string())?;
+            let exec = nar::flat_file(open()?, &mut h).map_err(|e| e.to_string())?;
             match exec {
                 None => {
                     return Err(format!(

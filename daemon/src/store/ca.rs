@@ -25,46 +25,6 @@ pub enum Error {
     References(&'static str),
 }
 
-/// Digest length in bytes of a hash algorithm Nix uses in content addresses.
-fn digest_len(algo: &str) -> Option<usize> {
-    match algo {
-        "md5" => Some(16),
-        "sha1" => Some(20),
-        "sha256" => Some(32),
-        "sha512" => Some(64),
-        _ => None,
-    }
-}
-
-/// Check `ca` against the grammar; returns it unchanged when it is valid.
-pub fn parse(ca: &str) -> Result<&str, Error> {
-    let short = || {
-        let mut s: String = ca.chars().take(80).collect();
-        if ca.len() > s.len() {
-            s.push('…');
-        }
-        s
-    };
-    let (algo_hash, text) = if let Some(rest) = ca.strip_prefix("text:") {
-        (rest, true)
-    } else if let Some(rest) = ca.strip_prefix("fixed:") {
-        (rest.strip_prefix("r:").unwrap_or(rest), false)
-    } else {
-        return Err(Error::Method(short()));
-    };
-    let (algo, hash) = algo_hash
-        .split_once(':')
-        .ok_or_else(|| Error::Method(short()))?;
-    let len = digest_len(algo).ok_or_else(|| Error::Algorithm(short()))?;
-    if text && algo != "sha256" {
-        return Err(Error::Algorithm(short()));
-    }
-    if !hash.bytes().all(nix32::is_nix32_char) || nix32::decode(hash, len).is_none() {
-        return Err(Error::Hash(short()));
-    }
-    Ok(ca)
-}
-
 /// How the content was hashed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -85,6 +45,26 @@ pub enum Algo {
 }
 
 impl Algo {
+    fn from_name(name: &str) -> Option<Algo> {
+        match name {
+            "md5" => Some(Algo::Md5),
+            "sha1" => Some(Algo::Sha1),
+            "sha256" => Some(Algo::Sha256),
+            "sha512" => Some(Algo::Sha512),
+            _ => None,
+        }
+    }
+
+    /// Digest length in bytes.
+    pub fn digest_len(self) -> usize {
+        match self {
+            Algo::Md5 => 16,
+            Algo::Sha1 => 20,
+            Algo::Sha256 => 32,
+            Algo::Sha512 => 64,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Algo::Md5 => "md5",
@@ -132,6 +112,17 @@ impl Hasher {
     }
 }
 
+impl std::io::Write for Hasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A parsed content address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContentAddress {
@@ -140,27 +131,38 @@ pub struct ContentAddress {
     pub digest: Vec<u8>,
 }
 
-/// Parse `ca` (which must pass [`parse`]) into its parts.
+/// Check `ca` against the grammar; returns it unchanged when it is valid.
+pub fn parse(ca: &str) -> Result<&str, Error> {
+    parse_address(ca).map(|_| ca)
+}
+
+/// Parse `ca`, strictly (see the module documentation), into its parts.
 pub fn parse_address(ca: &str) -> Result<ContentAddress, Error> {
-    parse(ca)?;
+    let short = || {
+        let mut s: String = ca.chars().take(80).collect();
+        if ca.len() > s.len() {
+            s.push('…');
+        }
+        s
+    };
     let (method, rest) = if let Some(r) = ca.strip_prefix("text:") {
         (Method::Text, r)
     } else if let Some(r) = ca.strip_prefix("fixed:r:") {
         (Method::Recursive, r)
+    } else if let Some(r) = ca.strip_prefix("fixed:") {
+        (Method::Flat, r)
     } else {
-        (Method::Flat, ca.strip_prefix("fixed:").unwrap_or(ca))
+        return Err(Error::Method(short()));
     };
-    let (algo, hash) = rest
-        .split_once(':')
-        .ok_or_else(|| Error::Method(ca.into()))?;
-    let algo = match algo {
-        "md5" => Algo::Md5,
-        "sha1" => Algo::Sha1,
-        "sha256" => Algo::Sha256,
-        _ => Algo::Sha512,
-    };
-    let len = digest_len(algo.name()).unwrap_or(0);
-    let digest = nix32::decode(hash, len).ok_or_else(|| Error::Hash(ca.into()))?;
+    let (algo, hash) = rest.split_once(':').ok_or_else(|| Error::Method(short()))?;
+    let algo = Algo::from_name(algo).ok_or_else(|| Error::Algorithm(short()))?;
+    if method == Method::Text && algo != Algo::Sha256 {
+        return Err(Error::Algorithm(short()));
+    }
+    if !hash.bytes().all(nix32::is_nix32_char) {
+        return Err(Error::Hash(short()));
+    }
+    let digest = nix32::decode(hash, algo.digest_len()).ok_or_else(|| Error::Hash(short()))?;
     Ok(ContentAddress {
         method,
         algo,

@@ -203,10 +203,10 @@ pub fn validate<R: Read, W: Write>(
     })
 }
 
-/// If the NAR from `r` is a single regular file, feed its contents to `f`
-/// and return whether it is executable; `None` for anything else (a
+/// If the NAR from `r` is a single regular file, copy its contents to
+/// `sink` and return whether it is executable; `None` for anything else (a
 /// directory or a symlink). For NARs [`validate`] has already passed.
-pub fn flat_file(mut r: impl Read, mut f: impl FnMut(&[u8])) -> Result<Option<bool>> {
+pub fn flat_file(mut r: impl Read, sink: &mut impl Write) -> Result<Option<bool>> {
     expect(&mut r, b"nix-archive-1")?;
     expect(&mut r, b"(")?;
     expect(&mut r, b"type")?;
@@ -224,16 +224,8 @@ pub fn flat_file(mut r: impl Read, mut f: impl FnMut(&[u8])) -> Result<Option<bo
         return Err(Error::Malformed("regular file without contents".into()));
     }
     let len = read_u64(&mut r)?;
-    let mut left = len;
-    let mut buf = vec![0u8; 1 << 16];
-    while left > 0 {
-        let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
-        let n = r.read(&mut buf[..want]).map_err(io_err)?;
-        if n == 0 {
-            return Err(Error::Truncated);
-        }
-        f(&buf[..n]);
-        left -= n as u64;
+    if io::copy(&mut r.take(len), sink).map_err(io_err)? != len {
+        return Err(Error::Truncated);
     }
     Ok(Some(executable))
 }
