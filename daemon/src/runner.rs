@@ -160,14 +160,7 @@ async fn input_disk(img: &Path, stage: &Path) -> Result<(), String> {
     let inodes = entries + entries / 4 + 1024;
     // Data, 256-byte inodes, and room for the journal and metadata.
     let mib = (bytes + bytes / 4 + inodes * 256).div_ceil(1 << 20) + 32;
-    sparse_file(img, mib).await?;
-    let mut cmd = Command::new("mkfs.ext4");
-    cmd.args(["-q", "-F", "-L", "airlock-in", "-I", "256", "-N"])
-        .arg(inodes.to_string())
-        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1", "-d"])
-        .arg(stage)
-        .arg(img);
-    run_tool(&mut cmd, "mkfs.ext4").await
+    mkfs(img, "airlock-in", mib, Some((stage, inodes))).await
 }
 
 async fn sparse_file(path: &Path, mib: u64) -> Result<(), String> {
@@ -176,7 +169,9 @@ async fn sparse_file(path: &Path, mib: u64) -> Result<(), String> {
         .map_err(|e| format!("size {}: {e}", path.display()))
 }
 
-async fn mkfs(img: &Path, label: &str, mib: u64) -> Result<(), String> {
+/// An ext4 image of `mib` MiB; with `from`, filled from that directory
+/// and given that many (256-byte) inodes.
+async fn mkfs(img: &Path, label: &str, mib: u64, from: Option<(&Path, u64)>) -> Result<(), String> {
     sparse_file(img, mib).await?;
     let mut cmd = Command::new("mkfs.ext4");
     cmd.args([
@@ -187,6 +182,12 @@ async fn mkfs(img: &Path, label: &str, mib: u64) -> Result<(), String> {
         "-E",
         "lazy_itable_init=1,lazy_journal_init=1",
     ]);
+    if let Some((dir, inodes)) = from {
+        cmd.args(["-I", "256", "-N"])
+            .arg(inodes.to_string())
+            .arg("-d")
+            .arg(dir);
+    }
     cmd.arg(img);
     run_tool(&mut cmd, "mkfs.ext4").await
 }
@@ -619,7 +620,13 @@ impl Runner {
         }
         input_disk(&paths.input_img(), &stage).await?;
         let _ = std::fs::remove_dir_all(&stage);
-        mkfs(&paths.nix_img(), "airlock-nix", self.cfg.vm.nix_disk_mib).await?;
+        mkfs(
+            &paths.nix_img(),
+            "airlock-nix",
+            self.cfg.vm.nix_disk_mib,
+            None,
+        )
+        .await?;
         sparse_file(&paths.export_img(), self.cfg.vm.export_disk_mib).await
     }
 
