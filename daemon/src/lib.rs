@@ -1,7 +1,8 @@
 //! airlock: build untrusted nixpkgs pull requests in throwaway VMs.
 //!
 //! Layers (see ARCHITECTURE.md):
-//! - pure formats and policy: [`store`] (store paths, NAR, narinfo),
+//! - pure formats and policy: [`store`] (the `airlock-nix-formats` crate:
+//!   store paths, NAR, narinfo, signatures),
 //!   [`ofborg`] (messages), [`config`], [`job`] (the job record);
 //! - adapters behind narrow traits: [`vm`] (QEMU), [`checkout`] (git),
 //!   [`quarantine`] (verified outputs on disk), [`release`] (GitHub label
@@ -21,6 +22,10 @@ pub mod ofborg;
 pub mod quarantine;
 pub mod release;
 pub mod runner;
-pub mod store;
 pub mod term;
 pub mod vm;
+
+pub use airlock_nix_formats as store;
+
+#[cfg(test)]
+mod fuzzish;

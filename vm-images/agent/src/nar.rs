@@ -6,11 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-fn str(w: &mut impl Write, s: &[u8]) -> io::Result<()> {
-    w.write_all(&(s.len() as u64).to_le_bytes())?;
-    w.write_all(s)?;
-    w.write_all(&[0u8; 8][..(8 - s.len() % 8) % 8])
-}
+use airlock_nix_formats::nar::{write_str as str, zero_padding};
 
 pub fn dump(path: &Path, w: &mut impl Write) -> io::Result<()> {
     str(w, b"nix-archive-1")?;
@@ -42,7 +38,7 @@ fn node(path: &Path, w: &mut impl Write) -> io::Result<()> {
                 path.display()
             )));
         }
-        w.write_all(&[0u8; 8][..((8 - len % 8) % 8) as usize])?;
+        w.write_all(zero_padding(len))?;
     } else if ft.is_dir() {
         str(w, b"directory")?;
         let mut entries: Vec<_> = std::fs::read_dir(path)?

@@ -1,7 +1,7 @@
 //! NARs from the guest: the validator must never panic, and accept only
 //! exactly the declared size.
 #![no_main]
-use airlock::store::nar::{validate, RefScanner};
+use airlock_nix_formats::nar::{validate, RefScanner};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -10,6 +10,6 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(s.nar_size, data.len() as u64);
     }
     let mut contents = Vec::new();
-    let _ = airlock::store::nar::flat_file(data, &mut contents);
+    let _ = airlock_nix_formats::nar::flat_file(data, &mut contents);
     assert!(contents.len() <= data.len());
 });

@@ -89,7 +89,7 @@ pub fn verify(public: &str, signed: &Signed, sig: &str) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StorePath;
+    use crate::StorePath;
 
     // Made for this test with `nix-store --generate-binary-cache-key test-1`.
     const SECRET: &str = "test-1:Fh0qvKtNLAP2Js1+EJ19t3nROpqT88Q3Eljtf02C8k5wQZhxnhZXWxrTD8c2u0RXyLmHv/gCxBDduR5e3FbsYg==";

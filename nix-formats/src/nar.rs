@@ -345,12 +345,23 @@ fn node(r: &mut impl Read, depth: usize) -> Result<()> {
     }
 }
 
+/// Write one NAR string (length, bytes, zero padding to 8): the token every
+/// NAR is made of. The guest agent serialises store paths with it.
+pub fn write_str(w: &mut impl std::io::Write, s: &[u8]) -> std::io::Result<()> {
+    w.write_all(&(s.len() as u64).to_le_bytes())?;
+    w.write_all(s)?;
+    w.write_all(&[0u8; 8][..(8 - s.len() % 8) % 8])
+}
+
+/// The padding after `len` bytes of file contents.
+pub fn zero_padding(len: u64) -> &'static [u8] {
+    &[0u8; 8][..((8 - len % 8) % 8) as usize]
+}
+
 /// Build NARs in tests, benchmarks and fuzzing (the writer side of the format).
 pub mod build {
     pub fn str(out: &mut Vec<u8>, s: &[u8]) {
-        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        out.extend_from_slice(s);
-        out.resize(out.len() + (8 - s.len() % 8) % 8, 0);
+        super::write_str(out, s).expect("writing to a Vec cannot fail");
     }
     pub enum Node<'a> {
         File { exec: bool, data: &'a [u8] },

@@ -1,0 +1,19 @@
+//! Pure Nix store formats: store paths, Nix's base32, NAR validation,
+//! narinfo, content addresses and binary-cache signatures.
+//!
+//! No I/O beyond `Read`/`Write`, no async. Shared by airlockd (quarantine,
+//! the release cache, the substituter proxy) and the guest agent.
+
+pub mod ca;
+pub mod nar;
+pub mod narinfo;
+pub mod nix32;
+pub mod path;
+pub mod signing;
+#[doc(hidden)]
+pub mod testkit;
+
+#[cfg(test)]
+mod fuzzish;
+
+pub use path::StorePath;
