@@ -4,18 +4,18 @@
 /// xorshift64*: deterministic, no dependency.
 pub struct Rng(pub u64);
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
     pub fn bytes(&mut self, max: usize) -> Vec<u8> {
         let n = self.below(max);
-        (0..n).map(|_| self.next() as u8).collect()
+        (0..n).map(|_| self.next_u64() as u8).collect()
     }
 }
 
@@ -26,7 +26,7 @@ pub fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
     match rng.below(4) {
         0 => {
             let i = rng.below(v.len());
-            v[i] = rng.next() as u8;
+            v[i] = rng.next_u64() as u8;
         }
         1 => v.truncate(rng.below(v.len())),
         2 => {
@@ -38,7 +38,7 @@ pub fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
             // A huge length where a length is expected.
             let i = rng.below(v.len() / 8) * 8;
             if i + 8 <= v.len() {
-                v[i..i + 8].copy_from_slice(&rng.next().to_le_bytes());
+                v[i..i + 8].copy_from_slice(&rng.next_u64().to_le_bytes());
             }
         }
     }
