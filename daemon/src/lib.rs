@@ -22,6 +22,7 @@ pub mod ofborg;
 pub mod quarantine;
 pub mod release;
 pub mod runner;
+pub mod substituter;
 pub mod term;
 pub mod vm;
 
