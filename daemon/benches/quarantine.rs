@@ -75,6 +75,7 @@ fn main() {
             repo: "o/n",
             pr: 1,
             origin: None,
+            upstream: &Default::default(),
         };
         let t = Instant::now();
         let imp = import(&exp, &dir.path().join(format!("q{run}")), &job, &limits)

@@ -42,6 +42,59 @@ pub struct Config {
     pub cache: CacheConfig,
     pub github: GithubConfig,
     pub retention: RetentionConfig,
+    pub nix: NixConfig,
+    pub substituter: SubstituterConfig,
+}
+
+/// Binary caches the fetch phase substitutes from (through the host's
+/// [`crate::substituter`]; the guest never talks to them directly).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NixConfig {
+    /// Upstream binary caches, in order. Empty: nothing is substituted and
+    /// every job builds its whole closure.
+    pub substituters: Vec<String>,
+    /// Keys whose signature a narinfo must carry (Nix's `name:base64`).
+    pub trusted_public_keys: Vec<String>,
+}
+
+impl Default for NixConfig {
+    fn default() -> Self {
+        NixConfig {
+            substituters: vec!["https://cache.nixos.org".into()],
+            trusted_public_keys: vec![
+                "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=".into(),
+            ],
+        }
+    }
+}
+
+/// The host-side caching proxy every fetch VM substitutes through.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubstituterConfig {
+    /// TCP port on each job link's host address.
+    pub port: u16,
+    /// Where narinfos and NARs are kept; empty: `<state_dir>/substituter`.
+    pub dir: PathBuf,
+    /// Bound on the NARs kept (least recently used go first).
+    pub max_bytes: u64,
+    /// How long "no upstream has this path" is remembered.
+    pub negative_ttl_secs: u64,
+    /// Per upstream request (and per stalled chunk of a download).
+    pub timeout_secs: u64,
+}
+
+impl Default for SubstituterConfig {
+    fn default() -> Self {
+        SubstituterConfig {
+            port: 8487,
+            dir: PathBuf::new(),
+            max_bytes: 50 << 30,
+            negative_ttl_secs: 60,
+            timeout_secs: 60,
+        }
+    }
 }
 
 /// Is this builder trusted with the binary cache? (ARCHITECTURE.md, trust model.)
@@ -400,6 +453,8 @@ impl Default for Config {
             cache: CacheConfig::default(),
             github: GithubConfig::default(),
             retention: RetentionConfig::default(),
+            nix: NixConfig::default(),
+            substituter: SubstituterConfig::default(),
         }
     }
 }
@@ -486,6 +541,9 @@ impl Config {
                 self.vm.machine
             )));
         }
+        if let Some(s) = self.substituter_settings() {
+            s.check().map_err(|e| Error::Invalid(e.to_string()))?;
+        }
         if self.limits.job_timeout_secs == 0 {
             return Err(Error::Invalid("limits.job_timeout_secs must be > 0".into()));
         }
@@ -507,6 +565,29 @@ impl Config {
     pub fn quarantine_dir(&self) -> PathBuf {
         self.state_dir.join("quarantine")
     }
+    pub fn substituter_dir(&self) -> PathBuf {
+        if self.substituter.dir.as_os_str().is_empty() {
+            self.state_dir.join("substituter")
+        } else {
+            self.substituter.dir.clone()
+        }
+    }
+
+    /// The substituter's settings, or `None` when nothing is substituted
+    /// (no upstreams, or no fetch-phase network to reach them).
+    pub fn substituter_settings(&self) -> Option<crate::substituter::Settings> {
+        (self.network.enabled && !self.nix.substituters.is_empty()).then(|| {
+            crate::substituter::Settings {
+                upstreams: self.nix.substituters.clone(),
+                trusted_public_keys: self.nix.trusted_public_keys.clone(),
+                dir: self.substituter_dir(),
+                max_bytes: self.substituter.max_bytes,
+                negative_ttl: std::time::Duration::from_secs(self.substituter.negative_ttl_secs),
+                max_nar_bytes: self.limits.max_nar_bytes,
+            }
+        })
+    }
+
     pub fn git_cache_dir(&self) -> PathBuf {
         self.state_dir.join("git")
     }

@@ -111,6 +111,13 @@ pub struct JobRecord {
     /// The guest's Nix (`nix --version`), as its agent reported it.
     #[serde(default)]
     pub guest_nix: Option<String>,
+    /// Derivations built and paths substituted in the VMs, as the agent
+    /// counted them (a guest's claim: for people, not for decisions).
+    #[serde(default)]
+    pub realised: Option<Realised>,
+    /// What the host's substituter did for this job (its own counters).
+    #[serde(default)]
+    pub substitution: Option<crate::substituter::JobStats>,
     /// VM accelerator used (kvm or tcg).
     pub accel: Option<String>,
     /// Seconds from VM start to the agent's first message, per phase.
@@ -124,6 +131,13 @@ pub struct JobRecord {
     #[serde(skip)]
     pub run_started: Option<std::time::Instant>,
     pub result: Option<JobResult>,
+}
+
+/// Derivations built and store paths substituted for a job (all phases).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Realised {
+    pub built: u64,
+    pub substituted: u64,
 }
 
 pub fn now() -> u64 {
@@ -151,6 +165,8 @@ impl JobRecord {
             merged_commit: None,
             base_commit: None,
             guest_nix: None,
+            realised: None,
+            substitution: None,
             created_at: now(),
             started_at: None,
             finished_at: None,

@@ -274,6 +274,10 @@ pub struct JobRef<'a> {
     pub repo: &'a str,
     pub pr: u64,
     pub origin: Option<Origin>,
+    /// Store paths the job substituted from the configured upstream caches
+    /// (narinfos the host's substituter checked and served to this job):
+    /// outputs may refer to them although they are not in the export.
+    pub upstream: &'a BTreeSet<String>,
 }
 
 pub struct Imported {
@@ -423,7 +427,21 @@ fn import_into(
         }
         paths.push(sp);
     }
-    let scanner = RefScanner::new(paths.iter().map(StorePath::hash_part));
+    // References may also go to upstream paths the job substituted; those
+    // claimed are scanned for as well (and must then really occur).
+    let mut scan: Vec<StorePath> = paths.clone();
+    let mut extra = BTreeSet::new();
+    for claim in &manifest.paths {
+        for r in &claim.references {
+            if job.upstream.contains(r) {
+                let rp = StorePath::parse(r)?;
+                if !seen.contains(&rp) && extra.insert(rp.clone()) {
+                    scan.push(rp);
+                }
+            }
+        }
+    }
+    let scanner = RefScanner::new(scan.iter().map(StorePath::hash_part));
     let nar_dir = tmp.join("nar");
     std::fs::create_dir_all(&nar_dir).map_err(io(&nar_dir))?;
 
@@ -434,7 +452,7 @@ fn import_into(
         let mut claimed = BTreeSet::new();
         for r in &claim.references {
             let rp = StorePath::parse(r)?;
-            if !seen.contains(&rp) {
+            if !seen.contains(&rp) && !extra.contains(&rp) {
                 return Err(Error::ReferenceOutsideJob {
                     path: name,
                     reference: r.clone(),
@@ -485,7 +503,7 @@ fn import_into(
         let actual: BTreeSet<StorePath> = summary
             .references
             .iter()
-            .map(|&i| paths[i].clone())
+            .map(|&i| scan[i].clone())
             .collect();
         if actual != claimed {
             return Err(Error::References {
@@ -630,6 +648,15 @@ mod tests {
 
     /// Import `data` as a new job into the quarantine `root`.
     fn import_into_root(root: &Path, data: &[u8], max_total_bytes: u64) -> Result<Imported> {
+        import_with(root, data, max_total_bytes, &BTreeSet::new())
+    }
+
+    fn import_with(
+        root: &Path,
+        data: &[u8],
+        max_total_bytes: u64,
+        upstream: &BTreeSet<String>,
+    ) -> Result<Imported> {
         let exp = root.with_extension(format!("{}.img", uuid::Uuid::new_v4()));
         std::fs::write(&exp, data).unwrap();
         let id = uuid::Uuid::new_v4().to_string();
@@ -639,6 +666,7 @@ mod tests {
             repo: "o/n",
             pr: 1,
             origin: Some(Origin::test("master")),
+            upstream,
         };
         let lim = Limits {
             max_nar_bytes: 1 << 20,
@@ -653,6 +681,47 @@ mod tests {
     fn quarantine_is_empty(d: &tempfile::TempDir) -> bool {
         let q = d.path().join("q");
         !q.exists() || std::fs::read_dir(q).unwrap().next().is_none()
+    }
+
+    #[test]
+    fn outputs_may_refer_to_substituted_upstream_paths_only() {
+        let text = format!("see {A}");
+        let b = nar(&Node::File {
+            exec: false,
+            data: text.as_bytes(),
+        });
+        let s = stream(vec![(entry(B, &b, &[A]), b.clone())]);
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("q");
+        let mut padded = s.clone();
+        padded.resize(s.len() + 4096, 0);
+        // A is neither exported nor substituted.
+        assert!(matches!(
+            import_with(&root, &padded, 0, &BTreeSet::new()),
+            Err(Error::ReferenceOutsideJob { .. })
+        ));
+        // A was substituted: the reference stands, and is in the narinfo.
+        let up: BTreeSet<String> = [A.to_owned()].into();
+        let imp = import_with(&root, &padded, 0, &up).unwrap();
+        assert_eq!(imp.paths, vec![StorePath::parse(B).unwrap()]);
+        let ni = std::fs::read_to_string(imp.dir.join("0mdqa9w1p6cmli6976v4wi0sw9r4p5pr.narinfo"))
+            .unwrap();
+        assert!(
+            ni.contains("References: ihml9cgha2ncb1jfpf857yd6nls4n23b-a\n"),
+            "{ni}"
+        );
+        // A claimed upstream reference that the NAR does not contain is false.
+        let c = nar(&Node::File {
+            exec: false,
+            data: b"nothing",
+        });
+        let s = stream(vec![(entry(B, &c, &[A]), c.clone())]);
+        let mut padded = s.clone();
+        padded.resize(s.len() + 4096, 0);
+        assert!(matches!(
+            import_with(&d.path().join("q2"), &padded, 0, &up),
+            Err(Error::References { .. })
+        ));
     }
 
     #[test]

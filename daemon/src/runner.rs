@@ -2,7 +2,7 @@
 //! result. Composes the adapters; owns no policy of its own beyond ofborg's
 //! status rules.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +38,8 @@ pub struct Runner {
     pub sink: Arc<dyn LogSink>,
     /// The fetch phase's network; `None`: one boot without any NIC.
     pub network: Option<Arc<Network>>,
+    /// The host's caching proxy the fetch phase substitutes through.
+    pub substituter: Option<crate::substituter::Substituter>,
 }
 
 /// Files of one job under `jobs/<id>/`.
@@ -205,6 +207,8 @@ struct Follower {
     agent_error: Option<String>,
     /// The guest's Nix version, if it said (checked: short, printable).
     guest_nix: Option<String>,
+    /// What the agent said it realised (summed over `Realised` events).
+    realised: Option<crate::job::Realised>,
     /// (event, when it arrived).
     marks: Vec<(String, Instant)>,
     /// Unexpected channel lines seen (only the first few are warned about).
@@ -231,6 +235,7 @@ impl Follower {
             skipped: None,
             agent_error: None,
             guest_nix: None,
+            realised: None,
             marks: Vec::new(),
             garbage: 0,
         }
@@ -309,6 +314,11 @@ impl Follower {
                         self.mark("instantiated", now);
                     }
                     Event::Built { .. } => self.mark("built", now),
+                    Event::Realised { built, substituted } => {
+                        let r = self.realised.get_or_insert_with(Default::default);
+                        r.built = r.built.saturating_add(built);
+                        r.substituted = r.substituted.saturating_add(substituted);
+                    }
                     Event::Exported { .. } => self.mark("exported", now),
                     Event::AgentError { message } => self.agent_error = Some(message),
                     Event::GuestInfo { nix } => {
@@ -462,8 +472,13 @@ impl Runner {
         let mut follower = Follower::new(log);
         // 3a. Fetch phase: a NIC behind the egress policy; only FODs are realised.
         let mut fetch_status = None;
+        // Paths the substituter served this job (checked narinfos).
+        let mut upstream = BTreeSet::new();
         let last_phase = if let Some(net) = &self.network {
-            match self.fetch_phase(rec, paths, net, &mut follower).await {
+            match self
+                .fetch_phase(rec, paths, net, &mut follower, &mut upstream)
+                .await
+            {
                 Ok(st) => fetch_status = Some(st),
                 Err(res) => return *res,
             }
@@ -511,7 +526,18 @@ impl Runner {
         // 4. verify and quarantine
         rec.state = JobState::Verifying;
         self.save(rec);
-        let mut res = self.collect(rec, paths, res, follower).await;
+        let mut res = self.collect(rec, paths, res, follower, upstream).await;
+        if let Some(r) = rec.realised {
+            let line = realised_line(&r, rec.substitution.as_ref());
+            info!(built = r.built, substituted = r.substituted, "{line}");
+            if let Ok(mut l) = std::fs::OpenOptions::new()
+                .append(true)
+                .open(paths.build_log())
+            {
+                let _ = writeln!(l, "{line}");
+            }
+            res.output.push(line);
+        }
         self.mark(rec, "verified");
         // A fixed-output hash mismatch in the fetch phase is what the job
         // reports (the build phase only sees the missing output).
@@ -531,6 +557,7 @@ impl Runner {
         paths: &JobPaths,
         net: &Network,
         f: &mut Follower,
+        upstream: &mut BTreeSet<String>,
     ) -> Result<BuildStatus, Box<JobResult>> {
         let fail = |err: String| Box::new(result(BuildStatus::UnexpectedError { err }, vec![]));
         let jn = net.setup().await.map_err(|e| {
@@ -539,7 +566,45 @@ impl Runner {
                 error_chain(&e)
             ))
         })?;
+        let session = match &self.substituter {
+            None => None,
+            Some(s) => {
+                let addr = std::net::SocketAddr::new(jn.host.into(), self.cfg.substituter.port);
+                match s.serve_job(addr).await {
+                    Ok(sess) => Some(sess),
+                    Err(e) => {
+                        net.teardown(&jn).await;
+                        return Err(fail(format!(
+                            "cannot start the substituter for the job: {}",
+                            error_chain(&e)
+                        )));
+                    }
+                }
+            }
+        };
         let exit = self.boot(rec, paths, Phase::Fetch, Some(&jn), f).await;
+        if let Some(sess) = session {
+            let (stats, served) = sess.finish().await;
+            info!(
+                narinfo_hits = stats.narinfo_hits,
+                narinfo_misses = stats.narinfo_misses,
+                refused = stats.narinfos_refused,
+                nars = stats.nars_served,
+                bytes_served = stats.bytes_served,
+                bytes_upstream = stats.bytes_upstream,
+                "substituter done for the job"
+            );
+            if let Ok(mut l) = std::fs::OpenOptions::new()
+                .append(true)
+                .open(paths.build_log())
+            {
+                for r in &stats.refusals {
+                    let _ = writeln!(l, "airlock: substituter: {r}");
+                }
+            }
+            rec.substitution = Some(stats);
+            *upstream = served;
+        }
         net.teardown(&jn).await;
         let exit = exit.map_err(fail)?;
         let mut res = f.result();
@@ -603,6 +668,13 @@ impl Runner {
                 .iter()
                 .map(|d| d.to_string())
                 .collect(),
+            substituter: self
+                .substituter
+                .as_ref()
+                .map(|_| airlock_wire::GuestSubstituter {
+                    port: self.cfg.substituter.port,
+                    trusted_public_keys: self.cfg.nix.trusted_public_keys.clone(),
+                }),
         };
         std::fs::write(
             stage.join("job.json"),
@@ -762,6 +834,11 @@ impl Runner {
         if let Some(nix) = f.guest_nix.take() {
             rec.guest_nix = Some(nix);
         }
+        if let Some(r) = f.realised.take() {
+            let t = rec.realised.get_or_insert_with(Default::default);
+            t.built = t.built.saturating_add(r.built);
+            t.substituted = t.substituted.saturating_add(r.substituted);
+        }
         self.mark(rec, &format!("{prefix}vm_exit"));
         Ok(exit)
     }
@@ -772,6 +849,7 @@ impl Runner {
         paths: &JobPaths,
         mut res: JobResult,
         f: Follower,
+        upstream: BTreeSet<String>,
     ) -> JobResult {
         let export = paths.export_img();
         let manifest = match quarantine::read_manifest(&export) {
@@ -815,6 +893,7 @@ impl Runner {
                 repo: &repo,
                 pr,
                 origin,
+                upstream: &upstream,
             };
             quarantine::import(&export, &root, &jr, &limits)
         })
@@ -849,6 +928,28 @@ impl Runner {
         }
         res
     }
+}
+
+/// One line for the log and the result: what was built, what substituted,
+/// and where the bytes came from.
+pub fn realised_line(r: &crate::job::Realised, s: Option<&crate::substituter::JobStats>) -> String {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let mut line = format!(
+        "airlock: {} derivations built, {} paths substituted",
+        r.built, r.substituted
+    );
+    if let Some(s) = s {
+        line.push_str(&format!(
+            " ({:.1} MiB from the builder's cache, {:.1} MiB of it downloaded from upstream for this job",
+            mib(s.bytes_served),
+            mib(s.bytes_upstream)
+        ));
+        if s.narinfos_refused > 0 {
+            line.push_str(&format!("; {} narinfos refused", s.narinfos_refused));
+        }
+        line.push(')');
+    }
+    line
 }
 
 /// "a: b: c" from an error and its sources.

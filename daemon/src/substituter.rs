@@ -158,8 +158,14 @@ struct Inner {
     lru: Mutex<Lru>,
     info_flights: Mutex<HashMap<String, Flight<Lookup>>>,
     nar_flights: Mutex<HashMap<String, Flight<u64>>>,
+    /// Upstreams that failed (not a 404) and are skipped until then.
+    down: Mutex<HashMap<String, Instant>>,
     totals: Totals,
 }
+
+/// How long an upstream that could not be reached is treated as having
+/// nothing (so a builder without internet does not wait on every path).
+const UPSTREAM_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The result of a narinfo lookup, shared by the requests that waited on it.
 #[derive(Clone)]
@@ -450,6 +456,7 @@ impl Substituter {
                 lru: Mutex::new(lru),
                 info_flights: Mutex::new(HashMap::new()),
                 nar_flights: Mutex::new(HashMap::new()),
+                down: Mutex::new(HashMap::new()),
                 totals: Totals::default(),
             }),
         };
@@ -684,6 +691,16 @@ impl Inner {
         };
         let mut transient = false;
         for up in &self.s.upstreams {
+            if self
+                .down
+                .lock()
+                .expect("lock")
+                .get(up)
+                .is_some_and(|until| Instant::now() < *until)
+            {
+                transient = true;
+                continue;
+            }
             let url = format!("{}/{hash}.narinfo", up.trim_end_matches('/'));
             let body = match self.fetch.get(url.clone()).await {
                 Ok(Some(s)) => read_limited(s, &url, MAX_NARINFO_BYTES).await,
@@ -693,7 +710,11 @@ impl Inner {
             let body = match body {
                 Ok(b) => b,
                 Err(e) => {
-                    warn!(error = %e, "upstream narinfo fetch failed");
+                    warn!(error = %e, upstream = %up, secs = UPSTREAM_BACKOFF.as_secs(), "upstream narinfo fetch failed; the upstream is skipped for a while");
+                    self.down
+                        .lock()
+                        .expect("lock")
+                        .insert(up.clone(), Instant::now() + UPSTREAM_BACKOFF);
                     transient = true;
                     continue;
                 }
@@ -873,12 +894,15 @@ pub struct HttpFetch {
 
 impl HttpFetch {
     pub fn new(timeout: Duration) -> Result<HttpFetch> {
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
             .map_err(Error::Tls)?
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build(https);

@@ -125,6 +125,7 @@ async fn throughput(broker: &Broker, n: usize) {
         store: store.clone(),
         sink: sink.clone(),
         network: None,
+        substituter: None,
     });
     let daemon = Daemon::start_with(runner, Arc::new(Noop { store, sink })).unwrap();
     let t0 = Instant::now();

@@ -76,6 +76,7 @@ fn prepare(root: &Path) -> (Dirs, Vec<String>, String) {
             repo: "NixOS/nixpkgs",
             pr: 1,
             origin: Some(airlock::quarantine::Origin::test("master")),
+            upstream: &Default::default(),
         },
         &airlock::quarantine::Limits {
             max_nar_bytes: 1 << 30,

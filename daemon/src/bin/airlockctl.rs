@@ -147,6 +147,28 @@ fn print_job(r: &JobRecord) {
     if let Some(b) = r.boot_secs {
         out!("boot:      {b:.1}s to agent");
     }
+    if let Some(x) = &r.realised {
+        out!(
+            "realised:  {} derivations built, {} paths substituted",
+            x.built,
+            x.substituted
+        );
+    }
+    if let Some(s) = &r.substitution {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        out!(
+            "substituter: {} narinfos found, {} missing, {} refused; {} NARs, {:.1} MiB from the builder's cache, {:.1} MiB downloaded from upstream",
+            s.narinfo_hits,
+            s.narinfo_misses,
+            s.narinfos_refused,
+            s.nars_served,
+            mib(s.bytes_served),
+            mib(s.bytes_upstream)
+        );
+        for why in &s.refusals {
+            out!("  refused: {why}");
+        }
+    }
     if let (Some(s), Some(f)) = (r.started_at, r.finished_at) {
         out!("took:      {}s", f.saturating_sub(s));
     }

@@ -116,6 +116,17 @@ async fn main() -> anyhow::Result<()> {
         machine: cfg.vm.machine.clone(),
         accel,
     });
+    // The fetch VM reaches the substituter on its link's host address.
+    if cfg.substituter_settings().is_some()
+        && !cfg
+            .network
+            .policy
+            .allow_host_ports
+            .contains(&cfg.substituter.port)
+    {
+        let port = cfg.substituter.port;
+        cfg.network.policy.allow_host_ports.push(port);
+    }
     let cfg = Arc::new(cfg);
     let (amqp, sink): (Option<Arc<Amqp>>, Arc<dyn LogSink>) = if cfg.amqp.enabled() {
         let (a, s) = Amqp::new(cfg.clone());
@@ -133,8 +144,24 @@ async fn main() -> anyhow::Result<()> {
         info!("network.enabled = false: one VM boot per job, no NIC, fixed-output derivations cannot download");
         None
     };
+    let substituter = match cfg.substituter_settings() {
+        Some(s) => {
+            let fetch = airlock::substituter::HttpFetch::new(Duration::from_secs(
+                cfg.substituter.timeout_secs,
+            ))?;
+            Some(
+                airlock::substituter::Substituter::open(s, Arc::new(fetch))
+                    .context("cannot open the substituter's cache")?,
+            )
+        }
+        None => {
+            info!("nothing is substituted (nix.substituters is empty or network.enabled = false): jobs build their whole closure");
+            None
+        }
+    };
     let runner = Arc::new(Runner {
         network,
+        substituter,
         store: JobStore::new(cfg.jobs_dir()),
         cfg: cfg.clone(),
         backend,

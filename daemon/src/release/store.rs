@@ -559,6 +559,7 @@ mod tests {
             repo: "o/n",
             pr: 1,
             origin: Some(crate::quarantine::Origin::test("master")),
+            upstream: &Default::default(),
         };
         let lim = crate::quarantine::Limits {
             max_nar_bytes: 1 << 20,

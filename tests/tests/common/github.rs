@@ -578,6 +578,7 @@ pub fn craft_job_on(
             repo,
             pr,
             origin: base.map(airlock::quarantine::Origin::test),
+            upstream: &Default::default(),
         },
         &airlock::quarantine::Limits {
             max_nar_bytes: 1 << 20,

@@ -234,6 +234,11 @@ impl Daemon {
         );
         toml.push_str(vm_keys);
         toml.push_str(tables);
+        // Hermetic: nothing is substituted from the real cache.nixos.org
+        // unless a test configures its own upstream.
+        if !extra.contains("[nix]") {
+            toml.push_str("\n[nix]\nsubstituters = []\n");
+        }
         // Broker jobs are fetched only from the configured URL: the fixture
         // repository that tests make with `fixture_repo(d.dir.path(), …)`.
         if args.iter().any(|a| a == "--amqp-url") && !extra.contains("[github]") {

@@ -209,11 +209,24 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
     let status = if attempted.is_empty() {
         BuildStatus::Skipped
     } else if phase == Phase::Fetch {
-        fetch(&job, &drvs, ch)?
+        let gateway = boot.net.as_ref().map(|(_, gw)| gw.as_str());
+        fetch(&job, &drvs, gateway, ch)?
     } else if reused {
-        realise(&job, &drvs, ch)?
+        let plan = plan(&drvs, None).unwrap_or_default();
+        let st = realise(&job, &drvs, &[], ch)?;
+        ch.event(&Event::Realised {
+            built: count_built(&plan.build),
+            substituted: 0,
+        });
+        st
     } else {
-        build(&job, &src, &attempted, ch)?
+        let plan = plan(&drvs, None).unwrap_or_default();
+        let st = build(&job, &src, &attempted, ch)?;
+        ch.event(&Event::Realised {
+            built: count_built(&plan.build),
+            substituted: 0,
+        });
+        st
     };
     ch.event(&Event::Built {
         status: status.clone(),
@@ -325,15 +338,100 @@ fn timeouts(job: &GuestJob, cmd: &mut Command) {
     }
 }
 
-/// Realise only the fixed-output derivations in the closure of `drvs`.
-fn fetch(job: &GuestJob, drvs: &[String], ch: &Channel) -> Result<BuildStatus, String> {
+/// Where the fetch phase lists the paths it substituted (upstream's, not the
+/// job's: the build phase does not export them).
+const SUBSTITUTED_FILE: &str = "/nix/var/airlock/substituted.json";
+
+/// What Nix would do to realise some derivations (`--dry-run`).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    /// Derivations it would build.
+    build: Vec<String>,
+    /// Store paths it would substitute.
+    fetch: Vec<String>,
+}
+
+/// Parse `nix-store -r --dry-run`'s report ("these N derivations will be
+/// built:", "this path will be fetched (…):", each followed by indented
+/// store paths).
+fn parse_plan(text: &str) -> Plan {
+    let mut p = Plan::default();
+    let mut section: Option<bool> = None; // Some(true): build, Some(false): fetch
+    for line in text.lines() {
+        if let Some(path) = line
+            .strip_prefix("  ")
+            .filter(|l| l.starts_with("/nix/store/"))
+        {
+            match section {
+                Some(true) => p.build.push(path.trim().to_owned()),
+                Some(false) => p.fetch.push(path.trim().to_owned()),
+                None => {}
+            }
+        } else if line.contains(" will be built") {
+            section = Some(true);
+        } else if line.contains(" will be fetched") {
+            section = Some(false);
+        } else {
+            section = None;
+        }
+    }
+    p
+}
+
+/// The substituter options for Nix: the host's proxy as the only cache.
+fn substituter_args(job: &GuestJob, gateway: Option<&str>) -> Vec<String> {
+    match (&job.substituter, gateway) {
+        (Some(s), Some(gw)) => vec![
+            "--option".into(),
+            "substituters".into(),
+            format!("http://{gw}:{}", s.port),
+            "--option".into(),
+            "trusted-public-keys".into(),
+            s.trusted_public_keys.join(" "),
+            "--option".into(),
+            "require-sigs".into(),
+            "true".into(),
+            "--option".into(),
+            "connect-timeout".into(),
+            "10".into(),
+        ],
+        _ => vec![],
+    }
+}
+
+fn plan(drvs: &[String], subst: Option<&[String]>) -> Result<Plan, String> {
+    let out = Command::new("nix-store")
+        .env("HOME", "/tmp")
+        .args(["-r", "--dry-run"])
+        .args(subst.unwrap_or_default())
+        .args(drvs)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run nix-store --dry-run: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nix-store -r --dry-run failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(parse_plan(&String::from_utf8_lossy(&out.stderr)))
+}
+
+/// `nix show-derivation` of `drvs` (with `-r`: and their whole closure).
+fn show_derivations(
+    drvs: &[String],
+    recursive: bool,
+) -> Result<std::collections::BTreeMap<String, serde_json::Value>, String> {
+    if drvs.is_empty() {
+        return Ok(Default::default());
+    }
     let out = Command::new("nix")
         .args([
             "--extra-experimental-features",
             "nix-command",
             "show-derivation",
-            "-r",
         ])
+        .args(recursive.then_some("-r"))
         .args(drvs)
         .stdin(Stdio::null())
         .output()
@@ -344,35 +442,121 @@ fn fetch(job: &GuestJob, drvs: &[String], ch: &Channel) -> Result<BuildStatus, S
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    let all: std::collections::BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("nix show-derivation output: {e}"))?;
-    let fods: Vec<&String> = all
-        .iter()
-        .filter(|(_, d)| {
-            d["outputs"]
-                .as_object()
-                .is_some_and(|o| o.values().any(|v| v.get("hash").is_some()))
-        })
-        .map(|(p, _)| p)
-        .collect();
-    if fods.is_empty() {
-        return Ok(BuildStatus::Success);
-    }
-    let fods: Vec<String> = fods.into_iter().cloned().collect();
-    realise(job, &fods, ch)
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("nix show-derivation output: {e}"))
 }
 
-/// `nix-store -r --keep-going` of `drvs`: the fetch phase's FODs, or, in
-/// the build phase after a fetch phase, the derivations it evaluated.
-fn realise(job: &GuestJob, drvs: &[String], ch: &Channel) -> Result<BuildStatus, String> {
+fn is_fixed_output(d: &serde_json::Value) -> bool {
+    d["outputs"]
+        .as_object()
+        .is_some_and(|o| o.values().any(|v| v.get("hash").is_some()))
+}
+
+/// How many of `drvs` have every output valid now.
+fn count_built(drvs: &[String]) -> u64 {
+    let Ok(all) = show_derivations(drvs, false) else {
+        return 0;
+    };
+    let outputs: Vec<(String, Vec<String>)> = all
+        .iter()
+        .map(|(drv, d)| {
+            let outs = d["outputs"]
+                .as_object()
+                .map(|o| {
+                    o.values()
+                        .filter_map(|v| v["path"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (drv.clone(), outs)
+        })
+        .collect();
+    let every: Vec<String> = outputs.iter().flat_map(|(_, o)| o.clone()).collect();
+    let invalid = nix_store(&["--check-validity", "--print-invalid"], &every).unwrap_or(every);
+    outputs
+        .iter()
+        .filter(|(_, o)| !o.is_empty() && o.iter().all(|p| !invalid.contains(p)))
+        .count() as u64
+}
+
+/// The fetch phase: substitute what the host's substituter has, then realise
+/// the fixed-output derivations among what is left to build.
+fn fetch(
+    job: &GuestJob,
+    drvs: &[String],
+    gateway: Option<&str>,
+    ch: &Channel,
+) -> Result<BuildStatus, String> {
+    let subst = substituter_args(job, gateway);
+    let planned = plan(drvs, Some(&subst));
+    let (to_build, substituted) = match planned {
+        Ok(p) => {
+            ch.log(&format!(
+                "airlock: {} derivations to build, {} paths to substitute",
+                p.build.len(),
+                p.fetch.len()
+            ));
+            let mut done: Vec<String> = Vec::new();
+            if !p.fetch.is_empty() {
+                realise(job, &p.fetch, &subst, ch)?;
+                let invalid = nix_store(&["--check-validity", "--print-invalid"], &p.fetch)?;
+                done = p
+                    .fetch
+                    .into_iter()
+                    .filter(|x| !invalid.contains(x))
+                    .collect();
+                if !invalid.is_empty() {
+                    ch.log(&format!(
+                        "airlock: {} paths could not be substituted; the build phase builds them",
+                        invalid.len()
+                    ));
+                }
+            }
+            (p.build, done)
+        }
+        Err(e) => {
+            // Without a plan: every derivation in the closure is a candidate.
+            ch.log(&format!("airlock: {e}; substituting nothing"));
+            (show_derivations(drvs, true)?.into_keys().collect(), vec![])
+        }
+    };
+    let _ = std::fs::create_dir_all("/nix/var/airlock");
+    std::fs::write(
+        SUBSTITUTED_FILE,
+        serde_json::to_vec(&substituted).unwrap_or_default(),
+    )
+    .map_err(|e| format!("cannot save the substituted paths: {e}"))?;
+    let fods: Vec<String> = show_derivations(&to_build, false)?
+        .into_iter()
+        .filter(|(_, d)| is_fixed_output(d))
+        .map(|(p, _)| p)
+        .collect();
+    let status = if fods.is_empty() {
+        BuildStatus::Success
+    } else {
+        realise(job, &fods, &subst, ch)?
+    };
+    ch.event(&Event::Realised {
+        built: count_built(&fods),
+        substituted: substituted.len() as u64,
+    });
+    Ok(status)
+}
+
+/// `nix-store -r --keep-going` of `paths`: derivations (the fetch phase's
+/// FODs, or the build phase's whole job) or store paths to substitute.
+fn realise(
+    job: &GuestJob,
+    paths: &[String],
+    extra: &[String],
+    ch: &Channel,
+) -> Result<BuildStatus, String> {
     let mut cmd = Command::new("nix-store");
     cmd.env("TMPDIR", "/nix/var/airlock-tmp")
         .env("HOME", "/tmp")
         .stdin(Stdio::null())
         .args(["-r", "--keep-going", "--no-gc-warning"]);
     timeouts(job, &mut cmd);
-    cmd.args(drvs);
+    cmd.args(extra).args(paths);
     run_streamed(cmd, "nix-store -r", ch)
 }
 
@@ -474,9 +658,14 @@ fn produced_paths(drvs: &[String]) -> Result<Vec<ExportedPath>, String> {
     let all_drvs: Vec<String> = reqs.into_iter().filter(|p| p.ends_with(".drv")).collect();
     let outputs = nix_store(&["-q", "--outputs"], &all_drvs)?;
     let invalid = nix_store(&["--check-validity", "--print-invalid"], &outputs)?;
+    // Paths the fetch phase substituted are upstream's, not the job's.
+    let substituted: std::collections::BTreeSet<String> = std::fs::read(SUBSTITUTED_FILE)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
     let valid: Vec<String> = outputs
         .into_iter()
-        .filter(|p| !invalid.contains(p))
+        .filter(|p| !invalid.contains(p) && !substituted.contains(p))
         .collect();
     if valid.is_empty() {
         return Ok(vec![]);
@@ -503,7 +692,7 @@ fn produced_paths(drvs: &[String]) -> Result<Vec<ExportedPath>, String> {
     let infos = parse_path_infos(&out.stdout)?;
     let mut paths: Vec<ExportedPath> = infos
         .into_iter()
-        .filter(|i| !i.path.ends_with(".drv"))
+        .filter(|i| !i.path.ends_with(".drv") && !substituted.contains(&i.path))
         .map(|i| {
             let mut references = i.references;
             references.sort();
@@ -621,6 +810,27 @@ impl<W: Write> Write for CountingWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dry_run_report_of_nix() {
+        // `nix-store -r --dry-run` of Nix 2.26 (stderr).
+        let text = "these 2 derivations will be built:
+  /nix/store/0j6kpwz4dm9964pssxn1zf5vql05y3fl-hello-2.12.3.drv
+  /nix/store/ihml9cgha2ncb1jfpf857yd6nls4n23b-hello-2.12.3.tar.gz.drv
+this path will be fetched (1.25 MiB download, 5.10 MiB unpacked):
+  /nix/store/0mdqa9w1p6cmli6976v4wi0sw9r4p5pr-glibc-2.40
+don't know how to build these paths:
+  /nix/store/5ghsfj4g7l7989gd9dfrri5bxfy64j54-x
+";
+        let p = parse_plan(text);
+        assert_eq!(p.build.len(), 2);
+        assert!(p.build[1].ends_with(".tar.gz.drv"));
+        assert_eq!(
+            p.fetch,
+            vec!["/nix/store/0mdqa9w1p6cmli6976v4wi0sw9r4p5pr-glibc-2.40".to_owned()]
+        );
+        assert_eq!(parse_plan(""), Plan::default());
+    }
 
     #[test]
     fn path_info_json_of_old_and_new_nix() {

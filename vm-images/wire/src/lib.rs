@@ -78,6 +78,19 @@ pub struct GuestJob {
     /// Resolvers for the fetch phase (the only phase with a network).
     #[serde(default)]
     pub dns: Vec<String>,
+    /// The host's substituter, for the fetch phase; `None`: substitute nothing.
+    #[serde(default)]
+    pub substituter: Option<GuestSubstituter>,
+}
+
+/// The fetch phase's only substituter: `http://<gateway>:<port>` (the
+/// gateway is the host end of the job's link, from `airlock.net`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestSubstituter {
+    pub port: u16,
+    /// Nix's `trusted-public-keys` (`require-sigs` stays on).
+    pub trusted_public_keys: Vec<String>,
 }
 
 /// Per-boot parameters on the kernel command line (the input disk is the
@@ -167,6 +180,9 @@ pub enum Event {
         attempted: Vec<String>,
         skipped: Vec<String>,
     },
+    /// What a phase realised: derivations built in this VM, and store paths
+    /// substituted (from the host's substituter, fetch phase only).
+    Realised { built: u64, substituted: u64 },
     /// The build finished with this status; export follows.
     Built { status: BuildStatus },
     /// The export stream is complete (paths written, bytes in all).
