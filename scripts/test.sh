@@ -11,6 +11,13 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # Binaries first: the end-to-end tests run the real airlockd/airlockctl/agent.
 cargo build --workspace --quiet
+# The real nixpkgs snapshot (tests/tests/nixpkgs.rs): from the workplace's
+# shared parts when they are there; elsewhere that test skips loudly.
+shared=${AIRLOCK_SHARED:-$repo/../shared}
+if [ -z "${AIRLOCK_NIXPKGS:-}" ] && [ -x "$shared/nixpkgs/unpack.sh" ]; then
+  AIRLOCK_NIXPKGS=$("$shared/nixpkgs/unpack.sh")
+  export AIRLOCK_NIXPKGS
+fi
 out=$(mktemp "${TMPDIR:-/tmp}/airlock-test-output.XXXXXX")
 trap 'rm -f "$out"' EXIT
 cargo test --workspace -- --test-threads="${AIRLOCK_TEST_THREADS:-2}" --show-output 2>&1 | tee "$out"

@@ -8,67 +8,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use common::internet::Internet;
 use common::*;
-
-fn ip(args: &[&str]) {
-    let st = Command::new("ip").args(args).status().unwrap();
-    assert!(st.success(), "ip {args:?}");
-}
-
-struct Internet {
-    host: String,
-    inet: String,
-    server: Child,
-}
-
-impl Internet {
-    /// A builder namespace wired to an "internet" namespace that serves `dir`
-    /// on http://203.0.113.10/.
-    fn up(dir: &Path) -> Internet {
-        let host = new_netns("sh");
-        let inet = new_netns("si");
-        ip(&[
-            "link", "add", "wan0", "netns", &host, "type", "veth", "peer", "name", "eth0", "netns",
-            &inet,
-        ]);
-        ip(&["-n", &host, "addr", "add", "203.0.113.1/24", "dev", "wan0"]);
-        ip(&["-n", &host, "link", "set", "wan0", "up"]);
-        ip(&["-n", &host, "link", "set", "lo", "up"]);
-        ip(&["-n", &inet, "addr", "add", "203.0.113.10/24", "dev", "eth0"]);
-        ip(&["-n", &inet, "link", "set", "eth0", "up"]);
-        ip(&["-n", &inet, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n",
-            &host,
-            "route",
-            "add",
-            "default",
-            "via",
-            "203.0.113.10",
-        ]);
-        let server = Command::new("ip")
-            .args(["netns", "exec", &inet, "python3", "-m", "http.server", "80"])
-            .args(["--bind", "203.0.113.10", "--directory"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        Internet { host, inet, server }
-    }
-}
-
-impl Drop for Internet {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-        del_netns(&self.host);
-        del_netns(&self.inet);
-    }
-}
 
 /// `nix copy` the closure of `path` from the private `store` into the
 /// binary cache directory `cache`, signed with the secret key file `sk`.

@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod github;
+pub mod internet;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -168,6 +168,7 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
     bind_resolv_conf();
 
     let mut errors: Vec<String> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     // 1. Evaluate each attr on its own (the build phase reuses the fetch
     // phase's evaluation, kept on the job's /nix disk).
     let saved: Option<Eval> = (phase == Phase::Build)
@@ -181,7 +182,7 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
         drvs,
     } = match saved {
         Some(e) => e,
-        None => evaluate(&job, &src, &mut errors)?,
+        None => evaluate(&job, &src, &mut errors, &mut notes)?,
     };
     if phase == Phase::Fetch {
         let e = Eval {
@@ -203,6 +204,9 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
         for l in &errors {
             ch.log(l);
         }
+        for l in &notes {
+            ch.log(l);
+        }
     }
 
     // 2. Fetch phase: only fixed-output derivations. Otherwise: build.
@@ -213,7 +217,7 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
         fetch(&job, &drvs, gateway, ch)?
     } else if reused {
         let plan = plan(&drvs, None).unwrap_or_default();
-        let st = realise(&job, &drvs, &[], ch)?;
+        let st = realise(&job, &drvs, &BUILD_PHASE_OPTIONS.map(String::from), ch)?;
         ch.event(&Event::Realised {
             built: count_built(&plan.build),
             substituted: 0,
@@ -265,8 +269,14 @@ struct Eval {
 }
 
 /// `nix-instantiate` each attr on its own, as ofborg does; error lines for
-/// the attrs that fail go to `errors`.
-fn evaluate(job: &GuestJob, src: &Path, errors: &mut Vec<String>) -> Result<Eval, String> {
+/// the attrs that fail go to `errors`, the derivations of those that
+/// evaluate to `notes`.
+fn evaluate(
+    job: &GuestJob,
+    src: &Path,
+    errors: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) -> Result<Eval, String> {
     let mut attempted = Vec::new();
     let mut skipped = Vec::new();
     let mut drvs: Vec<String> = Vec::new();
@@ -279,13 +289,14 @@ fn evaluate(job: &GuestJob, src: &Path, errors: &mut Vec<String>) -> Result<Eval
             .map_err(|e| format!("cannot run nix-instantiate: {e}"))?;
         if out.status.success() {
             attempted.push(attr.clone());
-            drvs.extend(
-                String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter(|l| !l.is_empty())
-                    // `…drv!bin` when the default output is not `out`.
-                    .map(|l| l.split('!').next().unwrap_or(l).to_owned()),
-            );
+            let these: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.is_empty())
+                // `…drv!bin` when the default output is not `out`.
+                .map(|l| l.split('!').next().unwrap_or(l).to_owned())
+                .collect();
+            notes.push(format!("airlock: {attr} evaluates to {}", these.join(" ")));
+            drvs.extend(these);
         } else {
             skipped.push(attr.clone());
             errors.push(format!("Cannot nix-instantiate `{attr}` because:"));
@@ -342,13 +353,23 @@ fn timeouts(job: &GuestJob, cmd: &mut Command) {
 /// job's: the build phase does not export them).
 const SUBSTITUTED_FILE: &str = "/nix/var/airlock/substituted.json";
 
+/// Fixed-output derivations realised at once in the fetch phase.
+const FETCH_JOBS: &str = "8";
+
+/// In the build phase (no NIC) a fixed-output derivation the fetch phase
+/// could not realise fails at once instead of retrying a download that
+/// cannot work.
+const BUILD_PHASE_OPTIONS: [&str; 3] = ["--option", "download-attempts", "1"];
+
 /// What Nix would do to realise some derivations (`--dry-run`).
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq)]
 struct Plan {
     /// Derivations it would build.
     build: Vec<String>,
     /// Store paths it would substitute.
     fetch: Vec<String>,
+    /// What those paths take unpacked, as Nix estimates it (MiB).
+    unpacked_mib: f64,
 }
 
 /// Parse `nix-store -r --dry-run`'s report ("these N derivations will be
@@ -371,6 +392,14 @@ fn parse_plan(text: &str) -> Plan {
             section = Some(true);
         } else if line.contains(" will be fetched") {
             section = Some(false);
+            // "… (1.25 MiB download, 5.10 MiB unpacked):"
+            if let Some(n) = line
+                .rsplit_once(" MiB unpacked")
+                .and_then(|(head, _)| head.rsplit(' ').next())
+                .and_then(|n| n.parse::<f64>().ok())
+            {
+                p.unpacked_mib += n;
+            }
         } else {
             section = None;
         }
@@ -495,6 +524,15 @@ fn fetch(
                 p.build.len(),
                 p.fetch.len()
             ));
+            if let Some((free, total)) = nix_disk_mib() {
+                // Leave room for the database and the builds.
+                if p.unpacked_mib > free as f64 * 0.9 {
+                    return Err(format!(
+                        "no space left for the closure ({:.0} MiB needed to substitute it, {free} MiB free on the job's {total} MiB /nix disk; raise vm.nix_disk_mib)",
+                        p.unpacked_mib
+                    ));
+                }
+            }
             let mut done: Vec<String> = Vec::new();
             if !p.fetch.is_empty() {
                 realise(job, &p.fetch, &subst, ch)?;
@@ -530,10 +568,17 @@ fn fetch(
         .filter(|(_, d)| is_fixed_output(d))
         .map(|(p, _)| p)
         .collect();
+    ch.log(&format!(
+        "airlock: fetching {} fixed-output derivations",
+        fods.len()
+    ));
+    // Downloads wait on the network, not the CPU: several at once.
+    let mut args = subst.clone();
+    args.extend(["--max-jobs".into(), FETCH_JOBS.into()]);
     let status = if fods.is_empty() {
         BuildStatus::Success
     } else {
-        realise(job, &fods, &subst, ch)?
+        realise(job, &fods, &args, ch)?
     };
     ch.event(&Event::Realised {
         built: count_built(&fods),
@@ -593,14 +638,20 @@ fn configure_network(net: Option<&(String, String)>, dns: &[String]) -> Result<(
     ip(&["link", "set", "eth0", "up"])?;
     ip(&["addr", "add", addr, "dev", "eth0"])?;
     ip(&["route", "add", "default", "via", gw])?;
-    let conf: String = dns.iter().map(|d| format!("nameserver {d}\n")).collect();
+    let mut conf: String = dns.iter().map(|d| format!("nameserver {d}\n")).collect();
+    // A resolver that does not answer costs 2 s, not glibc's 5 s per try.
+    conf.push_str("options timeout:2 attempts:2\n");
     std::fs::write("/run/resolv.conf", conf).map_err(|e| format!("resolv.conf: {e}"))
 }
 
 fn run_streamed(mut cmd: Command, what: &str, ch: &Channel) -> Result<BuildStatus, String> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))?;
+    let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failed_build = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let pump = |r: Box<dyn Read + Send>, ch: Channel| {
+        let full = full.clone();
+        let failed_build = failed_build.clone();
         std::thread::spawn(move || {
             let mut r = BufReader::new(r);
             let mut buf = Vec::new();
@@ -611,6 +662,12 @@ fn run_streamed(mut cmd: Command, what: &str, ch: &Channel) -> Result<BuildStatu
                     Ok(_) => {
                         let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
                         let text = airlock_wire::utf8_line(line);
+                        if text.contains("No space left on device") {
+                            full.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        if is_build_failure(&text) {
+                            failed_build.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
                         if !text.contains(RESTRICTED_WARNING) {
                             ch.log(&text);
                         }
@@ -626,7 +683,46 @@ fn run_streamed(mut cmd: Command, what: &str, ch: &Channel) -> Result<BuildStatu
         .map_err(|e| format!("waiting for nix-build: {e}"))?;
     let _ = t1.join();
     let _ = t2.join();
-    Ok(BuildStatus::from_nix_exit(st.code()))
+    let mut status = BuildStatus::from_nix_exit(st.code());
+    // Nix exits 1, not 100, when what failed is a download (a transient
+    // failure to Nix): still a build that failed, not an error of Nix.
+    if st.code() == Some(1) && failed_build.load(std::sync::atomic::Ordering::Relaxed) {
+        status = BuildStatus::Failure;
+    }
+    if status != BuildStatus::Success && full.load(std::sync::atomic::Ordering::Relaxed) {
+        let size = nix_disk_mib()
+            .map(|(_, total)| format!(" ({total} MiB)"))
+            .unwrap_or_default();
+        let why = format!(
+            "no space left for the closure: the job's /nix disk{size} is full (raise vm.nix_disk_mib)"
+        );
+        ch.log(&format!("airlock: {why}"));
+        return Ok(BuildStatus::UnexpectedError { err: why });
+    }
+    Ok(status)
+}
+
+/// Nix's report that a derivation failed to build (itself or through its
+/// dependencies), as opposed to Nix failing.
+fn is_build_failure(line: &str) -> bool {
+    line.starts_with("error: builder for '")
+        || (line.starts_with("error: ") && line.ends_with("failed to build"))
+        || line.starts_with("error: unable to download")
+}
+
+/// Available and total MiB of the filesystem holding /nix (`df -Pm`).
+fn nix_disk_mib() -> Option<(u64, u64)> {
+    let out = Command::new("df")
+        .args(["-Pm", "/nix"])
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    parse_df(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_df(text: &str) -> Option<(u64, u64)> {
+    let f: Vec<&str> = text.lines().nth(1)?.split_whitespace().collect();
+    Some((f.get(3)?.parse().ok()?, f.get(1)?.parse().ok()?))
 }
 
 fn nix_store(args: &[&str], paths: &[String]) -> Result<Vec<String>, String> {
@@ -823,6 +919,7 @@ don't know how to build these paths:
   /nix/store/5ghsfj4g7l7989gd9dfrri5bxfy64j54-x
 ";
         let p = parse_plan(text);
+        assert_eq!(p.unpacked_mib, 5.10);
         assert_eq!(p.build.len(), 2);
         assert!(p.build[1].ends_with(".tar.gz.drv"));
         assert_eq!(
@@ -830,6 +927,26 @@ don't know how to build these paths:
             vec!["/nix/store/0mdqa9w1p6cmli6976v4wi0sw9r4p5pr-glibc-2.40".to_owned()]
         );
         assert_eq!(parse_plan(""), Plan::default());
+    }
+
+    #[test]
+    fn build_failures_are_told_from_nix_errors() {
+        assert!(is_build_failure("error: 4 dependencies of derivation '/nix/store/9w4h6mwgy4vivksdb54jhz6i2dihqv1l-hello-2.12.3.tar.gz.drv' failed to build"));
+        assert!(is_build_failure(
+            "error: builder for '/nix/store/x-a.drv' failed with exit code 3"
+        ));
+        assert!(!is_build_failure(
+            "error: getting status of '/nix/store/x': No such file or directory"
+        ));
+    }
+
+    #[test]
+    fn free_space_from_df() {
+        let df = "Filesystem     1048576-blocks  Used Available Capacity Mounted on
+/dev/vdb                 992    12       913       2% /nix
+";
+        assert_eq!(parse_df(df), Some((913, 992)));
+        assert_eq!(parse_df("garbage"), None);
     }
 
     #[test]

@@ -1,0 +1,119 @@
+//! A job on real nixpkgs: the snapshot in `$AIRLOCK_NIXPKGS` (set by
+//! scripts/test.sh from `../shared/nixpkgs/unpack.sh`) becomes the target
+//! branch of a git repository, a PR changes `hello`'s description, and a job
+//! for `hello` evaluates it inside the VM with the guest's current Nix. Its
+//! build cannot finish here (the bootstrap sources are on hosts this machine
+//! cannot reach): the job must end with `Failure` naming what could not be
+//! fetched, well before any timeout.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use common::*;
+
+fn snapshot() -> Option<PathBuf> {
+    let p = PathBuf::from(std::env::var_os("AIRLOCK_NIXPKGS")?);
+    p.join("pkgs/top-level/impure.nix").exists().then_some(p)
+}
+
+#[test]
+fn a_real_nixpkgs_pr_evaluates_in_the_vm_and_fails_on_the_unreachable_bootstrap() {
+    let name = "a_real_nixpkgs_pr_evaluates_in_the_vm_and_fails_on_the_unreachable_bootstrap";
+    if !prerequisites(name) {
+        return;
+    }
+    let Some(np) = snapshot() else {
+        let msg = format!(
+            "SKIPPED {name}: missing the nixpkgs snapshot (set AIRLOCK_NIXPKGS, or run scripts/test.sh where ../shared/nixpkgs exists)"
+        );
+        if std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() == Ok("1") {
+            panic!("{msg} (AIRLOCK_REQUIRE_E2E=1 forbids skipping)");
+        }
+        eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+        return;
+    };
+    // The fetch VM reaches an "internet" where no name resolves (as the
+    // bootstrap sources' hosts do not, from here), so downloads fail fast.
+    let www = tempfile::tempdir().unwrap();
+    let net = common::internet::Internet::up(www.path());
+    let d = Daemon::start_in_netns(&net.host, "[network]\ndns = [\"203.0.113.10\"]\n");
+    let repo = d.dir.path().join("repo");
+    let t0 = Instant::now();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", np.display()))
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    git(&repo, &["init", "-q", "-b", "master"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "nixpkgs snapshot"]);
+    git(&repo, &["checkout", "-q", "-b", "pr"]);
+    let pkg = repo.join("pkgs/by-name/he/hello/package.nix");
+    let text = std::fs::read_to_string(&pkg).unwrap();
+    let changed = text.replace(
+        "description = \"Program that produces a familiar, friendly greeting\";",
+        "description = \"Program that produces a familiar, friendly greeting (airlock test)\";",
+    );
+    assert_ne!(text, changed, "hello's description moved");
+    std::fs::write(&pkg, changed).unwrap();
+    git(
+        &repo,
+        &["commit", "-q", "-am", "hello: airlock test description"],
+    );
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+    eprintln!("repository made in {:.1}s", t0.elapsed().as_secs_f64());
+
+    // The host's evaluation of the same tree (Nix 2.8: through impure.nix,
+    // which skips the version gate), into a private store.
+    let store = d.dir.path().join("host-store");
+    let out = Command::new("nix-instantiate")
+        .arg("--store")
+        .arg(&store)
+        .arg(repo.join("pkgs/top-level/impure.nix"))
+        .args(["-A", "hello", "--argstr", "system", "x86_64-linux"])
+        .env("XDG_CACHE_HOME", store.join("xdg-cache"))
+        .env("NIX_PATH", "")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "host nix-instantiate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let host_drv = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(host_drv.ends_with("-hello-2.12.3.drv"), "{host_drv}");
+
+    let t1 = Instant::now();
+    let id = d.submit(&repo, &head, &["hello"]);
+    let rec = d.wait(&id, 3000);
+    let secs = t1.elapsed().as_secs();
+    let log = d.build_log(&id);
+    let show = String::from_utf8_lossy(&d.ctl(&["show", &id]).stdout).into_owned();
+    eprintln!("job took {secs}s\n{show}");
+    assert!(
+        log.contains(&format!("airlock: hello evaluates to {host_drv}")),
+        "the VM's drv differs from the host's {host_drv}:\n{log}\n{}",
+        d.log()
+    );
+    assert!(show.contains("guest nix: nix (Nix) 2."), "{show}");
+    assert_eq!(status(&rec), "Failure", "{rec:#}\n{log}");
+    // What could not be fetched is named: hello's own source among them.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("-hello-2.12.3.tar.gz.drv'") && l.contains("failed")),
+        "no line names hello's source as failed:\n{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("unable to download")),
+        "no line says what could not be downloaded:\n{log}"
+    );
+    assert!(
+        !matches!(status(&rec).as_str(), "TimedOut"),
+        "the job ran into its timeout"
+    );
+}
