@@ -502,6 +502,13 @@ impl Runner {
                 return result(BuildStatus::UnexpectedError { err: e }, vec![]);
             }
         };
+        // What was built and substituted: one more log line (so also in the
+        // result's last lines and on the broker's log stream).
+        if let Some(r) = rec.realised {
+            let line = realised_line(&r, rec.substitution.as_ref());
+            info!(built = r.built, substituted = r.substituted, "{line}");
+            follower.log_line(line, rec, self.sink.as_ref());
+        }
         let mut res = follower.result();
         match exit {
             VmExit::TimedOut => {
@@ -527,17 +534,6 @@ impl Runner {
         rec.state = JobState::Verifying;
         self.save(rec);
         let mut res = self.collect(rec, paths, res, follower, upstream).await;
-        if let Some(r) = rec.realised {
-            let line = realised_line(&r, rec.substitution.as_ref());
-            info!(built = r.built, substituted = r.substituted, "{line}");
-            if let Ok(mut l) = std::fs::OpenOptions::new()
-                .append(true)
-                .open(paths.build_log())
-            {
-                let _ = writeln!(l, "{line}");
-            }
-            res.output.push(line);
-        }
         self.mark(rec, "verified");
         // A fixed-output hash mismatch in the fetch phase is what the job
         // reports (the build phase only sees the missing output).
