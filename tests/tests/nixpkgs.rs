@@ -71,6 +71,7 @@ fn a_real_nixpkgs_pr_evaluates_in_the_vm_and_fails_on_the_unreachable_bootstrap(
     // The host's evaluation of the same tree (Nix 2.8: through impure.nix,
     // which skips the version gate), into a private store.
     let store = d.dir.path().join("host-store");
+    let th = Instant::now();
     let out = Command::new("nix-instantiate")
         .arg("--store")
         .arg(&store)
@@ -86,6 +87,10 @@ fn a_real_nixpkgs_pr_evaluates_in_the_vm_and_fails_on_the_unreachable_bootstrap(
         String::from_utf8_lossy(&out.stderr)
     );
     let host_drv = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    eprintln!(
+        "host evaluation of hello (Nix 2.8, native): {:.1}s",
+        th.elapsed().as_secs_f64()
+    );
     assert!(host_drv.ends_with("-hello-2.12.3.drv"), "{host_drv}");
 
     let t1 = Instant::now();
@@ -95,6 +100,17 @@ fn a_real_nixpkgs_pr_evaluates_in_the_vm_and_fails_on_the_unreachable_bootstrap(
     let log = d.build_log(&id);
     let show = String::from_utf8_lossy(&d.ctl(&["show", &id]).stdout).into_owned();
     eprintln!("job took {secs}s\n{show}");
+    for l in log.lines().filter(|l| l.starts_with("airlock: ")) {
+        eprintln!("  {l}");
+    }
+    for (step, at) in rec["timings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_array().map(|a| (a[0].clone(), a[1].clone())))
+    {
+        eprintln!("  at {at}s: {step}");
+    }
     assert!(
         log.contains(&format!("airlock: hello evaluates to {host_drv}")),
         "the VM's drv differs from the host's {host_drv}:\n{log}\n{}",

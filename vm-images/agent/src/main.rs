@@ -284,9 +284,17 @@ fn evaluate(
         let mut cmd = Command::new("nix-instantiate");
         nix_env(&mut cmd, src);
         cmd.args(nix_common(job)).arg("-A").arg(attr);
+        let t0 = std::time::Instant::now();
         let out = cmd
             .output()
             .map_err(|e| format!("cannot run nix-instantiate: {e}"))?;
+        notes.push(format!(
+            "airlock: evaluating {attr} took {:.1}s{}",
+            t0.elapsed().as_secs_f64(),
+            peak_child_mib()
+                .map(|m| format!(", peak memory of an evaluation so far {m} MiB"))
+                .unwrap_or_default()
+        ));
         if out.status.success() {
             attempted.push(attr.clone());
             let these: Vec<String> = String::from_utf8_lossy(&out.stdout)
@@ -303,6 +311,17 @@ fn evaluate(
             for l in String::from_utf8_lossy(&out.stderr).lines() {
                 if !l.contains(RESTRICTED_WARNING) {
                     errors.push(l.to_owned());
+                }
+            }
+            {
+                use std::os::unix::process::ExitStatusExt;
+                // SIGKILL here comes from the kernel's OOM killer: the VM
+                // has no other process that would send it.
+                if out.status.signal() == Some(9) {
+                    errors.push(format!(
+                        "error: the evaluation ran out of memory and was killed ({} MiB in the VM; raise vm.memory_mib)",
+                        total_memory_mib().unwrap_or(0)
+                    ));
                 }
             }
             errors.push(String::new());
@@ -708,6 +727,26 @@ fn is_build_failure(line: &str) -> bool {
     line.starts_with("error: builder for '")
         || (line.starts_with("error: ") && line.ends_with("failed to build"))
         || line.starts_with("error: unable to download")
+}
+
+/// The largest resident size any finished child reached (MiB).
+fn peak_child_mib() -> Option<u64> {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).ok()?;
+    Some(u.max_rss() as u64 / 1024)
+}
+
+/// The VM's memory (`MemTotal`, MiB).
+fn total_memory_mib() -> Option<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
 }
 
 /// Available and total MiB of the filesystem holding /nix (`df -Pm`).
