@@ -1078,6 +1078,14 @@ mod tests {
         String::from_utf8_lossy(&out[9..12]).parse().unwrap()
     }
 
+    /// What Nix does for path `i`: its narinfo, then its NAR (returned).
+    async fn substitute(addr: SocketAddr, i: u8) -> Vec<u8> {
+        assert_eq!(get(addr, &format!("/{}.narinfo", hash(i))).await.0, 200);
+        let (code, nar) = get(addr, &format!("/nar/{}.nar", hash(i))).await;
+        assert_eq!(code, 200);
+        nar
+    }
+
     fn local() -> SocketAddr {
         "127.0.0.1:0".parse().unwrap()
     }
@@ -1133,14 +1141,7 @@ mod tests {
 
         // A second job: everything from the host's cache.
         let job2 = sub.serve_job(local()).await.unwrap();
-        assert_eq!(
-            get(job2.addr, &format!("/{}.narinfo", hash(1))).await.0,
-            200
-        );
-        assert_eq!(
-            get(job2.addr, &format!("/nar/{}.nar", hash(1))).await.1,
-            good
-        );
+        assert_eq!(substitute(job2.addr, 1).await, good);
         assert_eq!(
             get(job2.addr, &format!("/{}.narinfo", hash(2))).await.0,
             404
@@ -1156,14 +1157,7 @@ mod tests {
         drop(sub);
         let sub = Substituter::open(settings(dir.path(), 1 << 30), up.clone()).unwrap();
         let job3 = sub.serve_job(local()).await.unwrap();
-        assert_eq!(
-            get(job3.addr, &format!("/{}.narinfo", hash(1))).await.0,
-            200
-        );
-        assert_eq!(
-            get(job3.addr, &format!("/nar/{}.nar", hash(1))).await.1,
-            good
-        );
+        assert_eq!(substitute(job3.addr, 1).await, good);
         assert_eq!(job3.finish().await.0.bytes_upstream, 0);
         assert_eq!(up.gets(".nar"), 1);
     }
@@ -1184,8 +1178,7 @@ mod tests {
             let sub = sub.clone();
             tasks.push(tokio::spawn(async move {
                 let job = sub.serve_job(local()).await.unwrap();
-                assert_eq!(get(job.addr, &format!("/{}.narinfo", hash(9))).await.0, 200);
-                let body = get(job.addr, &format!("/nar/{}.nar", hash(9))).await.1;
+                let body = substitute(job.addr, 9).await;
                 (body, job.finish().await.0)
             }));
         }
@@ -1214,8 +1207,7 @@ mod tests {
         let sub = Substituter::open(settings(dir.path(), 2 * one + 10), up.clone()).unwrap();
         let job = sub.serve_job(local()).await.unwrap();
         for i in [1, 2, 1, 3] {
-            assert_eq!(get(job.addr, &format!("/{}.narinfo", hash(i))).await.0, 200);
-            assert_eq!(get(job.addr, &format!("/nar/{}.nar", hash(i))).await.0, 200);
+            substitute(job.addr, i).await;
         }
         job.finish().await;
         let cached = |i: u8| {

@@ -1,5 +1,6 @@
 //! The network policy for real: airlockd runs in a namespace that plays the
-//! builder host, wired to an "internet" host (203.0.113.10, TEST-NET-3) and a
+//! builder host, wired to an "internet" host (203.0.113.10, TEST-NET-3,
+//! `common::internet`: HTTP on port 80, DNS that resolves nothing) and a
 //! "LAN" host (10.99.0.10, also answering as 169.254.169.254), all namespaces
 //! this test creates. No packet leaves them.
 
@@ -7,13 +8,16 @@ mod common;
 
 use std::process::{Child, Command, Stdio};
 
+use common::internet::Internet;
 use common::*;
 
 struct Topology {
     host: String,
-    inet: String,
     lan: String,
     servers: Vec<Child>,
+    // Dropped after `servers` are stopped: removes the builder and
+    // "internet" namespaces.
+    _net: Internet,
     _www: tempfile::TempDir,
 }
 
@@ -33,26 +37,14 @@ fn nft_in(ns: &str, args: &[&str]) -> String {
 
 impl Topology {
     fn up() -> Topology {
-        let host = new_netns("h");
-        let inet = new_netns("i");
+        let www = tempfile::tempdir().unwrap();
+        std::fs::write(www.path().join("file.txt"), "airlock-internet-ok\n").unwrap();
+        std::fs::write(www.path().join("gw.txt"), "airlock-gw-ok\n").unwrap();
+        std::fs::write(www.path().join("index.html"), "LEAK\n").unwrap();
+        // The builder and the "internet" (serving `www` on 203.0.113.10:80).
+        let net = Internet::up(www.path());
+        let host = net.host.clone();
         let lan = new_netns("l");
-        ip(&[
-            "link", "add", "wan0", "netns", &host, "type", "veth", "peer", "name", "eth0", "netns",
-            &inet,
-        ]);
-        ip(&["-n", &host, "addr", "add", "203.0.113.1/24", "dev", "wan0"]);
-        ip(&["-n", &host, "link", "set", "wan0", "up"]);
-        ip(&["-n", &inet, "addr", "add", "203.0.113.10/24", "dev", "eth0"]);
-        ip(&["-n", &inet, "link", "set", "eth0", "up"]);
-        ip(&[
-            "-n",
-            &host,
-            "route",
-            "add",
-            "default",
-            "via",
-            "203.0.113.10",
-        ]);
         ip(&[
             "link", "add", "lan0", "netns", &host, "type", "veth", "peer", "name", "eth0", "netns",
             &lan,
@@ -89,10 +81,6 @@ impl Topology {
             "via",
             "10.99.0.1",
         ]);
-        let www = tempfile::tempdir().unwrap();
-        std::fs::write(www.path().join("file.txt"), "airlock-internet-ok\n").unwrap();
-        std::fs::write(www.path().join("gw.txt"), "airlock-gw-ok\n").unwrap();
-        std::fs::write(www.path().join("index.html"), "LEAK\n").unwrap();
         let serve = |ns: &str, bind: &str, port: &str| {
             Command::new("ip")
                 .args([
@@ -114,7 +102,6 @@ impl Topology {
                 .unwrap()
         };
         let servers = vec![
-            serve(&inet, "203.0.113.10", "80"),
             serve(&lan, "0.0.0.0", "80"),
             serve(&host, "0.0.0.0", "8081"), // a host port nobody allowed
             serve(&host, "0.0.0.0", "8080"), // the port the operator allows
@@ -132,9 +119,9 @@ impl Topology {
         std::thread::sleep(std::time::Duration::from_millis(500));
         Topology {
             host,
-            inet,
             lan,
             servers,
+            _net: net,
             _www: www,
         }
     }
@@ -183,9 +170,7 @@ impl Drop for Topology {
             let _ = s.kill();
             let _ = s.wait();
         }
-        for ns in [&self.host, &self.inet, &self.lan] {
-            del_netns(ns);
-        }
+        del_netns(&self.lan);
     }
 }
 

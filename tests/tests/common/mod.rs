@@ -229,8 +229,13 @@ impl Daemon {
         } else {
             "max_jobs = 1\n"
         };
+        let nix_disk = if vm_keys.contains("nix_disk_mib") {
+            ""
+        } else {
+            "nix_disk_mib = 1024\n"
+        };
         let mut toml = format!(
-            "{max_jobs}{top}\n[vm]\naccel = \"{accel}\"\nimage_dir = \"{}\"\nnix_disk_mib = 1024\nexport_disk_mib = 256\n",
+            "{max_jobs}{top}\n[vm]\naccel = \"{accel}\"\nimage_dir = \"{}\"\n{nix_disk}export_disk_mib = 256\n",
             image_dir().display()
         );
         toml.push_str(vm_keys);
