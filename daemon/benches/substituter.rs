@@ -13,12 +13,11 @@
 //! host Nix only through private stores). `AIRLOCK_BENCH_MIB` changes the size.
 
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock::substituter::{ByteStream, Fetch, FetchError, Settings, Substituter};
+use airlock::substituter::{ByteStream, Fetch, FetchFuture, Settings, Substituter};
 use futures_lite::StreamExt;
 
 const UP: &str = "http://upstream.invalid";
@@ -27,11 +26,7 @@ const UP: &str = "http://upstream.invalid";
 struct Dir(PathBuf);
 
 impl Fetch for Dir {
-    fn get(
-        &self,
-        url: String,
-    ) -> Pin<Box<dyn std::future::Future<Output = Result<Option<ByteStream>, FetchError>> + Send>>
-    {
+    fn get(&self, url: String) -> FetchFuture {
         let path = self
             .0
             .join(url.strip_prefix(&format!("{UP}/")).unwrap_or("-"));

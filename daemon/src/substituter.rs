@@ -70,18 +70,18 @@ pub enum FetchError {
 /// A body streamed from an upstream.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::result::Result<Bytes, String>> + Send>>;
 
+/// What [`Fetch::get`] returns.
+pub type FetchFuture = Pin<
+    Box<
+        dyn std::future::Future<Output = std::result::Result<Option<ByteStream>, FetchError>>
+            + Send,
+    >,
+>;
+
 /// The only way the substituter reaches the outside world: `GET url`.
 /// `Ok(None)` for 404/403 (a cache answers 403 for what it lacks on S3).
 pub trait Fetch: Send + Sync + 'static {
-    fn get(
-        &self,
-        url: String,
-    ) -> Pin<
-        Box<
-            dyn std::future::Future<Output = std::result::Result<Option<ByteStream>, FetchError>>
-                + Send,
-        >,
-    >;
+    fn get(&self, url: String) -> FetchFuture;
 }
 
 /// Settings, from `[nix]` and `[substituter]` in the config.
@@ -911,15 +911,7 @@ impl HttpFetch {
 }
 
 impl Fetch for HttpFetch {
-    fn get(
-        &self,
-        url: String,
-    ) -> Pin<
-        Box<
-            dyn std::future::Future<Output = std::result::Result<Option<ByteStream>, FetchError>>
-                + Send,
-        >,
-    > {
+    fn get(&self, url: String) -> FetchFuture {
         let client = self.client.clone();
         let timeout = self.timeout;
         Box::pin(async move {
@@ -981,16 +973,7 @@ mod tests {
         delay: Duration,
     }
     impl Fetch for Mem {
-        fn get(
-            &self,
-            url: String,
-        ) -> Pin<
-            Box<
-                dyn std::future::Future<
-                        Output = std::result::Result<Option<ByteStream>, FetchError>,
-                    > + Send,
-            >,
-        > {
+        fn get(&self, url: String) -> FetchFuture {
             *self.gets.lock().unwrap().entry(url.clone()).or_default() += 1;
             let body = self.files.lock().unwrap().get(&url).cloned();
             let delay = self.delay;
