@@ -433,7 +433,7 @@ impl Substituter {
         {
             let Ok(md) = e.metadata() else { continue };
             let name = e.file_name().to_string_lossy().into_owned();
-            if md.is_file() && name.len() > 32 && is_hash(&name[..32]) {
+            if md.is_file() && name.len() > 32 && name.get(..32).is_some_and(is_hash) {
                 found.push((
                     md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                     name,
@@ -556,10 +556,10 @@ async fn narinfo(State(st): State<JobState>, UrlPath(file): UrlPath<String>) -> 
 }
 
 async fn nar(State(st): State<JobState>, UrlPath(file): UrlPath<String>) -> Response {
-    if file.len() < 36 || !is_hash(&file[..32]) {
+    // `get`, not indexing: the name is the guest's, and may not be ASCII.
+    let Some(hash) = file.get(..32).filter(|h| file.len() >= 36 && is_hash(h)) else {
         return not_found();
-    }
-    let hash = &file[..32];
+    };
     // Only NARs of narinfos this job was served.
     let entry = match st.sub.cached_entry(hash) {
         Some(e) if e.file == file && st.paths.lock().expect("lock").contains(&e.store_path) => e,
@@ -1105,6 +1105,9 @@ mod tests {
         );
         assert_eq!(status(job.addr, "/nar/../../etc/passwd").await, 404);
         assert_eq!(status(job.addr, "/http://example.com/x.narinfo").await, 404);
+        // A multi-byte character across the hash's end is a 404, not a panic.
+        let odd = format!("/nar/{}%C3%A9.nar", &hash(1)[..31]);
+        assert_eq!(status(job.addr, &odd).await, 404);
         let (stats, paths) = job.finish().await;
         assert_eq!(stats.narinfo_hits, 1);
         assert_eq!(stats.narinfos_refused, 2);
