@@ -92,7 +92,7 @@ impl Default for SubstituterConfig {
             dir: PathBuf::new(),
             max_bytes: 50 << 30,
             negative_ttl_secs: 60,
-            timeout_secs: 60,
+            timeout_secs: 20,
         }
     }
 }
