@@ -138,6 +138,8 @@ struct Entry {
 #[derive(Debug, Clone)]
 struct Parsed {
     store_path: String,
+    /// The upstream base URL the narinfo came from.
+    upstream: String,
     /// Upstream's `URL:`, relative to `upstream`.
     nar_url: String,
     /// `<hash>.nar[.<ext>]`: the name in our `nar/` and in what we serve.
@@ -149,6 +151,31 @@ struct Parsed {
 }
 
 type Flight<T> = Arc<OnceCell<std::result::Result<T, String>>>;
+
+/// Run `work` once for `key` however many requests ask for it at the same
+/// time: the result, and whether this request was the one that ran it.
+async fn single_flight<T: Clone>(
+    flights: &Mutex<HashMap<String, Flight<T>>>,
+    key: &str,
+    work: impl std::future::Future<Output = std::result::Result<T, String>>,
+) -> (std::result::Result<T, String>, bool) {
+    let (cell, leader) = {
+        let mut f = flights.lock().expect("lock");
+        match f.get(key) {
+            Some(c) => (c.clone(), false),
+            None => {
+                let c: Flight<T> = Arc::default();
+                f.insert(key.to_owned(), c.clone());
+                (c, true)
+            }
+        }
+    };
+    let res = cell.get_or_init(|| work).await.clone();
+    if leader {
+        flights.lock().expect("lock").remove(key);
+    }
+    (res, leader)
+}
 
 struct Inner {
     s: Settings,
@@ -168,7 +195,7 @@ struct Inner {
 const UPSTREAM_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The result of a narinfo lookup, shared by the requests that waited on it.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct Lookup {
     entry: Option<Arc<Parsed>>,
     refusals: Vec<String>,
@@ -265,18 +292,7 @@ impl Settings {
             }
         }
         for k in &self.trusted_public_keys {
-            let fake = crate::store::narinfo::Signed {
-                store_path: crate::store::StorePath::parse(
-                    "/nix/store/00000000000000000000000000000000-x",
-                )
-                .expect("valid"),
-                nar_hash: String::new(),
-                nar_size: 0,
-                references: vec![],
-            };
-            if signing::verify(k, &fake, "x:AAAA").is_err() {
-                return Err(Error::BadKey(k.clone()));
-            }
+            signing::check_public(k).map_err(|_| Error::BadKey(k.clone()))?;
         }
         Ok(())
     }
@@ -284,7 +300,12 @@ impl Settings {
 
 /// Check an upstream narinfo for `hash`: strict parse, the right path, a
 /// trusted signature, a URL and compression we can serve.
-fn verify_narinfo(text: &str, hash: &str, keys: &[String]) -> std::result::Result<Parsed, String> {
+fn verify_narinfo(
+    upstream: &str,
+    text: &str,
+    hash: &str,
+    keys: &[String],
+) -> std::result::Result<Parsed, String> {
     let ni = NarInfo::parse(text).map_err(|e| format!("malformed narinfo: {e}"))?;
     if ni.signed.store_path.hash_part() != hash {
         return Err(format!(
@@ -343,6 +364,7 @@ fn verify_narinfo(text: &str, hash: &str, keys: &[String]) -> std::result::Resul
     };
     Ok(Parsed {
         store_path: ni.signed.store_path.to_string(),
+        upstream: upstream.to_owned(),
         nar_url: ni.url,
         file,
         file_size: (ni.file_size > 0).then_some(ni.file_size),
@@ -615,7 +637,9 @@ impl Inner {
         if !self.s.upstreams.contains(&e.upstream) {
             return None;
         }
-        let p = Arc::new(verify_narinfo(&e.narinfo, hash, &self.s.trusted_public_keys).ok()?);
+        let p = Arc::new(
+            verify_narinfo(&e.upstream, &e.narinfo, hash, &self.s.trusted_public_keys).ok()?,
+        );
         self.narinfos
             .lock()
             .expect("lock")
@@ -623,72 +647,37 @@ impl Inner {
         Some(p)
     }
 
-    async fn lookup(self: &Arc<Self>, hash: &str) -> Lookup {
+    async fn lookup(&self, hash: &str) -> Lookup {
         if let Some(p) = self.cached_entry(hash) {
             return Lookup {
                 entry: Some(p),
-                refusals: vec![],
-                upstream_bytes: 0,
+                ..Lookup::default()
             };
         }
         {
             let mut misses = self.misses.lock().expect("lock");
             match misses.get(hash) {
-                Some(t) if t.elapsed() < self.s.negative_ttl => {
-                    return Lookup {
-                        entry: None,
-                        refusals: vec![],
-                        upstream_bytes: 0,
-                    }
-                }
+                Some(t) if t.elapsed() < self.s.negative_ttl => return Lookup::default(),
                 Some(_) => {
                     misses.remove(hash);
                 }
                 None => {}
             }
         }
-        let (cell, leader) = {
-            let mut f = self.info_flights.lock().expect("lock");
-            match f.get(hash) {
-                Some(c) => (c.clone(), false),
-                None => {
-                    let c: Flight<Lookup> = Arc::default();
-                    f.insert(hash.to_owned(), c.clone());
-                    (c, true)
-                }
-            }
-        };
-        let me = self.clone();
-        let h = hash.to_owned();
-        let res = cell
-            .get_or_init(|| async move { Ok(me.fetch_narinfo(&h).await) })
-            .await
-            .clone();
-        if leader {
-            self.info_flights.lock().expect("lock").remove(hash);
-        }
-        match res {
+        let work = async { Ok(self.fetch_narinfo(hash).await) };
+        match single_flight(&self.info_flights, hash, work).await {
+            (Ok(l), true) => l,
             // Only the request that downloaded counts the bytes.
-            Ok(mut l) => {
-                if !leader {
-                    l.upstream_bytes = 0;
-                }
-                l
-            }
-            Err(_) => Lookup {
-                entry: None,
-                refusals: vec![],
+            (Ok(l), false) => Lookup {
                 upstream_bytes: 0,
+                ..l
             },
+            (Err(_), _) => Lookup::default(),
         }
     }
 
     async fn fetch_narinfo(&self, hash: &str) -> Lookup {
-        let mut out = Lookup {
-            entry: None,
-            refusals: vec![],
-            upstream_bytes: 0,
-        };
+        let mut out = Lookup::default();
         let mut transient = false;
         for up in &self.s.upstreams {
             if self
@@ -724,7 +713,7 @@ impl Inner {
                 .bytes_upstream
                 .fetch_add(body.len() as u64, Ordering::Relaxed);
             let text = String::from_utf8_lossy(&body).into_owned();
-            match verify_narinfo(&text, hash, &self.s.trusted_public_keys) {
+            match verify_narinfo(up, &text, hash, &self.s.trusted_public_keys) {
                 Ok(p) => {
                     let e = Entry {
                         upstream: up.clone(),
@@ -762,7 +751,7 @@ impl Inner {
 
     /// Make sure the NAR file of `p` is on disk; the bytes downloaded for
     /// this call (0 on a hit or when another request downloaded it).
-    async fn ensure_nar(self: &Arc<Self>, p: &Arc<Parsed>) -> std::result::Result<u64, String> {
+    async fn ensure_nar(&self, p: &Parsed) -> std::result::Result<u64, String> {
         if self.lru.lock().expect("lock").touch(&p.file) {
             let path = self.s.dir.join("nar").join(&p.file);
             if path.exists() {
@@ -773,34 +762,12 @@ impl Inner {
                 return Ok(0);
             }
         }
-        let (cell, leader) = {
-            let mut f = self.nar_flights.lock().expect("lock");
-            match f.get(&p.file) {
-                Some(c) => (c.clone(), false),
-                None => {
-                    let c: Flight<u64> = Arc::default();
-                    f.insert(p.file.clone(), c.clone());
-                    (c, true)
-                }
-            }
-        };
-        let me = self.clone();
-        let pp = p.clone();
-        let res = cell
-            .get_or_init(|| async move { me.download_nar(&pp).await })
-            .await
-            .clone();
-        if leader {
-            self.nar_flights.lock().expect("lock").remove(&p.file);
-        }
+        let (res, leader) = single_flight(&self.nar_flights, &p.file, self.download_nar(p)).await;
         res.map(|n| if leader { n } else { 0 })
     }
 
     async fn download_nar(&self, p: &Parsed) -> std::result::Result<u64, String> {
-        let up = self
-            .narinfos_upstream(&p.file[..32])
-            .ok_or("narinfo is gone")?;
-        let url = format!("{}/{}", up.trim_end_matches('/'), p.nar_url);
+        let url = format!("{}/{}", p.upstream.trim_end_matches('/'), p.nar_url);
         let limit = p.file_size.unwrap_or(self.s.max_nar_bytes);
         let mut stream = self
             .fetch
@@ -862,13 +829,6 @@ impl Inner {
         self.lru.lock().expect("lock").insert(p.file.clone(), n);
         self.evict(&p.file);
         Ok(n)
-    }
-
-    fn narinfos_upstream(&self, hash: &str) -> Option<String> {
-        let bytes = std::fs::read(self.narinfo_file(hash)).ok()?;
-        serde_json::from_slice::<Entry>(&bytes)
-            .ok()
-            .map(|e| e.upstream)
     }
 
     /// Remove least-recently-used NARs until under the bound (not `keep`).

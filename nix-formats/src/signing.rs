@@ -65,14 +65,28 @@ impl SecretKey {
     }
 }
 
-/// Check a `Sig:` value against a public key (`name:base64`).
-pub fn verify(public: &str, signed: &Signed, sig: &str) -> Result<bool> {
+/// Parse a public key (`name:base64` of 32 bytes, as for
+/// `trusted-public-keys`): its name and the key.
+fn parse_public(public: &str) -> Result<(&str, VerifyingKey)> {
     let (name, pk) = split(public)?;
     let pk: [u8; 32] = pk
         .as_slice()
         .try_into()
         .map_err(|_| Error::Length(pk.len()))?;
-    let pk = VerifyingKey::from_bytes(&pk).map_err(|_| Error::Format)?;
+    Ok((
+        name,
+        VerifyingKey::from_bytes(&pk).map_err(|_| Error::Format)?,
+    ))
+}
+
+/// Is `public` a usable public key? (For checking configuration.)
+pub fn check_public(public: &str) -> Result<()> {
+    parse_public(public).map(|_| ())
+}
+
+/// Check a `Sig:` value against a public key (`name:base64`).
+pub fn verify(public: &str, signed: &Signed, sig: &str) -> Result<bool> {
+    let (name, pk) = parse_public(public)?;
     let (sname, sbytes) = split(sig)?;
     let Ok(sbytes) = <[u8; 64]>::try_from(sbytes.as_slice()) else {
         return Ok(false);
