@@ -140,6 +140,19 @@ pub struct Realised {
     pub substituted: u64,
 }
 
+impl Realised {
+    /// Add another phase's (or event's) counts.
+    pub fn add(&mut self, other: Realised) {
+        self.built = self.built.saturating_add(other.built);
+        self.substituted = self.substituted.saturating_add(other.substituted);
+    }
+}
+
+/// Bytes as MiB, for people.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -314,11 +314,10 @@ impl Follower {
                         self.mark("instantiated", now);
                     }
                     Event::Built { .. } => self.mark("built", now),
-                    Event::Realised { built, substituted } => {
-                        let r = self.realised.get_or_insert_with(Default::default);
-                        r.built = r.built.saturating_add(built);
-                        r.substituted = r.substituted.saturating_add(substituted);
-                    }
+                    Event::Realised { built, substituted } => self
+                        .realised
+                        .get_or_insert_with(Default::default)
+                        .add(crate::job::Realised { built, substituted }),
                     Event::Exported { .. } => self.mark("exported", now),
                     Event::AgentError { message } => self.agent_error = Some(message),
                     Event::GuestInfo { nix } => {
@@ -831,9 +830,7 @@ impl Runner {
             rec.guest_nix = Some(nix);
         }
         if let Some(r) = f.realised.take() {
-            let t = rec.realised.get_or_insert_with(Default::default);
-            t.built = t.built.saturating_add(r.built);
-            t.substituted = t.substituted.saturating_add(r.substituted);
+            rec.realised.get_or_insert_with(Default::default).add(r);
         }
         self.mark(rec, &format!("{prefix}vm_exit"));
         Ok(exit)
@@ -929,7 +926,7 @@ impl Runner {
 /// One line for the log and the result: what was built, what substituted,
 /// and where the bytes came from.
 pub fn realised_line(r: &crate::job::Realised, s: Option<&crate::substituter::JobStats>) -> String {
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    use crate::job::mib;
     let mut line = format!(
         "airlock: {} derivations built, {} paths substituted",
         r.built, r.substituted

@@ -155,7 +155,7 @@ fn print_job(r: &JobRecord) {
         );
     }
     if let Some(s) = &r.substitution {
-        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        use airlock::job::mib;
         out!(
             "substituter: {} narinfos found, {} missing, {} refused; {} NARs, {:.1} MiB from the builder's cache, {:.1} MiB downloaded from upstream",
             s.narinfo_hits,
