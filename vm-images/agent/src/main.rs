@@ -216,21 +216,11 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
         let gateway = boot.net.as_ref().map(|(_, gw)| gw.as_str());
         fetch(&job, &drvs, gateway, ch)?
     } else if reused {
-        let plan = plan(&drvs, None).unwrap_or_default();
-        let st = realise(&job, &drvs, &BUILD_PHASE_OPTIONS.map(String::from), ch)?;
-        ch.event(&Event::Realised {
-            built: count_built(&plan.build),
-            substituted: 0,
-        });
-        st
+        counting_builds(&drvs, ch, || {
+            realise(&job, &drvs, &BUILD_PHASE_OPTIONS.map(String::from), ch)
+        })?
     } else {
-        let plan = plan(&drvs, None).unwrap_or_default();
-        let st = build(&job, &src, &attempted, ch)?;
-        ch.event(&Event::Realised {
-            built: count_built(&plan.build),
-            substituted: 0,
-        });
-        st
+        counting_builds(&drvs, ch, || build(&job, &src, &attempted, ch))?
     };
     ch.event(&Event::Built {
         status: status.clone(),
@@ -504,26 +494,40 @@ fn count_built(drvs: &[String]) -> u64 {
     let Ok(all) = show_derivations(drvs, false) else {
         return 0;
     };
-    let outputs: Vec<(String, Vec<String>)> = all
-        .iter()
-        .map(|(drv, d)| {
-            let outs = d["outputs"]
+    let outputs: Vec<Vec<String>> = all
+        .values()
+        .map(|d| {
+            d["outputs"]
                 .as_object()
                 .map(|o| {
                     o.values()
                         .filter_map(|v| v["path"].as_str().map(str::to_owned))
                         .collect()
                 })
-                .unwrap_or_default();
-            (drv.clone(), outs)
+                .unwrap_or_default()
         })
         .collect();
-    let every: Vec<String> = outputs.iter().flat_map(|(_, o)| o.clone()).collect();
-    let invalid = nix_store(&["--check-validity", "--print-invalid"], &every).unwrap_or(every);
+    let valid = valid_paths(outputs.concat()).unwrap_or_default();
     outputs
         .iter()
-        .filter(|(_, o)| !o.is_empty() && o.iter().all(|p| !invalid.contains(p)))
+        .filter(|o| !o.is_empty() && o.iter().all(|p| valid.contains(p)))
         .count() as u64
+}
+
+/// Run a build of `drvs` (`run`), then report how many derivations it built
+/// (those Nix planned to build whose outputs are now valid).
+fn counting_builds(
+    drvs: &[String],
+    ch: &Channel,
+    run: impl FnOnce() -> Result<BuildStatus, String>,
+) -> Result<BuildStatus, String> {
+    let plan = plan(drvs, None).unwrap_or_default();
+    let status = run()?;
+    ch.event(&Event::Realised {
+        built: count_built(&plan.build),
+        substituted: 0,
+    });
+    Ok(status)
 }
 
 /// The fetch phase: substitute what the host's substituter has, then realise
@@ -555,16 +559,12 @@ fn fetch(
             let mut done: Vec<String> = Vec::new();
             if !p.fetch.is_empty() {
                 realise(job, &p.fetch, &subst, ch)?;
-                let invalid = nix_store(&["--check-validity", "--print-invalid"], &p.fetch)?;
-                done = p
-                    .fetch
-                    .into_iter()
-                    .filter(|x| !invalid.contains(x))
-                    .collect();
-                if !invalid.is_empty() {
+                let wanted = p.fetch.len();
+                done = valid_paths(p.fetch)?;
+                if done.len() < wanted {
                     ch.log(&format!(
                         "airlock: {} paths could not be substituted; the build phase builds them",
-                        invalid.len()
+                        wanted - done.len()
                     ));
                 }
             }
@@ -771,7 +771,6 @@ fn nix_store(args: &[&str], paths: &[String]) -> Result<Vec<String>, String> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run nix-store: {e}"))?;
-    // --check-validity --print-invalid exits 0 and prints the invalid ones.
     if !out.status.success() {
         return Err(format!(
             "nix-store {} failed: {}",
@@ -786,22 +785,26 @@ fn nix_store(args: &[&str], paths: &[String]) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// The paths of `paths` that are valid in the store.
+fn valid_paths(paths: Vec<String>) -> Result<Vec<String>, String> {
+    // --check-validity --print-invalid exits 0 and prints the invalid ones.
+    let invalid = nix_store(&["--check-validity", "--print-invalid"], &paths)?;
+    Ok(paths.into_iter().filter(|p| !invalid.contains(p)).collect())
+}
+
 /// Every valid output of every derivation in the closure of `drvs`, plus the
 /// runtime closure of those outputs (sources they reference), minus `.drv`s.
 fn produced_paths(drvs: &[String]) -> Result<Vec<ExportedPath>, String> {
     let reqs = nix_store(&["-qR"], drvs)?;
     let all_drvs: Vec<String> = reqs.into_iter().filter(|p| p.ends_with(".drv")).collect();
     let outputs = nix_store(&["-q", "--outputs"], &all_drvs)?;
-    let invalid = nix_store(&["--check-validity", "--print-invalid"], &outputs)?;
     // Paths the fetch phase substituted are upstream's, not the job's.
     let substituted: std::collections::BTreeSet<String> = std::fs::read(SUBSTITUTED_FILE)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let valid: Vec<String> = outputs
-        .into_iter()
-        .filter(|p| !invalid.contains(p) && !substituted.contains(p))
-        .collect();
+    let mut valid = valid_paths(outputs)?;
+    valid.retain(|p| !substituted.contains(p));
     if valid.is_empty() {
         return Ok(vec![]);
     }
