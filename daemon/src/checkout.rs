@@ -321,87 +321,153 @@ pub async fn prepare(
     )
     .await?;
     drop(lock);
-    git_t(
-        Some(work),
-        &["checkout", "-q", "--detach", target_branch],
-        t,
-    )
-    .await?;
-    let base = git_t(Some(work), &["rev-parse", "HEAD"], t).await?;
-    let merged = git_t(
+    // The merge is made without a working tree (`merge-tree`, the same
+    // merge machinery as `git merge`): nothing of the tree is written out
+    // here; the input disks take what they need from the objects.
+    let base = git_t(
         Some(work),
         &[
-            "merge",
-            "--no-gpg-sign",
-            "--no-edit",
-            "-q",
-            "-m",
-            "Automatic merge for airlock",
-            head,
+            "rev-parse",
+            "--verify",
+            &format!("refs/remotes/origin/{target_branch}^{{commit}}"),
         ],
         t,
     )
-    .await;
-    match merged {
-        Ok(_) => {}
-        Err(e @ Error::Timeout { .. }) => return Err(e),
-        Err(_) => {
-            let _ = git_t(Some(work), &["merge", "--abort"], t).await;
-            return Ok(Outcome::MergeFailed);
-        }
-    }
-    let commit = git_t(Some(work), &["rev-parse", "HEAD"], t).await?;
-    if let Some(why) = check_tree(work, "HEAD", limits).await? {
+    .await?;
+    let is_ancestor = |a: String, b: String| async move {
+        git_t(Some(work), &["merge-base", "--is-ancestor", &a, &b], t)
+            .await
+            .is_ok()
+    };
+    let commit = if is_ancestor(head.into(), base.clone()).await {
+        // Already merged: what `git merge` calls "up to date".
+        base.clone()
+    } else if is_ancestor(base.clone(), head.into()).await {
+        // A fast-forward, as `git merge` does by default.
+        head.to_owned()
+    } else {
+        let tree = match git_t(
+            Some(work),
+            &["merge-tree", "--write-tree", "--no-messages", &base, head],
+            t,
+        )
+        .await
+        {
+            Ok(out) => out.lines().next().unwrap_or_default().to_owned(),
+            Err(e @ Error::Timeout { .. }) => return Err(e),
+            Err(_) => return Ok(Outcome::MergeFailed),
+        };
+        git_t(
+            Some(work),
+            &[
+                "commit-tree",
+                "--no-gpg-sign",
+                &tree,
+                "-p",
+                &base,
+                "-p",
+                head,
+                "-m",
+                "Automatic merge for airlock",
+            ],
+            t,
+        )
+        .await?
+    };
+    if let Some(why) = check_tree(work, &commit, limits).await? {
         return Ok(Outcome::TooLarge(why));
     }
     Ok(Outcome::Merged { commit, base })
 }
 
-/// Write the merged tree (no `.git`) to `dest`, under the checkout's
-/// timeout and memory bound (its size was checked by [`check_tree`]).
-pub async fn export_tree(work: &Path, dest: &Path, limits: &Limits) -> Result<()> {
-    timed(
-        limits.timeout,
-        || "archive | tar -x".into(),
-        export_tree_inner(work, dest, limits),
-    )
-    .await
+/// `git` in `repo` under the checkout's timeout and memory bound, with
+/// `input` on its stdin and its stdout returned as bytes (paths in git
+/// need not be UTF-8). `index`: the index file it uses (`GIT_INDEX_FILE`).
+pub async fn git_raw(
+    repo: &Path,
+    args: &[&str],
+    input: &[u8],
+    index: Option<&Path>,
+    limits: &Limits,
+) -> Result<Vec<u8>> {
+    let work = async {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = git_command(limits);
+        cmd.arg("-C").arg(repo).args(args);
+        if let Some(i) = index {
+            cmd.env("GIT_INDEX_FILE", i);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(Error::Spawn)?;
+        let mut stdin = child.stdin.take().expect("piped");
+        let input = input.to_vec();
+        // Written while the output is read: neither pipe can fill up.
+        let feed = tokio::spawn(async move {
+            let _ = stdin.write_all(&input).await;
+        });
+        let out = child.wait_with_output().await.map_err(Error::Spawn)?;
+        let _ = feed.await;
+        if !out.status.success() {
+            return Err(Error::Git {
+                args: args.join(" "),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(out.stdout)
+    };
+    timed(limits.timeout, || args.join(" "), work).await
 }
 
-async fn export_tree_inner(work: &Path, dest: &Path, limits: &Limits) -> Result<()> {
+/// Write files of `rev`'s tree under `dest` as a checkout would (modes,
+/// symlinks, `.gitattributes` conversions; no `.git`): all of them, or
+/// only `paths`. Its size was checked by [`check_tree`].
+pub async fn write_files(
+    repo: &Path,
+    rev: &str,
+    dest: &Path,
+    paths: Option<&[Vec<u8>]>,
+    limits: &Limits,
+) -> Result<()> {
     std::fs::create_dir_all(dest).map_err(Error::Export)?;
-    let mut archive = git_command(limits)
-        .arg("-C")
-        .arg(work)
-        .args(["archive", "--format=tar", "HEAD"])
-        .stdout(Stdio::piped())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(Error::Spawn)?;
-    let stdout: Stdio = archive
-        .stdout
-        .take()
-        .expect("piped")
-        .try_into()
-        .map_err(Error::Export)?;
-    let tar = Command::new("tar")
-        .arg("-x")
-        .arg("-C")
-        .arg(dest)
-        .stdin(stdout)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(Error::Export)?;
-    let st = archive.wait().await.map_err(Error::Export)?;
-    if !st.success() || !tar.status.success() {
-        return Err(Error::Git {
-            args: "archive | tar -x".into(),
-            stderr: String::from_utf8_lossy(&tar.stderr).trim().to_owned(),
-        });
+    let index = dest.with_extension(format!("index-{}", uuid::Uuid::new_v4().simple()));
+    let res = async {
+        git_raw(repo, &["read-tree", rev], b"", Some(&index), limits).await?;
+        let prefix = format!("--prefix={}/", dest.to_string_lossy());
+        match paths {
+            None => {
+                git_raw(
+                    repo,
+                    &["checkout-index", "-a", &prefix],
+                    b"",
+                    Some(&index),
+                    limits,
+                )
+                .await
+            }
+            Some(p) => {
+                let list: Vec<u8> = p
+                    .iter()
+                    .flat_map(|p| p.iter().copied().chain([0]))
+                    .collect();
+                git_raw(
+                    repo,
+                    &["checkout-index", "-z", "--stdin", &prefix],
+                    &list,
+                    Some(&index),
+                    limits,
+                )
+                .await
+            }
+        }
     }
-    Ok(())
+    .await;
+    let _ = std::fs::remove_file(&index);
+    res.map(|_| ())
 }
 
 #[cfg(test)]

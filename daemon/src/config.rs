@@ -44,6 +44,30 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub nix: NixConfig,
     pub substituter: SubstituterConfig,
+    pub inputs: InputsConfig,
+}
+
+/// Images of target branch trees that jobs' input disks build on
+/// ([`crate::input`]): a second PR against the same base writes only its
+/// changes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputsConfig {
+    /// Bound on the base images kept (bytes on disk; least recently used
+    /// go first). 0: no base images, every job's disk holds its whole tree.
+    pub max_bytes: u64,
+    /// Most paths a job's tree may differ in from a base image that is not
+    /// its target branch tip's, for that image to be used.
+    pub max_delta_files: u64,
+}
+
+impl Default for InputsConfig {
+    fn default() -> Self {
+        InputsConfig {
+            max_bytes: 8 << 30,
+            max_delta_files: 4096,
+        }
+    }
 }
 
 /// Binary caches the fetch phase substitutes from (through the host's
@@ -455,6 +479,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             nix: NixConfig::default(),
             substituter: SubstituterConfig::default(),
+            inputs: InputsConfig::default(),
         }
     }
 }
@@ -590,6 +615,17 @@ impl Config {
 
     pub fn git_cache_dir(&self) -> PathBuf {
         self.state_dir.join("git")
+    }
+
+    /// The base image cache, or `None` when it is off.
+    pub fn bases(&self) -> Option<crate::input::Bases> {
+        (self.inputs.max_bytes > 0).then(|| {
+            crate::input::Bases::new(crate::input::Settings {
+                dir: self.state_dir.join("inputs"),
+                max_bytes: self.inputs.max_bytes,
+                max_delta_files: self.inputs.max_delta_files,
+            })
+        })
     }
 
     /// The agent binary: configured, or next to the running executable.

@@ -128,6 +128,9 @@ impl Daemon {
                 }
             }
         }
+        if let Some(b) = cfg.bases() {
+            b.clean();
+        }
         // Half-made git caches of an interrupted first fetch.
         if let Ok(rd) = std::fs::read_dir(cfg.git_cache_dir()) {
             for e in rd.flatten() {

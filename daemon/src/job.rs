@@ -118,6 +118,9 @@ pub struct JobRecord {
     /// What the host's substituter did for this job (its own counters).
     #[serde(default)]
     pub substitution: Option<crate::substituter::JobStats>,
+    /// How the job's input disks were made (a base image reused or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<crate::input::InputUse>,
     /// VM accelerator used (kvm or tcg).
     pub accel: Option<String>,
     /// Seconds from VM start to the agent's first message, per phase.
@@ -180,6 +183,7 @@ impl JobRecord {
             guest_nix: None,
             realised: None,
             substitution: None,
+            input: None,
             created_at: now(),
             started_at: None,
             finished_at: None,

@@ -17,6 +17,7 @@ pub mod config;
 pub mod daemon;
 pub mod fault;
 pub mod fsutil;
+pub mod input;
 pub mod job;
 pub mod ofborg;
 pub mod quarantine;

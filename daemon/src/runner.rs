@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::process::Command;
 use tracing::{info, warn, Instrument};
 
 use crate::checkout::{self, Outcome};
 use crate::config::Config;
+use crate::input::{self, mkfs, sparse_file};
 use crate::job::{JobRecord, JobResult, JobState, JobStore};
 use crate::ofborg::{BuildStatus, Subset};
 use crate::quarantine;
@@ -69,6 +69,10 @@ impl JobPaths {
     fn input_img(&self) -> PathBuf {
         self.dir.join("input.img")
     }
+    /// The job's link to its base image (`crate::input`).
+    fn base_img(&self) -> PathBuf {
+        self.dir.join("base.img")
+    }
     fn nix_img(&self) -> PathBuf {
         self.dir.join("nix.img")
     }
@@ -81,6 +85,7 @@ impl JobPaths {
             self.checkout(),
             self.stage(),
             self.input_img(),
+            self.base_img(),
             self.nix_img(),
             self.export_img(),
             self.channel_log(),
@@ -116,82 +121,6 @@ fn result(status: BuildStatus, output: Vec<String>) -> JobResult {
         export_error: None,
         silent: false,
     }
-}
-
-async fn run_tool(cmd: &mut Command, what: &str) -> Result<(), String> {
-    let out = cmd
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{what} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
-}
-
-/// What the tree at `p` needs on ext4: bytes (each entry rounded up to
-/// whole 4 KiB blocks) and inodes (one per entry).
-fn tree_usage(p: &Path) -> (u64, u64) {
-    let Ok(md) = std::fs::symlink_metadata(p) else {
-        return (0, 0);
-    };
-    let own = md.len().div_ceil(4096).max(1) * 4096;
-    if !md.is_dir() {
-        return (own, 1);
-    }
-    std::fs::read_dir(p)
-        .map(|rd| {
-            rd.flatten().fold((own, 1), |(b, n), e| {
-                let (cb, cn) = tree_usage(&e.path());
-                (b + cb, n + cn)
-            })
-        })
-        .unwrap_or((own, 1))
-}
-
-/// The read-only input disk, sized from the tree it holds: bytes and
-/// inodes (a nixpkgs checkout is 53 000 small files, more inodes than
-/// mkfs's default ratio gives a disk of its byte size).
-async fn input_disk(img: &Path, stage: &Path) -> Result<(), String> {
-    let (bytes, entries) = tree_usage(stage);
-    let inodes = entries + entries / 4 + 1024;
-    // Data, 256-byte inodes, and room for the journal and metadata.
-    let mib = (bytes + bytes / 4 + inodes * 256).div_ceil(1 << 20) + 32;
-    mkfs(img, "airlock-in", mib, Some((stage, inodes))).await
-}
-
-async fn sparse_file(path: &Path, mib: u64) -> Result<(), String> {
-    let f = std::fs::File::create(path).map_err(|e| format!("create {}: {e}", path.display()))?;
-    f.set_len(mib << 20)
-        .map_err(|e| format!("size {}: {e}", path.display()))
-}
-
-/// An ext4 image of `mib` MiB; with `from`, filled from that directory
-/// and given that many (256-byte) inodes.
-async fn mkfs(img: &Path, label: &str, mib: u64, from: Option<(&Path, u64)>) -> Result<(), String> {
-    sparse_file(img, mib).await?;
-    let mut cmd = Command::new("mkfs.ext4");
-    cmd.args([
-        "-q",
-        "-F",
-        "-L",
-        label,
-        "-E",
-        "lazy_itable_init=1,lazy_journal_init=1",
-    ]);
-    if let Some((dir, inodes)) = from {
-        cmd.args(["-I", "256", "-N"])
-            .arg(inodes.to_string())
-            .arg("-d")
-            .arg(dir);
-    }
-    cmd.arg(img);
-    run_tool(&mut cmd, "mkfs.ext4").await
 }
 
 /// Follows the channel file while the VM runs.
@@ -628,21 +557,28 @@ impl Runner {
         })?;
         info!(status = ?m.status, "fetch phase done");
         // A fresh export area for the build phase.
-        sparse_file(&paths.export_img(), self.cfg.vm.export_disk_mib)
-            .await
-            .map_err(fail)?;
+        sparse_file(&paths.export_img(), self.cfg.vm.export_disk_mib).map_err(fail)?;
         Ok(m.status)
     }
 
-    async fn make_disks(&self, rec: &JobRecord, paths: &JobPaths) -> Result<(), String> {
+    async fn make_disks(&self, rec: &mut JobRecord, paths: &JobPaths) -> Result<(), String> {
         let stage = paths.stage();
-        checkout::export_tree(
+        let (Some(base), Some(merged)) = (&rec.base_commit, &rec.merged_commit) else {
+            return Err("no merged commit to stage".into());
+        };
+        let used = input::stage(
             &paths.checkout(),
-            &stage.join("src"),
+            base,
+            merged,
+            &stage,
+            &paths.base_img(),
+            self.cfg.bases().as_ref(),
             &checkout::Limits::from_config(&self.cfg.limits),
         )
         .await
         .map_err(|e| format!("cannot stage the checkout: {}", error_chain(&e)))?;
+        info!(input = %used, "input staged");
+        rec.input = Some(used);
         let _ = std::fs::remove_dir_all(paths.checkout());
         let gj = GuestJob {
             version: WIRE_VERSION,
@@ -685,7 +621,9 @@ impl Runner {
             std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
                 .map_err(|e| format!("chmod agent: {e}"))?;
         }
-        input_disk(&paths.input_img(), &stage).await?;
+        input::tree_disk(&paths.input_img(), &stage, "airlock-in")
+            .await
+            .map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(&stage);
         mkfs(
             &paths.nix_img(),
@@ -694,7 +632,7 @@ impl Runner {
             None,
         )
         .await?;
-        sparse_file(&paths.export_img(), self.cfg.vm.export_disk_mib).await
+        sparse_file(&paths.export_img(), self.cfg.vm.export_disk_mib)
     }
 
     fn spec(
@@ -705,6 +643,7 @@ impl Runner {
         net: Option<&JobNet>,
     ) -> VmSpec {
         let img = &self.cfg.vm.image_dir;
+        let base = paths.base_img().exists();
         let boot = BootParams {
             phase,
             net: net.map(|n| (format!("{}/{}", n.guest, n.prefix_len), n.host.to_string())),
@@ -713,7 +652,11 @@ impl Runner {
             name: format!("airlock-{}-{:?}", rec.id, phase).to_lowercase(),
             kernel: img.join("vmlinux"),
             initrd: img.join("initrd.gz"),
-            cmdline: format!("console=ttyS0 quiet panic=-1 {}", boot.to_cmdline()),
+            cmdline: format!(
+                "console=ttyS0 quiet panic=-1 {}{}",
+                boot.to_cmdline(),
+                if base { " airlock.base=1" } else { "" }
+            ),
             memory_mib: self.cfg.vm.memory_mib,
             vcpus: self.cfg.vm.vcpus,
             disks: vec![
@@ -737,7 +680,14 @@ impl Runner {
                     serial: "airlock-export".into(),
                     readonly: false,
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(base.then(|| Disk {
+                path: paths.base_img(),
+                serial: "airlock-base".into(),
+                readonly: true,
+            }))
+            .collect(),
             console_log: paths.console_log(),
             channel_log: paths.channel_log(),
             pidfile: paths.pidfile(),
@@ -975,7 +925,7 @@ mod tests {
             }
         }
         let img = t.path().join("input.img");
-        input_disk(&img, &stage).await.unwrap();
+        input::tree_disk(&img, &stage, "airlock-in").await.unwrap();
         // The image holds every file (debugfs lists one directory).
         let out = std::process::Command::new("debugfs")
             .args(["-R", "ls -l /pkgs/d39"])

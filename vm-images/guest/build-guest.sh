@@ -14,7 +14,7 @@ outdir=${1:-/var/cache/airlock/guest}
 SUITE=${SUITE:-trixie}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PACKAGES=nix-bin,busybox-static,libdbi-perl
-MODULES="virtio_pci virtio_blk virtio_console virtio_net ext4"
+MODULES="virtio_pci virtio_blk virtio_console virtio_net ext4 overlay"
 
 for tool in debootstrap mkfs.ext4 cpio busybox apt-get dpkg-deb depmod modprobe python3; do
   command -v "$tool" >/dev/null || { echo "build-guest: missing $tool (run scripts/setup.sh)" >&2; exit 1; }

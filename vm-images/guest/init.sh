@@ -6,6 +6,8 @@
 #   airlock-nix     per-job /nix (ext4, read-write; survives between phases)
 #   airlock-input   job input: job.json, the agent, the checkout (ext4, read-only)
 #   airlock-export  raw export area the agent writes its result stream to
+#   airlock-base    (with airlock.base=1) a base tree the input's delta/ is
+#                   stacked on (ext4, read-only; shared by jobs of one base)
 # Kernel cmdline: airlock.probe=1 only prints AIRLOCK-PROBE-OK and powers off.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
@@ -33,6 +35,12 @@ mount -t tmpfs -o mode=1777,size=256m tmpfs /newroot/tmp
 mount -t ext4 -o nosuid,nodev "$nixd" /newroot/nix || fail "cannot mount /nix"
 mkdir -p /newroot/run/input
 mount -t ext4 -o ro,noload,nosuid,nodev "$input" /newroot/run/input || fail "cannot mount input"
+if grep -q 'airlock.base=1' /proc/cmdline; then
+  for _ in $(seq 50); do dev_for airlock-base >/dev/null && break; sleep 0.1; done
+  base=$(dev_for airlock-base) || fail "no base disk"
+  mkdir -p /newroot/run/base
+  mount -t ext4 -o ro,noload,nosuid,nodev "$base" /newroot/run/base || fail "cannot mount the base disk"
+fi
 say "stage1 done uptime=$(cut -d' ' -f1 /proc/uptime)"
 cat > /newroot/run/stage2 <<STAGE2
 #!/bin/sh

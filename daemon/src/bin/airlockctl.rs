@@ -147,6 +147,9 @@ fn print_job(r: &JobRecord) {
     if let Some(b) = r.boot_secs {
         out!("boot:      {b:.1}s to agent");
     }
+    if let Some(i) = &r.input {
+        out!("input:     {i}");
+    }
     if let Some(x) = &r.realised {
         out!(
             "realised:  {} derivations built, {} paths substituted",

@@ -153,7 +153,7 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
     if job.version != WIRE_VERSION {
         return Err(format!("job.json version {} unsupported", job.version));
     }
-    let src = args.input.join("src");
+    let src = source_tree(&args.input)?;
     std::fs::create_dir_all("/nix/var/airlock-tmp").map_err(|e| format!("mkdir tmp: {e}"))?;
     // Which boot this is comes from the kernel command line.
     let boot =
@@ -624,6 +624,85 @@ fn realise(
     run_streamed(cmd, "nix-store -r", ch)
 }
 
+/// The removed paths of a delta input (`removed`: relative paths, each
+/// ended by NUL). Strict: the host wrote it, but a path that leaves the
+/// tree must not become a whiteout elsewhere.
+fn parse_removed(list: &[u8]) -> Result<Vec<PathBuf>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
+    if list.is_empty() {
+        return Ok(out);
+    }
+    let body = list
+        .strip_suffix(b"\0")
+        .ok_or("input/removed does not end with NUL")?;
+    for p in body.split(|&b| b == 0) {
+        let bad = p.is_empty()
+            || p.starts_with(b"/")
+            || p.split(|&b| b == b'/')
+                .any(|c| c.is_empty() || c == b"." || c == b"..");
+        if bad {
+            return Err(format!(
+                "input/removed has an unusable path {:?}",
+                String::from_utf8_lossy(p)
+            ));
+        }
+        out.push(PathBuf::from(std::ffi::OsStr::from_bytes(p)));
+    }
+    Ok(out)
+}
+
+/// The job's source tree. A whole tree is `INPUT/src`. A delta input
+/// (`INPUT/delta`, `INPUT/removed`, with the base disk the init mounted
+/// at /run/base, its tree in `tree/`) is stacked read-only with overlayfs at /run/src: the
+/// changed files over whiteouts for the removed paths over the base.
+fn source_tree(input: &Path) -> Result<PathBuf, String> {
+    use nix::mount::{mount, MsFlags};
+    use nix::sys::stat::{mknod, Mode, SFlag};
+    let delta = input.join("delta");
+    if !delta.is_dir() {
+        return Ok(input.join("src"));
+    }
+    // The base disk holds its tree under `tree/` (its root has lost+found).
+    let base = Path::new("/run/base/tree");
+    if !base.is_dir() {
+        return Err("the input is a delta but no base disk is mounted at /run/base".into());
+    }
+    let removed = parse_removed(
+        &std::fs::read(input.join("removed"))
+            .map_err(|e| format!("cannot read input/removed: {e}"))?,
+    )?;
+    let wh = Path::new("/run/whiteouts");
+    std::fs::create_dir_all(wh).map_err(|e| format!("mkdir {}: {e}", wh.display()))?;
+    for r in &removed {
+        let p = wh.join(r);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
+        }
+        // An overlayfs whiteout: a character device 0/0.
+        mknod(&p, SFlag::S_IFCHR, Mode::empty(), 0)
+            .map_err(|e| format!("whiteout {}: {e}", p.display()))?;
+    }
+    let src = Path::new("/run/src");
+    std::fs::create_dir_all(src).map_err(|e| format!("mkdir {}: {e}", src.display()))?;
+    let opts = format!(
+        "lowerdir={}:{}:{}",
+        delta.display(),
+        wh.display(),
+        base.display()
+    );
+    mount(
+        Some("overlay"),
+        src,
+        Some("overlay"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .map_err(|e| format!("cannot stack the input on the base disk (overlayfs): {e}"))?;
+    Ok(src.to_owned())
+}
+
 /// Put /run/resolv.conf over the root's (read-only, empty) /etc/resolv.conf.
 /// A regular file, not a symlink: Nix from 2.19 copies a symlinked
 /// resolv.conf into the sandbox as a dangling link, so fixed-output
@@ -948,6 +1027,29 @@ impl<W: Write> Write for CountingWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removed_paths_are_checked() {
+        assert_eq!(parse_removed(b"").unwrap(), Vec::<PathBuf>::new());
+        assert_eq!(
+            parse_removed(b"pkgs/by-name/fo\0top\0").unwrap(),
+            vec![PathBuf::from("pkgs/by-name/fo"), PathBuf::from("top")]
+        );
+        for bad in [
+            &b"/etc/passwd\0"[..],
+            b"a/../../x\0",
+            b"a//b\0",
+            b"./a\0",
+            b"a",
+            b"\0",
+        ] {
+            assert!(
+                parse_removed(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     #[test]
     fn dry_run_report_of_nix() {
