@@ -10,7 +10,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 pkgs=(nix-bin nix-setup-systemd busybox-static cpio kmod qemu-system-x86 e2fsprogs
       debootstrap git tar python3 ca-certificates procps rabbitmq-server
-      nftables iproute2)
+      nftables iproute2 libseccomp-dev libcap-ng-dev binutils gcc)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -38,6 +38,23 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
 fi
 
 cargo build --workspace --quiet --manifest-path "$repo/Cargo.toml"
+
+# cloud-hypervisor v53.0 and its tiny PVH test guests, from the workplace's
+# vendored source (no Debian package, no crates.io release), and virtiofsd
+# from crates.io: for the cloud_hypervisor_* tests. Cached under
+# /var/cache/airlock; each step is skipped when its result is there.
+shared=${AIRLOCK_SHARED:-$repo/../shared}
+chdir=$shared/vendor/cloud-hypervisor
+if [ -x "$chdir/build.sh" ]; then
+  "$chdir/build.sh" /var/cache/airlock/cloud-hypervisor/v53.0 >/dev/null
+  tiny=/var/cache/airlock/cloud-hypervisor/tiny
+  [ -f "$tiny/tiny-wait.elf" ] || "$chdir/tiny-guest/build.sh" "$tiny" >/dev/null
+else
+  echo "setup.sh: WARNING: $chdir not found: the cloud_hypervisor_* tests will be SKIPPED" >&2
+fi
+if [ ! -x /var/cache/airlock/virtiofsd/bin/virtiofsd ]; then
+  cargo install --quiet --locked --root /var/cache/airlock/virtiofsd virtiofsd
+fi
 if [ "${SKIP_IMAGE:-0}" != 1 ]; then
   "$repo/vm-images/guest/build-guest.sh" "${AIRLOCK_IMAGE_CACHE:-/var/cache/airlock/guest}"
 fi

@@ -397,6 +397,8 @@ pub enum Accel {
 #[serde(rename_all = "kebab-case")]
 pub enum Backend {
     Qemu,
+    /// `cloud-hypervisor` (KVM only).
+    CloudHypervisor,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -420,6 +422,17 @@ pub struct VmConfig {
     pub export_disk_mib: u64,
     /// How long the KVM probe boot may take before TCG is chosen.
     pub probe_timeout_secs: u64,
+    /// The cloud-hypervisor binary (name on PATH or absolute path), for
+    /// `backend = "cloud-hypervisor"`.
+    pub cloud_hypervisor: String,
+    /// `virtiofsd`, for VMs that share a directory (cloud-hypervisor).
+    pub virtiofsd: String,
+    /// cloud-hypervisor: after a timeout or cancel, the VM gets the power
+    /// button and this long before its VMM is killed.
+    pub stop_grace_secs: u64,
+    /// cloud-hypervisor: Landlock the VMM to the VM's own files where the
+    /// kernel has Landlock (airlockd says at start if it has not).
+    pub landlock: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -498,6 +511,10 @@ impl Default for VmConfig {
             nix_disk_mib: 8192,
             export_disk_mib: 4096,
             probe_timeout_secs: 20,
+            cloud_hypervisor: "cloud-hypervisor".into(),
+            virtiofsd: "virtiofsd".into(),
+            stop_grace_secs: 5,
+            landlock: true,
         }
     }
 }
@@ -554,6 +571,11 @@ impl Config {
         }
         if self.max_jobs == 0 {
             return Err(Error::Invalid("max_jobs must be at least 1".into()));
+        }
+        if self.trust == Trust::Trusted && self.release.signing_key_file.is_none() {
+            return Err(Error::Invalid(
+                "trust = \"trusted\" needs release.signing_key_file (or --signing-key-file)".into(),
+            ));
         }
         if self.vm.memory_mib < 256 || self.vm.vcpus == 0 {
             return Err(Error::Invalid(

@@ -518,13 +518,14 @@ impl Runner {
                 bytes_upstream = stats.bytes_upstream,
                 "substituter done for the job"
             );
-            if let Ok(mut l) = std::fs::OpenOptions::new()
-                .append(true)
-                .open(paths.build_log())
-            {
-                for r in &stats.refusals {
-                    let _ = writeln!(l, "airlock: substituter: {r}");
-                }
+            // Through the follower: in the build log and on the broker's
+            // log stream, numbered with the guest's lines.
+            for r in &stats.refusals {
+                f.log_line(
+                    format!("airlock: substituter: {r}"),
+                    rec,
+                    self.sink.as_ref(),
+                );
             }
             rec.substitution = Some(stats);
             *upstream = served;
@@ -692,6 +693,7 @@ impl Runner {
             channel_log: paths.channel_log(),
             pidfile: paths.pidfile(),
             tap: net.map(|n| n.tap.clone()),
+            shares: vec![],
         }
     }
 

@@ -15,7 +15,9 @@ use airlock::daemon::{sd_notify_ready, Daemon};
 use airlock::job::JobStore;
 use airlock::release::Release;
 use airlock::runner::{LogSink, NoSink, Runner};
+use airlock::vm::ch::{self, CloudHypervisor};
 use airlock::vm::qemu::{probe_accel, Qemu};
+use airlock::vm::{probe_boot, VmBackend};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -54,6 +56,10 @@ struct Args {
     /// Override `github.api_url` (GitHub Enterprise, tests).
     #[arg(long)]
     github_api_url: Option<String>,
+    /// Only read and check the configuration (with the overrides above),
+    /// print `config OK` and exit; nothing is started or written.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[tokio::main]
@@ -96,26 +102,69 @@ async fn main() -> anyhow::Result<()> {
         cfg.github.api_url = u;
     }
     cfg.check()?;
+    if args.check_config {
+        println!("config OK");
+        return Ok(());
+    }
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
-    let Backend::Qemu = cfg.vm.backend;
-    let img = &cfg.vm.image_dir;
-    let (accel, why) = probe_accel(
-        &cfg.vm.qemu,
-        &cfg.vm.machine,
-        cfg.vm.accel,
-        &img.join("vmlinux"),
-        &img.join("initrd.gz"),
-        &cfg.state_dir.join("probe"),
-        Duration::from_secs(cfg.vm.probe_timeout_secs),
-    )
-    .await;
-    info!(%accel, reason = %why, requested = ?cfg.vm.accel, "VM accelerator chosen");
-    let backend = Arc::new(Qemu {
-        binary: cfg.vm.qemu.clone(),
-        machine: cfg.vm.machine.clone(),
-        accel,
-    });
+    let img = cfg.vm.image_dir.clone();
+    let backend: Arc<dyn VmBackend> = match cfg.vm.backend {
+        Backend::Qemu => {
+            let (accel, why) = probe_accel(
+                &cfg.vm.qemu,
+                &cfg.vm.machine,
+                cfg.vm.accel,
+                &img.join("vmlinux"),
+                &img.join("initrd.gz"),
+                &cfg.state_dir.join("probe"),
+                Duration::from_secs(cfg.vm.probe_timeout_secs),
+            )
+            .await;
+            info!(%accel, reason = %why, requested = ?cfg.vm.accel, "VM backend qemu, accelerator chosen");
+            Arc::new(Qemu {
+                binary: cfg.vm.qemu.clone(),
+                machine: cfg.vm.machine.clone(),
+                accel,
+            })
+        }
+        Backend::CloudHypervisor => {
+            let landlock = cfg.vm.landlock
+                && {
+                    let abi = ch::landlock_abi();
+                    if abi.is_none() {
+                        tracing::warn!("this kernel has no Landlock: cloud-hypervisor runs without it (vm.landlock)");
+                    }
+                    abi.is_some()
+                };
+            let b = CloudHypervisor {
+                binary: cfg.vm.cloud_hypervisor.clone().into(),
+                grace: Duration::from_secs(cfg.vm.stop_grace_secs),
+                landlock,
+                virtiofsd: (!cfg.vm.virtiofsd.is_empty()).then(|| cfg.vm.virtiofsd.clone().into()),
+            };
+            let took = probe_boot(
+                &b,
+                &img.join("vmlinux"),
+                &img.join("initrd.gz"),
+                &cfg.state_dir.join("probe"),
+                Duration::from_secs(cfg.vm.probe_timeout_secs),
+            )
+            .await
+            .map_err(|why| {
+                anyhow::anyhow!(
+                    "vm.backend = \"cloud-hypervisor\" cannot run the guest on this host: {why}. \
+                     cloud-hypervisor needs a KVM that boots a Linux guest (not the nested KVM of some \
+                     cloud machines); set vm.backend = \"qemu\", which falls back to TCG"
+                )
+            })?;
+            info!(
+                took_ms = took.as_millis() as u64,
+                landlock, "VM backend cloud-hypervisor: probe boot reached the guest's init"
+            );
+            Arc::new(b)
+        }
+    };
     // The fetch VM reaches the substituter on its link's host address.
     if cfg.substituter_settings().is_some()
         && !cfg

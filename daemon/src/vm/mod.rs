@@ -6,6 +6,8 @@
 //! direct kernel boot, virtio-blk disks with serials, a serial port to a
 //! file, a virtio console to a file, and (later) one virtio-net TAP.
 
+pub mod ch;
+pub mod ch_api;
 pub mod qemu;
 
 use std::future::Future;
@@ -25,6 +27,10 @@ pub enum Error {
     Wait(#[source] std::io::Error),
     #[error("guest image file {0} is missing: run vm-images/guest/build-guest.sh")]
     MissingImage(PathBuf),
+    #[error("the VMM refused {endpoint}: {why}")]
+    Api { endpoint: &'static str, why: String },
+    #[error("this backend cannot {0}")]
+    Unsupported(&'static str),
 }
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -55,6 +61,16 @@ pub struct VmSpec {
     pub pidfile: PathBuf,
     /// One virtio-net NIC on this existing TAP device (fetch phase only).
     pub tap: Option<String>,
+    /// Host directories shared with the guest over virtio-fs (by tag).
+    pub shares: Vec<Share>,
+}
+
+/// A host directory the guest mounts with `mount -t virtiofs TAG`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub tag: String,
+    pub dir: PathBuf,
+    pub readonly: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,4 +99,58 @@ pub trait VmBackend: Send + Sync {
         timeout: Duration,
         cancel: Cancel,
     ) -> BoxFuture<'a, Result<VmExit>>;
+}
+
+/// Boot the guest once with `airlock.probe=1` (its init prints
+/// `AIRLOCK-PROBE-OK` on the console and powers off): can this backend run
+/// this guest here? Returns how long it took, or why not.
+pub async fn probe_boot(
+    backend: &dyn VmBackend,
+    kernel: &std::path::Path,
+    initrd: &std::path::Path,
+    scratch: &std::path::Path,
+    timeout: Duration,
+) -> std::result::Result<Duration, String> {
+    let _ = std::fs::create_dir_all(scratch);
+    let console = scratch.join("probe-console.log");
+    let spec = VmSpec {
+        name: "airlock-probe".into(),
+        kernel: kernel.into(),
+        initrd: initrd.into(),
+        cmdline: "console=ttyS0 quiet panic=-1 airlock.probe=1".into(),
+        memory_mib: 256,
+        vcpus: 1,
+        disks: vec![],
+        console_log: console.clone(),
+        channel_log: scratch.join("probe-channel.log"),
+        pidfile: scratch.join("probe.pid"),
+        tap: None,
+        shares: vec![],
+    };
+    let t0 = std::time::Instant::now();
+    let (_tx, rx) = tokio::sync::oneshot::channel();
+    let res = backend.run(&spec, timeout, rx).await;
+    let out = std::fs::read_to_string(&console).unwrap_or_default();
+    let _ = std::fs::remove_file(&console);
+    let _ = std::fs::remove_file(scratch.join("probe-channel.log"));
+    if out.contains("AIRLOCK-PROBE-OK") {
+        return Ok(t0.elapsed());
+    }
+    let last = out
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("nothing");
+    Err(match res {
+        Ok(VmExit::TimedOut) => format!(
+            "the probe boot did not reach the guest's init within {}s (last console line: {last})",
+            timeout.as_secs()
+        ),
+        Ok(VmExit::PoweredOff { detail, .. }) => format!(
+            "the probe boot ended without reaching the guest's init ({}; last console line: {last})",
+            detail.lines().next().unwrap_or("")
+        ),
+        Ok(VmExit::Killed(r)) => r,
+        Err(e) => format!("the probe boot could not start: {}", crate::runner::error_chain(&e)),
+    })
 }

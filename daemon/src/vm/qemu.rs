@@ -1,8 +1,8 @@
 //! QEMU backend: direct PVH kernel boot, virtio-blk disks, KVM or TCG.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::process::Command;
 
@@ -137,6 +137,9 @@ impl VmBackend for Qemu {
                     return Err(Error::MissingImage(p.clone()));
                 }
             }
+            if !spec.shares.is_empty() {
+                return Err(Error::Unsupported("share directories (virtio-fs) yet"));
+            }
             let mut cmd = Command::new(&self.binary);
             #[allow(unsafe_code)]
             // SAFETY: the closure runs in the forked child before exec and only
@@ -237,49 +240,13 @@ pub async fn probe_accel(
         machine: machine.into(),
         accel: "kvm".into(),
     };
-    let _ = std::fs::create_dir_all(scratch);
-    let console: PathBuf = scratch.join("probe-console.log");
-    let spec = VmSpec {
-        name: "airlock-kvm-probe".into(),
-        kernel: kernel.into(),
-        initrd: initrd.into(),
-        cmdline: "console=ttyS0 quiet panic=-1 airlock.probe=1".into(),
-        memory_mib: 256,
-        vcpus: 1,
-        disks: vec![],
-        console_log: console.clone(),
-        channel_log: scratch.join("probe-channel.log"),
-        pidfile: scratch.join("probe.pid"),
-        tap: None,
-    };
-    let t0 = Instant::now();
-    let (_tx, rx) = tokio::sync::oneshot::channel();
-    let res = q.run(&spec, timeout, rx).await;
-    let out = std::fs::read_to_string(&console).unwrap_or_default();
-    let _ = std::fs::remove_file(&console);
-    let _ = std::fs::remove_file(scratch.join("probe-channel.log"));
-    if out.contains("AIRLOCK-PROBE-OK") {
-        return (
+    match super::probe_boot(&q, kernel, initrd, scratch, timeout).await {
+        Ok(took) => (
             "kvm".into(),
-            format!(
-                "KVM probe boot succeeded in {:.1}s",
-                t0.elapsed().as_secs_f64()
-            ),
-        );
+            format!("KVM probe boot succeeded in {:.1}s", took.as_secs_f64()),
+        ),
+        Err(why) => ("tcg".into(), format!("KVM {why}")),
     }
-    let why = match res {
-        Ok(VmExit::TimedOut) => format!(
-            "KVM probe boot did not finish within {}s",
-            timeout.as_secs()
-        ),
-        Ok(VmExit::PoweredOff { detail, .. }) => format!(
-            "KVM probe boot failed: {}",
-            detail.lines().next().unwrap_or("")
-        ),
-        Ok(VmExit::Killed(r)) => r,
-        Err(e) => format!("KVM probe boot could not start: {e}"),
-    };
-    ("tcg".into(), why)
 }
 
 #[cfg(test)]
@@ -317,6 +284,7 @@ mod tests {
             channel_log: "/ch".into(),
             pidfile: "/p".into(),
             tap: None,
+            shares: vec![],
         };
         let a = q.args(&spec).join(" ");
         assert!(a.contains("file=/r,,x.img,if=none,id=disk0,format=raw,cache=unsafe,readonly=on"));

@@ -234,8 +234,19 @@ impl Daemon {
         } else {
             "nix_disk_mib = 1024\n"
         };
+        // AIRLOCK_BACKEND=cloud-hypervisor runs the suite under
+        // cloud-hypervisor (a host with real KVM; docs/operations.md).
+        let backend = match std::env::var("AIRLOCK_BACKEND").as_deref() {
+            Ok("cloud-hypervisor") => format!(
+                "backend = \"cloud-hypervisor\"\ncloud_hypervisor = \"{}\"\n",
+                std::env::var("AIRLOCK_CLOUD_HYPERVISOR").unwrap_or_else(|_| {
+                    "/var/cache/airlock/cloud-hypervisor/v53.0/bin/cloud-hypervisor".into()
+                })
+            ),
+            _ => String::new(),
+        };
         let mut toml = format!(
-            "{max_jobs}{top}\n[vm]\naccel = \"{accel}\"\nimage_dir = \"{}\"\n{nix_disk}export_disk_mib = 256\n",
+            "{max_jobs}{top}\n[vm]\n{backend}accel = \"{accel}\"\nimage_dir = \"{}\"\n{nix_disk}export_disk_mib = 256\n",
             image_dir().display()
         );
         toml.push_str(vm_keys);

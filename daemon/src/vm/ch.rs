@@ -1,0 +1,437 @@
+//! cloud-hypervisor backend: one VMM process per VM, driven over its REST
+//! API on a unix socket (`--api-socket`), its lifecycle followed through
+//! the process's exit and its `--event-monitor` stream, never through
+//! console text.
+//!
+//! `vmm.ping` (the API is up) → `vm.create` (the body from
+//! [`super::ch_api::vm_config`]) → `vm.boot` → wait. A guest poweroff ends
+//! the VMM with status 0. A guest reboot (a kernel panic with `panic=-1`)
+//! would boot the guest again; the event stream shows it and the VM is
+//! stopped instead. On timeout or cancel the VM gets the power button and
+//! `grace` to go down, then the process is killed. A shared directory
+//! (virtio-fs) gets one `virtiofsd` per VM, which exits with the VMM.
+//! Nothing is left behind: no process, API socket, event file or
+//! virtiofsd socket.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use tokio::process::{Child, Command};
+
+use super::ch_api::{self, FsShare, VmInfo};
+use super::{BoxFuture, Cancel, Error, Result, VmBackend, VmExit, VmSpec};
+
+#[derive(Debug, Clone)]
+pub struct CloudHypervisor {
+    pub binary: PathBuf,
+    /// After a timeout or cancel: the power button, then this long before
+    /// the process is killed.
+    pub grace: Duration,
+    /// Landlock the VMM to the VM's own files (needs a kernel with Landlock).
+    pub landlock: bool,
+    /// `virtiofsd`, for [`VmSpec::shares`].
+    pub virtiofsd: Option<PathBuf>,
+}
+
+/// A unix socket path must fit `sun_path` (108 bytes with its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+/// One HTTP request on the API socket (a connection per request: the API
+/// is local, and a request never waits behind a broken connection).
+pub async fn api(
+    sock: &Path,
+    method: &str,
+    endpoint: &str,
+    body: Option<Vec<u8>>,
+) -> std::result::Result<(u16, Vec<u8>), String> {
+    let stream = tokio::net::UnixStream::connect(sock)
+        .await
+        .map_err(|e| format!("connect {}: {e}", sock.display()))?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("{endpoint}: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://localhost/api/v1/{endpoint}"))
+        .header("host", "localhost");
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req
+        .body(Full::new(bytes::Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| format!("{endpoint}: {e}"))?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| format!("{endpoint}: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{endpoint}: {e}"))?
+        .to_bytes()
+        .to_vec();
+    conn.abort();
+    Ok((status, body))
+}
+
+/// A request that must succeed (any 2xx: v53.0 answers `vmm.shutdown`
+/// with 200 where the document says 204).
+async fn put_ok(sock: &Path, endpoint: &'static str, body: Option<Vec<u8>>) -> Result<Vec<u8>> {
+    match api(sock, "PUT", endpoint, body).await {
+        Ok((s, b)) if (200..300).contains(&s) => Ok(b),
+        Ok((s, b)) => Err(Error::Api {
+            endpoint,
+            why: format!("HTTP {s}: {}", ch_api::error_text(&b)),
+        }),
+        Err(why) => Err(Error::Api { endpoint, why }),
+    }
+}
+
+/// `GET /vm.info`.
+pub async fn vm_info(sock: &Path) -> std::result::Result<VmInfo, String> {
+    let (s, b) = api(sock, "GET", "vm.info", None).await?;
+    if s != 200 {
+        return Err(format!("vm.info: HTTP {s}: {}", ch_api::error_text(&b)));
+    }
+    serde_json::from_slice(&b).map_err(|e| format!("vm.info: {e}"))
+}
+
+/// `GET /vm.counters`.
+pub async fn vm_counters(sock: &Path) -> std::result::Result<ch_api::VmCounters, String> {
+    let (s, b) = api(sock, "GET", "vm.counters", None).await?;
+    if s != 200 {
+        return Err(format!("vm.counters: HTTP {s}: {}", ch_api::error_text(&b)));
+    }
+    serde_json::from_slice(&b).map_err(|e| format!("vm.counters: {e}"))
+}
+
+/// The files of one VM next to its pid file: API socket, event stream,
+/// virtiofsd sockets. Named after the pid file, so two boots of a job
+/// never share them.
+pub struct VmFiles {
+    pub api: PathBuf,
+    pub events: PathBuf,
+    pub fs: Vec<PathBuf>,
+}
+
+impl VmFiles {
+    pub fn new(spec: &VmSpec) -> VmFiles {
+        let dir = spec.pidfile.parent().unwrap_or(Path::new("/tmp"));
+        let stem = spec
+            .pidfile
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "vm".into());
+        VmFiles {
+            api: dir.join(format!("{stem}.api.sock")),
+            events: dir.join(format!("{stem}.events.json")),
+            fs: (0..spec.shares.len())
+                .map(|i| dir.join(format!("{stem}.fs{i}.sock")))
+                .collect(),
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.api, &self.events].into_iter().chain(self.fs.iter())
+    }
+
+    fn remove(&self) {
+        for p in self.all() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Processes that must not outlive the VM: killed (and reaped) on drop.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+fn pdeathsig(cmd: &mut Command) {
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls prctl(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            // The VMM dies with the daemon, even on SIGKILL.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+impl CloudHypervisor {
+    /// The VMM's command line: the API socket, the event stream, seccomp on.
+    pub fn args(&self, files: &VmFiles) -> Vec<String> {
+        vec![
+            "--api-socket".into(),
+            format!("path={}", files.api.display()),
+            "--event-monitor".into(),
+            format!("path={}", files.events.display()),
+            "--seccomp".into(),
+            "true".into(),
+        ]
+    }
+
+    async fn start_virtiofsd(
+        &self,
+        spec: &VmSpec,
+        files: &VmFiles,
+        procs: &mut Procs,
+    ) -> Result<()> {
+        if spec.shares.is_empty() {
+            return Ok(());
+        }
+        let bin = self.virtiofsd.clone().ok_or(Error::Api {
+            endpoint: "virtiofsd",
+            why: "the VM shares a directory but no virtiofsd is configured (vm.virtiofsd)".into(),
+        })?;
+        for (share, sock) in spec.shares.iter().zip(&files.fs) {
+            let mut cmd = Command::new(&bin);
+            pdeathsig(&mut cmd);
+            cmd.arg(format!("--socket-path={}", sock.display()))
+                .arg(format!("--shared-dir={}", share.dir.display()))
+                .args(["--cache=never", "--sandbox=none"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true);
+            if share.readonly {
+                cmd.arg("--readonly");
+            }
+            let child = cmd.spawn().map_err(|source| Error::Spawn {
+                binary: bin.display().to_string(),
+                source,
+            })?;
+            procs.0.push(child);
+            // The VMM connects to the socket at vm.create: wait for it.
+            let t0 = Instant::now();
+            while !sock.exists() {
+                if t0.elapsed() > Duration::from_secs(10) {
+                    return Err(Error::Api {
+                        endpoint: "virtiofsd",
+                        why: format!("no socket {} after 10 s", sock.display()),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Start the VMM and wait until its API answers.
+    async fn start_vmm(&self, files: &VmFiles, spec: &VmSpec) -> Result<Child> {
+        let mut cmd = Command::new(&self.binary);
+        pdeathsig(&mut cmd);
+        let mut child = cmd
+            .args(self.args(files))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                binary: self.binary.display().to_string(),
+                source,
+            })?;
+        if let Some(pid) = child.id() {
+            let _ = std::fs::write(&spec.pidfile, pid.to_string());
+        }
+        let t0 = Instant::now();
+        loop {
+            if let Ok((200, _)) = api(&files.api, "GET", "vmm.ping", None).await {
+                return Ok(child);
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                let err = read_stderr(&mut child).await;
+                return Err(Error::Api {
+                    endpoint: "vmm.ping",
+                    why: format!("the VMM exited before its API came up ({st}): {err}"),
+                });
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                return Err(Error::Api {
+                    endpoint: "vmm.ping",
+                    why: "the VMM's API did not come up within 10 s".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Power button, `grace`, then kill. True if the guest went down itself.
+    async fn stop(&self, child: &mut Child, files: &VmFiles) -> bool {
+        let _ = api(&files.api, "PUT", "vm.power-button", None).await;
+        let gone = tokio::time::timeout(self.grace, child.wait()).await.is_ok();
+        if !gone {
+            let _ = child.kill().await;
+        }
+        gone
+    }
+}
+
+async fn read_stderr(child: &mut Child) -> String {
+    let Some(mut e) = child.stderr.take() else {
+        return String::new();
+    };
+    let mut s = String::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::io::AsyncReadExt::read_to_string(&mut e, &mut s),
+    )
+    .await;
+    s.trim().chars().take(2000).collect()
+}
+
+/// Waits for an event the VM must not go on after (a guest reboot).
+async fn watch_events(path: &Path) -> String {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Ok(bytes) = std::fs::read(path) else {
+            continue;
+        };
+        if let Some(e) = ch_api::parse_events(&bytes)
+            .into_iter()
+            .find(|e| e.source == "vm" && e.event == "reboot")
+        {
+            return format!("the guest rebooted (event {}); a kernel panic?", e.event);
+        }
+    }
+}
+
+impl VmBackend for CloudHypervisor {
+    fn accel(&self) -> &str {
+        "kvm"
+    }
+
+    fn run<'a>(
+        &'a self,
+        spec: &'a VmSpec,
+        timeout: Duration,
+        cancel: Cancel,
+    ) -> BoxFuture<'a, Result<VmExit>> {
+        Box::pin(async move {
+            for p in [&spec.kernel, &spec.initrd] {
+                if !p.as_os_str().is_empty() && !p.exists() {
+                    return Err(Error::MissingImage(p.clone()));
+                }
+            }
+            let files = VmFiles::new(spec);
+            for p in files.all() {
+                if p.as_os_str().len() > SUN_PATH_MAX {
+                    return Err(Error::Api {
+                        endpoint: "vmm",
+                        why: format!("socket path {} is too long for a unix socket", p.display()),
+                    });
+                }
+            }
+            files.remove();
+            let res = self.run_inner(spec, &files, timeout, cancel).await;
+            files.remove();
+            let _ = std::fs::remove_file(&spec.pidfile);
+            res
+        })
+    }
+}
+
+impl CloudHypervisor {
+    async fn run_inner(
+        &self,
+        spec: &VmSpec,
+        files: &VmFiles,
+        timeout: Duration,
+        cancel: Cancel,
+    ) -> Result<VmExit> {
+        let mut procs = Procs(Vec::new());
+        self.start_virtiofsd(spec, files, &mut procs).await?;
+        let mut vmm = self.start_vmm(files, spec).await?;
+        let shares: Vec<FsShare> = spec
+            .shares
+            .iter()
+            .zip(&files.fs)
+            .map(|(s, p)| FsShare {
+                tag: s.tag.clone(),
+                socket: p.display().to_string(),
+            })
+            .collect();
+        let body = serde_json::to_vec(&ch_api::vm_config(spec, &shares, self.landlock))
+            .expect("serialises");
+        let started = async {
+            put_ok(&files.api, "vm.create", Some(body)).await?;
+            put_ok(&files.api, "vm.boot", None).await
+        };
+        if let Err(e) = started.await {
+            let _ = put_ok(&files.api, "vmm.shutdown", None).await;
+            if tokio::time::timeout(Duration::from_secs(2), vmm.wait())
+                .await
+                .is_err()
+            {
+                let _ = vmm.kill().await;
+            }
+            return Err(e);
+        }
+        let exit = tokio::select! {
+            st = vmm.wait() => {
+                let st = st.map_err(Error::Wait)?;
+                let err = read_stderr(&mut vmm).await;
+                let detail = if st.success() {
+                    format!("{st}")
+                } else {
+                    format!("the VMM ended with {st}: {err}")
+                };
+                VmExit::PoweredOff { ok: st.success(), detail }
+            }
+            why = watch_events(&files.events) => {
+                let _ = vmm.kill().await;
+                VmExit::PoweredOff { ok: false, detail: why }
+            }
+            _ = tokio::time::sleep(timeout) => {
+                self.stop(&mut vmm, files).await;
+                VmExit::TimedOut
+            }
+            Ok(reason) = cancel => {
+                self.stop(&mut vmm, files).await;
+                VmExit::Killed(reason)
+            }
+        };
+        // virtiofsd exits when the VMM disconnects; make sure of it.
+        for c in &mut procs.0 {
+            if tokio::time::timeout(Duration::from_secs(2), c.wait())
+                .await
+                .is_err()
+            {
+                let _ = c.kill().await;
+            }
+        }
+        Ok(exit)
+    }
+}
+
+/// The kernel's Landlock ABI version, if it has Landlock.
+pub fn landlock_abi() -> Option<i64> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    #[allow(unsafe_code)]
+    // SAFETY: landlock_create_ruleset(NULL, 0, VERSION) only returns the
+    // ABI version (or an error); it takes no pointer it would write to.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    (v > 0).then_some(v)
+}
