@@ -433,6 +433,9 @@ pub struct VmConfig {
     /// cloud-hypervisor: Landlock the VMM to the VM's own files where the
     /// kernel has Landlock (airlockd says at start if it has not).
     pub landlock: bool,
+    /// cloud-hypervisor: run the VMM (and virtiofsd) as this user, `NAME`
+    /// or `UID:GID`; empty: as airlockd. It needs `/dev/kvm` (group `kvm`).
+    pub user: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -515,6 +518,7 @@ impl Default for VmConfig {
             virtiofsd: "virtiofsd".into(),
             stop_grace_secs: 5,
             landlock: true,
+            user: String::new(),
         }
     }
 }

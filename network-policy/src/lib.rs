@@ -64,6 +64,7 @@ pub struct Network {
     policy: Policy,
     handle: rtnetlink::Handle,
     used: Mutex<BTreeSet<u32>>,
+    tap_owner: Option<(u32, u32)>,
 }
 
 impl Network {
@@ -80,6 +81,7 @@ impl Network {
             policy,
             handle,
             used: Mutex::new(BTreeSet::new()),
+            tap_owner: None,
         };
         n.cleanup().await?;
         let was_routing = forwarding_before_airlock().map_err(Error::Forwarding)?;
@@ -103,6 +105,11 @@ impl Network {
         let t = policy::TABLE;
         nft::apply(&format!("table inet {t}\ndelete table inet {t}\n")).await?;
         Ok(())
+    }
+
+    /// Job TAPs are owned by this (uid, gid): the user the VMM runs as.
+    pub fn set_tap_owner(&mut self, owner: Option<(u32, u32)>) {
+        self.tap_owner = owner;
     }
 
     pub fn policy(&self) -> &Policy {
@@ -136,7 +143,7 @@ impl Network {
     async fn setup_slot(&self, slot: u32) -> Result<JobNet> {
         let j = JobNet::new(&self.policy.pool, slot)?;
         let _ = tap::delete(&self.handle, &j.tap).await;
-        tap::create(&j.tap)?;
+        tap::create(&j.tap, self.tap_owner)?;
         // The rules match the TAP by name, so both can be set up at once;
         // the VM starts only after both are done.
         let rules = self.policy.add_job(&j);

@@ -25,6 +25,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
+const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 
@@ -76,17 +78,27 @@ pub fn attach(name: &str, nonblocking: bool) -> Result<std::fs::File> {
     Ok(f)
 }
 
-/// Create a persistent TAP device `name` (owned by root).
-pub fn create(name: &str) -> Result<()> {
+/// Create a persistent TAP device `name`, owned by root, or by `owner`
+/// (uid, gid): then a VMM running as that user can attach to it without
+/// `CAP_NET_ADMIN`.
+pub fn create(name: &str, owner: Option<(u32, u32)>) -> Result<()> {
     let f = attach(name, false)?;
-    #[allow(unsafe_code)]
-    // SAFETY: TUNSETPERSIST takes an int by value.
-    let rc = unsafe { libc::ioctl(f.as_raw_fd(), TUNSETPERSIST as _, 1 as libc::c_ulong) };
-    if rc < 0 {
-        return Err(Error::Create(
-            name.to_owned(),
-            std::io::Error::last_os_error(),
-        ));
+    let mut calls = vec![(TUNSETPERSIST, 1 as libc::c_ulong)];
+    if let Some((uid, gid)) = owner {
+        calls.push((TUNSETOWNER, uid as libc::c_ulong));
+        calls.push((TUNSETGROUP, gid as libc::c_ulong));
+    }
+    for (req, arg) in calls {
+        #[allow(unsafe_code)]
+        // SAFETY: TUNSETPERSIST, TUNSETOWNER and TUNSETGROUP take an integer
+        // by value.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), req as _, arg) };
+        if rc < 0 {
+            return Err(Error::Create(
+                name.to_owned(),
+                std::io::Error::last_os_error(),
+            ));
+        }
     }
     Ok(())
 }

@@ -301,7 +301,7 @@ fn ipv6_from_a_job_gets_no_answer_while_another_tap_does() {
             let net = Network::init(Policy::default()).await.unwrap();
             let job = net.setup().await.unwrap();
             // A TAP airlock does not manage: the control.
-            tap::create("ctl0").unwrap();
+            tap::create("ctl0", None).unwrap();
             ip("link set ctl0 up");
             for (dev, host) in [
                 (job.tap.as_str(), "2001:db8:a::1"),
@@ -360,7 +360,7 @@ fn lan_peer_routes_through_host(routing_before: bool, operator: Option<&str>) ->
             ("lan0", "10.99.0.1/24", "10.99.0.10"),
             ("wan0", "203.0.113.1/24", "203.0.113.10"),
         ] {
-            tap::create(dev).unwrap();
+            tap::create(dev, None).unwrap();
             ip(&format!("addr add {addr} dev {dev}"));
             ip(&format!("link set {dev} up"));
             ip(&format!(

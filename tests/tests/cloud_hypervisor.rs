@@ -82,6 +82,7 @@ fn backend(grace_ms: u64) -> CloudHypervisor {
         grace: Duration::from_millis(grace_ms),
         landlock: ch::landlock_abi().is_some(),
         virtiofsd: Some(virtiofsd()),
+        run_as: None,
     }
 }
 
@@ -483,4 +484,147 @@ fn cloud_hypervisor_airlockd_refuses_to_start_when_the_probe_boot_fails() {
         Vec::<String>::new(),
         "a VMM outlived the refusal"
     );
+}
+
+/// `vm.user`: the VMM runs as its own unprivileged user with only
+/// `/dev/kvm`, its TAP (owned by that user, made by the network policy) and
+/// its own files. This machine's `/dev/kvm` and `/dev/net/tun` are root's
+/// alone, so the test gives the user its own nodes in a private mount
+/// namespace (on a builder, group `kvm` and tun's usual mode 0666 do that).
+#[test]
+fn cloud_hypervisor_runs_as_its_own_user_with_only_kvm_its_tap_and_its_files() {
+    use std::os::unix::fs::PermissionsExt;
+    if !ready(
+        "cloud_hypervisor_runs_as_its_own_user_with_only_kvm_its_tap_and_its_files",
+        false,
+    ) {
+        return;
+    }
+    let (uid, gid) = (
+        64000 + std::process::id() % 1000,
+        64000 + std::process::id() % 1000,
+    );
+    let ns = common::new_netns("chu");
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = t.path().to_owned();
+    let (exit, vmm_uid, tap_owner, net) = in_netns(&ns, move || {
+        use nix::mount::{mount, MsFlags};
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .unwrap();
+        let kvm = dir.join("kvm");
+        mknod(
+            &kvm,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o600),
+            makedev(10, 232),
+        )
+        .unwrap();
+        std::os::unix::fs::chown(&kvm, Some(uid), Some(gid)).unwrap();
+        mount(
+            Some(&kvm),
+            "/dev/kvm",
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        // /dev/net/tun is 0666 on Debian and NixOS, root's alone here.
+        let tun = dir.join("tun");
+        mknod(
+            &tun,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(10, 200),
+        )
+        .unwrap();
+        std::fs::set_permissions(&tun, std::fs::Permissions::from_mode(0o666)).unwrap();
+        mount(
+            Some(&tun),
+            "/dev/net/tun",
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        rt().block_on(async move {
+            let mut net = airlock_network_policy::Network::init(Default::default())
+                .await
+                .unwrap();
+            net.set_tap_owner(Some((uid, gid)));
+            let jn = net.setup().await.unwrap();
+            // (sysfs shows the namespace it was mounted in: ask `ip`.)
+            let details = std::process::Command::new("ip")
+                .args(["-d", "link", "show", &jn.tap])
+                .output()
+                .unwrap();
+            let details = String::from_utf8_lossy(&details.stdout).into_owned();
+            let tap_owner = details
+                .split_whitespace()
+                .skip_while(|w| *w != "user")
+                .nth(1)
+                .unwrap_or_default()
+                .to_owned();
+            let mut s = spec(&dir, "wait");
+            s.tap = Some(jn.tap.clone());
+            let mut b = backend(200);
+            b.run_as = Some(airlock::vm::RunAs {
+                uid,
+                gid,
+                groups: vec![gid],
+            });
+            let files = VmFiles::new(&s);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let vm = b.run(&s, Duration::from_secs(60), rx);
+            let probe = async {
+                let t0 = Instant::now();
+                while !std::fs::read_to_string(&s.console_log).is_ok_and(|c| c.contains(MARKER)) {
+                    assert!(
+                        t0.elapsed() < Duration::from_secs(20),
+                        "guest never came up"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let pid = std::fs::read_to_string(&s.pidfile).unwrap();
+                let status =
+                    std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+                let uid_line = status
+                    .lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .unwrap()
+                    .to_owned();
+                let info = ch::vm_info(&files.api).await.unwrap();
+                let _ = tx.send("done".to_string());
+                (uid_line, info.config["net"].clone())
+            };
+            tokio::pin!(vm);
+            let (uid_line, net_cfg) = tokio::select! {
+                e = &mut vm => panic!("the VM ended before the guest came up: {e:?}"),
+                r = probe => r,
+            };
+            let exit = vm.await;
+            net.teardown(&jn).await;
+            net.cleanup().await.unwrap();
+            (exit, uid_line, tap_owner, net_cfg)
+        })
+    });
+    common::del_netns(&ns);
+    assert_eq!(exit.unwrap(), VmExit::Killed("done".into()));
+    // Real, effective, saved and filesystem uid: all the VM user's.
+    let want = format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}");
+    assert_eq!(vmm_uid, want);
+    assert_eq!(
+        tap_owner.trim(),
+        uid.to_string(),
+        "the TAP belongs to the VMM's user"
+    );
+    assert!(net[0]["tap"].as_str().unwrap().starts_with("alk"), "{net}");
 }

@@ -17,7 +17,7 @@ use airlock::release::Release;
 use airlock::runner::{LogSink, NoSink, Runner};
 use airlock::vm::ch::{self, CloudHypervisor};
 use airlock::vm::qemu::{probe_accel, Qemu};
-use airlock::vm::{probe_boot, VmBackend};
+use airlock::vm::{probe_boot, RunAs, VmBackend};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -109,6 +109,13 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
     let img = cfg.vm.image_dir.clone();
+    let run_as = match (&cfg.vm.backend, cfg.vm.user.as_str()) {
+        (_, "") => None,
+        (Backend::CloudHypervisor, u) => Some(RunAs::parse(u).map_err(|e| anyhow::anyhow!(e))?),
+        (Backend::Qemu, _) => {
+            anyhow::bail!("vm.user is supported with vm.backend = \"cloud-hypervisor\" only")
+        }
+    };
     let backend: Arc<dyn VmBackend> = match cfg.vm.backend {
         Backend::Qemu => {
             let (accel, why) = probe_accel(
@@ -142,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
                 grace: Duration::from_secs(cfg.vm.stop_grace_secs),
                 landlock,
                 virtiofsd: (!cfg.vm.virtiofsd.is_empty()).then(|| cfg.vm.virtiofsd.clone().into()),
+                run_as: run_as.clone(),
             };
             let took = probe_boot(
                 &b,
@@ -160,7 +168,9 @@ async fn main() -> anyhow::Result<()> {
             })?;
             info!(
                 took_ms = took.as_millis() as u64,
-                landlock, "VM backend cloud-hypervisor: probe boot reached the guest's init"
+                landlock,
+                user = ?run_as.as_ref().map(|r| r.uid),
+                "VM backend cloud-hypervisor: probe boot reached the guest's init"
             );
             Arc::new(b)
         }
@@ -184,10 +194,12 @@ async fn main() -> anyhow::Result<()> {
         (None, Arc::new(NoSink))
     };
     let network = if cfg.network.enabled {
-        let n = airlock_network_policy::Network::init(cfg.network.policy.clone())
+        let mut n = airlock_network_policy::Network::init(cfg.network.policy.clone())
             .await
             .map_err(|e| anyhow::anyhow!("{}", airlock::runner::error_chain(&e)))
             .context("cannot set up the fetch-phase network (needs root, nftables and /dev/net/tun; or set network.enabled = false)")?;
+        // A VMM that runs as its own user attaches to TAPs that user owns.
+        n.set_tap_owner(run_as.as_ref().map(|r| (r.uid, r.gid)));
         Some(Arc::new(n))
     } else {
         info!("network.enabled = false: one VM boot per job, no NIC, fixed-output derivations cannot download");

@@ -11,7 +11,9 @@
 //! `grace` to go down, then the process is killed. A shared directory
 //! (virtio-fs) gets one `virtiofsd` per VM, which exits with the VMM.
 //! Nothing is left behind: no process, API socket, event file or
-//! virtiofsd socket.
+//! virtiofsd socket. With `run_as`, the VMM and virtiofsd run as that
+//! user, which owns only the VM's logs, writable disks, socket directory
+//! and (made by the network policy) TAP.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -21,7 +23,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::process::{Child, Command};
 
 use super::ch_api::{self, FsShare, VmInfo};
-use super::{BoxFuture, Cancel, Error, Result, VmBackend, VmExit, VmSpec};
+use super::{BoxFuture, Cancel, Error, Result, RunAs, VmBackend, VmExit, VmSpec};
 
 #[derive(Debug, Clone)]
 pub struct CloudHypervisor {
@@ -33,6 +35,8 @@ pub struct CloudHypervisor {
     pub landlock: bool,
     /// `virtiofsd`, for [`VmSpec::shares`].
     pub virtiofsd: Option<PathBuf>,
+    /// Run the VMM and virtiofsd as this user, not airlockd's.
+    pub run_as: Option<RunAs>,
 }
 
 /// A unix socket path must fit `sun_path` (108 bytes with its NUL).
@@ -111,10 +115,12 @@ pub async fn vm_counters(sock: &Path) -> std::result::Result<ch_api::VmCounters,
     serde_json::from_slice(&b).map_err(|e| format!("vm.counters: {e}"))
 }
 
-/// The files of one VM next to its pid file: API socket, event stream,
-/// virtiofsd sockets. Named after the pid file, so two boots of a job
-/// never share them.
+/// The files of one VM in a directory of its own beside its pid file
+/// (`<pid file stem>.d/`, given to the VMM's user): API socket, event
+/// stream, virtiofsd sockets. Named after the pid file, so two boots of a
+/// job never share them.
 pub struct VmFiles {
+    pub dir: PathBuf,
     pub api: PathBuf,
     pub events: PathBuf,
     pub fs: Vec<PathBuf>,
@@ -122,18 +128,20 @@ pub struct VmFiles {
 
 impl VmFiles {
     pub fn new(spec: &VmSpec) -> VmFiles {
-        let dir = spec.pidfile.parent().unwrap_or(Path::new("/tmp"));
+        let parent = spec.pidfile.parent().unwrap_or(Path::new("/tmp"));
         let stem = spec
             .pidfile
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "vm".into());
+        let dir = parent.join(format!("{stem}.d"));
         VmFiles {
-            api: dir.join(format!("{stem}.api.sock")),
-            events: dir.join(format!("{stem}.events.json")),
+            api: dir.join("api.sock"),
+            events: dir.join("events.json"),
             fs: (0..spec.shares.len())
-                .map(|i| dir.join(format!("{stem}.fs{i}.sock")))
+                .map(|i| dir.join(format!("fs{i}.sock")))
                 .collect(),
+            dir,
         }
     }
 
@@ -142,9 +150,7 @@ impl VmFiles {
     }
 
     fn remove(&self) {
-        for p in self.all() {
-            let _ = std::fs::remove_file(p);
-        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -173,6 +179,15 @@ fn pdeathsig(cmd: &mut Command) {
 }
 
 impl CloudHypervisor {
+    /// The user switch (if any) and death with airlockd, for every process
+    /// of the VM.
+    fn confine(&self, cmd: &mut Command) {
+        match &self.run_as {
+            Some(r) => r.apply(cmd),
+            None => pdeathsig(cmd),
+        }
+    }
+
     /// The VMM's command line: the API socket, the event stream, seccomp on.
     pub fn args(&self, files: &VmFiles) -> Vec<String> {
         vec![
@@ -200,7 +215,7 @@ impl CloudHypervisor {
         })?;
         for (share, sock) in spec.shares.iter().zip(&files.fs) {
             let mut cmd = Command::new(&bin);
-            pdeathsig(&mut cmd);
+            self.confine(&mut cmd);
             cmd.arg(format!("--socket-path={}", sock.display()))
                 .arg(format!("--shared-dir={}", share.dir.display()))
                 .args(["--cache=never", "--sandbox=none"])
@@ -234,7 +249,7 @@ impl CloudHypervisor {
     /// Start the VMM and wait until its API answers.
     async fn start_vmm(&self, files: &VmFiles, spec: &VmSpec) -> Result<Child> {
         let mut cmd = Command::new(&self.binary);
-        pdeathsig(&mut cmd);
+        self.confine(&mut cmd);
         let mut child = cmd
             .args(self.args(files))
             .stdin(Stdio::null())
@@ -338,6 +353,16 @@ impl VmBackend for CloudHypervisor {
                 }
             }
             files.remove();
+            if let Err(e) = std::fs::create_dir(&files.dir).and_then(|()| match &self.run_as {
+                Some(r) => r.give(spec, &files.dir),
+                None => Ok(()),
+            }) {
+                files.remove();
+                return Err(Error::Api {
+                    endpoint: "vmm",
+                    why: format!("cannot prepare {} for the VMM: {e}", files.dir.display()),
+                });
+            }
             let res = self.run_inner(spec, &files, timeout, cancel).await;
             files.remove();
             let _ = std::fs::remove_file(&spec.pidfile);

@@ -154,3 +154,85 @@ pub async fn probe_boot(
         Err(e) => format!("the probe boot could not start: {}", crate::runner::error_chain(&e)),
     })
 }
+
+/// The user a VMM and its helpers run as instead of airlockd's (config
+/// `vm.user`). It gets the VM's writable files and its TAP; everything else
+/// it needs is readable by others anyway (guest image, read-only disks) or
+/// is the operator's to grant (`/dev/kvm`, usually through group `kvm`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (`kvm`, …).
+    pub groups: Vec<u32>,
+}
+
+impl RunAs {
+    /// `NAME` (from the user database, with its groups) or `UID:GID`.
+    pub fn parse(s: &str) -> std::result::Result<RunAs, String> {
+        if let Some((u, g)) = s.split_once(':') {
+            let uid = u.parse().map_err(|_| format!("vm.user {s:?}: bad uid"))?;
+            let gid = g.parse().map_err(|_| format!("vm.user {s:?}: bad gid"))?;
+            return Ok(RunAs {
+                uid,
+                gid,
+                groups: vec![gid],
+            });
+        }
+        let u = nix::unistd::User::from_name(s)
+            .map_err(|e| format!("vm.user {s:?}: {e}"))?
+            .ok_or_else(|| format!("vm.user {s:?}: no such user"))?;
+        let name = std::ffi::CString::new(s).map_err(|_| format!("vm.user {s:?}: bad name"))?;
+        let groups = nix::unistd::getgrouplist(&name, u.gid)
+            .map_err(|e| format!("vm.user {s:?}: its groups: {e}"))?
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        Ok(RunAs {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            groups,
+        })
+    }
+
+    /// Give the VM's writable files (its logs, its read-write disks) and
+    /// `dir` (its sockets) to this user.
+    pub fn give(&self, spec: &VmSpec, dir: &std::path::Path) -> std::io::Result<()> {
+        let own = |p: &std::path::Path| std::os::unix::fs::chown(p, Some(self.uid), Some(self.gid));
+        own(dir)?;
+        for f in [&spec.console_log, &spec.channel_log] {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(f)?;
+            own(f)?;
+        }
+        for d in spec.disks.iter().filter(|d| !d.readonly) {
+            own(&d.path)?;
+        }
+        Ok(())
+    }
+
+    /// Switch `cmd`'s process to this user before exec (groups, gid, uid),
+    /// then ask for SIGKILL when airlockd dies (a credential change clears
+    /// that, so it comes last).
+    pub fn apply(&self, cmd: &mut tokio::process::Command) {
+        let me = self.clone();
+        #[allow(unsafe_code)]
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls setgroups(2), setgid(2), setuid(2) and prctl(2), which are
+        // async-signal-safe; the group list was allocated before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(me.groups.len(), me.groups.as_ptr()) != 0
+                    || libc::setgid(me.gid) != 0
+                    || libc::setuid(me.uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+}
