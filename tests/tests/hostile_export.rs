@@ -30,7 +30,8 @@ if [ "$attr" = evil-flood ]; then
   done > "$ch"
 fi
 printf 'L hostile agent writes %s\n' "$attr" > "$ch"
-cat "$in/src/evil/$attr.bin" > "$ex"
+# The PR's files: whole tree (src/) or its delta over a base image (delta/).
+{ cat "$in/delta/evil/$attr.bin" 2>/dev/null || cat "$in/src/evil/$attr.bin"; } > "$ex"
 sync
 "#;
 

@@ -43,6 +43,10 @@ impl Qemu {
             "-display".into(),
             "none".into(),
             "-no-reboot".into(),
+            // QEMU's own seccomp filter: no obsolete system calls, no
+            // setuid, no fork/exec, no scheduler or affinity changes.
+            "-sandbox".into(),
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
             "-accel".into(),
             self.accel.clone(),
         ];
@@ -290,6 +294,7 @@ mod tests {
         assert!(a.contains("file=/r,,x.img,if=none,id=disk0,format=raw,cache=unsafe,readonly=on"));
         assert!(a.contains("virtio-blk-pci,drive=disk1,serial=airlock-nix"));
         assert!(a.contains("-accel tcg"));
+        assert!(a.contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny"));
         assert!(!a.contains("-netdev"), "no NIC unless asked");
     }
 }
