@@ -10,7 +10,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 pkgs=(nix-bin nix-setup-systemd busybox-static cpio kmod qemu-system-x86 e2fsprogs
       debootstrap git tar python3 ca-certificates procps rabbitmq-server
-      nftables iproute2 libseccomp-dev libcap-ng-dev binutils gcc)
+      nftables iproute2 libseccomp-dev libcap-ng-dev binutils gcc
+      dbus-daemon dbus-bin systemd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -45,6 +45,17 @@ pub struct Config {
     pub nix: NixConfig,
     pub substituter: SubstituterConfig,
     pub inputs: InputsConfig,
+    pub dbus: DbusConfig,
+}
+
+/// The D-Bus admin API (docs/dbus.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DbusConfig {
+    /// `""`: off; `"system"`, `"session"`, or a D-Bus address
+    /// (`unix:path=…`). airlockd refuses to start if it cannot take its
+    /// name there.
+    pub address: String,
 }
 
 /// Images of target branch trees that jobs' input disks build on
@@ -496,6 +507,7 @@ impl Default for Config {
             nix: NixConfig::default(),
             substituter: SubstituterConfig::default(),
             inputs: InputsConfig::default(),
+            dbus: DbusConfig::default(),
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct Daemon {
     draining: Arc<AtomicBool>,
     /// The release service, once started: poked when a job is done.
     release: Arc<OnceLock<Arc<Release>>>,
+    /// Jobs not started because of a drain, started again on resume.
+    held: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Daemon {
@@ -64,12 +66,14 @@ impl Daemon {
         let running = Arc::new(AtomicUsize::new(0));
         let draining = Arc::new(AtomicBool::new(false));
         let release: Arc<OnceLock<Arc<Release>>> = Arc::new(OnceLock::new());
+        let held = Arc::new(std::sync::Mutex::new(Vec::new()));
         let d = Arc::new(Daemon {
             runner: runner.clone(),
             queue: tx,
             running: running.clone(),
             draining: draining.clone(),
             release: release.clone(),
+            held: held.clone(),
         });
         let requeue = d.recover();
         let sem = Arc::new(Semaphore::new(cfg.max_jobs));
@@ -79,8 +83,9 @@ impl Daemon {
             while let Some(id) = rx.recv().await {
                 let permit = sem.clone().acquire_owned().await.expect("semaphore open");
                 if draining.load(Ordering::SeqCst) {
-                    // Left queued: a local job runs at the next start, a broker
-                    // job is redelivered by the broker.
+                    // Left queued: it runs on resume, or (a local job) at the
+                    // next start; a broker job is redelivered by the broker.
+                    held.lock().expect("lock").push(id);
                     continue;
                 }
                 let r = r.clone();
@@ -216,15 +221,57 @@ impl Daemon {
         let _ = self.release.set(r);
     }
 
+    /// The release service, or why it is not there.
+    pub fn release_service(&self) -> Result<&Arc<Release>, String> {
+        self.release()
+    }
+
     fn release(&self) -> Result<&Arc<Release>, String> {
         self.release
             .get()
             .ok_or_else(|| "the release service is not running".to_string())
     }
 
-    /// Stop starting queued jobs (SIGTERM).
+    /// Stop starting queued jobs (SIGTERM, or an administrator).
     pub fn drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Start queued jobs again after [`Daemon::drain`].
+    pub fn resume(&self) {
+        self.draining.store(false, Ordering::SeqCst);
+        let held: Vec<String> = std::mem::take(&mut *self.held.lock().expect("lock"));
+        for id in held {
+            let _ = self.queue.send(id);
+        }
+    }
+
+    /// Cancel a job: one that has not started is finished at once without
+    /// running anything; a running one has its VM stopped by its runner.
+    /// Either way its result is `UnexpectedError: cancelled by an
+    /// administrator` (ofborg has no "cancelled").
+    pub fn cancel(&self, id: &str) -> Result<String, String> {
+        let mut rec = self.runner.store.load(id).map_err(|e| e.to_string())?;
+        if rec.state.is_terminal() {
+            return Err(format!("job {id} is already done"));
+        }
+        info!(job_id = %id, "cancel requested");
+        Ok(match self.runner.control.cancel(id) {
+            crate::control::Cancel::NotStarted => {
+                self.runner.finish_cancelled(&mut rec);
+                "cancelled".into()
+            }
+            crate::control::Cancel::Running => "cancelling: its VM is being stopped".into(),
+            crate::control::Cancel::Again => "already being cancelled".into(),
+        })
+    }
+
+    /// Jobs waiting for a slot.
+    pub fn queued(&self) -> usize {
+        let (recs, _) = self.runner.store.list();
+        recs.iter()
+            .filter(|r| r.state == JobState::Queued && !self.runner.control.is_cancelled(&r.id))
+            .count()
     }
 
     pub fn is_draining(&self) -> bool {

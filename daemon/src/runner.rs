@@ -40,6 +40,16 @@ pub struct Runner {
     pub network: Option<Arc<Network>>,
     /// The host's caching proxy the fetch phase substitutes through.
     pub substituter: Option<crate::substituter::Substituter>,
+    /// Cancellation and the stream of job changes.
+    pub control: Arc<crate::control::JobControl>,
+}
+
+/// `Success`, `Failure`, `UnexpectedError`, …: the status word of a result.
+pub fn status_word(s: &BuildStatus) -> String {
+    match s {
+        BuildStatus::UnexpectedError { .. } => "UnexpectedError".into(),
+        other => format!("{other:?}"),
+    }
 }
 
 /// Files of one job under `jobs/<id>/`.
@@ -286,6 +296,42 @@ impl Runner {
         if let Err(e) = self.store.save(rec) {
             warn!(error = %e, "cannot save job record");
         }
+        self.control.changed(crate::control::JobChange {
+            id: rec.id.clone(),
+            state: rec.state,
+            status: rec
+                .result
+                .as_ref()
+                .map(|r| status_word(&r.status))
+                .unwrap_or_default(),
+        });
+    }
+
+    fn cancelled(&self, rec: &JobRecord) -> Option<JobResult> {
+        self.control.is_cancelled(&rec.id).then(|| {
+            result(
+                BuildStatus::UnexpectedError {
+                    err: crate::control::CANCELLED.into(),
+                },
+                vec![],
+            )
+        })
+    }
+
+    /// Finish a job that was cancelled before it started: nothing ran.
+    pub fn finish_cancelled(&self, rec: &mut JobRecord) {
+        info!(job_id = %rec.id, "job cancelled before it started");
+        rec.result = Some(result(
+            BuildStatus::UnexpectedError {
+                err: crate::control::CANCELLED.into(),
+            },
+            vec![],
+        ));
+        rec.state = JobState::Done;
+        rec.finished_at = Some(crate::job::now());
+        self.save(rec);
+        self.sink.finished(rec);
+        self.control.forget(&rec.id);
     }
 
     /// Run one job to completion. Always returns with `rec` in `Done` and its
@@ -297,8 +343,22 @@ impl Runner {
             let t0 = Instant::now();
             rec.run_started = Some(t0);
             rec.timings.clear();
+            if !self.control.start(&rec.id) {
+                // Cancelled before it started: its canceller finishes it.
+                return;
+            }
             rec.started_at = Some(crate::job::now());
             let res = self.run_inner(rec, &paths).await;
+            let res = match (self.control.is_cancelled(&rec.id), res) {
+                (true, r) if r.status != BuildStatus::Success => JobResult {
+                    status: BuildStatus::UnexpectedError {
+                        err: crate::control::CANCELLED.into(),
+                    },
+                    ..r
+                },
+                (_, r) => r,
+            };
+            self.control.done(&rec.id);
             paths.remove_scratch();
             info!(status = ?res.status, secs = t0.elapsed().as_secs_f64(), paths = res.store_paths.len(), "job finished");
             rec.result = Some(res);
@@ -322,6 +382,9 @@ impl Runner {
         }
         if let Err(e) = rec.job.validate() {
             return result(BuildStatus::UnexpectedError { err: e.to_string() }, vec![]);
+        }
+        if let Some(r) = self.cancelled(rec) {
+            return r;
         }
         // 1. checkout
         rec.state = JobState::Checkout;
@@ -372,6 +435,9 @@ impl Runner {
                     vec![],
                 );
             }
+        }
+        if let Some(r) = self.cancelled(rec) {
+            return r;
         }
         // 2. disks
         if let Err(e) = self.make_disks(rec, paths).await {
@@ -733,6 +799,12 @@ impl Runner {
             tokio::select! {
                 r = &mut vm => break r.map_err(|e| e.to_string())?,
                 _ = tick.tick() => {
+                    if self.control.is_cancelled(&rec.id) {
+                        if let Some(tx) = cancel_tx.take() {
+                            warn!("cancelled by an administrator; VM stopped");
+                            let _ = tx.send(crate::control::CANCELLED.to_string());
+                        }
+                    }
                     // A guest that floods its console or channel is stopped
                     // before it fills the host's disk.
                     let cap = self.cfg.limits.max_log_bytes;

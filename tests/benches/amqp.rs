@@ -126,6 +126,7 @@ async fn throughput(broker: &Broker, n: usize) {
         sink: sink.clone(),
         network: None,
         substituter: None,
+        control: Default::default(),
     });
     let daemon = Daemon::start_with(runner, Arc::new(Noop { store, sink })).unwrap();
     let t0 = Instant::now();

@@ -229,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
     let runner = Arc::new(Runner {
         network,
         substituter,
+        control: Default::default(),
         store: JobStore::new(cfg.jobs_dir()),
         cfg: cfg.clone(),
         backend,
@@ -244,6 +245,17 @@ async fn main() -> anyhow::Result<()> {
     if let Some(a) = &amqp {
         tokio::spawn(a.clone().run(daemon.clone()));
     }
+    // Held for airlockd's lifetime: dropping it leaves the bus.
+    let _dbus = if cfg.dbus.address.is_empty() {
+        None
+    } else {
+        Some(
+            airlock::dbus::serve(daemon.clone(), &cfg.dbus.address)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", airlock::runner::error_chain(&e)))
+                .context("the D-Bus admin API is configured (dbus.address) but cannot start; is the bus up, and does its policy let airlockd own org.airlock.Airlock1?")?,
+        )
+    };
     let socket = cfg.socket.clone();
     let d2 = daemon.clone();
     let server = tokio::spawn(async move { d2.serve(&socket).await });

@@ -1,0 +1,265 @@
+//! The D-Bus admin API against a real `dbus-daemon` (started here, with a
+//! system-bus-like default policy and airlock's own shipped policy file
+//! included unchanged), called with the real `busctl`: introspection,
+//! listing, showing, cancelling a running and a queued job, drain and
+//! resume, the JobChanged signal (read with `dbus-monitor`), and a caller
+//! the policy does not allow (`nobody`) refused.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const DEST: &str = "org.airlock.Airlock1";
+const PATH: &str = "/org/airlock/Airlock1";
+
+struct Bus {
+    child: Child,
+    address: String,
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn policy_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemon/dbus/org.airlock.Airlock1.conf")
+}
+
+/// A private bus with the defaults of a system bus: anyone may connect and
+/// receive replies; nobody owns names or calls methods unless a policy says so.
+fn start_bus(dir: &Path) -> Bus {
+    let sock = dir.join("bus");
+    let conf = dir.join("bus.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <listen>unix:path={sock}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
+  </policy>
+  <include>{policy}</include>
+</busconfig>
+"#,
+            sock = sock.display(),
+            policy = policy_file().display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", conf.display()))
+        .arg("--nofork")
+        .arg("--nopidfile")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("dbus-daemon");
+    let t0 = Instant::now();
+    while !sock.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "dbus-daemon did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Bus {
+        child,
+        address: format!("unix:path={}", sock.display()),
+    }
+}
+
+/// `busctl` on the bus, as root or (with `as_nobody`) as uid 65534.
+fn busctl(bus: &Bus, as_nobody: bool, args: &[&str]) -> std::process::Output {
+    let mut c = if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "busctl"]);
+        c
+    } else {
+        Command::new("busctl")
+    };
+    c.arg(format!("--address={}", bus.address))
+        .args(args)
+        .output()
+        .expect("busctl")
+}
+
+fn call(bus: &Bus, method: &str, args: &[&str]) -> String {
+    let mut a = vec!["--json=short", "call", DEST, PATH, DEST, method];
+    a.extend_from_slice(args);
+    let out = busctl(bus, false, &a);
+    assert!(
+        out.status.success(),
+        "busctl call {method}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // {"type":"s","data":["…"]}; nothing for a method without a reply value.
+    if out.stdout.is_empty() {
+        return String::new();
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "busctl call {method}: {e}: {:?} {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    v["data"][0]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| v["data"].to_string())
+}
+
+fn state_of(bus: &Bus, id: &str) -> serde_json::Value {
+    serde_json::from_str(&call(bus, "ShowJob", &["s", id])).unwrap()
+}
+
+#[test]
+fn dbus_admin_api_lists_shows_cancels_and_refuses_strangers() {
+    if !prerequisites("dbus_admin_api_lists_shows_cancels_and_refuses_strangers") {
+        return;
+    }
+    let missing: Vec<&str> = ["dbus-daemon", "busctl", "setpriv", "dbus-monitor"]
+        .into_iter()
+        .filter(|c| !have(c))
+        .collect();
+    if !missing.is_empty() {
+        let msg = format!("SKIPPED dbus_admin_api…: missing {}", missing.join(", "));
+        if std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() == Ok("1") {
+            panic!("{msg} (AIRLOCK_REQUIRE_E2E=1 forbids skipping)");
+        }
+        eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+        return;
+    }
+    let bd = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bd.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bus = start_bus(bd.path());
+    let mut monitor = Command::new("dbus-monitor")
+        .arg("--address")
+        .arg(&bus.address)
+        .arg(format!("type='signal',interface='{DEST}'"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let d = Daemon::start(&format!("[dbus]\naddress = \"{}\"\n", bus.address));
+    // Introspection shows the interface, also to a stranger.
+    let intro = busctl(&bus, true, &["introspect", DEST, PATH]);
+    let text = String::from_utf8_lossy(&intro.stdout);
+    for m in [
+        "ListJobs",
+        "ShowJob",
+        "CancelJob",
+        "Drain",
+        "Resume",
+        "ReleaseStatus",
+        "JobChanged",
+        "Draining",
+        "RunningJobs",
+    ] {
+        assert!(
+            text.contains(m),
+            "{m} missing from:\n{text}\n{}",
+            String::from_utf8_lossy(&intro.stderr)
+        );
+    }
+    // A stranger cannot call it.
+    let denied = busctl(&bus, true, &["call", DEST, PATH, DEST, "ListJobs"]);
+    assert!(!denied.status.success());
+    let why = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        why.to_lowercase().contains("access denied") || why.contains("AccessDenied"),
+        "{why}"
+    );
+
+    let (repo, head) = fixture_repo(d.dir.path(), &[]);
+    let running = d.submit(&repo, &head, &["forever"]);
+    let queued = d.submit(&repo, &head, &["leaf"]);
+    let jobs: serde_json::Value = serde_json::from_str(&call(&bus, "ListJobs", &[])).unwrap();
+    let ids: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&running.as_str()) && ids.contains(&queued.as_str()),
+        "{jobs}"
+    );
+    // Wait for the first job's VM (max_jobs = 1: the second stays queued).
+    let t0 = Instant::now();
+    while state_of(&bus, &running)["state"] != "running" {
+        assert!(t0.elapsed() < Duration::from_secs(300), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(state_of(&bus, &queued)["state"], "queued");
+    // The queued one is cancelled at once, without running anything.
+    assert_eq!(call(&bus, "CancelJob", &["s", &queued]), "cancelled");
+    let q = state_of(&bus, &queued);
+    assert_eq!(q["state"], "done", "{q}");
+    assert_eq!(
+        q["result"]["status"]["UnexpectedError"]["err"],
+        "cancelled by an administrator"
+    );
+    assert!(q["started_at"].is_null(), "it never started: {q}");
+    // The running one has its VM stopped.
+    assert!(call(&bus, "CancelJob", &["s", &running]).starts_with("cancelling"));
+    let rec = d.wait(&running, 120);
+    assert_eq!(
+        rec["result"]["status"]["UnexpectedError"]["err"], "cancelled by an administrator",
+        "{rec:#}"
+    );
+    assert!(!d
+        .state()
+        .join("jobs")
+        .join(&running)
+        .join("nix.img")
+        .exists());
+    assert!(no_vm_for(&running), "the VM outlived the cancel");
+    let err = busctl(
+        &bus,
+        false,
+        &["call", DEST, PATH, DEST, "CancelJob", "s", &running],
+    );
+    assert!(!err.status.success(), "a done job cannot be cancelled");
+    // Drain and resume, seen through the property.
+    let draining = |b: &Bus| {
+        let out = busctl(b, false, &["get-property", DEST, PATH, DEST, "Draining"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(draining(&bus), "b false");
+    call(&bus, "Drain", &[]);
+    assert_eq!(draining(&bus), "b true");
+    call(&bus, "Resume", &[]);
+    assert_eq!(draining(&bus), "b false");
+    // Job changes were signalled.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = monitor.kill();
+    let out = monitor.wait_with_output().unwrap();
+    let signals = String::from_utf8_lossy(&out.stdout);
+    assert!(signals.contains("member=JobChanged"), "{signals}");
+    assert!(
+        signals.contains(&format!("string \"{running}\"")) && signals.contains("string \"done\""),
+        "{signals}"
+    );
+}
