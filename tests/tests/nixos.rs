@@ -1,0 +1,798 @@
+//! The Nix side (issue 13), checked against the real nixpkgs snapshot in
+//! `$AIRLOCK_NIXPKGS` (scripts/test.sh sets it from ../shared/nixpkgs) with
+//! `../shared/tools/eval-module.sh` (`$AIRLOCK_SHARED`, default
+//! `<repo>/../shared`). Nothing is built: this machine cannot build nixpkgs.
+//!
+//! - every `.nix` file of the repository parses;
+//! - the module evaluates on nixos/examples/{minimal,full}.nix, and the
+//!   airlockd unit, its hardening and devices, the config file, the user,
+//!   the firewall port and the gc timer are what they should be;
+//! - the TOML the module renders is accepted by `airlockd --check-config`;
+//! - each assertion of the module fires for its bad configuration, and where
+//!   airlockd refuses the same configuration it says the same words;
+//! - the package, the guest image and every NixOS test instantiate to a
+//!   `.drv` (`--option max-jobs 0`, a private store: the host's Nix database
+//!   is never written).
+
+mod common;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo")
+        .to_path_buf()
+}
+
+fn eval_module_sh() -> PathBuf {
+    std::env::var_os("AIRLOCK_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared"))
+        .join("tools/eval-module.sh")
+}
+
+fn snapshot() -> Option<PathBuf> {
+    let p = PathBuf::from(std::env::var_os("AIRLOCK_NIXPKGS")?);
+    p.join("nixos/lib/eval-config.nix").exists().then_some(p)
+}
+
+/// The nixpkgs snapshot, or None after a loud SKIPPED (a panic with
+/// AIRLOCK_REQUIRE_E2E=1).
+fn prerequisites(test: &str, need_snapshot: bool) -> Option<PathBuf> {
+    let mut missing = Vec::new();
+    if !common::have("nix-instantiate") {
+        missing.push("nix-instantiate".to_string());
+    }
+    let np = snapshot();
+    if need_snapshot {
+        if np.is_none() {
+            missing.push(
+                "the nixpkgs snapshot (set AIRLOCK_NIXPKGS, or run scripts/test.sh where ../shared/nixpkgs exists)"
+                    .into(),
+            );
+        }
+        if !eval_module_sh().exists() {
+            missing.push(format!("{} (AIRLOCK_SHARED)", eval_module_sh().display()));
+        }
+        if !common::bin("airlockd").exists() {
+            missing.push(format!(
+                "{} (cargo build --workspace)",
+                common::bin("airlockd").display()
+            ));
+        }
+    }
+    if missing.is_empty() {
+        return Some(np.unwrap_or_default());
+    }
+    let msg = format!("SKIPPED {test}: missing {}", missing.join(", "));
+    if std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() == Ok("1") {
+        panic!("{msg} (AIRLOCK_REQUIRE_E2E=1 forbids skipping)");
+    }
+    eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+    None
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `eval-module.sh --json <repo> <settings>`, with Nix's caches in `tmp`.
+fn eval_module(np: &Path, tmp: &Path, settings: &Path) -> Output {
+    Command::new(eval_module_sh())
+        .arg("--json")
+        .arg(repo())
+        .arg(settings)
+        .env("NIXPKGS", np)
+        .env("XDG_CACHE_HOME", tmp.join("xdg-cache"))
+        .env("TMPDIR", tmp)
+        .stdin(Stdio::null())
+        .output()
+        .expect("eval-module.sh")
+}
+
+fn eval_ok(np: &Path, tmp: &Path, settings: &Path) -> Value {
+    let out = eval_module(np, tmp, settings);
+    assert!(
+        out.status.success(),
+        "eval-module.sh {} failed:\n{}",
+        settings.display(),
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("eval-module.sh --json output")
+}
+
+fn unit<'a>(report: &'a Value, name: &str) -> &'a str {
+    report["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == name)
+        .unwrap_or_else(|| panic!("no unit {name} in {report:#}"))["text"]
+        .as_str()
+        .unwrap()
+}
+
+fn lines(unit: &str) -> Vec<&str> {
+    unit.lines().map(str::trim).collect()
+}
+
+/// The value the module hands the TOML generator for /etc/airlock/airlock.toml.
+fn rendered(report: &Value) -> Value {
+    let e = report["etc"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "airlock/airlock.toml")
+        .unwrap_or_else(|| panic!("no /etc/airlock/airlock.toml in {report:#}"));
+    assert_eq!(e["content"]["kind"], "generator-input", "{e:#}");
+    assert_eq!(e["content"]["generator"], "airlock.toml", "{e:#}");
+    serde_json::from_str(e["content"]["data"].as_str().unwrap()).unwrap()
+}
+
+/// JSON (what pkgs.formats.toml is given) to TOML: scalars and arrays of a
+/// table first, then its sub-tables.
+fn to_toml(v: &Value) -> String {
+    fn key(k: &str) -> String {
+        if !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            k.to_owned()
+        } else {
+            serde_json::to_string(k).unwrap()
+        }
+    }
+    fn value(v: &Value) -> String {
+        match v {
+            Value::String(s) => serde_json::to_string(s).unwrap(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Array(a) => format!("[{}]", a.iter().map(value).collect::<Vec<_>>().join(", ")),
+            Value::Object(m) => format!(
+                "{{ {} }}",
+                m.iter()
+                    .map(|(k, v)| format!("{} = {}", key(k), value(v)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Value::Null => panic!("null has no TOML form"),
+        }
+    }
+    fn table(out: &mut String, path: &[String], v: &Value) {
+        let m = v.as_object().expect("a table");
+        for (k, v) in m.iter().filter(|(_, v)| !v.is_object()) {
+            writeln!(out, "{} = {}", key(k), value(v)).unwrap();
+        }
+        for (k, v) in m.iter().filter(|(_, v)| v.is_object()) {
+            let mut p = path.to_vec();
+            p.push(key(k));
+            writeln!(out, "\n[{}]", p.join(".")).unwrap();
+            table(out, &p, v);
+        }
+    }
+    let mut out = String::new();
+    table(&mut out, &[], v);
+    out
+}
+
+/// `airlockd --config FILE --check-config` on `toml`: (success, stdout+stderr).
+fn check_config(tmp: &Path, name: &str, toml: &str) -> (bool, String) {
+    let f = tmp.join(format!("{name}.toml"));
+    std::fs::write(&f, toml).unwrap();
+    let out = Command::new(common::bin("airlockd"))
+        .arg("--config")
+        .arg(&f)
+        .arg("--check-config")
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LIB_BACKTRACE", "0")
+        .output()
+        .expect("airlockd");
+    (
+        out.status.success(),
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+    )
+}
+
+fn assert_accepted(tmp: &Path, name: &str, cfg: &Value) {
+    let toml = to_toml(cfg);
+    let (ok, said) = check_config(tmp, name, &toml);
+    assert!(
+        ok && said.contains("config OK"),
+        "airlockd --check-config refused the module's {name} config:\n{said}\n--- TOML:\n{toml}"
+    );
+    // And the daemon's own type (deny_unknown_fields) takes the very value.
+    serde_json::from_value::<airlock::config::Config>(cfg.clone())
+        .unwrap_or_else(|e| panic!("{name}: {e}\n{cfg:#}"));
+}
+
+fn nix_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if e.file_type().unwrap().is_dir() {
+            if !matches!(name.as_ref(), "target" | ".git" | "corpus" | "artifacts") {
+                nix_files(&p, out);
+            }
+        } else if name.ends_with(".nix") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn every_nix_file_parses() {
+    if prerequisites("every_nix_file_parses", false).is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    nix_files(&repo(), &mut files);
+    for must in [
+        "flake.nix",
+        "default.nix",
+        "nixos/module.nix",
+        "nixos/package.nix",
+        "vm-images/nix/guest.nix",
+        "nixos-tests/default.nix",
+    ] {
+        assert!(files.contains(&repo().join(must)), "{must} missing");
+    }
+    for f in &files {
+        let out = Command::new("nix-instantiate")
+            .arg("--parse")
+            .arg(f)
+            .env("XDG_CACHE_HOME", tmp.path())
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{} does not parse:\n{}",
+            f.display(),
+            text(&out.stderr)
+        );
+    }
+    println!("{} .nix files parse", files.len());
+}
+
+/// What both examples must show about the airlockd unit.
+fn check_airlockd_unit(report: &Value) {
+    let u = unit(report, "airlockd.service");
+    let l = lines(u);
+    let exec = l
+        .iter()
+        .find(|l| l.starts_with("ExecStart="))
+        .expect("ExecStart");
+    let cmd = exec.trim_start_matches("ExecStart=");
+    let (bin, config) = cmd.split_once(" --config ").expect("--config");
+    assert!(
+        bin.starts_with("/nix/store/")
+            && bin.ends_with("/bin/airlockd")
+            && bin.contains("-airlock-"),
+        "{exec}"
+    );
+    assert!(
+        config.starts_with("/nix/store/")
+            && config.ends_with("-airlock.toml")
+            && !config.contains(' '),
+        "{exec}"
+    );
+    for want in [
+        "Type=notify",
+        "NotifyAccess=main",
+        "User=root",
+        "CapabilityBoundingSet=CAP_NET_ADMIN",
+        "AmbientCapabilities=CAP_NET_ADMIN",
+        "NoNewPrivileges=true",
+        "StateDirectory=airlock",
+        "CacheDirectory=airlock",
+        "RuntimeDirectory=airlock",
+        "RuntimeDirectoryPreserve=true",
+        "ProtectSystem=strict",
+        "ProtectHome=tmpfs",
+        "PrivateTmp=true",
+        "PrivateMounts=true",
+        "ProtectKernelModules=true",
+        "ProtectKernelLogs=true",
+        "ProtectControlGroups=true",
+        "ProtectClock=true",
+        "ProtectHostname=true",
+        "RestrictNamespaces=true",
+        "RestrictSUIDSGID=true",
+        "LockPersonality=true",
+        "SystemCallArchitectures=native",
+        "SystemCallFilter=@system-service",
+        "SystemCallErrorNumber=EPERM",
+        "UMask=0077",
+        "KillMode=mixed",
+        "DevicePolicy=closed",
+        "WantedBy=multi-user.target",
+    ] {
+        assert!(l.contains(&want), "airlockd.service lacks {want}:\n{u}");
+    }
+    // Left out on purpose (each named in the module with its reason).
+    for absent in [
+        "ProtectKernelTunables=",
+        "PrivateDevices=",
+        "PrivateNetwork=",
+        "MemoryDenyWriteExecute=",
+        "DynamicUser=",
+        "ProcSubset=",
+    ] {
+        assert!(
+            !l.iter().any(|l| l.starts_with(absent)),
+            "airlockd.service has {absent}:\n{u}"
+        );
+    }
+    let devices: Vec<&str> = l
+        .iter()
+        .filter_map(|l| l.strip_prefix("DeviceAllow="))
+        .collect();
+    assert_eq!(
+        devices,
+        ["/dev/kvm rw", "/dev/net/tun rw", "/dev/vhost-net rw"],
+        "{u}"
+    );
+    // root (see the module for why): no user is created; the group that
+    // may call the D-Bus admin API is.
+    assert_eq!(report["users"], serde_json::json!([]), "{report:#}");
+    assert!(
+        report["groups"].to_string().contains("airlock-admin"),
+        "{report:#}"
+    );
+}
+
+fn check_gc(report: &Value, calendar: &str) {
+    let timer = unit(report, "airlock-gc.timer");
+    assert!(
+        lines(timer).contains(&format!("OnCalendar={calendar}").as_str()),
+        "{timer}"
+    );
+    assert!(lines(timer).contains(&"Persistent=true"), "{timer}");
+    assert!(lines(timer).contains(&"WantedBy=timers.target"), "{timer}");
+    let svc = unit(report, "airlock-gc.service");
+    assert!(
+        lines(svc)
+            .iter()
+            .any(|l| l.starts_with("ExecStart=/nix/store/")
+                && l.ends_with("/bin/airlockctl --socket /run/airlock/airlockd.sock gc")),
+        "{svc}"
+    );
+    assert!(lines(svc).contains(&"Type=oneshot"), "{svc}");
+}
+
+fn check_paths(cfg: &Value) {
+    let vm = &cfg["vm"];
+    for (k, end) in [
+        ("image_dir", "-airlock-guest-image"),
+        ("agent", "/bin/airlock-agent"),
+        ("qemu", "/bin/qemu-system-x86_64"),
+        ("cloud_hypervisor", "/bin/cloud-hypervisor"),
+        ("virtiofsd", "/bin/virtiofsd"),
+    ] {
+        let v = vm[k].as_str().unwrap_or_default();
+        assert!(
+            v.starts_with("/nix/store/") && v.ends_with(end),
+            "vm.{k} = {v:?}"
+        );
+    }
+    assert_eq!(cfg["state_dir"], "/var/lib/airlock");
+    assert_eq!(cfg["socket"], "/run/airlock/airlockd.sock");
+    assert_eq!(cfg["substituter"]["dir"], "/var/cache/airlock/substituter");
+}
+
+#[test]
+fn module_minimal_example() {
+    let Some(np) = prerequisites("module_minimal_example", true) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = std::time::Instant::now();
+    let r = eval_ok(&np, tmp.path(), &repo().join("nixos/examples/minimal.nix"));
+    println!("eval-module minimal: {:.1}s", t0.elapsed().as_secs_f64());
+    check_airlockd_unit(&r);
+    check_gc(&r, "daily");
+    assert_eq!(
+        r["firewall"]["allowedTCPPorts"],
+        serde_json::json!([]),
+        "no port unless asked"
+    );
+    let cfg = rendered(&r);
+    check_paths(&cfg);
+    // Nothing but the module's paths: every other key is airlockd's default.
+    let keys: Vec<&String> = cfg.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        ["dbus", "socket", "state_dir", "substituter", "vm"],
+        "{cfg:#}"
+    );
+    assert_accepted(tmp.path(), "minimal", &cfg);
+}
+
+#[test]
+fn module_full_example() {
+    let Some(np) = prerequisites("module_full_example", true) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = std::time::Instant::now();
+    let r = eval_ok(&np, tmp.path(), &repo().join("nixos/examples/full.nix"));
+    println!("eval-module full: {:.1}s", t0.elapsed().as_secs_f64());
+    check_airlockd_unit(&r);
+    check_gc(&r, "hourly");
+    assert_eq!(
+        r["firewall"]["allowedTCPPorts"],
+        serde_json::json!([8080]),
+        "cache.openFirewall"
+    );
+    let cfg = rendered(&r);
+    check_paths(&cfg);
+    // Each typed option on its airlockd key.
+    for (path, want) in [
+        ("/trust", serde_json::json!("trusted")),
+        ("/max_jobs", serde_json::json!(2)),
+        ("/vm/backend", serde_json::json!("qemu")),
+        ("/vm/vcpus", serde_json::json!(4)),
+        ("/vm/memory_mib", serde_json::json!(8192)),
+        ("/vm/nix_disk_mib", serde_json::json!(65536)),
+        ("/limits/job_timeout_secs", serde_json::json!(7200)),
+        (
+            "/amqp/url",
+            serde_json::json!("amqps://builder-7@messages.ofborg.example.org/ofborg"),
+        ),
+        (
+            "/amqp/password_file",
+            serde_json::json!("/run/secrets/airlock/amqp-password"),
+        ),
+        ("/release/label", serde_json::json!("nonmalicious-checked")),
+        (
+            "/release/signing_key_file",
+            serde_json::json!("/run/secrets/airlock/signing-key"),
+        ),
+        (
+            "/github/token_file",
+            serde_json::json!("/run/secrets/airlock/github-token"),
+        ),
+        (
+            "/github/webhook_secret_file",
+            serde_json::json!("/run/secrets/airlock/webhook-secret"),
+        ),
+        ("/cache/listen", serde_json::json!("0.0.0.0:8080")),
+        ("/network/allow", serde_json::json!(["10.20.0.5:3128"])),
+        ("/network/dns", serde_json::json!(["1.1.1.1", "9.9.9.9"])),
+        (
+            "/nix/substituters",
+            serde_json::json!(["https://cache.nixos.org"]),
+        ),
+        (
+            "/nix/trusted_public_keys",
+            serde_json::json!(["cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="]),
+        ),
+        // settings next to the typed options
+        ("/identity", serde_json::json!("builder-7")),
+        ("/github/webhook_listen", serde_json::json!("0.0.0.0:8443")),
+        ("/retention/unreleased_hours", serde_json::json!(168)),
+    ] {
+        assert_eq!(cfg.pointer(path), Some(&want), "{path} in {cfg:#}");
+    }
+    // airlockd has no [sponsor] table yet: the option is kept, not written.
+    assert!(cfg.get("sponsor").is_none(), "{cfg:#}");
+    assert!(
+        r["warnings"]
+            .to_string()
+            .contains("services.airlock.sponsor is not written"),
+        "{:#}",
+        r["warnings"]
+    );
+    assert_accepted(tmp.path(), "full", &cfg);
+}
+
+struct Bad {
+    name: &'static str,
+    /// the body of `services.airlock = { enable = true; … }`
+    nix: &'static str,
+    /// in the assertion's message
+    says: &'static str,
+    /// the same configuration for airlockd, and whether it says `says`
+    daemon: Option<(&'static str, bool)>,
+}
+
+const BAD: &[Bad] = &[
+    Bad {
+        name: "trusted_without_key",
+        nix: r#"trust = "trusted";"#,
+        says: r#"trust = "trusted" needs release.signing_key_file (or --signing-key-file)"#,
+        daemon: Some(("trust = \"trusted\"\n", true)),
+    },
+    Bad {
+        name: "webhook_without_secret",
+        nix: r#"settings.github.webhook_listen = "0.0.0.0:8443";"#,
+        says: "github.webhook_listen needs github.webhook_secret_file",
+        daemon: Some(("[github]\nwebhook_listen = \"0.0.0.0:8443\"\n", true)),
+    },
+    Bad {
+        name: "no_jobs",
+        nix: "maxJobs = 0;",
+        says: "max_jobs must be at least 1",
+        daemon: Some(("max_jobs = 0\n", true)),
+    },
+    Bad {
+        name: "tiny_vm",
+        nix: "vm.memory = 128;",
+        says: "vm.memory_mib must be >= 256 and vm.vcpus >= 1",
+        daemon: Some(("[vm]\nmemory_mib = 128\n", true)),
+    },
+    Bad {
+        name: "bad_machine",
+        nix: r#"settings.vm.machine = "virt";"#,
+        says: r#"vm.machine "virt" is not q35, pc or microvm"#,
+        daemon: Some(("[vm]\nmachine = \"virt\"\n", true)),
+    },
+    Bad {
+        name: "no_timeout",
+        nix: "vm.timeout = 0;",
+        says: "limits.job_timeout_secs must be > 0",
+        daemon: Some(("[limits]\njob_timeout_secs = 0\n", true)),
+    },
+    Bad {
+        name: "bad_substituter",
+        nix: r#"nix.substituters = [ "ftp://cache.example.org" ];"#,
+        says: r#"nix.substituters entry "ftp://cache.example.org" is not an http:// or https:// URL"#,
+        daemon: Some((
+            "[nix]\nsubstituters = [\"ftp://cache.example.org\"]\n",
+            true,
+        )),
+    },
+    Bad {
+        name: "inline_password",
+        nix: r#"settings.amqp.password = "hunter2";"#,
+        says: "settings.amqp.password looks like a secret given inline",
+        // airlockd refuses it too, as an unknown key.
+        daemon: Some(("[amqp]\npassword = \"hunter2\"\n", false)),
+    },
+    Bad {
+        name: "inline_token",
+        nix: r#"settings.github.token = "ghp_x";"#,
+        says: "settings.github.token looks like a secret given inline",
+        daemon: Some(("[github]\ntoken = \"ghp_x\"\n", false)),
+    },
+    Bad {
+        name: "password_in_amqp_url",
+        nix: r#"intake.amqp.url = "amqps://builder:hunter2@broker.example.org/ofborg";"#,
+        says: "amqp.url carries a password",
+        daemon: None,
+    },
+    Bad {
+        name: "secret_file_in_store",
+        nix: r#"settings.github.token_file = "/nix/store/00000000000000000000000000000000-token";"#,
+        says: "settings.github.token_file is in the Nix store",
+        daemon: None,
+    },
+    Bad {
+        name: "secret_file_as_nix_path",
+        nix: "intake.amqp.passwordFile = ./amqp-password;",
+        says: "absolute path not in the Nix store",
+        daemon: None,
+    },
+    Bad {
+        name: "firewall_without_listen",
+        nix: "cache.openFirewall = true;",
+        says: "cache.openFirewall needs cache.listen",
+        daemon: None,
+    },
+];
+
+#[test]
+fn module_assertions_fire_for_bad_configs() {
+    let Some(np) = prerequisites("module_assertions_fire_for_bad_configs", true) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = std::time::Instant::now();
+    // Two evaluations at a time (about 8 s each).
+    let results: Vec<(String, Output)> = std::thread::scope(|s| {
+        let chunks: Vec<Vec<&Bad>> = vec![
+            BAD.iter().step_by(2).collect(),
+            BAD.iter().skip(1).step_by(2).collect(),
+        ];
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                let (np, tmp) = (&np, tmp.path());
+                s.spawn(move || {
+                    chunk
+                        .into_iter()
+                        .map(|b| {
+                            let d = tmp.join(b.name);
+                            std::fs::create_dir_all(&d).unwrap();
+                            let f = d.join("settings.nix");
+                            std::fs::write(
+                                &f,
+                                format!(
+                                    "{{ services.airlock = {{ enable = true; {} }}; }}\n",
+                                    b.nix
+                                ),
+                            )
+                            .unwrap();
+                            (b.name.to_string(), eval_module(np, &d, &f))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    println!(
+        "{} bad configurations evaluated in {:.1}s",
+        BAD.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    for b in BAD {
+        let out = &results.iter().find(|(n, _)| n == b.name).unwrap().1;
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{}: the module accepted it", b.name);
+        assert!(
+            err.contains(b.says),
+            "{}: expected {:?} in:\n{err}",
+            b.name,
+            b.says
+        );
+        if let Some((toml, same_words)) = b.daemon {
+            let (ok, said) = check_config(tmp.path(), b.name, toml);
+            assert!(!ok, "{}: airlockd accepted:\n{toml}", b.name);
+            if same_words {
+                assert!(
+                    said.contains(&format!("invalid config: {}", b.says)),
+                    "{}: airlockd says something else than the module:\n{said}",
+                    b.name
+                );
+                assert!(
+                    err.contains(&format!("services.airlock: invalid config: {}", b.says)),
+                    "{}: {err}",
+                    b.name
+                );
+            }
+        }
+        println!("{}: refused: {}", b.name, b.says);
+    }
+}
+
+/// nixpkgs from the snapshot without its Nix-version gate (impure.nix), with
+/// placeholders for what its stubbed Haskell package set cannot provide
+/// (../shared/nixpkgs/README.md): ShellCheck (NixOS toplevels) and pandoc
+/// (Erlang's documentation, RabbitMQ's dependency). Only drv hashes change.
+fn pkgs_expr(np: &Path) -> String {
+    format!(
+        r#"import {}/pkgs/top-level/impure.nix {{
+  overlays = [ (final: prev: {{
+    shellcheck-minimal = final.writeShellScriptBin "shellcheck" "exit 0" // {{ compiler.bootstrapAvailable = true; }};
+    pandoc = final.writeShellScriptBin "pandoc" "exit 0" // {{ compiler.bootstrapAvailable = false; }};
+  }}) ];
+}}"#,
+        np.display()
+    )
+}
+
+#[test]
+fn package_guest_image_and_nixos_tests_instantiate() {
+    let Some(np) = prerequisites("package_guest_image_and_nixos_tests_instantiate", true) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let nix = |args: &[&str]| {
+        let out = Command::new("nix-instantiate")
+            .args([
+                "--store",
+                store.to_str().unwrap(),
+                "--option",
+                "max-jobs",
+                "0",
+            ])
+            .args(args)
+            .env("XDG_CACHE_HOME", tmp.path().join("xdg-cache"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("nix-instantiate");
+        assert!(
+            out.status.success(),
+            "nix-instantiate {args:?}:\n{}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    let pkgs = pkgs_expr(&np);
+    let top = repo().join("default.nix");
+    let t0 = std::time::Instant::now();
+    let attrs = ["airlock", "guest-image", "tests.minimal", "tests.builder"];
+    let mut args = vec![top.to_str().unwrap(), "--arg", "pkgs", pkgs.as_str()];
+    for a in &attrs {
+        args.extend(["-A", a]);
+    }
+    let drvs: Vec<String> = nix(&args).lines().map(str::to_owned).collect();
+    println!(
+        "instantiated in {:.1}s:\n{}",
+        t0.elapsed().as_secs_f64(),
+        drvs.join("\n")
+    );
+    assert_eq!(drvs.len(), attrs.len(), "{drvs:?}");
+    for (a, d) in attrs.iter().zip(&drvs) {
+        assert!(
+            d.starts_with("/nix/store/") && d.ends_with(".drv"),
+            "{a}: {d}"
+        );
+        assert!(
+            store.join(d.trim_start_matches('/')).exists(),
+            "{a}: {d} not written to the private store"
+        );
+    }
+    assert!(drvs[0].ends_with("-airlock-0.1.0.drv"), "{}", drvs[0]);
+    assert!(drvs[1].ends_with("-airlock-guest-image.drv"), "{}", drvs[1]);
+    assert!(
+        drvs[2].ends_with("-vm-test-run-airlock-minimal.drv"),
+        "{}",
+        drvs[2]
+    );
+    assert!(
+        drvs[3].ends_with("-vm-test-run-airlock-builder.drv"),
+        "{}",
+        drvs[3]
+    );
+    // Every test default.nix exposes is in the list above.
+    let names = nix(&[
+        "--eval",
+        "--json",
+        "-E",
+        &format!(
+            "builtins.attrNames (import {} {{ pkgs = {pkgs}; }}).tests",
+            top.display()
+        ),
+    ]);
+    assert_eq!(names.trim(), r#"["builder","minimal"]"#);
+
+    // The flake's outputs, with the snapshot as its nixpkgs input: the same
+    // derivations, the module, the overlay and the checks.
+    let flake = format!(
+        r#"let
+  pkgs = {pkgs};
+  f = (import {}/flake.nix).outputs {{ self = f; nixpkgs = {{ legacyPackages.x86_64-linux = pkgs; }}; }};
+  top = import {} {{ inherit pkgs; }};
+in {{
+  packages = builtins.attrNames f.packages.x86_64-linux;
+  checks = builtins.attrNames f.checks.x86_64-linux;
+  same = f.packages.x86_64-linux.default.drvPath == top.airlock.drvPath
+    && f.packages.x86_64-linux.guest-image.drvPath == top.guest-image.drvPath;
+  module = f.nixosModules.default == {}/nixos/module.nix;
+  overlay = builtins.attrNames (f.overlays.default pkgs pkgs);
+  inputs = builtins.attrNames (import {}/flake.nix).inputs;
+}}"#,
+        repo().display(),
+        top.display(),
+        repo().display(),
+        repo().display()
+    );
+    let v: Value =
+        serde_json::from_str(&nix(&["--eval", "--strict", "--json", "-E", &flake])).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "packages": ["airlock", "default", "guest-image"],
+            "checks": ["builder", "minimal"],
+            "same": true,
+            "module": true,
+            "overlay": ["airlock", "airlock-guest-image"],
+            "inputs": ["nixpkgs"],
+        })
+    );
+    println!("all done in {:.1}s", t0.elapsed().as_secs_f64());
+}
