@@ -410,7 +410,7 @@ in
       ))
     ];
     users.groups.airlock-admin = { };
-    # The rendered file, for reading and for `airlockd --config /etc/airlock/airlock.toml --check-config`.
+    # The rendered file, for reading and for `airlockd --check-config /etc/airlock/airlock.toml`.
     environment.etc."airlock/airlock.toml".source = configFile;
 
     boot.kernelModules = cfg.kvmModules ++ [

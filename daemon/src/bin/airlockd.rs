@@ -56,10 +56,12 @@ struct Args {
     /// Override `github.api_url` (GitHub Enterprise, tests).
     #[arg(long)]
     github_api_url: Option<String>,
-    /// Only read and check the configuration (with the overrides above),
-    /// print `config OK` and exit; nothing is started or written.
-    #[arg(long)]
-    check_config: bool,
+    /// Only read and check this configuration file (with the overrides
+    /// above), print the effective settings (every key, defaults filled in)
+    /// and exit: 0 if airlockd would start with it, else non-zero with the
+    /// reason. Nothing is started or written.
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -78,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let mut cfg = Config::load(args.config.as_deref())?;
+    let mut cfg = Config::load(args.check_config.as_deref().or(args.config.as_deref()))?;
     if let Some(s) = args.state_dir {
         cfg.state_dir = s;
     }
@@ -108,8 +110,12 @@ async fn main() -> anyhow::Result<()> {
         cfg.github.api_url = u;
     }
     cfg.check()?;
-    if args.check_config {
-        println!("config OK");
+    if args.check_config.is_some() {
+        print!(
+            "{}",
+            toml::to_string_pretty(&cfg).context("cannot print the effective settings")?
+        );
+        eprintln!("config OK");
         return Ok(());
     }
     std::fs::create_dir_all(&cfg.state_dir)
