@@ -418,7 +418,9 @@ impl Daemon {
 }
 
 /// Tell systemd we are ready (Type=notify), if it is listening.
-pub fn sd_notify_ready() {
+/// Send `msg` (newline-separated `KEY=value` lines) to systemd's notify
+/// socket, if airlockd runs under systemd (`NOTIFY_SOCKET`); else nothing.
+pub fn sd_notify(msg: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -430,11 +432,82 @@ pub fn sd_notify_ready() {
     let res = if let Some(abs) = p.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
         std::os::unix::net::SocketAddr::from_abstract_name(abs.as_bytes())
-            .and_then(|a| sock.send_to_addr(b"READY=1\n", &a))
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
     } else {
-        sock.send_to(b"READY=1\n", &p)
+        sock.send_to(msg.as_bytes(), &p)
     };
     if let Err(e) = res {
         warn!(error = %e, "sd_notify failed");
+    }
+}
+
+pub fn sd_notify_ready() {
+    sd_notify("READY=1\n");
+}
+
+/// The watchdog interval systemd asks for (`WATCHDOG_USEC`, for this
+/// process when `WATCHDOG_PID` is set).
+pub fn sd_watchdog() -> Option<Duration> {
+    if let Some(pid) = std::env::var_os("WATCHDOG_PID") {
+        if pid.to_string_lossy().parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
+    }
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    (usec > 0).then(|| Duration::from_micros(usec))
+}
+
+impl Daemon {
+    /// systemd's view of airlockd: `STATUS=` with the running and queued
+    /// job counts whenever a job changes (and every 10 s), `WATCHDOG=1` at
+    /// half the interval the unit asks for, `STOPPING=1` once draining.
+    pub fn spawn_sd_status(self: &Arc<Self>) {
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            return;
+        }
+        let d = self.clone();
+        let mut changes = d.runner.control.subscribe();
+        let watchdog = sd_watchdog();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(
+                watchdog
+                    .map(|w| w / 2)
+                    .unwrap_or(Duration::from_secs(10))
+                    .min(Duration::from_secs(10)),
+            );
+            let mut last = String::new();
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    r = changes.recv() => {
+                        if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                            return;
+                        }
+                    }
+                }
+                let mut msg = String::new();
+                let status = format!(
+                    "STATUS={} running, {} queued{}\n",
+                    d.running(),
+                    d.queued(),
+                    if d.is_draining() { ", draining" } else { "" }
+                );
+                if status != last {
+                    msg.push_str(&status);
+                    last = status;
+                }
+                if watchdog.is_some() {
+                    msg.push_str("WATCHDOG=1\n");
+                }
+                if d.is_draining() && !stopping {
+                    stopping = true;
+                    msg.push_str("STOPPING=1\n");
+                }
+                if !msg.is_empty() {
+                    sd_notify(&msg);
+                }
+            }
+        });
     }
 }

@@ -266,6 +266,7 @@ async fn main() -> anyhow::Result<()> {
     let d2 = daemon.clone();
     let server = tokio::spawn(async move { d2.serve(&socket).await });
     sd_notify_ready();
+    daemon.spawn_sd_status();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = server => { r??; return Ok(()); }
@@ -274,6 +275,9 @@ async fn main() -> anyhow::Result<()> {
     }
     // Graceful drain: take no new jobs, let running ones finish and report.
     daemon.drain();
+    airlock::daemon::sd_notify(
+        "STOPPING=1\nSTATUS=draining: running jobs finish, queued ones wait\n",
+    );
     if let Some(a) = &amqp {
         a.stop_consuming().await;
     }
