@@ -21,6 +21,7 @@ pub mod fault;
 pub mod fsutil;
 pub mod input;
 pub mod job;
+pub mod journal;
 pub mod ofborg;
 pub mod quarantine;
 pub mod release;

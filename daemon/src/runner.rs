@@ -337,7 +337,14 @@ impl Runner {
     /// Run one job to completion. Always returns with `rec` in `Done` and its
     /// scratch files removed.
     pub async fn run(&self, rec: &mut JobRecord) {
-        let span = tracing::info_span!("job", job_id = %rec.id, pr = rec.job.pr.number, commit = %rec.job.pr.head_sha);
+        let span = tracing::info_span!(
+            "job",
+            job_id = %rec.id,
+            pr = rec.job.pr.number,
+            commit = %rec.job.pr.head_sha,
+            repo = %rec.job.repo.full_name,
+            attr = %rec.job.attrs.join(" ")
+        );
         async {
             let paths = self.paths(&rec.id);
             let t0 = Instant::now();

@@ -66,19 +66,34 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal: a redirected log (a
-        // file, journald) gets plain text.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .init();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    // Under systemd (stderr is the journal) every event goes to journald
+    // with its job's fields; otherwise plain text to stderr.
+    let journal = airlock::journal::wanted()
+        .then(|| {
+            airlock::journal::JournalLayer::new(std::path::Path::new(airlock::journal::SOCKET)).ok()
+        })
+        .flatten();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        match journal {
+            Some(j) => tracing_subscriber::registry().with(filter()).with(j).init(),
+            None => tracing_subscriber::fmt()
+                .with_env_filter(filter())
+                .with_writer(std::io::stderr)
+                // Colours only for a person at a terminal: a redirected log
+                // (a file, journald) gets plain text.
+                .with_ansi(
+                    std::io::IsTerminal::is_terminal(&std::io::stderr())
+                        && std::env::var_os("NO_COLOR").is_none(),
+                )
+                .init(),
+        }
+    }
     let args = Args::parse();
     let mut cfg = Config::load(args.check_config.as_deref().or(args.config.as_deref()))?;
     if let Some(s) = args.state_dir {
