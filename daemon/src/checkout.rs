@@ -471,10 +471,11 @@ pub async fn write_files(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sh(dir: &Path, script: &str) -> String {
+    /// Run a shell script in `dir` with a git identity; its trimmed stdout.
+    pub(crate) fn sh(dir: &Path, script: &str) -> String {
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(script)

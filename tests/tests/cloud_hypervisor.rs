@@ -65,15 +65,7 @@ fn ready(test: &str, need_virtiofsd: bool) -> bool {
     if need_virtiofsd && !virtiofsd().exists() {
         missing.push(format!("{} (AIRLOCK_VIRTIOFSD)", virtiofsd().display()));
     }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("SKIPPED {test}: missing {}", missing.join(", "));
-    if std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() == Ok("1") {
-        panic!("{msg} (AIRLOCK_REQUIRE_E2E=1 forbids skipping)");
-    }
-    eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
-    false
+    common::ready_or_skip(test, &missing)
 }
 
 fn backend(grace_ms: u64) -> CloudHypervisor {

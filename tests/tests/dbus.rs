@@ -140,16 +140,15 @@ fn dbus_admin_api_lists_shows_cancels_and_refuses_strangers() {
     if !prerequisites("dbus_admin_api_lists_shows_cancels_and_refuses_strangers") {
         return;
     }
-    let missing: Vec<&str> = ["dbus-daemon", "busctl", "setpriv", "dbus-monitor"]
+    let missing: Vec<String> = ["dbus-daemon", "busctl", "setpriv", "dbus-monitor"]
         .into_iter()
         .filter(|c| !have(c))
+        .map(String::from)
         .collect();
-    if !missing.is_empty() {
-        let msg = format!("SKIPPED dbus_admin_api…: missing {}", missing.join(", "));
-        if std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() == Ok("1") {
-            panic!("{msg} (AIRLOCK_REQUIRE_E2E=1 forbids skipping)");
-        }
-        eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+    if !ready_or_skip(
+        "dbus_admin_api_lists_shows_cancels_and_refuses_strangers",
+        &missing,
+    ) {
         return;
     }
     let bd = tempfile::tempdir().unwrap();

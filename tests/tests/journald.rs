@@ -25,11 +25,7 @@ fn journald_entries_carry_the_jobs_fields() {
         return;
     }
     let Some(jd) = journald() else {
-        let msg = format!("SKIPPED {name}: missing systemd-journald (package systemd)");
-        if std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() == Ok("1") {
-            panic!("{msg} (AIRLOCK_REQUIRE_E2E=1 forbids skipping)");
-        }
-        eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+        common::ready_or_skip(name, &["systemd-journald (package systemd)".into()]);
         return;
     };
     let t = tempfile::tempdir().unwrap();
@@ -38,29 +34,41 @@ fn journald_entries_carry_the_jobs_fields() {
         use nix::mount::{mount, MsFlags};
         // This thread (and what it starts) gets its own /run and journal.
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-            .unwrap();
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .unwrap();
         for m in ["/run", "/var/log/journal"] {
             if std::path::Path::new(m).is_dir() {
-                mount(Some("tmpfs"), m, Some("tmpfs"), MsFlags::empty(), Some("mode=0755")).unwrap();
+                mount(
+                    Some("tmpfs"),
+                    m,
+                    Some("tmpfs"),
+                    MsFlags::empty(),
+                    Some("mode=0755"),
+                )
+                .unwrap();
             }
         }
         std::fs::create_dir_all("/run/systemd/journal").unwrap();
-        let mut jd = Command::new(jd).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut jd = Command::new(jd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let t0 = Instant::now();
         while !std::path::Path::new("/run/systemd/journal/socket").exists() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "journald did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "journald did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let config = dir.join("airlock.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[vm]\naccel = \"tcg\"\nimage_dir = \"{}\"\n[network]\nenabled = false\n[nix]\nsubstituters = []\n",
-                common::image_dir().display()
-            ),
-        )
-        .unwrap();
+        let config = common::standalone_config(&dir, "");
         let api = dir.join("api.sock");
         let mut d = Command::new(common::bin("airlockd"))
             .arg("--config")
@@ -83,16 +91,31 @@ fn journald_entries_carry_the_jobs_fields() {
         };
         let t0 = Instant::now();
         while !api.exists() {
-            assert!(t0.elapsed() < Duration::from_secs(30), "airlockd did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "airlockd did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         // A job whose repository does not exist: it ends at the checkout,
         // logging inside its span (no VM needed).
         let out = ctl(&[
-            "--json", "submit", "--repo", "/nonexistent/repo", "--head",
-            "e9872fa30caac57c69bfac8667e6c21254603df1", "--pr", "4242", "--attr", "leaf",
+            "--json",
+            "submit",
+            "--repo",
+            "/nonexistent/repo",
+            "--head",
+            "e9872fa30caac57c69bfac8667e6c21254603df1",
+            "--pr",
+            "4242",
+            "--attr",
+            "leaf",
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let id = v["id"].as_str().unwrap().to_owned();
         ctl(&["wait", &id, "--timeout", "60"]);

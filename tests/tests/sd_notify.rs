@@ -18,15 +18,7 @@ fn sd_notify_ready_status_watchdog_and_stopping() {
     let sock = UnixDatagram::bind(&notify).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let config = t.path().join("airlock.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[vm]\naccel = \"tcg\"\nimage_dir = \"{}\"\n[network]\nenabled = false\n[nix]\nsubstituters = []\n",
-            common::image_dir().display()
-        ),
-    )
-    .unwrap();
+    let config = common::standalone_config(t.path(), "");
     let mut child = std::process::Command::new(common::bin("airlockd"))
         .arg("--config")
         .arg(&config)

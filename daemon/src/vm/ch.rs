@@ -165,26 +165,13 @@ impl Drop for Procs {
     }
 }
 
-fn pdeathsig(cmd: &mut Command) {
-    #[allow(unsafe_code)]
-    // SAFETY: the closure runs in the forked child before exec and only
-    // calls prctl(2), which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            // The VMM dies with the daemon, even on SIGKILL.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-}
-
 impl CloudHypervisor {
     /// The user switch (if any) and death with airlockd, for every process
     /// of the VM.
     fn confine(&self, cmd: &mut Command) {
         match &self.run_as {
             Some(r) => r.apply(cmd),
-            None => pdeathsig(cmd),
+            None => super::die_with_parent(cmd),
         }
     }
 

@@ -236,3 +236,16 @@ impl RunAs {
         }
     }
 }
+
+/// The child dies with airlockd, even when airlockd is killed with SIGKILL.
+pub fn die_with_parent(cmd: &mut tokio::process::Command) {
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls prctl(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}

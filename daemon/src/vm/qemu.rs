@@ -145,16 +145,7 @@ impl VmBackend for Qemu {
                 return Err(Error::Unsupported("share directories (virtio-fs) yet"));
             }
             let mut cmd = Command::new(&self.binary);
-            #[allow(unsafe_code)]
-            // SAFETY: the closure runs in the forked child before exec and only
-            // calls prctl(2), which is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(|| {
-                    // The VM dies with the daemon, even on SIGKILL.
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
+            super::die_with_parent(&mut cmd);
             let mut child = cmd
                 .args(self.args(spec))
                 .stdin(Stdio::null())

@@ -69,6 +69,12 @@ pub fn prerequisites(test: &str) -> bool {
             missing.push(format!("{} (cargo build --workspace)", bin(b).display()));
         }
     }
+    ready_or_skip(test, &missing)
+}
+
+/// True when nothing is `missing`; else a loud `SKIPPED` line and false, or
+/// (AIRLOCK_REQUIRE_E2E=1, as in CI) a panic.
+pub fn ready_or_skip(test: &str, missing: &[String]) -> bool {
     if missing.is_empty() {
         return true;
     }
@@ -78,6 +84,21 @@ pub fn prerequisites(test: &str) -> bool {
     }
     eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
     false
+}
+
+/// A config for an airlockd started by hand (no VM work: no fetch network,
+/// nothing substituted) in `dir`, with the test guest image.
+pub fn standalone_config(dir: &Path, extra: &str) -> PathBuf {
+    let config = dir.join("airlock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[vm]\naccel = \"tcg\"\nimage_dir = \"{}\"\n[network]\nenabled = false\n[nix]\nsubstituters = []\n{extra}",
+            image_dir().display()
+        ),
+    )
+    .unwrap();
+    config
 }
 
 /// A free TCP port on 127.0.0.1.
