@@ -69,6 +69,14 @@ let
       inherit (cfg.nix) substituters;
       trusted_public_keys = cfg.nix.trustedPublicKeys;
     };
+    sponsor =
+      if cfg.sponsor == null then
+        null
+      else
+        {
+          inherit (cfg.sponsor) name;
+          url = cfg.sponsor.url;
+        };
   };
   dropNulls =
     a:
@@ -288,9 +296,9 @@ in
       );
       default = null;
       description = ''
-        Who sponsors this builder. Used once airlockd supports it: today
-        airlockd has no `[sponsor]` table and refuses unknown keys, so this
-        is not written to the configuration file.
+        Who contributes this builder's compute (`[sponsor]`): credited as
+        "These build results were contributed by: NAME – URL" in every
+        result posted to ofborg and at the end of every build log.
       '';
     };
 
@@ -399,8 +407,7 @@ in
     warnings =
       lib.optional (config.networking.nftables.enable && config.networking.nftables.flushRuleset)
         "services.airlock: networking.nftables.flushRuleset = true removes airlockd's nftables table (inet airlock) at every firewall reload; jobs' fetch networks are then unfiltered until airlockd restarts. The module sets it to false by default; do not force it on."
-      ++ lib.optional (cfg.sponsor != null)
-        "services.airlock.sponsor is not written to airlockd's configuration yet (airlockd has no [sponsor] table).";
+      ;
 
     environment.systemPackages = [ cfg.package ];
     # The D-Bus admin API's policy (daemon/dbus/, docs/dbus.md).

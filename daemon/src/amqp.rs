@@ -830,7 +830,14 @@ impl Amqp {
             repo: rec.job.repo.clone(),
             pr: rec.job.pr.clone(),
             system: origin.system.clone(),
-            output: res.output.clone(),
+            // ofborg shows a result's output lines with the result: the
+            // builder's contribution line goes last.
+            output: res
+                .output
+                .iter()
+                .cloned()
+                .chain(self.cfg.sponsor.line())
+                .collect(),
             attempt_id: origin.attempt_id.clone(),
             request_id: rec.job.request_id.clone(),
             status: res.status.clone(),

@@ -46,6 +46,56 @@ pub struct Config {
     pub substituter: SubstituterConfig,
     pub inputs: InputsConfig,
     pub dbus: DbusConfig,
+    pub sponsor: SponsorConfig,
+}
+
+/// Who contributes this builder's compute: named in every posted result
+/// and at the end of every build log.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SponsorConfig {
+    /// Empty: no contribution line.
+    pub name: String,
+    /// `https://…` (or `http://…`); optional.
+    pub url: String,
+}
+
+impl SponsorConfig {
+    /// `These build results were contributed by: NAME – URL`.
+    pub fn line(&self) -> Option<String> {
+        if self.name.is_empty() {
+            return None;
+        }
+        Some(if self.url.is_empty() {
+            format!("These build results were contributed by: {}", self.name)
+        } else {
+            format!(
+                "These build results were contributed by: {} \u{2013} {}",
+                self.name, self.url
+            )
+        })
+    }
+
+    fn check(&self) -> Result<()> {
+        let printable = |s: &str| s.len() <= 200 && !s.chars().any(char::is_control);
+        if !printable(&self.name) || !printable(&self.url) {
+            return Err(Error::Invalid(
+                "sponsor.name and sponsor.url must be one printable line of at most 200 bytes"
+                    .into(),
+            ));
+        }
+        if !self.url.is_empty()
+            && !(self.url.starts_with("https://") || self.url.starts_with("http://"))
+        {
+            return Err(Error::Invalid(
+                "sponsor.url must start with https:// or http://".into(),
+            ));
+        }
+        if self.name.is_empty() && !self.url.is_empty() {
+            return Err(Error::Invalid("sponsor.url needs sponsor.name".into()));
+        }
+        Ok(())
+    }
 }
 
 /// The D-Bus admin API (docs/dbus.md).
@@ -508,6 +558,7 @@ impl Default for Config {
             substituter: SubstituterConfig::default(),
             inputs: InputsConfig::default(),
             dbus: DbusConfig::default(),
+            sponsor: SponsorConfig::default(),
         }
     }
 }
@@ -588,6 +639,7 @@ impl Config {
         if self.max_jobs == 0 {
             return Err(Error::Invalid("max_jobs must be at least 1".into()));
         }
+        self.sponsor.check()?;
         if self.trust == Trust::Trusted && self.release.signing_key_file.is_none() {
             return Err(Error::Invalid(
                 "trust = \"trusted\" needs release.signing_key_file (or --signing-key-file)".into(),
@@ -682,6 +734,28 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sponsor_line_names_who_contributed() {
+        let mut s = SponsorConfig::default();
+        assert_eq!(s.line(), None);
+        s.name = "Example Org".into();
+        assert_eq!(
+            s.line().unwrap(),
+            "These build results were contributed by: Example Org"
+        );
+        s.url = "https://example.org/airlock".into();
+        assert_eq!(
+            s.line().unwrap(),
+            "These build results were contributed by: Example Org \u{2013} https://example.org/airlock"
+        );
+        assert!(s.check().is_ok());
+        s.url = "javascript:alert(1)".into();
+        assert!(s.check().is_err());
+        s.url = String::new();
+        s.name = "two\nlines".into();
+        assert!(s.check().is_err());
+    }
 
     #[test]
     fn amqp_uri_from_fields_and_password_file() {

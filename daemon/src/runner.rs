@@ -366,6 +366,14 @@ impl Runner {
                 (_, r) => r,
             };
             self.control.done(&rec.id);
+            if let (Some(line), false) = (self.cfg.sponsor.line(), res.silent) {
+                if let Ok(mut l) = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(paths.build_log())
+                {
+                    let _ = writeln!(l, "{line}");
+                }
+            }
             paths.remove_scratch();
             info!(status = ?res.status, secs = t0.elapsed().as_secs_f64(), paths = res.store_paths.len(), "job finished");
             rec.result = Some(res);

@@ -53,7 +53,11 @@ fn job_from_broker_is_built_and_reported_like_ofborg() {
         return;
     }
     let broker = Broker::start();
-    let d = Daemon::start_amqp(&broker.url(), "airlock-test-1", "");
+    let d = Daemon::start_amqp(
+        &broker.url(),
+        "airlock-test-1",
+        "[sponsor]\nname = \"Example Builders\"\nurl = \"https://example.org/builders\"\n",
+    );
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
     rt().block_on(async {
         // Wait for airlockd to declare its queue.
@@ -98,6 +102,13 @@ fn job_from_broker_is_built_and_reported_like_ofborg() {
         assert_eq!(r["pr"]["head_sha"], head.as_str());
         assert_eq!(r["attempted_attrs"], serde_json::json!(["chain"]));
         assert_eq!(r["skipped_attrs"], serde_json::json!(["broken"]));
+        // The builder's sponsor is credited in the posted result, last.
+        let output = r["output"].as_array().unwrap();
+        assert_eq!(
+            output.last().unwrap(),
+            "These build results were contributed by: Example Builders \u{2013} https://example.org/builders",
+            "{r:#}"
+        );
         let attempt = r["attempt_id"].as_str().unwrap().to_owned();
 
         // The logs exchange got: BuildLogStart, every line in order, the result.

@@ -497,14 +497,11 @@ fn module_full_example() {
     ] {
         assert_eq!(cfg.pointer(path), Some(&want), "{path} in {cfg:#}");
     }
-    // airlockd has no [sponsor] table yet: the option is kept, not written.
-    assert!(cfg.get("sponsor").is_none(), "{cfg:#}");
-    assert!(
-        r["warnings"]
-            .to_string()
-            .contains("services.airlock.sponsor is not written"),
-        "{:#}",
-        r["warnings"]
+    // The sponsor, credited in every posted result.
+    assert_eq!(
+        cfg.get("sponsor"),
+        Some(&serde_json::json!({"name": "Example Foundation", "url": "https://example.org"})),
+        "{cfg:#}"
     );
     assert_accepted(tmp.path(), "full", &cfg);
 }
