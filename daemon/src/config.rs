@@ -84,8 +84,9 @@ impl SponsorConfig {
                     .into(),
             ));
         }
-        if !self.url.is_empty()
-            && !(self.url.starts_with("https://") || self.url.starts_with("http://"))
+        if !(self.url.is_empty()
+            || self.url.starts_with("https://")
+            || self.url.starts_with("http://"))
         {
             return Err(Error::Invalid(
                 "sponsor.url must start with https:// or http://".into(),
