@@ -137,6 +137,18 @@ fn assert_clean(s: &VmSpec) {
     }
 }
 
+/// Wait (at most 20 s) for the tiny guest's marker on the serial log.
+async fn guest_up(console: &Path) {
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(console).is_ok_and(|c| c.contains(MARKER)) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "guest never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -321,14 +333,7 @@ fn cloud_hypervisor_gets_a_tap_from_the_network_policy() {
             let vm = b.run(&s, Duration::from_secs(60), rx);
             let probe = async {
                 // Wait for the guest, then read the VM's devices and counters.
-                let t0 = Instant::now();
-                while !std::fs::read_to_string(&s.console_log).is_ok_and(|c| c.contains(MARKER)) {
-                    assert!(
-                        t0.elapsed() < Duration::from_secs(20),
-                        "guest never came up"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                guest_up(&s.console_log).await;
                 let info = ch::vm_info(&files.api).await.unwrap();
                 let counters = ch::vm_counters(&files.api).await.unwrap();
                 let _ = tx.send("done".to_string());
@@ -390,14 +395,7 @@ fn cloud_hypervisor_virtiofs_share_has_its_own_virtiofsd_that_exits_with_the_vm(
         let (tx, rx) = tokio::sync::oneshot::channel();
         let vm = b.run(&s, Duration::from_secs(60), rx);
         let probe = async {
-            let t0 = Instant::now();
-            while !std::fs::read_to_string(&s.console_log).is_ok_and(|c| c.contains(MARKER)) {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(20),
-                    "guest never came up"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            guest_up(&s.console_log).await;
             let info = ch::vm_info(&files.api).await.unwrap();
             let during = procs_mentioning(&files.fs[0].to_string_lossy());
             let _ = tx.send("done".to_string());
@@ -577,14 +575,7 @@ fn cloud_hypervisor_runs_as_its_own_user_with_only_kvm_its_tap_and_its_files() {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let vm = b.run(&s, Duration::from_secs(60), rx);
             let probe = async {
-                let t0 = Instant::now();
-                while !std::fs::read_to_string(&s.console_log).is_ok_and(|c| c.contains(MARKER)) {
-                    assert!(
-                        t0.elapsed() < Duration::from_secs(20),
-                        "guest never came up"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                guest_up(&s.console_log).await;
                 let pid = std::fs::read_to_string(&s.pidfile).unwrap();
                 let status =
                     std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
