@@ -47,6 +47,7 @@ pub struct Config {
     pub inputs: InputsConfig,
     pub dbus: DbusConfig,
     pub sponsor: SponsorConfig,
+    pub supervision: SupervisionConfig,
 }
 
 /// Who contributes this builder's compute: named in every posted result
@@ -96,6 +97,56 @@ impl SponsorConfig {
             return Err(Error::Invalid("sponsor.url needs sponsor.name".into()));
         }
         Ok(())
+    }
+}
+
+/// Where jobs' VM processes live ([`crate::supervise`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SupervisionMode {
+    /// systemd when airlockd runs under it, else direct.
+    #[default]
+    Auto,
+    /// A transient unit `airlock-job-<id>.service` per job; refuse to
+    /// start without systemd.
+    Systemd,
+    /// airlockd's own children, in a cgroup v2 group per job where it can.
+    Direct,
+}
+
+/// Each job's unit (or cgroup) and its limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    pub mode: SupervisionMode,
+    /// The slice job units go in (`""`: systemd's default, system.slice).
+    pub slice: String,
+    /// `MemoryMax` is the VM's memory plus this (the VMM, virtiofsd, the
+    /// page cache of the job's disks).
+    pub memory_overhead_mib: u64,
+    /// `TasksMax` of a job's unit.
+    pub tasks_max: u64,
+    /// `CPUQuota` in percent of one core; 0: (vm.vcpus + 1) × 100.
+    pub cpu_quota_percent: u64,
+    /// `IOWeight` (1–10000); 0: not set.
+    pub io_weight: u64,
+    /// Most guest console and build log lines per second a job sends to
+    /// the journal (bursts of ten times that pass); the rest are counted,
+    /// and kept in the job's log on disk. 0: none go to the journal.
+    pub journal_lines_per_sec: u64,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        SupervisionConfig {
+            mode: SupervisionMode::Auto,
+            slice: "airlock.slice".into(),
+            memory_overhead_mib: 768,
+            tasks_max: 512,
+            cpu_quota_percent: 0,
+            io_weight: 0,
+            journal_lines_per_sec: 50,
+        }
     }
 }
 
@@ -560,6 +611,7 @@ impl Default for Config {
             inputs: InputsConfig::default(),
             dbus: DbusConfig::default(),
             sponsor: SponsorConfig::default(),
+            supervision: SupervisionConfig::default(),
         }
     }
 }
@@ -641,6 +693,23 @@ impl Config {
             return Err(Error::Invalid("max_jobs must be at least 1".into()));
         }
         self.sponsor.check()?;
+        let sv = &self.supervision;
+        if sv.io_weight > 10_000 {
+            return Err(Error::Invalid(
+                "supervision.io_weight must be 0 (unset) or 1-10000".into(),
+            ));
+        }
+        if sv.tasks_max < 16 {
+            return Err(Error::Invalid(
+                "supervision.tasks_max must be at least 16 (the VMM has threads)".into(),
+            ));
+        }
+        if !sv.slice.is_empty() && (!sv.slice.ends_with(".slice") || sv.slice.contains('/')) {
+            return Err(Error::Invalid(format!(
+                "supervision.slice {:?} is not a slice unit name (NAME.slice)",
+                sv.slice
+            )));
+        }
         if self.trust == Trust::Trusted && self.release.signing_key_file.is_none() {
             return Err(Error::Invalid(
                 "trust = \"trusted\" needs release.signing_key_file (or --signing-key-file)".into(),

@@ -154,44 +154,65 @@ impl Daemon {
             if rec.state.is_terminal() {
                 continue;
             }
-            let paths = self.runner.paths(&rec.id);
-            if rec.source == Source::Amqp {
-                // The broker still holds the unacked delivery and redelivers
-                // it; running it here as well would report it twice.
-                warn!(job_id = %rec.id, state = ?rec.state, "broker job was interrupted by a restart; the broker redelivers it");
-                paths.remove_scratch();
-                rec.state = JobState::Done;
-                rec.finished_at = Some(crate::job::now());
-                if let Some(o) = rec.amqp.as_mut() {
-                    o.report = ReportState::Dropped;
-                }
-                rec.result = Some(crate::job::JobResult {
-                    status: crate::ofborg::BuildStatus::UnexpectedError {
-                        err: "interrupted by a restart of airlockd; the broker redelivers the job"
-                            .into(),
-                    },
-                    attempted_attrs: None,
-                    skipped_attrs: None,
-                    output: vec![],
-                    quarantine: None,
-                    store_paths: vec![],
-                    export_error: None,
-                    silent: true,
-                });
-                let _ = self.runner.store.save(&rec);
+            if rec.state == JobState::Queued {
+                // Nothing of it ran: it simply waits its turn again.
+                requeue.push(rec.id);
                 continue;
             }
-            if rec.state != JobState::Queued {
-                warn!(job_id = %rec.id, state = ?rec.state, "job was interrupted by a restart; running it again");
-                paths.remove_scratch();
-                let _ = std::fs::remove_file(paths.build_log());
-                rec.state = JobState::Queued;
-                if let Err(e) = self.runner.store.save(&rec) {
-                    warn!(job_id = %rec.id, error = %e, "cannot requeue");
-                    continue;
+            let paths = self.runner.paths(&rec.id);
+            paths.remove_scratch();
+            let broker = rec.source == Source::Amqp;
+            // A local job's request runs again as a new job; a broker job
+            // is redelivered by the broker (which still holds the unacked
+            // delivery), and running it here as well would report it twice.
+            let retry = (!broker).then(|| {
+                let mut r = JobRecord::new(rec.source.clone(), rec.job.clone());
+                r.retry_of = Some(rec.id.clone());
+                r
+            });
+            let err = match &retry {
+                Some(r) => format!(
+                    "interrupted by a restart of airlockd; running it again as job {}",
+                    r.id
+                ),
+                None => {
+                    "interrupted by a restart of airlockd; the broker redelivers the job".into()
+                }
+            };
+            match &retry {
+                Some(r) => {
+                    warn!(job_id = %rec.id, state = ?rec.state, retried_as = %r.id, "job was interrupted by a restart of airlockd; running it again as a new job")
+                }
+                None => {
+                    warn!(job_id = %rec.id, state = ?rec.state, "broker job was interrupted by a restart of airlockd; the broker redelivers it")
                 }
             }
-            requeue.push(rec.id);
+            rec.state = JobState::Done;
+            rec.finished_at = Some(crate::job::now());
+            rec.interrupted = true;
+            rec.retried_as = retry.as_ref().map(|r| r.id.clone());
+            if let Some(o) = rec.amqp.as_mut() {
+                o.report = ReportState::Dropped;
+            }
+            rec.result = Some(crate::job::JobResult {
+                status: crate::ofborg::BuildStatus::UnexpectedError { err },
+                attempted_attrs: None,
+                skipped_attrs: None,
+                output: vec![],
+                quarantine: None,
+                store_paths: vec![],
+                export_error: None,
+                silent: broker,
+            });
+            if let Err(e) = self.runner.store.save(&rec) {
+                warn!(job_id = %rec.id, error = %e, "cannot mark the job interrupted");
+            }
+            if let Some(r) = retry {
+                match self.runner.store.save(&r) {
+                    Ok(()) => requeue.push(r.id),
+                    Err(e) => warn!(job_id = %r.id, error = %e, "cannot queue the retry"),
+                }
+            }
         }
         requeue
     }

@@ -134,6 +134,17 @@ pub struct JobRecord {
     #[serde(skip)]
     pub run_started: Option<std::time::Instant>,
     pub result: Option<JobResult>,
+    /// A restart of airlockd (a crash, kill -9) ended this job while it
+    /// ran; its result says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
+    /// The job that runs this local job's request again after it was
+    /// interrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_as: Option<String>,
+    /// The interrupted job this one runs again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
 }
 
 /// Derivations built and store paths substituted for a job (all phases).
@@ -192,6 +203,9 @@ impl JobRecord {
             timings: Vec::new(),
             run_started: None,
             result: None,
+            interrupted: false,
+            retried_as: None,
+            retry_of: None,
         }
     }
 }

@@ -201,9 +201,151 @@ where
     }
 }
 
+/// A job's guest console and build log lines, sent to the journal as
+/// entries of their own (`SYSLOG_IDENTIFIER=airlock-guest`, `AIRLOCK_SOURCE`
+/// `console` or `build`, the job's `JOB_ID`, `PR`, `COMMIT`, `REPO`, and
+/// under systemd `OBJECT_SYSTEMD_UNIT`, so `journalctl -u airlock-job-<id>`
+/// shows them). A token bucket bounds them: `rate` lines a second, bursts of
+/// ten times that; what does not fit is counted and said once the bucket
+/// refills (and at the end). The job's log on disk keeps every line.
+pub struct GuestLines {
+    sock: UnixDatagram,
+    fields: Vec<(String, String)>,
+    bucket: Bucket,
+}
+
+/// The token bucket behind [`GuestLines`]: `rate` a second, bursts of ten
+/// times that.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: std::time::Instant,
+    /// Lines held back since the last report.
+    pub dropped: u64,
+}
+
+impl Bucket {
+    pub fn new(rate: u64, now: std::time::Instant) -> Bucket {
+        Bucket {
+            rate: rate as f64,
+            tokens: rate as f64 * 10.0,
+            last: now,
+            dropped: 0,
+        }
+    }
+
+    /// May a line go out at `now`? Counts it in `dropped` if not.
+    pub fn admit(&mut self, now: std::time::Instant) -> bool {
+        let cap = self.rate * 10.0;
+        self.tokens = (self.tokens
+            + now.saturating_duration_since(self.last).as_secs_f64() * self.rate)
+            .min(cap);
+        self.last = now;
+        if self.tokens < 1.0 {
+            self.dropped += 1;
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+impl GuestLines {
+    /// `None` when `rate` is 0 or there is no journal at `path`.
+    pub fn new(path: &std::path::Path, rate: u64, fields: Vec<(String, String)>) -> Option<Self> {
+        if rate == 0 {
+            return None;
+        }
+        let sock = UnixDatagram::unbound().ok()?;
+        sock.connect(path).ok()?;
+        // A journal that cannot keep up costs lines, never the job's time.
+        sock.set_nonblocking(true).ok()?;
+        Some(GuestLines {
+            sock,
+            fields,
+            bucket: Bucket::new(rate, std::time::Instant::now()),
+        })
+    }
+
+    fn send(&mut self, source: &str, priority: &str, text: &str) {
+        let mut buf = Vec::with_capacity(256 + text.len());
+        put(&mut buf, "MESSAGE", text);
+        put(&mut buf, "PRIORITY", priority);
+        put(&mut buf, "SYSLOG_IDENTIFIER", "airlock-guest");
+        put(&mut buf, "AIRLOCK_SOURCE", source);
+        for (k, v) in &self.fields {
+            put(&mut buf, k, v);
+        }
+        if self.sock.send(&buf).is_err() {
+            self.bucket.dropped += 1;
+        }
+    }
+
+    /// One line from the guest (`source`: `console` or `build`).
+    pub fn line(&mut self, source: &str, text: &str) {
+        if !self.bucket.admit(std::time::Instant::now()) {
+            return;
+        }
+        if self.bucket.dropped > 0 {
+            self.flush();
+        }
+        self.send(source, "6", &crate::term::escape(text));
+    }
+
+    /// Say how many lines the limit held back, if any.
+    pub fn flush(&mut self) {
+        if self.bucket.dropped > 0 {
+            let n = std::mem::take(&mut self.bucket.dropped);
+            let text = format!(
+                "{n} guest lines not sent to the journal (supervision.journal_lines_per_sec = {}); the job's log keeps them",
+                self.bucket.rate
+            );
+            self.send("airlockd", "5", &text);
+        }
+    }
+}
+
+impl Drop for GuestLines {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guest_line_bucket_allows_bursts_and_the_rate() {
+        let t0 = std::time::Instant::now();
+        let mut b = Bucket::new(5, t0);
+        let passed = (0..200).filter(|_| b.admit(t0)).count();
+        assert_eq!(passed, 50, "a burst of ten seconds' worth");
+        assert_eq!(b.dropped, 150);
+        // Two seconds later: ten more.
+        let t2 = t0 + std::time::Duration::from_secs(2);
+        assert_eq!((0..100).filter(|_| b.admit(t2)).count(), 10);
+        // Never more than the burst, however long the pause.
+        let t9 = t0 + std::time::Duration::from_secs(3600);
+        assert_eq!((0..100).filter(|_| b.admit(t9)).count(), 50);
+    }
+
+    #[test]
+    fn guest_lines_carry_the_job_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.sock");
+        let server = UnixDatagram::bind(&path).unwrap();
+        let mut g = GuestLines::new(&path, 5, vec![("JOB_ID".into(), "j1".into())]).unwrap();
+        g.line("console", "boot \x1b[31mred");
+        let mut buf = vec![0u8; 65536];
+        let n = server.recv(&mut buf).unwrap();
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(m.contains("JOB_ID=j1\n"), "{m}");
+        assert!(m.contains("SYSLOG_IDENTIFIER=airlock-guest\n"), "{m}");
+        assert!(m.contains("AIRLOCK_SOURCE=console\n"), "{m}");
+        assert!(!m.contains('\x1b'), "control characters are escaped: {m}");
+    }
 
     #[test]
     fn field_names_follow_journald_rules() {

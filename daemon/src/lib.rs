@@ -27,6 +27,7 @@ pub mod quarantine;
 pub mod release;
 pub mod runner;
 pub mod substituter;
+pub mod supervise;
 pub mod term;
 pub mod vm;
 

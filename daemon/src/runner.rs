@@ -42,6 +42,11 @@ pub struct Runner {
     pub substituter: Option<crate::substituter::Substituter>,
     /// Cancellation and the stream of job changes.
     pub control: Arc<crate::control::JobControl>,
+    /// Each job's unit (systemd) or cgroup, and its limits.
+    pub supervisor: Arc<crate::supervise::Supervisor>,
+    /// journald's socket when airlockd logs there: the guest's console and
+    /// build log lines go there too (rate-limited).
+    pub journal: Option<PathBuf>,
 }
 
 /// `Success`, `Failure`, `UnexpectedError`, …: the status word of a result.
@@ -148,6 +153,11 @@ struct Follower {
     guest_nix: Option<String>,
     /// What the agent said it realised (summed over `Realised` events).
     realised: Option<crate::job::Realised>,
+    /// Console and build log lines to the journal.
+    guest: Option<crate::journal::GuestLines>,
+    /// How far the console file has been sent to the journal.
+    console_pos: u64,
+    console_partial: Vec<u8>,
     /// (event, when it arrived).
     marks: Vec<(String, Instant)>,
     /// Unexpected channel lines seen (only the first few are warned about).
@@ -177,6 +187,35 @@ impl Follower {
             realised: None,
             marks: Vec::new(),
             garbage: 0,
+            guest: None,
+            console_pos: 0,
+            console_partial: Vec::new(),
+        }
+    }
+
+    /// Send the console's new lines to the journal (only when it is there).
+    fn poll_console(&mut self, console: &Path) {
+        let Some(g) = self.guest.as_mut() else {
+            return;
+        };
+        let Ok(mut f) = std::fs::File::open(console) else {
+            return;
+        };
+        if f.seek(SeekFrom::Start(self.console_pos)).is_err() {
+            return;
+        }
+        let mut buf = Vec::new();
+        let n = (&mut f).take(1 << 20).read_to_end(&mut buf).unwrap_or(0);
+        self.console_pos += n as u64;
+        self.console_partial.extend_from_slice(&buf);
+        while let Some(i) = self.console_partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.console_partial.drain(..=i).collect();
+            let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+            g.line("console", text.trim_end_matches('\r'));
+        }
+        if self.console_partial.len() > 4096 {
+            let line = std::mem::take(&mut self.console_partial);
+            g.line("console", &String::from_utf8_lossy(&line));
         }
     }
 
@@ -221,6 +260,9 @@ impl Follower {
         self.lines += 1;
         let _ = writeln!(self.log, "{text}");
         sink.line(rec, self.lines, &text);
+        if let Some(g) = self.guest.as_mut() {
+            g.line("build", &text);
+        }
         if self.tail.len() == TAIL {
             self.tail.pop_front();
         }
@@ -343,8 +385,17 @@ impl Runner {
             pr = rec.job.pr.number,
             commit = %rec.job.pr.head_sha,
             repo = %rec.job.repo.full_name,
-            attr = %rec.job.attrs.join(" ")
+            attr = %rec.job.attrs.join(" "),
+            object_systemd_unit = tracing::field::Empty,
         );
+        if self.supervisor.mode() == "systemd" {
+            // `journalctl -u airlock-job-<id>` shows airlockd's lines about
+            // the job too (journald matches OBJECT_SYSTEMD_UNIT from root).
+            span.record(
+                "object_systemd_unit",
+                crate::supervise::unit_name(&rec.id).as_str(),
+            );
+        }
         async {
             let paths = self.paths(&rec.id);
             let t0 = Instant::now();
@@ -355,7 +406,32 @@ impl Runner {
                 return;
             }
             rec.started_at = Some(crate::job::now());
-            let res = self.run_inner(rec, &paths).await;
+            let unit = crate::supervise::JobUnit::new(
+                &rec.id,
+                format!(
+                    "airlock job {}: {} PR #{} at {}",
+                    rec.id,
+                    rec.job.repo.full_name,
+                    rec.job.pr.number,
+                    rec.job.pr.head_sha.chars().take(12).collect::<String>()
+                ),
+                self.cfg.vm.memory_mib,
+                self.cfg.vm.vcpus,
+                &self.cfg.supervision,
+            );
+            let res = match self.supervisor.begin(&unit).await {
+                Ok(()) => self.run_inner(rec, &paths).await,
+                Err(e) => {
+                    warn!(error = %error_chain(&e), "cannot make the job's unit");
+                    result(
+                        BuildStatus::UnexpectedError {
+                            err: format!("cannot make the job's unit: {}", error_chain(&e)),
+                        },
+                        vec![],
+                    )
+                }
+            };
+            self.supervisor.end(&rec.id).await;
             let res = match (self.control.is_cancelled(&rec.id), res) {
                 (true, r) if r.status != BuildStatus::Success => JobResult {
                     status: BuildStatus::UnexpectedError {
@@ -479,6 +555,21 @@ impl Runner {
             }
         };
         let mut follower = Follower::new(log);
+        follower.guest = self.journal.as_deref().and_then(|j| {
+            let mut fields = vec![
+                ("JOB_ID".to_owned(), rec.id.clone()),
+                ("PR".to_owned(), rec.job.pr.number.to_string()),
+                ("COMMIT".to_owned(), rec.job.pr.head_sha.clone()),
+                ("REPO".to_owned(), rec.job.repo.full_name.clone()),
+            ];
+            if self.supervisor.mode() == "systemd" {
+                fields.push((
+                    "OBJECT_SYSTEMD_UNIT".to_owned(),
+                    crate::supervise::unit_name(&rec.id),
+                ));
+            }
+            crate::journal::GuestLines::new(j, self.cfg.supervision.journal_lines_per_sec, fields)
+        });
         // 3a. Fetch phase: a NIC behind the egress policy; only FODs are realised.
         let mut fetch_status = None;
         // Paths the substituter served this job (checked narinfos).
@@ -775,7 +866,23 @@ impl Runner {
             pidfile: paths.pidfile(),
             tap: net.map(|n| n.tap.clone()),
             shares: vec![],
+            adopt: self.supervisor.adopter(&rec.id),
         }
+    }
+
+    /// Was the job's unit stopped by an admin (`systemctl stop`)? Then the
+    /// job is cancelled, as with `airlockctl cancel`.
+    async fn stopped_by_systemd(&self, rec: &JobRecord) -> bool {
+        if !self.supervisor.stopped_from_outside(&rec.id).await {
+            return false;
+        }
+        if self.control.cancel(&rec.id) != crate::control::Cancel::Again {
+            warn!(
+                unit = %crate::supervise::unit_name(&rec.id),
+                "the job's unit was stopped (systemctl stop): job cancelled"
+            );
+        }
+        true
     }
 
     async fn boot(
@@ -793,10 +900,15 @@ impl Runner {
                 self.cfg.vm.image_dir.display()
             ));
         }
+        if self.stopped_by_systemd(rec).await {
+            return Ok(VmExit::Killed(crate::control::CANCELLED.into()));
+        }
         let _ = std::fs::File::create(&spec.channel_log);
         f.pos = 0;
         f.partial.clear();
         f.started = None;
+        f.console_pos = 0;
+        f.console_partial.clear();
         let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel();
         let timeout = Duration::from_secs(match phase {
             Phase::Fetch => self.cfg.limits.fetch_timeout_secs,
@@ -836,6 +948,7 @@ impl Runner {
                     }
                     let was_started = f.started.is_some();
                     f.poll(&spec.channel_log, rec, self.sink.as_ref());
+                    f.poll_console(&spec.console_log);
                     if !was_started {
                         if let Some(s) = f.started {
                             let secs = (s - t0).as_secs_f64();
@@ -851,6 +964,13 @@ impl Runner {
             }
         };
         f.poll(&spec.channel_log, rec, self.sink.as_ref());
+        f.poll_console(&spec.console_log);
+        // systemd killed the VM because an admin stopped the job's unit.
+        let exit = if !self.control.is_cancelled(&rec.id) && self.stopped_by_systemd(rec).await {
+            VmExit::Killed(crate::control::CANCELLED.into())
+        } else {
+            exit
+        };
         info!(
             secs = t0.elapsed().as_secs_f64(),
             ?exit,

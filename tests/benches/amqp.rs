@@ -116,6 +116,8 @@ async fn throughput(broker: &Broker, n: usize) {
     let (amqp, sink) = Amqp::new(cfg.clone());
     let store = JobStore::new(cfg.jobs_dir());
     let runner = Arc::new(Runner {
+        supervisor: airlock::supervise::Supervisor::plain(),
+        journal: None,
         cfg: cfg.clone(),
         backend: Arc::new(Qemu {
             binary: "unused".into(),

@@ -98,6 +98,7 @@ fn spec(dir: &Path, guest: &str) -> VmSpec {
         pidfile: dir.join("vm.pid"),
         tap: None,
         shares: vec![],
+        adopt: Default::default(),
     }
 }
 

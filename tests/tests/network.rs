@@ -301,23 +301,62 @@ fn kill9_during_fetch_leaves_no_network_behind() {
     let before = topo.operator_table();
     let mut d = Daemon::start_in_netns(&topo.host, CONFIG);
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
-    let id = d.submit(&repo, &head, &["net.sleeper"]);
+    // Two jobs in their fetch VMs at once (max_jobs = 2).
+    let ids = [
+        d.submit(&repo, &head, &["net.sleeper"]),
+        d.submit(&repo, &head, &["net.sleeper"]),
+    ];
     let t0 = std::time::Instant::now();
-    while topo.leftovers().is_empty() {
+    let taps = |topo: &Topology| {
+        topo.leftovers()
+            .iter()
+            .filter(|l| l.contains(": alk"))
+            .count()
+    };
+    while taps(&topo) < 2 {
         assert!(
-            t0.elapsed().as_secs() < 120,
-            "the job network never came up:\n{}",
+            t0.elapsed().as_secs() < 180,
+            "the two job networks never came up together:\n{}",
             d.log()
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     d.kill9();
     std::thread::sleep(std::time::Duration::from_secs(1));
-    assert!(no_vm_for(&id), "the VM outlived the daemon");
+    for id in &ids {
+        assert!(no_vm_for(id), "the VM of {id} outlived the daemon");
+    }
     d.spawn();
-    // The restart removed the stale TAP and chains; the job runs again.
-    let rec = d.wait(&id, 900);
-    assert_eq!(status(&rec), "Success", "{rec:#}");
+    // Start-up recovery: each job's disks are gone, both jobs are marked
+    // interrupted (the table says so) and run again as new jobs.
+    for id in &ids {
+        let paths = airlock::runner::JobPaths {
+            dir: d.state().join("jobs").join(id),
+        };
+        for p in paths.scratch() {
+            assert!(!p.exists(), "{} left behind", p.display());
+        }
+    }
+    let table = String::from_utf8_lossy(&d.ctl(&["jobs"]).stdout).into_owned();
+    for id in &ids {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(id.as_str()) && l.contains("interrupted")),
+            "{id} not shown interrupted:\n{table}"
+        );
+    }
+    for id in &ids {
+        let old = d.wait(id, 60);
+        assert_eq!(old["interrupted"], true, "{old:#}");
+        let retry = old["retried_as"]
+            .as_str()
+            .expect("retried as a new job")
+            .to_owned();
+        let rec = d.wait(&retry, 900);
+        assert_eq!(rec["retry_of"].as_str(), Some(id.as_str()));
+        assert_eq!(status(&rec), "Success", "{rec:#}");
+    }
     assert!(
         d.log()
             .contains("removing TAP device left by a previous run"),

@@ -138,6 +138,15 @@ fn print_job(r: &JobRecord) {
         out!("merged:    {m}");
     }
     out!("attrs:     {}", r.job.attrs.join(" "));
+    if r.interrupted {
+        match &r.retried_as {
+            Some(n) => out!("interrupted by a restart of airlockd; running again as job {n}"),
+            None => out!("interrupted by a restart of airlockd"),
+        }
+    }
+    if let Some(o) = &r.retry_of {
+        out!("retry of: {o} (interrupted)");
+    }
     if let Some(a) = &r.accel {
         out!("vm accel:  {a}");
     }
@@ -325,7 +334,7 @@ fn main() -> anyhow::Result<()> {
             Reply::Jobs(js) if json => println!("{}", serde_json::to_string_pretty(&js)?),
             Reply::Jobs(js) => {
                 out!(
-                    "{:<36}  {:<9}  {:<10}  {:>6}  ATTRS",
+                    "{:<36}  {:<9}  {:<11}  {:>6}  ATTRS",
                     "ID",
                     "STATE",
                     "STATUS",
@@ -333,11 +342,12 @@ fn main() -> anyhow::Result<()> {
                 );
                 for j in js {
                     let st = j.result.as_ref().map(|r| match &r.status {
+                        _ if j.interrupted => "interrupted".to_string(),
                         BuildStatus::UnexpectedError { .. } => "Error".to_string(),
                         s => format!("{s:?}"),
                     });
                     out!(
-                        "{:<36}  {:<9}  {:<10}  {:>6}  {}",
+                        "{:<36}  {:<9}  {:<11}  {:>6}  {}",
                         j.id,
                         format!("{:?}", j.state).to_lowercase(),
                         st.unwrap_or_else(|| "-".into()),

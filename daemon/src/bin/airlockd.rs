@@ -77,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
             airlock::journal::JournalLayer::new(std::path::Path::new(airlock::journal::SOCKET)).ok()
         })
         .flatten();
+    let journald = journal.is_some();
     {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
@@ -247,7 +248,17 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
+    let supervisor = airlock::supervise::Supervisor::start(&cfg.supervision)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", airlock::runner::error_chain(&e)))?;
+    // Nothing runs yet: every job unit (or cgroup) there is a leftover.
+    let cleaned = supervisor.clean(&[]).await;
+    if !cleaned.is_empty() {
+        info!(units = ?cleaned, "removed job units left by a previous run");
+    }
     let runner = Arc::new(Runner {
+        supervisor,
+        journal: journald.then(|| airlock::journal::SOCKET.into()),
         network,
         substituter,
         control: Default::default(),

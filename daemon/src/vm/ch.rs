@@ -217,7 +217,9 @@ impl CloudHypervisor {
                 binary: bin.display().to_string(),
                 source,
             })?;
+            let adopted = spec.adopt.child(&child).await;
             procs.0.push(child);
+            adopted?;
             // The VMM connects to the socket at vm.create: wait for it.
             let t0 = Instant::now();
             while !sock.exists() {
@@ -250,6 +252,10 @@ impl CloudHypervisor {
             })?;
         if let Some(pid) = child.id() {
             let _ = std::fs::write(&spec.pidfile, pid.to_string());
+        }
+        if let Err(e) = spec.adopt.child(&child).await {
+            let _ = child.kill().await;
+            return Err(e);
         }
         let t0 = Instant::now();
         loop {

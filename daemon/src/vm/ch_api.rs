@@ -396,6 +396,7 @@ mod tests {
             pidfile: "/jobs/j/vm.pid".into(),
             tap: Some("alk3".into()),
             shares: vec![],
+            adopt: Default::default(),
         }
     }
 

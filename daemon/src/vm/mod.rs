@@ -63,7 +63,59 @@ pub struct VmSpec {
     pub tap: Option<String>,
     /// Host directories shared with the guest over virtio-fs (by tag).
     pub shares: Vec<Share>,
+    /// Called with the pid of every process the backend starts for this VM
+    /// (the VMM, virtiofsd), right after it is spawned: it moves them into
+    /// the job's unit ([`crate::supervise`]).
+    pub adopt: Adopt,
 }
+
+type AdoptFn = dyn Fn(u32) -> BoxFuture<'static, std::result::Result<(), String>> + Send + Sync;
+
+/// Where a VM's processes go once spawned; [`Adopt::none`] leaves them
+/// where they are (airlockd's own cgroup).
+#[derive(Clone, Default)]
+pub struct Adopt(Option<std::sync::Arc<AdoptFn>>);
+
+impl Adopt {
+    pub fn none() -> Adopt {
+        Adopt(None)
+    }
+
+    pub fn new(
+        f: impl Fn(u32) -> BoxFuture<'static, std::result::Result<(), String>> + Send + Sync + 'static,
+    ) -> Adopt {
+        Adopt(Some(std::sync::Arc::new(f)))
+    }
+
+    /// Adopt `child`; on failure the caller kills it and fails the boot.
+    pub async fn child(&self, child: &tokio::process::Child) -> Result<()> {
+        match (&self.0, child.id()) {
+            (Some(f), Some(pid)) => f(pid).await.map_err(|why| Error::Api {
+                endpoint: "job unit",
+                why: format!("cannot move process {pid} into the job's unit: {why}"),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Adopt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Adopt(hook)"
+        } else {
+            "Adopt(none)"
+        })
+    }
+}
+
+/// Two specs are equal whatever their hooks.
+impl PartialEq for Adopt {
+    fn eq(&self, _: &Adopt) -> bool {
+        true
+    }
+}
+impl Eq for Adopt {}
 
 /// A host directory the guest mounts with `mount -t virtiofs TAG`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +178,7 @@ pub async fn probe_boot(
         pidfile: scratch.join("probe.pid"),
         tap: None,
         shares: vec![],
+        adopt: Adopt::none(),
     };
     let t0 = std::time::Instant::now();
     let (_tx, rx) = tokio::sync::oneshot::channel();

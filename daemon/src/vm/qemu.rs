@@ -157,6 +157,10 @@ impl VmBackend for Qemu {
                     binary: self.binary.clone(),
                     source,
                 })?;
+            if let Err(e) = spec.adopt.child(&child).await {
+                let _ = child.kill().await;
+                return Err(e);
+            }
             let mut stderr = child.stderr.take().expect("piped");
             let err_task = tokio::spawn(async move {
                 let mut s = String::new();
@@ -280,6 +284,7 @@ mod tests {
             pidfile: "/p".into(),
             tap: None,
             shares: vec![],
+            adopt: Default::default(),
         };
         let a = q.args(&spec).join(" ");
         assert!(a.contains("file=/r,,x.img,if=none,id=disk0,format=raw,cache=unsafe,readonly=on"));
