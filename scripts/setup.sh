@@ -58,5 +58,6 @@ if [ ! -x /var/cache/airlock/virtiofsd/bin/virtiofsd ]; then
 fi
 if [ "${SKIP_IMAGE:-0}" != 1 ]; then
   "$repo/vm-images/guest/build-guest.sh" "${AIRLOCK_IMAGE_CACHE:-/var/cache/airlock/guest}"
+  "$repo/vm-images/systemd-guest/build.sh" "${AIRLOCK_SYSTEMD_GUEST_CACHE:-/var/cache/airlock/systemd-guest}"
 fi
 echo "setup.sh: ready"

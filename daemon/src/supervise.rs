@@ -33,13 +33,13 @@ use crate::config::{SupervisionConfig, SupervisionMode};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot reach systemd on the system bus")]
-    Bus(#[source] zbus::Error),
+    Bus(#[source] Box<zbus::Error>),
     #[error("systemd refused {what} for {unit}")]
     Systemd {
         what: &'static str,
         unit: String,
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     #[error("unit {unit} did not become active within {secs} s (state {state})")]
     NotActive {
@@ -298,14 +298,14 @@ impl Supervisor {
 
 impl SystemdUnits {
     async fn connect(cfg: &SupervisionConfig) -> Result<SystemdUnits> {
-        let conn = zbus::Connection::system().await.map_err(Error::Bus)?;
+        let conn = zbus::Connection::system().await.map_err(|e| Error::Bus(Box::new(e)))?;
         // One call now, so a dead manager is found at start.
         ManagerProxy::new(&conn)
             .await
-            .map_err(Error::Bus)?
+            .map_err(|e| Error::Bus(Box::new(e)))?
             .list_units_by_patterns(&[], &["airlock-job-*.service"])
             .await
-            .map_err(Error::Bus)?;
+            .map_err(|e| Error::Bus(Box::new(e)))?;
         let exe = std::env::current_exe()
             .ok()
             .and_then(|p| p.to_str().map(str::to_owned))
@@ -318,7 +318,7 @@ impl SystemdUnits {
     }
 
     async fn manager(&self) -> Result<ManagerProxy<'_>> {
-        ManagerProxy::new(&self.conn).await.map_err(Error::Bus)
+        ManagerProxy::new(&self.conn).await.map_err(|e| Error::Bus(Box::new(e)))
     }
 
     async fn begin(&self, job: &JobUnit) -> Result<()> {
@@ -353,7 +353,7 @@ impl SystemdUnits {
             .map_err(|source| Error::Systemd {
                 what: "StartTransientUnit",
                 unit: unit.clone(),
-                source,
+                source: Box::new(source),
             })?;
         // The start job ends once ExecStart has exited; processes can only
         // join an active unit.
@@ -398,7 +398,7 @@ impl SystemdUnits {
             .map_err(|source| Error::Systemd {
                 what: "AttachProcessesToUnit",
                 unit,
-                source,
+                source: Box::new(source),
             })
     }
 

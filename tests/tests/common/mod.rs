@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod github;
 pub mod internet;
+pub mod systemd_guest;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
