@@ -211,7 +211,10 @@ where
 pub struct GuestLines {
     sock: UnixDatagram,
     fields: Vec<(String, String)>,
-    bucket: Bucket,
+    /// One bucket for the console, one for the build log: a chatty
+    /// console cannot crowd out the build log, nor the other way round.
+    console: Bucket,
+    build: Bucket,
 }
 
 /// The token bucket behind [`GuestLines`]: `rate` a second, bursts of ten
@@ -264,7 +267,8 @@ impl GuestLines {
         Some(GuestLines {
             sock,
             fields,
-            bucket: Bucket::new(rate, std::time::Instant::now()),
+            console: Bucket::new(rate, std::time::Instant::now()),
+            build: Bucket::new(rate, std::time::Instant::now()),
         })
     }
 
@@ -278,16 +282,24 @@ impl GuestLines {
             put(&mut buf, k, v);
         }
         if self.sock.send(&buf).is_err() {
-            self.bucket.dropped += 1;
+            self.bucket(source).dropped += 1;
+        }
+    }
+
+    fn bucket(&mut self, source: &str) -> &mut Bucket {
+        if source == "build" {
+            &mut self.build
+        } else {
+            &mut self.console
         }
     }
 
     /// One line from the guest (`source`: `console` or `build`).
     pub fn line(&mut self, source: &str, text: &str) {
-        if !self.bucket.admit(std::time::Instant::now()) {
+        if !self.bucket(source).admit(std::time::Instant::now()) {
             return;
         }
-        if self.bucket.dropped > 0 {
+        if self.bucket(source).dropped > 0 {
             self.flush();
         }
         self.send(source, "6", &crate::term::escape(text));
@@ -295,13 +307,16 @@ impl GuestLines {
 
     /// Say how many lines the limit held back, if any.
     pub fn flush(&mut self) {
-        if self.bucket.dropped > 0 {
-            let n = std::mem::take(&mut self.bucket.dropped);
-            let text = format!(
-                "{n} guest lines not sent to the journal (supervision.journal_lines_per_sec = {}); the job's log keeps them",
-                self.bucket.rate
-            );
-            self.send("airlockd", "5", &text);
+        for (what, source) in [("console", "console"), ("build log", "build")] {
+            let b = self.bucket(source);
+            if b.dropped > 0 {
+                let n = std::mem::take(&mut b.dropped);
+                let text = format!(
+                    "{n} guest {what} lines not sent to the journal (supervision.journal_lines_per_sec = {}); the job's log keeps them",
+                    b.rate
+                );
+                self.send("airlockd", "5", &text);
+            }
         }
     }
 }

@@ -6,8 +6,10 @@
 //! `ExecStart` only prints airlockd's version), so it stays active for the
 //! job's whole life, between its VM boots too; the VMM and its helpers
 //! (virtiofsd) are moved into it with `AttachProcessesToUnit` right after
-//! they are spawned. airlockd stays their parent, so it keeps their exit
-//! status, their pipes and `PR_SET_PDEATHSIG`. Why a service and not a
+//! they are spawned (systemd allows that only for a unit with
+//! `Delegate=yes`, so it has that; airlockd makes no sub-cgroups in it).
+//! airlockd stays their parent, so it keeps their exit status, their pipes
+//! and `PR_SET_PDEATHSIG`. Why a service and not a
 //! scope: `systemctl status airlock-job-<id>` then works without a suffix,
 //! and the unit outlives the moments with no process (a scope ends when it
 //! is empty). The job's limits are unit properties: `MemoryMax`,
@@ -298,7 +300,9 @@ impl Supervisor {
 
 impl SystemdUnits {
     async fn connect(cfg: &SupervisionConfig) -> Result<SystemdUnits> {
-        let conn = zbus::Connection::system().await.map_err(|e| Error::Bus(Box::new(e)))?;
+        let conn = zbus::Connection::system()
+            .await
+            .map_err(|e| Error::Bus(Box::new(e)))?;
         // One call now, so a dead manager is found at start.
         ManagerProxy::new(&conn)
             .await
@@ -318,7 +322,9 @@ impl SystemdUnits {
     }
 
     async fn manager(&self) -> Result<ManagerProxy<'_>> {
-        ManagerProxy::new(&self.conn).await.map_err(|e| Error::Bus(Box::new(e)))
+        ManagerProxy::new(&self.conn)
+            .await
+            .map_err(|e| Error::Bus(Box::new(e)))
     }
 
     async fn begin(&self, job: &JobUnit) -> Result<()> {
@@ -341,6 +347,8 @@ impl SystemdUnits {
             ("CPUQuotaPerSecUSec", Value::from(job.cpu_quota_usec)),
             ("TasksMax", Value::from(job.tasks_max)),
             ("TimeoutStopUSec", Value::from(10_000_000u64)),
+            // systemd moves processes only into delegated units.
+            ("Delegate", Value::from(true)),
         ];
         if !self.slice.is_empty() {
             props.push(("Slice", Value::from(self.slice.clone())));
