@@ -4,14 +4,11 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{error, info, warn};
 
-use crate::api::{Reply, Request, MAX_REQUEST};
 use crate::job::{JobRecord, JobState, ReportState, Source};
 use crate::release::Release;
 use crate::runner::Runner;
@@ -304,137 +301,12 @@ impl Daemon {
         self.running.load(Ordering::SeqCst)
     }
 
+    /// Serve the admin and local-intake API on `socket`: the D-Bus
+    /// interface of [`crate::dbus`], peer to peer.
     pub async fn serve(self: Arc<Self>, socket: &Path) -> Result<(), Error> {
-        if let Some(dir) = socket.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let _ = std::fs::remove_file(socket);
-        let l = UnixListener::bind(socket)
-            .map_err(|e| Error::Listen(socket.display().to_string(), e))?;
-        info!(socket = %socket.display(), "API listening");
-        loop {
-            match l.accept().await {
-                Ok((s, _)) => {
-                    let d = self.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = d.handle(s).await {
-                            warn!(error = %e, "API connection failed");
-                        }
-                    });
-                }
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-
-    async fn handle(&self, s: UnixStream) -> std::io::Result<()> {
-        let (r, mut w) = s.into_split();
-        let mut line = String::new();
-        let n = BufReader::new(r.take(MAX_REQUEST as u64))
-            .read_line(&mut line)
-            .await?;
-        if n == 0 {
-            return Ok(());
-        }
-        let send = |rep: Reply| {
-            let mut v = serde_json::to_vec(&rep).expect("serialises");
-            v.push(b'\n');
-            v
-        };
-        let req: Request = match serde_json::from_str(&line) {
-            Ok(r) => r,
-            Err(e) => {
-                w.write_all(&send(Reply::Error(format!("bad request: {e}"))))
-                    .await?;
-                return Ok(());
-            }
-        };
-        let store = &self.runner.store;
-        let reply = match req {
-            Request::Submit { job } => match self.submit(*job) {
-                Ok(id) => Reply::Submitted { id },
-                Err(e) => Reply::Error(e),
-            },
-            Request::List => Reply::Jobs(store.list().0),
-            Request::ReleaseStatus { commit } => match self.release() {
-                Ok(r) => match r.status(&commit).await {
-                    Ok(s) => Reply::ReleaseStatus(Box::new(s)),
-                    Err(e) => Reply::Error(e.to_string()),
-                },
-                Err(e) => Reply::Error(e),
-            },
-            Request::Release { commit, reason } => match self.release() {
-                Ok(r) => match r.release_by_operator(&commit, &reason).await {
-                    Ok(js) => Reply::Released(js),
-                    Err(e) => Reply::Error(e.to_string()),
-                },
-                Err(e) => Reply::Error(e),
-            },
-            Request::Gc => match self.release() {
-                Ok(r) => match r.gc().await {
-                    Ok(g) => Reply::Gc(g),
-                    Err(e) => Reply::Error(e.to_string()),
-                },
-                Err(e) => Reply::Error(e),
-            },
-            Request::Show { id } => match store.load(&id) {
-                Ok(r) => Reply::Job(Box::new(r)),
-                Err(e) => Reply::Error(e.to_string()),
-            },
-            Request::Wait { id, timeout_secs } => {
-                let t0 = Instant::now();
-                let limit = Duration::from_secs(timeout_secs.unwrap_or(u64::MAX / 4));
-                loop {
-                    match store.load(&id) {
-                        Ok(r) if r.state.is_terminal() => break Reply::Job(Box::new(r)),
-                        Ok(_) if t0.elapsed() > limit => {
-                            break Reply::Error(format!(
-                                "job {id} still running after {}s",
-                                limit.as_secs()
-                            ))
-                        }
-                        Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                        Err(e) => break Reply::Error(e.to_string()),
-                    }
-                }
-            }
-            Request::Log { id, follow } => {
-                if let Err(e) = store.load(&id) {
-                    w.write_all(&send(Reply::Error(e.to_string()))).await?;
-                    return Ok(());
-                }
-                let path = self.runner.paths(&id).build_log();
-                let mut pos = 0u64;
-                let mut partial = Vec::new();
-                loop {
-                    let done = store
-                        .load(&id)
-                        .map(|r| r.state.is_terminal())
-                        .unwrap_or(true);
-                    if let Ok(mut f) = tokio::fs::File::open(&path).await {
-                        use tokio::io::AsyncSeekExt;
-                        f.seek(std::io::SeekFrom::Start(pos)).await?;
-                        let mut buf = Vec::new();
-                        pos += f.read_to_end(&mut buf).await? as u64;
-                        partial.extend_from_slice(&buf);
-                        while let Some(i) = partial.iter().position(|&b| b == b'\n') {
-                            let l: Vec<u8> = partial.drain(..=i).collect();
-                            let text = String::from_utf8_lossy(&l[..l.len() - 1]).into_owned();
-                            w.write_all(&send(Reply::Line(text))).await?;
-                        }
-                    }
-                    if done || !follow {
-                        break Reply::End;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        };
-        w.write_all(&send(reply)).await?;
-        Ok(())
+        crate::dbus::serve_p2p(self, socket)
+            .await
+            .map_err(|e| Error::Listen(socket.display().to_string(), e))
     }
 }
 

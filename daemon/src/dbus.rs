@@ -4,6 +4,12 @@
 //! and one group), not this code. Job records and release status are
 //! returned as JSON strings (the same documents `airlockctl --json`
 //! prints); job changes are the `JobChanged` signal.
+//!
+//! The same interface is also served peer-to-peer (no bus daemon) on
+//! airlockd's unix socket (`socket`, [`serve_p2p`]): that is how
+//! `airlockctl` talks to airlockd by default, and where local jobs are
+//! submitted. `airlockctl --bus system` uses the system bus instead. Either
+//! way every operation is one method of this interface.
 
 use std::sync::Arc;
 
@@ -31,6 +37,11 @@ pub struct Admin {
     d: Arc<Daemon>,
 }
 
+/// Largest job document `SubmitJob` takes.
+const MAX_JOB_JSON: usize = 1 << 20;
+/// Most build log bytes one `ReadLog` returns.
+const MAX_LOG_CHUNK: u64 = 1 << 20;
+
 fn state_word(s: JobState) -> String {
     format!("{s:?}").to_lowercase()
 }
@@ -54,6 +65,92 @@ impl Admin {
             .load(&id)
             .map(|r| json(&r))
             .map_err(|e| fdo::Error::InvalidArgs(e.to_string()))
+    }
+
+    /// Queue a local job: `job` is an ofborg `BuildJob` (JSON); returns
+    /// the new job's id.
+    async fn submit_job(&self, job: String) -> fdo::Result<String> {
+        if job.len() > MAX_JOB_JSON {
+            return Err(fdo::Error::InvalidArgs("job too large".into()));
+        }
+        let job: crate::ofborg::BuildJob = serde_json::from_str(&job)
+            .map_err(|e| fdo::Error::InvalidArgs(format!("bad job: {e}")))?;
+        self.d.submit(job).map_err(fdo::Error::Failed)
+    }
+
+    /// Wait up to `timeout_secs` (at most 20, under a bus's reply timeout)
+    /// for a job to be done: its record (JSON), or `""` if it still runs.
+    async fn wait_job(&self, id: String, timeout_secs: u32) -> fdo::Result<String> {
+        let t0 = std::time::Instant::now();
+        let limit = std::time::Duration::from_secs(u64::from(timeout_secs.min(20)));
+        loop {
+            match self.d.runner.store.load(&id) {
+                Ok(r) if r.state.is_terminal() => return Ok(json(&r)),
+                Ok(_) if t0.elapsed() >= limit => return Ok(String::new()),
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                Err(e) => return Err(fdo::Error::InvalidArgs(e.to_string())),
+            }
+        }
+    }
+
+    /// The job's build log from byte `offset`: (text, the next offset,
+    /// whether the job is done). At most 1 MiB per call, cut at a line end
+    /// when there is one; call again with the next offset to follow.
+    async fn read_log(&self, id: String, offset: u64) -> fdo::Result<(String, u64, bool)> {
+        let rec = self
+            .d
+            .runner
+            .store
+            .load(&id)
+            .map_err(|e| fdo::Error::InvalidArgs(e.to_string()))?;
+        let done = rec.state.is_terminal();
+        let path = self.d.runner.paths(&id).build_log();
+        let mut buf = Vec::new();
+        if let Ok(mut f) = tokio::fs::File::open(&path).await {
+            use tokio::io::{AsyncReadExt, AsyncSeekExt};
+            f.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(|e| fdo::Error::IOError(e.to_string()))?;
+            (&mut f)
+                .take(MAX_LOG_CHUNK)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(|e| fdo::Error::IOError(e.to_string()))?;
+        }
+        // Only whole lines, unless one line is longer than a chunk; the
+        // job's last line may lack its newline once it is done.
+        let full = buf.len() as u64 == MAX_LOG_CHUNK;
+        if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
+            buf.truncate(i + 1);
+        } else if !full && !done {
+            buf.clear();
+        }
+        let next = offset + buf.len() as u64;
+        let more = full || next < std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        Ok((
+            String::from_utf8_lossy(&buf).into_owned(),
+            next,
+            done && !more,
+        ))
+    }
+
+    /// Release a commit by hand (trusted builders; logged): the jobs
+    /// released (JSON).
+    async fn release(&self, commit: String, reason: String) -> fdo::Result<String> {
+        let r = self.d.release_service().map_err(fdo::Error::Failed)?;
+        r.release_by_operator(&commit, &reason)
+            .await
+            .map(|js| json(&js))
+            .map_err(|e| fdo::Error::Failed(e.to_string()))
+    }
+
+    /// Apply the retention policy now: what was removed (JSON).
+    async fn gc(&self) -> fdo::Result<String> {
+        let r = self.d.release_service().map_err(fdo::Error::Failed)?;
+        r.gc()
+            .await
+            .map(|g| json(&g))
+            .map_err(|e| fdo::Error::Failed(e.to_string()))
     }
 
     /// Cancel a job; returns what happened (`cancelled`, `cancelling: …`).
@@ -160,4 +257,104 @@ pub async fn serve(d: Arc<Daemon>, address: &str) -> Result<zbus::Connection, Er
         }
     });
     Ok(conn)
+}
+
+/// Serve the interface peer-to-peer on a unix socket (no bus daemon): one
+/// D-Bus connection per client, authenticated by the kernel's peer
+/// credentials; the socket's file mode decides who may connect.
+pub async fn serve_p2p(d: Arc<Daemon>, socket: &std::path::Path) -> std::io::Result<()> {
+    if let Some(dir) = socket.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(socket);
+    let l = tokio::net::UnixListener::bind(socket)?;
+    info!(socket = %socket.display(), "API listening (D-Bus, peer to peer)");
+    loop {
+        let (stream, _) = match l.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let d = d.clone();
+        tokio::spawn(async move {
+            let guid = zbus::Guid::generate();
+            let conn = match zbus::connection::Builder::unix_stream(stream)
+                .server(guid)
+                .and_then(|b| b.p2p().serve_at(PATH, Admin { d }))
+            {
+                Ok(b) => b.build().await,
+                Err(e) => Err(e),
+            };
+            let conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "API client left before its D-Bus handshake");
+                    return;
+                }
+            };
+            // Held until the client hangs up (its stream of messages ends).
+            let mut msgs = zbus::MessageStream::from(&conn);
+            while let Some(m) = futures_lite::StreamExt::next(&mut msgs).await {
+                if m.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// A connection to airlockd's interface: over a bus (`system`, `session`,
+/// or an address) to the name `org.airlock.Airlock1`, or peer-to-peer on
+/// its unix socket.
+pub async fn client(
+    bus: Option<&str>,
+    socket: &std::path::Path,
+) -> zbus::Result<Airlock1Proxy<'static>> {
+    let conn = match bus {
+        Some("system") => zbus::Connection::system().await?,
+        Some("session") => zbus::Connection::session().await?,
+        Some(a) => zbus::connection::Builder::address(a)?.build().await?,
+        None => {
+            let s = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+                zbus::Error::InputOutput(std::sync::Arc::new(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot connect to airlockd at {} (is it running? --socket, or --bus system): {e}",
+                        socket.display()
+                    ),
+                )))
+            })?;
+            zbus::connection::Builder::unix_stream(s)
+                .p2p()
+                .build()
+                .await?
+        }
+    };
+    Airlock1Proxy::builder(&conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+}
+
+/// The client side of [`Admin`], for `airlockctl`.
+#[zbus::proxy(
+    interface = "org.airlock.Airlock1",
+    default_service = "org.airlock.Airlock1",
+    default_path = "/org/airlock/Airlock1"
+)]
+pub trait Airlock1 {
+    fn list_jobs(&self) -> zbus::Result<String>;
+    fn show_job(&self, id: &str) -> zbus::Result<String>;
+    fn submit_job(&self, job: &str) -> zbus::Result<String>;
+    fn wait_job(&self, id: &str, timeout_secs: u32) -> zbus::Result<String>;
+    fn read_log(&self, id: &str, offset: u64) -> zbus::Result<(String, u64, bool)>;
+    fn cancel_job(&self, id: &str) -> zbus::Result<String>;
+    fn drain(&self) -> zbus::Result<()>;
+    fn resume(&self) -> zbus::Result<()>;
+    fn release_status(&self, commit: &str) -> zbus::Result<String>;
+    fn release(&self, commit: &str, reason: &str) -> zbus::Result<String>;
+    fn gc(&self) -> zbus::Result<String>;
 }

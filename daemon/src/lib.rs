@@ -11,7 +11,6 @@
 //!   API) that `airlockd` and `airlockctl` wire up.
 
 pub mod amqp;
-pub mod api;
 pub mod checkout;
 pub mod config;
 pub mod control;

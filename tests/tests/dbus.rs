@@ -251,6 +251,28 @@ fn dbus_admin_api_lists_shows_cancels_and_refuses_strangers() {
     assert_eq!(draining(&bus), "b true");
     call(&bus, "Resume", &[]);
     assert_eq!(draining(&bus), "b false");
+    // airlockctl over the bus: the same methods, the same answers.
+    let out = d.ctl(&["--bus", &bus.address, "--json", "show", &running]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let via_bus: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(via_bus["id"], running.as_str());
+    let table = d.ctl(&["--bus", &bus.address, "jobs"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains(&queued) && table.contains(&running),
+        "{table}"
+    );
+    let bad = d.ctl(&["--bus", &bus.address, "cancel", &running]);
+    assert!(!bad.status.success(), "a done job cannot be cancelled");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).starts_with("Error: airlockd:"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     // Job changes were signalled.
     std::thread::sleep(Duration::from_millis(500));
     let _ = monitor.kill();

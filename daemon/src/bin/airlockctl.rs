@@ -1,13 +1,10 @@
 //! airlockctl: submit jobs and inspect them over airlockd's unix socket.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use airlock::api::{Reply, Request};
 use airlock::job::JobRecord;
 use airlock::ofborg::{BuildJob, BuildStatus, Pr, Repo};
 use airlock::release::rule::{fmt_time, source_text, Decision};
@@ -34,6 +31,11 @@ struct Args {
         default_value = "/run/airlock/airlockd.sock"
     )]
     socket: PathBuf,
+    /// Talk to airlockd over this D-Bus bus instead of its socket:
+    /// `system`, `session` or a D-Bus address (airlockd's `dbus.address`;
+    /// on the system bus the policy lets root and group airlock-admin in).
+    #[arg(long, global = true, env = "AIRLOCK_BUS")]
+    bus: Option<String>,
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
@@ -92,26 +94,12 @@ enum Cmd {
     },
     /// Apply the retention policy now (expire old quarantined and released outputs).
     Gc,
-}
-
-fn call(socket: &PathBuf, req: &Request, mut on_line: impl FnMut(String)) -> anyhow::Result<Reply> {
-    let mut s = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "cannot connect to airlockd at {} (is it running? --socket)",
-            socket.display()
-        )
-    })?;
-    let mut line = serde_json::to_vec(req)?;
-    line.push(b'\n');
-    s.write_all(&line)?;
-    for l in BufReader::new(s).lines() {
-        match serde_json::from_str::<Reply>(&l?)? {
-            Reply::Line(t) => on_line(t),
-            Reply::Error(e) => bail!("airlockd: {}", airlock::term::escape(&e)),
-            other => return Ok(other),
-        }
-    }
-    bail!("airlockd closed the connection without a reply")
+    /// Cancel a job: a queued one never runs, a running one's VM is stopped.
+    Cancel { id: String },
+    /// Stop starting queued jobs (running ones finish).
+    Drain,
+    /// Start queued jobs again after a drain.
+    Resume,
 }
 
 fn status_text(s: &BuildStatus) -> String {
@@ -266,9 +254,40 @@ fn print_release_status(st: &Status) {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+/// What airlockd's D-Bus error says, without zbus's wrapping.
+fn api_err(e: zbus::Error) -> anyhow::Error {
+    let text = match &e {
+        zbus::Error::MethodError(_, Some(m), _) => m.clone(),
+        zbus::Error::FDO(f) => f.to_string(),
+        other => other.to_string(),
+    };
+    anyhow::anyhow!("airlockd: {}", airlock::term::escape(&text))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(doc: &str) -> anyhow::Result<T> {
+    serde_json::from_str(doc).context("airlockd sent a document this airlockctl cannot read")
+}
+
+/// Pretty JSON for `--json`.
+fn pretty(doc: &str) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(&parse::<serde_json::Value>(
+        doc,
+    )?)?)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let json = a.json;
+    let api = airlock::dbus::client(a.bus.as_deref(), &a.socket)
+        .await
+        .map_err(|e| match e {
+            zbus::Error::InputOutput(io) => anyhow::anyhow!("{io}"),
+            e => anyhow::anyhow!(
+                "cannot reach airlockd's API ({}): {e}",
+                a.bus.as_deref().unwrap_or("its socket")
+            ),
+        })?;
     match a.cmd {
         Cmd::Submit {
             repo,
@@ -324,15 +343,22 @@ fn main() -> anyhow::Result<()> {
                 logs: None,
                 statusreport: None,
             };
-            match call(&a.socket, &Request::Submit { job: Box::new(job) }, |_| {})? {
-                Reply::Submitted { id } if json => println!("{}", serde_json::json!({ "id": id })),
-                Reply::Submitted { id } => out!("{id}"),
-                r => bail!("unexpected reply {r:?}"),
+            let id = api
+                .submit_job(&serde_json::to_string(&job)?)
+                .await
+                .map_err(api_err)?;
+            if json {
+                println!("{}", serde_json::json!({ "id": id }));
+            } else {
+                out!("{id}");
             }
         }
-        Cmd::Jobs => match call(&a.socket, &Request::List, |_| {})? {
-            Reply::Jobs(js) if json => println!("{}", serde_json::to_string_pretty(&js)?),
-            Reply::Jobs(js) => {
+        Cmd::Jobs => {
+            let doc = api.list_jobs().await.map_err(api_err)?;
+            if json {
+                println!("{}", pretty(&doc)?);
+            } else {
+                let js: Vec<JobRecord> = parse(&doc)?;
                 out!(
                     "{:<36}  {:<9}  {:<11}  {:>6}  ATTRS",
                     "ID",
@@ -356,60 +382,90 @@ fn main() -> anyhow::Result<()> {
                     );
                 }
             }
-            r => bail!("unexpected reply {r:?}"),
-        },
-        Cmd::Show { id } => match call(&a.socket, &Request::Show { id }, |_| {})? {
-            Reply::Job(r) if json => println!("{}", serde_json::to_string_pretty(&r)?),
-            Reply::Job(r) => print_job(&r),
-            r => bail!("unexpected reply {r:?}"),
-        },
+        }
+        Cmd::Show { id } => {
+            let doc = api.show_job(&id).await.map_err(api_err)?;
+            if json {
+                println!("{}", pretty(&doc)?);
+            } else {
+                print_job(&parse(&doc)?);
+            }
+        }
         Cmd::Log { id, no_follow } => {
-            let req = Request::Log {
-                id,
-                follow: !no_follow,
-            };
-            call(&a.socket, &req, |l| {
-                if json {
-                    println!("{}", serde_json::json!({ "line": l }));
-                } else {
-                    out!("{l}");
+            let mut offset = 0u64;
+            let mut partial = String::new();
+            loop {
+                let (text, next, done) = api.read_log(&id, offset).await.map_err(api_err)?;
+                let got = next > offset;
+                offset = next;
+                partial.push_str(&text);
+                while let Some(i) = partial.find('\n') {
+                    let line: String = partial.drain(..=i).collect();
+                    let line = line.trim_end_matches('\n');
+                    if json {
+                        println!("{}", serde_json::json!({ "line": line }));
+                    } else {
+                        out!("{line}");
+                    }
                 }
-            })?;
+                if done || (no_follow && !got) {
+                    break;
+                }
+                if !got {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+            if !partial.is_empty() {
+                if json {
+                    println!("{}", serde_json::json!({ "line": partial }));
+                } else {
+                    out!("{partial}");
+                }
+            }
         }
         Cmd::Wait { id, timeout } => {
-            match call(
-                &a.socket,
-                &Request::Wait {
-                    id,
-                    timeout_secs: timeout,
-                },
-                |_| {},
-            )? {
-                Reply::Job(r) => {
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&r)?);
-                    } else {
-                        print_job(&r);
-                    }
-                    let ok = r
-                        .result
-                        .as_ref()
-                        .is_some_and(|x| x.status == BuildStatus::Success);
-                    std::process::exit(if ok { 0 } else { 1 });
+            let t0 = std::time::Instant::now();
+            let limit = timeout.unwrap_or(u64::MAX / 4);
+            let doc = loop {
+                let left = limit.saturating_sub(t0.elapsed().as_secs());
+                let doc = api
+                    .wait_job(&id, left.clamp(1, 20) as u32)
+                    .await
+                    .map_err(api_err)?;
+                if !doc.is_empty() {
+                    break doc;
                 }
-                r => bail!("unexpected reply {r:?}"),
+                if t0.elapsed().as_secs() >= limit {
+                    bail!("airlockd: job {id} still running after {limit}s");
+                }
+            };
+            let r: JobRecord = parse(&doc)?;
+            if json {
+                println!("{}", pretty(&doc)?);
+            } else {
+                print_job(&r);
             }
+            let ok = r
+                .result
+                .as_ref()
+                .is_some_and(|x| x.status == BuildStatus::Success);
+            std::process::exit(if ok { 0 } else { 1 });
         }
         Cmd::Release {
             what,
             commit,
             reason,
         } => {
-            let req = if what == "status" {
+            if what == "status" {
                 let Some(commit) = commit else {
                     bail!("usage: airlockctl release status COMMIT");
                 };
-                Request::ReleaseStatus { commit }
+                let doc = api.release_status(&commit).await.map_err(api_err)?;
+                if json {
+                    println!("{}", pretty(&doc)?);
+                } else {
+                    print_release_status(&parse(&doc)?);
+                }
             } else {
                 if commit.is_some() {
                     bail!("usage: airlockctl release COMMIT --reason TEXT");
@@ -417,28 +473,23 @@ fn main() -> anyhow::Result<()> {
                 let Some(reason) = reason else {
                     bail!("releasing by hand needs --reason TEXT (it is logged)");
                 };
-                Request::Release {
-                    commit: what,
-                    reason,
-                }
-            };
-            match call(&a.socket, &req, |_| {})? {
-                Reply::ReleaseStatus(st) if json => {
-                    println!("{}", serde_json::to_string_pretty(&st)?)
-                }
-                Reply::ReleaseStatus(st) => print_release_status(&st),
-                Reply::Released(js) if json => println!("{}", serde_json::to_string_pretty(&js)?),
-                Reply::Released(js) => {
+                let doc = api.release(&what, &reason).await.map_err(api_err)?;
+                if json {
+                    println!("{}", pretty(&doc)?);
+                } else {
+                    let js: Vec<airlock::release::store::ReleasedJob> = parse(&doc)?;
                     for j in js {
                         out!("released job {} ({} paths)", j.job_id, j.paths.len());
                     }
                 }
-                r => bail!("unexpected reply {r:?}"),
             }
         }
-        Cmd::Gc => match call(&a.socket, &Request::Gc, |_| {})? {
-            Reply::Gc(g) if json => println!("{}", serde_json::to_string_pretty(&g)?),
-            Reply::Gc(g) => {
+        Cmd::Gc => {
+            let doc = api.gc().await.map_err(api_err)?;
+            if json {
+                println!("{}", pretty(&doc)?);
+            } else {
+                let g: airlock::release::store::GcReport = parse(&doc)?;
                 out!(
                     "expired: {} unreleased job(s), {} released job(s); {} cache path(s) removed; {} bytes freed; {} job log(s) removed",
                     g.expired_unreleased.len(),
@@ -448,8 +499,27 @@ fn main() -> anyhow::Result<()> {
                     g.jobs_removed.len()
                 );
             }
-            r => bail!("unexpected reply {r:?}"),
-        },
+        }
+        Cmd::Cancel { id } => {
+            let what = api.cancel_job(&id).await.map_err(api_err)?;
+            if json {
+                println!("{}", serde_json::json!({ "id": id, "result": what }));
+            } else {
+                out!("{id}: {what}");
+            }
+        }
+        Cmd::Drain => {
+            api.drain().await.map_err(api_err)?;
+            if !json {
+                out!("draining: queued jobs wait, running ones finish");
+            }
+        }
+        Cmd::Resume => {
+            api.resume().await.map_err(api_err)?;
+            if !json {
+                out!("resumed");
+            }
+        }
     }
     Ok(())
 }
