@@ -511,19 +511,20 @@ impl Direct {
     /// cgroup, as a delegated cgroup wants (no processes in inner nodes).
     fn base() -> std::result::Result<PathBuf, String> {
         let root = cgroup2_root().ok_or("no cgroup v2 hierarchy is mounted")?;
-        let have = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let own = own_cgroup().ok_or("airlockd's cgroup v2 path is unknown")?;
+        let base = root.join(own.trim_start_matches('/'));
+        // The controllers this cgroup may hand to its children.
+        let have = std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
         let missing: Vec<_> = CONTROLLERS
             .iter()
             .filter(|c| !have.split_whitespace().any(|h| h == **c))
             .collect();
         if !missing.is_empty() {
             return Err(format!(
-                "the cgroup v2 hierarchy at {} lacks the {missing:?} controllers",
-                root.display()
+                "the cgroup {} lacks the {missing:?} controllers (under systemd: Delegate=yes)",
+                base.display()
             ));
         }
-        let own = own_cgroup().ok_or("airlockd's cgroup v2 path is unknown")?;
-        let base = root.join(own.trim_start_matches('/'));
         if own != "/" {
             let leaf = base.join("airlockd");
             std::fs::create_dir_all(&leaf)

@@ -11,7 +11,9 @@
 //! airlockd does around it is the production path: the transient unit
 //! `airlock-job-<id>.service` with its limits, the VMM moved into it,
 //! console lines to the journal under that unit, `systemctl stop` as a
-//! cancel, and start-up recovery after `kill -9`.
+//! cancel, and start-up recovery after `kill -9`; then, with
+//! `supervision.mode = "direct"` in a delegated cgroup, a cgroup per job
+//! with the same limits.
 
 mod common;
 
@@ -46,7 +48,7 @@ O=$T/out
 mkdir -p $O /etc/airlock /run/airlock
 export PATH=$T/bin:$PATH
 say() { echo "RUN: $*"; }
-fail() { echo "RUN FAILED: $*"; journalctl -u airlockd --no-pager | tail -50; exit 1; }
+fail() { echo "RUN FAILED: $*"; journalctl -u airlockd -u airlockd-direct --no-pager | tail -50; exit 1; }
 until_() { # until_ SECS DESC CMD...
   local secs=$1 desc=$2; shift 2
   for _ in $(seq 1 $((secs * 2))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
@@ -132,6 +134,27 @@ systemctl list-units --all --no-legend "airlock-job-$B.service" "airlock-job-$C.
 ps -eo args > $O/ps-after-restart.txt
 ls /var/lib/airlock/jobs/$B /var/lib/airlock/jobs/$C > $O/files-after-restart.txt 2>&1
 journalctl --no-pager -u airlockd -o cat > $O/airlockd-log-2.txt
+
+# 3. direct supervision (no job units): a delegated cgroup, a child group
+#    per job with the same limits
+systemctl stop airlockd
+sed -e 's|^state_dir = .*|state_dir = "/var/lib/airlock/direct"|' \
+    -e 's|^socket = .*|socket = "/run/airlock/direct.sock"|' \
+    -e 's|^mode = "systemd"|mode = "direct"|' /etc/airlock/airlock.toml > /etc/airlock/direct.toml
+systemd-run --unit=airlockd-direct -p Delegate=yes -p Type=notify \
+  $T/bin/airlockd --config /etc/airlock/direct.toml || fail "direct airlockd did not start"
+base=/sys/fs/cgroup/system.slice/airlockd-direct.service
+D=$(airlockctl --socket /run/airlock/direct.sock submit --repo $T/repo --head "$(cat $T/head)" --pr 43 --attr hello) || fail "submit D"
+echo "$D" > $O/d.txt
+in_group() { grep -q . $base/airlock-job-$1/cgroup.procs && pgrep -f "fake-qemu.*$1" >/dev/null; }
+until_ 300 "job D's cgroup with its VM" in_group "$D"
+g=$base/airlock-job-$D
+{ echo "memory.max $(cat $g/memory.max)"; echo "pids.max $(cat $g/pids.max)"; echo "cpu.max $(cat $g/cpu.max)"; } > $O/cgroup-d.txt
+for p in $(cat $g/cgroup.procs); do tr '\0' ' ' < /proc/$p/cmdline; echo; done > $O/procs-d.txt
+airlockctl --socket /run/airlock/direct.sock cancel "$D" > $O/cancel-d.txt
+airlockctl --socket /run/airlock/direct.sock --json wait "$D" --timeout 120 > $O/job-d.json
+until_ 30 "job D's cgroup to go" test ! -d $g
+journalctl --no-pager -u airlockd-direct -o cat > $O/airlockd-direct-log.txt
 say "done"
 "#;
 
@@ -332,4 +355,29 @@ fn job_units_limits_journal_stop_and_kill9_recovery_under_real_systemd() {
             assert!(!files.contains(f), "{f} of {id} left:\n{files}");
         }
     }
+
+    // Direct supervision in a delegated cgroup: the job's group has the
+    // same limits and holds the VMM; a cancel removes it.
+    let d = read(&o, "d.txt").trim().to_owned();
+    let dlog = read(&o, "airlockd-direct-log.txt");
+    assert!(
+        dlog.contains("each job in cgroup v2 group airlock-job-<id> with its limits"),
+        "{dlog}"
+    );
+    let cg = read(&o, "cgroup-d.txt");
+    assert!(cg.contains("memory.max 536870912"), "{cg}");
+    assert!(cg.contains("pids.max 64"), "{cg}");
+    assert!(cg.contains("cpu.max 2000000 1000000"), "{cg}");
+    let procs = read(&o, "procs-d.txt");
+    assert!(
+        procs
+            .lines()
+            .any(|l| l.contains("fake-qemu") && l.contains(&format!("airlock-{d}-all"))),
+        "{procs}"
+    );
+    let job: serde_json::Value = serde_json::from_str(&read(&o, "job-d.json")).unwrap();
+    assert_eq!(
+        job["result"]["status"]["UnexpectedError"]["err"], "cancelled by an administrator",
+        "{job:#}"
+    );
 }

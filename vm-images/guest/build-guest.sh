@@ -10,6 +10,8 @@
 # env:   DEBIAN_MIRROR (default http://deb.debian.org/debian), SUITE (default trixie)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=kernel.sh
+. "$here/kernel.sh"
 outdir=${1:-/var/cache/airlock/guest}
 SUITE=${SUITE:-trixie}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -23,7 +25,7 @@ done
 kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
 [ -n "$kpkg" ] || { echo "build-guest: cannot resolve linux-image-amd64 (apt-get update?)" >&2; exit 1; }
 kver_pkg=$(apt-cache policy "$kpkg" | awk '/Candidate:/{print $2}')
-hash=$( { cat "$here/build-guest.sh" "$here/init.sh" "$here/extract-vmlinux.py";
+hash=$( { cat "$here/build-guest.sh" "$here/init.sh" "$here/extract-vmlinux.py" "$here/kernel.sh";
           echo "$kpkg $kver_pkg $SUITE $PACKAGES $MODULES"; } | sha256sum | cut -c1-16)
 dest=$outdir/$hash
 if [ -f "$dest/.complete" ]; then
@@ -38,32 +40,10 @@ trap 'rm -rf "$work"' EXIT
 t0=$(date +%s)
 
 # 1. kernel: unpack the .deb (no initramfs-tools run, /boot untouched)
-(cd "$work" && apt-get download -q "$kpkg" >/dev/null)
-mkdir "$work/kernel"
-dpkg-deb -x "$work"/"$kpkg"_*.deb "$work/kernel"
-kver=$(ls "$work/kernel/lib/modules")
-depmod -b "$work/kernel" "$kver"
-python3 "$here/extract-vmlinux.py" "$work/kernel/boot/vmlinuz-$kver" "$work/vmlinux" >/dev/null
+guest_kernel "$work" "$kpkg" "$here/extract-vmlinux.py"
 
 # 2. initramfs: busybox + modules (with their dependencies, in load order) + init.sh
-ird=$work/initramfs
-mkdir -p "$ird"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,mnt,etc,newroot}
-cp /bin/busybox "$ird/bin/busybox"
-for p in $(/bin/busybox --list-full); do [ -e "$ird/$p" ] || ln -s /bin/busybox "$ird/$p"; done
-: > "$ird/etc/modules.order"
-for m in $MODULES; do
-  modprobe -d "$work/kernel" -S "$kver" --show-depends "$m" | while read -r cmd path _; do
-    [ "$cmd" = insmod ] || continue
-    rel=${path#*/lib/modules/$kver/}
-    if [ ! -e "$ird/lib/modules/$kver/$rel" ]; then
-      mkdir -p "$(dirname "$ird/lib/modules/$kver/$rel")"
-      cp "$path" "$ird/lib/modules/$kver/$rel"
-      echo "/lib/modules/$kver/$rel" >> "$ird/etc/modules.order"
-    fi
-  done
-done
-install -m 0755 "$here/init.sh" "$ird/init"
-(cd "$ird" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 > "$work/initrd.gz"
+guest_initramfs "$work" "$here/init.sh" "$MODULES"
 
 # 3. guest root: debootstrap minbase + Nix, configured for sandboxed single-user builds
 root=$work/root

@@ -17,6 +17,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 extract=$here/../guest/extract-vmlinux.py
+# shellcheck source=../guest/kernel.sh
+. "$here/../guest/kernel.sh"
 outdir=${1:-/var/cache/airlock/systemd-guest}
 SUITE=${SUITE:-trixie}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -34,7 +36,7 @@ done
 kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
 [ -n "$kpkg" ] || { echo "systemd-guest: cannot resolve linux-image-amd64 (apt-get update?)" >&2; exit 1; }
 kver_pkg=$(apt-cache policy "$kpkg" | awk '/Candidate:/{print $2}')
-hash=$( { cat "$here/build.sh" "$here/init.sh" "$extract";
+hash=$( { cat "$here/build.sh" "$here/init.sh" "$extract" "$here/../guest/kernel.sh";
           echo "$kpkg $kver_pkg $SUITE $PACKAGES $MODULES"; } | sha256sum | cut -c1-16)
 dest=$outdir/$hash
 if [ -f "$dest/.complete" ]; then
@@ -56,33 +58,11 @@ trap cleanup EXIT
 t0=$(date +%s)
 
 # 1. kernel: unpack the .deb (no initramfs-tools run, /boot untouched)
-(cd "$work" && apt-get download -q "$kpkg" >/dev/null)
-mkdir "$work/kernel"
-dpkg-deb -x "$work"/"$kpkg"_*.deb "$work/kernel"
-kver=$(ls "$work/kernel/lib/modules")
-depmod -b "$work/kernel" "$kver"
-python3 "$extract" "$work/kernel/boot/vmlinuz-$kver" "$work/vmlinux" >/dev/null
+guest_kernel "$work" "$kpkg" "$extract"
 echo "systemd-guest: kernel $kver ($(( $(date +%s) - t0 ))s)"
 
 # 2. initramfs: busybox + modules (with their dependencies, in load order) + init.sh
-ird=$work/initramfs
-mkdir -p "$ird"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,run,mnt,etc,newroot}
-cp /bin/busybox "$ird/bin/busybox"
-for p in $(/bin/busybox --list-full); do [ -e "$ird/$p" ] || ln -s /bin/busybox "$ird/$p"; done
-: > "$ird/etc/modules.order"
-for m in $MODULES; do
-  modprobe -d "$work/kernel" -S "$kver" --show-depends "$m" | while read -r cmd path _; do
-    [ "$cmd" = insmod ] || continue
-    rel=${path#*/lib/modules/$kver/}
-    if [ ! -e "$ird/lib/modules/$kver/$rel" ]; then
-      mkdir -p "$(dirname "$ird/lib/modules/$kver/$rel")"
-      cp "$path" "$ird/lib/modules/$kver/$rel"
-      echo "/lib/modules/$kver/$rel" >> "$ird/etc/modules.order"
-    fi
-  done
-done
-install -m 0755 "$here/init.sh" "$ird/init"
-(cd "$ird" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 > "$work/initrd.gz"
+guest_initramfs "$work" "$here/init.sh" "$MODULES"
 
 # 3. root: debootstrap in two stages, so that policy-rc.d (no service starts
 #    in the build chroot) is in place before any package is configured
