@@ -463,8 +463,10 @@ in
         RestartSec = "10s";
         # SIGTERM to airlockd only: it stops taking jobs and lets running
         # VMs finish for shutdown_grace_secs; only then is everything left
-        # killed. (With the default control-group mode QEMU would get the
-        # SIGTERM too and every running job would die at once.)
+        # killed. (Each job's VMM runs in its own transient unit,
+        # airlock-job-<id>.service, and dies with airlockd through
+        # PR_SET_PDEATHSIG; mixed also covers helpers started before they
+        # are moved there.)
         KillMode = "mixed";
         TimeoutStopSec = (get [ "shutdown_grace_secs" ] 600) + 30;
 
