@@ -24,6 +24,7 @@ pub mod journal;
 pub mod ofborg;
 pub mod quarantine;
 pub mod release;
+pub mod review;
 pub mod runner;
 pub mod substituter;
 pub mod supervise;
