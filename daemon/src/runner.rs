@@ -138,10 +138,45 @@ fn result(status: BuildStatus, output: Vec<String>) -> JobResult {
     }
 }
 
-/// Follows the channel file while the VM runs.
-struct Follower {
+/// The new whole lines of a file a VM is writing, read from where the last
+/// read stopped.
+#[derive(Default)]
+struct FileTail {
     pos: u64,
     partial: Vec<u8>,
+}
+
+impl FileTail {
+    /// Read at most `max_read` new bytes (so a chatty guest cannot stall the
+    /// host) and return the completed lines, without their newline; an
+    /// unfinished line longer than `max_line` is returned as it is.
+    fn lines(&mut self, path: &Path, max_read: u64, max_line: usize) -> Vec<Vec<u8>> {
+        let Ok(mut f) = std::fs::File::open(path) else {
+            return vec![];
+        };
+        if f.seek(SeekFrom::Start(self.pos)).is_err() {
+            return vec![];
+        }
+        let mut buf = Vec::new();
+        let n = (&mut f).take(max_read).read_to_end(&mut buf).unwrap_or(0);
+        self.pos += n as u64;
+        self.partial.extend_from_slice(&buf);
+        let mut out = Vec::new();
+        while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = self.partial.drain(..=i).collect();
+            line.pop();
+            out.push(line);
+        }
+        if self.partial.len() > max_line {
+            out.push(std::mem::take(&mut self.partial));
+        }
+        out
+    }
+}
+
+/// Follows the channel file while the VM runs.
+struct Follower {
+    channel: FileTail,
     tail: VecDeque<String>,
     lines: u64,
     log: std::fs::File,
@@ -156,8 +191,7 @@ struct Follower {
     /// Console and build log lines to the journal.
     guest: Option<crate::journal::GuestLines>,
     /// How far the console file has been sent to the journal.
-    console_pos: u64,
-    console_partial: Vec<u8>,
+    console: FileTail,
     /// (event, when it arrived).
     marks: Vec<(String, Instant)>,
     /// Unexpected channel lines seen (only the first few are warned about).
@@ -174,8 +208,7 @@ const GARBAGE_WARNINGS: u64 = 5;
 impl Follower {
     fn new(log: std::fs::File) -> Follower {
         Follower {
-            pos: 0,
-            partial: Vec::new(),
+            channel: FileTail::default(),
             tail: VecDeque::new(),
             lines: 0,
             log,
@@ -188,8 +221,7 @@ impl Follower {
             marks: Vec::new(),
             garbage: 0,
             guest: None,
-            console_pos: 0,
-            console_partial: Vec::new(),
+            console: FileTail::default(),
         }
     }
 
@@ -198,24 +230,9 @@ impl Follower {
         let Some(g) = self.guest.as_mut() else {
             return;
         };
-        let Ok(mut f) = std::fs::File::open(console) else {
-            return;
-        };
-        if f.seek(SeekFrom::Start(self.console_pos)).is_err() {
-            return;
-        }
-        let mut buf = Vec::new();
-        let n = (&mut f).take(1 << 20).read_to_end(&mut buf).unwrap_or(0);
-        self.console_pos += n as u64;
-        self.console_partial.extend_from_slice(&buf);
-        while let Some(i) = self.console_partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.console_partial.drain(..=i).collect();
-            let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+        for line in self.console.lines(console, 1 << 20, 4096) {
+            let text = String::from_utf8_lossy(&line);
             g.line("console", text.trim_end_matches('\r'));
-        }
-        if self.console_partial.len() > 4096 {
-            let line = std::mem::take(&mut self.console_partial);
-            g.line("console", &String::from_utf8_lossy(&line));
         }
     }
 
@@ -229,23 +246,10 @@ impl Follower {
     }
 
     fn poll(&mut self, channel: &Path, rec: &JobRecord, sink: &dyn LogSink) {
-        let Ok(mut f) = std::fs::File::open(channel) else {
-            return;
-        };
-        if f.seek(SeekFrom::Start(self.pos)).is_err() {
-            return;
-        }
-        let mut buf = Vec::new();
-        // Bounded per poll so a chatty guest cannot stall the host.
-        let n = (&mut f).take(16 << 20).read_to_end(&mut buf).unwrap_or(0);
-        self.pos += n as u64;
-        self.partial.extend_from_slice(&buf);
-        while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=i).collect();
-            self.handle(&line[..line.len() - 1], rec, sink);
-        }
-        if self.partial.len() > airlock_wire::MAX_CHANNEL_LINE {
-            let line = std::mem::take(&mut self.partial);
+        for line in self
+            .channel
+            .lines(channel, 16 << 20, airlock_wire::MAX_CHANNEL_LINE)
+        {
             self.handle(&line, rec, sink);
         }
     }
@@ -388,13 +392,10 @@ impl Runner {
             attr = %rec.job.attrs.join(" "),
             object_systemd_unit = tracing::field::Empty,
         );
-        if self.supervisor.mode() == "systemd" {
+        if let Some(unit) = self.supervisor.job_unit(&rec.id) {
             // `journalctl -u airlock-job-<id>` shows airlockd's lines about
             // the job too (journald matches OBJECT_SYSTEMD_UNIT from root).
-            span.record(
-                "object_systemd_unit",
-                crate::supervise::unit_name(&rec.id).as_str(),
-            );
+            span.record("object_systemd_unit", unit.as_str());
         }
         async {
             let paths = self.paths(&rec.id);
@@ -562,11 +563,8 @@ impl Runner {
                 ("COMMIT".to_owned(), rec.job.pr.head_sha.clone()),
                 ("REPO".to_owned(), rec.job.repo.full_name.clone()),
             ];
-            if self.supervisor.mode() == "systemd" {
-                fields.push((
-                    "OBJECT_SYSTEMD_UNIT".to_owned(),
-                    crate::supervise::unit_name(&rec.id),
-                ));
+            if let Some(unit) = self.supervisor.job_unit(&rec.id) {
+                fields.push(("OBJECT_SYSTEMD_UNIT".to_owned(), unit));
             }
             crate::journal::GuestLines::new(j, self.cfg.supervision.journal_lines_per_sec, fields)
         });
@@ -904,11 +902,9 @@ impl Runner {
             return Ok(VmExit::Killed(crate::control::CANCELLED.into()));
         }
         let _ = std::fs::File::create(&spec.channel_log);
-        f.pos = 0;
-        f.partial.clear();
+        f.channel = FileTail::default();
         f.started = None;
-        f.console_pos = 0;
-        f.console_partial.clear();
+        f.console = FileTail::default();
         let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel();
         let timeout = Duration::from_secs(match phase {
             Phase::Fetch => self.cfg.limits.fetch_timeout_secs,

@@ -168,6 +168,7 @@ trait Unit {
 /// Transient units through systemd's manager on the system bus.
 pub struct SystemdUnits {
     conn: zbus::Connection,
+    manager: ManagerProxy<'static>,
     slice: String,
     /// `ExecStart` of every job unit: airlockd's own binary, `--version`.
     exe: String,
@@ -241,6 +242,11 @@ impl Supervisor {
         }
     }
 
+    /// The job's unit, when it has one (under systemd).
+    pub fn job_unit(&self, id: &str) -> Option<String> {
+        matches!(self, Supervisor::Systemd(_)).then(|| unit_name(id))
+    }
+
     /// Make the job's unit (or cgroup) before anything of it runs.
     pub async fn begin(&self, job: &JobUnit) -> Result<()> {
         match self {
@@ -300,36 +306,29 @@ impl Supervisor {
 
 impl SystemdUnits {
     async fn connect(cfg: &SupervisionConfig) -> Result<SystemdUnits> {
-        let conn = zbus::Connection::system()
-            .await
-            .map_err(|e| Error::Bus(Box::new(e)))?;
+        let bus = |e| Error::Bus(Box::new(e));
+        let conn = zbus::Connection::system().await.map_err(bus)?;
+        let manager = ManagerProxy::new(&conn).await.map_err(bus)?;
         // One call now, so a dead manager is found at start.
-        ManagerProxy::new(&conn)
-            .await
-            .map_err(|e| Error::Bus(Box::new(e)))?
+        manager
             .list_units_by_patterns(&[], &["airlock-job-*.service"])
             .await
-            .map_err(|e| Error::Bus(Box::new(e)))?;
+            .map_err(bus)?;
         let exe = std::env::current_exe()
             .ok()
             .and_then(|p| p.to_str().map(str::to_owned))
             .unwrap_or_else(|| "/bin/true".into());
         Ok(SystemdUnits {
             conn,
+            manager,
             slice: cfg.slice.clone(),
             exe,
         })
     }
 
-    async fn manager(&self) -> Result<ManagerProxy<'_>> {
-        ManagerProxy::new(&self.conn)
-            .await
-            .map_err(|e| Error::Bus(Box::new(e)))
-    }
-
     async fn begin(&self, job: &JobUnit) -> Result<()> {
         let unit = unit_name(&job.id);
-        let m = self.manager().await?;
+        let m = &self.manager;
         // A failed unit of the same name (an earlier attempt) blocks a new one.
         let _ = m.reset_failed_unit(&unit).await;
         let exec = vec![(
@@ -385,8 +384,7 @@ impl SystemdUnits {
     }
 
     async fn state(&self, unit: &str) -> Option<String> {
-        let m = self.manager().await.ok()?;
-        let path = m.get_unit(unit).await.ok()?;
+        let path = self.manager.get_unit(unit).await.ok()?;
         let u = UnitProxy::builder(&self.conn)
             .path(path)
             .ok()?
@@ -399,8 +397,7 @@ impl SystemdUnits {
 
     async fn adopt(&self, id: &str, pid: u32) -> Result<()> {
         let unit = unit_name(id);
-        self.manager()
-            .await?
+        self.manager
             .attach_processes_to_unit(&unit, "/", &[pid])
             .await
             .map_err(|source| Error::Systemd {
@@ -421,21 +418,17 @@ impl SystemdUnits {
 
     async fn end(&self, id: &str) {
         let unit = unit_name(id);
-        if let Ok(m) = self.manager().await {
-            match m.stop_unit(&unit, "replace").await {
-                Ok(_) => info!(%unit, "job unit stopped"),
-                Err(e) => {
-                    // Already gone (an admin stopped it) is fine.
-                    tracing::debug!(%unit, error = %e, "job unit not stopped");
-                }
+        match self.manager.stop_unit(&unit, "replace").await {
+            Ok(_) => info!(%unit, "job unit stopped"),
+            Err(e) => {
+                // Already gone (an admin stopped it) is fine.
+                tracing::debug!(%unit, error = %e, "job unit not stopped");
             }
         }
     }
 
     async fn clean(&self, running: &[String]) -> Vec<String> {
-        let Ok(m) = self.manager().await else {
-            return vec![];
-        };
+        let m = &self.manager;
         let units = match m
             .list_units_by_patterns(&[], &["airlock-job-*.service"])
             .await
