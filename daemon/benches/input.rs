@@ -78,6 +78,7 @@ async fn job(t: &Path, url: &str, head: &str, n: &str, bases: Option<&Bases>) ->
         &dir.join("base.img"),
         bases,
         &limits,
+        false,
     )
     .await
     .unwrap();

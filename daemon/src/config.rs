@@ -48,6 +48,41 @@ pub struct Config {
     pub dbus: DbusConfig,
     pub sponsor: SponsorConfig,
     pub supervision: SupervisionConfig,
+    pub review: ReviewConfig,
+    pub web: WebConfig,
+}
+
+/// Review jobs (issue 16): build everything a PR changes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReviewConfig {
+    /// Build at most this many changed attrs; a PR that changes more is a
+    /// mass rebuild: reported with its count, and a deterministic sample
+    /// of this size is built.
+    pub max_build: usize,
+    /// Review PRs against a target branch against another branch instead
+    /// (`staging = "master"`): the head is merged onto it and it is the base.
+    pub base_for: std::collections::BTreeMap<String, String>,
+    /// Changed attrs never built (reported as `blacklisted`).
+    pub skip_attrs: Vec<String>,
+}
+
+impl Default for ReviewConfig {
+    fn default() -> Self {
+        ReviewConfig {
+            max_build: 100,
+            base_for: Default::default(),
+            skip_attrs: vec![],
+        }
+    }
+}
+
+/// The read-only HTML view of jobs and reviews.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// `ADDRESS:PORT` to serve it on; unset (the default): not served.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Who contributes this builder's compute: named in every posted result
@@ -612,6 +647,8 @@ impl Default for Config {
             dbus: DbusConfig::default(),
             sponsor: SponsorConfig::default(),
             supervision: SupervisionConfig::default(),
+            review: ReviewConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }

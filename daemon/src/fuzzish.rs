@@ -15,6 +15,7 @@ fn wire_and_job_parsers_never_panic() {
         attempted_attrs: vec!["a".into()],
         skipped_attrs: vec![],
         paths: vec![],
+        review: None,
     };
     airlock_wire::write_header(&mut valid, &m).unwrap();
     let job = br#"{"repo":{"owner":"o","name":"n","full_name":"o/n","clone_url":"https://x"},"pr":{"target_branch":"master","number":1,"head_sha":"e9872fa30caac57c69bfac8667e6c21254603df1"},"attrs":["a"],"request_id":"r"}"#;

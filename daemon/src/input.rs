@@ -266,6 +266,7 @@ impl Bases {
         merged_tree: &str,
         link: &Path,
         limits: &Limits,
+        exact: bool,
     ) -> Result<(String, bool)> {
         std::fs::create_dir_all(&self.s.dir).map_err(io("cannot create", &self.s.dir))?;
         {
@@ -273,7 +274,10 @@ impl Bases {
             if self.take(base_tree, link)? {
                 return Ok((base_tree.to_owned(), false));
             }
-            for (tree, _, _) in self.images().into_iter().take(8) {
+            // A review job evaluates the image's tree as its base: only the
+            // exact one will do.
+            let near = if exact { vec![] } else { self.images() };
+            for (tree, _, _) in near.into_iter().take(8) {
                 // Only trees this repository has (images of other repositories share the directory).
                 if checkout::git_raw(
                     repo,
@@ -376,10 +380,15 @@ pub async fn stage(
     base_link: &Path,
     bases: Option<&Bases>,
     limits: &Limits,
+    exact_base: bool,
 ) -> Result<InputUse> {
     let Some(bases) = bases else {
         let src = stage.join("src");
         checkout::write_files(repo, merged, &src, None, limits).await?;
+        if exact_base {
+            // A review job's base tree, whole, beside the merged one.
+            checkout::write_files(repo, base, &stage.join("base-src"), None, limits).await?;
+        }
         let files = count_files(&src);
         return Ok(InputUse {
             files,
@@ -389,7 +398,14 @@ pub async fn stage(
     let merged_tree = tree_of(repo, merged, limits).await?;
     let base_tree = tree_of(repo, base, limits).await?;
     let (tree, made) = bases
-        .choose(repo, &base_tree, &merged_tree, base_link, limits)
+        .choose(
+            repo,
+            &base_tree,
+            &merged_tree,
+            base_link,
+            limits,
+            exact_base,
+        )
         .await?;
     let diff = checkout::git_raw(
         repo,
@@ -669,6 +685,7 @@ mod tests {
                     &link,
                     Some(&bases),
                     &limits,
+                    false,
                 )
                 .await
                 .unwrap();
@@ -720,6 +737,7 @@ mod tests {
             &t.path().join("b.img"),
             None,
             &Limits::default(),
+            false,
         )
         .await
         .unwrap();

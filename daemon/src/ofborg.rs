@@ -1,6 +1,8 @@
 //! ofborg's builder messages, field for field and in ofborg's field order, so
 //! that `serde_json::to_string` produces the same bytes ofborg does.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 pub use airlock_wire::BuildStatus;
@@ -41,6 +43,33 @@ pub struct BuildJob {
     pub logs: Option<ExchangeQueue>,
     #[serde(default)]
     pub statusreport: Option<ExchangeQueue>,
+    /// airlock's own marker of a review job (issue 16): `attrs` is empty,
+    /// so ofborg's builders, which skip a job without attrs, ack it and do
+    /// nothing; airlock reviews the PR. Absent from every ofborg message,
+    /// and never serialised when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub airlock_review: Option<ReviewRequest>,
+}
+
+/// What a review job asks for (the `airlock_review` marker).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewRequest {
+    /// The branch to review against (evaluated as the base, and the head
+    /// merged onto it); default: the builder's `review.base_for` mapping
+    /// of the target branch, else the target branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Evaluate only these attr paths in both trees (default: every attr
+    /// `nix-env -qa` lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attrs: Option<Vec<String>>,
+    /// A rebuild list computed by the central side: the base is not evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<Vec<String>>,
+    /// Evaluate and diff, build nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub eval_only: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -65,25 +94,45 @@ impl BuildJob {
         if sha.len() != 40 || !sha.bytes().all(|c| c.is_ascii_hexdigit()) {
             return Err(Error::BadSha(sha.clone()));
         }
-        for a in &self.attrs {
+        let review_attrs = self
+            .airlock_review
+            .iter()
+            .flat_map(|r| r.attrs.iter().flatten().chain(r.rebuild.iter().flatten()));
+        for a in self.attrs.iter().chain(review_attrs) {
             // ofborg takes comment tokens verbatim (printable ASCII); they become
             // one argv entry each, never a shell word.
             if a.is_empty() || a.len() > 1024 || !a.bytes().all(|c| c.is_ascii_graphic()) {
                 return Err(Error::BadAttr(a.clone()));
             }
         }
-        let b = self.target_branch();
-        let bad = b.is_empty()
-            || b.starts_with('-')
-            || b.contains("..")
-            || !b
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"/._-+".contains(&c));
-        if bad {
-            return Err(Error::BadBranch(b.to_owned()));
+        if let Some(b) = self.airlock_review.as_ref().and_then(|r| r.base.as_deref()) {
+            check_branch(b)?;
         }
-        Ok(())
+        check_branch(self.target_branch())
     }
+
+    /// The branch a review job is reviewed against.
+    pub fn review_base<'a>(&'a self, base_for: &'a BTreeMap<String, String>) -> &'a str {
+        let t = self.target_branch();
+        self.airlock_review
+            .as_ref()
+            .and_then(|r| r.base.as_deref())
+            .or_else(|| base_for.get(t).map(String::as_str))
+            .unwrap_or(t)
+    }
+}
+
+fn check_branch(b: &str) -> Result<(), Error> {
+    let bad = b.is_empty()
+        || b.starts_with('-')
+        || b.contains("..")
+        || !b
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"/._-+".contains(&c));
+    if bad {
+        return Err(Error::BadBranch(b.to_owned()));
+    }
+    Ok(())
 }
 
 /// First message of an attempt on the logs destination.

@@ -617,6 +617,7 @@ pub mod craft {
             attempted_attrs: vec!["x".into()],
             skipped_attrs: vec![],
             paths: entries.iter().map(|e| e.0.clone()).collect(),
+            review: None,
         };
         let mut out = Vec::new();
         airlock_wire::write_header(&mut out, &m).expect("in memory");

@@ -466,7 +466,7 @@ impl Runner {
     async fn run_inner(&self, rec: &mut JobRecord, paths: &JobPaths) -> JobResult {
         let _ = std::fs::create_dir_all(&paths.dir);
         paths.remove_scratch();
-        if rec.job.attrs.is_empty() {
+        if rec.job.attrs.is_empty() && rec.job.airlock_review.is_none() {
             return JobResult {
                 silent: true,
                 ..result(BuildStatus::Skipped, vec![])
@@ -484,7 +484,7 @@ impl Runner {
         let outcome = checkout::prepare(
             &self.cfg.git_cache_dir(),
             &rec.job.repo.clone_url,
-            rec.job.target_branch(),
+            self.base_branch(rec),
             &rec.job.pr.head_sha,
             rec.job.pr.number,
             &paths.checkout(),
@@ -493,7 +493,7 @@ impl Runner {
         .await;
         match outcome {
             Ok(Outcome::Merged { commit, base }) => {
-                info!(merged = %commit, %base, "merged head onto {}", rec.job.target_branch());
+                info!(merged = %commit, %base, "merged head onto {}", self.base_branch(rec));
                 rec.merged_commit = Some(commit);
                 rec.base_commit = Some(base);
                 self.mark(rec, "checkout");
@@ -573,11 +573,16 @@ impl Runner {
         // Paths the substituter served this job (checked narinfos).
         let mut upstream = BTreeSet::new();
         let last_phase = if let Some(net) = &self.network {
+            let fetch_review;
             match self
                 .fetch_phase(rec, paths, net, &mut follower, &mut upstream)
                 .await
             {
-                Ok(st) => fetch_status = Some(st),
+                Ok((st, rv)) => {
+                    fetch_status = Some(st);
+                    // A review with nothing to build ends after its fetch boot.
+                    fetch_review = rv;
+                }
                 Err(res) => return *res,
             }
             if fetch_status == Some(BuildStatus::Skipped) {
@@ -586,6 +591,9 @@ impl Runner {
                     follower.tail.iter().cloned().collect(),
                 );
                 res.skipped_attrs = follower.skipped.clone();
+                if let Some(rv) = fetch_review {
+                    self.review_report(rec, paths, &mut res, &rv);
+                }
                 return res;
             }
             Phase::Build
@@ -633,6 +641,12 @@ impl Runner {
         self.save(rec);
         let mut res = self.collect(rec, paths, res, follower, upstream).await;
         self.mark(rec, "verified");
+        if rec.job.airlock_review.is_some() {
+            match quarantine::read_manifest(&paths.export_img()).map(|m| m.review) {
+                Ok(Some(rv)) => self.review_report(rec, paths, &mut res, &rv),
+                _ => warn!("the review VM reported no review"),
+            }
+        }
         // A fixed-output hash mismatch in the fetch phase is what the job
         // reports (the build phase only sees the missing output).
         if fetch_status == Some(BuildStatus::HashMismatch)
@@ -652,7 +666,7 @@ impl Runner {
         net: &Network,
         f: &mut Follower,
         upstream: &mut BTreeSet<String>,
-    ) -> Result<BuildStatus, Box<JobResult>> {
+    ) -> Result<(BuildStatus, Option<crate::review::ReviewOutcome>), Box<JobResult>> {
         let fail = |err: String| Box::new(result(BuildStatus::UnexpectedError { err }, vec![]));
         let jn = net.setup().await.map_err(|e| {
             fail(format!(
@@ -729,7 +743,106 @@ impl Runner {
         info!(status = ?m.status, "fetch phase done");
         // A fresh export area for the build phase.
         sparse_file(&paths.export_img(), self.cfg.vm.export_disk_mib).map_err(fail)?;
-        Ok(m.status)
+        Ok((m.status, m.review))
+    }
+
+    /// The branch the head is merged onto: the target branch, or for a
+    /// review job the branch it is reviewed against.
+    fn base_branch<'a>(&'a self, rec: &'a JobRecord) -> &'a str {
+        if rec.job.airlock_review.is_some() {
+            rec.job.review_base(&self.cfg.review.base_for)
+        } else {
+            rec.job.target_branch()
+        }
+    }
+
+    /// Write `report.json` and `report.md` of a review job from the guest's
+    /// outcome and what the host verified; its summary joins the result's
+    /// lines (and so the broker's BuildResult).
+    fn review_report(
+        &self,
+        rec: &JobRecord,
+        paths: &JobPaths,
+        res: &mut JobResult,
+        rv: &crate::review::ReviewOutcome,
+    ) {
+        use crate::review::report;
+        let verified = res
+            .quarantine
+            .as_deref()
+            .and_then(|d| std::fs::read(d.join("manifest.json")).ok())
+            .and_then(|b| serde_json::from_slice::<quarantine::JobManifest>(&b).ok())
+            .map(|m| m.verified)
+            .unwrap_or_default();
+        let hashes = verified
+            .iter()
+            .map(|v| (v.path.clone(), (v.nar_hash.clone(), v.nar_size)))
+            .collect();
+        let passed: Vec<(&str, &str)> = rv
+            .tests
+            .iter()
+            .filter(|t| t.outcome == crate::review::Outcome::Built)
+            .flat_map(|t| t.outputs.values().map(|p| (t.attr.as_str(), p.as_str())))
+            .collect();
+        let artifacts = match &res.quarantine {
+            Some(dir) => crate::review::artifacts(&rec.id, dir, &verified, &passed),
+            None => vec![],
+        };
+        let sponsor = self.cfg.sponsor.line().map(|line| report::Sponsor {
+            name: self.cfg.sponsor.name.clone(),
+            url: self.cfg.sponsor.url.clone(),
+            line,
+        });
+        let requested = rec
+            .job
+            .airlock_review
+            .as_ref()
+            .and_then(|r| r.attrs.as_deref());
+        let trust = format!("{:?}", self.cfg.trust).to_lowercase();
+        let r = report::build(
+            rv,
+            report::Context {
+                job_id: &rec.id,
+                repo: &rec.job.repo.full_name,
+                pr: rec.job.pr.number,
+                head: &rec.job.pr.head_sha,
+                base_branch: self.base_branch(rec),
+                base_commit: rec.base_commit.as_deref(),
+                merged_commit: rec.merged_commit.as_deref(),
+                system: &self.cfg.system,
+                guest_nix: rec.guest_nix.as_deref(),
+                identity: &self.cfg.identity,
+                trust: &trust,
+                sponsor,
+                requested,
+                skip: &self.cfg.review.skip_attrs,
+                max_build: self.cfg.review.max_build,
+                verified: &hashes,
+                artifacts,
+            },
+        );
+        let json = serde_json::to_vec_pretty(&r).expect("serialises");
+        let md = report::markdown(&r);
+        for (name, body) in [("report.json", &json[..]), ("report.md", md.as_bytes())] {
+            if let Err(e) = crate::fsutil::write_atomic(&paths.dir.join(name), body) {
+                warn!(error = %e, "cannot write {name}");
+            }
+        }
+        let lines = report::summary_lines(&r);
+        for l in &lines {
+            info!("{l}");
+        }
+        if let Ok(mut l) = std::fs::OpenOptions::new()
+            .append(true)
+            .open(paths.build_log())
+        {
+            for line in &lines {
+                let _ = writeln!(l, "{line}");
+            }
+        }
+        res.output.extend(lines);
+        let extra = res.output.len().saturating_sub(10);
+        res.output.drain(..extra);
     }
 
     async fn make_disks(&self, rec: &mut JobRecord, paths: &JobPaths) -> Result<(), String> {
@@ -745,6 +858,7 @@ impl Runner {
             &paths.base_img(),
             self.cfg.bases().as_ref(),
             &checkout::Limits::from_config(&self.cfg.limits),
+            rec.job.airlock_review.is_some(),
         )
         .await
         .map_err(|e| format!("cannot stage the checkout: {}", error_chain(&e)))?;
@@ -776,6 +890,18 @@ impl Runner {
                 .map(|_| airlock_wire::GuestSubstituter {
                     port: self.cfg.substituter.port,
                     trusted_public_keys: self.cfg.nix.trusted_public_keys.clone(),
+                }),
+            review: rec
+                .job
+                .airlock_review
+                .as_ref()
+                .map(|r| crate::review::GuestReview {
+                    attrs: r.attrs.clone(),
+                    rebuild: r.rebuild.clone(),
+                    max_build: self.cfg.review.max_build,
+                    seed: merged.clone(),
+                    eval_only: r.eval_only,
+                    skip: self.cfg.review.skip_attrs.clone(),
                 }),
         };
         std::fs::write(

@@ -345,6 +345,121 @@ fn node(r: &mut impl Read, depth: usize) -> Result<()> {
     }
 }
 
+/// A regular file inside a NAR: its path below the root (`""` for a NAR
+/// that is one file), its size, and where its contents start in the NAR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NarFile {
+    pub path: String,
+    pub size: u64,
+    pub offset: u64,
+    pub executable: bool,
+}
+
+/// Every regular file of a NAR, in order (names that are not UTF-8 are
+/// skipped). For NARs [`validate`] has already passed; still bounded.
+pub fn files(r: impl Read) -> Result<Vec<NarFile>> {
+    let mut c = Counting { inner: r, count: 0 };
+    expect(&mut c, b"nix-archive-1")?;
+    let mut out = Vec::new();
+    list_node(&mut c, "", 0, &mut out)?;
+    Ok(out)
+}
+
+struct Counting<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+fn list_node<R: Read>(
+    r: &mut Counting<R>,
+    path: &str,
+    depth: usize,
+    out: &mut Vec<NarFile>,
+) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(Error::TooDeep);
+    }
+    expect(r, b"(")?;
+    expect(r, b"type")?;
+    match read_str(r, MAX_TOKEN)?.as_slice() {
+        b"regular" => {
+            let mut tok = read_str(r, MAX_TOKEN)?;
+            let executable = tok == b"executable";
+            if executable {
+                expect(r, b"")?;
+                tok = read_str(r, MAX_TOKEN)?;
+            }
+            if tok != b"contents" {
+                return Err(Error::Malformed("regular file without contents".into()));
+            }
+            let size = read_u64(r)?;
+            out.push(NarFile {
+                path: path.to_owned(),
+                size,
+                offset: r.count,
+                executable,
+            });
+            if io::copy(&mut r.take(size), &mut io::sink()).map_err(io_err)? != size {
+                return Err(Error::Truncated);
+            }
+            padding(r, size)?;
+            expect(r, b")")
+        }
+        b"symlink" => {
+            expect(r, b"target")?;
+            read_str(r, MAX_TARGET)?;
+            expect(r, b")")
+        }
+        b"directory" => loop {
+            match read_str(r, MAX_TOKEN)?.as_slice() {
+                b")" => return Ok(()),
+                b"entry" => {
+                    expect(r, b"(")?;
+                    expect(r, b"name")?;
+                    let name = read_str(r, MAX_NAME)?;
+                    expect(r, b"node")?;
+                    let name = String::from_utf8(name).ok().filter(|n| {
+                        !n.is_empty() && n != "." && n != ".." && !n.contains(['/', '\0'])
+                    });
+                    match name {
+                        Some(n) => {
+                            let p = if path.is_empty() {
+                                n
+                            } else {
+                                format!("{path}/{n}")
+                            };
+                            list_node(r, &p, depth + 1, out)?;
+                        }
+                        None => {
+                            let mut skipped = Vec::new();
+                            list_node(r, "", depth + 1, &mut skipped)?;
+                        }
+                    }
+                    expect(r, b")")?;
+                }
+                other => {
+                    return Err(Error::Malformed(format!(
+                        "unexpected {:?} in directory",
+                        String::from_utf8_lossy(other)
+                    )))
+                }
+            }
+        },
+        other => Err(Error::Malformed(format!(
+            "unknown node type {:?}",
+            String::from_utf8_lossy(other)
+        ))),
+    }
+}
+
 /// Write one NAR string (length, bytes, zero padding to 8): the token every
 /// NAR is made of. The guest agent serialises store paths with it.
 pub fn write_str(w: &mut impl std::io::Write, s: &[u8]) -> std::io::Result<()> {
@@ -422,6 +537,41 @@ mod tests {
             None::<Vec<u8>>,
             RefScanner::new([]),
         )
+    }
+
+    #[test]
+    fn lists_files_with_their_offsets() {
+        let n = nar(&Node::Dir(vec![
+            (
+                "bin",
+                Node::Dir(vec![(
+                    "hello",
+                    Node::File {
+                        exec: true,
+                        data: b"#!/bin/sh\n",
+                    },
+                )]),
+            ),
+            ("link", Node::Link("bin/hello")),
+            (
+                "shot.png",
+                Node::File {
+                    exec: false,
+                    data: b"PNGDATA",
+                },
+            ),
+        ]));
+        let f = files(&n[..]).unwrap();
+        let names: Vec<&str> = f.iter().map(|x| x.path.as_str()).collect();
+        assert_eq!(names, ["bin/hello", "shot.png"]);
+        assert!(f[0].executable && !f[1].executable);
+        let o = f[1].offset as usize;
+        assert_eq!(&n[o..o + f[1].size as usize], b"PNGDATA");
+        let one = nar(&Node::File {
+            exec: false,
+            data: b"x",
+        });
+        assert_eq!(files(&one[..]).unwrap()[0].path, "");
     }
 
     #[test]

@@ -64,6 +64,44 @@ enum Cmd {
         #[arg(long = "attr", required = true)]
         attrs: Vec<String>,
     },
+    /// Review a PR (issue 16): evaluate the base and the PR merged onto
+    /// it, build every attr whose out-paths changed (up to the builder's
+    /// `review.max_build`) and their `passthru.tests`, and report which
+    /// changed packages the passing tests exercise.
+    Review {
+        /// Git URL or local path of the repository.
+        #[arg(long)]
+        repo: String,
+        /// The PR head commit (40 hex digits).
+        #[arg(long)]
+        head: String,
+        #[arg(long, default_value_t = 0)]
+        pr: u64,
+        /// The GitHub repository the PR belongs to (for the label watcher).
+        #[arg(long, value_name = "OWNER/NAME")]
+        github: Option<String>,
+        /// The PR's target branch.
+        #[arg(long, default_value = "master")]
+        target_branch: String,
+        /// Review against this branch instead (default: the builder's
+        /// `review.base_for` of the target branch, else the target branch).
+        #[arg(long)]
+        base: Option<String>,
+        /// Evaluate only these attr paths in both trees (repeatable;
+        /// default: every attr `nix-env -qa` lists).
+        #[arg(long = "attr")]
+        attrs: Vec<String>,
+        /// File with a JSON list of attr paths, as --attr.
+        #[arg(long, value_name = "FILE")]
+        attrs_file: Option<std::path::PathBuf>,
+        /// The rebuild list, computed elsewhere: the base is not evaluated
+        /// (repeatable).
+        #[arg(long = "rebuild")]
+        rebuild: Vec<String>,
+        /// Evaluate and diff only; build nothing.
+        #[arg(long)]
+        eval_only: bool,
+    },
     /// List jobs.
     Jobs,
     /// Show one job.
@@ -100,6 +138,45 @@ enum Cmd {
     Drain,
     /// Start queued jobs again after a drain.
     Resume,
+}
+
+/// The job's repository: `repo` (a URL, or a local path made absolute:
+/// the daemon has another cwd), on GitHub as `github` if given.
+fn repo_of(repo: &str, github: Option<String>, pr: u64) -> anyhow::Result<Repo> {
+    // A local path is resolved here: the daemon has another cwd.
+    let clone_url = match std::fs::canonicalize(repo) {
+        Ok(p) if !repo.contains("://") => p.display().to_string(),
+        _ => repo.to_owned(),
+    };
+    let name = clone_url
+        .trim_end_matches('/')
+        .trim_end_matches(".git")
+        .rsplit('/')
+        .next()
+        .unwrap_or("repo")
+        .to_owned();
+    let repo = match github {
+        Some(g) => {
+            airlock::release::github::check_repo(&g)?;
+            if pr == 0 {
+                bail!("--github needs --pr N");
+            }
+            let (o, n) = g.split_once('/').expect("checked");
+            Repo {
+                owner: o.into(),
+                name: n.into(),
+                full_name: g.clone(),
+                clone_url,
+            }
+        }
+        None => Repo {
+            owner: "local".into(),
+            full_name: format!("local/{name}"),
+            name,
+            clone_url,
+        },
+    };
+    Ok(repo)
 }
 
 fn status_text(s: &BuildStatus) -> String {
@@ -289,6 +366,55 @@ async fn main() -> anyhow::Result<()> {
             ),
         })?;
     match a.cmd {
+        Cmd::Review {
+            repo,
+            head,
+            pr,
+            github,
+            target_branch,
+            base,
+            mut attrs,
+            attrs_file,
+            rebuild,
+            eval_only,
+        } => {
+            if let Some(f) = attrs_file {
+                let list: Vec<String> = serde_json::from_slice(
+                    &std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
+                )
+                .with_context(|| format!("{} is not a JSON list of attr paths", f.display()))?;
+                attrs.extend(list);
+            }
+            let review = airlock::ofborg::ReviewRequest {
+                base,
+                attrs: (!attrs.is_empty()).then_some(attrs),
+                rebuild: (!rebuild.is_empty()).then_some(rebuild),
+                eval_only,
+            };
+            let job = BuildJob {
+                repo: repo_of(&repo, github, pr)?,
+                pr: Pr {
+                    target_branch: Some(target_branch),
+                    number: pr,
+                    head_sha: head,
+                },
+                subset: None,
+                attrs: vec![],
+                request_id: uuid::Uuid::new_v4().to_string(),
+                logs: None,
+                statusreport: None,
+                airlock_review: Some(review),
+            };
+            let id = api
+                .submit_job(&serde_json::to_string(&job)?)
+                .await
+                .map_err(api_err)?;
+            if json {
+                println!("{}", serde_json::json!({ "id": id }));
+            } else {
+                out!("{id}");
+            }
+        }
         Cmd::Submit {
             repo,
             head,
@@ -297,41 +423,8 @@ async fn main() -> anyhow::Result<()> {
             target_branch,
             attrs,
         } => {
-            // A local path is resolved here: the daemon has another cwd.
-            let clone_url = match std::fs::canonicalize(&repo) {
-                Ok(p) if !repo.contains("://") => p.display().to_string(),
-                _ => repo.clone(),
-            };
-            let name = clone_url
-                .trim_end_matches('/')
-                .trim_end_matches(".git")
-                .rsplit('/')
-                .next()
-                .unwrap_or("repo")
-                .to_owned();
-            let repo = match github {
-                Some(g) => {
-                    airlock::release::github::check_repo(&g)?;
-                    if pr == 0 {
-                        bail!("--github needs --pr N");
-                    }
-                    let (o, n) = g.split_once('/').expect("checked");
-                    Repo {
-                        owner: o.into(),
-                        name: n.into(),
-                        full_name: g.clone(),
-                        clone_url,
-                    }
-                }
-                None => Repo {
-                    owner: "local".into(),
-                    full_name: format!("local/{name}"),
-                    name,
-                    clone_url,
-                },
-            };
             let job = BuildJob {
-                repo,
+                repo: repo_of(&repo, github, pr)?,
                 pr: Pr {
                     target_branch: Some(target_branch),
                     number: pr,
@@ -342,6 +435,7 @@ async fn main() -> anyhow::Result<()> {
                 request_id: uuid::Uuid::new_v4().to_string(),
                 logs: None,
                 statusreport: None,
+                airlock_review: None,
             };
             let id = api
                 .submit_job(&serde_json::to_string(&job)?)

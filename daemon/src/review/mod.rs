@@ -1,133 +1,102 @@
-//! Review mode (issue 16), its pure parts first: which attrs a PR changes.
+//! Review mode (issue 16): build everything a PR changes, run its tests,
+//! and say which changed packages the passing tests vouch for.
 //!
-//! [`rebuild_set`] compares the out-paths of every attr in the base and
-//! the merged tree, as nixpkgs-review and nixpkgs' `ci/eval` do: an attr
-//! is rebuilt when it is new or any of its outputs changed; an attr that
-//! is gone is listed as removed. Over the configured maximum the set is a
-//! mass rebuild: reported with its size, and only a deterministic sample
-//! (the same PR always gets the same one) is built.
+//! The diff itself ([`rebuild_set`]) lives in `airlock_wire::review`, as
+//! the guest computes it too; this module turns the guest's
+//! [`ReviewOutcome`] and the host's verified export into the report.
 
-use std::collections::{BTreeMap, BTreeSet};
+pub mod report;
 
-use sha2::{Digest, Sha256};
+pub use airlock_wire::review::*;
 
-/// One tree's evaluation: attr path → its outputs (`out` → store path, …).
-pub type OutPaths = BTreeMap<String, BTreeMap<String, String>>;
+use std::path::Path;
 
-/// What a PR changes.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct RebuildSet {
-    /// Attrs that are new or whose out-paths changed, sorted.
-    pub changed: Vec<String>,
-    /// Attrs of the base that the merged tree no longer has.
-    pub removed: Vec<String>,
-    /// More changed attrs than the maximum: only `build` is built.
-    pub mass_rebuild: bool,
-    /// The attrs to build: all of `changed`, or its sample.
-    pub build: Vec<String>,
-}
+use crate::quarantine::VerifiedPath;
 
-/// Diff `base` against `merged`; build at most `max` attrs, picked by
-/// `seed` (the merged commit, say) when there are more.
-pub fn rebuild_set(base: &OutPaths, merged: &OutPaths, max: usize, seed: &str) -> RebuildSet {
-    let changed: Vec<String> = merged
-        .iter()
-        .filter(|(attr, outs)| base.get(*attr) != Some(*outs))
-        .map(|(attr, _)| attr.clone())
-        .collect();
-    let removed = base
-        .keys()
-        .filter(|a| !merged.contains_key(*a))
-        .cloned()
-        .collect();
-    let mass_rebuild = changed.len() > max;
-    let build = if mass_rebuild {
-        sample(&changed, max, seed)
-    } else {
-        changed.clone()
-    };
-    RebuildSet {
-        changed,
-        removed,
-        mass_rebuild,
-        build,
+/// Largest artifact the page shows.
+pub const MAX_ARTIFACT_BYTES: u64 = 16 << 20;
+
+/// What kind of artifact a file of a test's output is, by its name:
+/// `image` (screenshots) or `log`; other files are not listed.
+pub fn artifact_kind(file: &str) -> Option<&'static str> {
+    let lower = file.to_ascii_lowercase();
+    let ext = lower.rsplit_once('.').map(|(_, e)| e)?;
+    match ext {
+        "png" | "jpg" | "jpeg" => Some("image"),
+        "log" | "txt" => Some("log"),
+        _ => None,
     }
 }
 
-/// `n` of `attrs`, the same for the same `seed`: those with the smallest
-/// SHA-256 of `seed` and the attr name, returned sorted.
-pub fn sample(attrs: &[String], n: usize, seed: &str) -> Vec<String> {
-    let mut keyed: Vec<([u8; 32], &String)> = attrs
-        .iter()
-        .map(|a| {
-            let mut h = Sha256::new();
-            h.update(seed.as_bytes());
-            h.update([0]);
-            h.update(a.as_bytes());
-            (h.finalize().into(), a)
-        })
-        .collect();
-    keyed.sort();
-    let picked: BTreeSet<&String> = keyed.into_iter().take(n).map(|(_, a)| a).collect();
-    picked.into_iter().cloned().collect()
+/// The artifacts in the verified outputs of passing tests
+/// (`passed`: test attr, output path), read from the quarantined NARs.
+pub fn artifacts(
+    job_id: &str,
+    qdir: &Path,
+    verified: &[VerifiedPath],
+    passed: &[(&str, &str)],
+) -> Vec<report::Artifact> {
+    let mut out = Vec::new();
+    for (test, path) in passed {
+        let Some(v) = verified.iter().find(|v| v.path == *path) else {
+            continue;
+        };
+        let Ok(f) = std::fs::File::open(qdir.join(&v.url)) else {
+            continue;
+        };
+        let Ok(files) = airlock_nix_formats::nar::files(std::io::BufReader::new(f)) else {
+            continue;
+        };
+        let base = path.trim_start_matches("/nix/store/");
+        for nf in files {
+            let name = if nf.path.is_empty() {
+                base.to_owned()
+            } else {
+                nf.path.clone()
+            };
+            let Some(kind) = artifact_kind(&name) else {
+                continue;
+            };
+            if nf.size > MAX_ARTIFACT_BYTES {
+                continue;
+            }
+            out.push(report::Artifact {
+                test: test.to_string(),
+                store_path: path.to_string(),
+                url: format!("/jobs/{job_id}/artifacts/{base}/{}", nf.path),
+                file: nf.path,
+                size: nf.size,
+                kind: kind.into(),
+            });
+        }
+    }
+    out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tree<A: AsRef<str>, P: AsRef<str>>(entries: &[(A, P)]) -> OutPaths {
-        entries
-            .iter()
-            .map(|(a, p)| {
-                (
-                    a.as_ref().to_string(),
-                    BTreeMap::from([("out".to_string(), format!("/nix/store/{}", p.as_ref()))]),
-                )
-            })
-            .collect()
+/// The bytes of one artifact of a job's quarantined outputs: `base` is
+/// the store path's name, `file` a path inside it. Only files
+/// [`artifact_kind`] names, only from verified NARs.
+pub fn artifact_bytes(
+    qdir: &Path,
+    verified: &[VerifiedPath],
+    base: &str,
+    file: &str,
+) -> Option<(&'static str, Vec<u8>)> {
+    use std::io::{Read, Seek};
+    let path = format!("/nix/store/{base}");
+    let v = verified.iter().find(|v| v.path == path)?;
+    let name = if file.is_empty() { base } else { file };
+    let kind = artifact_kind(name)?;
+    let mut f = std::fs::File::open(qdir.join(&v.url)).ok()?;
+    let nf = airlock_nix_formats::nar::files(std::io::BufReader::new(&mut f))
+        .ok()?
+        .into_iter()
+        .find(|nf| nf.path == file)?;
+    if nf.size > MAX_ARTIFACT_BYTES {
+        return None;
     }
-
-    #[test]
-    fn changed_new_and_removed_attrs() {
-        let base = tree(&[("hello", "a-hello"), ("leaf", "b-leaf"), ("gone", "c-gone")]);
-        let merged = tree(&[("hello", "a-hello"), ("leaf", "d-leaf"), ("new", "e-new")]);
-        let r = rebuild_set(&base, &merged, 10, "seed");
-        assert_eq!(r.changed, ["leaf", "new"]);
-        assert_eq!(r.removed, ["gone"]);
-        assert!(!r.mass_rebuild);
-        assert_eq!(r.build, r.changed);
-    }
-
-    #[test]
-    fn an_added_output_is_a_change() {
-        let base = tree(&[("lib", "a-lib")]);
-        let mut merged = base.clone();
-        merged
-            .get_mut("lib")
-            .unwrap()
-            .insert("dev".into(), "/nix/store/b-lib-dev".into());
-        assert_eq!(rebuild_set(&base, &merged, 10, "s").changed, ["lib"]);
-    }
-
-    #[test]
-    fn a_mass_rebuild_builds_a_stable_sample() {
-        let base = OutPaths::new();
-        let merged = tree(&(0..100).map(|i| (format!("p{i}"), "x")).collect::<Vec<_>>());
-        let a = rebuild_set(&base, &merged, 7, "commit-1");
-        assert!(a.mass_rebuild);
-        assert_eq!(a.changed.len(), 100);
-        assert_eq!(a.build.len(), 7);
-        assert!(a.build.iter().all(|x| a.changed.contains(x)));
-        assert_eq!(
-            a,
-            rebuild_set(&base, &merged, 7, "commit-1"),
-            "same seed, same sample"
-        );
-        assert_ne!(
-            a.build,
-            rebuild_set(&base, &merged, 7, "commit-2").build,
-            "another seed, another sample"
-        );
-    }
+    f.seek(std::io::SeekFrom::Start(nf.offset)).ok()?;
+    let mut buf = vec![0; nf.size as usize];
+    f.read_exact(&mut buf).ok()?;
+    Some((kind, buf))
 }

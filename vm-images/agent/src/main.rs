@@ -16,6 +16,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 
 mod nar;
+mod review;
 
 use airlock_wire::{
     encode_event, encode_log_line, BootParams, BuildStatus, Event, ExportedPath, GuestJob,
@@ -108,6 +109,7 @@ fn main() -> ExitCode {
                 attempted_attrs: vec![],
                 skipped_attrs: vec![],
                 paths: vec![],
+                review: None,
             };
             let _ = write_export(&args.export, &m);
             ExitCode::FAILURE
@@ -166,6 +168,9 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
         std::fs::write("/run/resolv.conf", "").map_err(|e| format!("resolv.conf: {e}"))?;
     }
     bind_resolv_conf();
+    if let Some(rv) = &job.review {
+        return review::run(&job, rv, &args.input, &src, &boot, &args.export, ch);
+    }
 
     let mut errors: Vec<String> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
@@ -239,6 +244,7 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
         attempted_attrs: attempted,
         skipped_attrs: skipped,
         paths,
+        review: None,
     };
     let bytes = write_export(&args.export, &m)?;
     ch.event(&Event::Exported {

@@ -16,6 +16,8 @@
 //!    as JSON, then for each `manifest.paths[i]` in order exactly
 //!    `nar_size` bytes of NAR, then `EXPORT_TRAILER` (16 bytes).
 
+pub mod review;
+
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
@@ -81,6 +83,10 @@ pub struct GuestJob {
     /// The host's substituter, for the fetch phase; `None`: substitute nothing.
     #[serde(default)]
     pub substituter: Option<GuestSubstituter>,
+    /// A review job (issue 16): `attrs` is empty, the agent evaluates the
+    /// base and the merged tree and builds what changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<review::GuestReview>,
 }
 
 /// The fetch phase's only substituter: `http://<gateway>:<port>` (the
@@ -261,6 +267,9 @@ pub struct Manifest {
     pub attempted_attrs: Vec<String>,
     pub skipped_attrs: Vec<String>,
     pub paths: Vec<ExportedPath>,
+    /// A review job's evaluation, diff, outcomes and evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<review::ReviewOutcome>,
 }
 
 /// Write the stream header (magic, manifest). The NARs and the trailer follow.
@@ -323,6 +332,7 @@ mod tests {
             attempted_attrs: vec!["a".into()],
             skipped_attrs: vec![],
             paths: vec![],
+            review: None,
         }
     }
 

@@ -1,0 +1,429 @@
+//! Review jobs (issue 16) inside the VM: evaluate the base and the merged
+//! tree with `review-eval.nix`, diff their out-paths, evaluate the changed
+//! attrs' `passthru.tests`, realise what is to be built, then record what
+//! was built and, for every test that passed, which changed attrs are in
+//! its build and runtime closures (the evidence map).
+//!
+//! The fetch boot evaluates and saves its plan on the job's `/nix` disk;
+//! the build boot realises it. Everything here is the guest's claim: the
+//! host checks "built" against the export it verified.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use airlock_wire::review::{
+    out_paths, rebuild_set, AttrEval, GuestReview, Outcome, RebuildSet, ReviewOutcome,
+    ReviewedAttr, ReviewedTest,
+};
+use airlock_wire::{BootParams, BuildStatus, Event, GuestJob, Manifest, Phase, WIRE_VERSION};
+
+use super::{
+    counting_builds, fetch, nix_store, produced_paths, realise, valid_paths, write_export, Channel,
+    BUILD_PHASE_OPTIONS,
+};
+
+const EVAL_NIX: &str = include_str!("review-eval.nix");
+const DIR: &str = "/nix/var/airlock/review";
+const SAVED: &str = "/nix/var/airlock/review/plan.json";
+
+/// `review-eval.nix`'s "tests" mode: an attr and its `passthru.tests`.
+#[derive(serde::Deserialize)]
+struct Tested {
+    #[serde(default, rename = "drvPath")]
+    drv_path: Option<String>,
+    #[serde(default)]
+    outputs: BTreeMap<String, String>,
+    #[serde(default)]
+    tests: BTreeMap<String, TestEval>,
+}
+
+#[derive(serde::Deserialize)]
+struct TestEval {
+    #[serde(default, rename = "drvPath")]
+    drv_path: Option<String>,
+    #[serde(default)]
+    outputs: BTreeMap<String, String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    kvm: bool,
+    #[serde(default)]
+    nixos: bool,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    outcome: ReviewOutcome,
+    drvs: Vec<String>,
+}
+
+/// The review's base tree: `base-src/` on the input disk, or the base
+/// disk's tree (the host attaches exactly the base commit's image for a
+/// review job).
+fn base_tree(input: &Path) -> PathBuf {
+    let whole = input.join("base-src");
+    if whole.is_dir() {
+        whole
+    } else {
+        PathBuf::from("/run/base/tree")
+    }
+}
+
+pub(crate) fn run(
+    job: &GuestJob,
+    rv: &GuestReview,
+    input: &Path,
+    src: &Path,
+    boot: &BootParams,
+    export: &Path,
+    ch: &Channel,
+) -> Result<(), String> {
+    let phase = boot.phase;
+    let saved: Option<Saved> = (phase == Phase::Build)
+        .then(|| std::fs::read(SAVED).ok())
+        .flatten()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let Saved { mut outcome, drvs } = match saved {
+        Some(s) => s,
+        None => {
+            let s = evaluate(job, rv, input, src, ch)?;
+            std::fs::write(SAVED, serde_json::to_vec(&s).unwrap_or_default())
+                .map_err(|e| format!("cannot save the review plan: {e}"))?;
+            s
+        }
+    };
+    let attempted: Vec<String> = outcome
+        .attrs
+        .iter()
+        .map(|a| a.attr.clone())
+        .chain(
+            outcome
+                .tests
+                .iter()
+                .filter(|t| !matches!(t.outcome, Outcome::Skipped(_)))
+                .map(|t| t.attr.clone()),
+        )
+        .collect();
+    let skipped: Vec<String> = outcome
+        .tests
+        .iter()
+        .filter(|t| matches!(t.outcome, Outcome::Skipped(_)))
+        .map(|t| t.attr.clone())
+        .collect();
+    if phase != Phase::Build {
+        ch.event(&Event::Instantiated {
+            attempted: attempted.clone(),
+            skipped: skipped.clone(),
+        });
+    }
+    let status = if drvs.is_empty() {
+        // Nothing to build (evaluation only, or nothing changed).
+        BuildStatus::Skipped
+    } else if phase == Phase::Fetch {
+        let gateway = boot.net.as_ref().map(|(_, gw)| gw.as_str());
+        fetch(job, &drvs, gateway, ch)?
+    } else {
+        let extra: Vec<String> = if phase == Phase::Build {
+            BUILD_PHASE_OPTIONS.map(String::from).to_vec()
+        } else {
+            vec![]
+        };
+        let st = counting_builds(&drvs, ch, || realise(job, &drvs, &extra, ch))?;
+        record_outcomes(&mut outcome, ch)?;
+        st
+    };
+    ch.event(&Event::Built {
+        status: status.clone(),
+    });
+    let paths = if drvs.is_empty() || phase == Phase::Fetch {
+        vec![]
+    } else {
+        produced_paths(&drvs)?
+    };
+    let m = Manifest {
+        version: WIRE_VERSION,
+        phase,
+        status,
+        attempted_attrs: attempted,
+        skipped_attrs: skipped,
+        paths,
+        review: Some(outcome),
+    };
+    let bytes = write_export(export, &m)?;
+    ch.event(&Event::Exported {
+        paths: m.paths.len() as u64,
+        bytes,
+    });
+    Ok(())
+}
+
+/// `review-eval.nix` over one tree.
+fn eval_tree<T: serde::de::DeserializeOwned>(
+    job: &GuestJob,
+    tree: &Path,
+    mode: &str,
+    attrs_file: Option<&Path>,
+) -> Result<BTreeMap<String, T>, String> {
+    let mut cmd = Command::new("nix-instantiate");
+    cmd.current_dir(tree)
+        .env_clear()
+        .env("PATH", "/usr/bin:/usr/sbin:/bin:/sbin")
+        .env("HOME", "/tmp")
+        .env("TMPDIR", "/nix/var/airlock-tmp")
+        // Restricted evaluation may read the tree and the review's own files.
+        .env(
+            "NIX_PATH",
+            format!("ofborg-nixpkgs-pr={}:airlock-review={DIR}", tree.display()),
+        )
+        .stdin(Stdio::null())
+        .args(["--eval", "--strict", "--json"])
+        .args(["--option", "restrict-eval", "true"]);
+    if mode == "tests" {
+        // The test derivations are realised later: their .drv files must exist.
+        cmd.arg("--read-write-mode");
+    }
+    cmd.arg(format!("{DIR}/eval.nix"))
+        .arg("--arg")
+        .arg("src")
+        .arg(tree)
+        .args(["--argstr", "entry", &job.nix_file])
+        .args(["--argstr", "system", &job.system])
+        .args(["--argstr", "mode", mode]);
+    if let Some(f) = attrs_file {
+        cmd.arg("--arg").arg("attrsFile").arg(f);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run nix-instantiate: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(20).collect();
+        return Err(format!(
+            "the review evaluation of {} failed: {}",
+            tree.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("review evaluation output: {e}"))
+}
+
+fn write_list(name: &str, attrs: &[String]) -> Result<PathBuf, String> {
+    let p = Path::new(DIR).join(name);
+    std::fs::write(&p, serde_json::to_vec(attrs).unwrap_or_default())
+        .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    Ok(p)
+}
+
+fn evaluate(
+    job: &GuestJob,
+    rv: &GuestReview,
+    input: &Path,
+    src: &Path,
+    ch: &Channel,
+) -> Result<Saved, String> {
+    std::fs::create_dir_all(DIR).map_err(|e| format!("mkdir {DIR}: {e}"))?;
+    std::fs::write(Path::new(DIR).join("eval.nix"), EVAL_NIX)
+        .map_err(|e| format!("cannot write eval.nix: {e}"))?;
+    let list = match &rv.attrs {
+        Some(a) => Some(write_list("attrs.json", a)?),
+        None => None,
+    };
+    let mut outcome = ReviewOutcome {
+        kvm: Path::new("/dev/kvm").exists(),
+        ..ReviewOutcome::default()
+    };
+    // 1. The base (unless the rebuild list was given) and the merged tree.
+    if rv.rebuild.is_none() {
+        let t = Instant::now();
+        outcome.base = eval_tree(job, &base_tree(input), "outpaths", list.as_deref())?;
+        outcome.eval_ms.0 = t.elapsed().as_millis() as u64;
+        ch.log(&format!(
+            "airlock: review: evaluated the base: {} attrs in {:.1}s",
+            outcome.base.len(),
+            outcome.eval_ms.0 as f64 / 1000.0
+        ));
+    }
+    let t = Instant::now();
+    outcome.merged = eval_tree(job, src, "outpaths", list.as_deref())?;
+    outcome.eval_ms.1 = t.elapsed().as_millis() as u64;
+    ch.log(&format!(
+        "airlock: review: evaluated the merged tree: {} attrs in {:.1}s",
+        outcome.merged.len(),
+        outcome.eval_ms.1 as f64 / 1000.0
+    ));
+    // 2. The diff.
+    let mut rebuild = match &rv.rebuild {
+        Some(given) => given_rebuild(given, &outcome.merged, rv),
+        None => rebuild_set(
+            &out_paths(&outcome.base),
+            &out_paths(&outcome.merged),
+            rv.max_build,
+            &rv.seed,
+        ),
+    };
+    rebuild.build.retain(|a| !rv.skip.contains(a));
+    ch.log(&format!(
+        "airlock: review: {} attrs changed, {} removed{}; building {}",
+        rebuild.changed.len(),
+        rebuild.removed.len(),
+        if rebuild.mass_rebuild {
+            format!(
+                " (mass rebuild: more than {}, a sample is built)",
+                rv.max_build
+            )
+        } else {
+            String::new()
+        },
+        rebuild.build.len()
+    ));
+    // 3. The attrs to build and their tests, instantiated.
+    let tested: BTreeMap<String, Tested> = if rebuild.build.is_empty() {
+        BTreeMap::new()
+    } else {
+        let f = write_list("build.json", &rebuild.build)?;
+        eval_tree(job, src, "tests", Some(&f))?
+    };
+    let mut drvs = Vec::new();
+    let why_not = rv.eval_only.then(|| "evaluation only".to_owned());
+    for (attr, e) in &tested {
+        let Some(drv) = e.drv_path.clone() else {
+            continue;
+        };
+        if why_not.is_none() {
+            drvs.push(drv.clone());
+        }
+        outcome.attrs.push(ReviewedAttr {
+            attr: attr.clone(),
+            drv_path: drv,
+            outputs: e.outputs.clone(),
+            outcome: Outcome::Skipped(why_not.clone().unwrap_or_else(|| "not built".into())),
+        });
+        for (name, t) in &e.tests {
+            let test_attr = format!("{attr}.passthru.tests.{name}");
+            let skip = match (&t.drv_path, &why_not) {
+                (None, _) => Some(format!(
+                    "does not evaluate ({})",
+                    t.error.as_deref().unwrap_or("?")
+                )),
+                (_, Some(w)) => Some(w.clone()),
+                (Some(_), None) if t.kvm && !outcome.kvm => Some(
+                    "needs KVM inside the VM, and this builder cannot give its VMs nested KVM"
+                        .into(),
+                ),
+                _ => None,
+            };
+            if skip.is_none() {
+                drvs.extend(t.drv_path.clone());
+            }
+            outcome.tests.push(ReviewedTest {
+                attr: test_attr,
+                of: attr.clone(),
+                drv_path: t.drv_path.clone().unwrap_or_default(),
+                outputs: t.outputs.clone(),
+                nixos: t.nixos,
+                outcome: Outcome::Skipped(skip.unwrap_or_else(|| "not built".into())),
+                build_closure: vec![],
+                runtime_closure: vec![],
+            });
+        }
+    }
+    for t in &outcome.tests {
+        ch.log(&format!(
+            "airlock: review: test {}{}",
+            t.attr,
+            match &t.outcome {
+                Outcome::Skipped(w) if w != "not built" => format!(" skipped: {w}"),
+                _ => String::new(),
+            }
+        ));
+    }
+    drvs.sort();
+    drvs.dedup();
+    outcome.rebuild = rebuild;
+    Ok(Saved { outcome, drvs })
+}
+
+/// A rebuild list from the central side: the attrs of it the merged tree
+/// has, capped like a computed one.
+fn given_rebuild(
+    given: &[String],
+    merged: &BTreeMap<String, AttrEval>,
+    rv: &GuestReview,
+) -> RebuildSet {
+    let changed: Vec<String> = given
+        .iter()
+        .filter(|a| merged.get(*a).is_some_and(|e| e.error.is_none()))
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mass_rebuild = changed.len() > rv.max_build;
+    let build = if mass_rebuild {
+        airlock_wire::review::sample(&changed, rv.max_build, &rv.seed)
+    } else {
+        changed.clone()
+    };
+    RebuildSet {
+        changed,
+        removed: vec![],
+        mass_rebuild,
+        build,
+    }
+}
+
+/// After the build: built or failed, and each passing test's evidence.
+fn record_outcomes(o: &mut ReviewOutcome, ch: &Channel) -> Result<(), String> {
+    let all: Vec<String> = o
+        .attrs
+        .iter()
+        .flat_map(|a| a.outputs.values().cloned())
+        .chain(o.tests.iter().flat_map(|t| t.outputs.values().cloned()))
+        .collect();
+    let valid: BTreeSet<String> = valid_paths(all)?.into_iter().collect();
+    let built = |outs: &BTreeMap<String, String>| outs.values().all(|p| valid.contains(p));
+    for a in &mut o.attrs {
+        a.outcome = if built(&a.outputs) {
+            Outcome::Built
+        } else {
+            Outcome::Failed
+        };
+    }
+    // The changed attrs' derivations and outputs, to look for in closures.
+    let changed: BTreeMap<&String, &AttrEval> = o
+        .rebuild
+        .changed
+        .iter()
+        .filter_map(|a| o.merged.get(a).map(|e| (a, e)))
+        .collect();
+    for t in &mut o.tests {
+        if t.outcome != Outcome::Skipped("not built".into()) {
+            continue;
+        }
+        if !built(&t.outputs) {
+            t.outcome = Outcome::Failed;
+            continue;
+        }
+        t.outcome = Outcome::Built;
+        let drv_closure: BTreeSet<String> = nix_store(&["-qR"], &[t.drv_path.clone()])?
+            .into_iter()
+            .collect();
+        let outs: Vec<String> = t.outputs.values().cloned().collect();
+        let run_closure: BTreeSet<String> = nix_store(&["-qR"], &outs)?.into_iter().collect();
+        for (attr, e) in &changed {
+            if e.drv_path.as_ref().is_some_and(|d| drv_closure.contains(d)) {
+                t.build_closure.push((*attr).clone());
+            }
+            if e.outputs.values().any(|p| run_closure.contains(p)) {
+                t.runtime_closure.push((*attr).clone());
+            }
+        }
+        ch.log(&format!(
+            "airlock: review: test {} passed; its closure holds {} changed attrs",
+            t.attr,
+            t.build_closure.len().max(t.runtime_closure.len())
+        ));
+    }
+    Ok(())
+}
