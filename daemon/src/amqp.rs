@@ -94,13 +94,14 @@ pub fn check_origin(
 }
 
 /// Strictly decode a job message. `Ok(None)`: a valid job with no attrs,
-/// which ofborg acks without publishing anything.
+/// which ofborg acks without publishing anything, unless it carries
+/// airlock's review marker (`airlock_review`): a review job.
 pub fn decode_job(body: &[u8]) -> std::result::Result<Option<BuildJob>, Poison> {
     if body.len() > MAX_BODY {
         return Err(Poison::TooLarge(body.len()));
     }
     let job: BuildJob = serde_json::from_slice(body).map_err(|e| Poison::NotAJob(e.to_string()))?;
-    if job.attrs.is_empty() {
+    if job.attrs.is_empty() && job.airlock_review.is_none() {
         return Ok(None);
     }
     job.validate().map_err(|e| Poison::Invalid(e.to_string()))?;
@@ -908,6 +909,45 @@ mod tests {
             MAX_QUEUED_LINES as u64
         );
         assert_eq!(sink.shared.dropped_lines.load(Ordering::Relaxed), 50);
+    }
+
+    #[test]
+    fn a_review_marker_makes_an_empty_job_a_review_that_ofborg_still_reads() {
+        let review = r#"{"repo":{"owner":"o","name":"n","full_name":"o/n","clone_url":"https://x/o/n.git"},"pr":{"target_branch":"staging","number":1,"head_sha":"e9872fa30caac57c69bfac8667e6c21254603df1"},"subset":"Nixpkgs","attrs":[],"request_id":"r","logs":["logs","o/n.1"],"statusreport":["build-results",null],"airlock_review":{"base":"master","attrs":["hello"]}}"#;
+        let job = decode_job(review.as_bytes())
+            .unwrap()
+            .expect("a review job");
+        let rv = job.airlock_review.clone().unwrap();
+        assert_eq!(rv.attrs.as_deref(), Some(&["hello".to_string()][..]));
+        assert_eq!(job.review_base(&Default::default()), "master");
+        // ofborg's builder reads the same message (its BuildJob has no
+        // deny_unknown_fields) and sees an empty attrs list: it acks it
+        // and builds nothing.
+        #[derive(serde::Deserialize)]
+        #[allow(dead_code)]
+        struct OfborgBuildJob {
+            repo: crate::ofborg::Repo,
+            pr: crate::ofborg::Pr,
+            subset: Option<crate::ofborg::Subset>,
+            attrs: Vec<String>,
+            request_id: String,
+            logs: Option<(Option<String>, Option<String>)>,
+            statusreport: Option<(Option<String>, Option<String>)>,
+        }
+        let theirs: OfborgBuildJob = serde_json::from_str(review).unwrap();
+        assert!(theirs.attrs.is_empty());
+        // A marker with a bad branch is refused like any bad job.
+        let bad = review.replace("\"base\":\"master\"", "\"base\":\"-x\"");
+        assert!(matches!(
+            decode_job(bad.as_bytes()),
+            Err(Poison::Invalid(_))
+        ));
+        // The base: the marker's, else `review.base_for`, else the target.
+        let mut j2 = job.clone();
+        j2.airlock_review.as_mut().unwrap().base = None;
+        let map = std::collections::BTreeMap::from([("staging".to_string(), "master".to_string())]);
+        assert_eq!(j2.review_base(&map), "master");
+        assert_eq!(j2.review_base(&Default::default()), "staging");
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl Default for ReviewConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
     /// `ADDRESS:PORT` to serve it on; unset (the default): not served.
-    pub listen: Option<std::net::SocketAddr>,
+    pub listen: Option<String>,
 }
 
 /// Who contributes this builder's compute: named in every posted result

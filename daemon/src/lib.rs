@@ -30,6 +30,7 @@ pub mod substituter;
 pub mod supervise;
 pub mod term;
 pub mod vm;
+pub mod web;
 
 pub use airlock_nix_formats as store;
 

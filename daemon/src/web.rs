@@ -1,0 +1,508 @@
+//! The read-only HTML view (`web.listen`, off by default): every job with
+//! its status, its log (followed while the job runs), a review's report,
+//! and the screenshots its passing tests took, inline.
+//!
+//! Read-only by construction: it reads job records, reports and the
+//! quarantine from disk and has no route that changes anything. An
+//! artifact is served as the bytes of one image or log file (checked by
+//! its magic bytes, `nosniff`, a CSP that forbids everything else), never
+//! as a narinfo or a NAR, so nothing here makes a quarantined path
+//! substitutable. Everything a guest or a PR wrote is HTML-escaped. The
+//! log follower is twenty lines of plain JavaScript: a long poll of
+//! `/jobs/<id>/log?from=N`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::job::{JobRecord, JobState, JobStore};
+use crate::review::report::Report;
+
+/// Largest piece of log one request returns.
+const LOG_CHUNK: u64 = 256 << 10;
+/// How long a log request waits for new lines before it answers empty.
+const LOG_WAIT: Duration = Duration::from_secs(10);
+
+const PAGE_CSP: &str = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+pub struct Web {
+    jobs: JobStore,
+}
+
+pub fn router(jobs_dir: PathBuf) -> Router {
+    let st = Arc::new(Web {
+        jobs: JobStore::new(jobs_dir),
+    });
+    Router::new()
+        .route("/", get(index))
+        .route("/jobs/{id}", get(job_page))
+        .route("/jobs/{id}/log", get(log_chunk))
+        .route("/jobs/{id}/report.json", get(report_json))
+        .route("/jobs/{id}/report.md", get(report_md))
+        .route("/jobs/{id}/artifacts/{base}/{*file}", get(artifact))
+        .with_state(st)
+}
+
+/// Escape text for HTML (element content and quoted attributes).
+pub fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn html(body: String) -> Response {
+    let mut r = (StatusCode::OK, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+fn status_word(r: &JobRecord) -> String {
+    match (&r.result, r.state) {
+        (_, s) if !s.is_terminal() => format!("{s:?}").to_lowercase(),
+        (Some(res), _) if r.interrupted => format!("interrupted ({:?})", res.status),
+        (Some(res), _) => crate::runner::status_word(&res.status),
+        (None, _) => "done".into(),
+    }
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:1.5em;max-width:70em}\
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left}\
+pre{background:#111;color:#ddd;padding:.6em;overflow:auto;max-height:40em}\
+.ok{color:#176}.bad{color:#a11}.shot{border:1px solid #888;margin:.3em;max-width:100%}\
+.note{background:#ffd;padding:.4em;border:1px solid #cc8}";
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head>\n<body>\n{body}</body></html>\n",
+        esc(title)
+    )
+}
+
+/// The job list, newest first.
+pub fn render_index(recs: &[JobRecord]) -> String {
+    let mut b = String::from("<h1>airlock jobs</h1>\n<table>\n<tr><th>job</th><th>kind</th><th>status</th><th>repository</th><th>PR</th><th>head</th></tr>\n");
+    for r in recs.iter().rev() {
+        b.push_str(&format!(
+            "<tr><td><a href=\"/jobs/{id}\">{id}</a></td><td>{kind}</td><td>{st}</td><td>{repo}</td><td>#{pr}</td><td><code>{head}</code></td></tr>\n",
+            id = esc(&r.id),
+            kind = if r.job.airlock_review.is_some() { "review" } else { "build" },
+            st = esc(&status_word(r)),
+            repo = esc(&r.job.repo.full_name),
+            pr = r.job.pr.number,
+            head = esc(&r.job.pr.head_sha),
+        ));
+    }
+    b.push_str("</table>\n");
+    page("airlock jobs", &b)
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        return "<p>none</p>\n".into();
+    }
+    let mut s = String::from("<ul>\n");
+    for i in items {
+        s.push_str(&format!("<li><code>{}</code></li>\n", esc(i)));
+    }
+    s.push_str("</ul>\n");
+    s
+}
+
+fn render_report(r: &Report) -> String {
+    let c = r.categories();
+    let mut b = String::from("<h2>Review</h2>\n");
+    if r.rebuild.mass_rebuild {
+        b.push_str(&format!(
+            "<p class=\"note\"><b>Mass rebuild:</b> {} attrs changed, more than this builder's limit of {}; a sample of {} was built.</p>\n",
+            r.rebuild.changed.len(),
+            r.rebuild.max_build,
+            r.rebuild.build.len()
+        ));
+    } else {
+        b.push_str(&format!(
+            "<p>{} attrs changed, {} removed.</p>\n",
+            r.rebuild.changed.len(),
+            r.rebuild.removed.len()
+        ));
+    }
+    for (title, items, class) in [
+        ("Built", &c.built, "ok"),
+        ("Tests passed", &c.tests, "ok"),
+        ("Failed", &c.failed, "bad"),
+        ("Broken (does not evaluate)", &c.broken, "bad"),
+        ("Does not exist", &c.non_existent, "bad"),
+        ("Blacklisted", &c.blacklisted, ""),
+    ] {
+        if title == "Built" || !items.is_empty() {
+            b.push_str(&format!(
+                "<h3 class=\"{class}\">{title} ({})</h3>\n{}",
+                items.len(),
+                list(items)
+            ));
+        }
+    }
+    if !r.skipped_tests.is_empty() {
+        b.push_str(&format!(
+            "<h3>Tests skipped ({})</h3>\n<ul>\n",
+            r.skipped_tests.len()
+        ));
+        for s in &r.skipped_tests {
+            b.push_str(&format!(
+                "<li><code>{}</code>: {}</li>\n",
+                esc(&s.attr),
+                esc(&s.reason)
+            ));
+        }
+        b.push_str("</ul>\n");
+    }
+    b.push_str("<h3>What the passing tests vouch for</h3>\n");
+    if r.evidence.by_package.is_empty() {
+        b.push_str("<p>No passing test exercises a changed package.</p>\n");
+    } else {
+        b.push_str("<table>\n<tr><th>changed package</th><th>passing tests whose closure holds it</th></tr>\n");
+        for (pkg, tests) in &r.evidence.by_package {
+            let ts: Vec<String> = tests
+                .iter()
+                .map(|t| format!("<code>{}</code>", esc(t)))
+                .collect();
+            b.push_str(&format!(
+                "<tr><td><code>{}</code></td><td>{}</td></tr>\n",
+                esc(pkg),
+                ts.join("<br>")
+            ));
+        }
+        b.push_str("</table>\n");
+    }
+    if !r.artifacts.is_empty() {
+        b.push_str("<h3>Test artifacts</h3>\n<p>Shown as images only: nothing on this page makes a quarantined path substitutable.</p>\n");
+        for a in &r.artifacts {
+            let url = esc(&a.url);
+            if a.kind == "image" {
+                b.push_str(&format!(
+                    "<figure><img class=\"shot\" src=\"{url}\" alt=\"{file}\"><figcaption><code>{test}</code>: {file}</figcaption></figure>\n",
+                    test = esc(&a.test),
+                    file = esc(&a.file)
+                ));
+            } else {
+                b.push_str(&format!(
+                    "<p><code>{}</code>: <a href=\"{url}\">{}</a> ({} bytes)</p>\n",
+                    esc(&a.test),
+                    esc(&a.file),
+                    a.size
+                ));
+            }
+        }
+    }
+    if let Some(s) = &r.builder.sponsor {
+        b.push_str(&format!("<p><i>{}</i></p>\n", esc(&s.line)));
+    }
+    b
+}
+
+/// One job: status, the review's report if any, and the log (`log` is
+/// its first `next` bytes).
+pub fn render_job(r: &JobRecord, report: Option<&Report>, log: &str, next: u64) -> String {
+    let mut b = format!(
+        "<p><a href=\"/\">all jobs</a></p>\n<h1>Job {}</h1>\n",
+        esc(&r.id)
+    );
+    b.push_str(&format!(
+        "<table>\n<tr><th>status</th><td id=\"status\">{}</td></tr>\n<tr><th>repository</th><td>{}</td></tr>\n<tr><th>PR</th><td>#{}</td></tr>\n<tr><th>head</th><td><code>{}</code></td></tr>\n<tr><th>merged</th><td><code>{}</code></td></tr>\n<tr><th>attrs</th><td>{}</td></tr>\n<tr><th>guest Nix</th><td>{}</td></tr>\n</table>\n",
+        esc(&status_word(r)),
+        esc(&r.job.repo.full_name),
+        r.job.pr.number,
+        esc(&r.job.pr.head_sha),
+        esc(r.merged_commit.as_deref().unwrap_or("-")),
+        if r.job.airlock_review.is_some() {
+            "review".to_owned()
+        } else {
+            esc(&r.job.attrs.join(" "))
+        },
+        esc(r.guest_nix.as_deref().unwrap_or("-")),
+    ));
+    if let Some(res) = &r.result {
+        if !res.output.is_empty() {
+            b.push_str("<h2>Result</h2>\n<pre>");
+            b.push_str(&esc(&res.output.join("\n")));
+            b.push_str("</pre>\n");
+        }
+    }
+    if let Some(rep) = report {
+        b.push_str(&render_report(rep));
+        b.push_str(&format!(
+            "<p><a href=\"/jobs/{id}/report.json\">report.json</a> · <a href=\"/jobs/{id}/report.md\">report.md</a></p>\n",
+            id = esc(&r.id)
+        ));
+    }
+    let running = !r.state.is_terminal();
+    b.push_str(&format!(
+        "<h2>Log</h2>\n<pre id=\"log\" data-next=\"{next}\" data-running=\"{running}\">{}</pre>\n<p id=\"follow\">{}</p>\n",
+        esc(log),
+        if running { "following the log…" } else { "" }
+    ));
+    if running {
+        b.push_str(&format!(
+            "<script>\n(async () => {{\n  const log = document.getElementById('log');\n  const note = document.getElementById('follow');\n  let next = Number(log.dataset.next);\n  for (;;) {{\n    let r;\n    try {{ r = await fetch('/jobs/{id}/log?from=' + next); }} catch (e) {{ await new Promise(s => setTimeout(s, 2000)); continue; }}\n    if (!r.ok) break;\n    const text = await r.text();\n    if (text) {{ log.append(text); log.scrollTop = log.scrollHeight; }}\n    next = Number(r.headers.get('X-Next-Offset'));\n    if (r.headers.get('X-Done') === '1') {{ note.textContent = 'the job has finished; reload for its result'; break; }}\n  }}\n}})();\n</script>\n",
+            id = esc(&r.id)
+        ));
+    }
+    page(&format!("airlock job {}", r.id), &b)
+}
+
+fn load(st: &Web, id: &str) -> Option<JobRecord> {
+    crate::job::check_id(id).ok()?;
+    st.jobs.load(id).ok()
+}
+
+fn read_report(dir: &Path) -> Option<Report> {
+    serde_json::from_slice(&std::fs::read(dir.join("report.json")).ok()?).ok()
+}
+
+/// Up to `max` bytes of `path` from `from`, cut after the last newline
+/// (so a line is never split), and the offset after them.
+fn read_log(path: &Path, from: u64, max: u64) -> (String, u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return (String::new(), from);
+    };
+    if f.seek(SeekFrom::Start(from)).is_err() {
+        return (String::new(), from);
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf);
+    let cut = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    buf.truncate(cut);
+    (
+        String::from_utf8_lossy(&buf).into_owned(),
+        from + cut as u64,
+    )
+}
+
+async fn index(State(st): State<Arc<Web>>) -> Response {
+    let jobs = st.jobs.clone();
+    let recs = tokio::task::spawn_blocking(move || {
+        let (mut v, _) = jobs.list();
+        v.sort_by_key(|r| r.created_at);
+        v
+    })
+    .await
+    .unwrap_or_default();
+    html(render_index(&recs))
+}
+
+async fn job_page(State(st): State<Arc<Web>>, UrlPath(id): UrlPath<String>) -> Response {
+    let Some(rec) = load(&st, &id) else {
+        return not_found();
+    };
+    let dir = st.jobs.dir(&id);
+    let report = read_report(&dir);
+    // The start of a long log is cut: the page shows its last part.
+    let path = dir.join("build.log");
+    let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let from = len.saturating_sub(LOG_CHUNK);
+    let (mut text, next) = read_log(&path, from, LOG_CHUNK);
+    if from > 0 {
+        if let Some(i) = text.find('\n') {
+            text.drain(..=i);
+        }
+        text.insert_str(0, "[… the start of the log is cut …]\n");
+    }
+    html(render_job(&rec, report.as_ref(), &text, next))
+}
+
+#[derive(serde::Deserialize)]
+struct From {
+    from: Option<u64>,
+}
+
+async fn log_chunk(
+    State(st): State<Arc<Web>>,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<From>,
+) -> Response {
+    if load(&st, &id).is_none() {
+        return not_found();
+    }
+    let path = st.jobs.dir(&id).join("build.log");
+    let from = q.from.unwrap_or(0);
+    let deadline = tokio::time::Instant::now() + LOG_WAIT;
+    let (text, next, done) = loop {
+        let (text, next) = read_log(&path, from, LOG_CHUNK);
+        let done = load(&st, &id).is_none_or(|r| r.state == JobState::Done);
+        if !text.is_empty() || tokio::time::Instant::now() >= deadline {
+            break (text, next, done && read_log(&path, next, 1).0.is_empty());
+        }
+        if done {
+            // Finished: what is left is all there is.
+            let (t, n) = read_log(&path, from, LOG_CHUNK);
+            break (t, n, true);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("X-Next-Offset", HeaderValue::from(next));
+    h.insert(
+        "X-Done",
+        HeaderValue::from_static(if done { "1" } else { "0" }),
+    );
+    (StatusCode::OK, h, text).into_response()
+}
+
+fn file_response(body: Vec<u8>, ctype: &'static str) -> Response {
+    let mut r = (StatusCode::OK, body).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn report_json(State(st): State<Arc<Web>>, UrlPath(id): UrlPath<String>) -> Response {
+    if load(&st, &id).is_none() {
+        return not_found();
+    }
+    match std::fs::read(st.jobs.dir(&id).join("report.json")) {
+        Ok(b) => file_response(b, "application/json"),
+        Err(_) => not_found(),
+    }
+}
+
+async fn report_md(State(st): State<Arc<Web>>, UrlPath(id): UrlPath<String>) -> Response {
+    if load(&st, &id).is_none() {
+        return not_found();
+    }
+    match std::fs::read(st.jobs.dir(&id).join("report.md")) {
+        Ok(b) => file_response(b, "text/plain; charset=utf-8"),
+        Err(_) => not_found(),
+    }
+}
+
+/// The image types the page shows, by their first bytes.
+pub fn image_type(data: &[u8]) -> Option<&'static str> {
+    if data.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("image/png")
+    } else if data.starts_with(&[0xff, 0xd8, 0xff]) {
+        Some("image/jpeg")
+    } else {
+        None
+    }
+}
+
+async fn artifact(
+    State(st): State<Arc<Web>>,
+    UrlPath((id, base, file)): UrlPath<(String, String, String)>,
+) -> Response {
+    let Some(rec) = load(&st, &id) else {
+        return not_found();
+    };
+    // Only the outputs of this job's report's passing tests.
+    let Some(report) = read_report(&st.jobs.dir(&id)) else {
+        return not_found();
+    };
+    let store_path = format!("/nix/store/{base}");
+    if !report
+        .artifacts
+        .iter()
+        .any(|a| a.store_path == store_path && a.file == file)
+    {
+        return not_found();
+    }
+    let Some(qdir) = rec.result.as_ref().and_then(|r| r.quarantine.clone()) else {
+        return not_found();
+    };
+    let got = tokio::task::spawn_blocking(move || {
+        let verified = std::fs::read(qdir.join("manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<crate::quarantine::JobManifest>(&b).ok())?
+            .verified;
+        crate::review::artifact_bytes(&qdir, &verified, &base, &file)
+    })
+    .await
+    .ok()
+    .flatten();
+    match got {
+        Some(("image", bytes)) => match image_type(&bytes) {
+            Some(t) => file_response(bytes, t),
+            None => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "not an image\n").into_response(),
+        },
+        Some((_, bytes)) => file_response(bytes, "text/plain; charset=utf-8"),
+        None => not_found(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_everything_a_guest_wrote() {
+        assert_eq!(
+            esc("<img src=x onerror='a'>&\""),
+            "&lt;img src=x onerror=&#39;a&#39;&gt;&amp;&quot;"
+        );
+    }
+
+    #[test]
+    fn log_chunks_end_at_a_line() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("build.log");
+        std::fs::write(&p, "one\ntwo\nthr").unwrap();
+        assert_eq!(read_log(&p, 0, 100), ("one\ntwo\n".into(), 8));
+        assert_eq!(read_log(&p, 8, 100), (String::new(), 8));
+        assert_eq!(read_log(&p, 0, 5), ("one\n".into(), 4));
+    }
+
+    #[test]
+    fn only_real_images_are_images() {
+        assert_eq!(image_type(b"\x89PNG\r\n\x1a\nrest"), Some("image/png"));
+        assert_eq!(image_type(b"<svg onload=alert(1)>"), None);
+    }
+}

@@ -1,0 +1,553 @@
+//! Review mode (issue 16) end to end: a PR that changes a leaf of the
+//! fixture's dependency graph (`graph.*` in tests/fixtures/pkgs) is
+//! reviewed in the VM. Its rebuild set must equal the out-path diff the
+//! host computes with `nix-env -qaP --out-path` on both trees, the changed
+//! attrs and their `passthru.tests` are built (the NixOS test skipped: no
+//! KVM in the VM here), and the evidence map must name, for the leaf,
+//! exactly the passing tests whose closure (computed on the host) holds it.
+//! The report's page is then looked at in a real headless Chromium.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::broker::{rt, Broker, Probe};
+use common::*;
+
+const LIMIT: u64 = 1800;
+const LEAF: &str = "graph.libleaf";
+
+fn chromium_or_skip(test: &str) -> bool {
+    let missing: Vec<String> = if have("chromium") {
+        vec![]
+    } else {
+        vec!["chromium (Debian's chromium package; scripts/setup.sh installs it)".into()]
+    };
+    ready_or_skip(test, &missing)
+}
+
+/// The fixture with the PR's change: the leaf's output changes.
+fn changed_fixture() -> Vec<u8> {
+    let text = std::fs::read_to_string(fixture_dir().join("default.nix")).unwrap();
+    let changed = text.replace(
+        "libleaf = mk \"airlock-g-libleaf\" \"echo leaf-v1 > $out\";",
+        "libleaf = mk \"airlock-g-libleaf\" \"echo leaf-v2 > $out\";",
+    );
+    assert_ne!(text, changed, "the leaf moved in the fixture");
+    changed.into_bytes()
+}
+
+/// `nix-env -qaP --out-path --json` of a tree on the host: attr → outputs.
+fn host_out_paths(store: &Path, tree: &Path) -> BTreeMap<String, serde_json::Value> {
+    let out = Command::new("nix-env")
+        .arg("--store")
+        .arg(store)
+        .arg("-f")
+        .arg(tree)
+        .args(["-qaP", "--out-path", "--json"])
+        .env("XDG_CACHE_HOME", store.join("xdg-cache"))
+        .env("NIX_PATH", "")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "host nix-env: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    v.into_iter()
+        .map(|(k, e)| (k, e["outputs"].clone()))
+        .collect()
+}
+
+fn tree_of(repo: &Path, rev: &str, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = Command::new("git")
+        .current_dir(repo)
+        .args(["show", &format!("{rev}:default.nix")])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(dir.join("default.nix"), out.stdout).unwrap();
+    dir.to_owned()
+}
+
+/// The host's `.drv` of an attr of a tree, in the private store.
+fn host_drv(store: &Path, tree: &Path, attr: &str) -> String {
+    let out = Command::new("nix-instantiate")
+        .arg("--store")
+        .arg(store)
+        .arg(tree)
+        .args(["-A", attr])
+        .env("XDG_CACHE_HOME", store.join("xdg-cache"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "host nix-instantiate {attr}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn closure(store: &Path, path: &str) -> BTreeSet<String> {
+    let out = Command::new("nix-store")
+        .arg("--store")
+        .arg(store)
+        .args(["-qR", path])
+        .env("XDG_CACHE_HOME", store.join("xdg-cache"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `program`, in airlockd's network namespace (where its listeners are).
+fn in_ns(d: &Daemon, program: &str) -> Command {
+    match &d.netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+fn http_get(d: &Daemon, url: &str) -> (String, Vec<u8>) {
+    let out = in_ns(d, "curl")
+        .args(["-s", "-D", "-", "-o", "-", "--max-time", "30", url])
+        .output()
+        .unwrap();
+    let all = out.stdout;
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| {
+            panic!(
+                "no HTTP response from {url}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    (
+        String::from_utf8_lossy(&all[..split]).to_lowercase(),
+        all[split + 4..].to_vec(),
+    )
+}
+
+fn chromium(d: &Daemon, profile: &Path, args: &[&str], url: &str) -> std::process::Output {
+    in_ns(d, "chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run chromium")
+}
+
+/// Pixels of the fixture screenshot's green (40,160,70) in a PNG.
+fn green_pixels(png_file: &Path) -> usize {
+    let dec = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(png_file).unwrap(),
+    ));
+    let mut reader = dec.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let ch = info.color_type.samples();
+    buf[..info.buffer_size()]
+        .chunks(ch)
+        .filter(|p| {
+            p.len() >= 3
+                && (p[0] as i32 - 40).abs() < 12
+                && (p[1] as i32 - 160).abs() < 12
+                && (p[2] as i32 - 70).abs() < 12
+        })
+        .count()
+}
+
+#[test]
+fn a_review_rebuilds_exactly_the_dependents_and_maps_the_evidence() {
+    let name = "a_review_rebuilds_exactly_the_dependents_and_maps_the_evidence";
+    if !prerequisites(name) || !chromium_or_skip(name) {
+        return;
+    }
+    let port = free_port();
+    let d = Daemon::start(&format!(
+        "max_jobs = 2\n[web]\nlisten = \"127.0.0.1:{port}\"\n[sponsor]\nname = \"Example Compute\"\nurl = \"https://compute.example\"\n"
+    ));
+    let web = format!("http://127.0.0.1:{port}");
+    let (repo, head) = fixture_repo(d.dir.path(), &[("default.nix", changed_fixture())]);
+
+    // The host's own answer: the out-path diff of master and the merge.
+    let store = d.dir.path().join("host-store");
+    let base_tree = tree_of(&repo, "master", &d.dir.path().join("t-base"));
+    let merged_tree = tree_of(&repo, &head, &d.dir.path().join("t-merged"));
+    let base = host_out_paths(&store, &base_tree);
+    let merged = host_out_paths(&store, &merged_tree);
+    let expected: Vec<String> = merged
+        .iter()
+        .filter(|(a, o)| base.get(*a) != Some(*o))
+        .map(|(a, _)| a.clone())
+        .collect();
+    assert_eq!(
+        expected,
+        [
+            "graph.app",
+            "graph.cli",
+            "graph.docs",
+            "graph.libleaf",
+            "graph.libmid",
+            "graph.shell",
+            "graph.tool"
+        ],
+        "the fixture's graph changed; this test's expectations must follow"
+    );
+
+    let t0 = Instant::now();
+    let out = d.ctl(&[
+        "--json",
+        "review",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--head",
+        &head,
+        "--pr",
+        "42",
+    ]);
+    assert!(
+        out.status.success(),
+        "airlockctl review: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Meanwhile: a job that prints a line every 0.25 s, whose log page must
+    // follow it in the browser.
+    let ticker = d.submit(&repo, &head, &["ticker"]);
+    let t1 = Instant::now();
+    while !d.build_log(&ticker).contains("tick 2") {
+        assert!(
+            t1.elapsed() < Duration::from_secs(LIMIT),
+            "the ticker never ticked:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, first) = http_get(&d, &format!("{web}/jobs/{ticker}"));
+    let first = String::from_utf8_lossy(&first).into_owned();
+    assert!(first.contains("following the log"), "{first}");
+    assert!(!first.contains("tick 40"), "the job was already done");
+    let profile = tempfile::tempdir().unwrap();
+    let dom = chromium(
+        &d,
+        profile.path(),
+        &["--dump-dom", "--virtual-time-budget=30000"],
+        &format!("{web}/jobs/{ticker}"),
+    );
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    assert!(
+        dom.contains("tick 40") && dom.contains("the job has finished"),
+        "the page did not follow the running job's log:\n{dom}"
+    );
+
+    let rec = d.wait(&id, LIMIT);
+    eprintln!("review took {:.0}s", t0.elapsed().as_secs_f64());
+    let log = d.build_log(&id);
+    eprintln!("{log}");
+    let dir = d.state().join("jobs").join(&id);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    // One test fails on purpose: the job fails, the report says which.
+    assert_eq!(status(&rec), "Failure", "{rec:#}\n{log}");
+
+    // 1. Exactly the dependents of the leaf, as the host computed them.
+    assert_eq!(
+        strings(&report["rebuild"]["changed"]),
+        expected,
+        "{report:#}"
+    );
+    assert_eq!(report["rebuild"]["mass_rebuild"], false);
+    let c = &report["result"]["x86_64-linux"];
+    assert_eq!(strings(&c["built"]), expected, "{report:#}");
+    assert_eq!(
+        strings(&c["tests"]),
+        [
+            "graph.app.passthru.tests.screenshot",
+            "graph.app.passthru.tests.smoke",
+            "graph.cli.passthru.tests.version",
+            "graph.docs.passthru.tests.spelling",
+            "graph.libmid.passthru.tests.unit"
+        ]
+    );
+    assert_eq!(strings(&c["failed"]), ["graph.app.passthru.tests.flaky"]);
+    let skipped = &report["skipped_tests"][0];
+    assert_eq!(skipped["attr"], "graph.app.passthru.tests.vm");
+    assert!(
+        skipped["reason"].as_str().unwrap().contains("KVM"),
+        "{skipped}"
+    );
+    for k in [
+        "blacklisted",
+        "broken",
+        "built",
+        "failed",
+        "non-existent",
+        "tests",
+    ] {
+        assert!(c.get(k).is_some(), "report.json lacks {k}");
+    }
+    for k in [
+        "evidence",
+        "nar_hashes",
+        "guest_nix",
+        "builder",
+        "artifacts",
+        "rebuild",
+        "job",
+    ] {
+        assert!(report.get(k).is_some(), "report.json lacks {k}");
+    }
+    assert!(report["guest_nix"]
+        .as_str()
+        .unwrap()
+        .starts_with("nix (Nix) 2."));
+    assert_eq!(report["builder"]["sponsor"]["name"], "Example Compute");
+    // Every built output has its NAR hash, as the host verified it.
+    for a in &expected {
+        let p = merged[a]["out"].as_str().unwrap();
+        assert!(
+            report["nar_hashes"][p]["nar_hash"]
+                .as_str()
+                .is_some_and(|h| h.starts_with("sha256:")),
+            "no NAR hash for {p}"
+        );
+    }
+
+    // 2. The evidence for the leaf: exactly the passing tests whose build
+    // or runtime closure, computed on the host, holds it.
+    let leaf_drv = host_drv(&store, &merged_tree, LEAF);
+    let leaf_out = merged[LEAF]["out"].as_str().unwrap().to_owned();
+    let mut want = Vec::new();
+    for t in strings(&c["tests"]) {
+        let drv = host_drv(&store, &merged_tree, &t);
+        let build = closure(&store, &drv).contains(&leaf_drv);
+        let runtime = host_build(&store, &merged_tree, &t).contains(&leaf_out);
+        if build || runtime {
+            want.push(t);
+        }
+    }
+    assert_eq!(
+        want,
+        [
+            "graph.app.passthru.tests.screenshot",
+            "graph.app.passthru.tests.smoke",
+            "graph.cli.passthru.tests.version",
+            "graph.libmid.passthru.tests.unit"
+        ],
+        "the host's closures"
+    );
+    assert_eq!(
+        strings(&report["evidence"]["by_package"][LEAF]),
+        want,
+        "{:#}",
+        report["evidence"]
+    );
+    // cli's test holds the leaf only at build time (through tool).
+    let v = &report["evidence"]["by_test"]["graph.cli.passthru.tests.version"];
+    assert!(strings(&v["build"]).contains(&LEAF.to_string()));
+    assert!(!strings(&v["runtime"]).contains(&LEAF.to_string()));
+
+    // 3. report.md parses as Markdown and holds the sections.
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    let opts = pulldown_cmark::Options::ENABLE_TABLES;
+    let events: Vec<pulldown_cmark::Event> = pulldown_cmark::Parser::new_ext(&md, opts).collect();
+    let headings = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                pulldown_cmark::Event::Start(pulldown_cmark::Tag::Heading { .. })
+            )
+        })
+        .count();
+    assert!(headings >= 3, "{md}");
+    assert!(events.iter().any(|e| matches!(
+        e,
+        pulldown_cmark::Event::Start(pulldown_cmark::Tag::Table(_))
+    )));
+    let mut html = String::new();
+    pulldown_cmark::html::push_html(&mut html, pulldown_cmark::Parser::new_ext(&md, opts));
+    assert!(
+        html.contains("<details>") && html.contains("<table>"),
+        "{html}"
+    );
+    assert!(html.contains("<code>graph.libleaf</code>"), "{html}");
+    assert!(
+        md.contains("These build results were contributed by: Example Compute \u{2013} https://compute.example"),
+        "{md}"
+    );
+
+    // 4. The page: the report with the test's screenshot, in a browser.
+    let shot = report["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "image")
+        .expect("the screenshot test's PNG is an artifact")
+        .clone();
+    assert_eq!(shot["test"], "graph.app.passthru.tests.screenshot");
+    let (headers, png_bytes) = http_get(&d, &format!("{web}{}", shot["url"].as_str().unwrap()));
+    assert!(headers.contains("content-type: image/png"), "{headers}");
+    assert!(headers.contains("x-content-type-options: nosniff"));
+    assert!(png_bytes.starts_with(b"\x89PNG"));
+    let (_, page) = http_get(&d, &format!("{web}/jobs/{id}"));
+    let page = String::from_utf8_lossy(&page).into_owned();
+    assert!(page.contains("What the passing tests vouch for"), "{page}");
+    assert!(
+        !page.contains(".narinfo") && !page.contains("/nar/"),
+        "the page links to something substitutable"
+    );
+    let png_file = d.dir.path().join("page.png");
+    let out = chromium(
+        &d,
+        profile.path(),
+        &[
+            &format!("--screenshot={}", png_file.display()),
+            "--window-size=1280,4000",
+            "--virtual-time-budget=5000",
+        ],
+        &format!("{web}/jobs/{id}"),
+    );
+    assert!(
+        png_file.exists(),
+        "chromium made no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let green = green_pixels(&png_file);
+    // The fixture's screenshot is 96×64 with ~2 000 green pixels.
+    assert!(
+        green > 1000,
+        "the test's screenshot is not visible on the page ({green} green pixels); see {}",
+        png_file.display()
+    );
+    let dom = chromium(
+        &d,
+        profile.path(),
+        &["--dump-dom", "--virtual-time-budget=5000"],
+        &format!("{web}/jobs/{id}"),
+    );
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    assert!(dom.contains("graph.libleaf") && dom.contains("<img class=\"shot\""));
+    // The index lists both jobs.
+    let (_, index) = http_get(&d, &format!("{web}/"));
+    let index = String::from_utf8_lossy(&index).into_owned();
+    assert!(index.contains(&id) && index.contains(&ticker), "{index}");
+    // Keep the page's screenshot where CI artifacts are collected.
+    if let Ok(dest) = std::env::var("AIRLOCK_ARTIFACTS") {
+        let _ = std::fs::create_dir_all(&dest);
+        let _ = std::fs::copy(&png_file, Path::new(&dest).join("review-page.png"));
+    }
+}
+
+#[test]
+fn a_mass_rebuild_from_the_broker_is_reported_and_only_sampled() {
+    let name = "a_mass_rebuild_from_the_broker_is_reported_and_only_sampled";
+    if !prerequisites(name) {
+        return;
+    }
+    if !Broker::available() {
+        ready_or_skip(name, &["rabbitmq-server".into()]);
+        return;
+    }
+    let broker = Broker::start();
+    let d = Daemon::start_amqp(
+        &broker.url(),
+        "airlock-review-1",
+        "[review]\nmax_build = 2\n[sponsor]\nname = \"Example Compute\"\n",
+    );
+    let (repo, head) = fixture_repo(d.dir.path(), &[("default.nix", changed_fixture())]);
+    rt().block_on(async {
+        let mut p = Probe::setup(&broker.url()).await;
+        assert!(
+            p.wait_for_queue("build-inputs-x86_64-linux", 60).await,
+            "{}",
+            d.log()
+        );
+        let req = uuid::Uuid::new_v4().to_string();
+        // ofborg's BuildJob, empty attrs, with airlock's review marker.
+        let body = serde_json::to_vec(&serde_json::json!({
+            "repo": {"owner": "airlock", "name": "fixture", "full_name": "airlock/fixture", "clone_url": repo.display().to_string()},
+            "pr": {"target_branch": "master", "number": 42, "head_sha": head},
+            "subset": "Nixpkgs",
+            "attrs": [],
+            "request_id": req,
+            "logs": ["logs", "airlock/fixture.42"],
+            "statusreport": ["build-results", null],
+            "airlock_review": {}
+        }))
+        .unwrap();
+        p.publish("", "build-inputs-x86_64-linux", &body).await;
+        assert!(
+            p.until(LIMIT, |p| p.results_for(&req).len() == 1).await,
+            "no result:\n{}",
+            d.log()
+        );
+        let r = p.results_for(&req)[0].clone();
+        let output = strings(&r["output"]);
+        assert!(
+            output
+                .iter()
+                .any(|l| l.starts_with("airlock review: 7 changed (mass rebuild, 2 built as a sample)")),
+            "{r:#}"
+        );
+        assert_eq!(
+            output.last().unwrap(),
+            "These build results were contributed by: Example Compute"
+        );
+        let attempted = strings(&r["attempted_attrs"]);
+        let jobs = d.jobs();
+        let id = jobs[0]["id"].as_str().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(d.state().join("jobs").join(id).join("report.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(report["rebuild"]["mass_rebuild"], true);
+        assert_eq!(report["rebuild"]["changed"].as_array().unwrap().len(), 7);
+        let sample = strings(&report["rebuild"]["build"]);
+        assert_eq!(sample.len(), 2);
+        // Only the sample (and its tests) was built.
+        let built = strings(&report["result"]["x86_64-linux"]["built"]);
+        assert!(built.iter().all(|a| sample.contains(a)), "{built:?}");
+        assert!(
+            attempted
+                .iter()
+                .all(|a| sample.iter().any(|s| a == s || a.starts_with(&format!("{s}.")))),
+            "{attempted:?} vs {sample:?}"
+        );
+        let md = std::fs::read_to_string(d.state().join("jobs").join(id).join("report.md")).unwrap();
+        assert!(md.contains("**Mass rebuild: 7 attrs changed"), "{md}");
+    });
+}
