@@ -70,13 +70,13 @@ async fn job(t: &Path, url: &str, head: &str, n: &str, bases: Option<&Bases>) ->
     let checkout = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let stage = dir.join("input");
+    let base_img = dir.join("base.img");
     let used = input::stage(
         &work,
         &base,
         &commit,
         &stage,
-        &dir.join("base.img"),
-        bases,
+        bases.map(|b| (b, base_img.as_path())),
         &limits,
         false,
     )

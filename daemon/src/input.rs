@@ -377,12 +377,12 @@ pub async fn stage(
     base: &str,
     merged: &str,
     stage: &Path,
-    base_link: &Path,
-    bases: Option<&Bases>,
+    // The base images, and where the job's link to its image goes.
+    images: Option<(&Bases, &Path)>,
     limits: &Limits,
     exact_base: bool,
 ) -> Result<InputUse> {
-    let Some(bases) = bases else {
+    let Some((bases, base_link)) = images else {
         let src = stage.join("src");
         checkout::write_files(repo, merged, &src, None, limits).await?;
         if exact_base {
@@ -682,8 +682,7 @@ mod tests {
                     &base,
                     &head,
                     &stage_dir,
-                    &link,
-                    Some(&bases),
+                    Some((&bases, &link)),
                     &limits,
                     false,
                 )
@@ -729,18 +728,9 @@ mod tests {
         );
         let head = sh(&repo, "git rev-parse HEAD");
         let s = t.path().join("stage");
-        let u = stage(
-            &repo,
-            &head,
-            &head,
-            &s,
-            &t.path().join("b.img"),
-            None,
-            &Limits::default(),
-            false,
-        )
-        .await
-        .unwrap();
+        let u = stage(&repo, &head, &head, &s, None, &Limits::default(), false)
+            .await
+            .unwrap();
         assert_eq!(u.files, 2);
         use std::os::unix::fs::PermissionsExt;
         let md = std::fs::metadata(s.join("src/d/a")).unwrap();

@@ -585,6 +585,14 @@ impl Runner {
                 }
                 Err(res) => return *res,
             }
+            // A review whose evaluation failed has nothing to build.
+            if rec.job.airlock_review.is_some()
+                && matches!(fetch_status, Some(BuildStatus::UnexpectedError { .. }))
+            {
+                let mut res = follower.result();
+                res.status = fetch_status.clone().expect("matched");
+                return res;
+            }
             if fetch_status == Some(BuildStatus::Skipped) {
                 let mut res = result(
                     BuildStatus::Skipped,
@@ -850,13 +858,14 @@ impl Runner {
         let (Some(base), Some(merged)) = (&rec.base_commit, &rec.merged_commit) else {
             return Err("no merged commit to stage".into());
         };
+        let bases = self.cfg.bases();
+        let base_img = paths.base_img();
         let used = input::stage(
             &paths.checkout(),
             base,
             merged,
             &stage,
-            &paths.base_img(),
-            self.cfg.bases().as_ref(),
+            bases.as_ref().map(|b| (b, base_img.as_path())),
             &checkout::Limits::from_config(&self.cfg.limits),
             rec.job.airlock_review.is_some(),
         )

@@ -173,12 +173,15 @@ fn render_report(r: &Report) -> String {
             ));
         }
     }
-    if !r.skipped_tests.is_empty() {
-        b.push_str(&format!(
-            "<h3>Tests skipped ({})</h3>\n<ul>\n",
-            r.skipped_tests.len()
-        ));
-        for s in &r.skipped_tests {
+    for (title, list) in [
+        ("Packages not built", &r.skipped_attrs),
+        ("Tests skipped", &r.skipped_tests),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        b.push_str(&format!("<h3>{title} ({})</h3>\n<ul>\n", list.len()));
+        for s in list {
             b.push_str(&format!(
                 "<li><code>{}</code>: {}</li>\n",
                 esc(&s.attr),

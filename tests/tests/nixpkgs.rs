@@ -133,3 +133,171 @@ fn a_real_nixpkgs_pr_evaluates_in_the_vm_and_fails_on_the_unreachable_bootstrap(
         "the job ran into its timeout"
     );
 }
+
+/// The fixed attr list of the review test (tests/fixtures/review/README.md).
+fn review_list() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/review/nixpkgs-attrs.json")
+}
+
+/// `review-eval.nix` on the host (Nix 2.8, through impure.nix) over the list.
+fn host_review_eval(store: &std::path::Path, tree: &std::path::Path) -> serde_json::Value {
+    let eval_nix =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../vm-images/agent/src/review-eval.nix");
+    let out = Command::new("nix-instantiate")
+        .arg("--store")
+        .arg(store)
+        .args(["--eval", "--strict", "--json"])
+        .arg(eval_nix)
+        .arg("--arg")
+        .arg("src")
+        .arg(tree)
+        .args(["--argstr", "entry", "pkgs/top-level/impure.nix"])
+        .args(["--argstr", "system", "x86_64-linux"])
+        .arg("--arg")
+        .arg("attrsFile")
+        .arg(review_list())
+        .env("XDG_CACHE_HOME", store.join("xdg-cache"))
+        .env("NIX_PATH", "")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "host review evaluation: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_real_nixpkgs_review_of_a_hello_change_finds_exactly_its_dependents() {
+    let name = "a_real_nixpkgs_review_of_a_hello_change_finds_exactly_its_dependents";
+    if !prerequisites(name) {
+        return;
+    }
+    let Some(np) = snapshot() else {
+        let msg = format!(
+            "SKIPPED {name}: missing the nixpkgs snapshot (set AIRLOCK_NIXPKGS, or run scripts/test.sh where ../shared/nixpkgs exists)"
+        );
+        if std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() == Ok("1") {
+            panic!("{msg} (AIRLOCK_REQUIRE_E2E=1 forbids skipping)");
+        }
+        eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+        return;
+    };
+    // Evaluating a few hundred nixpkgs attrs takes about 1.5 GB, and
+    // instantiating the changed ones copies the whole tree into the store
+    // once (`tests.problems.no-problems` is `cleanSource` of nixpkgs).
+    let d = Daemon::start_with_vm("memory_mib = 3072\nnix_disk_mib = 4096\n");
+    let repo = d.dir.path().join("repo");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", np.display()))
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    git(&repo, &["init", "-q", "-b", "master"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "nixpkgs snapshot"]);
+    git(&repo, &["checkout", "-q", "-b", "pr"]);
+    let pkg = repo.join("pkgs/by-name/he/hello/package.nix");
+    let text = std::fs::read_to_string(&pkg).unwrap();
+    let changed = text.replacen(
+        "doCheck = true;",
+        "doCheck = true;\n  enableParallelBuilding = true;",
+        1,
+    );
+    assert_ne!(text, changed, "hello's doCheck moved");
+    std::fs::write(&pkg, changed).unwrap();
+    git(&repo, &["commit", "-q", "-am", "hello: build in parallel"]);
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+
+    let t0 = Instant::now();
+    let out = d.ctl(&[
+        "--json",
+        "review",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--head",
+        &head,
+        "--pr",
+        "1",
+        "--attrs-file",
+        review_list().to_str().unwrap(),
+        "--eval-only",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Meanwhile the host's own diff of the same two trees.
+    let store = d.dir.path().join("host-store");
+    let th = Instant::now();
+    let merged = host_review_eval(&store, &repo);
+    git(&repo, &["checkout", "-q", "master"]);
+    let base = host_review_eval(&store, &repo);
+    eprintln!(
+        "host: both evaluations of {} attrs in {:.1}s",
+        merged.as_object().unwrap().len(),
+        th.elapsed().as_secs_f64()
+    );
+    let host_changed: Vec<String> = merged
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(a, m)| base[a.as_str()]["outputs"] != m["outputs"])
+        .map(|(a, _)| a.clone())
+        .collect();
+    let golden: Vec<String> = serde_json::from_slice(
+        &std::fs::read(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures/review/nixpkgs-hello-rebuild.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(host_changed, golden, "the host's diff and the recorded one");
+
+    let rec = d.wait(&id, 3000);
+    let log = d.build_log(&id);
+    eprintln!("review took {}s", t0.elapsed().as_secs());
+    for l in log
+        .lines()
+        .filter(|l| l.starts_with("airlock: review: evaluated"))
+    {
+        eprintln!("  {l}");
+    }
+    assert_eq!(status(&rec), "Skipped", "{rec:#}\n{log}\n{}", d.log());
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(d.state().join("jobs").join(&id).join("report.json")).unwrap(),
+    )
+    .unwrap();
+    let vm_changed: Vec<String> = report["rebuild"]["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(vm_changed, host_changed, "the VM's rebuild set");
+    assert!(vm_changed.contains(&"hello".to_string()));
+    // hello's passthru.tests are listed (not built: evaluation only).
+    let tests: Vec<&str> = report["skipped_tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["attr"].as_str().unwrap())
+        .collect();
+    for t in ["hello.passthru.tests.run", "hello.passthru.tests.version"] {
+        assert!(tests.contains(&t), "{t} not listed: {tests:?}");
+    }
+    eprintln!(
+        "VM evaluation: base {} ms, merged {} ms",
+        report["eval_ms"]["base"], report["eval_ms"]["merged"]
+    );
+}

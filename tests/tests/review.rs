@@ -551,3 +551,86 @@ fn a_mass_rebuild_from_the_broker_is_reported_and_only_sampled() {
         assert!(md.contains("**Mass rebuild: 7 attrs changed"), "{md}");
     });
 }
+
+#[test]
+fn a_rebuild_list_from_the_central_side_skips_the_base_evaluation() {
+    let name = "a_rebuild_list_from_the_central_side_skips_the_base_evaluation";
+    if !prerequisites(name) {
+        return;
+    }
+    let d = Daemon::start("");
+    let (repo, head) = fixture_repo(d.dir.path(), &[("default.nix", changed_fixture())]);
+    let out = d.ctl(&[
+        "--json",
+        "review",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--head",
+        &head,
+        "--rebuild",
+        "graph.app",
+        "--rebuild",
+        "graph.no-such-attr",
+        "--attr",
+        "graph.app",
+        "--attr",
+        "graph.libleaf",
+        "--attr",
+        "uncatchable.aborts",
+        "--attr",
+        "graph.no-such-attr",
+        "--eval-only",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rec = d.wait(&id, LIMIT);
+    let log = d.build_log(&id);
+    assert_eq!(status(&rec), "Skipped", "{rec:#}\n{log}");
+    assert!(!log.contains("evaluated the base"), "{log}");
+    // An attr that aborts Nix's whole evaluation is found and reported,
+    // and the others are still evaluated.
+    assert!(
+        log.contains(
+            "airlock: review: uncatchable.aborts cannot be evaluated and ends the evaluation"
+        ),
+        "{log}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(d.state().join("jobs").join(&id).join("report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["eval_ms"]["base"], 0);
+    assert_eq!(strings(&report["rebuild"]["changed"]), ["graph.app"]);
+    let c = &report["result"]["x86_64-linux"];
+    assert_eq!(strings(&c["non-existent"]), ["graph.no-such-attr"]);
+    assert_eq!(strings(&c["broken"]), ["uncatchable.aborts"]);
+    assert!(strings(&report["result"]["x86_64-linux"]["built"]).is_empty());
+    let skipped: Vec<String> = report["skipped_tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {}",
+                t["attr"].as_str().unwrap(),
+                t["reason"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            "graph.app.passthru.tests.flaky evaluation only",
+            "graph.app.passthru.tests.screenshot evaluation only",
+            "graph.app.passthru.tests.smoke evaluation only",
+            "graph.app.passthru.tests.vm evaluation only"
+        ]
+    );
+}

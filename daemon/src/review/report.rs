@@ -132,6 +132,9 @@ pub struct Report {
     /// nixpkgs-review's shape: `result.<system>.{built,failed,…}`.
     pub result: BTreeMap<String, Categories>,
     pub rebuild: RebuildInfo,
+    /// Changed attrs that were not built, with the reason (evaluation
+    /// only, needs KVM).
+    pub skipped_attrs: Vec<SkippedTest>,
     pub skipped_tests: Vec<SkippedTest>,
     pub evidence: Evidence,
     pub artifacts: Vec<Artifact>,
@@ -157,11 +160,15 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
         !outs.is_empty() && outs.values().all(|p| ctx.verified.contains_key(p))
     };
     let mut c = Categories::default();
+    let mut skipped_attrs = Vec::new();
     for a in &o.attrs {
         match &a.outcome {
             Outcome::Built if verified(&a.outputs) => c.built.push(a.attr.clone()),
             Outcome::Built | Outcome::Failed => c.failed.push(a.attr.clone()),
-            Outcome::Skipped(_) => {}
+            Outcome::Skipped(why) => skipped_attrs.push(SkippedTest {
+                attr: a.attr.clone(),
+                reason: why.clone(),
+            }),
         }
     }
     let mut skipped_tests = Vec::new();
@@ -252,6 +259,7 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
             max_build: ctx.max_build,
             build,
         },
+        skipped_attrs,
         skipped_tests,
         evidence,
         artifacts: ctx.artifacts,
@@ -383,12 +391,23 @@ pub fn markdown(r: &Report) -> String {
         "package does not exist",
         &c.non_existent,
     );
-    let skipped: Vec<String> = r
-        .skipped_tests
-        .iter()
-        .map(|s| format!("{} ({})", s.attr, s.reason))
-        .collect();
-    section(&mut md, ":fast_forward:", "test skipped", &skipped);
+    let skipped = |v: &[SkippedTest]| -> Vec<String> {
+        v.iter()
+            .map(|s| format!("{} ({})", s.attr, s.reason))
+            .collect()
+    };
+    section(
+        &mut md,
+        ":fast_forward:",
+        "package not built",
+        &skipped(&r.skipped_attrs),
+    );
+    section(
+        &mut md,
+        ":fast_forward:",
+        "test skipped",
+        &skipped(&r.skipped_tests),
+    );
     md.push('\n');
     if !r.evidence.by_package.is_empty() {
         md.push_str("### What the passing tests vouch for\n\n");
@@ -468,6 +487,7 @@ mod tests {
             drv_path: Some(format!("/nix/store/{name}.drv")),
             outputs: BTreeMap::from([("out".into(), format!("/nix/store/{name}"))]),
             error: None,
+            kvm: false,
         }
     }
 

@@ -5,10 +5,17 @@
 #
 # mode = "outpaths": for every attr of `attrsFile` (a JSON list of attr
 #   paths), or, without one, every derivation `nix-env -qa` would list (the
-#   top level, and sets with `recurseForDerivations`):
-#     { "<attr>" = { drvPath; outputs = { out = "/nix/store/…"; … }; }
-#                | { error = "non-existent" | "broken"; }; }
+#   top level, and sets with `recurseForDerivations`; with `rootsFile`, a
+#   JSON list of top-level names, only below those):
+#     { "<attr>" = { drvPath; outputs = { out = "/nix/store/…"; … }; kvm; }
+#                | { error = "non-existent" | "broken" | "not-a-derivation"; }; }
 #   In read-only mode nothing is written to the store.
+# mode = "names": the top-level attr names (for `rootsFile`).
+#
+# `tryEval` catches `throw` and `assert` only: a missing attribute or an
+# `abort` ends the whole evaluation. The agent then splits the list (or the
+# roots) in halves until it finds the attr that does it, and reports that
+# one as broken.
 # mode = "tests": for every attr of `attrsFile`, its own derivation and its
 #   `passthru.tests` (run with --read-write-mode, so the .drv files exist):
 #     { "<attr>" = { drvPath; outputs; tests = { "<name>" = { drvPath;
@@ -18,6 +25,7 @@
 , system
 , mode ? "outpaths"
 , attrsFile ? null
+, rootsFile ? null
 }:
 let
   pkgs = import (src + "/${entry}") { inherit system; config = { }; overlays = [ ]; };
@@ -48,7 +56,11 @@ let
     let
       r = tryEval (
         if isDrv v then
-          let x = { drvPath = v.drvPath; outputs = outputsOf v; }; in builtins.deepSeq x x
+          let x = {
+            drvPath = v.drvPath;
+            outputs = outputsOf v;
+            kvm = elem "kvm" (v.requiredSystemFeatures or [ ]);
+          }; in builtins.deepSeq x x
         else null);
     in
     if !r.success then { error = "broken"; }
@@ -76,7 +88,11 @@ let
         else [ ])
       (attrNames set);
 
-  attrs = if attrsFile == null then discover "" pkgs else builtins.fromJSON (builtins.readFile attrsFile);
+  roots = builtins.fromJSON (builtins.readFile rootsFile);
+  attrs =
+    if attrsFile != null then builtins.fromJSON (builtins.readFile attrsFile)
+    else if rootsFile != null then discover "" (builtins.intersectAttrs (builtins.listToAttrs (map (n: { name = n; value = null; }) roots)) pkgs)
+    else discover "" pkgs;
 
   testsOf = path:
     let
@@ -87,19 +103,18 @@ let
         let
           v = tryEval (getAttr name set);
           d = if v.success then describe v.value else { error = "broken"; };
-          feats = tryEval (v.value.requiredSystemFeatures or [ ]);
           nixos = tryEval (isAttrs v.value && (v.value ? driverInteractive || v.value ? nodes));
         in
         if d ? error then d
         else d // {
-          kvm = feats.success && elem "kvm" feats.value;
           nixos = nixos.success && nixos.value;
         };
     in
     listToAttrs (filter (x: !(x.value ? error && x.value.error == "not-a-derivation"))
       (map (name: { inherit name; value = one name; }) (attrNames set)));
 in
-listToAttrs (map
+if mode == "names" then attrNames pkgs
+else listToAttrs (map
   (path: {
     name = path;
     value =

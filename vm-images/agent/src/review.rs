@@ -25,6 +25,7 @@ use super::{
 };
 
 const EVAL_NIX: &str = include_str!("review-eval.nix");
+const NO_KVM: &str = "needs KVM inside the VM, and this builder cannot give its VMs nested KVM";
 const DIR: &str = "/nix/var/airlock/review";
 const SAVED: &str = "/nix/var/airlock/review/plan.json";
 
@@ -33,6 +34,8 @@ const SAVED: &str = "/nix/var/airlock/review/plan.json";
 struct Tested {
     #[serde(default, rename = "drvPath")]
     drv_path: Option<String>,
+    #[serde(default)]
+    kvm: bool,
     #[serde(default)]
     outputs: BTreeMap<String, String>,
     #[serde(default)]
@@ -164,8 +167,8 @@ fn eval_tree<T: serde::de::DeserializeOwned>(
     job: &GuestJob,
     tree: &Path,
     mode: &str,
-    attrs_file: Option<&Path>,
-) -> Result<BTreeMap<String, T>, String> {
+    file: Option<(&str, &Path)>,
+) -> Result<T, String> {
     let mut cmd = Command::new("nix-instantiate");
     cmd.current_dir(tree)
         .env_clear()
@@ -191,8 +194,8 @@ fn eval_tree<T: serde::de::DeserializeOwned>(
         .args(["--argstr", "entry", &job.nix_file])
         .args(["--argstr", "system", &job.system])
         .args(["--argstr", "mode", mode]);
-    if let Some(f) = attrs_file {
-        cmd.arg("--arg").arg("attrsFile").arg(f);
+    if let Some((arg, f)) = file {
+        cmd.arg("--arg").arg(arg).arg(f);
     }
     let out = cmd
         .output()
@@ -207,6 +210,71 @@ fn eval_tree<T: serde::de::DeserializeOwned>(
         ));
     }
     serde_json::from_slice(&out.stdout).map_err(|e| format!("review evaluation output: {e}"))
+}
+
+/// Evaluations a review may spend on finding the attrs that end an
+/// evaluation (beyond the first).
+const MAX_SPLITS: usize = 96;
+
+/// The out-paths of one tree: of `list`, or of every attr (by top-level
+/// name). An attr whose evaluation cannot be caught (a missing attribute,
+/// `abort`) ends Nix's whole run: the list is split in halves until the
+/// attr is found, which is then reported `broken`.
+fn eval_outpaths(
+    job: &GuestJob,
+    tree: &Path,
+    list: Option<&[String]>,
+    ch: &Channel,
+) -> Result<BTreeMap<String, AttrEval>, String> {
+    let (items, arg) = match list {
+        Some(l) => (l.to_vec(), "attrsFile"),
+        None => (eval_tree(job, tree, "names", None)?, "rootsFile"),
+    };
+    let mut budget = MAX_SPLITS;
+    let mut out = BTreeMap::new();
+    let mut todo = vec![items];
+    while let Some(items) = todo.pop() {
+        let f = write_list("part.json", &items)?;
+        match eval_tree::<BTreeMap<String, AttrEval>>(job, tree, "outpaths", Some((arg, &f))) {
+            Ok(m) => out.extend(m),
+            Err(e) if items.len() == 1 => {
+                ch.log(&format!(
+                    "airlock: review: {} cannot be evaluated and ends the evaluation: {}",
+                    items[0],
+                    e.lines().last().unwrap_or_default()
+                ));
+                out.insert(
+                    items[0].clone(),
+                    AttrEval {
+                        error: Some("broken".into()),
+                        ..AttrEval::default()
+                    },
+                );
+            }
+            Err(e) => {
+                // Not one attr's fault if the tree does not even import.
+                if budget == MAX_SPLITS {
+                    let empty = write_list("part.json", &[])?;
+                    eval_tree::<BTreeMap<String, AttrEval>>(
+                        job,
+                        tree,
+                        "outpaths",
+                        Some((arg, &empty)),
+                    )?;
+                }
+                if budget < 2 {
+                    return Err(format!(
+                        "{e}\n(too many attrs end the evaluation to find them all)"
+                    ));
+                }
+                budget -= 2;
+                let (a, b) = items.split_at(items.len() / 2);
+                todo.push(b.to_vec());
+                todo.push(a.to_vec());
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn write_list(name: &str, attrs: &[String]) -> Result<PathBuf, String> {
@@ -226,10 +294,6 @@ fn evaluate(
     std::fs::create_dir_all(DIR).map_err(|e| format!("mkdir {DIR}: {e}"))?;
     std::fs::write(Path::new(DIR).join("eval.nix"), EVAL_NIX)
         .map_err(|e| format!("cannot write eval.nix: {e}"))?;
-    let list = match &rv.attrs {
-        Some(a) => Some(write_list("attrs.json", a)?),
-        None => None,
-    };
     let mut outcome = ReviewOutcome {
         kvm: Path::new("/dev/kvm").exists(),
         ..ReviewOutcome::default()
@@ -237,7 +301,7 @@ fn evaluate(
     // 1. The base (unless the rebuild list was given) and the merged tree.
     if rv.rebuild.is_none() {
         let t = Instant::now();
-        outcome.base = eval_tree(job, &base_tree(input), "outpaths", list.as_deref())?;
+        outcome.base = eval_outpaths(job, &base_tree(input), rv.attrs.as_deref(), ch)?;
         outcome.eval_ms.0 = t.elapsed().as_millis() as u64;
         ch.log(&format!(
             "airlock: review: evaluated the base: {} attrs in {:.1}s",
@@ -246,7 +310,7 @@ fn evaluate(
         ));
     }
     let t = Instant::now();
-    outcome.merged = eval_tree(job, src, "outpaths", list.as_deref())?;
+    outcome.merged = eval_outpaths(job, src, rv.attrs.as_deref(), ch)?;
     outcome.eval_ms.1 = t.elapsed().as_millis() as u64;
     ch.log(&format!(
         "airlock: review: evaluated the merged tree: {} attrs in {:.1}s",
@@ -283,7 +347,7 @@ fn evaluate(
         BTreeMap::new()
     } else {
         let f = write_list("build.json", &rebuild.build)?;
-        eval_tree(job, src, "tests", Some(&f))?
+        eval_tree(job, src, "tests", Some(("attrsFile", &f)))?
     };
     let mut drvs = Vec::new();
     let why_not = rv.eval_only.then(|| "evaluation only".to_owned());
@@ -291,14 +355,17 @@ fn evaluate(
         let Some(drv) = e.drv_path.clone() else {
             continue;
         };
-        if why_not.is_none() {
+        let skip = why_not
+            .clone()
+            .or_else(|| (e.kvm && !outcome.kvm).then(|| NO_KVM.to_owned()));
+        if skip.is_none() {
             drvs.push(drv.clone());
         }
         outcome.attrs.push(ReviewedAttr {
             attr: attr.clone(),
             drv_path: drv,
             outputs: e.outputs.clone(),
-            outcome: Outcome::Skipped(why_not.clone().unwrap_or_else(|| "not built".into())),
+            outcome: Outcome::Skipped(skip.unwrap_or_else(|| "not built".into())),
         });
         for (name, t) in &e.tests {
             let test_attr = format!("{attr}.passthru.tests.{name}");
@@ -308,10 +375,7 @@ fn evaluate(
                     t.error.as_deref().unwrap_or("?")
                 )),
                 (_, Some(w)) => Some(w.clone()),
-                (Some(_), None) if t.kvm && !outcome.kvm => Some(
-                    "needs KVM inside the VM, and this builder cannot give its VMs nested KVM"
-                        .into(),
-                ),
+                (Some(_), None) if t.kvm && !outcome.kvm => Some(NO_KVM.into()),
                 _ => None,
             };
             if skip.is_none() {
@@ -383,7 +447,11 @@ fn record_outcomes(o: &mut ReviewOutcome, ch: &Channel) -> Result<(), String> {
         .collect();
     let valid: BTreeSet<String> = valid_paths(all)?.into_iter().collect();
     let built = |outs: &BTreeMap<String, String>| outs.values().all(|p| valid.contains(p));
-    for a in &mut o.attrs {
+    for a in o
+        .attrs
+        .iter_mut()
+        .filter(|a| a.outcome == Outcome::Skipped("not built".into()))
+    {
         a.outcome = if built(&a.outputs) {
             Outcome::Built
         } else {
@@ -406,7 +474,7 @@ fn record_outcomes(o: &mut ReviewOutcome, ch: &Channel) -> Result<(), String> {
             continue;
         }
         t.outcome = Outcome::Built;
-        let drv_closure: BTreeSet<String> = nix_store(&["-qR"], &[t.drv_path.clone()])?
+        let drv_closure: BTreeSet<String> = nix_store(&["-qR"], std::slice::from_ref(&t.drv_path))?
             .into_iter()
             .collect();
         let outs: Vec<String> = t.outputs.values().cloned().collect();

@@ -48,6 +48,9 @@ pub struct AttrEval {
     pub outputs: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// It needs KVM to build (`requiredSystemFeatures`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kvm: bool,
 }
 
 /// What happened to an attr or a test in the VM (the guest's claim; the
