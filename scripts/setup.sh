@@ -8,10 +8,12 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (VM disks, Nix sandbox, netns)" >&2; exit 1; }
 
+# chromium and curl: the review page test (tests/tests/review.rs) looks at
+# the page in a real headless browser.
 pkgs=(nix-bin nix-setup-systemd busybox-static cpio kmod qemu-system-x86 e2fsprogs
       debootstrap git tar python3 ca-certificates procps rabbitmq-server
       nftables iproute2 libseccomp-dev libcap-ng-dev binutils gcc
-      dbus-daemon dbus-bin systemd)
+      dbus-daemon dbus-bin systemd curl chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -19,20 +19,39 @@ fn snapshot() -> Option<PathBuf> {
     p.join("pkgs/top-level/impure.nix").exists().then_some(p)
 }
 
+/// The snapshot, or None after a loud skip (a panic in CI).
+fn snapshot_or_skip(name: &str) -> Option<PathBuf> {
+    let np = snapshot();
+    if np.is_none() {
+        ready_or_skip(
+            name,
+            &["the nixpkgs snapshot (set AIRLOCK_NIXPKGS, or run scripts/test.sh where ../shared/nixpkgs exists)".into()],
+        );
+    }
+    np
+}
+
+/// A git repository at `repo` whose `master` is the snapshot.
+fn snapshot_repo(np: &std::path::Path, repo: &std::path::Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", np.display()))
+        .arg(repo)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    git(repo, &["init", "-q", "-b", "master"]);
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", "nixpkgs snapshot"]);
+}
+
 #[test]
 fn a_real_nixpkgs_pr_evaluates_in_the_vm_and_fails_on_the_unreachable_bootstrap() {
     let name = "a_real_nixpkgs_pr_evaluates_in_the_vm_and_fails_on_the_unreachable_bootstrap";
     if !prerequisites(name) {
         return;
     }
-    let Some(np) = snapshot() else {
-        let msg = format!(
-            "SKIPPED {name}: missing the nixpkgs snapshot (set AIRLOCK_NIXPKGS, or run scripts/test.sh where ../shared/nixpkgs exists)"
-        );
-        if std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() == Ok("1") {
-            panic!("{msg} (AIRLOCK_REQUIRE_E2E=1 forbids skipping)");
-        }
-        eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+    let Some(np) = snapshot_or_skip(name) else {
         return;
     };
     // The fetch VM reaches an "internet" where no name resolves (as the
@@ -42,16 +61,7 @@ fn a_real_nixpkgs_pr_evaluates_in_the_vm_and_fails_on_the_unreachable_bootstrap(
     let d = Daemon::start_in_netns(&net.host, "[network]\ndns = [\"203.0.113.10\"]\n");
     let repo = d.dir.path().join("repo");
     let t0 = Instant::now();
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", np.display()))
-        .arg(&repo)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    git(&repo, &["init", "-q", "-b", "master"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "nixpkgs snapshot"]);
+    snapshot_repo(&np, &repo);
     git(&repo, &["checkout", "-q", "-b", "pr"]);
     let pkg = repo.join("pkgs/by-name/he/hello/package.nix");
     let text = std::fs::read_to_string(&pkg).unwrap();
@@ -174,14 +184,7 @@ fn a_real_nixpkgs_review_of_a_hello_change_finds_exactly_its_dependents() {
     if !prerequisites(name) {
         return;
     }
-    let Some(np) = snapshot() else {
-        let msg = format!(
-            "SKIPPED {name}: missing the nixpkgs snapshot (set AIRLOCK_NIXPKGS, or run scripts/test.sh where ../shared/nixpkgs exists)"
-        );
-        if std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() == Ok("1") {
-            panic!("{msg} (AIRLOCK_REQUIRE_E2E=1 forbids skipping)");
-        }
-        eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+    let Some(np) = snapshot_or_skip(name) else {
         return;
     };
     // Evaluating a few hundred nixpkgs attrs takes about 1.5 GB, and
@@ -189,16 +192,7 @@ fn a_real_nixpkgs_review_of_a_hello_change_finds_exactly_its_dependents() {
     // once (`tests.problems.no-problems` is `cleanSource` of nixpkgs).
     let d = Daemon::start_with_vm("memory_mib = 3072\nnix_disk_mib = 4096\n");
     let repo = d.dir.path().join("repo");
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", np.display()))
-        .arg(&repo)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    git(&repo, &["init", "-q", "-b", "master"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "nixpkgs snapshot"]);
+    snapshot_repo(&np, &repo);
     git(&repo, &["checkout", "-q", "-b", "pr"]);
     let pkg = repo.join("pkgs/by-name/he/hello/package.nix");
     let text = std::fs::read_to_string(&pkg).unwrap();
@@ -213,28 +207,17 @@ fn a_real_nixpkgs_review_of_a_hello_change_finds_exactly_its_dependents() {
     let head = git(&repo, &["rev-parse", "HEAD"]);
 
     let t0 = Instant::now();
-    let out = d.ctl(&[
-        "--json",
-        "review",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--head",
+    let id = d.review(
+        &repo,
         &head,
-        "--pr",
-        "1",
-        "--attrs-file",
-        review_list().to_str().unwrap(),
-        "--eval-only",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &[
+            "--pr",
+            "1",
+            "--attrs-file",
+            review_list().to_str().unwrap(),
+            "--eval-only",
+        ],
     );
-    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
 
     // Meanwhile the host's own diff of the same two trees.
     let store = d.dir.path().join("host-store");

@@ -224,29 +224,11 @@ fn a_review_rebuilds_exactly_the_dependents_and_maps_the_evidence() {
     );
 
     let t0 = Instant::now();
-    let out = d.ctl(&[
-        "--json",
-        "review",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--head",
-        &head,
-        "--pr",
-        "42",
-    ]);
-    assert!(
-        out.status.success(),
-        "airlockctl review: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = d.review(&repo, &head, &["--pr", "42"]);
 
     // Meanwhile: a job that prints a line every 0.25 s, whose log page must
     // follow it in the browser.
-    let ticker = d.submit(&repo, &head, &["ticker"]);
+    let ticker = d.submit(&repo, &head, &["ticker-long"]);
     let t1 = Instant::now();
     while !d.build_log(&ticker).contains("tick 2") {
         assert!(
@@ -259,17 +241,17 @@ fn a_review_rebuilds_exactly_the_dependents_and_maps_the_evidence() {
     let (_, first) = http_get(&d, &format!("{web}/jobs/{ticker}"));
     let first = String::from_utf8_lossy(&first).into_owned();
     assert!(first.contains("following the log"), "{first}");
-    assert!(!first.contains("tick 40"), "the job was already done");
+    assert!(!first.contains("tick 120"), "the job was already done");
     let profile = tempfile::tempdir().unwrap();
     let dom = chromium(
         &d,
         profile.path(),
-        &["--dump-dom", "--virtual-time-budget=30000"],
+        &["--dump-dom", "--virtual-time-budget=60000"],
         &format!("{web}/jobs/{ticker}"),
     );
     let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
     assert!(
-        dom.contains("tick 40") && dom.contains("the job has finished"),
+        dom.contains("tick 120") && dom.contains("the job has finished"),
         "the page did not follow the running job's log:\n{dom}"
     );
 
@@ -560,36 +542,25 @@ fn a_rebuild_list_from_the_central_side_skips_the_base_evaluation() {
     }
     let d = Daemon::start("");
     let (repo, head) = fixture_repo(d.dir.path(), &[("default.nix", changed_fixture())]);
-    let out = d.ctl(&[
-        "--json",
-        "review",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--head",
+    let id = d.review(
+        &repo,
         &head,
-        "--rebuild",
-        "graph.app",
-        "--rebuild",
-        "graph.no-such-attr",
-        "--attr",
-        "graph.app",
-        "--attr",
-        "graph.libleaf",
-        "--attr",
-        "uncatchable.aborts",
-        "--attr",
-        "graph.no-such-attr",
-        "--eval-only",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &[
+            "--rebuild",
+            "graph.app",
+            "--rebuild",
+            "graph.no-such-attr",
+            "--attr",
+            "graph.app",
+            "--attr",
+            "graph.libleaf",
+            "--attr",
+            "uncatchable.aborts",
+            "--attr",
+            "graph.no-such-attr",
+            "--eval-only",
+        ],
     );
-    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let rec = d.wait(&id, LIMIT);
     let log = d.build_log(&id);
     assert_eq!(status(&rec), "Skipped", "{rec:#}\n{log}");

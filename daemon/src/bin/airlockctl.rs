@@ -43,23 +43,54 @@ struct Args {
     cmd: Cmd,
 }
 
+/// The PR a job is for.
+#[derive(clap::Args, Debug)]
+struct PrArgs {
+    /// Git URL or local path of the repository.
+    #[arg(long)]
+    repo: String,
+    /// The PR head commit (40 hex digits).
+    #[arg(long)]
+    head: String,
+    #[arg(long, default_value_t = 0)]
+    pr: u64,
+    /// The GitHub repository the PR belongs to (for the label watcher).
+    #[arg(long, value_name = "OWNER/NAME")]
+    github: Option<String>,
+    /// The PR's target branch.
+    #[arg(long, default_value = "master")]
+    target_branch: String,
+}
+
+impl PrArgs {
+    fn job(
+        self,
+        attrs: Vec<String>,
+        review: Option<airlock::ofborg::ReviewRequest>,
+    ) -> anyhow::Result<BuildJob> {
+        Ok(BuildJob {
+            repo: repo_of(&self.repo, self.github, self.pr)?,
+            pr: Pr {
+                target_branch: Some(self.target_branch),
+                number: self.pr,
+                head_sha: self.head,
+            },
+            subset: None,
+            attrs,
+            request_id: uuid::Uuid::new_v4().to_string(),
+            logs: None,
+            statusreport: None,
+            airlock_review: review,
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Queue a build of a PR head merged onto its target branch.
     Submit {
-        /// Git URL or local path of the repository.
-        #[arg(long)]
-        repo: String,
-        /// The PR head commit (40 hex digits).
-        #[arg(long)]
-        head: String,
-        #[arg(long, default_value_t = 0)]
-        pr: u64,
-        /// The GitHub repository the PR belongs to (for the label watcher).
-        #[arg(long, value_name = "OWNER/NAME")]
-        github: Option<String>,
-        #[arg(long, default_value = "master")]
-        target_branch: String,
+        #[command(flatten)]
+        pr: PrArgs,
         /// Attribute to build (repeatable).
         #[arg(long = "attr", required = true)]
         attrs: Vec<String>,
@@ -69,20 +100,8 @@ enum Cmd {
     /// `review.max_build`) and their `passthru.tests`, and report which
     /// changed packages the passing tests exercise.
     Review {
-        /// Git URL or local path of the repository.
-        #[arg(long)]
-        repo: String,
-        /// The PR head commit (40 hex digits).
-        #[arg(long)]
-        head: String,
-        #[arg(long, default_value_t = 0)]
-        pr: u64,
-        /// The GitHub repository the PR belongs to (for the label watcher).
-        #[arg(long, value_name = "OWNER/NAME")]
-        github: Option<String>,
-        /// The PR's target branch.
-        #[arg(long, default_value = "master")]
-        target_branch: String,
+        #[command(flatten)]
+        pr: PrArgs,
         /// Review against this branch instead (default: the builder's
         /// `review.base_for` of the target branch, else the target branch).
         #[arg(long)]
@@ -138,6 +157,24 @@ enum Cmd {
     Drain,
     /// Start queued jobs again after a drain.
     Resume,
+}
+
+/// Queue `job`; print its id.
+async fn submit(
+    api: &airlock::dbus::Airlock1Proxy<'_>,
+    job: BuildJob,
+    json: bool,
+) -> anyhow::Result<()> {
+    let id = api
+        .submit_job(&serde_json::to_string(&job)?)
+        .await
+        .map_err(api_err)?;
+    if json {
+        println!("{}", serde_json::json!({ "id": id }));
+    } else {
+        out!("{id}");
+    }
+    Ok(())
 }
 
 /// The job's repository: `repo` (a URL, or a local path made absolute:
@@ -367,11 +404,7 @@ async fn main() -> anyhow::Result<()> {
         })?;
     match a.cmd {
         Cmd::Review {
-            repo,
-            head,
             pr,
-            github,
-            target_branch,
             base,
             mut attrs,
             attrs_file,
@@ -391,62 +424,9 @@ async fn main() -> anyhow::Result<()> {
                 rebuild: (!rebuild.is_empty()).then_some(rebuild),
                 eval_only,
             };
-            let job = BuildJob {
-                repo: repo_of(&repo, github, pr)?,
-                pr: Pr {
-                    target_branch: Some(target_branch),
-                    number: pr,
-                    head_sha: head,
-                },
-                subset: None,
-                attrs: vec![],
-                request_id: uuid::Uuid::new_v4().to_string(),
-                logs: None,
-                statusreport: None,
-                airlock_review: Some(review),
-            };
-            let id = api
-                .submit_job(&serde_json::to_string(&job)?)
-                .await
-                .map_err(api_err)?;
-            if json {
-                println!("{}", serde_json::json!({ "id": id }));
-            } else {
-                out!("{id}");
-            }
+            submit(&api, pr.job(vec![], Some(review))?, json).await?;
         }
-        Cmd::Submit {
-            repo,
-            head,
-            pr,
-            github,
-            target_branch,
-            attrs,
-        } => {
-            let job = BuildJob {
-                repo: repo_of(&repo, github, pr)?,
-                pr: Pr {
-                    target_branch: Some(target_branch),
-                    number: pr,
-                    head_sha: head,
-                },
-                subset: None,
-                attrs,
-                request_id: uuid::Uuid::new_v4().to_string(),
-                logs: None,
-                statusreport: None,
-                airlock_review: None,
-            };
-            let id = api
-                .submit_job(&serde_json::to_string(&job)?)
-                .await
-                .map_err(api_err)?;
-            if json {
-                println!("{}", serde_json::json!({ "id": id }));
-            } else {
-                out!("{id}");
-            }
-        }
+        Cmd::Submit { pr, attrs } => submit(&api, pr.job(attrs, None)?, json).await?,
         Cmd::Jobs => {
             let doc = api.list_jobs().await.map_err(api_err)?;
             if json {

@@ -13,8 +13,12 @@ use std::time::{Duration, Instant};
 
 pub const IMAGE_DIR_DEFAULT: &str = "/var/cache/airlock/guest/current";
 
-/// Where cargo put the workspace binaries (tests run from target/<profile>/deps).
+/// Where cargo put the workspace binaries (tests run from target/<profile>/deps),
+/// or `AIRLOCK_BIN_DIR` (a benchmark with the debug build's binaries).
 pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("AIRLOCK_BIN_DIR") {
+        return PathBuf::from(d);
+    }
     let exe = std::env::current_exe().expect("current exe");
     exe.parent()
         .and_then(Path::parent)
@@ -421,13 +425,33 @@ impl Daemon {
         for a in attrs {
             args.extend(["--attr", a]);
         }
-        let out = self.ctl(&args);
+        self.queue(&args)
+    }
+
+    /// `airlockctl --json review --repo REPO --head HEAD ARGS…`: the job id.
+    pub fn review(&self, repo: &Path, head: &str, args: &[&str]) -> String {
+        let mut all = vec![
+            "--json",
+            "review",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--head",
+            head,
+        ];
+        all.extend(args);
+        self.queue(&all)
+    }
+
+    /// Run an airlockctl command that queues a job (`--json`); its id.
+    fn queue(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
         assert!(
             out.status.success(),
-            "submit failed: {}",
+            "{} failed: {}",
+            args[1],
             String::from_utf8_lossy(&out.stderr)
         );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("submit --json");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json");
         v["id"].as_str().expect("id").to_owned()
     }
 

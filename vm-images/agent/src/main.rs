@@ -227,26 +227,29 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
     } else {
         counting_builds(&drvs, ch, || build(&job, &src, &attempted, ch))?
     };
-    ch.event(&Event::Built {
-        status: status.clone(),
-    });
-
     // 3. Export every store path the job produced (after the last phase).
-    let paths = if drvs.is_empty() || phase == Phase::Fetch {
-        vec![]
-    } else {
-        produced_paths(&drvs)?
-    };
     let m = Manifest {
         version: WIRE_VERSION,
         phase,
         status,
         attempted_attrs: attempted,
         skipped_attrs: skipped,
-        paths,
+        paths: vec![],
         review: None,
     };
-    let bytes = write_export(&args.export, &m)?;
+    finish(&args.export, m, &drvs, ch)
+}
+
+/// Report the status, then write the export: the manifest with every
+/// store path the job produced (after the last phase; none after fetch).
+fn finish(export: &Path, mut m: Manifest, drvs: &[String], ch: &Channel) -> Result<(), String> {
+    ch.event(&Event::Built {
+        status: m.status.clone(),
+    });
+    if !drvs.is_empty() && m.phase != Phase::Fetch {
+        m.paths = produced_paths(drvs)?;
+    }
+    let bytes = write_export(export, &m)?;
     ch.event(&Event::Exported {
         paths: m.paths.len() as u64,
         bytes,

@@ -20,8 +20,7 @@ use airlock_wire::review::{
 use airlock_wire::{BootParams, BuildStatus, Event, GuestJob, Manifest, Phase, WIRE_VERSION};
 
 use super::{
-    counting_builds, fetch, nix_store, produced_paths, realise, valid_paths, write_export, Channel,
-    BUILD_PHASE_OPTIONS,
+    counting_builds, fetch, finish, nix_store, realise, valid_paths, Channel, BUILD_PHASE_OPTIONS,
 };
 
 const EVAL_NIX: &str = include_str!("review-eval.nix");
@@ -137,29 +136,16 @@ pub(crate) fn run(
         record_outcomes(&mut outcome, ch)?;
         st
     };
-    ch.event(&Event::Built {
-        status: status.clone(),
-    });
-    let paths = if drvs.is_empty() || phase == Phase::Fetch {
-        vec![]
-    } else {
-        produced_paths(&drvs)?
-    };
     let m = Manifest {
         version: WIRE_VERSION,
         phase,
         status,
         attempted_attrs: attempted,
         skipped_attrs: skipped,
-        paths,
+        paths: vec![],
         review: Some(outcome),
     };
-    let bytes = write_export(export, &m)?;
-    ch.event(&Event::Exported {
-        paths: m.paths.len() as u64,
-        bytes,
-    });
-    Ok(())
+    finish(export, m, &drvs, ch)
 }
 
 /// `review-eval.nix` over one tree.
