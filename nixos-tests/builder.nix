@@ -1,6 +1,8 @@
 # A trusted builder in an ofborg-like setup:
 #   rabbitmq  ofborg's central side: the broker, a job published to
-#             build-inputs-x86_64-linux, the BuildResult read back
+#             build-inputs-x86_64-linux, the BuildResult read back; and
+#             GitHub's REST API (nixos-tests/github.py serve, port 8090),
+#             whose state the test driver writes
 #   internet  203.0.113.10 (TEST-NET-3, a "public" address), HTTP on port 80
 #   lan       10.99.0.10, a private network the builder is also on
 #   client    a Hydra-like machine that substitutes from the builder's cache
@@ -11,6 +13,13 @@
 { pkgs, lib, ... }:
 let
   secrets = "/run/secrets/airlock";
+  # GitHub's stand-in: the REST endpoints the release path asks, and signed
+  # webhook deliveries, from GitHub's documented shapes (tests/fixtures/github).
+  # tests/tests/release.rs runs the same script against airlockd on a
+  # machine without KVM.
+  githubPy = "${pkgs.python3}/bin/python3 ${./github.py}";
+  githubFixtures = ../tests/fixtures/github;
+  githubState = "/var/lib/github-stand-in/state.json";
   www =
     text:
     pkgs.writeTextDir "file.txt" text;
@@ -62,7 +71,18 @@ in
         # guest may log in from other hosts in this test only
         configItems."loopback_users" = "none";
       };
-      networking.firewall.allowedTCPPorts = [ 5672 ];
+      networking.firewall.allowedTCPPorts = [
+        5672
+        8090
+      ];
+      environment.systemPackages = [ pkgs.curl ];
+      systemd.services.github-stand-in = {
+        wantedBy = [ "multi-user.target" ];
+        serviceConfig = {
+          ExecStart = "${githubPy} serve --listen 0.0.0.0:8090 --fixtures ${githubFixtures} --state ${githubState}";
+          StateDirectory = "github-stand-in";
+        };
+      };
     };
 
     internet = {
@@ -159,10 +179,15 @@ in
           github = {
             clone_url = "/srv/git/{full_name}.git";
             webhook_listen = "0.0.0.0:8081";
-            # No GitHub here: the release below is the operator's.
-            api_url = "http://127.0.0.1:9";
+            api_url = "http://rabbitmq:8090";
+            # The webhook starts each look; no polling in between.
+            poll_interval_secs = 3600;
           };
-          release.min_head_age_secs = 0;
+          release = {
+            min_head_age_secs = 0;
+            # The fixture's repository, not nixpkgs (the default).
+            repositories = [ "airlock/fixture" ];
+          };
         };
       };
       networking.firewall.allowedTCPPorts = [ 8081 ];
@@ -172,7 +197,7 @@ in
   };
 
   testScript = ''
-    import hashlib, hmac, json
+    import json
     ${import ./lib.nix { inherit fixtures; }}
 
     start_all()
@@ -221,27 +246,38 @@ in
         assert "PROBE lan: BLOCKED" in log, log
         assert "PROBE lan: REACHED" not in log, log
 
-    with subtest("a signed webhook is accepted, a forged one refused"):
-        body = json.dumps({"action": "labeled", "number": 42,
-                           "label": {"name": "nonmalicious-checked"},
-                           "pull_request": {"number": 42, "head": {"sha": head}},
-                           "repository": {"full_name": "airlock/fixture"},
-                           "sender": {"login": "tester"}})
-        sig = "sha256=" + hmac.new(b"0123456789abcdef0123456789abcdef", body.encode(), hashlib.sha256).hexdigest()
-        client.succeed(
-            f"curl -sf -X POST -H 'X-GitHub-Event: pull_request' -H 'X-Hub-Signature-256: {sig}'"
-            f" -H 'Content-Type: application/json' --data-binary {json.dumps(body)!r}"
-            " http://builder:8081/github-webhook"
+    with subtest("a committer's label, signalled by a signed webhook, releases the commit"):
+        rabbitmq.wait_for_open_port(8090)
+        t = int(rabbitmq.succeed("date +%s"))
+        state = {
+            "pulls": {"42": {
+                "head": head,
+                "labels": ["nonmalicious-checked"],
+                "events": [{"event": "labeled", "actor": "alice",
+                            "label": "nonmalicious-checked", "at": t - 300}],
+                "pushes": [{"sha": head, "at": t - 600}],
+            }},
+            "permissions": {"alice": "write"},
+        }
+        rabbitmq.succeed(f"cat > ${githubState} <<'EOF'\n{json.dumps(state)}\nEOF")
+        assert "nonmalicious-checked" in rabbitmq.succeed("curl -sf http://localhost:8090/repos/airlock/fixture/pulls/42")
+        deliver = (
+            "${githubPy} deliver --url http://builder:8081/github-webhook"
+            " --fixtures ${githubFixtures} --action labeled --repo airlock/fixture"
+            f" --pr 42 --head {head} --secret-file "
         )
-        client.fail(
-            "curl -sf -X POST -H 'X-GitHub-Event: pull_request' -H 'X-Hub-Signature-256: sha256=00'"
-            " --data-binary '{}' http://builder:8081/github-webhook"
-        )
+        client.succeed("printf 'not the secret' > /tmp/wrong-secret")
+        client.fail(deliver + "/tmp/wrong-secret")
         builder.wait_until_succeeds("journalctl -u airlockd | grep 'webhook rejected'")
+        client.succeed("printf 0123456789abcdef0123456789abcdef > /tmp/webhook-secret")
+        client.succeed(deliver + "/tmp/webhook-secret")
+        builder.wait_until_succeeds(
+            f"airlockctl --json release status {head} | jq -e '.prs[0].decision.release'",
+            timeout=120,
+        )
+        print(builder.succeed(f"airlockctl release status {head}"))
 
     with subtest("released outputs are signed and a client substitutes them"):
-        builder.succeed(f"airlockctl release {head} --reason 'nixos test'")
-        print(builder.succeed(f"airlockctl release status {head}"))
         show = json.loads(builder.succeed(f"airlockctl --json show {job_id}"))
         print(show)
         out = [p for p in json.dumps(show).split('"') if p.startswith("/nix/store/") and p.endswith("-airlock-chain-3")][0]

@@ -519,3 +519,123 @@ fn github_token_and_rate_limit() {
         assert!(a.ends_with(" ghp_airlocktest"), "{a}");
     }
 }
+
+/// The NixOS builder test (nixos-tests/builder.nix) releases through
+/// nixos-tests/github.py: its REST stand-in and its signed webhook. The
+/// NixOS test cannot run here (no nested KVM), so this runs the same script,
+/// with the same state and delivery, against a real airlockd: the release
+/// follows from the webhook alone (the poll interval is an hour).
+#[test]
+fn the_nixos_tests_github_stand_in_releases_a_labelled_commit() {
+    const TEST: &str = "the_nixos_tests_github_stand_in_releases_a_labelled_commit";
+    if !prerequisites(TEST) {
+        return;
+    }
+    let repo_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = repo_root.join("nixos-tests/github.py");
+    let fixtures = repo_root.join("tests/fixtures/github");
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("github-state.json");
+    let port = free_port();
+    let mut server = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--fixtures")
+        .arg(&fixtures)
+        .arg("--state")
+        .arg(&state)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 nixos-tests/github.py");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "github.py did not listen"
+        );
+        if let Some(st) = server.try_wait().unwrap() {
+            panic!("github.py exited: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _server = Kill(server);
+
+    let s = ReleaseDaemon::start_at(
+        &format!("http://127.0.0.1:{port}"),
+        "trusted",
+        3600,
+        // As the NixOS test's settings: its repository is not nixpkgs.
+        "repositories = [\"airlock/fixture\"]",
+        "[retention]\nunreleased_hours = 0\n",
+    );
+    let d = &s.d;
+    let fixture_repo = "airlock/fixture";
+    let head = sha("nixos-test-head");
+    let (job, path) = common::github::craft_job(&d.state(), &head, fixture_repo, 42, "n");
+    // The state the NixOS test writes: PR 42's head pushed ten minutes ago,
+    // labelled by a committer five minutes later.
+    let t = now();
+    let st = serde_json::json!({
+        "pulls": {"42": {
+            "head": head,
+            "labels": [LABEL],
+            "events": [{"event": "labeled", "actor": "alice", "label": LABEL, "at": t - 300}],
+            "pushes": [{"sha": head, "at": t - 600}],
+        }},
+        "permissions": {"alice": "write"},
+    });
+    std::fs::write(&state, serde_json::to_vec(&st).unwrap()).unwrap();
+    assert_eq!(get(&s.cache, &narinfo_url(&path)).0, 404);
+
+    let secret = tmp.path().join("webhook-secret");
+    std::fs::write(&secret, &s.secret).unwrap();
+    let deliver = |secret: &std::path::Path| {
+        std::process::Command::new("python3")
+            .arg(&script)
+            .args([
+                "deliver",
+                "--url",
+                &format!("http://{}/github-webhook", s.hook),
+            ])
+            .arg("--secret-file")
+            .arg(secret)
+            .arg("--fixtures")
+            .arg(&fixtures)
+            .args(["--action", "labeled", "--repo", fixture_repo, "--pr", "42"])
+            .args(["--head", &head])
+            .output()
+            .unwrap()
+    };
+    // A delivery signed with another secret is refused (exit 1, 401).
+    let wrong = tmp.path().join("wrong-secret");
+    std::fs::write(&wrong, "not the secret").unwrap();
+    let out = deliver(&wrong);
+    assert!(!out.status.success(), "forged delivery accepted");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "401");
+    assert_eq!(get(&s.cache, &narinfo_url(&path)).0, 404);
+
+    let out = deliver(&secret);
+    assert!(
+        out.status.success(),
+        "deliver: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("released after the webhook", 60, d, || {
+        get(&s.cache, &narinfo_url(&path)).0 == 200
+    });
+    let v = status_json(d, &head);
+    assert!(v["prs"][0]["decision"].get("release").is_some(), "{v:#}");
+    assert_eq!(v["jobs"][0]["job_id"], job, "{v:#}");
+    let how = &v["jobs"][0]["released"]["how"];
+    assert_eq!(how["by"], "label", "{v:#}");
+    assert_eq!(how["actor"], "alice", "{v:#}");
+    assert_eq!(how["head_source"], "activity", "{v:#}");
+}

@@ -318,6 +318,11 @@ fn section(md: &mut String, icon: &str, what: &str, items: &[String]) {
     }
     let n = items.len();
     let (noun, rest) = what.split_once(' ').unwrap_or((what, ""));
+    // "1 package does not exist", "2 packages do not exist".
+    let rest = match rest.strip_prefix("does ") {
+        Some(r) if n != 1 => format!("do {r}"),
+        _ => rest.to_owned(),
+    };
     md.push_str(&format!(
         "<details>\n  <summary>{icon} {n} {noun}{} {rest}:</summary>\n  <ul>\n",
         if n == 1 { "" } else { "s" }
@@ -613,5 +618,26 @@ mod tests {
         o.attrs[0].attr = "<script>x</script>".into();
         let md = markdown(&build(&o, ctx(&v)));
         assert!(!md.contains("<script>"), "{md}");
+    }
+
+    #[test]
+    fn section_counts_agree_with_their_verbs() {
+        let mut md = String::new();
+        section(&mut md, "?", "package does not exist", &["a".into()]);
+        section(
+            &mut md,
+            "?",
+            "package does not exist",
+            &["a".into(), "b".into()],
+        );
+        section(
+            &mut md,
+            "x",
+            "package failed to build",
+            &["a".into(), "b".into()],
+        );
+        assert!(md.contains("1 package does not exist:"), "{md}");
+        assert!(md.contains("2 packages do not exist:"), "{md}");
+        assert!(md.contains("2 packages failed to build:"), "{md}");
     }
 }

@@ -494,6 +494,18 @@ impl ReleaseDaemon {
     /// `extra` goes inside the `[github]` table first (keys), then may open
     /// other tables.
     pub fn start(gh: &FakeGitHub, trust: &str, poll_secs: u64, extra: &str) -> ReleaseDaemon {
+        Self::start_at(&gh.url, trust, poll_secs, "", extra)
+    }
+
+    /// As [`ReleaseDaemon::start`], with GitHub's API at `api_url` and
+    /// `release_keys` added to the `[release]` table.
+    pub fn start_at(
+        api_url: &str,
+        trust: &str,
+        poll_secs: u64,
+        release_keys: &str,
+        extra: &str,
+    ) -> ReleaseDaemon {
         let keys = tempfile::tempdir().unwrap();
         let (sk, pk) = gen_key(keys.path(), "airlock-test-1");
         let secret = b"webhook secret for tests".to_vec();
@@ -504,7 +516,7 @@ impl ReleaseDaemon {
         // The fake GitHub's label events follow pushes by seconds; the
         // minimum head age (default 300 s) has its own rule tests.
         let cfg = format!(
-            "[release]\nmin_head_age_secs = 0\n[github]\npoll_interval_secs = {poll_secs}\nwebhook_listen = \"{hook}\"\nwebhook_secret_file = \"{}\"\n{extra}",
+            "[release]\nmin_head_age_secs = 0\n{release_keys}\n[github]\npoll_interval_secs = {poll_secs}\nwebhook_listen = \"{hook}\"\nwebhook_secret_file = \"{}\"\n{extra}",
             secret_file.display()
         );
         let d = super::Daemon::start_local(
@@ -517,7 +529,7 @@ impl ReleaseDaemon {
                 "--cache-listen",
                 &cache,
                 "--github-api-url",
-                &gh.url,
+                api_url,
             ],
         );
         ReleaseDaemon {
