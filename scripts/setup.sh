@@ -9,11 +9,15 @@ export DEBIAN_FRONTEND=noninteractive
 [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (VM disks, Nix sandbox, netns)" >&2; exit 1; }
 
 # chromium and curl: the review page test (tests/tests/review.rs) looks at
-# the page in a real headless browser.
+# the page in a real headless browser. linux-source-6.12 and the kernel
+# build tools: the trimmed guest kernel (vm-images/guest/build-kernel.sh,
+# tests/tests/guest_kernel.rs). python3-pyflakes: the NixOS test scripts'
+# lint (tests/tests/nixos.rs).
 pkgs=(nix-bin nix-setup-systemd busybox-static cpio kmod qemu-system-x86 e2fsprogs
       debootstrap git tar python3 ca-certificates procps rabbitmq-server
       nftables iproute2 libseccomp-dev libcap-ng-dev binutils gcc
-      dbus-daemon dbus-bin systemd curl chromium)
+      dbus-daemon dbus-bin systemd curl chromium
+      linux-source-6.12 make flex bison bc libelf-dev xz-utils python3-pyflakes)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -61,5 +65,6 @@ fi
 if [ "${SKIP_IMAGE:-0}" != 1 ]; then
   "$repo/vm-images/guest/build-guest.sh" "${AIRLOCK_IMAGE_CACHE:-/var/cache/airlock/guest}"
   "$repo/vm-images/systemd-guest/build.sh" "${AIRLOCK_SYSTEMD_GUEST_CACHE:-/var/cache/airlock/systemd-guest}"
+  "$repo/vm-images/guest/build-kernel.sh" "${AIRLOCK_GUEST_KERNEL_CACHE:-/var/cache/airlock/guest-kernel}"
 fi
 echo "setup.sh: ready"

@@ -12,7 +12,9 @@
 //!   airlockd refuses the same configuration it says the same words;
 //! - the package, the guest image and every NixOS test instantiate to a
 //!   `.drv` (`--option max-jobs 0`, a private store: the host's Nix database
-//!   is never written);
+//!   is never written), and the guest image's kernel is the trimmed one
+//!   configured from vm-images/guest/kernel.config;
+//! - the NixOS tests' Python scripts pass the lint the test driver runs;
 //! - the options table in docs/nixos.md is what nixos/options-doc.nix
 //!   generates from the module (scripts/gen-nixos-options.sh rewrites it).
 
@@ -766,6 +768,60 @@ fn package_guest_image_and_nixos_tests_instantiate() {
         "{}",
         drvs[3]
     );
+    // The guest's kernel is the trimmed one (vm-images/nix/kernel.nix): the
+    // default kernel's source and version, configured from the fragment by
+    // the script tests/tests/guest_kernel.rs boots, with no module outputs.
+    let k: Value = serde_json::from_str(&nix(&[
+        "--eval",
+        "--strict",
+        "--json",
+        "-E",
+        &format!(
+            r#"let pkgs = {pkgs}; g = (import {} {{ inherit pkgs; }}).guest-image; in {{
+  trimmed = g.kernel.drvPath != pkgs.linuxPackages.kernel.drvPath;
+  sameSource = g.kernel.src == pkgs.linuxPackages.kernel.src && g.kernel.version == pkgs.linuxPackages.kernel.version;
+  outputs = g.kernel.outputs;
+  fragment = builtins.readFile g.kernel.fragment == builtins.readFile {}/vm-images/guest/kernel.config;
+  config = g.kernel.configfile.drvPath;
+  kernel = g.kernel.drvPath;
+}}"#,
+            top.display(),
+            repo().display()
+        ),
+    ]))
+    .unwrap();
+    assert_eq!(k["trimmed"], true, "{k:#}");
+    assert_eq!(k["sameSource"], true, "{k:#}");
+    assert_eq!(k["outputs"], serde_json::json!(["out"]), "{k:#}");
+    assert_eq!(k["fragment"], true, "{k:#}");
+    let refs = |drv: &str| {
+        let out = Command::new("nix-store")
+            .args([
+                "--store",
+                store.to_str().unwrap(),
+                "-q",
+                "--references",
+                drv,
+            ])
+            .output()
+            .expect("nix-store -q");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let config_refs = refs(k["config"].as_str().unwrap());
+    for f in ["-kernel.config", "-kernel-config.sh"] {
+        assert!(
+            config_refs.lines().any(|l| l.ends_with(f)),
+            "the kernel config derivation does not use {f}:\n{config_refs}"
+        );
+    }
+    assert!(
+        refs(&drvs[1])
+            .lines()
+            .any(|l| l == k["kernel"].as_str().unwrap()),
+        "the guest image does not use the trimmed kernel"
+    );
+
     // Every test default.nix exposes is in the list above.
     let names = nix(&[
         "--eval",
@@ -912,4 +968,64 @@ fn options_table_in_docs_is_current() {
          diff (- in docs/nixos.md's block, + generated; each with its line number in its own block):\n{}",
         line_diff(in_doc, &generated)
     );
+}
+
+/// The NixOS tests' Python scripts pass the lint the test driver runs before
+/// anything boots (nixos/lib/testing/driver.nix: the driver's type-hint
+/// prelude, a fake machine per node and vlan, then the script, checked for
+/// pyflakes' errors), so a typo fails here and not after building the test.
+/// Debian's pyflakes3 stands in for the driver's `ruff check --select F`.
+#[test]
+fn nixos_test_scripts_pass_the_drivers_lint() {
+    const TEST: &str = "nixos_test_scripts_pass_the_drivers_lint";
+    let Some(np) = prerequisites(TEST, Needs::Snapshot) else {
+        return;
+    };
+    if !common::have("pyflakes3") {
+        let msg = format!("SKIPPED {TEST}: missing pyflakes3 (apt-get install python3-pyflakes; scripts/setup.sh does)");
+        if std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() == Ok("1") {
+            panic!("{msg} (AIRLOCK_REQUIRE_E2E=1 forbids skipping)");
+        }
+        eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pkgs = pkgs_expr(&np);
+    for name in ["minimal", "builder"] {
+        let expr = format!(
+            r#"let
+  pkgs = {pkgs};
+  lib = pkgs.lib;
+  c = (import {}/default.nix {{ inherit pkgs; }}).tests.{name}.config;
+  hints = map (i: "vlan${{toString i}} = create_fake_vlan()") c.driverConfiguration.vlans
+    ++ map (n: "${{n}} = create_fake_qemu_machine()") (builtins.attrNames c.driverConfiguration.vms);
+in builtins.unsafeDiscardStringContext (
+  builtins.readFile {}/nixos/lib/test-script-prepend.py + "\n"
+  + lib.concatStringsSep "\n" hints + "\n" + c.testScriptString)"#,
+            repo().display(),
+            np.display()
+        );
+        let out = Command::new("nix-instantiate")
+            .args(["--store", tmp.path().join("store").to_str().unwrap()])
+            .args(["--eval", "--json", "-E", &expr])
+            .env("XDG_CACHE_HOME", tmp.path().join("xdg-cache"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("nix-instantiate");
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let script: String = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            script.contains("start_all()"),
+            "{name}: no test script in {script}"
+        );
+        let file = tmp.path().join(format!("{name}.py"));
+        std::fs::write(&file, &script).unwrap();
+        let lint = Command::new("pyflakes3").arg(&file).output().unwrap();
+        assert!(
+            lint.status.success(),
+            "{name}'s test script fails the driver's lint:\n{}{}",
+            text(&lint.stdout),
+            text(&lint.stderr)
+        );
+    }
 }

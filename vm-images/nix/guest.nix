@@ -14,13 +14,11 @@
 #                   the input disk with its channel on /dev/hvc0
 #   $out/rootfs.img ext4 root (mounted read-only): busybox, Nix, /etc/nix/nix.conf
 #
-# The kernel is nixpkgs' default one, unmodified, so it comes from
-# cache.nixos.org instead of being compiled on every builder; the initramfs
-# loads only the modules the guest needs (virtio PCI/block/console/net, ext4,
-# overlay: the input disk is stacked on the base disk with overlayfs), like
-# build-guest.sh does with Debian's kernel. PVH comes from XEN_PVH=y in
-# nixpkgs' kernel config (it selects CONFIG_PVH).
-#
+# The kernel is vm-images/nix/kernel.nix: nixpkgs' default kernel source
+# configured with only what the guest needs (tinyconfig plus
+# vm-images/guest/kernel.config: virtio, PVH, ext4, overlayfs, ...), all
+# built in, so the initramfs loads no modules (its /etc/modules.order is
+# empty; init.sh reads it for the Debian-built guest's modules).
 # The root cannot keep Nix in /nix/store: init.sh mounts the job's own empty
 # disk on /nix. So Nix and busybox are the statically linked builds
 # (pkgsStatic) and live in /usr/bin and /bin, as Debian's nix-bin does.
@@ -34,32 +32,16 @@
 {
   lib,
   runCommand,
-  linuxPackages,
-  makeModulesClosure,
+  callPackage,
   pkgsStatic,
   cacert,
   cpio,
-  xz,
   e2fsprogs,
-  kernel ? linuxPackages.kernel,
+  kernel ? callPackage ./kernel.nix { },
   nix ? pkgsStatic.nix,
   busybox ? pkgsStatic.busybox,
 }:
 let
-  # vm-images/guest/build-guest.sh's MODULES, with their dependencies.
-  modules = makeModulesClosure {
-    inherit kernel;
-    firmware = kernel;
-    rootModules = [
-      "virtio_pci"
-      "virtio_blk"
-      "virtio_console"
-      "virtio_net"
-      "ext4"
-      "overlay"
-    ];
-  };
-
   # The guest's Nix configuration, as build-guest.sh writes it: single-user
   # (no build users: the VM is the isolation), sandboxed builds with busybox
   # as /bin/sh, no substituters of its own (the agent passes airlockd's
@@ -81,7 +63,6 @@ runCommand "airlock-guest-image"
   {
     nativeBuildInputs = [
       cpio
-      xz
       e2fsprogs
     ];
     passthru = {
@@ -89,7 +70,6 @@ runCommand "airlock-guest-image"
         kernel
         nix
         busybox
-        modules
         ;
     };
     meta = {
@@ -111,29 +91,16 @@ runCommand "airlock-guest-image"
       done
     }
 
-    # 1. kernel: nixpkgs' vmlinux without its debug sections (the notes,
-    #    PVH's among them, stay)
-    strip --strip-debug -o $out/vmlinux ${kernel.dev}/vmlinux
+    # 1. kernel: the trimmed kernel's vmlinux (already without debug
+    #    sections; the notes, PVH's among them, stay)
+    cp ${kernel}/vmlinux $out/vmlinux
+    chmod 0644 $out/vmlinux
 
-    # 2. initramfs: busybox, the modules (decompressed: busybox insmod takes
-    #    plain .ko files) in load order in /etc/modules.order, init.sh as /init
+    # 2. initramfs: busybox and init.sh as /init; no modules (all built in)
     ird=$PWD/initramfs
     busybox_tree $ird
     mkdir -p $ird/proc $ird/sys $ird/dev $ird/tmp $ird/run $ird/mnt $ird/etc $ird/newroot
     : > $ird/etc/modules.order
-    if [ -e ${modules}/insmod-list ]; then
-      while read -r m; do
-        rel=''${m#${modules}}
-        rel=''${rel%.xz}
-        rel=''${rel%.zst}
-        mkdir -p "$(dirname "$ird$rel")"
-        case $m in
-          *.xz) xz -dc "$m" > "$ird$rel" ;;
-          *) cp "$m" "$ird$rel" ;;
-        esac
-        echo "$rel" >> $ird/etc/modules.order
-      done < ${modules}/insmod-list
-    fi
     install -m 0755 ${initScript} $ird/init
     find $ird -exec touch -h -d @1 {} +
     (cd $ird && find . -print0 | sort -z \

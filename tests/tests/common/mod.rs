@@ -181,6 +181,11 @@ impl Daemon {
         Daemon::start_inner("", extra, vec![], Some(netns.to_owned()), &[])
     }
 
+    /// As [`Daemon::start_in_netns`], with extra keys inside the `[vm]` table.
+    pub fn start_in_netns_with_vm(netns: &str, vm_keys: &str, extra: &str) -> Daemon {
+        Daemon::start_inner(vm_keys, extra, vec![], Some(netns.to_owned()), &[])
+    }
+
     /// Like [`Daemon::start`], with extra keys inside the `[vm]` table.
     pub fn start_with_vm(vm_keys: &str) -> Daemon {
         Daemon::start_full(vm_keys, "")
@@ -271,9 +276,14 @@ impl Daemon {
             ),
             _ => String::new(),
         };
+        // A test may boot another image (`image_dir` in `vm_keys`).
+        let image = if vm_keys.contains("image_dir") {
+            String::new()
+        } else {
+            format!("image_dir = \"{}\"\n", image_dir().display())
+        };
         let mut toml = format!(
-            "{max_jobs}{top}\n[vm]\n{backend}accel = \"{accel}\"\nimage_dir = \"{}\"\n{nix_disk}export_disk_mib = 256\n",
-            image_dir().display()
+            "{max_jobs}{top}\n[vm]\n{backend}accel = \"{accel}\"\n{image}{nix_disk}export_disk_mib = 256\n"
         );
         toml.push_str(vm_keys);
         toml.push_str(tables);
