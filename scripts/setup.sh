@@ -11,13 +11,14 @@ export DEBIAN_FRONTEND=noninteractive
 # chromium and curl: the review page test (tests/tests/review.rs) looks at
 # the page in a real headless browser. linux-source-6.12 and the kernel
 # build tools: the trimmed guest kernel (vm-images/guest/build-kernel.sh,
-# tests/tests/guest_kernel.rs). python3-pyflakes: the NixOS test scripts'
-# lint (tests/tests/nixos.rs).
+# tests/tests/guest_kernel.rs). pyflakes3 (the package with the command;
+# python3-pyflakes alone is only the module): the NixOS test scripts' lint
+# (tests/tests/nixos.rs).
 pkgs=(nix-bin nix-setup-systemd busybox-static cpio kmod qemu-system-x86 e2fsprogs
       debootstrap git tar python3 ca-certificates procps rabbitmq-server
       nftables iproute2 libseccomp-dev libcap-ng-dev binutils gcc
       dbus-daemon dbus-bin systemd curl chromium
-      linux-source-6.12 make flex bison bc libelf-dev xz-utils python3-pyflakes)
+      linux-source-6.12 make flex bison bc libelf-dev xz-utils pyflakes3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

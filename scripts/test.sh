@@ -20,7 +20,8 @@ if [ -z "${AIRLOCK_NIXPKGS:-}" ] && [ -x "$shared/nixpkgs/unpack.sh" ]; then
 fi
 out=$(mktemp "${TMPDIR:-/tmp}/airlock-test-output.XXXXXX")
 trap 'rm -f "$out"' EXIT
-cargo test --workspace -- --test-threads="${AIRLOCK_TEST_THREADS:-2}" --show-output 2>&1 | tee "$out"
+# --no-fail-fast: one failing test binary must not hide the rest of the suite.
+cargo test --workspace --no-fail-fast -- --test-threads="${AIRLOCK_TEST_THREADS:-2}" --show-output 2>&1 | tee "$out"
 if grep -q "SKIPPED" "$out"; then
   echo "test.sh: some end-to-end tests were SKIPPED (see above)" >&2
   [ "${AIRLOCK_REQUIRE_E2E:-0}" = 1 ] && exit 1

@@ -982,7 +982,9 @@ fn nixos_test_scripts_pass_the_drivers_lint() {
         return;
     };
     if !common::have("pyflakes3") {
-        let msg = format!("SKIPPED {TEST}: missing pyflakes3 (apt-get install python3-pyflakes; scripts/setup.sh does)");
+        let msg = format!(
+            "SKIPPED {TEST}: missing pyflakes3 (apt-get install pyflakes3; scripts/setup.sh does)"
+        );
         if std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() == Ok("1") {
             panic!("{msg} (AIRLOCK_REQUIRE_E2E=1 forbids skipping)");
         }
