@@ -65,12 +65,7 @@ fn chaos_kill9_and_broker_restart_lose_nothing_and_report_once() {
     if !prerequisites(test) {
         return;
     }
-    if !Broker::available() {
-        let msg = format!("SKIPPED {test}: missing rabbitmq-server");
-        if std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() == Ok("1") {
-            panic!("{msg} (AIRLOCK_REQUIRE_E2E=1 forbids skipping)");
-        }
-        eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+    if !Broker::available() && !ready_or_skip(test, &["rabbitmq-server".into()]) {
         return;
     }
     // A thread of its own: the network namespace is per thread, and the

@@ -81,15 +81,7 @@ fn prerequisites(test: &str, needs: Needs) -> Option<PathBuf> {
             ));
         }
     }
-    if missing.is_empty() {
-        return Some(np.unwrap_or_default());
-    }
-    let msg = format!("SKIPPED {test}: missing {}", missing.join(", "));
-    if std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() == Ok("1") {
-        panic!("{msg} (AIRLOCK_REQUIRE_E2E=1 forbids skipping)");
-    }
-    eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
-    None
+    common::ready_or_skip(test, &missing).then(|| np.unwrap_or_default())
 }
 
 fn text(b: &[u8]) -> String {
@@ -981,14 +973,12 @@ fn nixos_test_scripts_pass_the_drivers_lint() {
     let Some(np) = prerequisites(TEST, Needs::Snapshot) else {
         return;
     };
-    if !common::have("pyflakes3") {
-        let msg = format!(
-            "SKIPPED {TEST}: missing pyflakes3 (apt-get install pyflakes3; scripts/setup.sh does)"
-        );
-        if std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() == Ok("1") {
-            panic!("{msg} (AIRLOCK_REQUIRE_E2E=1 forbids skipping)");
-        }
-        eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+    if !common::have("pyflakes3")
+        && !common::ready_or_skip(
+            TEST,
+            &["pyflakes3 (apt-get install pyflakes3; scripts/setup.sh does)".into()],
+        )
+    {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
