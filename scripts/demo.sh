@@ -5,7 +5,8 @@
 # and the quarantine listing.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-"$repo/scripts/setup.sh"
+t0=$(date +%s)
+"$repo/scripts/setup.sh" demo
 bin=$repo/target/debug
 work=$(mktemp -d /tmp/airlock-demo.XXXXXX)
 daemon_pid=
@@ -45,4 +46,5 @@ if [ -n "$q" ]; then
   echo "== one narinfo (unsigned until release)"
   cat "$(ls "$q"/*.narinfo | head -1)"
 fi
+echo "== demo done in $(( $(date +%s) - t0 )) s (set-up included)"
 exit $rc

@@ -5,21 +5,15 @@
 # tests/tests/nixos.rs (options_table_in_docs_is_current) fails until then.
 #
 # Usage: scripts/gen-nixos-options.sh [NIXPKGS]
-#   NIXPKGS defaults to $AIRLOCK_NIXPKGS, else the snapshot that
-#   ../shared/nixpkgs/unpack.sh gives ($AIRLOCK_SHARED).
+#   NIXPKGS defaults to $AIRLOCK_NIXPKGS (a nixpkgs checkout).
 # Needs nix-instantiate and python3. Evaluates only; builds nothing (a
 # private, throwaway store: the host's Nix database is not touched).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 np=${1:-${AIRLOCK_NIXPKGS:-}}
 if [ -z "$np" ]; then
-  shared=${AIRLOCK_SHARED:-$repo/../shared}
-  if [ -x "$shared/nixpkgs/unpack.sh" ]; then
-    np=$("$shared/nixpkgs/unpack.sh")
-  else
-    echo "gen-nixos-options.sh: give a nixpkgs path or set AIRLOCK_NIXPKGS" >&2
-    exit 2
-  fi
+  echo "gen-nixos-options.sh: give a nixpkgs path or set AIRLOCK_NIXPKGS" >&2
+  exit 2
 fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/gen-nixos-options.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT

@@ -1,71 +1,137 @@
 #!/bin/bash
-# Install everything airlock needs on a fresh Debian 12 machine (root), build
-# the workspace and the guest image. Idempotent: a re-run takes seconds.
-#   scripts/setup.sh            packages + cargo build + guest image
-#   SKIP_IMAGE=1 scripts/setup.sh   without the guest image
+# Install what airlock needs on a fresh Debian 12 machine (root), in two
+# tiers, everything from Debian's packages and crates.io. Idempotent: a
+# re-run with nothing to do takes seconds.
+#
+#   scripts/setup.sh demo   what one job needs (scripts/demo.sh): QEMU,
+#                           e2fsprogs, nftables, the guest image build tools;
+#                           airlockd, airlockctl and the guest agent; the
+#                           guest image. The cargo build runs while apt and
+#                           debootstrap download.
+#   scripts/setup.sh [test] the demo tier plus what the whole suite needs
+#                           (scripts/test.sh): Nix on the host, RabbitMQ,
+#                           D-Bus, systemd, Chromium, the kernel source and
+#                           its build tools, pyflakes3; the whole workspace;
+#                           virtiofsd (crates.io), the tiny PVH guest
+#                           (../shared/tiny-guest), the systemd test guest
+#                           and the trimmed guest kernel.
+#   SKIP_IMAGE=1            no guest images or kernel (either tier)
+#
+# Everything slow is cached by input hash under /var/cache/airlock (guest
+# image ~1 min, systemd guest ~1 min, trimmed kernel ~7-11 min on 2 cores;
+# docs/testing.md), so only the first run pays for it.
+#
+# Not installed, because no package registry has them: the cloud-hypervisor
+# binary and a nixpkgs checkout. The tests that need them are an optional
+# group (AIRLOCK_CLOUD_HYPERVISOR, AIRLOCK_NIXPKGS; docs/testing.md).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
+tier=${1:-test}
+case $tier in demo | test) ;; *) echo "usage: setup.sh [demo|test]" >&2; exit 2 ;; esac
 export DEBIAN_FRONTEND=noninteractive
 [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (VM disks, Nix sandbox, netns)" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "setup.sh: needs cargo (Rust >= 1.80, e.g. from rustup)" >&2; exit 1; }
+t_start=$(date +%s)
+log() { echo "setup.sh [$(( $(date +%s) - t_start ))s]: $*"; }
 
-# chromium and curl: the review page test (tests/tests/review.rs) looks at
-# the page in a real headless browser. linux-source-6.12 and the kernel
-# build tools: the trimmed guest kernel (vm-images/guest/build-kernel.sh,
-# tests/tests/guest_kernel.rs). pyflakes3 (the package with the command;
-# python3-pyflakes alone is only the module): the NixOS test scripts' lint
-# (tests/tests/nixos.rs).
-pkgs=(nix-bin nix-setup-systemd busybox-static cpio kmod qemu-system-x86 e2fsprogs
-      debootstrap git tar python3 ca-certificates procps rabbitmq-server
-      nftables iproute2 libseccomp-dev libcap-ng-dev binutils gcc
-      dbus-daemon dbus-bin systemd curl chromium
-      linux-source-6.12 make flex bison bc libelf-dev xz-utils pyflakes3)
+# One job: QEMU and its image tool, the job disks (mkfs.ext4, debugfs), the
+# fetch network (nft, ip), git for the checkout, and the guest image build
+# (debootstrap, busybox, cpio, depmod/modprobe, python3 for the kernel).
+demo_pkgs=(qemu-system-x86 e2fsprogs nftables iproute2 git ca-certificates
+           debootstrap busybox-static cpio kmod python3 procps tar gcc libc6-dev)
+# The suite: host Nix (private stores to compare builds), RabbitMQ, D-Bus and
+# systemd (the admin interfaces), chromium and curl (the review page),
+# the kernel source and build tools (the trimmed guest kernel), pyflakes3
+# (the NixOS test scripts' lint; python3-pyflakes alone is only the module),
+# libseccomp/libcap-ng (virtiofsd from crates.io), binutils (the tiny guest).
+test_pkgs=(nix-bin nix-setup-systemd rabbitmq-server dbus-daemon dbus-bin systemd curl
+           chromium linux-source-6.12 make flex bison bc libelf-dev xz-utils pyflakes3
+           libseccomp-dev libcap-ng-dev binutils)
+pkgs=("${demo_pkgs[@]}")
+[ "$tier" = test ] && pkgs+=("${test_pkgs[@]}")
+
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+
+cargo_args=(-p airlock --bins -p airlock-agent)
+[ "$tier" = test ] && cargo_args=(--workspace)
+cargo_log=$(mktemp "${TMPDIR:-/tmp}/airlock-setup-cargo.XXXXXX")
+cargo_pid=
+# cargo needs a C linker; only when there is none does it wait for apt.
+if command -v cc >/dev/null; then
+  log "cargo build ${cargo_args[*]} (in the background)"
+  cargo build --quiet --manifest-path "$repo/Cargo.toml" "${cargo_args[@]}" >"$cargo_log" 2>&1 &
+  cargo_pid=$!
+fi
+finish_cargo() {
+  if [ -z "$cargo_pid" ]; then
+    log "cargo build ${cargo_args[*]}"
+    cargo build --quiet --manifest-path "$repo/Cargo.toml" "${cargo_args[@]}"
+  elif ! wait "$cargo_pid"; then
+    cat "$cargo_log" >&2; rm -f "$cargo_log"
+    echo "setup.sh: cargo build failed" >&2; exit 1
+  fi
+  cat "$cargo_log"; rm -f "$cargo_log"
+  cargo_pid=
+  log "cargo build done"
+}
+trap '[ -n "$cargo_pid" ] && kill "$cargo_pid" 2>/dev/null; rm -f "$cargo_log"' EXIT
+
+# apt-cache needs package lists (the guest kernel lookup), apt-get install too.
+if [ ${#missing[@]} -gt 0 ] || [ -z "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock)" ]; then
+  log "apt-get update"
+  apt-get update -q >/dev/null
+fi
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup.sh: installing ${missing[*]}"
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
-# bookworm's qemu-system-x86 can take the preinstalled qemu-img with it.
-command -v qemu-img >/dev/null || apt-get install -y -q --no-install-recommends qemu-utils
-# apt-cache needs package lists for the guest kernel lookup.
-[ -n "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock)" ] || apt-get update -q
-# Only for the binary cache benchmark (cargo bench --bench cache), which runs
-# its own nginx: installed without starting Debian's nginx service, and a
-# failure here does not stop the setup.
-if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
-  policy=/usr/sbin/policy-rc.d
-  own_policy=0
-  if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; own_policy=1; fi
-  apt-get install -y -q --no-install-recommends nginx-light wrk \
-    || echo "setup.sh: WARNING: nginx-light/wrk not installed; only the cache benchmark needs them" >&2
-  [ "$own_policy" = 1 ] && rm -f "$policy"
-  command -v systemctl >/dev/null && systemctl disable nginx 2>/dev/null || true
+  log "installing ${missing[*]}"
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-cargo build --workspace --quiet --manifest-path "$repo/Cargo.toml"
+if [ "$tier" = test ]; then
+  # Only for the binary cache benchmark (cargo bench --bench cache), which
+  # runs its own nginx: installed without starting Debian's nginx service,
+  # and a failure here does not stop the setup.
+  if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; own_policy=1; fi
+    apt-get install -y -q --no-install-recommends nginx-light wrk >/dev/null \
+      || echo "setup.sh: WARNING: nginx-light/wrk not installed; only the cache benchmark needs them" >&2
+    [ "$own_policy" = 1 ] && rm -f "$policy"
+    command -v systemctl >/dev/null && systemctl disable nginx 2>/dev/null || true
+  fi
+fi
 
-# cloud-hypervisor v53.0 and its tiny PVH test guests, from the workplace's
-# vendored source (no Debian package, no crates.io release), and virtiofsd
-# from crates.io: for the cloud_hypervisor_* tests. Cached under
-# /var/cache/airlock; each step is skipped when its result is there.
-shared=${AIRLOCK_SHARED:-$repo/../shared}
-chdir=$shared/vendor/cloud-hypervisor
-if [ -x "$chdir/build.sh" ]; then
-  "$chdir/build.sh" /var/cache/airlock/cloud-hypervisor/v53.0 >/dev/null
-  tiny=/var/cache/airlock/cloud-hypervisor/tiny
-  [ -f "$tiny/tiny-wait.elf" ] || "$chdir/tiny-guest/build.sh" "$tiny" >/dev/null
-else
-  echo "setup.sh: WARNING: $chdir not found: the cloud_hypervisor_* tests will be SKIPPED" >&2
-fi
-if [ ! -x /var/cache/airlock/virtiofsd/bin/virtiofsd ]; then
-  cargo install --quiet --locked --root /var/cache/airlock/virtiofsd virtiofsd
-fi
+# The guest image downloads while cargo compiles.
 if [ "${SKIP_IMAGE:-0}" != 1 ]; then
+  log "guest image"
   "$repo/vm-images/guest/build-guest.sh" "${AIRLOCK_IMAGE_CACHE:-/var/cache/airlock/guest}"
-  "$repo/vm-images/systemd-guest/build.sh" "${AIRLOCK_SYSTEMD_GUEST_CACHE:-/var/cache/airlock/systemd-guest}"
-  "$repo/vm-images/guest/build-kernel.sh" "${AIRLOCK_GUEST_KERNEL_CACHE:-/var/cache/airlock/guest-kernel}"
 fi
-echo "setup.sh: ready"
+finish_cargo
+
+if [ "$tier" = test ]; then
+  # The tiny PVH guest (ours, in the workplace's shared folder) for the
+  # optional cloud-hypervisor tests, and virtiofsd from crates.io.
+  shared=${AIRLOCK_SHARED:-$repo/../shared}
+  tiny=/var/cache/airlock/cloud-hypervisor/tiny
+  if [ ! -f "$tiny/tiny-wait.elf" ]; then
+    if [ -x "$shared/tiny-guest/build.sh" ]; then
+      "$shared/tiny-guest/build.sh" "$tiny" >/dev/null
+    else
+      echo "setup.sh: WARNING: $shared/tiny-guest not found: the cloud_hypervisor_* tests need AIRLOCK_CH_TINY" >&2
+    fi
+  fi
+  if [ ! -x /var/cache/airlock/virtiofsd/bin/virtiofsd ]; then
+    log "virtiofsd (cargo install)"
+    cargo install --quiet --locked --root /var/cache/airlock/virtiofsd virtiofsd
+  fi
+  if [ "${SKIP_IMAGE:-0}" != 1 ]; then
+    log "systemd test guest"
+    "$repo/vm-images/systemd-guest/build.sh" "${AIRLOCK_SYSTEMD_GUEST_CACHE:-/var/cache/airlock/systemd-guest}"
+    log "trimmed guest kernel"
+    "$repo/vm-images/guest/build-kernel.sh" "${AIRLOCK_GUEST_KERNEL_CACHE:-/var/cache/airlock/guest-kernel}"
+  fi
+fi
+log "ready ($tier)"

@@ -4,7 +4,7 @@
 //! job with base images off (`inputs.max_bytes = 0`, the whole tree on the
 //! job's disk).
 //!
-//! `AIRLOCK_NIXPKGS=$(../shared/nixpkgs/unpack.sh) cargo bench -p airlock --bench input`
+//! `AIRLOCK_NIXPKGS=/path/to/nixpkgs cargo bench -p airlock --bench input`
 //! (the directory of an unpacked nixpkgs tree; nothing runs without it).
 
 use std::path::{Path, PathBuf};
@@ -100,7 +100,7 @@ async fn job(t: &Path, url: &str, head: &str, n: &str, bases: Option<&Bases>) ->
 fn main() {
     let Some(np) = std::env::var_os("AIRLOCK_NIXPKGS").map(PathBuf::from) else {
         eprintln!(
-            "input bench: set AIRLOCK_NIXPKGS to an unpacked nixpkgs (../shared/nixpkgs/unpack.sh)"
+            "input bench: set AIRLOCK_NIXPKGS to a nixpkgs checkout"
         );
         return;
     };

@@ -42,10 +42,13 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// turned forwarding on in it (since boot). Remembered in
 /// `/run/airlock/ip_forward-before-<netns inode>` (tmpfs: gone at reboot,
 /// as the sysctl is), so a restarted airlockd does not mistake its own
-/// setting for the operator's.
+/// setting for the operator's. Keyed by the *calling thread's* namespace
+/// (`/proc/thread-self`; `/proc/self` is the thread-group leader's): the
+/// sysctl read below is the thread's too, and two threads in two namespaces
+/// must not share one memo.
 fn forwarding_before_airlock() -> std::io::Result<bool> {
     use std::os::unix::fs::MetadataExt;
-    let ns = std::fs::metadata("/proc/self/ns/net")?.ino();
+    let ns = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
     let dir = std::path::Path::new("/run/airlock");
     let memo = dir.join(format!("ip_forward-before-{ns}"));
     if let Ok(v) = std::fs::read_to_string(&memo) {

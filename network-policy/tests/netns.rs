@@ -112,7 +112,7 @@ fn jobs_get_and_lose_taps_and_chains_and_the_operator_table_survives() {
 /// `Network::init`), removed so the test starts from the real sysctl.
 fn forget_forwarding_memo() {
     use std::os::unix::fs::MetadataExt;
-    let ino = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+    let ino = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
     let _ = std::fs::remove_file(format!("/run/airlock/ip_forward-before-{ino}"));
 }
 

@@ -14,7 +14,7 @@
 //! `cargo bench -p airlock-e2e --bench review` (as root, with the guest
 //! image and `cargo build --release --workspace`, or `AIRLOCK_BIN_DIR=
 //! target/debug` after `cargo build --workspace`: the time is Nix's, in the
-//! VM; `AIRLOCK_NIXPKGS=$(../shared/nixpkgs/unpack.sh)` for the second).
+//! VM; `AIRLOCK_NIXPKGS=/path/to/nixpkgs` for the second).
 
 #[path = "../tests/common/mod.rs"]
 mod common;

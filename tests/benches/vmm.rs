@@ -133,10 +133,7 @@ fn median(mut v: Vec<Duration>) -> f64 {
 }
 
 fn main() {
-    let bin = env_path(
-        "AIRLOCK_CLOUD_HYPERVISOR",
-        "/var/cache/airlock/cloud-hypervisor/v53.0/bin/cloud-hypervisor",
-    );
+    let bin = env_path("AIRLOCK_CLOUD_HYPERVISOR", "/run/current-system/sw/bin/cloud-hypervisor");
     let kernel = env_path(
         "AIRLOCK_CH_TINY",
         "/var/cache/airlock/cloud-hypervisor/tiny",
@@ -144,7 +141,7 @@ fn main() {
     .join("tiny-poweroff.elf");
     if !bin.exists() || !kernel.exists() {
         eprintln!(
-            "vmm bench: needs {} and {} (scripts/setup.sh)",
+            "vmm bench: needs {} (AIRLOCK_CLOUD_HYPERVISOR) and {} (AIRLOCK_CH_TINY; scripts/setup.sh)",
             bin.display(),
             kernel.display()
         );

@@ -1,9 +1,18 @@
-//! The Nix side (issue 13), checked against the real nixpkgs snapshot in
-//! `$AIRLOCK_NIXPKGS` (scripts/test.sh sets it from ../shared/nixpkgs) with
-//! `../shared/tools/eval-module.sh` (`$AIRLOCK_SHARED`, default
-//! `<repo>/../shared`). Nothing is built: this machine cannot build nixpkgs.
+//! The Nix side (issue 13), checked against a nixpkgs checkout in
+//! `$AIRLOCK_NIXPKGS` with `../shared/tools/eval-module.sh`
+//! (`$AIRLOCK_SHARED`, default `<repo>/../shared`). Nothing is built.
 //!
-//! - every `.nix` file of the repository parses;
+//! A nixpkgs checkout cannot be installed here from a package registry, so
+//! the tests that evaluate nixpkgs are an optional group: without
+//! `AIRLOCK_NIXPKGS` each prints `OPTIONAL NOT RUN`. What needs no nixpkgs
+//! runs everywhere: every `.nix` file parses; the example configurations
+//! (`nixos/examples/*.toml`, what the module renders for the examples) and
+//! the bad configurations the module refuses go through
+//! `airlockd --check-config`.
+//!
+//! With nixpkgs:
+//! - the rendered examples are exactly `nixos/examples/*.toml` (store paths
+//!   aside);
 //! - the module evaluates on nixos/examples/{minimal,full}.nix, and the
 //!   airlockd unit, its hardening and devices, the config file, the user,
 //!   the firewall port and the gc timer are what they should be;
@@ -56,19 +65,20 @@ enum Needs {
     SnapshotAndTools,
 }
 
-/// The nixpkgs snapshot, or None after a loud SKIPPED (a panic with
+/// The nixpkgs checkout (an optional part: `OPTIONAL NOT RUN` without it),
+/// then what setup.sh installs, or None after a loud SKIPPED (a panic with
 /// AIRLOCK_REQUIRE_E2E=1).
 fn prerequisites(test: &str, needs: Needs) -> Option<PathBuf> {
+    let np = snapshot();
+    if needs != Needs::Nix
+        && np.is_none()
+        && !common::optional_or_not_run(test, &[common::NEEDS_NIXPKGS.into()])
+    {
+        return None;
+    }
     let mut missing = Vec::new();
     if !common::have("nix-instantiate") {
-        missing.push("nix-instantiate".to_string());
-    }
-    let np = snapshot();
-    if needs != Needs::Nix && np.is_none() {
-        missing.push(
-            "the nixpkgs snapshot (set AIRLOCK_NIXPKGS, or run scripts/test.sh where ../shared/nixpkgs exists)"
-                .into(),
-        );
+        missing.push("nix-instantiate (nix-bin; scripts/setup.sh installs it)".to_string());
     }
     if needs == Needs::SnapshotAndTools {
         if !eval_module_sh().exists() {
@@ -82,6 +92,63 @@ fn prerequisites(test: &str, needs: Needs) -> Option<PathBuf> {
         }
     }
     common::ready_or_skip(test, &missing).then(|| np.unwrap_or_default())
+}
+
+/// A built airlockd, or None after a loud SKIPPED.
+fn airlockd_or_skip(test: &str) -> bool {
+    let mut missing = Vec::new();
+    if !common::bin("airlockd").exists() {
+        missing.push(format!(
+            "{} (cargo build --workspace)",
+            common::bin("airlockd").display()
+        ));
+    }
+    common::ready_or_skip(test, &missing)
+}
+
+/// Every `/nix/store/<hash>-<name>` prefix made the same, so a rendering
+/// with another nixpkgs' store paths compares equal.
+fn without_store_paths(v: &Value) -> Value {
+    match v {
+        Value::String(s) => {
+            let mut out = String::new();
+            let mut rest = s.as_str();
+            while let Some(i) = rest.find("/nix/store/") {
+                out.push_str(&rest[..i]);
+                out.push_str("/nix/store/HASH-NAME");
+                let after = &rest[i + "/nix/store/".len()..];
+                let end = after.find('/').unwrap_or(after.len());
+                rest = &after[end..];
+            }
+            out.push_str(rest);
+            Value::String(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(without_store_paths).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), without_store_paths(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// `nixos/examples/<name>.toml` as a JSON value.
+fn example_toml(name: &str) -> Value {
+    let f = repo().join(format!("nixos/examples/{name}.toml"));
+    let s = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    let t: toml::Value = toml::from_str(&s).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    serde_json::to_value(t).unwrap()
+}
+
+/// The module renders exactly the committed example (store paths aside).
+fn assert_renders_example(name: &str, cfg: &Value) {
+    assert!(
+        without_store_paths(cfg) == without_store_paths(&example_toml(name)),
+        "the module's rendering of nixos/examples/{name}.nix is not nixos/examples/{name}.toml; \
+         it renders (store paths are placeholders in the file):\n{}",
+        to_toml(cfg)
+    );
 }
 
 fn text(b: &[u8]) -> String {
@@ -423,6 +490,7 @@ fn module_minimal_example() {
         "{cfg:#}"
     );
     assert_accepted(tmp.path(), "minimal", &cfg);
+    assert_renders_example("minimal", &cfg);
 }
 
 #[test]
@@ -498,6 +566,54 @@ fn module_full_example() {
         "{cfg:#}"
     );
     assert_accepted(tmp.path(), "full", &cfg);
+    assert_renders_example("full", &cfg);
+}
+
+/// The example configurations the module's docs show, as the module
+/// renders them (nixos/examples/*.toml): airlockd takes them. Needs no
+/// nixpkgs; the module tests above keep the files true to the module.
+#[test]
+fn example_configs_pass_check_config() {
+    if !airlockd_or_skip("example_configs_pass_check_config") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["minimal", "full"] {
+        let cfg = example_toml(name);
+        assert_accepted(tmp.path(), name, &cfg);
+        println!("nixos/examples/{name}.toml: config OK");
+    }
+    let full = example_toml("full");
+    assert_eq!(full["trust"], "trusted");
+    assert_eq!(full["sponsor"]["name"], "Example Foundation");
+}
+
+/// airlockd's half of the bad configurations below: it refuses each, in the
+/// module's words where the module copies its check. Needs no nixpkgs.
+#[test]
+fn airlockd_refuses_the_bad_configs_the_module_refuses() {
+    if !airlockd_or_skip("airlockd_refuses_the_bad_configs_the_module_refuses") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for b in BAD {
+        let Some((toml, same_words)) = b.daemon else {
+            continue;
+        };
+        let (ok, said) = check_config(tmp.path(), b.name, toml);
+        assert!(!ok, "{}: airlockd accepted:\n{toml}", b.name);
+        if same_words {
+            assert!(
+                said.contains(&format!("invalid config: {}", b.says)),
+                "{}: airlockd does not say {:?}:\n{said}",
+                b.name,
+                b.says
+            );
+        }
+        n += 1;
+    }
+    println!("airlockd refused {n} bad configurations");
 }
 
 struct Bad {
@@ -678,7 +794,7 @@ fn module_assertions_fire_for_bad_configs() {
 
 /// nixpkgs from the snapshot without its Nix-version gate (impure.nix), with
 /// placeholders for what its stubbed Haskell package set cannot provide
-/// (../shared/nixpkgs/README.md): ShellCheck (NixOS toplevels) and pandoc
+/// (a slim snapshot stubs the Haskell set): ShellCheck (NixOS toplevels) and pandoc
 /// (Erlang's documentation, RabbitMQ's dependency). Only drv hashes change.
 fn pkgs_expr(np: &Path) -> String {
     format!(
@@ -943,7 +1059,7 @@ fn options_table_in_docs_is_current() {
 
     let doc_path = repo().join("docs/nixos.md");
     let doc = std::fs::read_to_string(&doc_path).unwrap();
-    let regen = "scripts/gen-nixos-options.sh   # AIRLOCK_NIXPKGS or ../shared/nixpkgs, or the nixpkgs path as argument";
+    let regen = "scripts/gen-nixos-options.sh   # AIRLOCK_NIXPKGS, or the nixpkgs path as argument";
     assert!(
         doc.matches(DOC_BEGIN).count() == 1 && doc.matches(DOC_END).count() == 1,
         "docs/nixos.md needs exactly one of each marker line:\n{DOC_BEGIN}{DOC_END}"

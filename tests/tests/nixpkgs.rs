@@ -1,5 +1,6 @@
-//! A job on real nixpkgs: the snapshot in `$AIRLOCK_NIXPKGS` (set by
-//! scripts/test.sh from `../shared/nixpkgs/unpack.sh`) becomes the target
+//! A job on real nixpkgs: the checkout in `$AIRLOCK_NIXPKGS` (an optional
+//! group: no package registry provides nixpkgs, so without it each test
+//! prints `OPTIONAL NOT RUN`) becomes the target
 //! branch of a git repository, a PR changes `hello`'s description, and a job
 //! for `hello` evaluates it inside the VM with the guest's current Nix. Its
 //! build cannot finish here (the bootstrap sources are on hosts this machine
@@ -19,14 +20,11 @@ fn snapshot() -> Option<PathBuf> {
     p.join("pkgs/top-level/impure.nix").exists().then_some(p)
 }
 
-/// The snapshot, or None after a loud skip (a panic in CI).
+/// The checkout, or None after one loud `OPTIONAL NOT RUN` line.
 fn snapshot_or_skip(name: &str) -> Option<PathBuf> {
     let np = snapshot();
     if np.is_none() {
-        ready_or_skip(
-            name,
-            &["the nixpkgs snapshot (set AIRLOCK_NIXPKGS, or run scripts/test.sh where ../shared/nixpkgs exists)".into()],
-        );
+        optional_or_not_run(name, &[NEEDS_NIXPKGS.into()]);
     }
     np
 }
@@ -48,12 +46,12 @@ fn snapshot_repo(np: &std::path::Path, repo: &std::path::Path) {
 #[test]
 fn a_real_nixpkgs_pr_evaluates_in_the_vm_and_fails_on_the_unreachable_bootstrap() {
     let name = "a_real_nixpkgs_pr_evaluates_in_the_vm_and_fails_on_the_unreachable_bootstrap";
-    if !prerequisites(name) {
-        return;
-    }
     let Some(np) = snapshot_or_skip(name) else {
         return;
     };
+    if !prerequisites(name) {
+        return;
+    }
     // The fetch VM reaches an "internet" where no name resolves (as the
     // bootstrap sources' hosts do not, from here), so downloads fail fast.
     let www = tempfile::tempdir().unwrap();
@@ -181,12 +179,12 @@ fn host_review_eval(store: &std::path::Path, tree: &std::path::Path) -> serde_js
 #[test]
 fn a_real_nixpkgs_review_of_a_hello_change_finds_exactly_its_dependents() {
     let name = "a_real_nixpkgs_review_of_a_hello_change_finds_exactly_its_dependents";
-    if !prerequisites(name) {
-        return;
-    }
     let Some(np) = snapshot_or_skip(name) else {
         return;
     };
+    if !prerequisites(name) {
+        return;
+    }
     // Evaluating a few hundred nixpkgs attrs takes about 1.5 GB, and
     // instantiating the changed ones copies the whole tree into the store
     // once (`tests.problems.no-problems` is `cleanSource` of nixpkgs).

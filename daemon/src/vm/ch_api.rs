@@ -1,7 +1,7 @@
 //! The part of cloud-hypervisor's REST API (v53.0) that airlock uses: request
 //! and response types, checked against the published OpenAPI document
-//! (`cloud-hypervisor-openapi.yaml` beside this file, unchanged from
-//! `../shared/specs/`) by the tests below. Pure: no I/O.
+//! (`../shared/specs/cloud-hypervisor-openapi.yaml`, or `AIRLOCK_CH_OPENAPI`;
+//! read, never copied into this repository) by the tests below. Pure: no I/O.
 
 use std::collections::BTreeMap;
 
@@ -280,10 +280,34 @@ mod tests {
     use crate::vm::Disk;
     use serde_json::Value;
 
-    const SPEC: &str = include_str!("cloud-hypervisor-openapi.yaml");
-
-    fn spec() -> Value {
-        serde_yaml::from_str(SPEC).expect("the OpenAPI document parses")
+    /// The published OpenAPI document: `AIRLOCK_CH_OPENAPI`, else the
+    /// workplace's `../shared/specs/`. Missing, the schema tests say so
+    /// loudly (`SKIPPED`, which `.ci/run` refuses) and, under
+    /// `AIRLOCK_REQUIRE_E2E=1`, fail.
+    fn spec(test: &str) -> Option<Value> {
+        let path = std::env::var_os("AIRLOCK_CH_OPENAPI")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../shared/specs/cloud-hypervisor-openapi.yaml")
+            });
+        match std::fs::read_to_string(&path) {
+            Ok(s) => Some(serde_yaml::from_str(&s).expect("the OpenAPI document parses")),
+            Err(e) => {
+                let msg = format!(
+                    "SKIPPED: {test}: needs cloud-hypervisor's OpenAPI document at {} \
+                     (set AIRLOCK_CH_OPENAPI): {e}",
+                    path.display()
+                );
+                eprintln!("{msg}");
+                println!("{msg}");
+                assert!(
+                    std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() != Ok("1"),
+                    "{msg}"
+                );
+                None
+            }
+        }
     }
 
     fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
@@ -358,11 +382,10 @@ mod tests {
         }
     }
 
-    fn check(name: &str, v: &Value) -> Vec<String> {
-        let doc = spec();
+    fn check(doc: &Value, name: &str, v: &Value) -> Vec<String> {
         let mut errs = Vec::new();
         validate(
-            &doc,
+            doc,
             &doc["components"]["schemas"][name],
             v,
             name,
@@ -400,25 +423,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_spec_copy_is_the_published_one() {
-        // Where the workplace's shared folder is present, the copy here is
-        // byte-for-byte the published document.
-        let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/specs/cloud-hypervisor-openapi.yaml");
-        if let Ok(s) = std::fs::read_to_string(&shared) {
-            assert_eq!(
-                s,
-                SPEC,
-                "daemon/src/vm/cloud-hypervisor-openapi.yaml differs from {}",
-                shared.display()
-            );
-        }
-    }
-
     /// Every body the backend sends validates against the schema.
     #[test]
     fn every_request_body_validates_against_the_openapi_schema() {
+        let Some(doc) = spec("every_request_body_validates_against_the_openapi_schema") else {
+            return;
+        };
         let s = job_spec();
         let fs = [FsShare {
             tag: "src".into(),
@@ -426,7 +436,7 @@ mod tests {
         }];
         for (landlock, shares) in [(false, &fs[..0]), (true, &fs[..]), (true, &fs[..0])] {
             let body = serde_json::to_value(vm_config(&s, shares, landlock)).unwrap();
-            let errs = check("VmConfig", &body);
+            let errs = check(&doc, "VmConfig", &body);
             assert!(errs.is_empty(), "{errs:#?}\n{body:#}");
         }
         let mut no_net = s.clone();
@@ -434,33 +444,39 @@ mod tests {
         no_net.initrd = "".into();
         let body = serde_json::to_value(vm_config(&no_net, &[], false)).unwrap();
         assert!(body.get("net").is_none() && body["payload"].get("initramfs").is_none());
-        assert!(check("VmConfig", &body).is_empty());
+        assert!(check(&doc, "VmConfig", &body).is_empty());
     }
 
     /// The validator is not a rubber stamp.
     #[test]
     fn the_schema_check_catches_wrong_bodies() {
+        let Some(doc) = spec("the_schema_check_catches_wrong_bodies") else {
+            return;
+        };
         let good = serde_json::to_value(vm_config(&job_spec(), &[], true)).unwrap();
         let mut v = good.clone();
         v["serial"]["mode"] = "Files".into();
-        assert!(!check("VmConfig", &v).is_empty(), "enum");
+        assert!(!check(&doc, "VmConfig", &v).is_empty(), "enum");
         let mut v = good.clone();
         v["cpus"]["boot_vcpus"] = 0.into();
-        assert!(!check("VmConfig", &v).is_empty(), "minimum");
+        assert!(!check(&doc, "VmConfig", &v).is_empty(), "minimum");
         let mut v = good.clone();
         v.as_object_mut().unwrap().remove("payload");
-        assert!(!check("VmConfig", &v).is_empty(), "required");
+        assert!(!check(&doc, "VmConfig", &v).is_empty(), "required");
         let mut v = good.clone();
         v["disks"][0]["serials"] = "x".into();
-        assert!(!check("VmConfig", &v).is_empty(), "unknown property");
+        assert!(!check(&doc, "VmConfig", &v).is_empty(), "unknown property");
         let mut v = good;
         v["memory"]["size"] = "1G".into();
-        assert!(!check("VmConfig", &v).is_empty(), "type");
+        assert!(!check(&doc, "VmConfig", &v).is_empty(), "type");
     }
 
     /// Responses as the VMM sends them parse into our types and validate.
     #[test]
     fn responses_parse_and_validate() {
+        let Some(doc) = spec("responses_parse_and_validate") else {
+            return;
+        };
         let info = serde_json::json!({
             "config": serde_json::to_value(vm_config(&job_spec(), &[], false)).unwrap(),
             "state": "Running",
@@ -468,18 +484,18 @@ mod tests {
             "device_tree": {"_disk0": {"id": "_disk0", "resources": [], "children": [], "pci_bdf": "0000:00:02.0"}}
         });
         assert!(
-            check("VmInfo", &info).is_empty(),
+            check(&doc, "VmInfo", &info).is_empty(),
             "{:?}",
-            check("VmInfo", &info)
+            check(&doc, "VmInfo", &info)
         );
         let i: VmInfo = serde_json::from_value(info).unwrap();
         assert_eq!(i.state, VmState::Running);
         let counters = serde_json::json!({"net0": {"rx_bytes": 10, "tx_frames": 1}});
-        assert!(check("VmCounters", &counters).is_empty());
+        assert!(check(&doc, "VmCounters", &counters).is_empty());
         let c: VmCounters = serde_json::from_value(counters).unwrap();
         assert_eq!(c["net0"]["rx_bytes"], 10);
         let ping = serde_json::json!({"build_version": "v53.0", "version": "53.0.0", "pid": 7, "features": ["kvm"]});
-        assert!(check("VmmPingResponse", &ping).is_empty());
+        assert!(check(&doc, "VmmPingResponse", &ping).is_empty());
         let p: VmmPing = serde_json::from_value(ping).unwrap();
         assert_eq!(p.pid, Some(7));
     }

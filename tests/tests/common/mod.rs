@@ -91,6 +91,45 @@ pub fn ready_or_skip(test: &str, missing: &[String]) -> bool {
     false
 }
 
+/// The optional groups: a part no package registry provides here (the
+/// cloud-hypervisor binary, a nixpkgs checkout). True when nothing is
+/// `needs`; else one loud `OPTIONAL NOT RUN` line and false, also under
+/// AIRLOCK_REQUIRE_E2E=1 (`.ci/run` lists these lines in its summary and
+/// fails only on `SKIPPED`).
+pub fn optional_or_not_run(test: &str, needs: &[String]) -> bool {
+    if needs.is_empty() {
+        return true;
+    }
+    let msg = format!("OPTIONAL NOT RUN: {test}: needs {}", needs.join(", "));
+    eprintln!("{msg}");
+    println!("{msg}");
+    false
+}
+
+/// The cloud-hypervisor binary: `AIRLOCK_CLOUD_HYPERVISOR`, else
+/// `cloud-hypervisor` on `PATH`; None where neither is.
+pub fn cloud_hypervisor_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("AIRLOCK_CLOUD_HYPERVISOR") {
+        let p = PathBuf::from(p);
+        return p.exists().then_some(p);
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("cloud-hypervisor"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A nixpkgs checkout from `AIRLOCK_NIXPKGS`, or None.
+pub fn nixpkgs_checkout() -> Option<PathBuf> {
+    let p = PathBuf::from(std::env::var_os("AIRLOCK_NIXPKGS")?);
+    p.join("default.nix").exists().then_some(p)
+}
+
+/// What the optional nixpkgs group says it needs.
+pub const NEEDS_NIXPKGS: &str =
+    "a nixpkgs checkout (AIRLOCK_NIXPKGS=/path/to/nixpkgs; none can be installed here from a package registry)";
+
 /// A config for an airlockd started by hand (no VM work: no fetch network,
 /// nothing substituted) in `dir`, with the test guest image.
 pub fn standalone_config(dir: &Path, extra: &str) -> PathBuf {
@@ -270,9 +309,9 @@ impl Daemon {
         let backend = match std::env::var("AIRLOCK_BACKEND").as_deref() {
             Ok("cloud-hypervisor") => format!(
                 "backend = \"cloud-hypervisor\"\ncloud_hypervisor = \"{}\"\n",
-                std::env::var("AIRLOCK_CLOUD_HYPERVISOR").unwrap_or_else(|_| {
-                    "/var/cache/airlock/cloud-hypervisor/v53.0/bin/cloud-hypervisor".into()
-                })
+                cloud_hypervisor_binary()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "cloud-hypervisor".into())
             ),
             _ => String::new(),
         };
