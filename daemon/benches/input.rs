@@ -99,9 +99,7 @@ async fn job(t: &Path, url: &str, head: &str, n: &str, bases: Option<&Bases>) ->
 
 fn main() {
     let Some(np) = std::env::var_os("AIRLOCK_NIXPKGS").map(PathBuf::from) else {
-        eprintln!(
-            "input bench: set AIRLOCK_NIXPKGS to a nixpkgs checkout"
-        );
+        eprintln!("input bench: set AIRLOCK_NIXPKGS to a nixpkgs checkout");
         return;
     };
     let t = tempfile::tempdir().unwrap();

@@ -133,7 +133,10 @@ fn median(mut v: Vec<Duration>) -> f64 {
 }
 
 fn main() {
-    let bin = env_path("AIRLOCK_CLOUD_HYPERVISOR", "/run/current-system/sw/bin/cloud-hypervisor");
+    let bin = env_path(
+        "AIRLOCK_CLOUD_HYPERVISOR",
+        "/run/current-system/sw/bin/cloud-hypervisor",
+    );
     let kernel = env_path(
         "AIRLOCK_CH_TINY",
         "/var/cache/airlock/cloud-hypervisor/tiny",

@@ -384,13 +384,7 @@ mod tests {
 
     fn check(doc: &Value, name: &str, v: &Value) -> Vec<String> {
         let mut errs = Vec::new();
-        validate(
-            doc,
-            &doc["components"]["schemas"][name],
-            v,
-            name,
-            &mut errs,
-        );
+        validate(doc, &doc["components"]["schemas"][name], v, name, &mut errs);
         errs
     }
 

@@ -260,10 +260,14 @@ impl Probe {
             .with_channel(async |ch| {
                 let mut out = (vec![], vec![]);
                 for (q, dst) in [("test-logs", 0), ("test-results", 1)] {
-                    while let Ok(Some(m)) = ch
-                        .basic_get(q.into(), BasicGetOptions { no_ack: true })
-                        .await
-                    {
+                    // Bounded: a daemon still publishing cannot keep it going.
+                    for _ in 0..100_000 {
+                        let Ok(Some(m)) = ch
+                            .basic_get(q.into(), BasicGetOptions { no_ack: true })
+                            .await
+                        else {
+                            break;
+                        };
                         let v: serde_json::Value =
                             serde_json::from_slice(&m.delivery.data).unwrap();
                         if dst == 0 {
