@@ -550,7 +550,7 @@ impl Amqp {
         };
         if let Some(rec) = existing {
             let report = rec.amqp.as_ref().map(|o| o.report);
-            info!(job_id = %rec.id, state = ?rec.state, ?report, "redelivery of a job this builder already has: not built again");
+            rec.span().in_scope(|| info!(state = ?rec.state, ?report, "redelivery of a job this builder already has: not built again"));
             if report == Some(ReportState::Published) {
                 let _ = d.acker.ack(BasicAckOptions::default()).await;
                 return;
@@ -760,7 +760,7 @@ impl Amqp {
         if rec.state != JobState::Done || origin.report == ReportState::Dropped {
             return;
         }
-        let span = tracing::info_span!("job", job_id = %rec.id, pr = rec.job.pr.number, commit = %rec.job.pr.head_sha);
+        let span = rec.span();
         let _g = span.enter();
         if origin.report == ReportState::Pending {
             crate::fault::pause(&self.cfg.state_dir, crate::fault::Point::BeforePublish, id).await;

@@ -176,12 +176,13 @@ impl Daemon {
                     "interrupted by a restart of airlockd; the broker redelivers the job".into()
                 }
             };
+            let _in_job = rec.span().entered();
             match &retry {
                 Some(r) => {
-                    warn!(job_id = %rec.id, state = ?rec.state, retried_as = %r.id, "job was interrupted by a restart of airlockd; running it again as a new job")
+                    warn!(state = ?rec.state, retried_as = %r.id, "job was interrupted by a restart of airlockd; running it again as a new job")
                 }
                 None => {
-                    warn!(job_id = %rec.id, state = ?rec.state, "broker job was interrupted by a restart of airlockd; the broker redelivers it")
+                    warn!(state = ?rec.state, "broker job was interrupted by a restart of airlockd; the broker redelivers it")
                 }
             }
             rec.state = JobState::Done;
@@ -202,12 +203,12 @@ impl Daemon {
                 silent: broker,
             });
             if let Err(e) = self.runner.store.save(&rec) {
-                warn!(job_id = %rec.id, error = %e, "cannot mark the job interrupted");
+                warn!(error = %e, "cannot mark the job interrupted");
             }
             if let Some(r) = retry {
                 match self.runner.store.save(&r) {
                     Ok(()) => requeue.push(r.id),
-                    Err(e) => warn!(job_id = %r.id, error = %e, "cannot queue the retry"),
+                    Err(e) => warn!(retry = %r.id, error = %e, "cannot queue the retry"),
                 }
             }
         }
@@ -222,7 +223,14 @@ impl Daemon {
     /// Persist a new job record and queue it.
     pub fn enqueue(&self, rec: JobRecord) -> Result<String, String> {
         self.runner.store.save(&rec).map_err(|e| e.to_string())?;
-        info!(job_id = %rec.id, source = ?rec.source, pr = rec.job.pr.number, commit = %rec.job.pr.head_sha, attrs = ?rec.job.attrs, "job queued");
+        rec.span()
+            .in_scope(|| info!(source = ?rec.source, attrs = ?rec.job.attrs, "job queued"));
+        // Signal watchers see a job a drain holds, and the queue's length.
+        self.runner.control.changed(crate::control::JobChange {
+            id: rec.id.clone(),
+            state: JobState::Queued,
+            status: String::new(),
+        });
         self.queue
             .send(rec.id.clone())
             .map_err(|_| "scheduler stopped".to_string())?;
@@ -273,7 +281,7 @@ impl Daemon {
         if rec.state.is_terminal() {
             return Err(format!("job {id} is already done"));
         }
-        info!(job_id = %id, "cancel requested");
+        rec.span().in_scope(|| info!("cancel requested"));
         Ok(match self.runner.control.cancel(id) {
             crate::control::Cancel::NotStarted => {
                 self.runner.finish_cancelled(&mut rec);
@@ -307,6 +315,23 @@ impl Daemon {
         crate::dbus::serve_p2p(self, socket)
             .await
             .map_err(|e| Error::Listen(socket.display().to_string(), e))
+    }
+
+    /// Bind the API socket now (it accepts connections when this returns),
+    /// serving it on the runtime: what airlockd does before `READY=1`.
+    pub fn bind_and_serve(
+        self: &Arc<Self>,
+        socket: &Path,
+    ) -> Result<tokio::task::JoinHandle<Result<(), Error>>, Error> {
+        let l = crate::dbus::bind_p2p(socket)
+            .map_err(|e| Error::Listen(socket.display().to_string(), e))?;
+        let d = self.clone();
+        let shown = socket.display().to_string();
+        Ok(tokio::spawn(async move {
+            crate::dbus::serve_listener(d, l)
+                .await
+                .map_err(|e| Error::Listen(shown, e))
+        }))
     }
 }
 
@@ -352,8 +377,11 @@ pub fn sd_watchdog() -> Option<Duration> {
 
 impl Daemon {
     /// systemd's view of airlockd: `STATUS=` with the running and queued
-    /// job counts whenever a job changes (and every 10 s), `WATCHDOG=1` at
-    /// half the interval the unit asks for, `STOPPING=1` once draining.
+    /// job counts whenever a job changes (and every 10 s), ", draining"
+    /// while an administrator's drain holds queued jobs, and `WATCHDOG=1` at
+    /// half the interval the unit asks for. Never `STOPPING=1`: systemd
+    /// takes that as the service going down and arms `TimeoutStopSec`, so
+    /// only airlockd's own shutdown (SIGTERM) sends it.
     pub fn spawn_sd_status(self: &Arc<Self>) {
         if std::env::var_os("NOTIFY_SOCKET").is_none() {
             return;
@@ -369,7 +397,6 @@ impl Daemon {
                     .min(Duration::from_secs(10)),
             );
             let mut last = String::new();
-            let mut stopping = false;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -392,10 +419,6 @@ impl Daemon {
                 }
                 if watchdog.is_some() {
                     msg.push_str("WATCHDOG=1\n");
-                }
-                if d.is_draining() && !stopping {
-                    stopping = true;
-                    msg.push_str("STOPPING=1\n");
                 }
                 if !msg.is_empty() {
                     sd_notify(&msg);

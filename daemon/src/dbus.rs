@@ -35,6 +35,26 @@ pub enum Error {
 
 pub struct Admin {
     d: Arc<Daemon>,
+    /// May this caller sign (`Release`) and delete (`Gc`)? On a bus the
+    /// bus policy decides (daemon/dbus/org.airlock.Airlock1.conf: root
+    /// only) and this is true; on the peer-to-peer socket, which has no
+    /// policy of its own, only a root peer (SO_PEERCRED) may, so the
+    /// socket's group (airlock-admin) gets the same read/operate subset
+    /// there as on the system bus.
+    may_release: bool,
+}
+
+impl Admin {
+    fn check_release(&self, method: &str) -> fdo::Result<()> {
+        if self.may_release {
+            Ok(())
+        } else {
+            Err(fdo::Error::AccessDenied(format!(
+                "{method} is root's only (it signs or deletes outputs); \
+                 group airlock-admin may read and operate"
+            )))
+        }
+    }
 }
 
 /// Largest job document `SubmitJob` takes.
@@ -137,6 +157,7 @@ impl Admin {
     /// Release a commit by hand (trusted builders; logged): the jobs
     /// released (JSON).
     async fn release(&self, commit: String, reason: String) -> fdo::Result<String> {
+        self.check_release("Release")?;
         let r = self.d.release_service().map_err(fdo::Error::Failed)?;
         r.release_by_operator(&commit, &reason)
             .await
@@ -146,6 +167,7 @@ impl Admin {
 
     /// Apply the retention policy now: what was removed (JSON).
     async fn gc(&self) -> fdo::Result<String> {
+        self.check_release("Gc")?;
         let r = self.d.release_service().map_err(fdo::Error::Failed)?;
         r.gc()
             .await
@@ -225,7 +247,13 @@ pub async fn serve(d: Arc<Daemon>, address: &str) -> Result<zbus::Connection, Er
     let conn = builder
         .name(NAME)
         .map_err(err)?
-        .serve_at(PATH, Admin { d })
+        .serve_at(
+            PATH,
+            Admin {
+                d,
+                may_release: true,
+            },
+        )
         .map_err(err)?
         .build()
         .await
@@ -263,12 +291,51 @@ pub async fn serve(d: Arc<Daemon>, address: &str) -> Result<zbus::Connection, Er
 /// D-Bus connection per client, authenticated by the kernel's peer
 /// credentials; the socket's file mode decides who may connect.
 pub async fn serve_p2p(d: Arc<Daemon>, socket: &std::path::Path) -> std::io::Result<()> {
-    if let Some(dir) = socket.parent() {
-        let _ = std::fs::create_dir_all(dir);
+    let l = bind_p2p(socket)?;
+    serve_listener(d, l).await
+}
+
+/// The mode of the API socket, whatever the umask: root (the owner) and the
+/// socket's group (`airlock-admin` where that group exists) only. Anyone
+/// who can connect can drain, cancel and submit.
+pub const SOCKET_MODE: u32 = 0o660;
+/// The group given the API socket when it exists.
+pub const ADMIN_GROUP: &str = "airlock-admin";
+
+/// Bind the API socket, ready to accept before this returns (so systemd's
+/// READY=1 can follow it): bound under a temporary name, given
+/// [`SOCKET_MODE`] and the [`ADMIN_GROUP`], then renamed into place, so
+/// the path never exists with the umask's mode.
+pub fn bind_p2p(socket: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = socket.parent().unwrap_or(std::path::Path::new("."));
+    let _ = std::fs::create_dir_all(dir);
+    let name = socket
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "airlockd.sock".into());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let l = std::os::unix::net::UnixListener::bind(&tmp)?;
+    let placed = (|| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+        if let Ok(Some(g)) = nix::unistd::Group::from_name(ADMIN_GROUP) {
+            std::os::unix::fs::chown(&tmp, None, Some(g.gid.as_raw()))?;
+        }
+        std::fs::rename(&tmp, socket)
+    })();
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    let _ = std::fs::remove_file(socket);
-    let l = tokio::net::UnixListener::bind(socket)?;
+    l.set_nonblocking(true)?;
+    let l = tokio::net::UnixListener::from_std(l)?;
     info!(socket = %socket.display(), "API listening (D-Bus, peer to peer)");
+    Ok(l)
+}
+
+/// Accept API clients on a socket [`bind_p2p`] bound, for ever.
+pub async fn serve_listener(d: Arc<Daemon>, l: tokio::net::UnixListener) -> std::io::Result<()> {
     loop {
         let (stream, _) = match l.accept().await {
             Ok(s) => s,
@@ -279,11 +346,12 @@ pub async fn serve_p2p(d: Arc<Daemon>, socket: &std::path::Path) -> std::io::Res
             }
         };
         let d = d.clone();
+        let may_release = stream.peer_cred().is_ok_and(|c| c.uid() == 0);
         tokio::spawn(async move {
             let guid = zbus::Guid::generate();
             let conn = match zbus::connection::Builder::unix_stream(stream)
                 .server(guid)
-                .and_then(|b| b.p2p().serve_at(PATH, Admin { d }))
+                .and_then(|b| b.p2p().serve_at(PATH, Admin { d, may_release }))
             {
                 Ok(b) => b.build().await,
                 Err(e) => Err(e),

@@ -182,6 +182,21 @@ pub fn check_id(id: &str) -> Result<()> {
 }
 
 impl JobRecord {
+    /// The span every event about this job is logged in: its fields are the
+    /// journal's `JOB_ID`, `PR`, `COMMIT`, `REPO` and `ATTR`
+    /// (docs/operations.md), on every entry of the job.
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "job",
+            job_id = %self.id,
+            pr = self.job.pr.number,
+            commit = %self.job.pr.head_sha,
+            repo = %self.job.repo.full_name,
+            attr = %self.job.attrs.join(" "),
+            object_systemd_unit = tracing::field::Empty,
+        )
+    }
+
     pub fn new(source: Source, job: BuildJob) -> JobRecord {
         JobRecord {
             id: uuid::Uuid::new_v4().to_string(),

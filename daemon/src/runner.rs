@@ -366,7 +366,8 @@ impl Runner {
 
     /// Finish a job that was cancelled before it started: nothing ran.
     pub fn finish_cancelled(&self, rec: &mut JobRecord) {
-        info!(job_id = %rec.id, "job cancelled before it started");
+        rec.span()
+            .in_scope(|| info!("job cancelled before it started"));
         rec.result = Some(result(
             BuildStatus::UnexpectedError {
                 err: crate::control::CANCELLED.into(),
@@ -383,15 +384,7 @@ impl Runner {
     /// Run one job to completion. Always returns with `rec` in `Done` and its
     /// scratch files removed.
     pub async fn run(&self, rec: &mut JobRecord) {
-        let span = tracing::info_span!(
-            "job",
-            job_id = %rec.id,
-            pr = rec.job.pr.number,
-            commit = %rec.job.pr.head_sha,
-            repo = %rec.job.repo.full_name,
-            attr = %rec.job.attrs.join(" "),
-            object_systemd_unit = tracing::field::Empty,
-        );
+        let span = rec.span();
         if let Some(unit) = self.supervisor.job_unit(&rec.id) {
             // `journalctl -u airlock-job-<id>` shows airlockd's lines about
             // the job too (journald matches OBJECT_SYSTEMD_UNIT from root).
@@ -786,6 +779,10 @@ impl Runner {
             .iter()
             .map(|v| (v.path.clone(), (v.nar_hash.clone(), v.nar_size)))
             .collect();
+        let references = verified
+            .iter()
+            .map(|v| (v.path.clone(), v.references.clone()))
+            .collect();
         let passed: Vec<(&str, &str)> = rv
             .tests
             .iter()
@@ -826,6 +823,7 @@ impl Runner {
                 skip: &self.cfg.review.skip_attrs,
                 max_build: self.cfg.review.max_build,
                 verified: &hashes,
+                references: &references,
                 artifacts,
             },
         );

@@ -14,6 +14,16 @@
 //!   against the narinfo's `FileSize`/`FileHash`, under a size bound with
 //!   least-recently-used eviction. Concurrent requests for the same narinfo
 //!   or NAR share one upstream download; misses are remembered briefly.
+//! - Shared state is bounded against a hostile guest (issue 27): a lookup
+//!   or download runs in a task of its own, so a guest that hangs up
+//!   mid-download neither leaves a partial file nor a stuck download behind
+//!   for later jobs; downloads in flight reserve their size under the same
+//!   bound as the NARs on disk (so the directory never holds more than
+//!   `max_bytes`, or one NAR if that alone is larger); a NAR is opened
+//!   under the LRU's lock, so it cannot be evicted between download and
+//!   serving; the miss map, the narinfos in memory and `narinfo/` on disk
+//!   are capped; an oversized narinfo is a refusal of that path, not a
+//!   failure of the upstream.
 //! - Nix in the guest checks the signature and the NAR hash again.
 
 use std::collections::{BTreeSet, HashMap};
@@ -116,6 +126,12 @@ pub struct JobStats {
 
 const MAX_REFUSALS_KEPT: usize = 20;
 const MAX_NARINFO_BYTES: u64 = 64 << 10;
+/// Misses remembered at most (expired ones go first, then all).
+const MAX_MISSES: usize = 10_000;
+/// Verified narinfos kept in memory at most (the rest reload from disk).
+const MAX_NARINFOS_IN_MEMORY: usize = 10_000;
+/// Narinfo files kept on disk at most; past it the oldest tenth goes.
+const MAX_NARINFO_FILES: usize = 200_000;
 
 /// The proxy's lifetime counters (all jobs), for the log and benchmarks.
 #[derive(Debug, Default)]
@@ -124,6 +140,9 @@ pub struct Totals {
     pub bytes_served: AtomicU64,
     pub nar_downloads: AtomicU64,
     pub evictions: AtomicU64,
+    /// The most bytes the cache directory was committed to at once: NARs on
+    /// disk plus downloads in flight (their reserved size).
+    pub peak_bytes: AtomicU64,
 }
 
 /// A narinfo that passed every check, and where its NAR comes from.
@@ -170,11 +189,36 @@ async fn single_flight<T: Clone>(
             }
         }
     };
-    let res = cell.get_or_init(|| work).await.clone();
-    if leader {
-        flights.lock().expect("lock").remove(key);
+    // The leader's entry goes when it is done, also if its future is
+    // dropped mid-way (else every later request would wait on a cell
+    // nobody fills, or read a stale result, for good).
+    struct Done<'a, T> {
+        flights: &'a Mutex<HashMap<String, Flight<T>>>,
+        key: &'a str,
+        leader: bool,
     }
+    impl<T> Drop for Done<'_, T> {
+        fn drop(&mut self) {
+            if self.leader {
+                self.flights.lock().expect("lock").remove(self.key);
+            }
+        }
+    }
+    let _done = Done {
+        flights,
+        key,
+        leader,
+    };
+    let res = cell.get_or_init(|| work).await.clone();
     (res, leader)
+}
+
+/// A download's temporary file: removed unless it was moved into place.
+struct TmpFile(PathBuf);
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 struct Inner {
@@ -187,7 +231,11 @@ struct Inner {
     nar_flights: Mutex<HashMap<String, Flight<u64>>>,
     /// Upstreams that failed (not a 404) and are skipped until then.
     down: Mutex<HashMap<String, Instant>>,
+    /// Woken when a download's reservation is given back.
+    room: tokio::sync::Notify,
     totals: Totals,
+    /// Narinfo files written since `narinfo/` was last pruned.
+    narinfo_writes: AtomicU64,
 }
 
 /// How long an upstream that could not be reached is treated as having
@@ -208,6 +256,11 @@ struct Lru {
     tick: u64,
     files: HashMap<String, (u64, u64)>, // name -> (size, last use)
     total: u64,
+    /// Bytes reserved by downloads in flight.
+    reserved: u64,
+    /// Files a request waits to open (downloading or just downloaded):
+    /// never evicted until it has.
+    pins: HashMap<String, usize>,
 }
 
 impl Lru {
@@ -229,14 +282,15 @@ impl Lru {
         }
         self.total += size;
     }
-    /// The least recently used files to remove to get under `max` (never `keep`).
-    fn evict(&mut self, max: u64, keep: &str) -> Vec<String> {
+    /// The least recently used files to remove so that the files, the
+    /// reservations and `extra` more bytes fit under `max`.
+    fn evict(&mut self, max: u64, extra: u64) -> Vec<String> {
         let mut out = Vec::new();
-        while self.total > max {
+        while self.total + self.reserved + extra > max {
             let Some(victim) = self
                 .files
                 .iter()
-                .filter(|(n, _)| n.as_str() != keep)
+                .filter(|(n, _)| !self.pins.contains_key(n.as_str()))
                 .min_by_key(|(_, (_, t))| *t)
                 .map(|(n, _)| n.clone())
             else {
@@ -248,6 +302,18 @@ impl Lru {
             out.push(victim);
         }
         out
+    }
+    /// Bytes of files on disk that requests are about to open.
+    fn pinned_bytes(&self) -> u64 {
+        self.pins
+            .keys()
+            .filter_map(|n| self.files.get(n).map(|(size, _)| *size))
+            .sum()
+    }
+    fn remove(&mut self, name: &str) {
+        if let Some((size, _)) = self.files.remove(name) {
+            self.total -= size;
+        }
     }
 }
 
@@ -479,10 +545,16 @@ impl Substituter {
                 info_flights: Mutex::new(HashMap::new()),
                 nar_flights: Mutex::new(HashMap::new()),
                 down: Mutex::new(HashMap::new()),
+                room: tokio::sync::Notify::new(),
                 totals: Totals::default(),
+                narinfo_writes: AtomicU64::new(0),
             }),
         };
-        sub.inner.evict("");
+        {
+            let mut lru = sub.inner.lru.lock().expect("lock");
+            sub.inner.evict_locked(&mut lru, 0);
+        }
+        prune_oldest(&sub.inner.s.dir.join("narinfo"), MAX_NARINFO_FILES);
         Ok(sub)
     }
 
@@ -551,7 +623,13 @@ async fn narinfo(State(st): State<JobState>, UrlPath(file): UrlPath<String>) -> 
     let Some(hash) = file.strip_suffix(".narinfo").filter(|h| is_hash(h)) else {
         return not_found();
     };
-    let look = st.sub.lookup(hash).await;
+    // In a task of its own: a guest that hangs up does not cancel a lookup
+    // other requests wait on.
+    let (sub, h) = (st.sub.clone(), hash.to_owned());
+    let look = match tokio::spawn(async move { sub.lookup(&h).await }.in_current_span()).await {
+        Ok(l) => l,
+        Err(_) => return (StatusCode::SERVICE_UNAVAILABLE, "try again\n").into_response(),
+    };
     let mut stats = st.stats.lock().expect("lock");
     stats.bytes_upstream += look.upstream_bytes;
     for r in look.refusals {
@@ -587,22 +665,21 @@ async fn nar(State(st): State<JobState>, UrlPath(file): UrlPath<String>) -> Resp
         Some(e) if e.file == file && st.paths.lock().expect("lock").contains(&e.store_path) => e,
         _ => return not_found(),
     };
-    let upstream = match st.sub.ensure_nar(&entry).await {
-        Ok(n) => n,
-        Err(why) => {
+    // In a task of its own: a guest that hangs up mid-download does not
+    // cancel the download (which other jobs may wait on, and whose partial
+    // file would be left behind); it finishes and is cached.
+    let sub = st.sub.clone();
+    let opened = tokio::spawn(async move { sub.open_nar(&entry).await }.in_current_span()).await;
+    let (upstream, f) = match opened {
+        Ok(Ok(x)) => x,
+        Ok(Err(why)) => {
             warn!(file = %file, %why, "cannot get NAR from upstream");
             return (StatusCode::BAD_GATEWAY, format!("{why}\n")).into_response();
         }
+        Err(_) => return (StatusCode::SERVICE_UNAVAILABLE, "try again\n").into_response(),
     };
-    let path = st.sub.s.dir.join("nar").join(&file);
-    let f = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) => {
-            warn!(file = %file, error = %e, "NAR vanished before it was served");
-            return (StatusCode::SERVICE_UNAVAILABLE, "try again\n").into_response();
-        }
-    };
-    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let f = tokio::fs::File::from_std(f);
     {
         let mut stats = st.stats.lock().expect("lock");
         stats.nars_served += 1;
@@ -640,11 +717,18 @@ impl Inner {
         let p = Arc::new(
             verify_narinfo(&e.upstream, &e.narinfo, hash, &self.s.trusted_public_keys).ok()?,
         );
-        self.narinfos
-            .lock()
-            .expect("lock")
-            .insert(hash.to_owned(), p.clone());
+        self.remember(hash, p.clone());
         Some(p)
+    }
+
+    /// Keep a verified narinfo in memory, at most [`MAX_NARINFOS_IN_MEMORY`]
+    /// (past it the map starts again: the files on disk stay).
+    fn remember(&self, hash: &str, p: Arc<Parsed>) {
+        let mut m = self.narinfos.lock().expect("lock");
+        if m.len() >= MAX_NARINFOS_IN_MEMORY {
+            m.clear();
+        }
+        m.insert(hash.to_owned(), p);
     }
 
     async fn lookup(&self, hash: &str) -> Lookup {
@@ -698,6 +782,14 @@ impl Inner {
             };
             let body = match body {
                 Ok(b) => b,
+                // One oversized narinfo is that path's problem, not the
+                // upstream's: refused, and the upstream stays up for others.
+                Err(FetchError::TooLarge { limit, .. }) => {
+                    let why = format!("{url}: refused: larger than {limit} bytes");
+                    warn!(%why, "narinfo refused");
+                    out.refusals.push(why);
+                    continue;
+                }
                 Err(e) => {
                     warn!(error = %e, upstream = %up, secs = UPSTREAM_BACKOFF.as_secs(), "upstream narinfo fetch failed; the upstream is skipped for a while");
                     self.down
@@ -725,11 +817,13 @@ impl Inner {
                     ) {
                         warn!(error = %err, "cannot store narinfo; serving it from memory");
                     }
+                    let writes = self.narinfo_writes.fetch_add(1, Ordering::Relaxed) + 1;
+                    if writes >= (MAX_NARINFO_FILES as u64 / 10).max(1) {
+                        self.narinfo_writes.store(0, Ordering::Relaxed);
+                        prune_oldest(&self.s.dir.join("narinfo"), MAX_NARINFO_FILES);
+                    }
                     let p = Arc::new(p);
-                    self.narinfos
-                        .lock()
-                        .expect("lock")
-                        .insert(hash.to_owned(), p.clone());
+                    self.remember(hash, p.clone());
                     out.entry = Some(p);
                     return out;
                 }
@@ -741,34 +835,130 @@ impl Inner {
             }
         }
         if !transient {
-            self.misses
-                .lock()
-                .expect("lock")
-                .insert(hash.to_owned(), Instant::now());
+            let mut misses = self.misses.lock().expect("lock");
+            if misses.len() >= MAX_MISSES {
+                let ttl = self.s.negative_ttl;
+                misses.retain(|_, t| t.elapsed() < ttl);
+                if misses.len() >= MAX_MISSES {
+                    misses.clear();
+                }
+            }
+            misses.insert(hash.to_owned(), Instant::now());
         }
         out
     }
 
-    /// Make sure the NAR file of `p` is on disk; the bytes downloaded for
-    /// this call (0 on a hit or when another request downloaded it).
-    async fn ensure_nar(&self, p: &Parsed) -> std::result::Result<u64, String> {
-        if self.lru.lock().expect("lock").touch(&p.file) {
-            let path = self.s.dir.join("nar").join(&p.file);
-            if path.exists() {
-                // Remembered across restarts through the modification time.
-                if let Ok(f) = std::fs::File::options().append(true).open(&path) {
-                    let _ = f.set_modified(SystemTime::now());
+    /// The NAR file of `p`, opened (downloaded first if it is not on disk),
+    /// and the bytes downloaded for this call (0 on a hit or when another
+    /// request downloaded it).
+    async fn open_nar(
+        self: &Arc<Self>,
+        p: &Arc<Parsed>,
+    ) -> std::result::Result<(u64, std::fs::File), String> {
+        if let Some(f) = self.open_cached(&p.file) {
+            return Ok((0, f));
+        }
+        // Pinned until this request has opened it: a download that finishes
+        // is not evicted by the next one's reservation before it is served.
+        *self
+            .lru
+            .lock()
+            .expect("lock")
+            .pins
+            .entry(p.file.clone())
+            .or_default() += 1;
+        struct Pinned<'a>(&'a Inner, &'a str);
+        impl Drop for Pinned<'_> {
+            fn drop(&mut self) {
+                let mut lru = self.0.lru.lock().expect("lock");
+                if let Some(n) = lru.pins.get_mut(self.1) {
+                    *n -= 1;
+                    if *n == 0 {
+                        lru.pins.remove(self.1);
+                    }
                 }
-                return Ok(0);
+                drop(lru);
+                self.0.room.notify_waiters();
             }
         }
-        let (res, leader) = single_flight(&self.nar_flights, &p.file, self.download_nar(p)).await;
-        res.map(|n| if leader { n } else { 0 })
+        let _pin = Pinned(self, &p.file);
+        let (me, pp) = (self.clone(), p.clone());
+        let (res, leader) = single_flight(&self.nar_flights, &p.file, async move {
+            me.download_nar(&pp).await
+        })
+        .await;
+        let n = res?;
+        let f = self.open_cached(&p.file).ok_or_else(|| {
+            format!(
+                "{}: evicted before it was served (the substituter's max_bytes is too small for the jobs at hand)",
+                p.file
+            )
+        })?;
+        Ok((if leader { n } else { 0 }, f))
+    }
+
+    /// A NAR on disk, opened under the LRU's lock (so it cannot be evicted
+    /// between the check and the open; once open it can be served even if
+    /// evicted later) and marked used.
+    fn open_cached(&self, name: &str) -> Option<std::fs::File> {
+        let mut lru = self.lru.lock().expect("lock");
+        if !lru.touch(name) {
+            return None;
+        }
+        let path = self.s.dir.join("nar").join(name);
+        match std::fs::File::open(&path) {
+            Ok(f) => {
+                // Remembered across restarts through the modification time.
+                if let Ok(w) = std::fs::File::options().append(true).open(&path) {
+                    let _ = w.set_modified(SystemTime::now());
+                }
+                Some(f)
+            }
+            Err(_) => {
+                lru.remove(name);
+                None
+            }
+        }
+    }
+
+    /// Reserve `n` bytes under `max_bytes` for a download, evicting least
+    /// recently used NARs, and wait while downloads in flight hold the
+    /// room. A NAR larger than the bound alone goes ahead when nothing else
+    /// is in flight.
+    async fn reserve(&self, n: u64) {
+        loop {
+            let room = self.room.notified();
+            {
+                let mut lru = self.lru.lock().expect("lock");
+                self.evict_locked(&mut lru, n);
+                // Over the bound only for a NAR that alone is larger, when
+                // nothing in flight or about to be served can free room.
+                let fits = lru.total + lru.reserved + n <= self.s.max_bytes;
+                if fits || (lru.reserved == 0 && lru.pinned_bytes() == 0) {
+                    lru.reserved += n;
+                    self.totals
+                        .peak_bytes
+                        .fetch_max(lru.total + lru.reserved, Ordering::Relaxed);
+                    return;
+                }
+            }
+            room.await;
+        }
     }
 
     async fn download_nar(&self, p: &Parsed) -> std::result::Result<u64, String> {
         let url = format!("{}/{}", p.upstream.trim_end_matches('/'), p.nar_url);
         let limit = p.file_size.unwrap_or(self.s.max_nar_bytes);
+        self.reserve(limit).await;
+        // Given back however this ends.
+        struct Reservation<'a>(&'a Inner, u64);
+        impl Drop for Reservation<'_> {
+            fn drop(&mut self) {
+                self.0.lru.lock().expect("lock").reserved -= self.1;
+                self.0.room.notify_waiters();
+            }
+        }
+        let _reserved = Reservation(self, limit);
         let mut stream = self
             .fetch
             .get(url.clone())
@@ -780,6 +970,7 @@ impl Inner {
             .dir
             .join("tmp")
             .join(format!("{}.{}", p.file, uuid::Uuid::new_v4()));
+        let tmp_file = TmpFile(tmp.clone());
         let result = async {
             let mut f = tokio::fs::File::create(&tmp)
                 .await
@@ -816,30 +1007,51 @@ impl Inner {
         self.totals
             .bytes_upstream
             .fetch_add(result.as_ref().copied().unwrap_or(0), Ordering::Relaxed);
-        let n = match result {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
+        let n = result?;
         let dest = self.s.dir.join("nar").join(&p.file);
+        let mut lru = self.lru.lock().expect("lock");
         std::fs::rename(&tmp, &dest).map_err(|e| format!("rename into the cache: {e}"))?;
+        std::mem::forget(tmp_file);
         self.totals.nar_downloads.fetch_add(1, Ordering::Relaxed);
-        self.lru.lock().expect("lock").insert(p.file.clone(), n);
-        self.evict(&p.file);
+        lru.insert(p.file.clone(), n);
         Ok(n)
     }
 
-    /// Remove least-recently-used NARs until under the bound (not `keep`).
-    fn evict(&self, keep: &str) {
-        let victims = self.lru.lock().expect("lock").evict(self.s.max_bytes, keep);
-        for v in victims {
+    /// Remove least-recently-used NARs until the NARs, the reservations
+    /// and `extra` bytes fit under the bound; with the LRU's lock held, so
+    /// no NAR is removed while another request opens it.
+    fn evict_locked(&self, lru: &mut Lru, extra: u64) {
+        for v in lru.evict(self.s.max_bytes, extra) {
             let _ = std::fs::remove_file(self.s.dir.join("nar").join(&v));
             self.totals.evictions.fetch_add(1, Ordering::Relaxed);
             info!(file = %v, "substituter evicted NAR (least recently used)");
         }
     }
+}
+
+/// Keep at most `max` files in `dir`: past it, the oldest (by
+/// modification time) go until a tenth of `max` is free.
+fn prune_oldest(dir: &std::path::Path, max: usize) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(SystemTime, PathBuf)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let md = e.metadata().ok()?;
+            md.is_file()
+                .then(|| (md.modified().unwrap_or(SystemTime::UNIX_EPOCH), e.path()))
+        })
+        .collect();
+    if files.len() <= max {
+        return;
+    }
+    files.sort();
+    let remove = files.len() - (max - max / 10);
+    for (_, p) in files.into_iter().take(remove) {
+        let _ = std::fs::remove_file(p);
+    }
+    info!(dir = %dir.display(), removed = remove, "pruned the oldest cached narinfos");
 }
 
 /// The real upstream client: HTTP/1.1 over rustls with the system's roots;
@@ -1191,6 +1403,192 @@ mod tests {
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0
         );
+    }
+
+    /// An upstream whose NAR bodies wait for the gate (narinfos do not).
+    struct Gated {
+        mem: Arc<Mem>,
+        gate: Arc<tokio::sync::Semaphore>,
+    }
+    impl Fetch for Gated {
+        fn get(&self, url: String) -> FetchFuture {
+            let inner = self.mem.get(url.clone());
+            if !url.contains("/nar/") {
+                return inner;
+            }
+            let gate = self.gate.clone();
+            Box::pin(async move {
+                let body = inner.await?;
+                Ok(body.map(|mut b| {
+                    Box::pin(futures_lite::stream::once_future(async move {
+                        let _p = gate.acquire().await;
+                        b.next().await.unwrap_or(Ok(Bytes::new()))
+                    })) as ByteStream
+                }))
+            })
+        }
+    }
+
+    async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+        let t0 = Instant::now();
+        while !f() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "never: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn tmp_files(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir.join("tmp")).unwrap().count()
+    }
+
+    /// Issue 27, items 6 and 7: a guest that hangs up mid-download left
+    /// its partial file in tmp/ (5 hang-ups, 5 files) and the dropped
+    /// download poisoned that NAR for every later job (503) until restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_guest_that_hangs_up_mid_download_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = Arc::new(Mem::default());
+        let key = SecretKey::parse(SECRET).unwrap();
+        let want = up.publish(&hash(5), b"hung up on", Some(&key));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let fetch = Arc::new(Gated {
+            mem: up.clone(),
+            gate: gate.clone(),
+        });
+        let sub = Substituter::open(settings(dir.path(), 1 << 30), fetch).unwrap();
+        let job = sub.serve_job(local()).await.unwrap();
+        assert_eq!(get(job.addr, &format!("/{}.narinfo", hash(5))).await.0, 200);
+        for _ in 0..5 {
+            let mut s = tokio::net::TcpStream::connect(job.addr).await.unwrap();
+            s.write_all(format!("GET /nar/{}.nar HTTP/1.1\r\nHost: x\r\n\r\n", hash(5)).as_bytes())
+                .await
+                .unwrap();
+            wait_until("the download started", || up.gets("-up.nar") >= 1).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(s);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        gate.add_permits(100);
+        // The next job's request is served, from the one download.
+        let job2 = sub.serve_job(local()).await.unwrap();
+        assert_eq!(substitute(job2.addr, 5).await, want);
+        assert_eq!(up.gets("-up.nar"), 1, "downloaded once");
+        wait_until("no partial file left", || tmp_files(dir.path()) == 0).await;
+        job.finish().await;
+        job2.finish().await;
+    }
+
+    /// Issue 27, item 8: downloads in flight were not under `max_bytes`
+    /// (peak 3.2-4.4x the bound).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn downloads_in_flight_count_against_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = Arc::new(Mem {
+            delay: Duration::from_millis(100),
+            ..Mem::default()
+        });
+        let key = SecretKey::parse(SECRET).unwrap();
+        let mut one = 0;
+        for i in 10..18 {
+            one = up.publish(&hash(i), &[i; 4000], Some(&key)).len() as u64;
+        }
+        let bound = 2 * one;
+        let sub = Substituter::open(settings(dir.path(), bound), up.clone()).unwrap();
+        let job = sub.serve_job(local()).await.unwrap();
+        let addr = job.addr;
+        let tasks: Vec<_> = (10..18)
+            .map(|i| tokio::spawn(async move { substitute(addr, i).await.len() as u64 }))
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), one);
+        }
+        let peak = sub.totals().peak_bytes.load(Ordering::Relaxed);
+        println!("8 concurrent downloads of {one} bytes under a bound of {bound}: peak {peak}");
+        assert!(peak <= bound, "peak {peak} over the bound {bound}");
+        assert!(sub.disk_bytes() <= bound);
+        job.finish().await;
+    }
+
+    /// Issue 27, item 9: the miss map, the narinfos in memory and
+    /// `narinfo/` on disk never shrank (50,000 expired misses kept).
+    #[tokio::test]
+    async fn the_remembered_misses_and_narinfos_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = Arc::new(Mem::default());
+        let mut s = settings(dir.path(), 1 << 30);
+        s.negative_ttl = Duration::from_millis(1);
+        let sub = Substituter::open(s, up).unwrap();
+        for i in 0..(MAX_MISSES as u32 + 2_000) {
+            let mut b = [0u8; 20];
+            b[..4].copy_from_slice(&i.to_le_bytes());
+            sub.inner.lookup(&nix32::encode(&b)).await;
+        }
+        let misses = sub.inner.misses.lock().unwrap().len();
+        println!(
+            "{} lookups that missed: {misses} misses kept",
+            MAX_MISSES + 2_000
+        );
+        assert!(misses <= MAX_MISSES, "{misses}");
+        // The narinfos in memory.
+        let p = Arc::new(Parsed {
+            store_path: String::new(),
+            upstream: String::new(),
+            nar_url: String::new(),
+            file: String::new(),
+            file_size: None,
+            file_hash: None,
+            served: String::new(),
+        });
+        for i in 0..(MAX_NARINFOS_IN_MEMORY + 10) {
+            sub.inner.remember(&i.to_string(), p.clone());
+        }
+        assert!(sub.inner.narinfos.lock().unwrap().len() <= MAX_NARINFOS_IN_MEMORY);
+        // narinfo/ on disk: the oldest go.
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..50u64 {
+            let f = d.path().join(format!("{i:02}.json"));
+            std::fs::write(&f, b"{}").unwrap();
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + i);
+            std::fs::File::options()
+                .append(true)
+                .open(&f)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        prune_oldest(d.path(), 20);
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left.len(), 18, "{left:?}");
+        assert_eq!(left[0], "32.json", "the newest are kept: {left:?}");
+    }
+
+    /// Issue 27, item 10: one narinfo over 64 KiB marked the whole
+    /// upstream down for 30 s, for every job.
+    #[tokio::test]
+    async fn an_oversized_narinfo_is_refused_and_the_upstream_stays_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = Arc::new(Mem::default());
+        let key = SecretKey::parse(SECRET).unwrap();
+        up.publish(&hash(6), b"fine", Some(&key));
+        up.files
+            .lock()
+            .unwrap()
+            .insert(format!("{UP}/{}.narinfo", hash(7)), vec![b'x'; 70 << 10]);
+        let sub = Substituter::open(settings(dir.path(), 1 << 30), up.clone()).unwrap();
+        let job = sub.serve_job(local()).await.unwrap();
+        assert_eq!(
+            status(job.addr, &format!("/{}.narinfo", hash(7))).await,
+            404
+        );
+        assert_eq!(get(job.addr, &format!("/{}.narinfo", hash(6))).await.0, 200);
+        let (stats, _) = job.finish().await;
+        assert_eq!(stats.narinfos_refused, 1, "{stats:?}");
+        assert!(stats.refusals[0].contains("larger than"), "{stats:?}");
+        assert!(sub.inner.down.lock().unwrap().is_empty());
     }
 
     #[test]

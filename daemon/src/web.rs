@@ -45,9 +45,18 @@ pub fn router(jobs_dir: PathBuf) -> Router {
         .route("/jobs/{id}/log", get(log_chunk))
         .route("/jobs/{id}/report.json", get(report_json))
         .route("/jobs/{id}/report.md", get(report_md))
-        .route("/jobs/{id}/artifacts/{base}/{*file}", get(artifact))
+        // Unauthenticated and reading files: a few at a time, the rest wait.
+        .route(
+            "/jobs/{id}/artifacts/{base}/{*file}",
+            get(artifact).layer(tower::limit::ConcurrencyLimitLayer::new(
+                MAX_CONCURRENT_ARTIFACTS,
+            )),
+        )
         .with_state(st)
 }
+
+/// Artifact requests the page serves at once.
+pub const MAX_CONCURRENT_ARTIFACTS: usize = 4;
 
 /// Escape text for HTML (element content and quoted attributes).
 pub fn esc(s: &str) -> String {
@@ -194,11 +203,26 @@ fn render_report(r: &Report) -> String {
     if r.evidence.by_package.is_empty() {
         b.push_str("<p>No passing test exercises a changed package.</p>\n");
     } else {
+        b.push_str(
+            "<p><em>runtime</em>: the test's verified outputs refer to the package (checked on \
+             this builder); <em>build</em>: the package is in the test's build closure as the \
+             VM reported it (not verified).</p>\n",
+        );
         b.push_str("<table>\n<tr><th>changed package</th><th>passing tests whose closure holds it</th></tr>\n");
         for (pkg, tests) in &r.evidence.by_package {
             let ts: Vec<String> = tests
                 .iter()
-                .map(|t| format!("<code>{}</code>", esc(t)))
+                .map(|t| {
+                    let e = r.evidence.by_test.get(t);
+                    let rt = e.is_some_and(|e| e.runtime.iter().any(|a| a == pkg));
+                    let bd = e.is_some_and(|e| e.build.iter().any(|a| a == pkg));
+                    let how = match (bd, rt) {
+                        (true, true) => "build, runtime",
+                        (false, true) => "runtime",
+                        _ => "build, reported by the VM",
+                    };
+                    format!("<code>{}</code> ({how})", esc(t))
+                })
                 .collect();
             b.push_str(&format!(
                 "<tr><td><code>{}</code></td><td>{}</td></tr>\n",
@@ -289,8 +313,16 @@ fn load(st: &Web, id: &str) -> Option<JobRecord> {
     st.jobs.load(id).ok()
 }
 
+/// Largest report.json the page reads (a review's is far smaller: its
+/// lists are bounded when it is made).
+const MAX_REPORT_BYTES: u64 = 16 << 20;
+
 fn read_report(dir: &Path) -> Option<Report> {
-    serde_json::from_slice(&std::fs::read(dir.join("report.json")).ok()?).ok()
+    let f = dir.join("report.json");
+    if std::fs::metadata(&f).ok()?.len() > MAX_REPORT_BYTES {
+        return None;
+    }
+    serde_json::from_slice(&std::fs::read(f).ok()?).ok()
 }
 
 /// Up to `max` bytes of `path` from `from`, cut after the last newline
@@ -451,17 +483,21 @@ async fn artifact(
         return not_found();
     };
     let store_path = format!("/nix/store/{base}");
-    if !report
+    let Some(a) = report
         .artifacts
-        .iter()
-        .any(|a| a.store_path == store_path && a.file == file)
-    {
+        .into_iter()
+        .find(|a| a.store_path == store_path && a.file == file)
+    else {
         return not_found();
-    }
+    };
     let Some(qdir) = rec.result.as_ref().and_then(|r| r.quarantine.clone()) else {
         return not_found();
     };
     let got = tokio::task::spawn_blocking(move || {
+        if !a.nar.is_empty() {
+            // Straight to the bytes (reports since issue 27).
+            return crate::review::artifact_at(&qdir, &a);
+        }
         let verified = std::fs::read(qdir.join("manifest.json"))
             .ok()
             .and_then(|b| serde_json::from_slice::<crate::quarantine::JobManifest>(&b).ok())?
@@ -501,6 +537,56 @@ mod tests {
         assert_eq!(read_log(&p, 0, 100), ("one\ntwo\n".into(), 8));
         assert_eq!(read_log(&p, 8, 100), (String::new(), 8));
         assert_eq!(read_log(&p, 0, 5), ("one\n".into(), 4));
+    }
+
+    /// Issue 27, item 12: the artifact route parsed the whole NAR (up to
+    /// 4 GiB) per unauthenticated request. It now reads the bytes at the
+    /// offset the report recorded: a NAR whose tail after the artifact is
+    /// not even a NAR still serves it.
+    #[test]
+    fn artifacts_are_read_at_their_offset_without_parsing_the_nar() {
+        use airlock_nix_formats::nar::build::{nar, Node};
+        let q = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(q.path().join("nar")).unwrap();
+        let png = b"\x89PNG\r\n\x1a\nthe screenshot";
+        let mut bytes = nar(&Node::Dir(vec![(
+            "shot.png",
+            Node::File {
+                exec: false,
+                data: png,
+            },
+        )]));
+        let files = airlock_nix_formats::nar::files(&bytes[..]).unwrap();
+        bytes.truncate(bytes.len() - 8);
+        bytes.extend_from_slice(&[0xee; 4096]);
+        let nar_name = format!("nar/{}.nar", "1".repeat(52));
+        std::fs::write(q.path().join(&nar_name), &bytes).unwrap();
+        let a = crate::review::report::Artifact {
+            test: "t".into(),
+            store_path: "/nix/store/00000000000000000000000000000000-shots".into(),
+            file: "shot.png".into(),
+            size: files[0].size,
+            kind: "image".into(),
+            url: String::new(),
+            nar: nar_name.clone(),
+            offset: files[0].offset,
+        };
+        let (kind, got) = crate::review::artifact_at(q.path(), &a).unwrap();
+        assert_eq!((kind, &got[..]), ("image", &png[..]));
+        // Only quarantine NAR names.
+        for bad in ["../../etc/passwd", "nar/../../x.nar", "nar/short.nar"] {
+            let mut b = a.clone();
+            b.nar = bad.into();
+            assert!(crate::review::artifact_at(q.path(), &b).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_oversized_report_is_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(d.path().join("report.json")).unwrap();
+        f.set_len(MAX_REPORT_BYTES + 1).unwrap();
+        assert!(read_report(d.path()).is_none());
     }
 
     #[test]

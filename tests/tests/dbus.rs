@@ -36,6 +36,11 @@ fn policy_file() -> PathBuf {
 /// A private bus with the defaults of a system bus: anyone may connect and
 /// receive replies; nobody owns names or calls methods unless a policy says so.
 fn start_bus(dir: &Path) -> Bus {
+    start_bus_with(dir, &policy_file())
+}
+
+/// The same bus with another policy file included.
+fn start_bus_with(dir: &Path, policy_path: &Path) -> Bus {
     let sock = dir.join("bus");
     let conf = dir.join("bus.conf");
     std::fs::write(
@@ -65,7 +70,7 @@ fn start_bus(dir: &Path) -> Bus {
 </busconfig>
 "#,
             sock = sock.display(),
-            policy = policy_file().display()
+            policy = policy_path.display()
         ),
     )
     .unwrap();
@@ -279,8 +284,132 @@ fn dbus_admin_api_lists_shows_cancels_and_refuses_strangers() {
     let out = monitor.wait_with_output().unwrap();
     let signals = String::from_utf8_lossy(&out.stdout);
     assert!(signals.contains("member=JobChanged"), "{signals}");
+    // A job entering the queue is a change too (issue 27, item 17): a job
+    // a drain holds is visible to signal watchers.
+    let lines: Vec<&str> = signals.lines().map(str::trim).collect();
+    assert!(
+        lines
+            .windows(2)
+            .any(|w| w[0] == format!("string \"{queued}\"") && w[1] == "string \"queued\""),
+        "no JobChanged({queued}, queued) in:\n{signals}"
+    );
     assert!(
         signals.contains(&format!("string \"{running}\"")) && signals.contains("string \"done\""),
         "{signals}"
+    );
+}
+
+/// Group airlock-admin reads and operates but neither signs (`Release`) nor
+/// deletes (`Gc`) (issue 27, item 13): on the bus through the shipped
+/// policy, and on the peer-to-peer socket, which has no bus policy, through
+/// airlockd's own check of the peer's uid. The policy's airlock-admin rules
+/// are tried as they are, given to user `nobody` (uid 65534) instead of the
+/// group, which this machine does not have.
+#[test]
+fn the_admin_group_may_operate_but_not_release_or_gc() {
+    let name = "the_admin_group_may_operate_but_not_release_or_gc";
+    if !prerequisites(name) {
+        return;
+    }
+    let missing: Vec<String> = ["dbus-daemon", "busctl", "setpriv"]
+        .into_iter()
+        .filter(|c| !have(c))
+        .map(String::from)
+        .collect();
+    if !ready_or_skip(name, &missing) {
+        return;
+    }
+    let policy = std::fs::read_to_string(policy_file()).unwrap();
+    assert_eq!(
+        policy.matches("<policy group=\"airlock-admin\">").count(),
+        1
+    );
+    let bd = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(bd.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_user = bd.path().join("policy-as-nobody.conf");
+    std::fs::write(
+        &as_user,
+        policy.replace(
+            "<policy group=\"airlock-admin\">",
+            "<policy user=\"nobody\">",
+        ),
+    )
+    .unwrap();
+    let bus = start_bus_with(bd.path(), &as_user);
+    let d = Daemon::start(&format!("[dbus]\naddress = \"{}\"\n", bus.address));
+    let admin = |args: &[&str]| {
+        let mut a = vec!["call", DEST, PATH, DEST];
+        a.extend_from_slice(args);
+        busctl(&bus, true, &a)
+    };
+    for ok in [
+        &["ListJobs"][..],
+        &["ShowJob", "s", "none"][..],
+        &["Drain"],
+        &["Resume"],
+    ] {
+        let out = admin(ok);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.to_lowercase().contains("access denied") && !err.contains("AccessDenied"),
+            "{ok:?} refused to the admin: {err}"
+        );
+    }
+    for refused in [&["Release", "ss", "abc", "why"][..], &["Gc"][..]] {
+        let out = admin(refused);
+        assert!(!out.status.success(), "{refused:?} allowed to the admin");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.to_lowercase().contains("access denied") || err.contains("AccessDenied"),
+            "{refused:?}: {err}"
+        );
+    }
+    // The socket: root and its group only; a non-root peer that reaches it
+    // (here: the test opens it up) may operate, not release or gc.
+    let sock = d.socket();
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "{mode:o}");
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin("airlockctl"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = nobody(&["jobs"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for refused in [
+        &["gc"][..],
+        &[
+            "release",
+            "0123456789abcdef0123456789abcdef01234567",
+            "--reason",
+            "x",
+        ][..],
+    ] {
+        let out = nobody(refused);
+        assert!(
+            !out.status.success(),
+            "{refused:?} allowed to a non-root peer"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("root's only"), "{refused:?}: {err}");
+    }
+    // Root is not refused by that check (this builder has no release
+    // service, which is what it says instead).
+    let out = d.ctl(&["gc"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("root's only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

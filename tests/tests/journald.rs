@@ -18,6 +18,11 @@ fn journald() -> Option<&'static str> {
     .find(|p| std::path::Path::new(p).exists())
 }
 
+/// The entry's message starts with `m` (fields may follow it).
+fn msg_is(e: &serde_json::Value, m: &str) -> bool {
+    e["MESSAGE"].as_str().is_some_and(|x| x.starts_with(m))
+}
+
 #[test]
 fn journald_entries_carry_the_jobs_fields() {
     let name = "journald_entries_carry_the_jobs_fields";
@@ -119,23 +124,93 @@ fn journald_entries_carry_the_jobs_fields() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let id = v["id"].as_str().unwrap().to_owned();
         ctl(&["wait", &id, "--timeout", "60"]);
-        std::thread::sleep(Duration::from_millis(500));
-        let out = Command::new("journalctl")
-            .args(["-o", "json", "--no-pager", &format!("JOB_ID={id}")])
-            .output()
-            .unwrap();
+        // A second job, held by a drain and cancelled while queued: its
+        // "job queued", "cancel requested" and "cancelled before it
+        // started" entries.
+        assert!(ctl(&["drain"]).status.success());
+        let out = ctl(&[
+            "--json",
+            "submit",
+            "--repo",
+            "/nonexistent/repo",
+            "--head",
+            "e9872fa30caac57c69bfac8667e6c21254603df1",
+            "--pr",
+            "4243",
+            "--attr",
+            "chain",
+        ]);
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let held = v["id"].as_str().unwrap().to_owned();
+        assert!(ctl(&["cancel", &held]).status.success());
+        ctl(&["wait", &held, "--timeout", "60"]);
+        let read = |job: &str| {
+            let out = Command::new("journalctl")
+                .args(["-o", "json", "--no-pager", &format!("JOB_ID={job}")])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect::<Vec<serde_json::Value>>()
+        };
+        // journald writes asynchronously: wait (bounded) for the last entry.
+        let t0 = Instant::now();
+        let (mut entries, mut held_entries) = (read(&id), read(&held));
+        while !(entries.iter().any(|e| {
+            e["MESSAGE"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("job finished"))
+        }) && held_entries
+            .iter()
+            .any(|e| msg_is(e, "job cancelled before it started")))
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{entries:#?}\n{held_entries:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            (entries, held_entries) = (read(&id), read(&held));
+        }
         let _ = d.kill();
         let _ = d.wait();
         let _ = jd.kill();
         let _ = jd.wait();
-        let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        (id, entries)
+        (id, (entries, held_entries))
     })
     .join()
     .unwrap();
+    let (entries, held_entries) = entries;
+    // Every entry of a job carries all of its fields (issue 27, item 16:
+    // "cancel requested" had only JOB_ID, "job queued" no REPO).
+    for (e, pr, attr) in entries
+        .iter()
+        .map(|e| (e, "4242", "leaf"))
+        .chain(held_entries.iter().map(|e| (e, "4243", "chain")))
+    {
+        assert_eq!(e["PR"], pr, "{e:#}");
+        assert_eq!(e["ATTR"], attr, "{e:#}");
+        assert_eq!(
+            e["COMMIT"], "e9872fa30caac57c69bfac8667e6c21254603df1",
+            "{e:#}"
+        );
+        assert_eq!(e["REPO"], entries[0]["REPO"], "{e:#}");
+    }
+    for m in [
+        "job queued",
+        "cancel requested",
+        "job cancelled before it started",
+    ] {
+        assert!(
+            held_entries.iter().any(|e| msg_is(e, m)),
+            "no {m:?} among {held_entries:#?}"
+        );
+    }
+    assert!(
+        entries.iter().any(|e| msg_is(e, "job queued")),
+        "{entries:#?}"
+    );
     assert!(!entries.is_empty(), "no journal entry has JOB_ID={id}");
     let finished = entries
         .iter()

@@ -292,12 +292,12 @@ async fn main() -> anyhow::Result<()> {
                 .context("the D-Bus admin API is configured (dbus.address) but cannot start; is the bus up, and does its policy let airlockd own org.airlock.Airlock1?")?,
         )
     };
-    let socket = cfg.socket.clone();
-    let d2 = daemon.clone();
-    let server = tokio::spawn(async move { d2.serve(&socket).await });
+    // Bound before READY=1: a client that connects at READY finds it. And
+    // SIGTERM handled before it: a stop right after READY drains.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let server = daemon.bind_and_serve(&cfg.socket)?;
     sd_notify_ready();
     daemon.spawn_sd_status();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = server => { r??; return Ok(()); }
         _ = term.recv() => info!("SIGTERM: draining"),

@@ -28,8 +28,31 @@ pub fn artifact_kind(file: &str) -> Option<&'static str> {
     }
 }
 
+/// Most artifacts one review lists, and most from one output: the pairs
+/// and files come from the guest, so the report's size is bounded here.
+pub const MAX_ARTIFACTS: usize = 256;
+pub const MAX_ARTIFACTS_PER_OUTPUT: usize = 32;
+
+/// `s` percent-encoded for a URL path, `/` kept between segments: a file
+/// name with `#` or `?` stays part of the path.
+pub fn url_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/' | b'+' | b'=')
+        {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The artifacts in the verified outputs of passing tests
-/// (`passed`: test attr, output path), read from the quarantined NARs.
+/// (`passed`: test attr, output path), read from the quarantined NARs:
+/// each output's NAR is read once however many tests name it, one test per
+/// output is credited (the first), and the list is capped at
+/// [`MAX_ARTIFACTS`] ([`MAX_ARTIFACTS_PER_OUTPUT`] per output).
 pub fn artifacts(
     job_id: &str,
     qdir: &Path,
@@ -37,7 +60,14 @@ pub fn artifacts(
     passed: &[(&str, &str)],
 ) -> Vec<report::Artifact> {
     let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     for (test, path) in passed {
+        if out.len() >= MAX_ARTIFACTS {
+            break;
+        }
+        if !seen.insert(*path) {
+            continue;
+        }
         let Some(v) = verified.iter().find(|v| v.path == *path) else {
             continue;
         };
@@ -48,7 +78,11 @@ pub fn artifacts(
             continue;
         };
         let base = path.trim_start_matches("/nix/store/");
+        let mut from_this = 0;
         for nf in files {
+            if out.len() >= MAX_ARTIFACTS || from_this >= MAX_ARTIFACTS_PER_OUTPUT {
+                break;
+            }
             let name = if nf.path.is_empty() {
                 base.to_owned()
             } else {
@@ -60,17 +94,50 @@ pub fn artifacts(
             if nf.size > MAX_ARTIFACT_BYTES {
                 continue;
             }
+            from_this += 1;
             out.push(report::Artifact {
                 test: test.to_string(),
                 store_path: path.to_string(),
-                url: format!("/jobs/{job_id}/artifacts/{base}/{}", nf.path),
+                url: format!(
+                    "/jobs/{}/artifacts/{}/{}",
+                    url_path(job_id),
+                    url_path(base),
+                    url_path(&nf.path)
+                ),
                 file: nf.path,
                 size: nf.size,
                 kind: kind.into(),
+                nar: v.url.clone(),
+                offset: nf.offset,
             });
         }
     }
     out
+}
+
+/// The bytes of an artifact the report lists, read at its offset in its
+/// NAR (no parse of the NAR: it was verified at import). `nar` must be a
+/// quarantine NAR name (`nar/<nix32 hash>.nar`).
+pub fn artifact_at(qdir: &Path, a: &report::Artifact) -> Option<(&'static str, Vec<u8>)> {
+    use std::io::{Read, Seek};
+    let hash = a.nar.strip_prefix("nar/")?.strip_suffix(".nar")?;
+    if hash.len() != 52 || !hash.bytes().all(airlock_nix_formats::nix32::is_nix32_char) {
+        return None;
+    }
+    let name = if a.file.is_empty() {
+        a.store_path.rsplit('/').next()?
+    } else {
+        &a.file
+    };
+    let kind = artifact_kind(name)?;
+    if a.size > MAX_ARTIFACT_BYTES || a.offset == 0 {
+        return None;
+    }
+    let mut f = std::fs::File::open(qdir.join(&a.nar)).ok()?;
+    f.seek(std::io::SeekFrom::Start(a.offset)).ok()?;
+    let mut buf = vec![0; a.size as usize];
+    f.read_exact(&mut buf).ok()?;
+    Some((kind, buf))
 }
 
 /// The bytes of one artifact of a job's quarantined outputs: `base` is
@@ -99,4 +166,64 @@ pub fn artifact_bytes(
     let mut buf = vec![0; nf.size as usize];
     f.read_exact(&mut buf).ok()?;
     Some((kind, buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 27, item 2: 500 (test, output) pairs naming one output whose
+    /// NAR holds 2,000 screenshots gave 1,000,000 artifacts (a 205 MiB
+    /// report.json) and read the NAR 500 times.
+    #[test]
+    fn artifacts_are_bounded_whatever_the_guest_claims() {
+        use airlock_nix_formats::nar::build::{nar, Node};
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..2000).map(|i| format!("shot-{i:04}.png")).collect();
+        let entries = names
+            .iter()
+            .map(|n| {
+                (
+                    n.as_str(),
+                    Node::File {
+                        exec: false,
+                        data: b"png",
+                    },
+                )
+            })
+            .collect();
+        std::fs::create_dir_all(dir.path().join("nar")).unwrap();
+        std::fs::write(dir.path().join("nar/x.nar"), nar(&Node::Dir(entries))).unwrap();
+        let path = "/nix/store/00000000000000000000000000000000-shots";
+        let verified = vec![VerifiedPath {
+            path: path.into(),
+            nar_hash: String::new(),
+            nar_size: 0,
+            references: vec![],
+            deriver: None,
+            ca: None,
+            url: "nar/x.nar".into(),
+        }];
+        let tests: Vec<String> = (0..500).map(|i| format!("test-{i}")).collect();
+        let passed: Vec<(&str, &str)> = tests.iter().map(|t| (t.as_str(), path)).collect();
+        let t0 = std::time::Instant::now();
+        let a = artifacts("j", dir.path(), &verified, &passed);
+        let took = t0.elapsed();
+        assert_eq!(a.len(), MAX_ARTIFACTS_PER_OUTPUT, "one output, read once");
+        assert!(a.iter().all(|x| x.test == "test-0"));
+        let json = serde_json::to_vec(&a).unwrap();
+        println!(
+            "500 pairs x 2000 files: {} artifacts, {} bytes of JSON, {took:?}",
+            a.len(),
+            json.len()
+        );
+        assert!(json.len() < 64 << 10, "{}", json.len());
+    }
+
+    #[test]
+    fn artifact_urls_keep_hash_and_question_mark_in_the_path() {
+        assert_eq!(url_path("shots/a #1?.png"), "shots/a%20%231%3F.png");
+        assert_eq!(url_path("x\n<y>"), "x%0A%3Cy%3E");
+        assert_eq!(url_path("abc-1.2_3~/z"), "abc-1.2_3~/z");
+    }
 }

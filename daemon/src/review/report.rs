@@ -3,9 +3,19 @@
 //! and the builder's identity) and `report.md` (a PR comment in
 //! nixpkgs-review's shape). Pure: the caller reads the quarantine.
 //!
-//! What the guest claims is checked where the host can: an attr or a test
-//! counts as built only when every output is among the paths the host
-//! verified and quarantined.
+//! The guest's outcome is untrusted input (docs/security.md, "The review
+//! outcome"). [`build`] first cuts it to bounds ([`bounded`]: names
+//! printable and at most [`MAX_NAME_CHARS`], every list capped), then
+//! checks what the host can:
+//! - an attr or a test counts as built only when every output is among the
+//!   paths the host verified and quarantined; a test passes only if its
+//!   outputs are its own (no attr's and no other test's);
+//! - the rebuild set is the host's diff of the two evaluations the VM sent,
+//!   not the VM's own list;
+//! - evidence names only changed attrs that were built and verified; its
+//!   runtime half is computed on the host from the verified outputs'
+//!   references, its build half (the test's `.drv` closure) is the VM's
+//!   word and labelled so.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -34,6 +44,9 @@ pub struct Context<'a> {
     pub max_build: usize,
     /// Verified paths: store path → (NAR hash, NAR size).
     pub verified: &'a BTreeMap<String, (String, u64)>,
+    /// Verified paths' references (rescanned by the host), for the runtime
+    /// evidence.
+    pub references: &'a BTreeMap<String, Vec<String>>,
     pub artifacts: Vec<Artifact>,
 }
 
@@ -58,6 +71,12 @@ pub struct Artifact {
     pub kind: String,
     /// Where the page serves it (relative to the web listener).
     pub url: String,
+    /// The output's NAR under the job's quarantine (`nar/<hash>.nar`) and
+    /// the file's contents' offset in it: the page reads just those bytes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub nar: String,
+    #[serde(default)]
+    pub offset: u64,
 }
 
 /// nixpkgs-review's per-system categories.
@@ -78,7 +97,17 @@ pub struct Evidence {
     pub by_test: BTreeMap<String, TestEvidence>,
     /// Per changed attr: the passing tests whose closure holds it.
     pub by_package: BTreeMap<String, Vec<String>>,
+    /// Where each half comes from: `runtime` is verified by the host,
+    /// `build` is reported by the VM.
+    #[serde(default)]
+    pub sources: BTreeMap<String, String>,
 }
+
+/// What [`Evidence::sources`] says.
+pub const RUNTIME_SOURCE: &str =
+    "verified: computed on the host from the references of the outputs it verified";
+pub const BUILD_SOURCE: &str =
+    "reported by the VM (the test's .drv closure, from the VM's evaluation), not verified";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestEvidence {
@@ -117,6 +146,13 @@ pub struct JobInfo {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebuildInfo {
+    /// Where the set comes from: the host's diff of the VM's two
+    /// evaluations, or a list given with the request.
+    #[serde(default)]
+    pub source: String,
+    /// Set when the VM's own rebuild list contradicted its evaluations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub changed: Vec<String>,
     pub removed: Vec<String>,
     pub mass_rebuild: bool,
@@ -155,9 +191,163 @@ impl Report {
     }
 }
 
+/// Most attrs, tests and closure entries read from a guest's outcome.
+pub const MAX_ATTRS: usize = 100_000;
+pub const MAX_TESTS: usize = 10_000;
+pub const MAX_CLOSURE: usize = 100_000;
+/// Most steps of all runtime-closure walks of one report together.
+pub const MAX_CLOSURE_STEPS: usize = 20_000_000;
+/// Most (package, test) pairs in the evidence map.
+pub const MAX_EVIDENCE_PAIRS: usize = 200_000;
+
+/// A name the report may carry: printable, at most [`MAX_NAME_CHARS`].
+fn name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().count() <= MAX_NAME_CHARS
+        && !s
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+}
+
+fn cut(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .take(MAX_NAME_CHARS)
+        .collect()
+}
+
+/// The guest's outcome cut to what the host reads of it: names that are
+/// not printable or longer than [`MAX_NAME_CHARS`] dropped (with what
+/// refers to them), at most [`MAX_ATTRS`] attrs, [`MAX_TESTS`] tests and
+/// [`MAX_CLOSURE`] closure entries per test, reasons cut.
+pub fn bounded(o: &ReviewOutcome) -> ReviewOutcome {
+    let outcome = |x: &Outcome| match x {
+        Outcome::Skipped(why) => Outcome::Skipped(cut(why)),
+        other => other.clone(),
+    };
+    let evals = |m: &BTreeMap<String, super::AttrEval>| {
+        m.iter()
+            .filter(|(a, e)| name_ok(a) && e.outputs.len() <= 64)
+            .take(MAX_ATTRS)
+            .map(|(a, e)| {
+                let mut e = e.clone();
+                e.error = e.error.as_deref().map(cut);
+                (a.clone(), e)
+            })
+            .collect()
+    };
+    let names = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .filter(|a| name_ok(a))
+            .take(MAX_ATTRS)
+            .cloned()
+            .collect()
+    };
+    let closure = |v: &[String]| -> Vec<String> {
+        let mut v: Vec<String> = v
+            .iter()
+            .filter(|a| name_ok(a))
+            .take(MAX_CLOSURE)
+            .cloned()
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    ReviewOutcome {
+        base: evals(&o.base),
+        merged: evals(&o.merged),
+        rebuild: RebuildSet {
+            changed: names(&o.rebuild.changed),
+            removed: names(&o.rebuild.removed),
+            mass_rebuild: o.rebuild.mass_rebuild,
+            build: names(&o.rebuild.build),
+        },
+        attrs: o
+            .attrs
+            .iter()
+            .filter(|a| name_ok(&a.attr) && a.outputs.len() <= 64)
+            .take(MAX_ATTRS)
+            .map(|a| super::ReviewedAttr {
+                outcome: outcome(&a.outcome),
+                ..a.clone()
+            })
+            .collect(),
+        tests: o
+            .tests
+            .iter()
+            .filter(|t| name_ok(&t.attr) && name_ok(&t.of) && t.outputs.len() <= 64)
+            .take(MAX_TESTS)
+            .map(|t| super::ReviewedTest {
+                attr: t.attr.clone(),
+                of: t.of.clone(),
+                drv_path: t.drv_path.clone(),
+                outputs: t.outputs.clone(),
+                nixos: t.nixos,
+                outcome: outcome(&t.outcome),
+                build_closure: closure(&t.build_closure),
+                runtime_closure: closure(&t.runtime_closure),
+            })
+            .collect(),
+        ..o.clone()
+    }
+}
+
+/// The store paths reachable from `from` through the verified paths'
+/// references (the host's own rescan), `from` included.
+/// Each visit spends one unit of `budget`; at zero the walk stops short.
+fn verified_closure<'a>(
+    from: impl IntoIterator<Item = &'a String>,
+    refs: &'a BTreeMap<String, Vec<String>>,
+    budget: &mut usize,
+) -> BTreeSet<&'a str> {
+    let mut seen: BTreeSet<&str> = BTreeSet::new();
+    let mut todo: Vec<&str> = from.into_iter().map(String::as_str).collect();
+    while let Some(p) = todo.pop() {
+        if *budget == 0 {
+            break;
+        }
+        *budget -= 1;
+        if !seen.insert(p) {
+            continue;
+        }
+        if let Some(rs) = refs.get(p) {
+            todo.extend(rs.iter().map(String::as_str).filter(|r| !seen.contains(r)));
+        }
+    }
+    seen
+}
+
 pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
+    let o = &bounded(o);
     let verified = |outs: &BTreeMap<String, String>| {
         !outs.is_empty() && outs.values().all(|p| ctx.verified.contains_key(p))
+    };
+    // Whose outputs are they? A test's outputs must be its own: no attr's
+    // or other test's of another derivation (a test that "passes" by naming
+    // a built package's output is no evidence).
+    let mut owners: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (drv, outs) in o
+        .attrs
+        .iter()
+        .map(|a| (a.drv_path.as_str(), &a.outputs))
+        .chain(
+            o.merged
+                .values()
+                .map(|e| (e.drv_path.as_deref().unwrap_or(""), &e.outputs)),
+        )
+        .chain(o.tests.iter().map(|t| (t.drv_path.as_str(), &t.outputs)))
+    {
+        for p in outs.values() {
+            owners.entry(p.as_str()).or_default().insert(drv);
+        }
+    }
+    let own_outputs = |t: &super::ReviewedTest| {
+        t.outputs.values().all(|p| {
+            owners
+                .get(p.as_str())
+                .is_some_and(|d| d.len() == 1 && d.contains(t.drv_path.as_str()))
+        })
     };
     let mut c = Categories::default();
     let mut skipped_attrs = Vec::new();
@@ -175,7 +365,7 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
     let mut passed = BTreeSet::new();
     for t in &o.tests {
         match &t.outcome {
-            Outcome::Built if verified(&t.outputs) => {
+            Outcome::Built if verified(&t.outputs) && own_outputs(t) => {
                 passed.insert(t.attr.clone());
                 c.tests.push(t.attr.clone());
             }
@@ -224,16 +414,93 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
         v.sort();
         v.dedup();
     }
-    let mut evidence = Evidence::default();
-    for t in o.tests.iter().filter(|t| passed.contains(&t.attr)) {
-        evidence.by_test.insert(
-            t.attr.clone(),
-            TestEvidence {
-                build: t.build_closure.clone(),
-                runtime: t.runtime_closure.clone(),
-            },
+    // The rebuild set: the host's diff of the VM's two evaluations (a
+    // list given with the request otherwise), never the VM's word alone.
+    let (rebuild, rebuild_source, rebuild_note) = if o.base.is_empty() {
+        (
+            o.rebuild.clone(),
+            "the rebuild list given with the request".to_owned(),
+            None,
+        )
+    } else {
+        let mut r = super::rebuild_set(
+            &super::out_paths(&o.base),
+            &super::out_paths(&o.merged),
+            ctx.max_build,
+            ctx.merged_commit.unwrap_or_default(),
         );
-        let all: BTreeSet<&String> = t.build_closure.iter().chain(&t.runtime_closure).collect();
+        r.build.retain(|a| !ctx.skip.contains(a));
+        let note = (r.changed != o.rebuild.changed).then(|| {
+            format!(
+                "the VM reported {} changed attrs, its own evaluations differ in {}; this is the host's diff of them",
+                o.rebuild.changed.len(),
+                r.changed.len()
+            )
+        });
+        (
+            r,
+            "the host's diff of the base and merged evaluations the VM reported".to_owned(),
+            note,
+        )
+    };
+    // Evidence: only changed attrs that were built and verified.
+    let changed_built: BTreeSet<&str> = rebuild
+        .changed
+        .iter()
+        .map(String::as_str)
+        .filter(|a| c.built.binary_search_by(|b| b.as_str().cmp(a)).is_ok())
+        .collect();
+    let outputs_of: BTreeMap<&str, Vec<&str>> = o
+        .attrs
+        .iter()
+        .filter(|a| changed_built.contains(a.attr.as_str()))
+        .map(|a| {
+            (
+                a.attr.as_str(),
+                a.outputs.values().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    let mut evidence = Evidence::default();
+    evidence
+        .sources
+        .insert("runtime".into(), RUNTIME_SOURCE.into());
+    evidence.sources.insert("build".into(), BUILD_SOURCE.into());
+    let mut pairs = 0usize;
+    let mut budget = MAX_CLOSURE_STEPS;
+    for t in o.tests.iter().filter(|t| passed.contains(&t.attr)) {
+        let closure = verified_closure(t.outputs.values(), ctx.references, &mut budget);
+        if budget == 0 {
+            evidence.sources.insert(
+                "cut".into(),
+                format!("the runtime closures took more than {MAX_CLOSURE_STEPS} steps; later tests are left out"),
+            );
+            break;
+        }
+        let runtime: Vec<String> = outputs_of
+            .iter()
+            .filter(|(_, outs)| outs.iter().any(|p| closure.contains(p)))
+            .map(|(a, _)| a.to_string())
+            .collect();
+        let build: Vec<String> = t
+            .build_closure
+            .iter()
+            .filter(|a| changed_built.contains(a.as_str()))
+            .cloned()
+            .collect();
+        let all: BTreeSet<&String> = build.iter().chain(&runtime).collect();
+        // Bounded whatever the guest claims: at most MAX_EVIDENCE_PAIRS
+        // (package, test) entries in all.
+        if pairs + all.len() > MAX_EVIDENCE_PAIRS {
+            evidence.sources.insert(
+                "cut".into(),
+                format!(
+                    "more than {MAX_EVIDENCE_PAIRS} (package, test) pairs; the rest are left out"
+                ),
+            );
+            break;
+        }
+        pairs += all.len();
         for a in all {
             evidence
                 .by_package
@@ -241,18 +508,23 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
                 .or_default()
                 .push(t.attr.clone());
         }
+        evidence
+            .by_test
+            .insert(t.attr.clone(), TestEvidence { build, runtime });
     }
     let RebuildSet {
         changed,
         removed,
         mass_rebuild,
         build,
-    } = o.rebuild.clone();
+    } = rebuild;
     Report {
         pr: ctx.pr,
         system: ctx.system.to_owned(),
         result: BTreeMap::from([(ctx.system.to_owned(), c)]),
         rebuild: RebuildInfo {
+            source: rebuild_source,
+            note: rebuild_note,
             changed,
             removed,
             mass_rebuild,
@@ -306,9 +578,60 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Text for a Markdown code span (a backtick would end it).
-fn code(s: &str) -> String {
-    format!("`{}`", s.replace('`', "'"))
+/// Longest name the report shows of a PR- or guest-chosen string.
+pub const MAX_NAME_CHARS: usize = 1024;
+
+/// A PR- or guest-chosen string (attr and test names, reasons, the guest's
+/// Nix version, …) as inert inline text, safe anywhere in report.md: in
+/// the `<details>` HTML blocks, in table cells, in paragraphs. It is one
+/// `<code>` element (GitHub links no @mention, emoji or URL in code) whose
+/// text has no newline or other control character (a blank line would end
+/// the HTML block), no `<`, `&` or quote (no tag, comment or attribute can
+/// start), and no ASCII punctuation but `-` (no `|` splitting a cell, no
+/// backtick, emphasis, link, autolinked `www.`/`http:`/`@`): each is a
+/// numeric character reference, which CommonMark reads as literal text.
+/// Cut at [`MAX_NAME_CHARS`], with `…`.
+pub fn lit(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 16);
+    out.push_str("<code>");
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX_NAME_CHARS {
+            out.push('\u{2026}');
+            break;
+        }
+        match c {
+            '-' => out.push('-'),
+            c if c.is_ascii_punctuation() => out.push_str(&format!("&#{};", c as u32)),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{FEFF}') => {
+                out.push('\u{FFFD}')
+            }
+            c => out.push(c),
+        }
+    }
+    out.push_str("</code>");
+    out
+}
+
+/// A PR- or guest-chosen string for a plain-text line (the broker's
+/// `BuildResult.output`, which ofborg shows in a code block): one line,
+/// no control characters, no backtick (a run of them could close the
+/// block), cut at [`MAX_NAME_CHARS`].
+pub fn plain(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX_NAME_CHARS {
+            out.push('\u{2026}');
+            break;
+        }
+        match c {
+            '`' => out.push('\''),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{FEFF}') => {
+                out.push('\u{FFFD}')
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `what` is "noun rest": "package built" → "2 packages built".
@@ -328,7 +651,7 @@ fn section(md: &mut String, icon: &str, what: &str, items: &[String]) {
         if n == 1 { "" } else { "s" }
     ));
     for i in items {
-        md.push_str(&format!("    <li>{}</li>\n", esc(i)));
+        md.push_str(&format!("    <li>{}</li>\n", lit(i)));
     }
     md.push_str("  </ul>\n</details>\n");
 }
@@ -339,23 +662,23 @@ pub fn markdown(r: &Report) -> String {
     let mut md = String::new();
     md.push_str(&format!(
         "## airlock review of {} PR #{}\n\n",
-        code(&r.job.repo),
+        lit(&r.job.repo),
         r.pr
     ));
     md.push_str(&format!(
         "Commit {} merged onto {}{}, built in a VM on {} ({} builder{}).\n\n",
-        code(&r.job.head),
-        code(&r.job.base_branch),
+        lit(&r.job.head),
+        lit(&r.job.base_branch),
         r.job
             .base_commit
             .as_deref()
-            .map(|b| format!(" ({})", code(b)))
+            .map(|b| format!(" ({})", lit(b)))
             .unwrap_or_default(),
-        code(&r.builder.identity),
+        lit(&r.builder.identity),
         r.builder.trust,
         r.guest_nix
             .as_deref()
-            .map(|n| format!(", guest {}", code(n)))
+            .map(|n| format!(", guest {}", lit(n)))
             .unwrap_or_default()
     ));
     let rb = &r.rebuild;
@@ -374,7 +697,7 @@ pub fn markdown(r: &Report) -> String {
         ));
     }
     md.push_str("---\n\n");
-    md.push_str(&format!("### {}\n\n", code(&r.system)));
+    md.push_str(&format!("### {}\n\n", lit(&r.system)));
     section(
         &mut md,
         ":fast_forward:",
@@ -416,21 +739,43 @@ pub fn markdown(r: &Report) -> String {
     md.push('\n');
     if !r.evidence.by_package.is_empty() {
         md.push_str("### What the passing tests vouch for\n\n");
+        md.push_str(
+            "*runtime*: the test's verified outputs refer to the package (checked on this \
+             builder); *build*: the package is in the test's build closure as the VM \
+             reported it (not verified).\n\n",
+        );
         md.push_str("| changed package | passing tests whose closure holds it |\n|---|---|\n");
+        let sets: BTreeMap<&str, (BTreeSet<&str>, BTreeSet<&str>)> = r
+            .evidence
+            .by_test
+            .iter()
+            .map(|(t, e)| {
+                (
+                    t.as_str(),
+                    (
+                        e.build.iter().map(String::as_str).collect(),
+                        e.runtime.iter().map(String::as_str).collect(),
+                    ),
+                )
+            })
+            .collect();
         for (pkg, tests) in &r.evidence.by_package {
             let ts: Vec<String> = tests
                 .iter()
                 .map(|t| {
-                    let e = &r.evidence.by_test[t];
-                    let how = match (e.build.contains(pkg), e.runtime.contains(pkg)) {
+                    let (b, rt) = sets
+                        .get(t.as_str())
+                        .map(|(b, rt)| (b.contains(pkg.as_str()), rt.contains(pkg.as_str())))
+                        .unwrap_or((false, false));
+                    let how = match (b, rt) {
                         (true, true) => "build, runtime",
                         (false, true) => "runtime",
                         _ => "build",
                     };
-                    format!("{} ({how})", code(t))
+                    format!("{} ({how})", lit(t))
                 })
                 .collect();
-            md.push_str(&format!("| {} | {} |\n", code(pkg), ts.join(", ")));
+            md.push_str(&format!("| {} | {} |\n", lit(pkg), ts.join(", ")));
         }
         md.push('\n');
     }
@@ -439,9 +784,9 @@ pub fn markdown(r: &Report) -> String {
         for a in &r.artifacts {
             md.push_str(&format!(
                 "- {} {}: {} ({} bytes)\n",
-                code(&a.test),
+                lit(&a.test),
                 a.kind,
-                code(&a.url),
+                lit(&a.url),
                 a.size
             ));
         }
@@ -474,8 +819,10 @@ pub fn summary_lines(r: &Report) -> Vec<String> {
         r.skipped_tests.len()
     )];
     for (pkg, tests) in &r.evidence.by_package {
+        let tests: Vec<String> = tests.iter().map(|t| plain(t)).collect();
         v.push(format!(
-            "airlock review: {pkg} is exercised by {}",
+            "airlock review: {} is exercised by {}",
+            plain(pkg),
             tests.join(", ")
         ));
     }
@@ -550,6 +897,8 @@ mod tests {
         (o, verified)
     }
 
+    static NO_REFS: BTreeMap<String, Vec<String>> = BTreeMap::new();
+
     fn ctx<'a>(verified: &'a BTreeMap<String, (String, u64)>) -> Context<'a> {
         Context {
             job_id: "j1",
@@ -568,6 +917,7 @@ mod tests {
             skip: &[],
             max_build: 10,
             verified,
+            references: &NO_REFS,
             artifacts: vec![],
         }
     }
@@ -593,9 +943,9 @@ mod tests {
 
     #[test]
     fn markdown_names_the_mass_rebuild_and_the_sponsor() {
-        let (mut o, v) = sample();
-        o.rebuild.mass_rebuild = true;
+        let (o, v) = sample();
         let mut c = ctx(&v);
+        c.max_build = 1;
         c.sponsor = Some(Sponsor {
             name: "ACME".into(),
             url: "https://acme.example".into(),
@@ -606,10 +956,218 @@ mod tests {
         assert!(md.contains("**Mass rebuild: 2 attrs changed"), "{md}");
         assert!(md.contains("<summary>:white_check_mark: 2 packages built:</summary>"));
         assert!(
-            md.contains("| `leaf` | `app.passthru.tests.smoke` (build) |"),
+            md.contains(&format!(
+                "| {} | {} (build) |",
+                lit("leaf"),
+                lit("app.passthru.tests.smoke")
+            )),
             "{md}"
         );
         assert!(md.ends_with("contributed by: ACME \u{2013} https://acme.example\n"));
+    }
+
+    /// The shape of rendered Markdown: every element and HTML tag, with
+    /// text left out (CommonMark + GFM tables, as GitHub renders).
+    fn shape(md: &str) -> Vec<String> {
+        use pulldown_cmark::{Event, Options, Parser};
+        let mut out = Vec::new();
+        for e in Parser::new_ext(md, Options::ENABLE_TABLES) {
+            match e {
+                Event::Start(t) => out.push(format!("start {t:?}")),
+                Event::End(t) => out.push(format!("end {t:?}")),
+                Event::Html(h) | Event::InlineHtml(h) => {
+                    // Only the tags: `<name` … and `</name`, and comments.
+                    let h = h.to_string();
+                    let mut rest = h.as_str();
+                    while let Some(i) = rest.find('<') {
+                        let tag: String = rest[i..]
+                            .chars()
+                            .take_while(|c| !c.is_whitespace() && *c != '>')
+                            .collect();
+                        out.push(format!("html {tag}"));
+                        rest = &rest[i + 1..];
+                    }
+                }
+                Event::Code(_) => out.push("code span".into()),
+                Event::SoftBreak | Event::HardBreak => out.push("break".into()),
+                Event::Rule => out.push("rule".into()),
+                Event::Text(_) | Event::FootnoteReference(_) | Event::TaskListMarker(_) => {}
+                other => out.push(format!("{other:?}")),
+            }
+        }
+        // Headings' ids and tables' alignments are part of the tags.
+        out
+    }
+
+    /// Issue 27, item 5: PR-chosen names reach report.md, a PR comment.
+    /// Rendered with a CommonMark + GFM-tables renderer, the report with
+    /// hostile names has exactly the elements of the report with plain
+    /// ones: no Markdown or HTML construct of theirs survives.
+    #[test]
+    fn hostile_names_add_no_element_to_the_comment() {
+        // Names (attrs, tests) must be printable or they are dropped at the
+        // boundary; reasons, the guest's Nix version and file names are cut
+        // and shown.
+        let hostile = [
+            "tart|<img src=//evil/x>",
+            "@NixOS/security please merge",
+            "<!-- hide the rest",
+            "![pixel](https://evil.example/t.png)",
+            "`code` *emph* __strong__ ~~gone~~ www.evil.example http://evil.example",
+            "x\n\n## Approved by the security team\n\n[log in](https://evil.example)",
+            "</code></li></ul></details><script>alert(1)</script>",
+            "a\r\u{2028}b\u{0}c &amp; &#124; \\| :smile:",
+        ];
+        let render = |names: &[String]| {
+            let (mut o, v) = sample();
+            let (app, leaf) = (names[0].clone(), names[1].clone());
+            let rename = |s: &str| match s {
+                "app" => app.clone(),
+                "leaf" => leaf.clone(),
+                s => s.to_owned(),
+            };
+            for a in &mut o.attrs {
+                a.attr = rename(&a.attr);
+            }
+            o.base = o.base.iter().map(|(a, e)| (rename(a), e.clone())).collect();
+            o.merged = o
+                .merged
+                .iter()
+                .map(|(a, e)| (rename(a), e.clone()))
+                .collect();
+            o.rebuild.changed = o.rebuild.changed.iter().map(|a| rename(a)).collect();
+            o.rebuild.build = o.rebuild.build.iter().map(|a| rename(a)).collect();
+            for (i, t) in o.tests.iter_mut().enumerate() {
+                t.attr = names[2 + i].clone();
+                t.of = rename(&t.of);
+                t.build_closure = t.build_closure.iter().map(|a| rename(a)).collect();
+                t.runtime_closure = t.runtime_closure.iter().map(|a| rename(a)).collect();
+                if let Outcome::Skipped(_) = t.outcome {
+                    t.outcome = Outcome::Skipped(names[5].clone());
+                }
+            }
+            let mut c = ctx(&v);
+            c.guest_nix = Some(&names[6]);
+            c.artifacts = vec![Artifact {
+                test: names[2].clone(),
+                store_path: "/nix/store/t-smoke".into(),
+                url: format!("/jobs/j1/artifacts/t-smoke/{}", names[7]),
+                file: names[7].clone(),
+                size: 1,
+                kind: "image".into(),
+                nar: String::new(),
+                offset: 0,
+            }];
+            markdown(&build(&o, c))
+        };
+        let plain: Vec<String> = (0..8).map(|i| format!("name{i}")).collect();
+        let evil: Vec<String> = hostile.iter().map(|s| s.to_string()).collect();
+        let (md_plain, md_evil) = (render(&plain), render(&evil));
+        assert_eq!(shape(&md_evil), shape(&md_plain), "{md_evil}");
+        // And the text is still there to read, once each where it was.
+        let mut html = String::new();
+        pulldown_cmark::html::push_html(
+            &mut html,
+            pulldown_cmark::Parser::new_ext(&md_evil, pulldown_cmark::Options::ENABLE_TABLES),
+        );
+        assert!(html.contains("@NixOS/security please merge"), "{html}");
+        assert!(
+            md_evil.contains("<table>") || md_evil.contains("|---|---|"),
+            "{md_evil}"
+        );
+        assert!(!html.contains("<img") && !html.contains("<script") && !html.contains("<!--"));
+        // The summary lines for the broker: one line each, no backtick.
+        let (mut o, v) = sample();
+        o.tests[0].attr = hostile[0].into();
+        for l in summary_lines(&build(&o, ctx(&v))) {
+            assert!(!l.contains('\n') && !l.contains('`'), "{l:?}");
+        }
+    }
+
+    /// Issue 27, item 4: what the host can check, it checks.
+    #[test]
+    fn the_host_checks_what_the_guest_claims() {
+        let (mut o, v) = sample();
+        // A "test" whose output is a built package's own output.
+        o.tests[2].outputs = BTreeMap::from([("out".into(), "/nix/store/b-app".into())]);
+        // The guest claims evidence for attrs that were not built, and a
+        // runtime closure the references do not show.
+        o.tests[0].build_closure = vec!["app".into(), "bad".into(), "unrelated".into()];
+        o.tests[0].runtime_closure = vec!["app".into(), "leaf".into()];
+        // And a rebuild list its own evaluations contradict.
+        o.rebuild.changed = vec!["app".into()];
+        let refs = BTreeMap::from([
+            (
+                "/nix/store/t-smoke".to_owned(),
+                vec!["/nix/store/b-app".to_owned()],
+            ),
+            ("/nix/store/b-app".to_owned(), vec![]),
+        ]);
+        let mut c = ctx(&v);
+        c.references = &refs;
+        let r = build(&o, c);
+        let cats = r.categories();
+        assert!(
+            cats.failed.contains(&"app.passthru.tests.lying".to_owned()),
+            "{cats:?}"
+        );
+        assert!(!cats.tests.contains(&"app.passthru.tests.lying".to_owned()));
+        assert_eq!(r.rebuild.changed, ["app", "leaf"], "the host's diff");
+        assert!(r.rebuild.note.is_some());
+        let e = &r.evidence.by_test["app.passthru.tests.smoke"];
+        assert_eq!(e.runtime, ["app"], "from the verified references only");
+        assert_eq!(e.build, ["app"], "only changed attrs that were built");
+        assert_eq!(
+            r.evidence.by_package.keys().collect::<Vec<_>>(),
+            ["app"],
+            "{:?}",
+            r.evidence
+        );
+        assert_eq!(r.evidence.sources["runtime"], RUNTIME_SOURCE);
+        assert_eq!(r.evidence.sources["build"], BUILD_SOURCE);
+        let md = markdown(&r);
+        assert!(md.contains("as the VM reported it (not verified)"), "{md}");
+    }
+
+    /// Issue 27, items 1 and 3: a test's name was copied once per closure
+    /// entry (a 152 KiB outcome became 1 GiB), and report.md scanned the
+    /// closures per package (40k x 2 entries: 14 s, x4 per doubling).
+    #[test]
+    fn a_huge_outcome_gives_a_bounded_report() {
+        let (mut o, v) = sample();
+        let long = "t".repeat(MAX_NAME_CHARS);
+        for t in &mut o.tests {
+            t.attr = format!("{}{}", t.attr, &long[..MAX_NAME_CHARS - t.attr.len()]);
+            t.build_closure = (0..40_000).map(|i| format!("pkg{i}")).collect();
+            t.build_closure.push("leaf".into());
+            t.runtime_closure = t.build_closure.clone();
+        }
+        o.tests[0].attr.push('x'); // over the limit: dropped
+        let outcome_bytes = serde_json::to_vec(&o).unwrap().len();
+        let t0 = std::time::Instant::now();
+        let r = build(&o, ctx(&v));
+        let md = markdown(&r);
+        let json = serde_json::to_vec(&r).unwrap();
+        println!(
+            "outcome {outcome_bytes} bytes: report.json {} bytes, report.md {} bytes, in {:?}",
+            json.len(),
+            md.len(),
+            t0.elapsed()
+        );
+        assert!(json.len() < 64 << 10, "{}", json.len());
+        assert!(md.len() < 64 << 10, "{}", md.len());
+        assert!(
+            r.evidence.by_package.len() <= 2,
+            "{:?}",
+            r.evidence.by_package.keys()
+        );
+    }
+
+    #[test]
+    fn long_names_are_cut() {
+        let l = lit(&"a".repeat(5000));
+        assert!(l.chars().count() < MAX_NAME_CHARS + 20, "{}", l.len());
+        assert!(plain(&"b".repeat(5000)).ends_with('\u{2026}'));
     }
 
     #[test]
