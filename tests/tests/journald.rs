@@ -102,47 +102,36 @@ fn journald_entries_carry_the_jobs_fields() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        // A job whose repository does not exist: it ends at the checkout,
-        // logging inside its span (no VM needed).
-        let out = ctl(&[
-            "--json",
-            "submit",
-            "--repo",
-            "/nonexistent/repo",
-            "--head",
-            "e9872fa30caac57c69bfac8667e6c21254603df1",
-            "--pr",
-            "4242",
-            "--attr",
-            "leaf",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let id = v["id"].as_str().unwrap().to_owned();
+        // Jobs whose repository does not exist: they end at the checkout,
+        // logging inside their span (no VM needed).
+        let submit = |pr: &str, attr: &str| {
+            let out = ctl(&[
+                "--json",
+                "submit",
+                "--repo",
+                "/nonexistent/repo",
+                "--head",
+                "e9872fa30caac57c69bfac8667e6c21254603df1",
+                "--pr",
+                pr,
+                "--attr",
+                attr,
+            ]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["id"].as_str().unwrap().to_owned()
+        };
+        let id = submit("4242", "leaf");
         ctl(&["wait", &id, "--timeout", "60"]);
         // A second job, held by a drain and cancelled while queued: its
         // "job queued", "cancel requested" and "cancelled before it
         // started" entries.
         assert!(ctl(&["drain"]).status.success());
-        let out = ctl(&[
-            "--json",
-            "submit",
-            "--repo",
-            "/nonexistent/repo",
-            "--head",
-            "e9872fa30caac57c69bfac8667e6c21254603df1",
-            "--pr",
-            "4243",
-            "--attr",
-            "chain",
-        ]);
-        assert!(out.status.success());
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let held = v["id"].as_str().unwrap().to_owned();
+        let held = submit("4243", "chain");
         assert!(ctl(&["cancel", &held]).status.success());
         ctl(&["wait", &held, "--timeout", "60"]);
         let read = |job: &str| {

@@ -594,20 +594,11 @@ pub const MAX_NAME_CHARS: usize = 1024;
 pub fn lit(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 16);
     out.push_str("<code>");
-    for (i, c) in s.chars().enumerate() {
-        if i == MAX_NAME_CHARS {
-            out.push('\u{2026}');
-            break;
-        }
-        match c {
-            '-' => out.push('-'),
-            c if c.is_ascii_punctuation() => out.push_str(&format!("&#{};", c as u32)),
-            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{FEFF}') => {
-                out.push('\u{FFFD}')
-            }
-            c => out.push(c),
-        }
-    }
+    clean(s, &mut out, |c, out| match c {
+        '-' => out.push('-'),
+        c if c.is_ascii_punctuation() => out.push_str(&format!("&#{};", c as u32)),
+        c => out.push(c),
+    });
     out.push_str("</code>");
     out
 }
@@ -618,20 +609,27 @@ pub fn lit(s: &str) -> String {
 /// block), cut at [`MAX_NAME_CHARS`].
 pub fn plain(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    clean(s, &mut out, |c, out| {
+        out.push(if c == '`' { '\'' } else { c })
+    });
+    out
+}
+
+/// `s` into `out` through `each`, cut at [`MAX_NAME_CHARS`] with `…`;
+/// control characters, line and paragraph separators and BOMs become
+/// U+FFFD before `each` sees them.
+fn clean(s: &str, out: &mut String, each: impl Fn(char, &mut String)) {
     for (i, c) in s.chars().enumerate() {
         if i == MAX_NAME_CHARS {
             out.push('\u{2026}');
             break;
         }
-        match c {
-            '`' => out.push('\''),
-            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{FEFF}') => {
-                out.push('\u{FFFD}')
-            }
-            c => out.push(c),
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{FEFF}') {
+            out.push('\u{FFFD}');
+        } else {
+            each(c, out);
         }
     }
-    out
 }
 
 /// `what` is "noun rest": "package built" → "2 packages built".
