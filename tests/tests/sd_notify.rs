@@ -132,6 +132,14 @@ impl Notified {
     }
 }
 
+/// A test that fails mid-way leaves no airlockd behind.
+impl Drop for Notified {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// READY=1 only once the API socket accepts (issue 27, item 15): a client
 /// that connects the moment READY arrives always gets in. Before, airlockd
 /// bound the socket in a task spawned after READY, and 3 of 8 starts here
