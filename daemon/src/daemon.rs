@@ -309,16 +309,10 @@ impl Daemon {
         self.running.load(Ordering::SeqCst)
     }
 
-    /// Serve the admin and local-intake API on `socket`: the D-Bus
-    /// interface of [`crate::dbus`], peer to peer.
-    pub async fn serve(self: Arc<Self>, socket: &Path) -> Result<(), Error> {
-        crate::dbus::serve_p2p(self, socket)
-            .await
-            .map_err(|e| Error::Listen(socket.display().to_string(), e))
-    }
-
-    /// Bind the API socket now (it accepts connections when this returns),
-    /// serving it on the runtime: what airlockd does before `READY=1`.
+    /// Bind the admin and local-intake API on `socket` now (it accepts
+    /// connections when this returns) and serve it on the runtime: the
+    /// D-Bus interface of [`crate::dbus`], peer to peer. airlockd does this
+    /// before `READY=1`.
     pub fn bind_and_serve(
         self: &Arc<Self>,
         socket: &Path,

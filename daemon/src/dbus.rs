@@ -6,7 +6,7 @@
 //! prints); job changes are the `JobChanged` signal.
 //!
 //! The same interface is also served peer-to-peer (no bus daemon) on
-//! airlockd's unix socket (`socket`, [`serve_p2p`]): that is how
+//! airlockd's unix socket (`socket`, [`bind_p2p`], [`serve_listener`]): that is how
 //! `airlockctl` talks to airlockd by default, and where local jobs are
 //! submitted. `airlockctl --bus system` uses the system bus instead. Either
 //! way every operation is one method of this interface.
@@ -287,14 +287,6 @@ pub async fn serve(d: Arc<Daemon>, address: &str) -> Result<zbus::Connection, Er
     Ok(conn)
 }
 
-/// Serve the interface peer-to-peer on a unix socket (no bus daemon): one
-/// D-Bus connection per client, authenticated by the kernel's peer
-/// credentials; the socket's file mode decides who may connect.
-pub async fn serve_p2p(d: Arc<Daemon>, socket: &std::path::Path) -> std::io::Result<()> {
-    let l = bind_p2p(socket)?;
-    serve_listener(d, l).await
-}
-
 /// The mode of the API socket, whatever the umask: root (the owner) and the
 /// socket's group (`airlock-admin` where that group exists) only. Anyone
 /// who can connect can drain, cancel and submit.
@@ -334,7 +326,10 @@ pub fn bind_p2p(socket: &std::path::Path) -> std::io::Result<tokio::net::UnixLis
     Ok(l)
 }
 
-/// Accept API clients on a socket [`bind_p2p`] bound, for ever.
+/// Serve the interface peer-to-peer on a socket [`bind_p2p`] bound (no
+/// bus daemon), for ever: one D-Bus connection per client, authenticated
+/// by the kernel's peer credentials; the socket's file mode decides who may
+/// connect, and a non-root peer may not `Release` or `Gc`.
 pub async fn serve_listener(d: Arc<Daemon>, l: tokio::net::UnixListener) -> std::io::Result<()> {
     loop {
         let (stream, _) = match l.accept().await {
