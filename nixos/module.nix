@@ -101,10 +101,17 @@ let
     )
   );
   networkEnabled = get [ "network" "enabled" ] true;
-  # vm.user (cloud-hypervisor only): airlockd starts the VMM and virtiofsd
-  # as that user and hands it its VM's files, so it must switch users and
-  # change owners, and the VMM user must be able to walk into the state dir.
-  vmUser = get [ "vm" "user" ] "" != "";
+  # vm.user (default airlock-vm): airlockd starts the VMM (QEMU or
+  # cloud-hypervisor) and virtiofsd as that user and hands it its VM's
+  # files, so it must switch users and change owners, and the VMM user must
+  # be able to walk into the state dir. Empty: the VMMs run as root.
+  vmUserName = get [ "vm" "user" ] "";
+  vmUser = vmUserName != "";
+  vmAsRoot = vmUserName == "" || vmUserName == "root" || lib.hasPrefix "0:" vmUserName;
+  # The signing key reaches airlockd as a systemd credential (a copy only
+  # airlockd's unit can read, in /run/credentials/airlockd.service); the
+  # file it came from is hidden from airlockd and so from every VMM.
+  signingKey = get [ "release" "signing_key_file" ] null;
   vmUserCaps = lib.optionals vmUser [
     "CAP_SETUID"
     "CAP_SETGID"
@@ -337,6 +344,9 @@ in
         state_dir = mkDefault "/var/lib/airlock";
         socket = mkDefault "/run/airlock/airlockd.sock";
         vm = {
+          # The VMMs run as their own user, never root (a signing key needs
+          # that: docs/security.md).
+          user = mkDefault "airlock-vm";
           image_dir = mkDefault "${cfg.guestImage}";
           # Absolute store paths: the config, not PATH, says what runs VMs.
           agent = mkDefault "${cfg.package}/bin/airlock-agent";
@@ -356,6 +366,10 @@ in
       {
         assertion = get [ "trust" ] "community" != "trusted" || get [ "release" "signing_key_file" ] null != null;
         message = daemonSays ''trust = "trusted" needs release.signing_key_file (or --signing-key-file)'';
+      }
+      {
+        assertion = signingKey == null || !vmAsRoot;
+        message = daemonSays "release.signing_key_file needs vm.user (a user other than root): a VMM running as airlockd's user could read the signing key";
       }
       {
         assertion =
@@ -417,6 +431,15 @@ in
       ))
     ];
     users.groups.airlock-admin = { };
+    # The VMMs' user: /dev/kvm through group kvm, its TAPs by ownership,
+    # its VM's files handed over by airlockd; nothing else of airlock's.
+    users.users.airlock-vm = mkIf (vmUserName == "airlock-vm") {
+      isSystemUser = true;
+      group = "airlock-vm";
+      extraGroups = [ "kvm" ];
+      description = "airlock VMMs (QEMU, cloud-hypervisor, virtiofsd)";
+    };
+    users.groups.airlock-vm = mkIf (vmUserName == "airlock-vm") { };
     # The rendered file, for reading and for `airlockd --check-config /etc/airlock/airlock.toml`.
     environment.etc."airlock/airlock.toml".source = configFile;
 
@@ -458,7 +481,14 @@ in
         # airlockd sends READY=1 once its intake and API are up.
         Type = "notify";
         NotifyAccess = "main";
-        ExecStart = "${cfg.package}/bin/airlockd --config ${configFile}";
+        # With a signing key, airlockd reads the credential's copy (%d is
+        # the credentials directory); release.signing_key_file in the
+        # config file still names the operator's file.
+        ExecStart =
+          "${cfg.package}/bin/airlockd --config ${configFile}"
+          + lib.optionalString (signingKey != null) " --signing-key-file %d/signing-key";
+        LoadCredential = lib.optional (signingKey != null) "signing-key:${toString signingKey}";
+        InaccessiblePaths = lib.optional (signingKey != null) "-${toString signingKey}";
         Restart = "on-failure";
         RestartSec = "10s";
         # SIGTERM to airlockd only: it stops taking jobs and lets running
@@ -479,8 +509,9 @@ in
         User = "root";
         Group = "root";
         # CAP_NET_ADMIN: TAP devices, their addresses and routes (netlink),
-        # the nftables table, the ip_forward sysctl. The VMMs it starts
-        # inherit it (cloud-hypervisor attaches to the TAP).
+        # the nftables table, the ip_forward sysctl. VMMs started as
+        # vm.user lose every capability at the user switch (they attach to
+        # TAPs their user owns); with vm.user = "" they would keep it.
         # CAP_NET_BIND_SERVICE only when cache.listen or
         # github.webhook_listen is a port below 1024.
         # CAP_SETUID, CAP_SETGID, CAP_CHOWN only with vm.user (see vmUser).
@@ -505,7 +536,9 @@ in
         ];
         UMask = "0077";
 
-        # Devices: only the VMs' own, nothing else.
+        # Devices: only the VMs' own, nothing else. Each job's VMM runs in
+        # its own unit, airlock-job-<id>.service, which airlockd gives the
+        # same DevicePolicy and DeviceAllow (daemon/src/supervise.rs).
         DevicePolicy = "closed";
         DeviceAllow = [
           "/dev/kvm rw"

@@ -16,6 +16,10 @@ pub enum Error {
 }
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Why a signing key needs `vm.user`: a VMM with airlockd's user (root)
+/// could open the key file.
+pub const VM_USER_FOR_KEY: &str = "release.signing_key_file needs vm.user (a user other than root): a VMM running as airlockd's user could read the signing key";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -581,8 +585,9 @@ pub struct VmConfig {
     /// cloud-hypervisor: Landlock the VMM to the VM's own files where the
     /// kernel has Landlock (airlockd says at start if it has not).
     pub landlock: bool,
-    /// cloud-hypervisor: run the VMM (and virtiofsd) as this user, `NAME`
-    /// or `UID:GID`; empty: as airlockd. It needs `/dev/kvm` (group `kvm`).
+    /// Run the VMM (QEMU or cloud-hypervisor, and virtiofsd) as this user,
+    /// `NAME` or `UID:GID`; empty: as airlockd. It needs `/dev/kvm` (group
+    /// `kvm`). Required (and not root) with a signing key.
     pub user: String,
 }
 
@@ -752,6 +757,11 @@ impl Config {
                 "trust = \"trusted\" needs release.signing_key_file (or --signing-key-file)".into(),
             ));
         }
+        let vmm_as_root =
+            matches!(self.vm.user.as_str(), "" | "root") || self.vm.user.starts_with("0:");
+        if self.release.signing_key_file.is_some() && vmm_as_root {
+            return Err(Error::Invalid(VM_USER_FOR_KEY.into()));
+        }
         if self.vm.memory_mib < 256 || self.vm.vcpus == 0 {
             return Err(Error::Invalid(
                 "vm.memory_mib must be >= 256 and vm.vcpus >= 1".into(),
@@ -903,5 +913,24 @@ mod tests {
         assert_eq!(c.vm.memory_mib, 1024);
         assert!(toml::from_str::<Config>("max_job = 2\n").is_err());
         assert!(toml::from_str::<Config>("[vm]\naccel = \"fast\"\n").is_err());
+    }
+
+    #[test]
+    fn a_signing_key_needs_a_vmm_user_other_than_root() {
+        let with = |user: &str| {
+            let mut c = Config::default();
+            c.release.signing_key_file = Some("/k".into());
+            c.vm.user = user.into();
+            c.check()
+        };
+        for root in ["", "root", "0:0", "0:36"] {
+            let e = with(root).unwrap_err().to_string();
+            assert!(e.contains(VM_USER_FOR_KEY), "{root:?}: {e}");
+        }
+        for user in ["airlock-vm", "65534:65534", "1000:0"] {
+            with(user).unwrap();
+        }
+        // No key, no rule (the VMM may run as airlockd's user).
+        Config::default().check().unwrap();
     }
 }

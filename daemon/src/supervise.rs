@@ -13,7 +13,11 @@
 //! scope: `systemctl status airlock-job-<id>` then works without a suffix,
 //! and the unit outlives the moments with no process (a scope ends when it
 //! is empty). The job's limits are unit properties: `MemoryMax`,
-//! `CPUQuotaPerSecUSec`, `TasksMax` and, if configured, `IOWeight`.
+//! `CPUQuotaPerSecUSec`, `TasksMax`, `DevicePolicy=closed` with
+//! `DeviceAllow=` [`VMM_DEVICES`] and, if configured, `IOWeight`. A VMM
+//! joins its unit before its guest runs (QEMU starts with its vCPUs
+//! stopped; cloud-hypervisor boots on an API call), so the guest never
+//! runs outside these limits.
 //! `systemctl stop airlock-job-<id>` kills the VM; airlockd notices the unit
 //! is no longer active and reports the job cancelled, as `airlockctl cancel`.
 //!
@@ -102,6 +106,9 @@ impl JobUnit {
         }
     }
 }
+
+/// The device nodes a job's VMM may open (`DeviceAllow=`, read-write).
+pub const VMM_DEVICES: [&str; 3] = ["/dev/kvm", "/dev/net/tun", "/dev/vhost-net"];
 
 /// The name an admin types: `airlock-job-<id>.service`.
 pub fn unit_name(id: &str) -> String {
@@ -348,6 +355,19 @@ impl SystemdUnits {
             ("TimeoutStopUSec", Value::from(10_000_000u64)),
             // systemd moves processes only into delegated units.
             ("Delegate", Value::from(true)),
+            // The VMM's devices: KVM, TAPs, vhost-net, and the pseudo
+            // devices `closed` keeps (null, zero, urandom, …); airlockd's
+            // own unit has the same list, but the VMM is not in it.
+            ("DevicePolicy", Value::from("closed")),
+            (
+                "DeviceAllow",
+                Value::from(
+                    VMM_DEVICES
+                        .iter()
+                        .map(|d| (d.to_string(), "rw".to_string()))
+                        .collect::<Vec<_>>(),
+                ),
+            ),
         ];
         if !self.slice.is_empty() {
             props.push(("Slice", Value::from(self.slice.clone())));

@@ -123,6 +123,7 @@ async fn throughput(broker: &Broker, n: usize) {
             binary: "unused".into(),
             machine: "q35".into(),
             accel: "tcg".into(),
+            run_as: None,
         }),
         store: store.clone(),
         sink: sink.clone(),

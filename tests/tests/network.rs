@@ -189,11 +189,19 @@ fn only_fixed_output_derivations_reach_the_internet() {
     let topo = Topology::up();
     let before = topo.operator_table();
     assert!(before.contains("tcp dport 2222"));
-    let d = Daemon::start_in_netns(&topo.host, CONFIG);
+    // The VMMs run as their own user (the NixOS module's default), and
+    // attach to TAPs that user owns.
+    let d = Daemon::start_in_netns_with_vm(&topo.host, &format!("user = \"{VM_USER}\"\n"), CONFIG);
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
 
     // Holds slot 0's network while the attacker (slot 1) probes it.
     let sleeper = d.submit(&repo, &head, &["net.sleeper"]);
+    let vmm = d.vmm_status(&sleeper, 300);
+    assert!(
+        vmm.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
+            == ["Uid:", "65534", "65534", "65534", "65534"]),
+        "{vmm}"
+    );
     std::thread::sleep(std::time::Duration::from_secs(2));
     let attrs = [
         "net.fetch-ok",

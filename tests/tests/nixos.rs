@@ -623,6 +623,15 @@ const BAD: &[Bad] = &[
         daemon: Some(("trust = \"trusted\"\n", true)),
     },
     Bad {
+        name: "signing_key_with_a_root_vmm",
+        nix: r#"release.signingKeyFile = "/run/secrets/airlock/signing-key"; settings.vm.user = "";"#,
+        says: "release.signing_key_file needs vm.user (a user other than root): a VMM running as airlockd's user could read the signing key",
+        daemon: Some((
+            "[release]\nsigning_key_file = \"/run/secrets/airlock/signing-key\"\n[vm]\nuser = \"root\"\n",
+            true,
+        )),
+    },
+    Bad {
         name: "webhook_without_secret",
         nix: r#"settings.github.webhook_listen = "0.0.0.0:8443";"#,
         says: "github.webhook_listen needs github.webhook_secret_file",

@@ -79,6 +79,37 @@ fn label_unlocks_signed_cache_for_real_nix() {
     }
 
     let id = d.submit_pr(&repo, &head, 1234, Some(REPO), &["chain", "fod-local"]);
+    // The VMM runs as vm.user, with no capabilities, and cannot open the
+    // signing key (issue 27, item 11).
+    let vmm = d.vmm_status(&id, 300);
+    let field = |k: &str| {
+        vmm.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or_else(|| panic!("{k} in {vmm}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    let (uid, gid) = VM_USER.split_once(':').unwrap();
+    assert_eq!(field("Uid:"), [uid; 4], "{vmm}");
+    assert_eq!(field("Gid:"), [gid; 4], "{vmm}");
+    assert_eq!(field("Groups:"), [gid], "{vmm}");
+    assert_eq!(field("CapEff:"), ["0000000000000000"], "{vmm}");
+    assert_eq!(field("CapPrm:"), ["0000000000000000"], "{vmm}");
+    let open = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("cat")
+            .arg(&s.sk)
+            .uid(uid.parse().unwrap())
+            .gid(gid.parse().unwrap())
+            .output()
+            .unwrap()
+    };
+    assert!(!open.status.success(), "vm.user read the signing key");
+    assert!(
+        String::from_utf8_lossy(&open.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&open.stderr)
+    );
     let rec = d.wait(&id, JOB_LIMIT);
     assert_eq!(status(&rec), "Success", "{rec:#}");
     let paths: Vec<String> = serde_json::from_value(rec["result"]["store_paths"].clone()).unwrap();

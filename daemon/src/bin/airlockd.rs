@@ -137,18 +137,31 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
     let img = cfg.vm.image_dir.clone();
-    let run_as = match (&cfg.vm.backend, cfg.vm.user.as_str()) {
-        (_, "") => None,
-        (Backend::CloudHypervisor, u) => Some(RunAs::parse(u).map_err(|e| anyhow::anyhow!(e))?),
-        (Backend::Qemu, _) => {
-            anyhow::bail!("vm.user is supported with vm.backend = \"cloud-hypervisor\" only")
-        }
+    let run_as = match cfg.vm.user.as_str() {
+        "" => None,
+        u => Some(RunAs::parse(u).map_err(|e| anyhow::anyhow!(e))?),
     };
+    if let Some(r) = &run_as {
+        if r.uid == 0 && cfg.release.signing_key_file.is_some() {
+            anyhow::bail!("{}", airlock::config::VM_USER_FOR_KEY);
+        }
+        r.open_the_way(&[
+            &cfg.state_dir,
+            &cfg.jobs_dir(),
+            &cfg.state_dir.join("probe"),
+        ])
+        .map_err(|e| anyhow::anyhow!(e))?;
+    }
     let backend: Arc<dyn VmBackend> = match cfg.vm.backend {
         Backend::Qemu => {
+            let q = Qemu {
+                binary: cfg.vm.qemu.clone(),
+                machine: cfg.vm.machine.clone(),
+                accel: String::new(),
+                run_as: run_as.clone(),
+            };
             let (accel, why) = probe_accel(
-                &cfg.vm.qemu,
-                &cfg.vm.machine,
+                &q,
                 cfg.vm.accel,
                 &img.join("vmlinux"),
                 &img.join("initrd.gz"),
@@ -156,12 +169,8 @@ async fn main() -> anyhow::Result<()> {
                 Duration::from_secs(cfg.vm.probe_timeout_secs),
             )
             .await;
-            info!(%accel, reason = %why, requested = ?cfg.vm.accel, "VM backend qemu, accelerator chosen");
-            Arc::new(Qemu {
-                binary: cfg.vm.qemu.clone(),
-                machine: cfg.vm.machine.clone(),
-                accel,
-            })
+            info!(%accel, reason = %why, requested = ?cfg.vm.accel, user = ?run_as.as_ref().map(|r| r.uid), "VM backend qemu, accelerator chosen");
+            Arc::new(Qemu { accel, ..q })
         }
         Backend::CloudHypervisor => {
             let landlock = cfg.vm.landlock

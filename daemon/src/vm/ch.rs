@@ -169,10 +169,7 @@ impl CloudHypervisor {
     /// The user switch (if any) and death with airlockd, for every process
     /// of the VM.
     fn confine(&self, cmd: &mut Command) {
-        match &self.run_as {
-            Some(r) => r.apply(cmd),
-            None => super::die_with_parent(cmd),
-        }
+        super::confine(self.run_as.as_ref(), cmd)
     }
 
     /// The VMM's command line: the API socket, the event stream, seccomp on.
@@ -347,7 +344,7 @@ impl VmBackend for CloudHypervisor {
             }
             files.remove();
             if let Err(e) = std::fs::create_dir(&files.dir).and_then(|()| match &self.run_as {
-                Some(r) => r.give(spec, &files.dir),
+                Some(r) => r.give(spec, Some(&files.dir)),
                 None => Ok(()),
             }) {
                 files.remove();

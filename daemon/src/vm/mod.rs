@@ -248,11 +248,108 @@ impl RunAs {
         })
     }
 
-    /// Give the VM's writable files (its logs, its read-write disks) and
-    /// `dir` (its sockets) to this user.
-    pub fn give(&self, spec: &VmSpec, dir: &std::path::Path) -> std::io::Result<()> {
+    /// May this user do `want` (a mask of `r`/`w`/`x` as 4/2/1) to a file
+    /// with this owner, group and mode? (The kernel's DAC check, without
+    /// capabilities: the VMM has none once it is this user.)
+    pub fn may(&self, owner: u32, group: u32, mode: u32, want: u32) -> bool {
+        let bits = if self.uid == 0 {
+            return true;
+        } else if owner == self.uid {
+            mode >> 6
+        } else if group == self.gid || self.groups.contains(&group) {
+            mode >> 3
+        } else {
+            mode
+        };
+        bits & want == want
+    }
+
+    fn may_path(&self, p: &std::path::Path, want: u32) -> std::io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p)?;
+        Ok(self.may(m.uid(), m.gid(), m.mode(), want))
+    }
+
+    /// The first directory on the way to (and including) `dir` that this
+    /// user cannot search, with its mode and owner, for an error message.
+    pub fn blocked_on_the_way_to(&self, dir: &std::path::Path) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::path::absolute(dir).ok()?;
+        for d in dir.ancestors().collect::<Vec<_>>().into_iter().rev() {
+            let Ok(m) = std::fs::metadata(d) else {
+                return Some(format!("{} is missing", d.display()));
+            };
+            if !self.may(m.uid(), m.gid(), m.mode(), 1) {
+                return Some(format!(
+                    "{} (mode {:04o}, owner {}:{}) is not searchable by uid {}",
+                    d.display(),
+                    m.mode() & 0o7777,
+                    m.uid(),
+                    m.gid(),
+                    self.uid
+                ));
+            }
+        }
+        None
+    }
+
+    /// Let this user search (not list) airlockd's own directories that
+    /// lead to its VMs' files (`state_dir`, `jobs/`, `probe/`: mode o+x,
+    /// as the NixOS module's `StateDirectoryMode=0711`), then check that
+    /// it can reach them: a parent that is not airlockd's is named in the
+    /// error, never changed.
+    pub fn open_the_way(&self, own: &[&std::path::Path]) -> std::result::Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        for d in own {
+            std::fs::create_dir_all(d)
+                .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+            let mode = std::fs::metadata(d)
+                .map_err(|e| format!("{}: {e}", d.display()))?
+                .permissions()
+                .mode();
+            if !self.may_path(d, 1).unwrap_or(false) {
+                std::fs::set_permissions(
+                    d,
+                    std::fs::Permissions::from_mode((mode & 0o7777) | 0o001),
+                )
+                .map_err(|e| format!("cannot let vm.user search {}: {e}", d.display()))?;
+                tracing::info!(dir = %d.display(), "made searchable (not readable) for vm.user");
+            }
+        }
+        for d in own {
+            if let Some(why) = self.blocked_on_the_way_to(d) {
+                return Err(format!(
+                    "vm.user (uid {}) cannot reach its VMs' files in {}: {why}; let it search that directory (chmod o+x) or move state_dir",
+                    self.uid,
+                    d.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand the VM's files to this user: its logs and read-write disks
+    /// become its own; read-only disks it cannot read are given to its
+    /// group, read-only; the job's directory (where the logs are) lets its
+    /// group search (not list) it; `dir` (the VMM's socket directory, if
+    /// any) becomes its own. Any other directory on the way to a file must
+    /// already be searchable: it is the operator's, and the error names it.
+    pub fn give(&self, spec: &VmSpec, dir: Option<&std::path::Path>) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
         let own = |p: &std::path::Path| std::os::unix::fs::chown(p, Some(self.uid), Some(self.gid));
-        own(dir)?;
+        let add_group = |p: &std::path::Path, bits: u32| -> std::io::Result<()> {
+            let mode = std::fs::metadata(p)?.permissions().mode() & 0o7777;
+            std::os::unix::fs::chown(p, None, Some(self.gid))?;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode | bits))
+        };
+        if let Some(job_dir) = spec.console_log.parent() {
+            if !self.may_path(job_dir, 1)? {
+                add_group(job_dir, 0o010)?;
+            }
+        }
+        if let Some(d) = dir {
+            own(d)?;
+        }
         for f in [&spec.console_log, &spec.channel_log] {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -260,8 +357,30 @@ impl RunAs {
                 .open(f)?;
             own(f)?;
         }
-        for d in spec.disks.iter().filter(|d| !d.readonly) {
-            own(&d.path)?;
+        for d in &spec.disks {
+            if !d.readonly {
+                own(&d.path)?;
+            } else if !self.may_path(&d.path, 4)? {
+                add_group(&d.path, 0o040)?;
+            }
+        }
+        let files = [&spec.kernel, &spec.initrd, &spec.console_log]
+            .into_iter()
+            .chain(spec.disks.iter().map(|d| &d.path))
+            .filter(|p| !p.as_os_str().is_empty());
+        for f in files {
+            if let Some(why) = f.parent().and_then(|p| self.blocked_on_the_way_to(p)) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("vm.user cannot reach {}: {why}", f.display()),
+                ));
+            }
+            if !self.may_path(f, 4)? {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("vm.user (uid {}) cannot read {}", self.uid, f.display()),
+                ));
+            }
         }
         Ok(())
     }
@@ -290,6 +409,14 @@ impl RunAs {
     }
 }
 
+/// Every process of a VM: as `run_as` if given, and dead with airlockd.
+pub fn confine(run_as: Option<&RunAs>, cmd: &mut tokio::process::Command) {
+    match run_as {
+        Some(r) => r.apply(cmd),
+        None => die_with_parent(cmd),
+    }
+}
+
 /// The child dies with airlockd, even when airlockd is killed with SIGKILL.
 pub fn die_with_parent(cmd: &mut tokio::process::Command) {
     #[allow(unsafe_code)]
@@ -300,5 +427,138 @@ pub fn die_with_parent(cmd: &mut tokio::process::Command) {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn nobody() -> RunAs {
+        RunAs {
+            uid: 65534,
+            gid: 65533,
+            groups: vec![65533, 36],
+        }
+    }
+
+    #[test]
+    fn may_follows_owner_then_group_then_others() {
+        let u = nobody();
+        assert!(u.may(65534, 0, 0o700, 1), "owner bits");
+        assert!(
+            !u.may(65534, 65533, 0o070, 4),
+            "owner bits, even if the group may"
+        );
+        assert!(u.may(0, 36, 0o750, 5), "a supplementary group");
+        assert!(!u.may(0, 0, 0o750, 1), "others");
+        assert!(
+            u.may(0, 0, 0o711, 1) && !u.may(0, 0, 0o711, 4),
+            "search, not list"
+        );
+        assert!(
+            RunAs {
+                uid: 0,
+                gid: 0,
+                groups: vec![]
+            }
+            .may(1, 1, 0, 7),
+            "root"
+        );
+    }
+
+    fn spec_in(dir: &std::path::Path) -> VmSpec {
+        VmSpec {
+            name: "t".into(),
+            kernel: dir.join("vmlinux"),
+            initrd: PathBuf::new(),
+            cmdline: String::new(),
+            memory_mib: 256,
+            vcpus: 1,
+            disks: vec![
+                Disk {
+                    path: dir.join("job/input.img"),
+                    serial: "in".into(),
+                    readonly: true,
+                },
+                Disk {
+                    path: dir.join("job/nix.img"),
+                    serial: "nix".into(),
+                    readonly: false,
+                },
+            ],
+            console_log: dir.join("job/console.log"),
+            channel_log: dir.join("job/channel.log"),
+            pidfile: dir.join("job/vm.pid"),
+            tap: None,
+            shares: vec![],
+            adopt: Adopt::none(),
+        }
+    }
+
+    /// Needs root (chown); the suite runs as root.
+    #[test]
+    fn give_hands_over_only_the_vms_files() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: give_hands_over_only_the_vms_files: needs root (chown)");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711)).unwrap();
+        let job = d.join("job");
+        std::fs::create_dir(&job).unwrap();
+        std::fs::set_permissions(&job, std::fs::Permissions::from_mode(0o700)).unwrap();
+        for (f, mode) in [
+            ("vmlinux", 0o644),
+            ("job/input.img", 0o600),
+            ("job/nix.img", 0o600),
+            ("job/build.log", 0o600),
+        ] {
+            std::fs::write(d.join(f), b"x").unwrap();
+            std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let u = nobody();
+        let spec = spec_in(d);
+        u.give(&spec, None).unwrap();
+        let meta = |f: &str| std::fs::metadata(d.join(f)).unwrap();
+        let m = meta("job");
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o777),
+            (0, u.gid, 0o710),
+            "search, not list"
+        );
+        let m = meta("job/input.img");
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o777),
+            (0, u.gid, 0o640),
+            "read-only stays read-only"
+        );
+        let m = meta("job/nix.img");
+        assert_eq!((m.uid(), m.mode() & 0o777), (u.uid, 0o600));
+        for f in ["job/console.log", "job/channel.log"] {
+            assert_eq!(meta(f).uid(), u.uid, "{f}");
+        }
+        let m = meta("job/build.log");
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o777),
+            (0, 0, 0o600),
+            "not the VM's"
+        );
+        assert_eq!(meta("vmlinux").uid(), 0, "readable already: untouched");
+
+        // A directory on the way that is not airlockd's to change is named.
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = u.give(&spec, None).unwrap_err().to_string();
+        assert!(e.contains(&format!("{} (mode 0700", d.display())), "{e}");
+        let e = u.open_the_way(&[&job]).unwrap_err();
+        assert!(
+            e.contains("cannot reach its VMs' files") && e.contains("mode 0700"),
+            "{e}"
+        );
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711)).unwrap();
+        u.open_the_way(&[&job, &d.join("probe")]).unwrap();
+        assert_eq!(meta("probe").mode() & 0o001, 0o001);
     }
 }

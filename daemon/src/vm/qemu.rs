@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::{BoxFuture, Cancel, Error, Result, VmBackend, VmExit, VmSpec};
+use super::{BoxFuture, Cancel, Error, Result, RunAs, VmBackend, VmExit, VmSpec};
 use crate::config::Accel;
 
 #[derive(Debug, Clone)]
@@ -15,7 +15,13 @@ pub struct Qemu {
     pub machine: String,
     /// `kvm` or `tcg`, never `auto` here: resolve with [`probe_accel`] first.
     pub accel: String,
+    /// Run QEMU as this user, not airlockd's (`vm.user`).
+    pub run_as: Option<RunAs>,
 }
+
+/// What airlockd says on QEMU's monitor (QMP on its stdin) once QEMU is in
+/// the job's unit: leave negotiation, start the vCPUs.
+const QMP_START: &[u8] = b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"cont\"}\n";
 
 /// TCG microvm needs a TSC hint or it may hang calibrating (test-environment §1.4).
 fn host_tsc_khz() -> Option<u64> {
@@ -43,6 +49,12 @@ impl Qemu {
             "-display".into(),
             "none".into(),
             "-no-reboot".into(),
+            // The vCPUs wait for `cont` on the monitor (stdin), sent once
+            // QEMU is in the job's unit: no guest instruction runs outside
+            // its limits and device policy.
+            "-S".into(),
+            "-qmp".into(),
+            "stdio".into(),
             // QEMU's own seccomp filter: no obsolete system calls, no
             // setuid, no fork/exec, no scheduler or affinity changes.
             "-sandbox".into(),
@@ -87,8 +99,6 @@ impl Qemu {
             format!("file,id=agentch,path={}", spec.channel_log.display()),
             "-device".into(),
             format!("{console},chardev=agentch"),
-            "-pidfile".into(),
-            spec.pidfile.display().to_string(),
         ]);
         if let Some(tap) = &spec.tap {
             let nic = if microvm {
@@ -144,11 +154,17 @@ impl VmBackend for Qemu {
             if !spec.shares.is_empty() {
                 return Err(Error::Unsupported("share directories (virtio-fs) yet"));
             }
+            if let Some(r) = &self.run_as {
+                r.give(spec, None).map_err(|e| Error::Api {
+                    endpoint: "vmm",
+                    why: format!("cannot prepare the VM's files for vm.user: {e}"),
+                })?;
+            }
             let mut cmd = Command::new(&self.binary);
-            super::die_with_parent(&mut cmd);
+            super::confine(self.run_as.as_ref(), &mut cmd);
             let mut child = cmd
                 .args(self.args(spec))
-                .stdin(Stdio::null())
+                .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .kill_on_drop(true)
@@ -157,9 +173,33 @@ impl VmBackend for Qemu {
                     binary: self.binary.clone(),
                     source,
                 })?;
+            // airlockd writes the pid file (QEMU's own `-pidfile` would need
+            // a directory writable by vm.user).
+            if let Some(pid) = child.id() {
+                let _ = std::fs::write(&spec.pidfile, pid.to_string());
+            }
+            let _pidfile = RemoveOnDrop(&spec.pidfile);
             if let Err(e) = spec.adopt.child(&child).await {
                 let _ = child.kill().await;
                 return Err(e);
+            }
+            // Held until the VM ends: an EOF would only close the monitor,
+            // but nothing more is said on it.
+            let mut monitor = child.stdin.take().expect("piped");
+            if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut monitor, QMP_START).await {
+                let _ = child.kill().await;
+                let detail = match child.stderr.take() {
+                    Some(mut err) => {
+                        let mut s = String::new();
+                        let _ = tokio::io::AsyncReadExt::read_to_string(&mut err, &mut s).await;
+                        s
+                    }
+                    None => String::new(),
+                };
+                return Err(Error::Api {
+                    endpoint: "cont",
+                    why: format!("QEMU's monitor (stdin): {e}; QEMU said: {}", detail.trim()),
+                });
             }
             let mut stderr = child.stderr.take().expect("piped");
             let err_task = tokio::spawn(async move {
@@ -182,8 +222,18 @@ impl VmBackend for Qemu {
                     VmExit::Killed(reason)
                 }
             };
+            drop(monitor);
             Ok(exit)
         })
+    }
+}
+
+/// Removes the pid file when the VM is over, however it ends.
+struct RemoveOnDrop<'a>(&'a Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
     }
 }
 
@@ -212,9 +262,9 @@ pub fn kill_orphan(pidfile: &Path, marker: &str) -> bool {
 /// Resolve `accel = auto`: KVM only if `/dev/kvm` exists *and* a probe boot of
 /// the guest kernel reaches its init within `timeout`. Returns the choice and
 /// why, for the log.
+/// `qemu` is the backend as configured; its `accel` is not looked at.
 pub async fn probe_accel(
-    binary: &str,
-    machine: &str,
+    qemu: &Qemu,
     requested: Accel,
     kernel: &Path,
     initrd: &Path,
@@ -235,9 +285,8 @@ pub async fn probe_accel(
         return ("tcg".into(), "/dev/kvm is not usable".into());
     }
     let q = Qemu {
-        binary: binary.into(),
-        machine: machine.into(),
         accel: "kvm".into(),
+        ..qemu.clone()
     };
     match super::probe_boot(&q, kernel, initrd, scratch, timeout).await {
         Ok(took) => (
@@ -259,6 +308,7 @@ mod tests {
             binary: "qemu-system-x86_64".into(),
             machine: "q35".into(),
             accel: "tcg".into(),
+            run_as: None,
         };
         let spec = VmSpec {
             name: "t".into(),
@@ -292,5 +342,10 @@ mod tests {
         assert!(a.contains("-accel tcg"));
         assert!(a.contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny"));
         assert!(!a.contains("-netdev"), "no NIC unless asked");
+        assert!(
+            a.contains("-S -qmp stdio"),
+            "vCPUs wait for cont on the monitor"
+        );
+        assert!(!a.contains("-pidfile"), "airlockd writes the pid file");
     }
 }

@@ -487,6 +487,8 @@ pub struct ReleaseDaemon {
     pub secret: Vec<u8>,
     /// The public key (for `trusted-public-keys`).
     pub pk: String,
+    /// The signing key's file.
+    pub sk: std::path::PathBuf,
     _keys: tempfile::TempDir,
 }
 
@@ -519,7 +521,9 @@ impl ReleaseDaemon {
             "[release]\nmin_head_age_secs = 0\n{release_keys}\n[github]\npoll_interval_secs = {poll_secs}\nwebhook_listen = \"{hook}\"\nwebhook_secret_file = \"{}\"\n{extra}",
             secret_file.display()
         );
-        let d = super::Daemon::start_local(
+        // A signing key needs a VMM user other than root: nobody.
+        let d = super::Daemon::start_local_vm(
+            &format!("user = \"{}\"\n", super::VM_USER),
             &cfg,
             &[
                 "--trust",
@@ -538,6 +542,7 @@ impl ReleaseDaemon {
             hook,
             secret,
             pk,
+            sk: sk.clone(),
             _keys: keys,
         }
     }

@@ -180,7 +180,15 @@ pub struct Daemon {
     /// Extra environment of airlockd (e.g. `AIRLOCK_FAULT_PAUSE`), used by
     /// every [`Daemon::spawn`].
     pub env: Vec<(String, String)>,
+    /// A `/dev/net/tun` node of mode 0666 (as on Debian and NixOS; this
+    /// machine's is root's alone), bind-mounted over the real one in a
+    /// private mount namespace of airlockd: for a VMM that runs as
+    /// `vm.user` and attaches to its TAP.
+    pub tun_node: Option<PathBuf>,
 }
+
+/// The VMM's user in tests that set `vm.user` (Debian's nobody:nogroup).
+pub const VM_USER: &str = "65534:65534";
 
 /// A fresh network namespace with only `lo` up, deleted by the caller.
 pub fn new_netns(tag: &str) -> String {
@@ -269,6 +277,18 @@ impl Daemon {
         )
     }
 
+    /// As [`Daemon::start_local`], with keys for the `[vm]` table.
+    pub fn start_local_vm(vm_keys: &str, extra: &str, args: &[&str]) -> Daemon {
+        let extra = format!("{extra}\n[network]\nenabled = false\n");
+        Daemon::start_inner(
+            vm_keys,
+            &extra,
+            args.iter().map(|s| s.to_string()).collect(),
+            None,
+            &[],
+        )
+    }
+
     pub fn start_full(vm_keys: &str, extra: &str) -> Daemon {
         let ns = new_netns("d");
         Daemon::start_inner(vm_keys, extra, vec![], Some(ns), &[])
@@ -285,6 +305,20 @@ impl Daemon {
             .prefix("airlock-e2e-")
             .tempdir()
             .expect("tempdir");
+        let mut tun_node = None;
+        if vm_keys.contains("user =") {
+            // vm.user must reach state_dir (the NixOS module's
+            // StateDirectoryMode=0711 does this on a builder).
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+            if netns.is_some() {
+                use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+                let node = dir.path().join("tun");
+                mknod(&node, SFlag::S_IFCHR, Mode::empty(), makedev(10, 200)).unwrap();
+                std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o666)).unwrap();
+                tun_node = Some(node);
+            }
+        }
         let accel = std::env::var("AIRLOCK_TEST_ACCEL").unwrap_or_else(|_| "tcg".into());
         let config = dir.path().join("airlock.toml");
         // Top-level keys in `extra` (before its first table) go first.
@@ -350,6 +384,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            tun_node,
         };
         d.spawn();
         d
@@ -372,13 +407,22 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("airlockd.log"))
             .unwrap();
-        let mut cmd = match &self.netns {
-            Some(ns) => {
+        let mut cmd = match (&self.netns, &self.tun_node) {
+            (Some(ns), Some(tun)) => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                    .arg(r#"mount --bind "$0" /dev/net/tun && exec "$@""#)
+                    .arg(tun)
+                    .args(["ip", "netns", "exec", ns])
+                    .arg(bin("airlockd"));
+                c
+            }
+            (Some(ns), None) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns]).arg(bin("airlockd"));
                 c
             }
-            None => Command::new(bin("airlockd")),
+            (None, _) => Command::new(bin("airlockd")),
         };
         let child = cmd
             .arg("--config")
@@ -505,6 +549,26 @@ impl Daemon {
     }
 
     /// Wait for the job to finish; returns its record as JSON.
+    /// `/proc/<pid>/status` of the job's VMM (its pid file), once it runs.
+    pub fn vmm_status(&self, id: &str, limit_secs: u64) -> String {
+        let pidfile = self.state().join("jobs").join(id).join("vm.pid");
+        let t0 = Instant::now();
+        loop {
+            let status = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|p| std::fs::read_to_string(format!("/proc/{}/status", p.trim())).ok());
+            if let Some(s) = status {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(limit_secs),
+                "job {id}: no VMM within {limit_secs} s\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn wait(&self, id: &str, limit_secs: u64) -> serde_json::Value {
         let out = self.ctl(&["--json", "wait", id, "--timeout", &limit_secs.to_string()]);
         serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
