@@ -593,7 +593,7 @@ impl Runner {
                 );
                 res.skipped_attrs = follower.skipped.clone();
                 if let Some(rv) = fetch_review {
-                    self.review_report(rec, paths, &mut res, &rv);
+                    self.review_report(rec, paths, &mut res, &rv).await;
                 }
                 return res;
             }
@@ -644,7 +644,7 @@ impl Runner {
         self.mark(rec, "verified");
         if rec.job.airlock_review.is_some() {
             match quarantine::read_manifest(&paths.export_img()).map(|m| m.review) {
-                Ok(Some(rv)) => self.review_report(rec, paths, &mut res, &rv),
+                Ok(Some(rv)) => self.review_report(rec, paths, &mut res, &rv).await,
                 _ => warn!("the review VM reported no review"),
             }
         }
@@ -759,82 +759,41 @@ impl Runner {
 
     /// Write `report.json` and `report.md` of a review job from the guest's
     /// outcome and what the host verified; its summary joins the result's
-    /// lines (and so the broker's BuildResult).
-    fn review_report(
+    /// lines (and so the broker's BuildResult). The work (reading NARs for
+    /// artifacts, building, rendering) runs on a blocking thread, bounded
+    /// by the report's own caps and by [`REPORT_TIME_LIMIT`]: past it the
+    /// job says so and no report is written.
+    async fn review_report(
         &self,
         rec: &JobRecord,
         paths: &JobPaths,
         res: &mut JobResult,
         rv: &crate::review::ReviewOutcome,
     ) {
-        use crate::review::report;
-        let verified = res
-            .quarantine
-            .as_deref()
-            .and_then(|d| std::fs::read(d.join("manifest.json")).ok())
-            .and_then(|b| serde_json::from_slice::<quarantine::JobManifest>(&b).ok())
-            .map(|m| m.verified)
-            .unwrap_or_default();
-        let hashes = verified
-            .iter()
-            .map(|v| (v.path.clone(), (v.nar_hash.clone(), v.nar_size)))
-            .collect();
-        let references = verified
-            .iter()
-            .map(|v| (v.path.clone(), v.references.clone()))
-            .collect();
-        let passed: Vec<(&str, &str)> = rv
-            .tests
-            .iter()
-            .filter(|t| t.outcome == crate::review::Outcome::Built)
-            .flat_map(|t| t.outputs.values().map(|p| (t.attr.as_str(), p.as_str())))
-            .collect();
-        let artifacts = match &res.quarantine {
-            Some(dir) => crate::review::artifacts(&rec.id, dir, &verified, &passed),
-            None => vec![],
+        let input = ReportInput {
+            cfg: self.cfg.clone(),
+            rec: rec.clone(),
+            base_branch: self.base_branch(rec).to_owned(),
+            quarantine: res.quarantine.clone(),
+            dir: paths.dir.clone(),
+            outcome: rv.clone(),
         };
-        let sponsor = self.cfg.sponsor.line().map(|line| report::Sponsor {
-            name: self.cfg.sponsor.name.clone(),
-            url: self.cfg.sponsor.url.clone(),
-            line,
-        });
-        let requested = rec
-            .job
-            .airlock_review
-            .as_ref()
-            .and_then(|r| r.attrs.as_deref());
-        let trust = format!("{:?}", self.cfg.trust).to_lowercase();
-        let r = report::build(
-            rv,
-            report::Context {
-                job_id: &rec.id,
-                repo: &rec.job.repo.full_name,
-                pr: rec.job.pr.number,
-                head: &rec.job.pr.head_sha,
-                base_branch: self.base_branch(rec),
-                base_commit: rec.base_commit.as_deref(),
-                merged_commit: rec.merged_commit.as_deref(),
-                system: &self.cfg.system,
-                guest_nix: rec.guest_nix.as_deref(),
-                identity: &self.cfg.identity,
-                trust: &trust,
-                sponsor,
-                requested,
-                skip: &self.cfg.review.skip_attrs,
-                max_build: self.cfg.review.max_build,
-                verified: &hashes,
-                references: &references,
-                artifacts,
-            },
-        );
-        let json = serde_json::to_vec_pretty(&r).expect("serialises");
-        let md = report::markdown(&r);
-        for (name, body) in [("report.json", &json[..]), ("report.md", md.as_bytes())] {
-            if let Err(e) = crate::fsutil::write_atomic(&paths.dir.join(name), body) {
-                warn!(error = %e, "cannot write {name}");
+        let late = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = late.clone();
+        let span = tracing::Span::current();
+        let lines = match blocking_with_limit(REPORT_TIME_LIMIT, move || {
+            let _job = span.enter();
+            write_review_report(&input, &flag)
+        })
+        .await
+        {
+            Ok(lines) => lines,
+            Err(why) => {
+                late.store(true, std::sync::atomic::Ordering::SeqCst);
+                warn!(%why, "no review report");
+                vec![format!("airlock: review report not written: {why}")]
             }
-        }
-        let lines = report::summary_lines(&r);
+        };
         for l in &lines {
             info!("{l}");
         }
@@ -1245,8 +1204,129 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The longest a review report may take to build and write.
+pub const REPORT_TIME_LIMIT: Duration = Duration::from_secs(120);
+
+/// Run `f` on a blocking thread; give up waiting after `limit` (the thread
+/// is not stopped: `f` must be bounded itself, and check a flag before it
+/// does anything visible late).
+pub async fn blocking_with_limit<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("it failed: {e}")),
+        Err(_) => Err(format!("not done within {limit:?}")),
+    }
+}
+
+/// What building a review report needs, owned (it runs on its own thread).
+struct ReportInput {
+    cfg: Arc<Config>,
+    rec: JobRecord,
+    base_branch: String,
+    quarantine: Option<PathBuf>,
+    dir: PathBuf,
+    outcome: crate::review::ReviewOutcome,
+}
+
+/// Build the report, write `report.json` and `report.md` (unless `late`
+/// says the job has gone on without them), return its summary lines.
+fn write_review_report(i: &ReportInput, late: &std::sync::atomic::AtomicBool) -> Vec<String> {
+    use crate::review::report;
+    let (cfg, rec, rv) = (&i.cfg, &i.rec, &i.outcome);
+    let verified = i
+        .quarantine
+        .as_deref()
+        .and_then(|d| std::fs::read(d.join("manifest.json")).ok())
+        .and_then(|b| serde_json::from_slice::<quarantine::JobManifest>(&b).ok())
+        .map(|m| m.verified)
+        .unwrap_or_default();
+    let hashes = verified
+        .iter()
+        .map(|v| (v.path.clone(), (v.nar_hash.clone(), v.nar_size)))
+        .collect();
+    let references = verified
+        .iter()
+        .map(|v| (v.path.clone(), v.references.clone()))
+        .collect();
+    let passed: Vec<(&str, &str)> = rv
+        .tests
+        .iter()
+        .filter(|t| t.outcome == crate::review::Outcome::Built)
+        .flat_map(|t| t.outputs.values().map(|p| (t.attr.as_str(), p.as_str())))
+        .collect();
+    let artifacts = match &i.quarantine {
+        Some(dir) => crate::review::artifacts(&rec.id, dir, &verified, &passed),
+        None => vec![],
+    };
+    let sponsor = cfg.sponsor.line().map(|line| report::Sponsor {
+        name: cfg.sponsor.name.clone(),
+        url: cfg.sponsor.url.clone(),
+        line,
+    });
+    let requested = rec
+        .job
+        .airlock_review
+        .as_ref()
+        .and_then(|r| r.attrs.as_deref());
+    let trust = format!("{:?}", cfg.trust).to_lowercase();
+    let r = report::build(
+        rv,
+        report::Context {
+            job_id: &rec.id,
+            repo: &rec.job.repo.full_name,
+            pr: rec.job.pr.number,
+            head: &rec.job.pr.head_sha,
+            base_branch: &i.base_branch,
+            base_commit: rec.base_commit.as_deref(),
+            merged_commit: rec.merged_commit.as_deref(),
+            system: &cfg.system,
+            guest_nix: rec.guest_nix.as_deref(),
+            identity: &cfg.identity,
+            trust: &trust,
+            sponsor,
+            requested,
+            skip: &cfg.review.skip_attrs,
+            max_build: cfg.review.max_build,
+            verified: &hashes,
+            references: &references,
+            artifacts,
+        },
+    );
+    let json = serde_json::to_vec_pretty(&r).expect("serialises");
+    let md = report::markdown(&r);
+    if late.load(std::sync::atomic::Ordering::SeqCst) {
+        return vec![];
+    }
+    for (name, body) in [("report.json", &json[..]), ("report.md", md.as_bytes())] {
+        if let Err(e) = crate::fsutil::write_atomic(&i.dir.join(name), body) {
+            warn!(error = %e, "cannot write {name}");
+        }
+    }
+    report::summary_lines(&r)
+}
+
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn blocking_work_has_a_time_limit() {
+        let limit = std::time::Duration::from_millis(100);
+        assert_eq!(super::blocking_with_limit(limit, || 7).await, Ok(7));
+        let t0 = std::time::Instant::now();
+        let e = super::blocking_with_limit(limit, || {
+            std::thread::sleep(std::time::Duration::from_millis(600))
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(1),
+            "waited for the work"
+        );
+        assert_eq!(e, "not done within 100ms");
+    }
+
     use super::*;
 
     /// A tree of many small files (as nixpkgs is: 53 000 files in 440 MB)
