@@ -43,10 +43,11 @@ demo_pkgs=(qemu-system-x86 e2fsprogs nftables iproute2 git ca-certificates
 # systemd (the admin interfaces), chromium and curl (the review page),
 # the kernel source and build tools (the trimmed guest kernel), pyflakes3
 # (the NixOS test scripts' lint; python3-pyflakes alone is only the module),
-# libseccomp/libcap-ng (virtiofsd from crates.io), binutils (the tiny guest).
+# libseccomp/libcap-ng (virtiofsd from crates.io), binutils (the tiny guest),
+# and the shell linter shellcheck (every script, tests/tests/scripts.rs).
 test_pkgs=(nix-bin nix-setup-systemd rabbitmq-server dbus-daemon dbus-bin systemd curl
            chromium linux-source-6.12 make flex bison bc libelf-dev xz-utils pyflakes3
-           libseccomp-dev libcap-ng-dev binutils)
+           libseccomp-dev libcap-ng-dev binutils shellcheck)
 pkgs=("${demo_pkgs[@]}")
 [ "$tier" = test ] && pkgs+=("${test_pkgs[@]}")
 
@@ -80,7 +81,8 @@ finish_cargo() {
 trap '[ -n "$cargo_pid" ] && kill "$cargo_pid" 2>/dev/null; rm -f "$cargo_log"' EXIT
 
 # apt-cache needs package lists (the guest kernel lookup), apt-get install too.
-if [ ${#missing[@]} -gt 0 ] || [ -z "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock)" ]; then
+have_lists() { for f in /var/lib/apt/lists/*; do case "$f" in *lock|*partial|*'*') ;; *) return 0 ;; esac; done; return 1; }
+if [ ${#missing[@]} -gt 0 ] || ! have_lists; then
   log "apt-get update"
   apt-get update -q >/dev/null
 fi

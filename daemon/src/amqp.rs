@@ -334,7 +334,7 @@ impl Amqp {
                 Err(e) => {
                     *self.shared.channel.lock().expect("lock") = None;
                     self.shared.consumers.lock().expect("lock").clear();
-                    warn!(error = %crate::runner::error_chain(&e), retry_in = ?backoff, "broker connection lost");
+                    warn!(error = %crate::error::chain(&e), retry_in = ?backoff, "broker connection lost");
                 }
             }
             tokio::time::sleep(backoff).await;
@@ -394,7 +394,34 @@ impl Amqp {
         pubch
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        // ofborg's topology, flag for flag (a mismatch closes the channel).
+        let systems = self.cfg.amqp_systems();
+        self.declare_topology(&pubch, &systems).await?;
+        let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        *self.shared.channel.lock().expect("lock") = Some((generation, pubch.clone()));
+        let _ = self.tx.send(Out::ReportAll);
+        let mut drx = self.consume(&conn, &systems).await?;
+        info!(broker = %redact(&uri), systems = ?systems, prefetch = self.cfg.max_jobs, "consuming from the broker");
+        loop {
+            tokio::select! {
+                d = drx.recv() => match d {
+                    Some(Some((sys, d))) => self.handle(daemon, &sys, d, generation).await,
+                    Some(None) | None => {
+                        if daemon.is_draining() {
+                            // Consumers were cancelled; keep the connection for results.
+                            self.shared.reconnect.notified().await;
+                        }
+                        return Err(Error::ConsumerClosed);
+                    }
+                },
+                _ = self.shared.reconnect.notified() => return Err(Error::ConsumerClosed),
+            }
+        }
+    }
+
+    /// ofborg's topology, flag for flag (a mismatch closes the channel):
+    /// the exchanges, one `build-inputs-<system>` queue per system, the
+    /// dead-letter queue.
+    async fn declare_topology(&self, pubch: &Channel, systems: &[String]) -> Result<()> {
         pubch
             .exchange_declare(
                 "build-jobs".into(),
@@ -429,8 +456,7 @@ impl Amqp {
             durable: true,
             ..Default::default()
         };
-        let systems = self.cfg.amqp_systems();
-        for sys in &systems {
+        for sys in systems {
             let q = format!("build-inputs-{sys}");
             pubch
                 .queue_declare(q.as_str().into(), durable, FieldTable::default())
@@ -452,13 +478,19 @@ impl Amqp {
                 FieldTable::default(),
             )
             .await?;
-        let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        *self.shared.channel.lock().expect("lock") = Some((generation, pubch.clone()));
-        let _ = self.tx.send(Out::ReportAll);
+        Ok(())
+    }
 
-        let (dtx, mut drx) = mpsc::unbounded_channel::<Option<(String, Delivery)>>();
+    /// One consumer per system (prefetch `max_jobs`), all feeding one
+    /// stream of deliveries; `None` when a consumer ends.
+    async fn consume(
+        &self,
+        conn: &Connection,
+        systems: &[String],
+    ) -> Result<mpsc::UnboundedReceiver<Option<(String, Delivery)>>> {
+        let (dtx, drx) = mpsc::unbounded_channel::<Option<(String, Delivery)>>();
         let tag = format!("{}-{}-builder", self.cfg.identity, systems.join(","));
-        for sys in &systems {
+        for sys in systems {
             let ch = conn.create_channel().await?;
             ch.basic_qos(
                 self.cfg.max_jobs.min(u16::MAX as usize) as u16,
@@ -499,22 +531,7 @@ impl Amqp {
             });
         }
         drop(dtx);
-        info!(broker = %redact(&uri), systems = ?systems, prefetch = self.cfg.max_jobs, "consuming from the broker");
-        loop {
-            tokio::select! {
-                d = drx.recv() => match d {
-                    Some(Some((sys, d))) => self.handle(daemon, &sys, d, generation).await,
-                    Some(None) | None => {
-                        if daemon.is_draining() {
-                            // Consumers were cancelled; keep the connection for results.
-                            self.shared.reconnect.notified().await;
-                        }
-                        return Err(Error::ConsumerClosed);
-                    }
-                },
-                _ = self.shared.reconnect.notified() => return Err(Error::ConsumerClosed),
-            }
-        }
+        Ok(drx)
     }
 
     async fn handle(&self, daemon: &Arc<Daemon>, system: &str, d: Delivery, generation: u64) {
@@ -765,7 +782,7 @@ impl Amqp {
         if origin.report == ReportState::Pending {
             crate::fault::pause(&self.cfg.state_dir, crate::fault::Point::BeforePublish, id).await;
             if let Err(e) = self.publish_result(daemon, &rec, &origin).await {
-                warn!(error = %crate::runner::error_chain(&e), "result not published yet; kept on disk, retried when the broker is back");
+                warn!(error = %crate::error::chain(&e), "result not published yet; kept on disk, retried when the broker is back");
                 return;
             }
             if let Some(o) = rec.amqp.as_mut() {

@@ -235,70 +235,10 @@ pub async fn prepare(
     work: &Path,
     limits: &Limits,
 ) -> Result<Outcome> {
-    let t = limits;
-    std::fs::create_dir_all(cache_root).map_err(|e| Error::Cache(cache_root.to_owned(), e))?;
     let cache = cache_dir(cache_root, url);
-    let lock = lock_cache(&cache).await?;
-    if !cache.join("HEAD").exists() {
-        // A directory without HEAD is a leftover of an interrupted init.
-        if cache.exists() {
-            std::fs::remove_dir_all(&cache).map_err(|e| Error::Cache(cache.clone(), e))?;
-        }
-        let tmp = cache.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
-        git_t(None, &["init", "-q", "--bare", &tmp.to_string_lossy()], t).await?;
-        std::fs::rename(&tmp, &cache).map_err(|e| Error::Cache(cache.clone(), e))?;
-    }
-    let target_ref = format!("+refs/heads/{target_branch}:refs/heads/{target_branch}");
-    match git_t(
-        Some(&cache),
-        &["fetch", "-q", "--no-tags", "--", url, &target_ref],
-        t,
-    )
-    .await
-    {
-        Ok(_) => {}
-        // Too slow is our problem, not a missing branch: reported, not silent.
-        Err(e @ Error::Timeout { .. }) => return Err(e),
-        Err(e) => {
-            return Ok(Outcome::Missing(format!(
-                "target branch {target_branch}: {e}"
-            )))
-        }
-    }
-    let have_head = |c: PathBuf| async move {
-        git_t(
-            Some(&c),
-            &["cat-file", "-e", &format!("{head}^{{commit}}")],
-            t,
-        )
-        .await
-        .is_ok()
-    };
-    if !have_head(cache.clone()).await {
-        let pr_ref = format!("+refs/pull/{pr}/head:refs/pull/{pr}/head");
-        let by_sha = git_t(
-            Some(&cache),
-            &["fetch", "-q", "--no-tags", "--", url, head],
-            t,
-        )
-        .await;
-        let mut why = String::new();
-        if let Err(e1) = by_sha {
-            if let Err(e2) = git_t(
-                Some(&cache),
-                &["fetch", "-q", "--no-tags", "--", url, &pr_ref],
-                t,
-            )
-            .await
-            {
-                why = format!(" ({e1}; {e2})");
-            }
-        }
-        if !have_head(cache.clone()).await {
-            return Ok(Outcome::Missing(format!(
-                "commit {head} not found in {url}{why}"
-            )));
-        }
+    let lock = open_cache(cache_root, &cache, limits).await?;
+    if let Some(why) = fetch(&cache, url, target_branch, head, pr, limits).await? {
+        return Ok(Outcome::Missing(why));
     }
     // Nothing of an untrusted tree is written out before its size is known.
     for rev in [head, target_branch] {
@@ -307,6 +247,7 @@ pub async fn prepare(
         }
     }
     let work_s = work.to_string_lossy().into_owned();
+    let cache_s = cache.to_string_lossy().into_owned();
     git_t(
         None,
         &[
@@ -314,16 +255,13 @@ pub async fn prepare(
             "-q",
             "--shared",
             "--no-checkout",
-            &cache.to_string_lossy(),
+            &cache_s,
             &work_s,
         ],
-        t,
+        limits,
     )
     .await?;
     drop(lock);
-    // The merge is made without a working tree (`merge-tree`, the same
-    // merge machinery as `git merge`): nothing of the tree is written out
-    // here; the input disks take what they need from the objects.
     let base = git_t(
         Some(work),
         &[
@@ -331,53 +269,138 @@ pub async fn prepare(
             "--verify",
             &format!("refs/remotes/origin/{target_branch}^{{commit}}"),
         ],
-        t,
+        limits,
     )
     .await?;
-    let is_ancestor = |a: String, b: String| async move {
-        git_t(Some(work), &["merge-base", "--is-ancestor", &a, &b], t)
-            .await
-            .is_ok()
-    };
-    let commit = if is_ancestor(head.into(), base.clone()).await {
-        // Already merged: what `git merge` calls "up to date".
-        base.clone()
-    } else if is_ancestor(base.clone(), head.into()).await {
-        // A fast-forward, as `git merge` does by default.
-        head.to_owned()
-    } else {
-        let tree = match git_t(
-            Some(work),
-            &["merge-tree", "--write-tree", "--no-messages", &base, head],
-            t,
-        )
-        .await
-        {
-            Ok(out) => out.lines().next().unwrap_or_default().to_owned(),
-            Err(e @ Error::Timeout { .. }) => return Err(e),
-            Err(_) => return Ok(Outcome::MergeFailed),
-        };
-        git_t(
-            Some(work),
-            &[
-                "commit-tree",
-                "--no-gpg-sign",
-                &tree,
-                "-p",
-                &base,
-                "-p",
-                head,
-                "-m",
-                "Automatic merge for airlock",
-            ],
-            t,
-        )
-        .await?
+    let Some(commit) = merge(work, &base, head, limits).await? else {
+        return Ok(Outcome::MergeFailed);
     };
     if let Some(why) = check_tree(work, &commit, limits).await? {
         return Ok(Outcome::TooLarge(why));
     }
     Ok(Outcome::Merged { commit, base })
+}
+
+/// Make (if needed) and lock the bare cache of one repository; the lock is
+/// held until the returned file is dropped.
+async fn open_cache(cache_root: &Path, cache: &Path, t: &Limits) -> Result<std::fs::File> {
+    std::fs::create_dir_all(cache_root).map_err(|e| Error::Cache(cache_root.to_owned(), e))?;
+    let lock = lock_cache(cache).await?;
+    if !cache.join("HEAD").exists() {
+        // A directory without HEAD is a leftover of an interrupted init.
+        if cache.exists() {
+            std::fs::remove_dir_all(cache).map_err(|e| Error::Cache(cache.to_owned(), e))?;
+        }
+        let tmp = cache.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+        git_t(None, &["init", "-q", "--bare", &tmp.to_string_lossy()], t).await?;
+        std::fs::rename(&tmp, cache).map_err(|e| Error::Cache(cache.to_owned(), e))?;
+    }
+    Ok(lock)
+}
+
+/// Fetch the target branch and the head into the cache (the head by its
+/// sha, else as `refs/pull/<pr>/head`). `Some(why)`: one of them is not
+/// there.
+async fn fetch(
+    cache: &Path,
+    url: &str,
+    target_branch: &str,
+    head: &str,
+    pr: u64,
+    t: &Limits,
+) -> Result<Option<String>> {
+    let fetch = |what: String| async move {
+        git_t(
+            Some(cache),
+            &["fetch", "-q", "--no-tags", "--", url, &what],
+            t,
+        )
+        .await
+    };
+    match fetch(format!(
+        "+refs/heads/{target_branch}:refs/heads/{target_branch}"
+    ))
+    .await
+    {
+        Ok(_) => {}
+        // Too slow is our problem, not a missing branch: reported, not silent.
+        Err(e @ Error::Timeout { .. }) => return Err(e),
+        Err(e) => return Ok(Some(format!("target branch {target_branch}: {e}"))),
+    }
+    let have_head = || async {
+        git_t(
+            Some(cache),
+            &["cat-file", "-e", &format!("{head}^{{commit}}")],
+            t,
+        )
+        .await
+        .is_ok()
+    };
+    if have_head().await {
+        return Ok(None);
+    }
+    let mut why = String::new();
+    if let Err(e1) = fetch(head.to_owned()).await {
+        if let Err(e2) = fetch(format!("+refs/pull/{pr}/head:refs/pull/{pr}/head")).await {
+            why = format!(" ({e1}; {e2})");
+        }
+    }
+    if !have_head().await {
+        return Ok(Some(format!("commit {head} not found in {url}{why}")));
+    }
+    Ok(None)
+}
+
+/// Merge `head` onto `base` in `work` as `git merge` would (up to date, a
+/// fast-forward, or a merge commit). The merge is made without a working
+/// tree (`merge-tree`, the same merge machinery): nothing of the tree is
+/// written out here; the input disks take what they need from the
+/// objects. `None`: a conflict.
+async fn merge(work: &Path, base: &str, head: &str, t: &Limits) -> Result<Option<String>> {
+    let is_ancestor = |a: &str, b: &str| {
+        let (a, b) = (a.to_owned(), b.to_owned());
+        async move {
+            git_t(Some(work), &["merge-base", "--is-ancestor", &a, &b], t)
+                .await
+                .is_ok()
+        }
+    };
+    if is_ancestor(head, base).await {
+        // Already merged: what `git merge` calls "up to date".
+        return Ok(Some(base.to_owned()));
+    }
+    if is_ancestor(base, head).await {
+        // A fast-forward, as `git merge` does by default.
+        return Ok(Some(head.to_owned()));
+    }
+    let tree = match git_t(
+        Some(work),
+        &["merge-tree", "--write-tree", "--no-messages", base, head],
+        t,
+    )
+    .await
+    {
+        Ok(out) => out.lines().next().unwrap_or_default().to_owned(),
+        Err(e @ Error::Timeout { .. }) => return Err(e),
+        Err(_) => return Ok(None),
+    };
+    let commit = git_t(
+        Some(work),
+        &[
+            "commit-tree",
+            "--no-gpg-sign",
+            &tree,
+            "-p",
+            base,
+            "-p",
+            head,
+            "-m",
+            "Automatic merge for airlock",
+        ],
+        t,
+    )
+    .await?;
+    Ok(Some(commit))
 }
 
 /// `git` in `repo` under the checkout's timeout and memory bound, with
@@ -649,7 +672,7 @@ pub(crate) mod tests {
             "/var/cache/airlock/git/x.git".into(),
             std::io::Error::from_raw_os_error(libc::ENOSPC),
         );
-        let text = crate::runner::error_chain(&e);
+        let text = crate::error::chain(&e);
         assert!(
             text.contains("x.git") && text.contains("No space left"),
             "{text}"

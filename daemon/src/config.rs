@@ -234,6 +234,37 @@ pub struct NixConfig {
     pub trusted_public_keys: Vec<String>,
 }
 
+/// An upstream binary cache URL airlock fetches from: `http(s)://HOST…`,
+/// no whitespace, no query.
+pub fn upstream_url_ok(u: &str) -> bool {
+    u.strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"))
+        .is_some_and(|rest| {
+            !rest.is_empty() && !rest.contains(char::is_whitespace) && !rest.contains('?')
+        })
+}
+
+impl NixConfig {
+    /// Every upstream a URL, every key a Nix public key.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if let Some(u) = self.substituters.iter().find(|u| !upstream_url_ok(u)) {
+            return Err(format!(
+                "nix.substituters entry {u:?} is not an http:// or https:// URL"
+            ));
+        }
+        if let Some(k) = self
+            .trusted_public_keys
+            .iter()
+            .find(|k| airlock_nix_formats::signing::check_public(k).is_err())
+        {
+            return Err(format!(
+                "nix.trusted_public_keys entry {k:?} is not a Nix public key (name:base64 of 32 bytes)"
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for NixConfig {
     fn default() -> Self {
         NixConfig {
@@ -773,8 +804,8 @@ impl Config {
                 self.vm.machine
             )));
         }
-        if let Some(s) = self.substituter_settings() {
-            s.check().map_err(|e| Error::Invalid(e.to_string()))?;
+        if self.substituter_enabled() {
+            self.nix.check().map_err(Error::Invalid)?;
         }
         if self.limits.job_timeout_secs == 0 {
             return Err(Error::Invalid("limits.job_timeout_secs must be > 0".into()));
@@ -807,32 +838,13 @@ impl Config {
 
     /// The substituter's settings, or `None` when nothing is substituted
     /// (no upstreams, or no fetch-phase network to reach them).
-    pub fn substituter_settings(&self) -> Option<crate::substituter::Settings> {
-        (self.network.enabled && !self.nix.substituters.is_empty()).then(|| {
-            crate::substituter::Settings {
-                upstreams: self.nix.substituters.clone(),
-                trusted_public_keys: self.nix.trusted_public_keys.clone(),
-                dir: self.substituter_dir(),
-                max_bytes: self.substituter.max_bytes,
-                negative_ttl: std::time::Duration::from_secs(self.substituter.negative_ttl_secs),
-                max_nar_bytes: self.limits.max_nar_bytes,
-            }
-        })
+    /// Is the caching proxy for fetch VMs on (a NIC and an upstream)?
+    pub fn substituter_enabled(&self) -> bool {
+        self.network.enabled && !self.nix.substituters.is_empty()
     }
 
     pub fn git_cache_dir(&self) -> PathBuf {
         self.state_dir.join("git")
-    }
-
-    /// The base image cache, or `None` when it is off.
-    pub fn bases(&self) -> Option<crate::input::Bases> {
-        (self.inputs.max_bytes > 0).then(|| {
-            crate::input::Bases::new(crate::input::Settings {
-                dir: self.state_dir.join("inputs"),
-                max_bytes: self.inputs.max_bytes,
-                max_delta_files: self.inputs.max_delta_files,
-            })
-        })
     }
 
     /// The agent binary: configured, or next to the running executable.

@@ -1,7 +1,6 @@
 //! airlockd's core: the job queue, the scheduler (max_jobs), start-up
 //! recovery, and the API server on the unix socket.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -15,8 +14,6 @@ use crate::runner::Runner;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot listen on {0}")]
-    Listen(String, #[source] std::io::Error),
     #[error("cannot create state directory {0}")]
     StateDir(String, #[source] std::io::Error),
 }
@@ -130,7 +127,7 @@ impl Daemon {
                 }
             }
         }
-        if let Some(b) = cfg.bases() {
+        if let Some(b) = crate::input::Bases::from_config(cfg) {
             b.clean();
         }
         // Half-made git caches of an interrupted first fetch.
@@ -157,7 +154,7 @@ impl Daemon {
                 continue;
             }
             let paths = self.runner.paths(&rec.id);
-            paths.remove_scratch();
+            crate::runner::clear_scratch(&paths);
             let broker = rec.source == Source::Amqp;
             // A local job's request runs again as a new job; a broker job
             // is redelivered by the broker (which still holds the unacked
@@ -307,25 +304,6 @@ impl Daemon {
     /// Jobs currently running.
     pub fn running(&self) -> usize {
         self.running.load(Ordering::SeqCst)
-    }
-
-    /// Bind the admin and local-intake API on `socket` now (it accepts
-    /// connections when this returns) and serve it on the runtime: the
-    /// D-Bus interface of [`crate::dbus`], peer to peer. airlockd does this
-    /// before `READY=1`.
-    pub fn bind_and_serve(
-        self: &Arc<Self>,
-        socket: &Path,
-    ) -> Result<tokio::task::JoinHandle<Result<(), Error>>, Error> {
-        let l = crate::dbus::bind_p2p(socket)
-            .map_err(|e| Error::Listen(socket.display().to_string(), e))?;
-        let d = self.clone();
-        let shown = socket.display().to_string();
-        Ok(tokio::spawn(async move {
-            crate::dbus::serve_listener(d, l)
-                .await
-                .map_err(|e| Error::Listen(shown, e))
-        }))
     }
 }
 

@@ -11,6 +11,7 @@
 //! submitted. `airlockctl --bus system` uses the system bus instead. Either
 //! way every operation is one method of this interface.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use tracing::{info, warn};
@@ -29,8 +30,28 @@ pub enum Error {
     Connect {
         address: String,
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
+    #[error("cannot serve the API on {0}")]
+    Listen(String, #[source] std::io::Error),
+}
+
+/// Bind the admin and local-intake API on `socket` now (it accepts
+/// connections when this returns) and serve it on the runtime: this
+/// module's D-Bus interface, peer to peer. airlockd does this before
+/// `READY=1`.
+pub fn bind_and_serve(
+    d: &Arc<Daemon>,
+    socket: &Path,
+) -> Result<tokio::task::JoinHandle<Result<(), Error>>, Error> {
+    let l = bind_p2p(socket).map_err(|e| Error::Listen(socket.display().to_string(), e))?;
+    let d = d.clone();
+    let shown = socket.display().to_string();
+    Ok(tokio::spawn(async move {
+        serve_listener(d, l)
+            .await
+            .map_err(|e| Error::Listen(shown, e))
+    }))
 }
 
 pub struct Admin {
@@ -236,7 +257,7 @@ impl Admin {
 pub async fn serve(d: Arc<Daemon>, address: &str) -> Result<zbus::Connection, Error> {
     let err = |source| Error::Connect {
         address: address.to_owned(),
-        source,
+        source: Box::new(source),
     };
     let builder = match address {
         "system" => zbus::connection::Builder::system().map_err(err)?,

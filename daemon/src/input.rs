@@ -55,6 +55,19 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
+impl Bases {
+    /// The base image cache (`[inputs]`), or `None` when it is off.
+    pub fn from_config(cfg: &crate::config::Config) -> Option<Bases> {
+        (cfg.inputs.max_bytes > 0).then(|| {
+            Bases::new(Settings {
+                dir: cfg.state_dir.join("inputs"),
+                max_bytes: cfg.inputs.max_bytes,
+                max_delta_files: cfg.inputs.max_delta_files,
+            })
+        })
+    }
+}
+
 /// Settings of the base image cache.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -67,41 +80,7 @@ pub struct Settings {
     pub max_delta_files: u64,
 }
 
-/// How a job's input was made, for the job record and `airlockctl show`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct InputUse {
-    /// The tree of the base image; `None`: the whole tree on the job's disk.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_tree: Option<String>,
-    /// The base image was made for this job (else an existing one was reused).
-    #[serde(default)]
-    pub base_made: bool,
-    /// Files written to the job's own disk (the delta, or the whole tree).
-    pub files: u64,
-    /// Paths of the base hidden from the job (whiteouts).
-    #[serde(default)]
-    pub removed: u64,
-}
-
-impl std::fmt::Display for InputUse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.base_tree {
-            None => write!(f, "whole tree on the job's disk ({} files)", self.files),
-            Some(t) => write!(
-                f,
-                "base image {} ({}), {} changed files, {} removed paths",
-                t.get(..12).unwrap_or(t),
-                if self.base_made {
-                    "made for this job"
-                } else {
-                    "reused"
-                },
-                self.files,
-                self.removed
-            ),
-        }
-    }
-}
+pub use crate::job::InputUse;
 
 /// One line of `git diff-tree -r -z --no-renames --name-status` between
 /// the base image's tree and the merged tree.

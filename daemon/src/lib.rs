@@ -16,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dbus;
+pub mod error;
 pub mod fault;
 pub mod fsutil;
 pub mod input;

@@ -398,11 +398,7 @@ fn import_into(
     limits: &Limits,
     reservation: &mut Option<Reservation>,
 ) -> Result<Imported> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e| Error::Io(p, e)
-    };
-    let f = File::open(export).map_err(io(export))?;
+    let f = File::open(export).map_err(io_at(export))?;
     let mut r = BufReader::with_capacity(1 << 20, f);
     let manifest = airlock_wire::read_header(&mut r)?;
     if manifest.paths.len() > limits.max_paths {
@@ -415,24 +411,63 @@ fn import_into(
             .saturating_add(PER_PATH_OVERHEAD)
     });
     *reservation = reserve(root, claimed, limits.max_total_bytes)?;
-    // Parse every claimed path first: the set of this job's paths.
-    let mut paths = Vec::with_capacity(manifest.paths.len());
-    let mut seen = HashSet::new();
-    let mut hash_parts = HashSet::new();
-    for p in &manifest.paths {
-        let sp = StorePath::parse(&p.path)?;
-        // Two paths with one hash part would share `<hash>.narinfo`.
-        if !hash_parts.insert(sp.hash_part().to_owned()) || !seen.insert(sp.clone()) {
-            return Err(Error::Duplicate(p.path.clone()));
-        }
-        paths.push(sp);
+    let set = PathSet::of(&manifest, job)?;
+    let scanner = RefScanner::new(set.scan.iter().map(StorePath::hash_part));
+    let nar_dir = tmp.join("nar");
+    std::fs::create_dir_all(&nar_dir).map_err(io_at(&nar_dir))?;
+    let mut verified = Vec::with_capacity(set.paths.len());
+    for (claim, sp) in manifest.paths.iter().zip(&set.paths) {
+        let ni = verify_path(&mut r, claim, sp, &set, &scanner, &nar_dir, limits)?;
+        verified.push(VerifiedPath::of(&ni));
+        let ni_path = tmp.join(format!("{}.narinfo", sp.hash_part()));
+        // Plain writes: nothing in `tmp` is visible until it is renamed into
+        // place, after one sync of everything (below).
+        std::fs::write(&ni_path, ni.render().as_bytes()).map_err(io_at(&ni_path))?;
     }
-    // References may also go to upstream paths the job substituted; those
-    // claimed are scanned for as well (and must then really occur).
-    let mut scan: Vec<StorePath> = paths.clone();
-    let mut extra = BTreeSet::new();
-    for claim in &manifest.paths {
-        for r in &claim.references {
+    airlock_wire::read_trailer(&mut r)?;
+    write_job_files(tmp, job, &manifest, &set.paths, verified)?;
+    // One sync of the file system instead of one per file (three per path
+    // made a 35 000-path export take 20 s): the files, then the directories.
+    crate::fsutil::sync_fs(tmp).map_err(io_at(tmp))?;
+    Ok(Imported {
+        dir: tmp.to_path_buf(),
+        manifest,
+        paths: set.paths,
+    })
+}
+
+fn io_at(p: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let p = p.to_path_buf();
+    move |e| Error::Io(p, e)
+}
+
+/// The paths one export claims, parsed, and the upstream paths its
+/// references may also name (substituted by the job; scanned for too, and
+/// they must then really occur).
+struct PathSet {
+    paths: Vec<StorePath>,
+    seen: HashSet<StorePath>,
+    extra: BTreeSet<StorePath>,
+    /// What a NAR is scanned for: `paths`, then `extra`.
+    scan: Vec<StorePath>,
+}
+
+impl PathSet {
+    fn of(manifest: &Manifest, job: &JobRef<'_>) -> Result<PathSet> {
+        let mut paths = Vec::with_capacity(manifest.paths.len());
+        let mut seen = HashSet::new();
+        let mut hash_parts = HashSet::new();
+        for p in &manifest.paths {
+            let sp = StorePath::parse(&p.path)?;
+            // Two paths with one hash part would share `<hash>.narinfo`.
+            if !hash_parts.insert(sp.hash_part().to_owned()) || !seen.insert(sp.clone()) {
+                return Err(Error::Duplicate(p.path.clone()));
+            }
+            paths.push(sp);
+        }
+        let mut scan: Vec<StorePath> = paths.clone();
+        let mut extra = BTreeSet::new();
+        for r in manifest.paths.iter().flat_map(|c| &c.references) {
             if job.upstream.contains(r) {
                 let rp = StorePath::parse(r)?;
                 if !seen.contains(&rp) && extra.insert(rp.clone()) {
@@ -440,121 +475,153 @@ fn import_into(
                 }
             }
         }
+        Ok(PathSet {
+            paths,
+            seen,
+            extra,
+            scan,
+        })
     }
-    let scanner = RefScanner::new(scan.iter().map(StorePath::hash_part));
-    let nar_dir = tmp.join("nar");
-    std::fs::create_dir_all(&nar_dir).map_err(io(&nar_dir))?;
 
-    let mut verified = Vec::with_capacity(paths.len());
-    for (claim, sp) in manifest.paths.iter().zip(&paths) {
-        let name = sp.to_string();
-        // Claimed references must be valid paths inside this job's export.
+    /// A claim's references, each a path of this export (or an upstream
+    /// path the job substituted).
+    fn claimed_references(
+        &self,
+        claim: &airlock_wire::ExportedPath,
+        name: &str,
+    ) -> Result<BTreeSet<StorePath>> {
         let mut claimed = BTreeSet::new();
         for r in &claim.references {
             let rp = StorePath::parse(r)?;
-            if !seen.contains(&rp) && !extra.contains(&rp) {
+            if !self.seen.contains(&rp) && !self.extra.contains(&rp) {
                 return Err(Error::ReferenceOutsideJob {
-                    path: name,
+                    path: name.to_owned(),
                     reference: r.clone(),
                 });
             }
             claimed.insert(rp);
         }
-        // The content address goes into the narinfo verbatim: only Nix's
-        // canonical grammar passes (no other text, no control characters).
-        let ca = match &claim.ca {
-            None => None,
-            Some(ca) => Some(
-                crate::store::ca::parse(ca)
-                    .map_err(|source| Error::BadCa {
-                        path: name.clone(),
-                        source,
-                    })?
-                    .to_owned(),
-            ),
-        };
-        let deriver = match &claim.deriver {
-            None => None,
-            Some(d) => Some(StorePath::parse(d).map_err(|_| Error::BadDeriver {
-                path: name.clone(),
-                deriver: d.clone(),
-            })?),
-        };
-        let part = nar_dir.join(format!("{}.nar.part", sp.hash_part()));
-        let out = File::create(&part).map_err(io(&part))?;
-        let summary = nar::validate(
-            (&mut r).take(claim.nar_size),
-            claim.nar_size,
-            limits.max_nar_bytes,
-            Some(BufWriter::with_capacity(1 << 20, &out)),
-            scanner.fresh(),
-        )
-        .map_err(|source| Error::Nar {
-            path: name.clone(),
-            source,
-        })?;
-        if nix32::normalize_sha256(&claim.nar_hash).as_deref() != Some(summary.nar_hash.as_str()) {
-            return Err(Error::HashMismatch {
-                path: name,
-                claimed: claim.nar_hash.clone(),
-                actual: summary.nar_hash,
-            });
-        }
-        let actual: BTreeSet<StorePath> = summary
-            .references
-            .iter()
-            .map(|&i| scan[i].clone())
-            .collect();
-        if actual != claimed {
-            return Err(Error::References {
-                path: name,
-                claimed: claimed.iter().map(|p| p.to_string()).collect(),
-                actual: actual.iter().map(|p| p.to_string()).collect(),
-            });
-        }
-        // Uncompressed: the file hash is the NAR hash.
-        let digest = summary.nar_hash.trim_start_matches("sha256:").to_owned();
-        let file = format!("{digest}.nar");
-        let final_path = nar_dir.join(&file);
-        std::fs::rename(&part, &final_path).map_err(io(&final_path))?;
-        // A content address is a claim about the contents and the path:
-        // both are recomputed, so a signed narinfo never carries a false one.
-        if let Some(ca) = &ca {
-            check_ca(ca, sp, &actual, &summary.nar_hash, &final_path).map_err(|why| {
-                Error::FalseCa {
-                    path: name.clone(),
-                    why,
-                }
-            })?;
-        }
-        let ni = NarInfo {
-            signed: Signed {
-                store_path: sp.clone(),
-                nar_hash: summary.nar_hash.clone(),
-                nar_size: summary.nar_size,
-                references: actual.into_iter().collect(),
-            },
-            url: format!("nar/{file}"),
-            compression: "none".into(),
-            file_hash: summary.nar_hash.clone(),
-            file_size: summary.nar_size,
-            deriver,
-            ca,
-            sigs: vec![],
-        };
-        verified.push(VerifiedPath::of(&ni));
-        let ni_path = tmp.join(format!("{}.narinfo", sp.hash_part()));
-        // Plain writes: nothing in `tmp` is visible until it is renamed into
-        // place, after one sync of everything (below).
-        std::fs::write(&ni_path, ni.render().as_bytes()).map_err(io(&ni_path))?;
+        Ok(claimed)
     }
-    airlock_wire::read_trailer(&mut r)?;
+}
 
+/// One path of the export: its NAR read from `r` (exactly its claimed
+/// size), validated and written to `nar_dir/<hash>.nar`; its hash,
+/// references and content address checked against the claim. Returns its
+/// (unsigned) narinfo.
+fn verify_path(
+    r: &mut impl Read,
+    claim: &airlock_wire::ExportedPath,
+    sp: &StorePath,
+    set: &PathSet,
+    scanner: &RefScanner,
+    nar_dir: &Path,
+    limits: &Limits,
+) -> Result<NarInfo> {
+    let name = sp.to_string();
+    let claimed = set.claimed_references(claim, &name)?;
+    let (ca, deriver) = claimed_ca_and_deriver(claim, &name)?;
+    let part = nar_dir.join(format!("{}.nar.part", sp.hash_part()));
+    let out = File::create(&part).map_err(io_at(&part))?;
+    let summary = nar::validate(
+        r.take(claim.nar_size),
+        claim.nar_size,
+        limits.max_nar_bytes,
+        Some(BufWriter::with_capacity(1 << 20, &out)),
+        scanner.fresh(),
+    )
+    .map_err(|source| Error::Nar {
+        path: name.clone(),
+        source,
+    })?;
+    if nix32::normalize_sha256(&claim.nar_hash).as_deref() != Some(summary.nar_hash.as_str()) {
+        return Err(Error::HashMismatch {
+            path: name,
+            claimed: claim.nar_hash.clone(),
+            actual: summary.nar_hash,
+        });
+    }
+    let actual: BTreeSet<StorePath> = summary
+        .references
+        .iter()
+        .map(|&i| set.scan[i].clone())
+        .collect();
+    if actual != claimed {
+        return Err(Error::References {
+            path: name,
+            claimed: claimed.iter().map(|p| p.to_string()).collect(),
+            actual: actual.iter().map(|p| p.to_string()).collect(),
+        });
+    }
+    // Uncompressed: the file hash is the NAR hash.
+    let digest = summary.nar_hash.trim_start_matches("sha256:").to_owned();
+    let file = format!("{digest}.nar");
+    let final_path = nar_dir.join(&file);
+    std::fs::rename(&part, &final_path).map_err(io_at(&final_path))?;
+    // A content address is a claim about the contents and the path: both
+    // are recomputed, so a signed narinfo never carries a false one.
+    if let Some(ca) = &ca {
+        check_ca(ca, sp, &actual, &summary.nar_hash, &final_path)
+            .map_err(|why| Error::FalseCa { path: name, why })?;
+    }
+    Ok(NarInfo {
+        signed: Signed {
+            store_path: sp.clone(),
+            nar_hash: summary.nar_hash.clone(),
+            nar_size: summary.nar_size,
+            references: actual.into_iter().collect(),
+        },
+        url: format!("nar/{file}"),
+        compression: "none".into(),
+        file_hash: summary.nar_hash,
+        file_size: summary.nar_size,
+        deriver,
+        ca,
+        sigs: vec![],
+    })
+}
+
+/// The content address goes into the narinfo verbatim: only Nix's
+/// canonical grammar passes (no other text, no control characters). The
+/// deriver must be a store path.
+fn claimed_ca_and_deriver(
+    claim: &airlock_wire::ExportedPath,
+    name: &str,
+) -> Result<(Option<String>, Option<StorePath>)> {
+    let ca = match &claim.ca {
+        None => None,
+        Some(ca) => Some(
+            crate::store::ca::parse(ca)
+                .map_err(|source| Error::BadCa {
+                    path: name.to_owned(),
+                    source,
+                })?
+                .to_owned(),
+        ),
+    };
+    let deriver = match &claim.deriver {
+        None => None,
+        Some(d) => Some(StorePath::parse(d).map_err(|_| Error::BadDeriver {
+            path: name.to_owned(),
+            deriver: d.clone(),
+        })?),
+    };
+    Ok((ca, deriver))
+}
+
+/// `nix-cache-info` and `manifest.json` of an import.
+fn write_job_files(
+    tmp: &Path,
+    job: &JobRef<'_>,
+    manifest: &Manifest,
+    paths: &[StorePath],
+    verified: Vec<VerifiedPath>,
+) -> Result<()> {
     std::fs::write(
         tmp.join("nix-cache-info"),
         b"StoreDir: /nix/store\nWantMassQuery: 0\nPriority: 50\n",
     )
-    .map_err(io(tmp))?;
+    .map_err(io_at(tmp))?;
     let jm = JobManifest {
         job_id: job.job_id.to_owned(),
         commit: job.commit.to_ascii_lowercase(),
@@ -573,15 +640,7 @@ fn import_into(
         &jm_path,
         serde_json::to_vec_pretty(&jm).expect("serialises"),
     )
-    .map_err(io(&jm_path))?;
-    // One sync of the file system instead of one per file (three per path
-    // made a 35 000-path export take 20 s): the files, then the directories.
-    crate::fsutil::sync_fs(tmp).map_err(io(tmp))?;
-    Ok(Imported {
-        dir: tmp.to_path_buf(),
-        manifest,
-        paths,
-    })
+    .map_err(io_at(&jm_path))
 }
 
 /// nix32 of a sha256 digest, for callers that hash NAR files themselves.

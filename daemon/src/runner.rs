@@ -12,9 +12,10 @@ use tracing::{info, warn, Instrument};
 
 use crate::checkout::{self, Outcome};
 use crate::config::Config;
+use crate::error::chain as error_chain;
 use crate::input::{self, mkfs, sparse_file};
-use crate::job::{JobRecord, JobResult, JobState, JobStore};
-use crate::ofborg::{BuildStatus, Subset};
+use crate::job::{JobPaths, JobRecord, JobResult, JobState, JobStore};
+use crate::ofborg::{status_word, BuildStatus, Subset};
 use crate::quarantine;
 use crate::vm::{Disk, VmBackend, VmExit, VmSpec};
 use airlock_network_policy::{JobNet, Network};
@@ -49,80 +50,137 @@ pub struct Runner {
     pub journal: Option<PathBuf>,
 }
 
-/// `Success`, `Failure`, `UnexpectedError`, …: the status word of a result.
-pub fn status_word(s: &BuildStatus) -> String {
-    match s {
-        BuildStatus::UnexpectedError { .. } => "UnexpectedError".into(),
-        other => format!("{other:?}"),
+/// Remove what must not outlive the job, after killing a VM a previous
+/// run left behind (its pid file names it).
+pub fn clear_scratch(paths: &JobPaths) {
+    let id = paths
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if crate::vm::qemu::kill_orphan(&paths.pidfile(), &id) {
+        tracing::warn!(job_id = %id, "killed a VM left behind by a previous run");
+    }
+    paths.remove_scratch();
+}
+
+/// A job that ends before its last step, with the result it reports.
+#[derive(Debug)]
+pub struct JobEnd(pub Box<JobResult>);
+
+/// What each step of the job returns: its output, or the job's end.
+pub type Step<T> = std::result::Result<T, JobEnd>;
+
+/// The branch a job's head is merged onto: the PR's target branch, or for
+/// a review the branch it is reviewed against (`review.base_for`).
+fn branch_to_merge_onto<'a>(
+    base_for: &'a std::collections::BTreeMap<String, String>,
+    rec: &'a JobRecord,
+) -> &'a str {
+    if rec.job.airlock_review.is_some() {
+        rec.job.review_base(base_for)
+    } else {
+        rec.job.target_branch()
     }
 }
 
-/// Files of one job under `jobs/<id>/`.
-pub struct JobPaths {
-    pub dir: PathBuf,
+/// Where the built tree came from, for the quarantine manifest (and so
+/// for the release rule, which checks the branch against the PR's).
+fn origin(rec: &JobRecord) -> Option<quarantine::Origin> {
+    match (&rec.base_commit, &rec.merged_commit) {
+        (Some(base), Some(merged)) => Some(quarantine::Origin {
+            clone_url: rec.job.repo.clone_url.clone(),
+            base_branch: merged_onto(rec).to_owned(),
+            base_commit: base.clone(),
+            merged_commit: merged.clone(),
+        }),
+        _ => None,
+    }
 }
 
-impl JobPaths {
-    pub fn build_log(&self) -> PathBuf {
-        self.dir.join("build.log")
-    }
-    pub fn console_log(&self) -> PathBuf {
-        self.dir.join("console.log")
-    }
-    fn channel_log(&self) -> PathBuf {
-        self.dir.join("channel.log")
-    }
-    pub fn pidfile(&self) -> PathBuf {
-        self.dir.join("vm.pid")
-    }
-    fn checkout(&self) -> PathBuf {
-        self.dir.join("checkout")
-    }
-    fn stage(&self) -> PathBuf {
-        self.dir.join("input")
-    }
-    fn input_img(&self) -> PathBuf {
-        self.dir.join("input.img")
-    }
-    /// The job's link to its base image (`crate::input`).
-    fn base_img(&self) -> PathBuf {
-        self.dir.join("base.img")
-    }
-    fn nix_img(&self) -> PathBuf {
-        self.dir.join("nix.img")
-    }
-    fn export_img(&self) -> PathBuf {
-        self.dir.join("export.img")
-    }
-    /// Everything that must not outlive the job (disks, trees).
-    pub fn scratch(&self) -> Vec<PathBuf> {
-        vec![
-            self.checkout(),
-            self.stage(),
-            self.input_img(),
-            self.base_img(),
-            self.nix_img(),
-            self.export_img(),
-            self.channel_log(),
-        ]
-    }
-    pub fn remove_scratch(&self) {
-        let id = self
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if crate::vm::qemu::kill_orphan(&self.pidfile(), &id) {
-            tracing::warn!(job_id = %id, "killed a VM left behind by a previous run");
+/// The branch the job's head was merged onto (recorded at checkout; a
+/// record from before that field: the PR's target branch).
+fn merged_onto(rec: &JobRecord) -> &str {
+    rec.merged_onto
+        .as_deref()
+        .unwrap_or_else(|| rec.job.target_branch())
+}
+
+fn end_with_error(err: String) -> JobEnd {
+    JobEnd(Box::new(result(
+        BuildStatus::UnexpectedError { err },
+        vec![],
+    )))
+}
+
+/// The merged commit and its base, or how the job ends: a refused or
+/// failed checkout is an error, a merge conflict a failure, a head that
+/// cannot be fetched is silent (as ofborg: nothing to the broker).
+fn checkout_outcome(o: Result<Outcome, checkout::Error>) -> Step<(String, String)> {
+    match o {
+        Ok(Outcome::Merged { commit, base }) => Ok((commit, base)),
+        Ok(Outcome::TooLarge(why)) => {
+            warn!(%why, "checkout refused");
+            Err(end_with_error(format!("checkout refused: {why}")))
         }
-        for p in self.scratch() {
-            let _ = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
+        Ok(Outcome::MergeFailed) => {
+            info!("merge failed");
+            Err(JobEnd(Box::new(result(
+                BuildStatus::Failure,
+                vec!["Merge failed".into()],
+            ))))
+        }
+        Ok(Outcome::Missing(why)) => {
+            warn!(%why, "cannot fetch; as ofborg, nothing is reported to the broker");
+            Err(JobEnd(Box::new(JobResult {
+                silent: true,
+                ..result(BuildStatus::UnexpectedError { err: why }, vec![])
+            })))
+        }
+        Err(e) => {
+            warn!(error = %e, "checkout failed");
+            Err(end_with_error(format!(
+                "checkout failed: {}",
+                error_chain(&e)
+            )))
         }
     }
+}
+
+/// How the build VM ended decides whether its export is read: a timeout
+/// or a kill ends the job; a power-off (even with the hypervisor's error
+/// status, which is logged) goes on to verification.
+fn after_build_vm(exit: VmExit, mut res: JobResult, limit_secs: u64) -> Step<JobResult> {
+    match exit {
+        VmExit::TimedOut => {
+            warn!(limit = limit_secs, "job timed out; VM killed");
+            res.status = BuildStatus::TimedOut;
+            Err(JobEnd(Box::new(res)))
+        }
+        VmExit::Killed(reason) => {
+            warn!(%reason, "VM killed");
+            res.status = BuildStatus::UnexpectedError { err: reason };
+            Err(JobEnd(Box::new(res)))
+        }
+        VmExit::PoweredOff { ok, detail } => {
+            if !ok {
+                warn!(%detail, "hypervisor exited with an error");
+            }
+            Ok(res)
+        }
+    }
+}
+
+/// A fixed-output hash mismatch in the fetch phase is what the job
+/// reports (the build phase only sees the missing output), unless the
+/// build succeeded or timed out anyway.
+fn fetch_status_wins(fetch: Option<&BuildStatus>, mut res: JobResult) -> JobResult {
+    if fetch == Some(&BuildStatus::HashMismatch)
+        && !matches!(res.status, BuildStatus::Success | BuildStatus::TimedOut)
+    {
+        res.status = BuildStatus::HashMismatch;
+    }
+    res
 }
 
 fn result(status: BuildStatus, output: Vec<String>) -> JobResult {
@@ -320,9 +378,7 @@ impl Follower {
 
 impl Runner {
     pub fn paths(&self, id: &str) -> JobPaths {
-        JobPaths {
-            dir: self.store.dir(id),
-        }
+        self.store.paths(id)
     }
 
     /// Record that a step of the job ended now.
@@ -414,7 +470,9 @@ impl Runner {
                 &self.cfg.supervision,
             );
             let res = match self.supervisor.begin(&unit).await {
-                Ok(()) => self.run_inner(rec, &paths).await,
+                Ok(()) => match self.run_inner(rec, &paths).await {
+                    Ok(res) | Err(JobEnd(res)) => *res,
+                },
                 Err(e) => {
                     warn!(error = %error_chain(&e), "cannot make the job's unit");
                     result(
@@ -444,7 +502,7 @@ impl Runner {
                     let _ = writeln!(l, "{line}");
                 }
             }
-            paths.remove_scratch();
+            clear_scratch(&paths);
             info!(status = ?res.status, secs = t0.elapsed().as_secs_f64(), paths = res.store_paths.len(), "job finished");
             rec.result = Some(res);
             rec.state = JobState::Done;
@@ -456,98 +514,103 @@ impl Runner {
         .await
     }
 
-    async fn run_inner(&self, rec: &mut JobRecord, paths: &JobPaths) -> JobResult {
+    /// The job's story, step by step; each step either hands the next its
+    /// input or ends the job with its result.
+    async fn run_inner(&self, rec: &mut JobRecord, paths: &JobPaths) -> Step<Box<JobResult>> {
+        self.admit(rec, paths)?;
+        self.checkout(rec, paths).await?;
+        self.not_cancelled(rec)?;
+        self.disks(rec, paths).await?;
+        let mut follower = self.follow(rec, paths)?;
+        let mut upstream = BTreeSet::new();
+        let (fetch_status, last_phase) = match &self.network {
+            Some(net) => {
+                let st = self
+                    .fetch_step(rec, paths, net, &mut follower, &mut upstream)
+                    .await?;
+                (Some(st), Phase::Build)
+            }
+            None => (None, Phase::All),
+        };
+        let res = self
+            .build_step(rec, paths, last_phase, &mut follower)
+            .await?;
+        crate::fault::pause(&self.cfg.state_dir, crate::fault::Point::MidBuild, &rec.id).await;
+        rec.state = JobState::Verifying;
+        self.save(rec);
+        let mut res = self.collect(rec, paths, res, follower, upstream).await;
+        self.mark(rec, "verified");
+        self.review_finish(rec, paths, &mut res).await;
+        Ok(Box::new(fetch_status_wins(fetch_status.as_ref(), res)))
+    }
+
+    /// A job with nothing to build is skipped (and says nothing); a job
+    /// that is malformed or already cancelled ends here.
+    fn admit(&self, rec: &JobRecord, paths: &JobPaths) -> Step<()> {
         let _ = std::fs::create_dir_all(&paths.dir);
-        paths.remove_scratch();
+        clear_scratch(paths);
         if rec.job.attrs.is_empty() && rec.job.airlock_review.is_none() {
-            return JobResult {
+            return Err(JobEnd(Box::new(JobResult {
                 silent: true,
                 ..result(BuildStatus::Skipped, vec![])
-            };
+            })));
         }
-        if let Err(e) = rec.job.validate() {
-            return result(BuildStatus::UnexpectedError { err: e.to_string() }, vec![]);
+        rec.job
+            .validate()
+            .map_err(|e| end_with_error(e.to_string()))?;
+        self.not_cancelled(rec)
+    }
+
+    fn not_cancelled(&self, rec: &JobRecord) -> Step<()> {
+        match self.cancelled(rec) {
+            Some(r) => Err(JobEnd(Box::new(r))),
+            None => Ok(()),
         }
-        if let Some(r) = self.cancelled(rec) {
-            return r;
-        }
-        // 1. checkout
+    }
+
+    /// 1. Fetch the head and the branch it is merged onto, and merge.
+    async fn checkout(&self, rec: &mut JobRecord, paths: &JobPaths) -> Step<()> {
         rec.state = JobState::Checkout;
         self.save(rec);
+        let onto = self.base_branch(rec).to_owned();
         let outcome = checkout::prepare(
             &self.cfg.git_cache_dir(),
             &rec.job.repo.clone_url,
-            self.base_branch(rec),
+            &onto,
             &rec.job.pr.head_sha,
             rec.job.pr.number,
             &paths.checkout(),
             &checkout::Limits::from_config(&self.cfg.limits),
         )
         .await;
-        match outcome {
-            Ok(Outcome::Merged { commit, base }) => {
-                info!(merged = %commit, %base, "merged head onto {}", self.base_branch(rec));
-                rec.merged_commit = Some(commit);
-                rec.base_commit = Some(base);
-                self.mark(rec, "checkout");
-            }
-            Ok(Outcome::TooLarge(why)) => {
-                warn!(%why, "checkout refused");
-                return result(
-                    BuildStatus::UnexpectedError {
-                        err: format!("checkout refused: {why}"),
-                    },
-                    vec![],
-                );
-            }
-            Ok(Outcome::MergeFailed) => {
-                info!("merge failed");
-                return result(BuildStatus::Failure, vec!["Merge failed".into()]);
-            }
-            Ok(Outcome::Missing(why)) => {
-                warn!(%why, "cannot fetch; as ofborg, nothing is reported to the broker");
-                return JobResult {
-                    silent: true,
-                    ..result(BuildStatus::UnexpectedError { err: why }, vec![])
-                };
-            }
-            Err(e) => {
-                warn!(error = %e, "checkout failed");
-                return result(
-                    BuildStatus::UnexpectedError {
-                        err: format!("checkout failed: {}", error_chain(&e)),
-                    },
-                    vec![],
-                );
-            }
-        }
-        if let Some(r) = self.cancelled(rec) {
-            return r;
-        }
-        // 2. disks
+        let (commit, base) = checkout_outcome(outcome)?;
+        info!(merged = %commit, %base, "merged head onto {onto}");
+        rec.merged_commit = Some(commit);
+        rec.base_commit = Some(base);
+        rec.merged_onto = Some(onto);
+        self.mark(rec, "checkout");
+        Ok(())
+    }
+
+    /// 2. The VM's disks: the staged input, an empty /nix, the export area.
+    async fn disks(&self, rec: &mut JobRecord, paths: &JobPaths) -> Step<()> {
         if let Err(e) = self.make_disks(rec, paths).await {
             warn!(error = %e, "cannot prepare the VM disks");
-            return result(BuildStatus::UnexpectedError { err: e }, vec![]);
+            return Err(end_with_error(e));
         }
         self.mark(rec, "disks");
-        // 3. the VM
+        Ok(())
+    }
+
+    /// 3. The job runs: its build log, and the guest's lines to the journal.
+    fn follow(&self, rec: &mut JobRecord, paths: &JobPaths) -> Step<Follower> {
         rec.state = JobState::Running;
         self.save(rec);
-        let log = match std::fs::OpenOptions::new()
+        let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(paths.build_log())
-        {
-            Ok(l) => l,
-            Err(e) => {
-                return result(
-                    BuildStatus::UnexpectedError {
-                        err: format!("open build log: {e}"),
-                    },
-                    vec![],
-                );
-            }
-        };
+            .map_err(|e| end_with_error(format!("open build log: {e}")))?;
         let mut follower = Follower::new(log);
         follower.guest = self.journal.as_deref().and_then(|j| {
             let mut fields = vec![
@@ -561,54 +624,59 @@ impl Runner {
             }
             crate::journal::GuestLines::new(j, self.cfg.supervision.journal_lines_per_sec, fields)
         });
-        // 3a. Fetch phase: a NIC behind the egress policy; only FODs are realised.
-        let mut fetch_status = None;
-        // Paths the substituter served this job (checked narinfos).
-        let mut upstream = BTreeSet::new();
-        let last_phase = if let Some(net) = &self.network {
-            let fetch_review;
-            match self
-                .fetch_phase(rec, paths, net, &mut follower, &mut upstream)
-                .await
-            {
-                Ok((st, rv)) => {
-                    fetch_status = Some(st);
-                    // A review with nothing to build ends after its fetch boot.
-                    fetch_review = rv;
-                }
-                Err(res) => return *res,
+        Ok(follower)
+    }
+
+    /// 3a. The fetch phase: a NIC behind the egress policy; only FODs are
+    /// realised. A review whose evaluation failed, or with nothing to
+    /// build, ends here.
+    async fn fetch_step(
+        &self,
+        rec: &mut JobRecord,
+        paths: &JobPaths,
+        net: &Network,
+        follower: &mut Follower,
+        upstream: &mut BTreeSet<String>,
+    ) -> Step<BuildStatus> {
+        let (status, review) = self
+            .fetch_phase(rec, paths, net, follower, upstream)
+            .await
+            .map_err(JobEnd)?;
+        if rec.job.airlock_review.is_some() && matches!(status, BuildStatus::UnexpectedError { .. })
+        {
+            let mut res = follower.result();
+            res.status = status;
+            return Err(JobEnd(Box::new(res)));
+        }
+        if status == BuildStatus::Skipped {
+            let mut res = result(
+                BuildStatus::Skipped,
+                follower.tail.iter().cloned().collect(),
+            );
+            res.skipped_attrs = follower.skipped.clone();
+            if let Some(rv) = review {
+                self.review_report(rec, paths, &mut res, &rv).await;
             }
-            // A review whose evaluation failed has nothing to build.
-            if rec.job.airlock_review.is_some()
-                && matches!(fetch_status, Some(BuildStatus::UnexpectedError { .. }))
-            {
-                let mut res = follower.result();
-                res.status = fetch_status.clone().expect("matched");
-                return res;
-            }
-            if fetch_status == Some(BuildStatus::Skipped) {
-                let mut res = result(
-                    BuildStatus::Skipped,
-                    follower.tail.iter().cloned().collect(),
-                );
-                res.skipped_attrs = follower.skipped.clone();
-                if let Some(rv) = fetch_review {
-                    self.review_report(rec, paths, &mut res, &rv).await;
-                }
-                return res;
-            }
-            Phase::Build
-        } else {
-            Phase::All
-        };
-        // 3b. Build phase (or the only phase): no NIC at all.
-        let exit = match self.boot(rec, paths, last_phase, None, &mut follower).await {
-            Ok(x) => x,
-            Err(e) => {
+            return Err(JobEnd(Box::new(res)));
+        }
+        Ok(status)
+    }
+
+    /// 3b. The build phase (or the only phase): no NIC at all.
+    async fn build_step(
+        &self,
+        rec: &mut JobRecord,
+        paths: &JobPaths,
+        phase: Phase,
+        follower: &mut Follower,
+    ) -> Step<JobResult> {
+        let exit = self
+            .boot(rec, paths, phase, None, follower)
+            .await
+            .map_err(|e| {
                 warn!(error = %e, "VM failed");
-                return result(BuildStatus::UnexpectedError { err: e }, vec![]);
-            }
-        };
+                end_with_error(e)
+            })?;
         // What was built and substituted: one more log line (so also in the
         // result's last lines and on the broker's log stream).
         if let Some(r) = rec.realised {
@@ -616,46 +684,18 @@ impl Runner {
             info!(built = r.built, substituted = r.substituted, "{line}");
             follower.log_line(line, rec, self.sink.as_ref());
         }
-        let mut res = follower.result();
-        match exit {
-            VmExit::TimedOut => {
-                warn!(
-                    limit = self.cfg.limits.job_timeout_secs,
-                    "job timed out; VM killed"
-                );
-                res.status = BuildStatus::TimedOut;
-                return res;
-            }
-            VmExit::Killed(reason) => {
-                warn!(%reason, "VM killed");
-                res.status = BuildStatus::UnexpectedError { err: reason };
-                return res;
-            }
-            VmExit::PoweredOff { ok, detail } if !ok => {
-                warn!(%detail, "hypervisor exited with an error");
-            }
-            VmExit::PoweredOff { .. } => {}
+        after_build_vm(exit, follower.result(), self.cfg.limits.job_timeout_secs)
+    }
+
+    /// 4b. A review job's report, from the outcome its VM exported.
+    async fn review_finish(&self, rec: &JobRecord, paths: &JobPaths, res: &mut JobResult) {
+        if rec.job.airlock_review.is_none() {
+            return;
         }
-        crate::fault::pause(&self.cfg.state_dir, crate::fault::Point::MidBuild, &rec.id).await;
-        // 4. verify and quarantine
-        rec.state = JobState::Verifying;
-        self.save(rec);
-        let mut res = self.collect(rec, paths, res, follower, upstream).await;
-        self.mark(rec, "verified");
-        if rec.job.airlock_review.is_some() {
-            match quarantine::read_manifest(&paths.export_img()).map(|m| m.review) {
-                Ok(Some(rv)) => self.review_report(rec, paths, &mut res, &rv).await,
-                _ => warn!("the review VM reported no review"),
-            }
+        match quarantine::read_manifest(&paths.export_img()).map(|m| m.review) {
+            Ok(Some(rv)) => self.review_report(rec, paths, res, &rv).await,
+            _ => warn!("the review VM reported no review"),
         }
-        // A fixed-output hash mismatch in the fetch phase is what the job
-        // reports (the build phase only sees the missing output).
-        if fetch_status == Some(BuildStatus::HashMismatch)
-            && !matches!(res.status, BuildStatus::Success | BuildStatus::TimedOut)
-        {
-            res.status = BuildStatus::HashMismatch;
-        }
-        res
     }
 
     /// Boot the fetch VM on a fresh job network; returns the fetch status,
@@ -750,11 +790,7 @@ impl Runner {
     /// The branch the head is merged onto: the target branch, or for a
     /// review job the branch it is reviewed against.
     fn base_branch<'a>(&'a self, rec: &'a JobRecord) -> &'a str {
-        if rec.job.airlock_review.is_some() {
-            rec.job.review_base(&self.cfg.review.base_for)
-        } else {
-            rec.job.target_branch()
-        }
+        branch_to_merge_onto(&self.cfg.review.base_for, rec)
     }
 
     /// Write `report.json` and `report.md` of a review job from the guest's
@@ -775,7 +811,9 @@ impl Runner {
             rec: rec.clone(),
             base_branch: self.base_branch(rec).to_owned(),
             quarantine: res.quarantine.clone(),
-            dir: paths.dir.clone(),
+            paths: JobPaths {
+                dir: paths.dir.clone(),
+            },
             outcome: rv.clone(),
         };
         let late = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -815,7 +853,7 @@ impl Runner {
         let (Some(base), Some(merged)) = (&rec.base_commit, &rec.merged_commit) else {
             return Err("no merged commit to stage".into());
         };
-        let bases = self.cfg.bases();
+        let bases = input::Bases::from_config(&self.cfg);
         let base_img = paths.base_img();
         let used = input::stage(
             &paths.checkout(),
@@ -1002,7 +1040,6 @@ impl Runner {
             Phase::Fetch => self.cfg.limits.fetch_timeout_secs,
             _ => self.cfg.limits.job_timeout_secs,
         });
-        let boot_limit = Duration::from_secs(self.cfg.limits.boot_timeout_secs);
         let t0 = Instant::now();
         rec.accel = Some(self.backend.accel().to_owned());
         info!(accel = self.backend.accel(), ?phase, "starting VM");
@@ -1014,38 +1051,9 @@ impl Runner {
             tokio::select! {
                 r = &mut vm => break r.map_err(|e| e.to_string())?,
                 _ = tick.tick() => {
-                    if self.control.is_cancelled(&rec.id) {
+                    if let Some(why) = self.watch(rec, &spec, f, t0, cancel_tx.is_none()) {
                         if let Some(tx) = cancel_tx.take() {
-                            warn!("cancelled by an administrator; VM stopped");
-                            let _ = tx.send(crate::control::CANCELLED.to_string());
-                        }
-                    }
-                    // A guest that floods its console or channel is stopped
-                    // before it fills the host's disk.
-                    let cap = self.cfg.limits.max_log_bytes;
-                    for (what, p) in [("console", &spec.console_log), ("agent channel", &spec.channel_log)] {
-                        let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-                        if len > cap {
-                            if let Some(tx) = cancel_tx.take() {
-                                warn!(what, bytes = len, cap, "guest output over the limit; VM killed");
-                                let _ = tx.send(format!(
-                                    "the guest wrote more than {cap} bytes to its {what} (limits.max_log_bytes)"
-                                ));
-                            }
-                        }
-                    }
-                    let was_started = f.started.is_some();
-                    f.poll(&spec.channel_log, rec, self.sink.as_ref());
-                    f.poll_console(&spec.console_log);
-                    if !was_started {
-                        if let Some(s) = f.started {
-                            let secs = (s - t0).as_secs_f64();
-                            info!(secs, "agent started");
-                            rec.boot_secs.get_or_insert(secs);
-                        } else if t0.elapsed() > boot_limit {
-                            if let Some(tx) = cancel_tx.take() {
-                                let _ = tx.send(format!("VM did not start the agent within {}s", boot_limit.as_secs()));
-                            }
+                            let _ = tx.send(why);
                         }
                     }
                 }
@@ -1065,6 +1073,68 @@ impl Runner {
             ?phase,
             "VM stopped"
         );
+        self.take_from_vm(rec, phase, f);
+        Ok(exit)
+    }
+
+    /// Every 100 ms of a running VM: follow its channel and console, and
+    /// (unless it is `stopping` already) say why it must stop: a cancel, a
+    /// flood of output, an agent that never started.
+    fn watch(
+        &self,
+        rec: &mut JobRecord,
+        spec: &VmSpec,
+        f: &mut Follower,
+        t0: Instant,
+        stopping: bool,
+    ) -> Option<String> {
+        let mut stop = None;
+        if !stopping && self.control.is_cancelled(&rec.id) {
+            warn!("cancelled by an administrator; VM stopped");
+            stop = Some(crate::control::CANCELLED.to_string());
+        }
+        // A guest that floods its console or channel is stopped before it
+        // fills the host's disk.
+        let cap = self.cfg.limits.max_log_bytes;
+        for (what, p) in [
+            ("console", &spec.console_log),
+            ("agent channel", &spec.channel_log),
+        ] {
+            let len = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            if !stopping && len > cap && stop.is_none() {
+                warn!(
+                    what,
+                    bytes = len,
+                    cap,
+                    "guest output over the limit; VM killed"
+                );
+                stop = Some(format!(
+                    "the guest wrote more than {cap} bytes to its {what} (limits.max_log_bytes)"
+                ));
+            }
+        }
+        let was_started = f.started.is_some();
+        f.poll(&spec.channel_log, rec, self.sink.as_ref());
+        f.poll_console(&spec.console_log);
+        if !was_started {
+            let boot_limit = Duration::from_secs(self.cfg.limits.boot_timeout_secs);
+            if let Some(s) = f.started {
+                let secs = (s - t0).as_secs_f64();
+                info!(secs, "agent started");
+                rec.boot_secs.get_or_insert(secs);
+            } else if !stopping && t0.elapsed() > boot_limit && stop.is_none() {
+                stop = Some(format!(
+                    "VM did not start the agent within {}s",
+                    boot_limit.as_secs()
+                ));
+            }
+        }
+        stop
+    }
+
+    /// What a VM left in its follower goes into the job record: its step
+    /// marks (prefixed by phase), the guest's Nix, what it realised.
+    fn take_from_vm(&self, rec: &mut JobRecord, phase: Phase, f: &mut Follower) {
         let prefix = match phase {
             Phase::Fetch => "fetch:",
             Phase::Build => "build:",
@@ -1080,7 +1150,6 @@ impl Runner {
             rec.realised.get_or_insert_with(Default::default).add(r);
         }
         self.mark(rec, &format!("{prefix}vm_exit"));
-        Ok(exit)
     }
 
     async fn collect(
@@ -1117,15 +1186,7 @@ impl Runner {
         let commit = rec.job.pr.head_sha.clone();
         let repo = rec.job.repo.full_name.clone();
         let pr = rec.job.pr.number;
-        let origin = match (&rec.base_commit, &rec.merged_commit) {
-            (Some(base), Some(merged)) => Some(quarantine::Origin {
-                clone_url: rec.job.repo.clone_url.clone(),
-                base_branch: rec.job.target_branch().to_owned(),
-                base_commit: base.clone(),
-                merged_commit: merged.clone(),
-            }),
-            _ => None,
-        };
+        let origin = origin(rec);
         let imported = tokio::task::spawn_blocking(move || {
             let jr = quarantine::JobRef {
                 job_id: &job_id,
@@ -1192,18 +1253,6 @@ pub fn realised_line(r: &crate::job::Realised, s: Option<&crate::substituter::Jo
     line
 }
 
-/// "a: b: c" from an error and its sources.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// The longest a review report may take to build and write.
 pub const REPORT_TIME_LIMIT: Duration = Duration::from_secs(120);
 
@@ -1227,7 +1276,7 @@ struct ReportInput {
     rec: JobRecord,
     base_branch: String,
     quarantine: Option<PathBuf>,
-    dir: PathBuf,
+    paths: JobPaths,
     outcome: crate::review::ReviewOutcome,
 }
 
@@ -1300,9 +1349,12 @@ fn write_review_report(i: &ReportInput, late: &std::sync::atomic::AtomicBool) ->
     if late.load(std::sync::atomic::Ordering::SeqCst) {
         return vec![];
     }
-    for (name, body) in [("report.json", &json[..]), ("report.md", md.as_bytes())] {
-        if let Err(e) = crate::fsutil::write_atomic(&i.dir.join(name), body) {
-            warn!(error = %e, "cannot write {name}");
+    for (path, body) in [
+        (i.paths.report_json(), &json[..]),
+        (i.paths.report_md(), md.as_bytes()),
+    ] {
+        if let Err(e) = crate::fsutil::write_atomic(&path, body) {
+            warn!(error = %e, file = %path.display(), "cannot write the review report");
         }
     }
     report::summary_lines(&r)
@@ -1310,6 +1362,104 @@ fn write_review_report(i: &ReportInput, late: &std::sync::atomic::AtomicBool) ->
 
 #[cfg(test)]
 mod tests {
+    fn record(review_base: Option<&str>) -> JobRecord {
+        let mut job: crate::ofborg::BuildJob = serde_json::from_str(r#"{"repo":{"owner":"o","name":"n","full_name":"o/n","clone_url":"/x"},"pr":{"target_branch":"master","number":1,"head_sha":"e9872fa30caac57c69bfac8667e6c21254603df1"},"subset":null,"attrs":["a"],"request_id":"r","logs":null,"statusreport":null}"#).unwrap();
+        if let Some(b) = review_base {
+            job.attrs = vec![];
+            job.airlock_review = Some(crate::ofborg::ReviewRequest {
+                base: (!b.is_empty()).then(|| b.to_owned()),
+                ..Default::default()
+            });
+        }
+        JobRecord::new(crate::job::Source::Local, job)
+    }
+
+    /// What the checkout step records, then what the quarantine manifest
+    /// (and so the release rule) is told.
+    fn origin_after_checkout(
+        base_for: &std::collections::BTreeMap<String, String>,
+        mut rec: JobRecord,
+    ) -> String {
+        let onto = branch_to_merge_onto(base_for, &rec).to_owned();
+        rec.base_commit = Some("a".repeat(40));
+        rec.merged_commit = Some("b".repeat(40));
+        rec.merged_onto = Some(onto);
+        origin(&rec).unwrap().base_branch
+    }
+
+    /// Issue 28: a review merged onto its review base recorded the PR's
+    /// target branch as the base in its quarantine manifest.
+    #[test]
+    fn the_origin_names_the_branch_the_head_was_merged_onto() {
+        let none = Default::default();
+        assert_eq!(origin_after_checkout(&none, record(None)), "master");
+        assert_eq!(
+            origin_after_checkout(&none, record(Some("staging-next"))),
+            "staging-next"
+        );
+        let base_for = [("master".to_owned(), "staging".to_owned())].into();
+        assert_eq!(
+            origin_after_checkout(&base_for, record(Some(""))),
+            "staging"
+        );
+        assert_eq!(
+            origin_after_checkout(&base_for, record(None)),
+            "master",
+            "base_for is for reviews only"
+        );
+        // A record written before `merged_onto` existed: the target branch.
+        let mut old = record(None);
+        old.base_commit = Some("a".repeat(40));
+        old.merged_commit = Some("b".repeat(40));
+        assert_eq!(origin(&old).unwrap().base_branch, "master");
+    }
+
+    #[test]
+    fn how_the_build_vm_ended_decides_what_comes_next() {
+        let res = || result(BuildStatus::Success, vec!["line".into()]);
+        let ended = |s: Step<JobResult>| s.map_err(|JobEnd(r)| r.status);
+        assert_eq!(
+            ended(after_build_vm(VmExit::TimedOut, res(), 60)).unwrap_err(),
+            BuildStatus::TimedOut
+        );
+        assert_eq!(
+            ended(after_build_vm(
+                VmExit::Killed("cancelled".into()),
+                res(),
+                60
+            ))
+            .unwrap_err(),
+            BuildStatus::UnexpectedError {
+                err: "cancelled".into()
+            }
+        );
+        for ok in [true, false] {
+            let exit = VmExit::PoweredOff {
+                ok,
+                detail: String::new(),
+            };
+            let r = after_build_vm(exit, res(), 60).unwrap();
+            assert_eq!(r.output, ["line"], "verification goes on (ok = {ok})");
+        }
+    }
+
+    #[test]
+    fn a_fetch_phase_hash_mismatch_is_what_a_failed_job_reports() {
+        let with = |fetch: Option<BuildStatus>, build: BuildStatus| {
+            fetch_status_wins(fetch.as_ref(), result(build, vec![])).status
+        };
+        use BuildStatus::*;
+        assert_eq!(with(Some(HashMismatch), Failure), HashMismatch);
+        assert_eq!(
+            with(Some(HashMismatch), UnexpectedError { err: "x".into() }),
+            HashMismatch
+        );
+        assert_eq!(with(Some(HashMismatch), Success), Success);
+        assert_eq!(with(Some(HashMismatch), TimedOut), TimedOut);
+        assert_eq!(with(Some(Success), Failure), Failure);
+        assert_eq!(with(None, Failure), Failure);
+    }
+
     #[tokio::test]
     async fn blocking_work_has_a_time_limit() {
         let limit = std::time::Duration::from_millis(100);

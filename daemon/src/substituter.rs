@@ -108,21 +108,7 @@ pub struct Settings {
     pub max_nar_bytes: u64,
 }
 
-/// What one job got from the substituter (shown by `airlockctl show`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobStats {
-    pub narinfo_hits: u64,
-    pub narinfo_misses: u64,
-    pub narinfos_refused: u64,
-    pub nars_served: u64,
-    /// NAR bytes sent to the guest (compressed, as stored).
-    pub bytes_served: u64,
-    /// Bytes downloaded from upstream for this job (narinfos and NARs).
-    pub bytes_upstream: u64,
-    /// Why narinfos were refused (first few).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub refusals: Vec<String>,
-}
+pub use crate::job::JobStats;
 
 const MAX_REFUSALS_KEPT: usize = 20;
 const MAX_NARINFO_BYTES: u64 = 64 << 10;
@@ -347,15 +333,26 @@ fn safe_relative_url(u: &str) -> bool {
 }
 
 impl Settings {
+    /// From `[nix]` and `[substituter]`; `None` when the proxy is off
+    /// (no fetch-phase network, or no upstream).
+    pub fn from_config(cfg: &crate::config::Config) -> Option<Settings> {
+        cfg.substituter_enabled().then(|| Settings {
+            upstreams: cfg.nix.substituters.clone(),
+            trusted_public_keys: cfg.nix.trusted_public_keys.clone(),
+            dir: cfg.substituter_dir(),
+            max_bytes: cfg.substituter.max_bytes,
+            negative_ttl: Duration::from_secs(cfg.substituter.negative_ttl_secs),
+            max_nar_bytes: cfg.limits.max_nar_bytes,
+        })
+    }
+
     pub fn check(&self) -> Result<()> {
-        for u in &self.upstreams {
-            let rest = u
-                .strip_prefix("https://")
-                .or_else(|| u.strip_prefix("http://"))
-                .ok_or_else(|| Error::BadUpstream(u.clone()))?;
-            if rest.is_empty() || rest.contains(char::is_whitespace) || rest.contains('?') {
-                return Err(Error::BadUpstream(u.clone()));
-            }
+        if let Some(u) = self
+            .upstreams
+            .iter()
+            .find(|u| !crate::config::upstream_url_ok(u))
+        {
+            return Err(Error::BadUpstream(u.clone()));
         }
         for k in &self.trusted_public_keys {
             signing::check_public(k).map_err(|_| Error::BadKey(k.clone()))?;
@@ -1102,7 +1099,7 @@ impl Fetch for HttpFetch {
             let resp = tokio::time::timeout(timeout, client.request(req))
                 .await
                 .map_err(|_| fail(format!("no answer within {}s", timeout.as_secs())))?
-                .map_err(|e| fail(crate::runner::error_chain(&e)))?;
+                .map_err(|e| fail(crate::error::chain(&e)))?;
             match resp.status() {
                 s if s.is_success() => {}
                 StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => return Ok(None),

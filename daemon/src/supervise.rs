@@ -206,7 +206,7 @@ impl Supervisor {
             SupervisionMode::Auto if booted => match SystemdUnits::connect(cfg).await {
                 Ok(s) => Supervisor::Systemd(s),
                 Err(e) => {
-                    warn!(error = %crate::runner::error_chain(&e), "systemd is running but its manager does not answer; supervising VM processes directly");
+                    warn!(error = %crate::error::chain(&e), "systemd is running but its manager does not answer; supervising VM processes directly");
                     Supervisor::Direct(Direct::new())
                 }
             },
@@ -305,7 +305,7 @@ impl Supervisor {
             Box::pin(async move {
                 me.adopt(&id, pid)
                     .await
-                    .map_err(|e| crate::runner::error_chain(&e))
+                    .map_err(|e| crate::error::chain(&e))
             })
         })
     }

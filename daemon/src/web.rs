@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::job::{JobRecord, JobState, JobStore};
+use crate::job::{JobPaths, JobRecord, JobState, JobStore};
 use crate::review::report::Report;
 
 /// Largest piece of log one request returns.
@@ -101,7 +101,7 @@ fn status_word(r: &JobRecord) -> String {
     match (&r.result, r.state) {
         (_, s) if !s.is_terminal() => format!("{s:?}").to_lowercase(),
         (Some(res), _) if r.interrupted => format!("interrupted ({:?})", res.status),
-        (Some(res), _) => crate::runner::status_word(&res.status),
+        (Some(res), _) => crate::ofborg::status_word(&res.status),
         (None, _) => "done".into(),
     }
 }
@@ -199,6 +199,16 @@ fn render_report(r: &Report) -> String {
         }
         b.push_str("</ul>\n");
     }
+    render_evidence(&mut b, r);
+    render_artifacts(&mut b, r);
+    if let Some(s) = &r.builder.sponsor {
+        b.push_str(&format!("<p><i>{}</i></p>\n", esc(&s.line)));
+    }
+    b
+}
+
+/// The evidence map as a table.
+fn render_evidence(b: &mut String, r: &Report) {
     b.push_str("<h3>What the passing tests vouch for</h3>\n");
     if r.evidence.by_package.is_empty() {
         b.push_str("<p>No passing test exercises a changed package.</p>\n");
@@ -232,6 +242,10 @@ fn render_report(r: &Report) -> String {
         }
         b.push_str("</table>\n");
     }
+}
+
+/// Screenshots as images, other artifacts as links.
+fn render_artifacts(b: &mut String, r: &Report) {
     if !r.artifacts.is_empty() {
         b.push_str("<h3>Test artifacts</h3>\n<p>Shown as images only: nothing on this page makes a quarantined path substitutable.</p>\n");
         for a in &r.artifacts {
@@ -252,10 +266,6 @@ fn render_report(r: &Report) -> String {
             }
         }
     }
-    if let Some(s) = &r.builder.sponsor {
-        b.push_str(&format!("<p><i>{}</i></p>\n", esc(&s.line)));
-    }
-    b
 }
 
 /// One job: status, the review's report if any, and the log (`log` is
@@ -317,8 +327,8 @@ fn load(st: &Web, id: &str) -> Option<JobRecord> {
 /// lists are bounded when it is made).
 const MAX_REPORT_BYTES: u64 = 16 << 20;
 
-fn read_report(dir: &Path) -> Option<Report> {
-    let f = dir.join("report.json");
+fn read_report(paths: &JobPaths) -> Option<Report> {
+    let f = paths.report_json();
     if std::fs::metadata(&f).ok()?.len() > MAX_REPORT_BYTES {
         return None;
     }
@@ -361,10 +371,10 @@ async fn job_page(State(st): State<Arc<Web>>, UrlPath(id): UrlPath<String>) -> R
     let Some(rec) = load(&st, &id) else {
         return not_found();
     };
-    let dir = st.jobs.dir(&id);
-    let report = read_report(&dir);
+    let paths = st.jobs.paths(&id);
+    let report = read_report(&paths);
     // The start of a long log is cut: the page shows its last part.
-    let path = dir.join("build.log");
+    let path = paths.build_log();
     let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let from = len.saturating_sub(LOG_CHUNK);
     let (mut text, next) = read_log(&path, from, LOG_CHUNK);
@@ -390,7 +400,7 @@ async fn log_chunk(
     if load(&st, &id).is_none() {
         return not_found();
     }
-    let path = st.jobs.dir(&id).join("build.log");
+    let path = st.jobs.paths(&id).build_log();
     let from = q.from.unwrap_or(0);
     let deadline = tokio::time::Instant::now() + LOG_WAIT;
     let (text, next, done) = loop {
@@ -444,7 +454,7 @@ async fn report_json(State(st): State<Arc<Web>>, UrlPath(id): UrlPath<String>) -
     if load(&st, &id).is_none() {
         return not_found();
     }
-    match std::fs::read(st.jobs.dir(&id).join("report.json")) {
+    match std::fs::read(st.jobs.paths(&id).report_json()) {
         Ok(b) => file_response(b, "application/json"),
         Err(_) => not_found(),
     }
@@ -454,7 +464,7 @@ async fn report_md(State(st): State<Arc<Web>>, UrlPath(id): UrlPath<String>) -> 
     if load(&st, &id).is_none() {
         return not_found();
     }
-    match std::fs::read(st.jobs.dir(&id).join("report.md")) {
+    match std::fs::read(st.jobs.paths(&id).report_md()) {
         Ok(b) => file_response(b, "text/plain; charset=utf-8"),
         Err(_) => not_found(),
     }
@@ -479,7 +489,7 @@ async fn artifact(
         return not_found();
     };
     // Only the outputs of this job's report's passing tests.
-    let Some(report) = read_report(&st.jobs.dir(&id)) else {
+    let Some(report) = read_report(&st.jobs.paths(&id)) else {
         return not_found();
     };
     let store_path = format!("/nix/store/{base}");
@@ -586,7 +596,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = std::fs::File::create(d.path().join("report.json")).unwrap();
         f.set_len(MAX_REPORT_BYTES + 1).unwrap();
-        assert!(read_report(d.path()).is_none());
+        assert!(read_report(&JobPaths {
+            dir: d.path().to_owned()
+        })
+        .is_none());
     }
 
     #[test]

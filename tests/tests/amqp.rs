@@ -210,7 +210,6 @@ fn kill9_mid_job_redelivers_and_reports_once() {
         // Kill the daemon once the VM is running the job.
         until_build_started(&mut p, &d).await;
         d.kill9();
-        std::thread::sleep(std::time::Duration::from_secs(1));
         d.spawn();
         assert!(
             p.until(600, |p| !p.results_for(&req).is_empty()).await,

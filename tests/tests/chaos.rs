@@ -210,7 +210,7 @@ fn chaos(ns: &str) {
         "a job's nftables chain is left (seed {seed}):\n{nft}"
     );
     for e in std::fs::read_dir(state.join("jobs")).unwrap().flatten() {
-        let paths = airlock::runner::JobPaths { dir: e.path() };
+        let paths = airlock::job::JobPaths { dir: e.path() };
         for p in paths.scratch() {
             assert!(!p.exists(), "{} left behind (seed {seed})", p.display());
         }

@@ -261,7 +261,7 @@ fn cloud_hypervisor_a_vm_the_vmm_rejects_is_a_clear_error() {
     let mut s = spec(t.path(), "poweroff");
     s.disks[0].path = t.path().join("no-such-disk.img");
     let err = run(&backend(200), &s, Duration::from_secs(30)).unwrap_err();
-    let text = airlock::runner::error_chain(&err);
+    let text = airlock::error::chain(&err);
     assert!(
         text.contains("the VMM refused vm.") && text.contains("HTTP"),
         "{text}"

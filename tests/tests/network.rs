@@ -202,7 +202,6 @@ fn only_fixed_output_derivations_reach_the_internet() {
             == ["Uid:", "65534", "65534", "65534", "65534"]),
         "{vmm}"
     );
-    std::thread::sleep(std::time::Duration::from_secs(2));
     let attrs = [
         "net.fetch-ok",
         "net.fetch-gw",
@@ -330,15 +329,20 @@ fn kill9_during_fetch_leaves_no_network_behind() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     d.kill9();
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    // PR_SET_PDEATHSIG kills the VMs when airlockd dies, within moments.
     for id in &ids {
-        assert!(no_vm_for(id), "the VM of {id} outlived the daemon");
+        wait_until(
+            &format!("the VM of {id} to die with the daemon"),
+            10,
+            || no_vm_for(id),
+            || d.log(),
+        );
     }
     d.spawn();
     // Start-up recovery: each job's disks are gone, both jobs are marked
     // interrupted (the table says so) and run again as new jobs.
     for id in &ids {
-        let paths = airlock::runner::JobPaths {
+        let paths = airlock::job::JobPaths {
             dir: d.state().join("jobs").join(id),
         };
         for p in paths.scratch() {

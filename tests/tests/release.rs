@@ -51,16 +51,18 @@ fn decision(d: &Daemon, commit: &str) -> String {
     }
 }
 
-fn wait_until(what: &str, secs: u64, d: &Daemon, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}\n--- daemon log ---\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_until(what: &str, secs: u64, d: &Daemon, f: impl FnMut() -> bool) {
+    d.wait_until(what, secs, f);
+}
+
+/// The watcher has looked at PR `pr` `n` more times (the stand-in counts
+/// its GETs): what a "nothing else moves" check waits for.
+fn looks(gh: &FakeGitHub, d: &Daemon, pr: u64, n: u64) {
+    let gets = || gh.with(|g| g.pull_gets.get(&pr).copied().unwrap_or(0));
+    let from = gets();
+    wait_until(&format!("{n} more looks at PR {pr}"), 60, d, || {
+        gets() >= from + n
+    });
 }
 
 #[test]
@@ -178,8 +180,11 @@ fn label_unlocks_signed_cache_for_real_nix() {
     // A forged webhook claiming an earlier push: rejected, logged, nothing released.
     let push = webhook_body("synchronize", REPO, 1234, &head, seen - 60, "");
     assert_eq!(deliver(&s.hook, None, "pull_request", &push), 401);
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(d.log().contains("webhook rejected"), "{}", d.log());
+    wait_until("the rejection in the log", 30, d, || {
+        d.log().contains("webhook rejected")
+    });
+    // The watcher looks again (polling): the forged push moved nothing.
+    looks(&gh, d, 1234, 2);
     assert!(decision(d, &head).contains("must be added again"));
     assert_eq!(get(&s.cache, &narinfo_url(&top)).0, 404);
 
@@ -407,7 +412,7 @@ fn release_rule_cases() {
         status_json(d, &h7)["jobs"][0]["released"]["how"]["head_source"],
         "activity"
     );
-    std::thread::sleep(Duration::from_secs(3)); // more polls: nothing else moves
+    looks(&gh, d, 101, 3); // more polls: nothing else moves
     let expected = [
         (&a, &ja, "no longer the PR's head"),
         (&b, &jb, "must be added again"),
@@ -494,12 +499,9 @@ fn release_rule_cases() {
     // A community builder with the same, properly labelled PR never releases.
     let s2 = setup(&gh, "community", "");
     let jf2 = craft_job(&s2.d, &f, 105, "f");
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(
-        decision(&s2.d, &f).contains("community"),
-        "{}",
-        decision(&s2.d, &f)
-    );
+    wait_until("the community builder's decision", 30, &s2.d, || {
+        decision(&s2.d, &f).contains("community")
+    });
     assert!(
         std::net::TcpStream::connect(&s2.cache).is_err(),
         "community builder serves a cache"
@@ -539,6 +541,8 @@ fn github_token_and_rate_limit() {
         decision(&s.d, &x).contains("rate limit exhausted")
     });
     let n = gh.with(|g| g.requests);
+    // A negative check needs time to pass: three poll intervals (1 s
+    // each) in which a watcher that ignored the limit would have asked.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(gh.with(|g| g.requests), n, "requests while rate limited");
     assert!(s.d.log().contains("GitHub rate limit reached"));

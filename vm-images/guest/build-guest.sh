@@ -12,31 +12,26 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=kernel.sh
 . "$here/kernel.sh"
+# shellcheck source=../cache.sh
+. "$here/../cache.sh"
 outdir=${1:-/var/cache/airlock/guest}
 SUITE=${SUITE:-trixie}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PACKAGES=nix-bin,busybox-static,libdbi-perl
 MODULES="virtio_pci virtio_blk virtio_console virtio_net ext4 overlay"
 
-for tool in debootstrap mkfs.ext4 cpio busybox apt-get dpkg-deb depmod modprobe python3; do
+for tool in debootstrap mkfs.ext4 cpio busybox apt-get dpkg-deb depmod modprobe python3 findmnt; do
   command -v "$tool" >/dev/null || { echo "build-guest: missing $tool (run scripts/setup.sh)" >&2; exit 1; }
 done
 
 kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
 [ -n "$kpkg" ] || { echo "build-guest: cannot resolve linux-image-amd64 (apt-get update?)" >&2; exit 1; }
 kver_pkg=$(apt-cache policy "$kpkg" | awk '/Candidate:/{print $2}')
-hash=$( { cat "$here/build-guest.sh" "$here/init.sh" "$here/extract-vmlinux.py" "$here/kernel.sh";
+hash=$( { cat "$here/build-guest.sh" "$here/init.sh" "$here/extract-vmlinux.py" "$here/kernel.sh" "$here/../cache.sh";
           echo "$kpkg $kver_pkg $SUITE $PACKAGES $MODULES"; } | sha256sum | cut -c1-16)
-dest=$outdir/$hash
-if [ -f "$dest/.complete" ]; then
-  ln -sfn "$hash" "$outdir/current"
-  echo "guest image up to date: $dest"
-  exit 0
-fi
-
-mkdir -p "$outdir"
-work=$(mktemp -d "$outdir/.build.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+cache_hit "$outdir" "$hash" "guest image" && exit 0
+work=$(cache_work "$outdir")
+trap cache_cleanup EXIT
 t0=$(date +%s)
 
 # 1. kernel: unpack the .deb (no initramfs-tools run, /boot untouched)
@@ -49,6 +44,11 @@ guest_initramfs "$work" "$here/init.sh" "$MODULES"
 root=$work/root
 debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$DEBIAN_MIRROR" > "$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
+# (A failure half-way may leave /proc, /sys mounted in the root: the exit
+# trap unmounts them before removing anything.)
+if findmnt -rn -o TARGET | grep -qF "$root/"; then
+  echo "build-guest: debootstrap left mounts in $root" >&2; exit 1
+fi
 mkdir -p "$root/nix" "$root/etc/nix"
 cat > "$root/etc/nix/nix.conf" <<'NIXCONF'
 build-users-group =
@@ -72,8 +72,5 @@ mkfs.ext4 -q -F -L airlock-root -d "$root" "$work/rootfs.img" "${size_mb}M"
 mkdir "$work/out"
 mv "$work/vmlinux" "$work/initrd.gz" "$work/rootfs.img" "$work/out/"
 echo "kernel=$kpkg $kver_pkg suite=$SUITE packages=$PACKAGES built=$(date -u +%FT%TZ)" > "$work/out/INFO"
-touch "$work/out/.complete"
-rm -rf "$dest"
-mv "$work/out" "$dest"
-ln -sfn "$hash" "$outdir/current"
-echo "guest image built in $(( $(date +%s) - t0 ))s: $dest"
+cache_publish "$outdir" "$hash"
+echo "guest image built in $(( $(date +%s) - t0 ))s: $outdir/$hash"

@@ -11,6 +11,8 @@
 # a re-run with nothing changed takes a second.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../cache.sh
+. "$here/../cache.sh"
 outdir=${1:-/var/cache/airlock/guest-kernel}
 pkg=${KERNEL_SOURCE_PKG:-linux-source-6.12}
 tarball=/usr/src/$pkg.tar.xz
@@ -20,18 +22,11 @@ for tool in make gcc flex bison bc xz strip; do
 done
 [ -f "$tarball" ] || { echo "build-kernel: missing $tarball (apt-get install $pkg; scripts/setup.sh does)" >&2; exit 1; }
 ver=$(dpkg-query -W -f='${Version}' "$pkg")
-hash=$( { cat "$here/build-kernel.sh" "$here/kernel-config.sh" "$here/kernel.config"; echo "$pkg $ver"; } \
+hash=$( { cat "$here/build-kernel.sh" "$here/kernel-config.sh" "$here/kernel.config" "$here/../cache.sh"; echo "$pkg $ver"; } \
   | sha256sum | cut -c1-16)
-dest=$outdir/$hash
-if [ -f "$dest/.complete" ]; then
-  ln -sfn "$hash" "$outdir/current"
-  echo "guest kernel up to date: $dest"
-  exit 0
-fi
-
-mkdir -p "$outdir"
-work=$(mktemp -d "$outdir/.build.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+cache_hit "$outdir" "$hash" "guest kernel" && exit 0
+work=$(cache_work "$outdir")
+trap cache_cleanup EXIT
 t0=$(date +%s)
 tar -C "$work" -xf "$tarball"
 src=$(echo "$work"/linux-source-*)
@@ -43,8 +38,5 @@ mkdir "$work/out"
 strip --strip-debug -o "$work/out/vmlinux" "$src/vmlinux"
 cp "$work/config" "$work/out/config"
 echo "kernel=$pkg $ver $(make -s -C "$src" kernelrelease) fragment=vm-images/guest/kernel.config built=$(date -u +%FT%TZ)" > "$work/out/INFO"
-touch "$work/out/.complete"
-rm -rf "$dest"
-mv "$work/out" "$dest"
-ln -sfn "$hash" "$outdir/current"
-echo "guest kernel built in $(( $(date +%s) - t0 ))s: $dest"
+cache_publish "$outdir" "$hash"
+echo "guest kernel built in $(( $(date +%s) - t0 ))s: $outdir/$hash"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by build-guest.sh and ../systemd-guest/build.sh (sourced, bash):
 # a Debian kernel for direct (PVH) boot and a busybox initramfs around an init.
 #   guest_kernel WORK KPKG EXTRACT      unpack the .deb into WORK/kernel (no

@@ -19,6 +19,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 extract=$here/../guest/extract-vmlinux.py
 # shellcheck source=../guest/kernel.sh
 . "$here/../guest/kernel.sh"
+# shellcheck source=../cache.sh
+. "$here/../cache.sh"
 outdir=${1:-/var/cache/airlock/systemd-guest}
 SUITE=${SUITE:-trixie}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -36,29 +38,16 @@ done
 kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
 [ -n "$kpkg" ] || { echo "systemd-guest: cannot resolve linux-image-amd64 (apt-get update?)" >&2; exit 1; }
 kver_pkg=$(apt-cache policy "$kpkg" | awk '/Candidate:/{print $2}')
-hash=$( { cat "$here/build.sh" "$here/init.sh" "$extract" "$here/../guest/kernel.sh";
+hash=$( { cat "$here/build.sh" "$here/init.sh" "$extract" "$here/../guest/kernel.sh" "$here/../cache.sh";
           echo "$kpkg $kver_pkg $SUITE $PACKAGES $MODULES"; } | sha256sum | cut -c1-16)
-dest=$outdir/$hash
-if [ -f "$dest/.complete" ]; then
-  ln -sfn "$hash" "$outdir/current"
-  echo "systemd guest up to date: $dest"
-  exit 0
-fi
-
-mkdir -p "$outdir"
-work=$(mktemp -d "$outdir/.build.XXXXXX")
-chmod 0755 "$work"   # apt-get download drops privileges to _apt
-cleanup() {
-  # debootstrap mounts /proc, /sys (and maybe /dev) inside the root: never let
-  # rm walk into them, even after a failure half-way.
-  findmnt -rn -o TARGET | grep -F "$work/" | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
-  rm -rf --one-file-system "$work"
-}
-trap cleanup EXIT
+cache_hit "$outdir" "$hash" "systemd guest" && exit 0
+work=$(cache_work "$outdir")
+trap cache_cleanup EXIT
 t0=$(date +%s)
 
 # 1. kernel: unpack the .deb (no initramfs-tools run, /boot untouched)
 guest_kernel "$work" "$kpkg" "$extract"
+# shellcheck disable=SC2154 # kver: set by guest_kernel (kernel.sh)
 echo "systemd-guest: kernel $kver ($(( $(date +%s) - t0 ))s)"
 
 # 2. initramfs: busybox + modules (with their dependencies, in load order) + init.sh
@@ -178,8 +167,5 @@ chroot "$root" /usr/lib/systemd/systemd-update-done
 mkdir "$work/out"
 mv "$work/vmlinux" "$work/initrd.gz" "$root" "$work/out/"
 echo "kernel=$kpkg $kver_pkg ($kver) suite=$SUITE packages=$PACKAGES built=$(date -u +%FT%TZ)" > "$work/out/INFO"
-touch "$work/out/.complete"
-rm -rf --one-file-system "$dest"
-mv "$work/out" "$dest"
-ln -sfn "$hash" "$outdir/current"
-echo "systemd guest built in $(( $(date +%s) - t0 ))s: $dest ($(du -sh "$dest" | cut -f1))"
+cache_publish "$outdir" "$hash"
+echo "systemd guest built in $(( $(date +%s) - t0 ))s: $outdir/$hash ($(du -sh "$outdir/$hash" | cut -f1))"

@@ -427,36 +427,7 @@ async fn main() -> anyhow::Result<()> {
             submit(&api, pr.job(vec![], Some(review))?, json).await?;
         }
         Cmd::Submit { pr, attrs } => submit(&api, pr.job(attrs, None)?, json).await?,
-        Cmd::Jobs => {
-            let doc = api.list_jobs().await.map_err(api_err)?;
-            if json {
-                println!("{}", pretty(&doc)?);
-            } else {
-                let js: Vec<JobRecord> = parse(&doc)?;
-                out!(
-                    "{:<36}  {:<9}  {:<11}  {:>6}  ATTRS",
-                    "ID",
-                    "STATE",
-                    "STATUS",
-                    "PR"
-                );
-                for j in js {
-                    let st = j.result.as_ref().map(|r| match &r.status {
-                        _ if j.interrupted => "interrupted".to_string(),
-                        BuildStatus::UnexpectedError { .. } => "Error".to_string(),
-                        s => format!("{s:?}"),
-                    });
-                    out!(
-                        "{:<36}  {:<9}  {:<11}  {:>6}  {}",
-                        j.id,
-                        format!("{:?}", j.state).to_lowercase(),
-                        st.unwrap_or_else(|| "-".into()),
-                        j.job.pr.number,
-                        j.job.attrs.join(" ")
-                    );
-                }
-            }
-        }
+        Cmd::Jobs => jobs(&api, json).await?,
         Cmd::Show { id } => {
             let doc = api.show_job(&id).await.map_err(api_err)?;
             if json {
@@ -465,99 +436,13 @@ async fn main() -> anyhow::Result<()> {
                 print_job(&parse(&doc)?);
             }
         }
-        Cmd::Log { id, no_follow } => {
-            let mut offset = 0u64;
-            let mut partial = String::new();
-            loop {
-                let (text, next, done) = api.read_log(&id, offset).await.map_err(api_err)?;
-                let got = next > offset;
-                offset = next;
-                partial.push_str(&text);
-                while let Some(i) = partial.find('\n') {
-                    let line: String = partial.drain(..=i).collect();
-                    let line = line.trim_end_matches('\n');
-                    if json {
-                        println!("{}", serde_json::json!({ "line": line }));
-                    } else {
-                        out!("{line}");
-                    }
-                }
-                if done || (no_follow && !got) {
-                    break;
-                }
-                if !got {
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                }
-            }
-            if !partial.is_empty() {
-                if json {
-                    println!("{}", serde_json::json!({ "line": partial }));
-                } else {
-                    out!("{partial}");
-                }
-            }
-        }
-        Cmd::Wait { id, timeout } => {
-            let t0 = std::time::Instant::now();
-            let limit = timeout.unwrap_or(u64::MAX / 4);
-            let doc = loop {
-                let left = limit.saturating_sub(t0.elapsed().as_secs());
-                let doc = api
-                    .wait_job(&id, left.clamp(1, 20) as u32)
-                    .await
-                    .map_err(api_err)?;
-                if !doc.is_empty() {
-                    break doc;
-                }
-                if t0.elapsed().as_secs() >= limit {
-                    bail!("airlockd: job {id} still running after {limit}s");
-                }
-            };
-            let r: JobRecord = parse(&doc)?;
-            if json {
-                println!("{}", pretty(&doc)?);
-            } else {
-                print_job(&r);
-            }
-            let ok = r
-                .result
-                .as_ref()
-                .is_some_and(|x| x.status == BuildStatus::Success);
-            std::process::exit(if ok { 0 } else { 1 });
-        }
+        Cmd::Log { id, no_follow } => log(&api, &id, no_follow, json).await?,
+        Cmd::Wait { id, timeout } => wait(&api, &id, timeout, json).await?,
         Cmd::Release {
             what,
             commit,
             reason,
-        } => {
-            if what == "status" {
-                let Some(commit) = commit else {
-                    bail!("usage: airlockctl release status COMMIT");
-                };
-                let doc = api.release_status(&commit).await.map_err(api_err)?;
-                if json {
-                    println!("{}", pretty(&doc)?);
-                } else {
-                    print_release_status(&parse(&doc)?);
-                }
-            } else {
-                if commit.is_some() {
-                    bail!("usage: airlockctl release COMMIT --reason TEXT");
-                }
-                let Some(reason) = reason else {
-                    bail!("releasing by hand needs --reason TEXT (it is logged)");
-                };
-                let doc = api.release(&what, &reason).await.map_err(api_err)?;
-                if json {
-                    println!("{}", pretty(&doc)?);
-                } else {
-                    let js: Vec<airlock::release::store::ReleasedJob> = parse(&doc)?;
-                    for j in js {
-                        out!("released job {} ({} paths)", j.job_id, j.paths.len());
-                    }
-                }
-            }
-        }
+        } => release(&api, &what, commit, reason, json).await?,
         Cmd::Gc => {
             let doc = api.gc().await.map_err(api_err)?;
             if json {
@@ -593,6 +478,142 @@ async fn main() -> anyhow::Result<()> {
             if !json {
                 out!("resumed");
             }
+        }
+    }
+    Ok(())
+}
+
+type Api<'a> = airlock::dbus::Airlock1Proxy<'a>;
+
+/// `airlockctl jobs`: a table, newest last.
+async fn jobs(api: &Api<'_>, json: bool) -> anyhow::Result<()> {
+    let doc = api.list_jobs().await.map_err(api_err)?;
+    if json {
+        println!("{}", pretty(&doc)?);
+        return Ok(());
+    }
+    let js: Vec<JobRecord> = parse(&doc)?;
+    out!(
+        "{:<36}  {:<9}  {:<11}  {:>6}  ATTRS",
+        "ID",
+        "STATE",
+        "STATUS",
+        "PR"
+    );
+    for j in js {
+        let st = j.result.as_ref().map(|r| match &r.status {
+            _ if j.interrupted => "interrupted".to_string(),
+            BuildStatus::UnexpectedError { .. } => "Error".to_string(),
+            s => format!("{s:?}"),
+        });
+        out!(
+            "{:<36}  {:<9}  {:<11}  {:>6}  {}",
+            j.id,
+            format!("{:?}", j.state).to_lowercase(),
+            st.unwrap_or_else(|| "-".into()),
+            j.job.pr.number,
+            j.job.attrs.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// `airlockctl log`: the build log, followed until the job ends.
+async fn log(api: &Api<'_>, id: &str, no_follow: bool, json: bool) -> anyhow::Result<()> {
+    let print = |line: &str| {
+        if json {
+            println!("{}", serde_json::json!({ "line": line }));
+        } else {
+            out!("{line}");
+        }
+    };
+    let mut offset = 0u64;
+    let mut partial = String::new();
+    loop {
+        let (text, next, done) = api.read_log(id, offset).await.map_err(api_err)?;
+        let got = next > offset;
+        offset = next;
+        partial.push_str(&text);
+        while let Some(i) = partial.find('\n') {
+            let line: String = partial.drain(..=i).collect();
+            print(line.trim_end_matches('\n'));
+        }
+        if done || (no_follow && !got) {
+            break;
+        }
+        if !got {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    if !partial.is_empty() {
+        print(&partial);
+    }
+    Ok(())
+}
+
+/// `airlockctl wait`: exits 0 if the job succeeded, 1 otherwise.
+async fn wait(api: &Api<'_>, id: &str, timeout: Option<u64>, json: bool) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    let limit = timeout.unwrap_or(u64::MAX / 4);
+    let doc = loop {
+        let left = limit.saturating_sub(t0.elapsed().as_secs());
+        let doc = api
+            .wait_job(id, left.clamp(1, 20) as u32)
+            .await
+            .map_err(api_err)?;
+        if !doc.is_empty() {
+            break doc;
+        }
+        if t0.elapsed().as_secs() >= limit {
+            bail!("airlockd: job {id} still running after {limit}s");
+        }
+    };
+    let r: JobRecord = parse(&doc)?;
+    if json {
+        println!("{}", pretty(&doc)?);
+    } else {
+        print_job(&r);
+    }
+    let ok = r
+        .result
+        .as_ref()
+        .is_some_and(|x| x.status == BuildStatus::Success);
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+/// `airlockctl release status COMMIT` or `airlockctl release COMMIT --reason`.
+async fn release(
+    api: &Api<'_>,
+    what: &str,
+    commit: Option<String>,
+    reason: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    if what == "status" {
+        let Some(commit) = commit else {
+            bail!("usage: airlockctl release status COMMIT");
+        };
+        let doc = api.release_status(&commit).await.map_err(api_err)?;
+        if json {
+            println!("{}", pretty(&doc)?);
+        } else {
+            print_release_status(&parse(&doc)?);
+        }
+        return Ok(());
+    }
+    if commit.is_some() {
+        bail!("usage: airlockctl release COMMIT --reason TEXT");
+    }
+    let Some(reason) = reason else {
+        bail!("releasing by hand needs --reason TEXT (it is logged)");
+    };
+    let doc = api.release(what, &reason).await.map_err(api_err)?;
+    if json {
+        println!("{}", pretty(&doc)?);
+    } else {
+        let js: Vec<airlock::release::store::ReleasedJob> = parse(&doc)?;
+        for j in js {
+            out!("released job {} ({} paths)", j.job_id, j.paths.len());
         }
     }
     Ok(())

@@ -66,36 +66,93 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let journald = init_logging();
+    let args = Args::parse();
+    let check_only = args.check_config.is_some();
+    let mut cfg = effective_config(args)?;
+    if check_only {
+        print!(
+            "{}",
+            toml::to_string_pretty(&cfg).context("cannot print the effective settings")?
+        );
+        eprintln!("config OK");
+        return Ok(());
+    }
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
+    let run_as = vm_user(&cfg)?;
+    let backend = vm_backend(&cfg, run_as.as_ref()).await?;
+    // The fetch VM reaches the substituter on its link's host address.
+    if cfg.substituter_enabled()
+        && !cfg
+            .network
+            .policy
+            .allow_host_ports
+            .contains(&cfg.substituter.port)
+    {
+        let port = cfg.substituter.port;
+        cfg.network.policy.allow_host_ports.push(port);
+    }
+    let cfg = Arc::new(cfg);
+    let (amqp, sink): (Option<Arc<Amqp>>, Arc<dyn LogSink>) = if cfg.amqp.enabled() {
+        let (a, s) = Amqp::new(cfg.clone());
+        (Some(a), s)
+    } else {
+        (None, Arc::new(NoSink))
+    };
+    let runner = runner(&cfg, backend, sink, run_as.as_ref(), journald).await?;
+    info!(state_dir = %cfg.state_dir.display(), max_jobs = cfg.max_jobs, identity = %cfg.identity, "airlockd starting");
+    let daemon = Daemon::start(runner)?;
+    // Held for airlockd's lifetime: dropping it leaves the bus.
+    let _dbus = front_ends(&cfg, &daemon, amqp.as_ref()).await?;
+    // Bound before READY=1: a client that connects at READY finds it. And
+    // SIGTERM handled before it: a stop right after READY drains.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let server = airlock::dbus::bind_and_serve(&daemon, &cfg.socket)?;
+    sd_notify_ready();
+    daemon.spawn_sd_status();
+    tokio::select! {
+        r = server => { r??; return Ok(()); }
+        _ = term.recv() => info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => info!("interrupted: draining"),
+    }
+    drain(&cfg, &daemon, amqp.as_ref()).await;
+    Ok(())
+}
+
+/// journald's native protocol under systemd (every event with its job's
+/// fields), else plain text on stderr. Returns whether it is journald.
+fn init_logging() -> bool {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
     };
-    // Under systemd (stderr is the journal) every event goes to journald
-    // with its job's fields; otherwise plain text to stderr.
     let journal = airlock::journal::wanted()
         .then(|| {
             airlock::journal::JournalLayer::new(std::path::Path::new(airlock::journal::SOCKET)).ok()
         })
         .flatten();
     let journald = journal.is_some();
-    {
-        use tracing_subscriber::layer::SubscriberExt;
-        use tracing_subscriber::util::SubscriberInitExt;
-        match journal {
-            Some(j) => tracing_subscriber::registry().with(filter()).with(j).init(),
-            None => tracing_subscriber::fmt()
-                .with_env_filter(filter())
-                .with_writer(std::io::stderr)
-                // Colours only for a person at a terminal: a redirected log
-                // (a file, journald) gets plain text.
-                .with_ansi(
-                    std::io::IsTerminal::is_terminal(&std::io::stderr())
-                        && std::env::var_os("NO_COLOR").is_none(),
-                )
-                .init(),
-        }
+    match journal {
+        Some(j) => tracing_subscriber::registry().with(filter()).with(j).init(),
+        None => tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            // Colours only for a person at a terminal: a redirected log
+            // (a file, journald) gets plain text.
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none(),
+            )
+            .init(),
     }
-    let args = Args::parse();
+    journald
+}
+
+/// The configuration file with the command line's overrides, checked.
+fn effective_config(args: Args) -> anyhow::Result<Config> {
     let mut cfg = Config::load(args.check_config.as_deref().or(args.config.as_deref()))?;
     if let Some(s) = args.state_dir {
         cfg.state_dir = s;
@@ -126,17 +183,12 @@ async fn main() -> anyhow::Result<()> {
         cfg.github.api_url = u;
     }
     cfg.check()?;
-    if args.check_config.is_some() {
-        print!(
-            "{}",
-            toml::to_string_pretty(&cfg).context("cannot print the effective settings")?
-        );
-        eprintln!("config OK");
-        return Ok(());
-    }
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("cannot create state dir {}", cfg.state_dir.display()))?;
-    let img = cfg.vm.image_dir.clone();
+    Ok(cfg)
+}
+
+/// `vm.user`, resolved, with its way to the VMs' files opened; never root
+/// when there is a signing key.
+fn vm_user(cfg: &Config) -> anyhow::Result<Option<RunAs>> {
     let run_as = match cfg.vm.user.as_str() {
         "" => None,
         u => Some(RunAs::parse(u).map_err(|e| anyhow::anyhow!(e))?),
@@ -152,24 +204,28 @@ async fn main() -> anyhow::Result<()> {
         ])
         .map_err(|e| anyhow::anyhow!(e))?;
     }
-    let backend: Arc<dyn VmBackend> = match cfg.vm.backend {
+    Ok(run_as)
+}
+
+/// The configured VM backend, after a probe boot: QEMU picks KVM or TCG by
+/// it; cloud-hypervisor refuses to start without a KVM that boots the guest.
+async fn vm_backend(cfg: &Config, run_as: Option<&RunAs>) -> anyhow::Result<Arc<dyn VmBackend>> {
+    let img = &cfg.vm.image_dir;
+    let probe = cfg.state_dir.join("probe");
+    let probe_timeout = Duration::from_secs(cfg.vm.probe_timeout_secs);
+    let user = run_as.map(|r| r.uid);
+    Ok(match cfg.vm.backend {
         Backend::Qemu => {
             let q = Qemu {
                 binary: cfg.vm.qemu.clone(),
                 machine: cfg.vm.machine.clone(),
                 accel: String::new(),
-                run_as: run_as.clone(),
+                run_as: run_as.cloned(),
             };
-            let (accel, why) = probe_accel(
-                &q,
-                cfg.vm.accel,
-                &img.join("vmlinux"),
-                &img.join("initrd.gz"),
-                &cfg.state_dir.join("probe"),
-                Duration::from_secs(cfg.vm.probe_timeout_secs),
-            )
-            .await;
-            info!(%accel, reason = %why, requested = ?cfg.vm.accel, user = ?run_as.as_ref().map(|r| r.uid), "VM backend qemu, accelerator chosen");
+            let (kernel, initrd) = (img.join("vmlinux"), img.join("initrd.gz"));
+            let (accel, why) =
+                probe_accel(&q, cfg.vm.accel, &kernel, &initrd, &probe, probe_timeout).await;
+            info!(%accel, reason = %why, requested = ?cfg.vm.accel, ?user, "VM backend qemu, accelerator chosen");
             Arc::new(Qemu { accel, ..q })
         }
         Backend::CloudHypervisor => {
@@ -186,63 +242,51 @@ async fn main() -> anyhow::Result<()> {
                 grace: Duration::from_secs(cfg.vm.stop_grace_secs),
                 landlock,
                 virtiofsd: (!cfg.vm.virtiofsd.is_empty()).then(|| cfg.vm.virtiofsd.clone().into()),
-                run_as: run_as.clone(),
+                run_as: run_as.cloned(),
             };
-            let took = probe_boot(
-                &b,
-                &img.join("vmlinux"),
-                &img.join("initrd.gz"),
-                &cfg.state_dir.join("probe"),
-                Duration::from_secs(cfg.vm.probe_timeout_secs),
-            )
-            .await
-            .map_err(|why| {
-                anyhow::anyhow!(
-                    "vm.backend = \"cloud-hypervisor\" cannot run the guest on this host: {why}. \
-                     cloud-hypervisor needs a KVM that boots a Linux guest (not the nested KVM of some \
-                     cloud machines); set vm.backend = \"qemu\", which falls back to TCG"
-                )
-            })?;
+            let (kernel, initrd) = (img.join("vmlinux"), img.join("initrd.gz"));
+            let took = probe_boot(&b, &kernel, &initrd, &probe, probe_timeout)
+                .await
+                .map_err(|why| {
+                    anyhow::anyhow!(
+                        "vm.backend = \"cloud-hypervisor\" cannot run the guest on this host: {why}. \
+                         cloud-hypervisor needs a KVM that boots a Linux guest (not the nested KVM of some \
+                         cloud machines); set vm.backend = \"qemu\", which falls back to TCG"
+                    )
+                })?;
             info!(
                 took_ms = took.as_millis() as u64,
                 landlock,
-                user = ?run_as.as_ref().map(|r| r.uid),
+                ?user,
                 "VM backend cloud-hypervisor: probe boot reached the guest's init"
             );
             Arc::new(b)
         }
-    };
-    // The fetch VM reaches the substituter on its link's host address.
-    if cfg.substituter_settings().is_some()
-        && !cfg
-            .network
-            .policy
-            .allow_host_ports
-            .contains(&cfg.substituter.port)
-    {
-        let port = cfg.substituter.port;
-        cfg.network.policy.allow_host_ports.push(port);
-    }
-    let cfg = Arc::new(cfg);
-    let (amqp, sink): (Option<Arc<Amqp>>, Arc<dyn LogSink>) = if cfg.amqp.enabled() {
-        let (a, s) = Amqp::new(cfg.clone());
-        (Some(a), s)
-    } else {
-        (None, Arc::new(NoSink))
-    };
+    })
+}
+
+/// The runner and its adapters: the fetch-phase network, the substituter,
+/// job supervision (leftover units of a previous run removed).
+async fn runner(
+    cfg: &Arc<Config>,
+    backend: Arc<dyn VmBackend>,
+    sink: Arc<dyn LogSink>,
+    run_as: Option<&RunAs>,
+    journald: bool,
+) -> anyhow::Result<Arc<Runner>> {
     let network = if cfg.network.enabled {
         let mut n = airlock_network_policy::Network::init(cfg.network.policy.clone())
             .await
-            .map_err(|e| anyhow::anyhow!("{}", airlock::runner::error_chain(&e)))
+            .map_err(|e| anyhow::anyhow!("{}", airlock::error::chain(&e)))
             .context("cannot set up the fetch-phase network (needs root, nftables and /dev/net/tun; or set network.enabled = false)")?;
         // A VMM that runs as its own user attaches to TAPs that user owns.
-        n.set_tap_owner(run_as.as_ref().map(|r| (r.uid, r.gid)));
+        n.set_tap_owner(run_as.map(|r| (r.uid, r.gid)));
         Some(Arc::new(n))
     } else {
         info!("network.enabled = false: one VM boot per job, no NIC, fixed-output derivations cannot download");
         None
     };
-    let substituter = match cfg.substituter_settings() {
+    let substituter = match airlock::substituter::Settings::from_config(cfg) {
         Some(s) => {
             let fetch = airlock::substituter::HttpFetch::new(Duration::from_secs(
                 cfg.substituter.timeout_secs,
@@ -259,13 +303,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let supervisor = airlock::supervise::Supervisor::start(&cfg.supervision)
         .await
-        .map_err(|e| anyhow::anyhow!("{}", airlock::runner::error_chain(&e)))?;
+        .map_err(|e| anyhow::anyhow!("{}", airlock::error::chain(&e)))?;
     // Nothing runs yet: every job unit (or cgroup) there is a leftover.
     let cleaned = supervisor.clean(&[]).await;
     if !cleaned.is_empty() {
         info!(units = ?cleaned, "removed job units left by a previous run");
     }
-    let runner = Arc::new(Runner {
+    Ok(Arc::new(Runner {
         supervisor,
         journal: journald.then(|| airlock::journal::SOCKET.into()),
         network,
@@ -275,10 +319,18 @@ async fn main() -> anyhow::Result<()> {
         cfg: cfg.clone(),
         backend,
         sink,
-    });
-    info!(state_dir = %cfg.state_dir.display(), max_jobs = cfg.max_jobs, identity = %cfg.identity, "airlockd starting");
+    }))
+}
+
+/// What talks to the world besides the API socket: the release service
+/// (cache, webhook), the web view, the broker, the D-Bus API (returned: it
+/// is held for airlockd's lifetime).
+async fn front_ends(
+    cfg: &Arc<Config>,
+    daemon: &Arc<Daemon>,
+    amqp: Option<&Arc<Amqp>>,
+) -> anyhow::Result<Option<zbus::Connection>> {
     let release = Release::new(cfg.clone()).context("cannot start the release service")?;
-    let daemon = Daemon::start(runner)?;
     daemon.set_release(release.clone());
     release
         .spawn()
@@ -287,37 +339,28 @@ async fn main() -> anyhow::Result<()> {
         airlock::release::server::spawn(addr, airlock::web::router(cfg.jobs_dir()), "web view")
             .context("cannot listen (web.listen)")?;
     }
-    if let Some(a) = &amqp {
+    if let Some(a) = amqp {
         tokio::spawn(a.clone().run(daemon.clone()));
     }
-    // Held for airlockd's lifetime: dropping it leaves the bus.
-    let _dbus = if cfg.dbus.address.is_empty() {
-        None
-    } else {
-        Some(
-            airlock::dbus::serve(daemon.clone(), &cfg.dbus.address)
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", airlock::runner::error_chain(&e)))
-                .context("the D-Bus admin API is configured (dbus.address) but cannot start; is the bus up, and does its policy let airlockd own org.airlock.Airlock1?")?,
-        )
-    };
-    // Bound before READY=1: a client that connects at READY finds it. And
-    // SIGTERM handled before it: a stop right after READY drains.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let server = daemon.bind_and_serve(&cfg.socket)?;
-    sd_notify_ready();
-    daemon.spawn_sd_status();
-    tokio::select! {
-        r = server => { r??; return Ok(()); }
-        _ = term.recv() => info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => info!("interrupted: draining"),
+    if cfg.dbus.address.is_empty() {
+        return Ok(None);
     }
-    // Graceful drain: take no new jobs, let running ones finish and report.
+    Ok(Some(
+        airlock::dbus::serve(daemon.clone(), &cfg.dbus.address)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", airlock::error::chain(&e)))
+            .context("the D-Bus admin API is configured (dbus.address) but cannot start; is the bus up, and does its policy let airlockd own org.airlock.Airlock1?")?,
+    ))
+}
+
+/// Graceful drain: take no new jobs, let running ones finish and report
+/// for `shutdown_grace_secs`, then leave the broker.
+async fn drain(cfg: &Config, daemon: &Arc<Daemon>, amqp: Option<&Arc<Amqp>>) {
     daemon.drain();
     airlock::daemon::sd_notify(
         "STOPPING=1\nSTATUS=draining: running jobs finish, queued ones wait\n",
     );
-    if let Some(a) = &amqp {
+    if let Some(a) = amqp {
         a.stop_consuming().await;
     }
     let grace = Duration::from_secs(cfg.shutdown_grace_secs);
@@ -334,12 +377,11 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    if let Some(a) = &amqp {
-        a.shutdown(&daemon, Duration::from_secs(10)).await;
+    if let Some(a) = amqp {
+        a.shutdown(daemon, Duration::from_secs(10)).await;
     }
     info!(
         still_running = daemon.running(),
         "stopped; unfinished jobs run again (local) or are redelivered (broker)"
     );
-    Ok(())
 }

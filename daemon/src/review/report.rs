@@ -320,6 +320,84 @@ fn verified_closure<'a>(
 
 pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
     let o = &bounded(o);
+    let Sorted {
+        mut c,
+        skipped_attrs,
+        skipped_tests,
+        passed,
+    } = sort_outcomes(o, &ctx);
+    broken_and_missing(o, &ctx, &mut c);
+    let (rebuild, rebuild_source, rebuild_note) = host_rebuild_set(o, &ctx);
+    let evidence = evidence_map(o, &ctx, &c, &rebuild, &passed);
+    let RebuildSet {
+        changed,
+        removed,
+        mass_rebuild,
+        build,
+    } = rebuild;
+    Report {
+        pr: ctx.pr,
+        system: ctx.system.to_owned(),
+        result: BTreeMap::from([(ctx.system.to_owned(), c)]),
+        rebuild: RebuildInfo {
+            source: rebuild_source,
+            note: rebuild_note,
+            changed,
+            removed,
+            mass_rebuild,
+            max_build: ctx.max_build,
+            build,
+        },
+        skipped_attrs,
+        skipped_tests,
+        evidence,
+        artifacts: ctx.artifacts,
+        nar_hashes: ctx
+            .verified
+            .iter()
+            .map(|(p, (h, s))| {
+                (
+                    p.clone(),
+                    NarHash {
+                        nar_hash: h.clone(),
+                        nar_size: *s,
+                    },
+                )
+            })
+            .collect(),
+        guest_nix: ctx.guest_nix.map(str::to_owned),
+        builder: Builder {
+            identity: ctx.identity.to_owned(),
+            trust: ctx.trust.to_owned(),
+            sponsor: ctx.sponsor,
+        },
+        job: JobInfo {
+            id: ctx.job_id.to_owned(),
+            repo: ctx.repo.to_owned(),
+            head: ctx.head.to_owned(),
+            base_branch: ctx.base_branch.to_owned(),
+            base_commit: ctx.base_commit.map(str::to_owned),
+            merged_commit: ctx.merged_commit.map(str::to_owned),
+        },
+        eval_ms: BTreeMap::from([
+            ("base".to_owned(), o.eval_ms.0),
+            ("merged".to_owned(), o.eval_ms.1),
+        ]),
+    }
+}
+
+/// The attrs and tests of an outcome in their report categories.
+struct Sorted {
+    c: Categories,
+    skipped_attrs: Vec<SkippedTest>,
+    skipped_tests: Vec<SkippedTest>,
+    /// Tests whose outputs are verified and their own.
+    passed: BTreeSet<String>,
+}
+
+/// Built only when every output is a path the host verified; a test
+/// passes only when its outputs are also its own.
+fn sort_outcomes(o: &ReviewOutcome, ctx: &Context<'_>) -> Sorted {
     let verified = |outs: &BTreeMap<String, String>| {
         !outs.is_empty() && outs.values().all(|p| ctx.verified.contains_key(p))
     };
@@ -383,6 +461,16 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
             }),
         }
     }
+    Sorted {
+        c,
+        skipped_attrs,
+        skipped_tests,
+        passed,
+    }
+}
+
+/// Broken and non-existent attrs, the skip list; every category sorted.
+fn broken_and_missing(o: &ReviewOutcome, ctx: &Context<'_>, c: &mut Categories) {
     // Broken: attrs that do not evaluate in the merged tree, unless they
     // did not in the base either (the PR did not break them).
     for (attr, e) in &o.merged {
@@ -414,9 +502,14 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
         v.sort();
         v.dedup();
     }
+}
+
+/// The rebuild set, where it comes from, and a note when the VM's own
+/// list disagrees with it.
+fn host_rebuild_set(o: &ReviewOutcome, ctx: &Context<'_>) -> (RebuildSet, String, Option<String>) {
     // The rebuild set: the host's diff of the VM's two evaluations (a
     // list given with the request otherwise), never the VM's word alone.
-    let (rebuild, rebuild_source, rebuild_note) = if o.base.is_empty() {
+    if o.base.is_empty() {
         (
             o.rebuild.clone(),
             "the rebuild list given with the request".to_owned(),
@@ -442,7 +535,19 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
             "the host's diff of the base and merged evaluations the VM reported".to_owned(),
             note,
         )
-    };
+    }
+}
+
+/// Which passing tests vouch for which changed, built packages: through
+/// their verified runtime closures (the host's) and their build closures
+/// (the VM's word), bounded.
+fn evidence_map(
+    o: &ReviewOutcome,
+    ctx: &Context<'_>,
+    c: &Categories,
+    rebuild: &RebuildSet,
+    passed: &BTreeSet<String>,
+) -> Evidence {
     // Evidence: only changed attrs that were built and verified.
     let changed_built: BTreeSet<&str> = rebuild
         .changed
@@ -512,61 +617,7 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
             .by_test
             .insert(t.attr.clone(), TestEvidence { build, runtime });
     }
-    let RebuildSet {
-        changed,
-        removed,
-        mass_rebuild,
-        build,
-    } = rebuild;
-    Report {
-        pr: ctx.pr,
-        system: ctx.system.to_owned(),
-        result: BTreeMap::from([(ctx.system.to_owned(), c)]),
-        rebuild: RebuildInfo {
-            source: rebuild_source,
-            note: rebuild_note,
-            changed,
-            removed,
-            mass_rebuild,
-            max_build: ctx.max_build,
-            build,
-        },
-        skipped_attrs,
-        skipped_tests,
-        evidence,
-        artifacts: ctx.artifacts,
-        nar_hashes: ctx
-            .verified
-            .iter()
-            .map(|(p, (h, s))| {
-                (
-                    p.clone(),
-                    NarHash {
-                        nar_hash: h.clone(),
-                        nar_size: *s,
-                    },
-                )
-            })
-            .collect(),
-        guest_nix: ctx.guest_nix.map(str::to_owned),
-        builder: Builder {
-            identity: ctx.identity.to_owned(),
-            trust: ctx.trust.to_owned(),
-            sponsor: ctx.sponsor,
-        },
-        job: JobInfo {
-            id: ctx.job_id.to_owned(),
-            repo: ctx.repo.to_owned(),
-            head: ctx.head.to_owned(),
-            base_branch: ctx.base_branch.to_owned(),
-            base_commit: ctx.base_commit.map(str::to_owned),
-            merged_commit: ctx.merged_commit.map(str::to_owned),
-        },
-        eval_ms: BTreeMap::from([
-            ("base".to_owned(), o.eval_ms.0),
-            ("merged".to_owned(), o.eval_ms.1),
-        ]),
-    }
+    evidence
 }
 
 /// HTML-escape text for the `<li>`/`<summary>` parts of the comment (attr
@@ -656,8 +707,35 @@ fn section(md: &mut String, icon: &str, what: &str, items: &[String]) {
 
 /// `report.md`: fit for a PR comment (nixpkgs-review's collapsible sections).
 pub fn markdown(r: &Report) -> String {
-    let c = r.categories();
     let mut md = String::new();
+    md_header(&mut md, r);
+    md_categories(&mut md, r);
+    if !r.evidence.by_package.is_empty() {
+        md_evidence(&mut md, r);
+    }
+    if !r.artifacts.is_empty() {
+        md.push_str("### Test artifacts\n\n");
+        for a in &r.artifacts {
+            md.push_str(&format!(
+                "- {} {}: {} ({} bytes)\n",
+                lit(&a.test),
+                a.kind,
+                lit(&a.url),
+                a.size
+            ));
+        }
+        md.push('\n');
+    }
+    if let Some(s) = &r.builder.sponsor {
+        md.push_str("---\n\n");
+        md.push_str(&esc(&s.line));
+        md.push('\n');
+    }
+    md
+}
+
+/// Title, what was built where, how much changed.
+fn md_header(md: &mut String, r: &Report) {
     md.push_str(&format!(
         "## airlock review of {} PR #{}\n\n",
         lit(&r.job.repo),
@@ -694,25 +772,20 @@ pub fn markdown(r: &Report) -> String {
             rb.removed.len()
         ));
     }
+}
+
+/// nixpkgs-review's sections, one per category.
+fn md_categories(md: &mut String, r: &Report) {
+    let c = r.categories();
     md.push_str("---\n\n");
     md.push_str(&format!("### {}\n\n", lit(&r.system)));
+    section(md, ":fast_forward:", "package blacklisted", &c.blacklisted);
+    section(md, ":x:", "package marked as broken and skipped", &c.broken);
+    section(md, ":x:", "package failed to build", &c.failed);
+    section(md, ":white_check_mark:", "test built", &c.tests);
+    section(md, ":white_check_mark:", "package built", &c.built);
     section(
-        &mut md,
-        ":fast_forward:",
-        "package blacklisted",
-        &c.blacklisted,
-    );
-    section(
-        &mut md,
-        ":x:",
-        "package marked as broken and skipped",
-        &c.broken,
-    );
-    section(&mut md, ":x:", "package failed to build", &c.failed);
-    section(&mut md, ":white_check_mark:", "test built", &c.tests);
-    section(&mut md, ":white_check_mark:", "package built", &c.built);
-    section(
-        &mut md,
+        md,
         ":grey_question:",
         "package does not exist",
         &c.non_existent,
@@ -723,79 +796,62 @@ pub fn markdown(r: &Report) -> String {
             .collect()
     };
     section(
-        &mut md,
+        md,
         ":fast_forward:",
         "package not built",
         &skipped(&r.skipped_attrs),
     );
     section(
-        &mut md,
+        md,
         ":fast_forward:",
         "test skipped",
         &skipped(&r.skipped_tests),
     );
     md.push('\n');
-    if !r.evidence.by_package.is_empty() {
-        md.push_str("### What the passing tests vouch for\n\n");
-        md.push_str(
-            "*runtime*: the test's verified outputs refer to the package (checked on this \
-             builder); *build*: the package is in the test's build closure as the VM \
-             reported it (not verified).\n\n",
-        );
-        md.push_str("| changed package | passing tests whose closure holds it |\n|---|---|\n");
-        let sets: BTreeMap<&str, (BTreeSet<&str>, BTreeSet<&str>)> = r
-            .evidence
-            .by_test
-            .iter()
-            .map(|(t, e)| {
+}
+
+/// The evidence map: which passing tests vouch for which changed package.
+fn md_evidence(md: &mut String, r: &Report) {
+    md.push_str("### What the passing tests vouch for\n\n");
+    md.push_str(
+        "*runtime*: the test's verified outputs refer to the package (checked on this \
+         builder); *build*: the package is in the test's build closure as the VM \
+         reported it (not verified).\n\n",
+    );
+    md.push_str("| changed package | passing tests whose closure holds it |\n|---|---|\n");
+    let sets: BTreeMap<&str, (BTreeSet<&str>, BTreeSet<&str>)> = r
+        .evidence
+        .by_test
+        .iter()
+        .map(|(t, e)| {
+            (
+                t.as_str(),
                 (
-                    t.as_str(),
-                    (
-                        e.build.iter().map(String::as_str).collect(),
-                        e.runtime.iter().map(String::as_str).collect(),
-                    ),
-                )
+                    e.build.iter().map(String::as_str).collect(),
+                    e.runtime.iter().map(String::as_str).collect(),
+                ),
+            )
+        })
+        .collect();
+    for (pkg, tests) in &r.evidence.by_package {
+        let ts: Vec<String> = tests
+            .iter()
+            .map(|t| {
+                let (b, rt) = sets
+                    .get(t.as_str())
+                    .map(|(b, rt)| (b.contains(pkg.as_str()), rt.contains(pkg.as_str())))
+                    .unwrap_or((false, false));
+                let how = match (b, rt) {
+                    (true, true) => "build, runtime",
+                    (false, true) => "runtime",
+                    _ => "build",
+                };
+                format!("{} ({how})", lit(t))
             })
             .collect();
-        for (pkg, tests) in &r.evidence.by_package {
-            let ts: Vec<String> = tests
-                .iter()
-                .map(|t| {
-                    let (b, rt) = sets
-                        .get(t.as_str())
-                        .map(|(b, rt)| (b.contains(pkg.as_str()), rt.contains(pkg.as_str())))
-                        .unwrap_or((false, false));
-                    let how = match (b, rt) {
-                        (true, true) => "build, runtime",
-                        (false, true) => "runtime",
-                        _ => "build",
-                    };
-                    format!("{} ({how})", lit(t))
-                })
-                .collect();
-            md.push_str(&format!("| {} | {} |\n", lit(pkg), ts.join(", ")));
-        }
-        md.push('\n');
+        md.push_str(&format!("| {} | {} |\n", lit(pkg), ts.join(", ")));
     }
-    if !r.artifacts.is_empty() {
-        md.push_str("### Test artifacts\n\n");
-        for a in &r.artifacts {
-            md.push_str(&format!(
-                "- {} {}: {} ({} bytes)\n",
-                lit(&a.test),
-                a.kind,
-                lit(&a.url),
-                a.size
-            ));
-        }
-        md.push('\n');
-    }
-    if let Some(s) = &r.builder.sponsor {
-        md.push_str("---\n\n");
-        md.push_str(&esc(&s.line));
-        md.push('\n');
-    }
-    md
+    md.push('\n');
 }
 
 /// The few lines a review puts into its result (the broker's BuildResult

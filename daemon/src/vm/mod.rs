@@ -204,7 +204,7 @@ pub async fn probe_boot(
             detail.lines().next().unwrap_or("")
         ),
         Ok(VmExit::Killed(r)) => r,
-        Err(e) => format!("the probe boot could not start: {}", crate::runner::error_chain(&e)),
+        Err(e) => format!("the probe boot could not start: {}", crate::error::chain(&e)),
     })
 }
 

@@ -44,6 +44,8 @@ pub struct GhState {
     /// Largest page the fake serves (forces pagination).
     pub page_cap: usize,
     pub requests: u64,
+    /// GETs of each PR (one per look the watcher takes at it).
+    pub pull_gets: HashMap<u64, u64>,
     pub not_modified: u64,
     pub event_pages_served: u64,
     /// Event pages after the first (pagination followed).
@@ -242,7 +244,11 @@ async fn pull(
     UrlPath((_o, _r, n)): UrlPath<(String, String, u64)>,
     h: HeaderMap,
 ) -> Response {
-    let p = st.lock().unwrap().pulls.get(&n).cloned();
+    let p = {
+        let mut s = st.lock().unwrap();
+        *s.pull_gets.entry(n).or_default() += 1;
+        s.pulls.get(&n).cloned()
+    };
     match p {
         Some(p) => respond(&st, &h, p, None),
         None => not_found(),

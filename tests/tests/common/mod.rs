@@ -549,6 +549,12 @@ impl Daemon {
     }
 
     /// Wait for the job to finish; returns its record as JSON.
+    /// Wait until `f` holds (checked every 20 ms); after `secs`, fail
+    /// naming `what`, with the daemon's log.
+    pub fn wait_until(&self, what: &str, secs: u64, f: impl FnMut() -> bool) {
+        wait_until(what, secs, f, || self.log());
+    }
+
     /// `/proc/<pid>/status` of the job's VMM (its pid file), once it runs.
     pub fn vmm_status(&self, id: &str, limit_secs: u64) -> String {
         let pidfile = self.state().join("jobs").join(id).join("vm.pid");
@@ -737,6 +743,25 @@ pub fn status(rec: &serde_json::Value) -> String {
     s.as_str()
         .map(str::to_owned)
         .unwrap_or_else(|| s.to_string())
+}
+
+/// Wait until `f` holds (checked every 20 ms); after `secs`, fail naming
+/// `what`, with `context()` (a log).
+pub fn wait_until(
+    what: &str,
+    secs: u64,
+    mut f: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs} s waiting for {what}\n--- log ---\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 pub fn no_vm_for(id: &str) -> bool {

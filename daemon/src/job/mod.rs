@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::write_atomic;
+
+pub mod layout;
 use crate::ofborg::{BuildJob, BuildStatus};
+pub use layout::JobPaths;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -105,6 +108,10 @@ pub struct JobRecord {
     /// The target branch commit the head was merged onto.
     #[serde(default)]
     pub base_commit: Option<String>,
+    /// The branch the head was merged onto: the PR's target branch, or for
+    /// a review the branch it is reviewed against (`review.base_for`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_onto: Option<String>,
     pub created_at: u64,
     pub started_at: Option<u64>,
     pub finished_at: Option<u64>,
@@ -117,10 +124,10 @@ pub struct JobRecord {
     pub realised: Option<Realised>,
     /// What the host's substituter did for this job (its own counters).
     #[serde(default)]
-    pub substitution: Option<crate::substituter::JobStats>,
+    pub substitution: Option<JobStats>,
     /// How the job's input disks were made (a base image reused or not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input: Option<crate::input::InputUse>,
+    pub input: Option<InputUse>,
     /// VM accelerator used (kvm or tcg).
     pub accel: Option<String>,
     /// Seconds from VM start to the agent's first message, per phase.
@@ -206,6 +213,7 @@ impl JobRecord {
             state: JobState::Queued,
             merged_commit: None,
             base_commit: None,
+            merged_onto: None,
             guest_nix: None,
             realised: None,
             substitution: None,
@@ -238,6 +246,10 @@ impl JobStore {
     pub fn dir(&self, id: &str) -> PathBuf {
         self.root.join(id)
     }
+    /// The files of job `id` (its directory's layout).
+    pub fn paths(&self, id: &str) -> JobPaths {
+        JobPaths { dir: self.dir(id) }
+    }
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -245,14 +257,14 @@ impl JobStore {
     pub fn save(&self, rec: &JobRecord) -> Result<()> {
         let dir = self.dir(&rec.id);
         std::fs::create_dir_all(&dir).map_err(|e| Error::Write(dir.clone(), e))?;
-        let path = dir.join("job.json");
+        let path = self.paths(&rec.id).record();
         let data = serde_json::to_vec_pretty(rec).expect("job record serialises");
         write_atomic(&path, &data).map_err(|e| Error::Write(path, e))
     }
 
     pub fn load(&self, id: &str) -> Result<JobRecord> {
         check_id(id)?;
-        let path = self.dir(id).join("job.json");
+        let path = self.paths(id).record();
         let data = match std::fs::read(&path) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -284,6 +296,58 @@ impl JobStore {
         recs.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         (recs, errs)
     }
+}
+
+/// How a job's input was made, for the job record and `airlockctl show`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InputUse {
+    /// The tree of the base image; `None`: the whole tree on the job's disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_tree: Option<String>,
+    /// The base image was made for this job (else an existing one was reused).
+    #[serde(default)]
+    pub base_made: bool,
+    /// Files written to the job's own disk (the delta, or the whole tree).
+    pub files: u64,
+    /// Paths of the base hidden from the job (whiteouts).
+    #[serde(default)]
+    pub removed: u64,
+}
+
+impl std::fmt::Display for InputUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.base_tree {
+            None => write!(f, "whole tree on the job's disk ({} files)", self.files),
+            Some(t) => write!(
+                f,
+                "base image {} ({}), {} changed files, {} removed paths",
+                t.get(..12).unwrap_or(t),
+                if self.base_made {
+                    "made for this job"
+                } else {
+                    "reused"
+                },
+                self.files,
+                self.removed
+            ),
+        }
+    }
+}
+
+/// What one job got from the substituter (shown by `airlockctl show`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStats {
+    pub narinfo_hits: u64,
+    pub narinfo_misses: u64,
+    pub narinfos_refused: u64,
+    pub nars_served: u64,
+    /// NAR bytes sent to the guest (compressed, as stored).
+    pub bytes_served: u64,
+    /// Bytes downloaded from upstream for this job (narinfos and NARs).
+    pub bytes_upstream: u64,
+    /// Why narinfos were refused (first few).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refusals: Vec<String>,
 }
 
 #[cfg(test)]
