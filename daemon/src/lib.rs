@@ -37,3 +37,5 @@ pub use airlock_nix_formats as store;
 
 #[cfg(test)]
 mod fuzzish;
+#[cfg(test)]
+mod testing;

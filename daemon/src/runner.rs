@@ -71,19 +71,6 @@ pub struct JobEnd(pub Box<JobResult>);
 /// What each step of the job returns: its output, or the job's end.
 pub type Step<T> = std::result::Result<T, JobEnd>;
 
-/// The branch a job's head is merged onto: the PR's target branch, or for
-/// a review the branch it is reviewed against (`review.base_for`).
-fn branch_to_merge_onto<'a>(
-    base_for: &'a std::collections::BTreeMap<String, String>,
-    rec: &'a JobRecord,
-) -> &'a str {
-    if rec.job.airlock_review.is_some() {
-        rec.job.review_base(base_for)
-    } else {
-        rec.job.target_branch()
-    }
-}
-
 /// Where the built tree came from, for the quarantine manifest (and so
 /// for the release rule, which checks the branch against the PR's).
 fn origin(rec: &JobRecord) -> Option<quarantine::Origin> {
@@ -549,7 +536,8 @@ impl Runner {
     fn admit(&self, rec: &JobRecord, paths: &JobPaths) -> Step<()> {
         let _ = std::fs::create_dir_all(&paths.dir);
         clear_scratch(paths);
-        if rec.job.attrs.is_empty() && rec.job.airlock_review.is_none() {
+        let review = crate::review::Review::for_job(&rec.job, &self.cfg.review);
+        if rec.job.attrs.is_empty() && review.is_none() {
             return Err(JobEnd(Box::new(JobResult {
                 silent: true,
                 ..result(BuildStatus::Skipped, vec![])
@@ -642,8 +630,9 @@ impl Runner {
             .fetch_phase(rec, paths, net, follower, upstream)
             .await
             .map_err(JobEnd)?;
-        if rec.job.airlock_review.is_some() && matches!(status, BuildStatus::UnexpectedError { .. })
-        {
+        let review_ends = crate::review::Review::for_job(&rec.job, &self.cfg.review)
+            .is_some_and(|r| r.ends_on(&status));
+        if review_ends {
             let mut res = follower.result();
             res.status = status;
             return Err(JobEnd(Box::new(res)));
@@ -689,7 +678,7 @@ impl Runner {
 
     /// 4b. A review job's report, from the outcome its VM exported.
     async fn review_finish(&self, rec: &JobRecord, paths: &JobPaths, res: &mut JobResult) {
-        if rec.job.airlock_review.is_none() {
+        if crate::review::Review::for_job(&rec.job, &self.cfg.review).is_none() {
             return;
         }
         match quarantine::read_manifest(&paths.export_img()).map(|m| m.review) {
@@ -790,7 +779,7 @@ impl Runner {
     /// The branch the head is merged onto: the target branch, or for a
     /// review job the branch it is reviewed against.
     fn base_branch<'a>(&'a self, rec: &'a JobRecord) -> &'a str {
-        branch_to_merge_onto(&self.cfg.review.base_for, rec)
+        crate::review::merge_onto(&rec.job, &self.cfg.review)
     }
 
     /// Write `report.json` and `report.md` of a review job from the guest's
@@ -806,7 +795,7 @@ impl Runner {
         res: &mut JobResult,
         rv: &crate::review::ReviewOutcome,
     ) {
-        let input = ReportInput {
+        let input = crate::review::ReportInput {
             cfg: self.cfg.clone(),
             rec: rec.clone(),
             base_branch: self.base_branch(rec).to_owned(),
@@ -821,7 +810,7 @@ impl Runner {
         let span = tracing::Span::current();
         let lines = match blocking_with_limit(REPORT_TIME_LIMIT, move || {
             let _job = span.enter();
-            write_review_report(&input, &flag)
+            crate::review::write_report(&input, &flag)
         })
         .await
         {
@@ -862,7 +851,7 @@ impl Runner {
             &stage,
             bases.as_ref().map(|b| (b, base_img.as_path())),
             &checkout::Limits::from_config(&self.cfg.limits),
-            rec.job.airlock_review.is_some(),
+            crate::review::Review::for_job(&rec.job, &self.cfg.review).is_some(),
         )
         .await
         .map_err(|e| format!("cannot stage the checkout: {}", error_chain(&e)))?;
@@ -895,18 +884,8 @@ impl Runner {
                     port: self.cfg.substituter.port,
                     trusted_public_keys: self.cfg.nix.trusted_public_keys.clone(),
                 }),
-            review: rec
-                .job
-                .airlock_review
-                .as_ref()
-                .map(|r| crate::review::GuestReview {
-                    attrs: r.attrs.clone(),
-                    rebuild: r.rebuild.clone(),
-                    max_build: self.cfg.review.max_build,
-                    seed: merged.clone(),
-                    eval_only: r.eval_only,
-                    skip: self.cfg.review.skip_attrs.clone(),
-                }),
+            review: crate::review::Review::for_job(&rec.job, &self.cfg.review)
+                .map(|r| r.guest(merged)),
         };
         std::fs::write(
             stage.join("job.json"),
@@ -1270,96 +1249,6 @@ pub async fn blocking_with_limit<T: Send + 'static>(
     }
 }
 
-/// What building a review report needs, owned (it runs on its own thread).
-struct ReportInput {
-    cfg: Arc<Config>,
-    rec: JobRecord,
-    base_branch: String,
-    quarantine: Option<PathBuf>,
-    paths: JobPaths,
-    outcome: crate::review::ReviewOutcome,
-}
-
-/// Build the report, write `report.json` and `report.md` (unless `late`
-/// says the job has gone on without them), return its summary lines.
-fn write_review_report(i: &ReportInput, late: &std::sync::atomic::AtomicBool) -> Vec<String> {
-    use crate::review::report;
-    let (cfg, rec, rv) = (&i.cfg, &i.rec, &i.outcome);
-    let verified = i
-        .quarantine
-        .as_deref()
-        .and_then(|d| std::fs::read(d.join("manifest.json")).ok())
-        .and_then(|b| serde_json::from_slice::<quarantine::JobManifest>(&b).ok())
-        .map(|m| m.verified)
-        .unwrap_or_default();
-    let hashes = verified
-        .iter()
-        .map(|v| (v.path.clone(), (v.nar_hash.clone(), v.nar_size)))
-        .collect();
-    let references = verified
-        .iter()
-        .map(|v| (v.path.clone(), v.references.clone()))
-        .collect();
-    let passed: Vec<(&str, &str)> = rv
-        .tests
-        .iter()
-        .filter(|t| t.outcome == crate::review::Outcome::Built)
-        .flat_map(|t| t.outputs.values().map(|p| (t.attr.as_str(), p.as_str())))
-        .collect();
-    let artifacts = match &i.quarantine {
-        Some(dir) => crate::review::artifacts(&rec.id, dir, &verified, &passed),
-        None => vec![],
-    };
-    let sponsor = cfg.sponsor.line().map(|line| report::Sponsor {
-        name: cfg.sponsor.name.clone(),
-        url: cfg.sponsor.url.clone(),
-        line,
-    });
-    let requested = rec
-        .job
-        .airlock_review
-        .as_ref()
-        .and_then(|r| r.attrs.as_deref());
-    let trust = format!("{:?}", cfg.trust).to_lowercase();
-    let r = report::build(
-        rv,
-        report::Context {
-            job_id: &rec.id,
-            repo: &rec.job.repo.full_name,
-            pr: rec.job.pr.number,
-            head: &rec.job.pr.head_sha,
-            base_branch: &i.base_branch,
-            base_commit: rec.base_commit.as_deref(),
-            merged_commit: rec.merged_commit.as_deref(),
-            system: &cfg.system,
-            guest_nix: rec.guest_nix.as_deref(),
-            identity: &cfg.identity,
-            trust: &trust,
-            sponsor,
-            requested,
-            skip: &cfg.review.skip_attrs,
-            max_build: cfg.review.max_build,
-            verified: &hashes,
-            references: &references,
-            artifacts,
-        },
-    );
-    let json = serde_json::to_vec_pretty(&r).expect("serialises");
-    let md = report::markdown(&r);
-    if late.load(std::sync::atomic::Ordering::SeqCst) {
-        return vec![];
-    }
-    for (path, body) in [
-        (i.paths.report_json(), &json[..]),
-        (i.paths.report_md(), md.as_bytes()),
-    ] {
-        if let Err(e) = crate::fsutil::write_atomic(&path, body) {
-            warn!(error = %e, file = %path.display(), "cannot write the review report");
-        }
-    }
-    report::summary_lines(&r)
-}
-
 #[cfg(test)]
 mod tests {
     fn record(review_base: Option<&str>) -> JobRecord {
@@ -1380,7 +1269,11 @@ mod tests {
         base_for: &std::collections::BTreeMap<String, String>,
         mut rec: JobRecord,
     ) -> String {
-        let onto = branch_to_merge_onto(base_for, &rec).to_owned();
+        let cfg = crate::config::ReviewConfig {
+            base_for: base_for.clone(),
+            ..Default::default()
+        };
+        let onto = crate::review::merge_onto(&rec.job, &cfg).to_owned();
         rec.base_commit = Some("a".repeat(40));
         rec.merged_commit = Some("b".repeat(40));
         rec.merged_onto = Some(onto);

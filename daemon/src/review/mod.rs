@@ -9,9 +9,153 @@ pub mod report;
 
 pub use airlock_wire::review::*;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::config::{Config, ReviewConfig};
+use crate::job::{JobPaths, JobRecord};
+use crate::ofborg::{BuildJob, BuildStatus, ReviewRequest};
 use crate::quarantine::VerifiedPath;
+
+/// Every review-specific decision about one job, in one value: the runner
+/// asks [`Review::for_job`] and, for a build job, gets `None`.
+pub struct Review<'a> {
+    job: &'a BuildJob,
+    req: &'a ReviewRequest,
+    cfg: &'a ReviewConfig,
+}
+
+impl<'a> Review<'a> {
+    pub fn for_job(job: &'a BuildJob, cfg: &'a ReviewConfig) -> Option<Review<'a>> {
+        job.airlock_review
+            .as_ref()
+            .map(|req| Review { job, req, cfg })
+    }
+
+    /// The branch the head is merged onto and reviewed against: the
+    /// request's, else `review.base_for` of the target branch, else the
+    /// target branch.
+    pub fn base(&self) -> &'a str {
+        self.job.review_base(&self.cfg.base_for)
+    }
+
+    /// What the guest is asked to do (`seed`: the merged commit, which
+    /// picks a mass rebuild's sample).
+    pub fn guest(&self, seed: &str) -> GuestReview {
+        GuestReview {
+            attrs: self.req.attrs.clone(),
+            rebuild: self.req.rebuild.clone(),
+            max_build: self.cfg.max_build,
+            seed: seed.to_owned(),
+            eval_only: self.req.eval_only,
+            skip: self.cfg.skip_attrs.clone(),
+        }
+    }
+
+    /// Does the fetch phase's status end the review? An evaluation that
+    /// failed leaves nothing to build.
+    pub fn ends_on(&self, fetch_status: &BuildStatus) -> bool {
+        matches!(fetch_status, BuildStatus::UnexpectedError { .. })
+    }
+}
+
+/// The branch a job's head is merged onto: the PR's target branch, or for
+/// a review the branch it is reviewed against.
+pub fn merge_onto<'a>(job: &'a BuildJob, cfg: &'a ReviewConfig) -> &'a str {
+    match Review::for_job(job, cfg) {
+        Some(r) => r.base(),
+        None => job.target_branch(),
+    }
+}
+
+/// What building a review report needs, owned (it runs on its own thread).
+pub struct ReportInput {
+    pub cfg: std::sync::Arc<Config>,
+    pub rec: JobRecord,
+    pub base_branch: String,
+    pub quarantine: Option<PathBuf>,
+    pub paths: JobPaths,
+    pub outcome: ReviewOutcome,
+}
+
+/// Build the report, write `report.json` and `report.md` (unless `late`
+/// says the job has gone on without them), return its summary lines.
+pub fn write_report(i: &ReportInput, late: &AtomicBool) -> Vec<String> {
+    let (cfg, rec, rv) = (&i.cfg, &i.rec, &i.outcome);
+    let verified = i
+        .quarantine
+        .as_deref()
+        .and_then(|d| std::fs::read(d.join("manifest.json")).ok())
+        .and_then(|b| serde_json::from_slice::<crate::quarantine::JobManifest>(&b).ok())
+        .map(|m| m.verified)
+        .unwrap_or_default();
+    let hashes = verified
+        .iter()
+        .map(|v| (v.path.clone(), (v.nar_hash.clone(), v.nar_size)))
+        .collect();
+    let references = verified
+        .iter()
+        .map(|v| (v.path.clone(), v.references.clone()))
+        .collect();
+    let passed: Vec<(&str, &str)> = rv
+        .tests
+        .iter()
+        .filter(|t| t.outcome == Outcome::Built)
+        .flat_map(|t| t.outputs.values().map(|p| (t.attr.as_str(), p.as_str())))
+        .collect();
+    let artifacts = match &i.quarantine {
+        Some(dir) => artifacts(&rec.id, dir, &verified, &passed),
+        None => vec![],
+    };
+    let sponsor = cfg.sponsor.line().map(|line| report::Sponsor {
+        name: cfg.sponsor.name.clone(),
+        url: cfg.sponsor.url.clone(),
+        line,
+    });
+    let requested = rec
+        .job
+        .airlock_review
+        .as_ref()
+        .and_then(|r| r.attrs.as_deref());
+    let trust = format!("{:?}", cfg.trust).to_lowercase();
+    let r = report::build(
+        rv,
+        report::Context {
+            job_id: &rec.id,
+            repo: &rec.job.repo.full_name,
+            pr: rec.job.pr.number,
+            head: &rec.job.pr.head_sha,
+            base_branch: &i.base_branch,
+            base_commit: rec.base_commit.as_deref(),
+            merged_commit: rec.merged_commit.as_deref(),
+            system: &cfg.system,
+            guest_nix: rec.guest_nix.as_deref(),
+            identity: &cfg.identity,
+            trust: &trust,
+            sponsor,
+            requested,
+            skip: &cfg.review.skip_attrs,
+            max_build: cfg.review.max_build,
+            verified: &hashes,
+            references: &references,
+            artifacts,
+        },
+    );
+    let json = serde_json::to_vec_pretty(&r).expect("serialises");
+    let md = report::markdown(&r);
+    if late.load(Ordering::SeqCst) {
+        return vec![];
+    }
+    for (path, body) in [
+        (i.paths.report_json(), &json[..]),
+        (i.paths.report_md(), md.as_bytes()),
+    ] {
+        if let Err(e) = crate::fsutil::write_atomic(&path, body) {
+            tracing::warn!(error = %e, file = %path.display(), "cannot write the review report");
+        }
+    }
+    report::summary_lines(&r)
+}
 
 /// Largest artifact the page shows.
 pub const MAX_ARTIFACT_BYTES: u64 = 16 << 20;

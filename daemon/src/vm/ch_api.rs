@@ -294,17 +294,11 @@ mod tests {
         match std::fs::read_to_string(&path) {
             Ok(s) => Some(serde_yaml::from_str(&s).expect("the OpenAPI document parses")),
             Err(e) => {
-                let msg = format!(
-                    "SKIPPED: {test}: needs cloud-hypervisor's OpenAPI document at {} \
+                crate::testing::skipped(&format!(
+                    "{test}: needs cloud-hypervisor's OpenAPI document at {} \
                      (set AIRLOCK_CH_OPENAPI): {e}",
                     path.display()
-                );
-                eprintln!("{msg}");
-                println!("{msg}");
-                assert!(
-                    std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() != Ok("1"),
-                    "{msg}"
-                );
+                ));
                 None
             }
         }

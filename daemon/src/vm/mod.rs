@@ -501,7 +501,7 @@ mod tests {
     #[test]
     fn give_hands_over_only_the_vms_files() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: give_hands_over_only_the_vms_files: needs root (chown)");
+            crate::testing::skipped("give_hands_over_only_the_vms_files: needs root (chown)");
             return;
         }
         let t = tempfile::tempdir().unwrap();
