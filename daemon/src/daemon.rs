@@ -18,6 +18,32 @@ pub enum Error {
     StateDir(String, #[source] std::io::Error),
 }
 
+/// Why the scheduler refused a request of a front-end (D-Bus, the broker):
+/// the caller's mistake (a bad job, an unknown id) is told apart from a
+/// refusal (a job already done) and from the daemon's own trouble.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("bad job: {0}")]
+    BadJob(#[from] crate::ofborg::Error),
+    #[error(transparent)]
+    NoSuchJob(crate::job::Error),
+    #[error("job {0} is already done")]
+    AlreadyDone(String),
+    #[error("the release service is not running")]
+    NoRelease,
+    #[error("the scheduler has stopped")]
+    Stopped,
+    #[error("cannot save the job")]
+    Store(#[source] crate::job::Error),
+}
+
+impl ApiError {
+    /// The caller named something that is not there or not valid.
+    pub fn is_callers(&self) -> bool {
+        matches!(self, ApiError::BadJob(_) | ApiError::NoSuchJob(_))
+    }
+}
+
 /// Runs one job to completion (the [`Runner`] in production).
 pub trait Executor: Send + Sync {
     fn execute<'a>(&'a self, rec: &'a mut JobRecord) -> crate::vm::BoxFuture<'a, ()>;
@@ -182,14 +208,7 @@ impl Daemon {
                     warn!(state = ?rec.state, "broker job was interrupted by a restart of airlockd; the broker redelivers it")
                 }
             }
-            rec.state = JobState::Done;
-            rec.finished_at = Some(crate::job::now());
-            rec.interrupted = true;
-            rec.retried_as = retry.as_ref().map(|r| r.id.clone());
-            if let Some(o) = rec.amqp.as_mut() {
-                o.report = ReportState::Dropped;
-            }
-            rec.result = Some(crate::job::JobResult {
+            rec.finish(crate::job::JobResult {
                 status: crate::ofborg::BuildStatus::UnexpectedError { err },
                 attempted_attrs: None,
                 skipped_attrs: None,
@@ -199,6 +218,11 @@ impl Daemon {
                 export_error: None,
                 silent: broker,
             });
+            rec.interrupted = true;
+            rec.retried_as = retry.as_ref().map(|r| r.id.clone());
+            if let Some(o) = rec.amqp.as_mut() {
+                o.report = ReportState::Dropped;
+            }
             if let Err(e) = self.runner.store.save(&rec) {
                 warn!(error = %e, "cannot mark the job interrupted");
             }
@@ -212,14 +236,14 @@ impl Daemon {
         requeue
     }
 
-    pub fn submit(&self, job: crate::ofborg::BuildJob) -> Result<String, String> {
-        job.validate().map_err(|e| e.to_string())?;
+    pub fn submit(&self, job: crate::ofborg::BuildJob) -> Result<String, ApiError> {
+        job.validate()?;
         self.enqueue(JobRecord::new(Source::Local, job))
     }
 
     /// Persist a new job record and queue it.
-    pub fn enqueue(&self, rec: JobRecord) -> Result<String, String> {
-        self.runner.store.save(&rec).map_err(|e| e.to_string())?;
+    pub fn enqueue(&self, rec: JobRecord) -> Result<String, ApiError> {
+        self.runner.store.save(&rec).map_err(ApiError::Store)?;
         rec.span()
             .in_scope(|| info!(source = ?rec.source, attrs = ?rec.job.attrs, "job queued"));
         // Signal watchers see a job a drain holds, and the queue's length.
@@ -230,7 +254,7 @@ impl Daemon {
         });
         self.queue
             .send(rec.id.clone())
-            .map_err(|_| "scheduler stopped".to_string())?;
+            .map_err(|_| ApiError::Stopped)?;
         if let Some(r) = self.release.get() {
             // Date the PR's head now, not when the build is done: a label
             // added during the build then counts even without webhooks.
@@ -245,14 +269,8 @@ impl Daemon {
     }
 
     /// The release service, or why it is not there.
-    pub fn release_service(&self) -> Result<&Arc<Release>, String> {
-        self.release()
-    }
-
-    fn release(&self) -> Result<&Arc<Release>, String> {
-        self.release
-            .get()
-            .ok_or_else(|| "the release service is not running".to_string())
+    pub fn release_service(&self) -> Result<&Arc<Release>, ApiError> {
+        self.release.get().ok_or(ApiError::NoRelease)
     }
 
     /// Stop starting queued jobs (SIGTERM, or an administrator).
@@ -273,10 +291,15 @@ impl Daemon {
     /// running anything; a running one has its VM stopped by its runner.
     /// Either way its result is `UnexpectedError: cancelled by an
     /// administrator` (ofborg has no "cancelled").
-    pub fn cancel(&self, id: &str) -> Result<String, String> {
-        let mut rec = self.runner.store.load(id).map_err(|e| e.to_string())?;
+    pub fn cancel(&self, id: &str) -> Result<String, ApiError> {
+        let mut rec = self.runner.store.load(id).map_err(|e| match e {
+            e @ (crate::job::Error::NotFound(_) | crate::job::Error::BadId(_)) => {
+                ApiError::NoSuchJob(e)
+            }
+            e => ApiError::Store(e),
+        })?;
         if rec.state.is_terminal() {
-            return Err(format!("job {id} is already done"));
+            return Err(ApiError::AlreadyDone(id.to_owned()));
         }
         rec.span().in_scope(|| info!("cancel requested"));
         Ok(match self.runner.control.cancel(id) {
@@ -307,46 +330,6 @@ impl Daemon {
     }
 }
 
-/// Tell systemd we are ready (Type=notify), if it is listening.
-/// Send `msg` (newline-separated `KEY=value` lines) to systemd's notify
-/// socket, if airlockd runs under systemd (`NOTIFY_SOCKET`); else nothing.
-pub fn sd_notify(msg: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    let p = path.to_string_lossy().into_owned();
-    let res = if let Some(abs) = p.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abs.as_bytes())
-            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
-    } else {
-        sock.send_to(msg.as_bytes(), &p)
-    };
-    if let Err(e) = res {
-        warn!(error = %e, "sd_notify failed");
-    }
-}
-
-pub fn sd_notify_ready() {
-    sd_notify("READY=1\n");
-}
-
-/// The watchdog interval systemd asks for (`WATCHDOG_USEC`, for this
-/// process when `WATCHDOG_PID` is set).
-pub fn sd_watchdog() -> Option<Duration> {
-    if let Some(pid) = std::env::var_os("WATCHDOG_PID") {
-        if pid.to_string_lossy().parse::<u32>().ok() != Some(std::process::id()) {
-            return None;
-        }
-    }
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    (usec > 0).then(|| Duration::from_micros(usec))
-}
-
 impl Daemon {
     /// systemd's view of airlockd: `STATUS=` with the running and queued
     /// job counts whenever a job changes (and every 10 s), ", draining"
@@ -360,7 +343,7 @@ impl Daemon {
         }
         let d = self.clone();
         let mut changes = d.runner.control.subscribe();
-        let watchdog = sd_watchdog();
+        let watchdog = crate::systemd::watchdog();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(
                 watchdog
@@ -393,7 +376,7 @@ impl Daemon {
                     msg.push_str("WATCHDOG=1\n");
                 }
                 if !msg.is_empty() {
-                    sd_notify(&msg);
+                    crate::systemd::notify(&msg);
                 }
             }
         });

@@ -84,7 +84,18 @@ const MAX_JOB_JSON: usize = 1 << 20;
 const MAX_LOG_CHUNK: u64 = 1 << 20;
 
 fn state_word(s: JobState) -> String {
-    format!("{s:?}").to_lowercase()
+    s.as_str().to_owned()
+}
+
+/// A refusal of the scheduler as D-Bus reports it: `InvalidArgs` for the
+/// caller's mistake (a bad job, an unknown or malformed id), `Failed` for
+/// everything else.
+fn api_err(e: crate::daemon::ApiError) -> fdo::Error {
+    if e.is_callers() {
+        fdo::Error::InvalidArgs(e.to_string())
+    } else {
+        fdo::Error::Failed(e.to_string())
+    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -116,7 +127,7 @@ impl Admin {
         }
         let job: crate::ofborg::BuildJob = serde_json::from_str(&job)
             .map_err(|e| fdo::Error::InvalidArgs(format!("bad job: {e}")))?;
-        self.d.submit(job).map_err(fdo::Error::Failed)
+        self.d.submit(job).map_err(api_err)
     }
 
     /// Wait up to `timeout_secs` (at most 20, under a bus's reply timeout)
@@ -179,7 +190,7 @@ impl Admin {
     /// released (JSON).
     async fn release(&self, commit: String, reason: String) -> fdo::Result<String> {
         self.check_release("Release")?;
-        let r = self.d.release_service().map_err(fdo::Error::Failed)?;
+        let r = self.d.release_service().map_err(api_err)?;
         r.release_by_operator(&commit, &reason)
             .await
             .map(|js| json(&js))
@@ -189,7 +200,7 @@ impl Admin {
     /// Apply the retention policy now: what was removed (JSON).
     async fn gc(&self) -> fdo::Result<String> {
         self.check_release("Gc")?;
-        let r = self.d.release_service().map_err(fdo::Error::Failed)?;
+        let r = self.d.release_service().map_err(api_err)?;
         r.gc()
             .await
             .map(|g| json(&g))
@@ -198,7 +209,7 @@ impl Admin {
 
     /// Cancel a job; returns what happened (`cancelled`, `cancelling: …`).
     async fn cancel_job(&self, id: String) -> fdo::Result<String> {
-        self.d.cancel(&id).map_err(fdo::Error::Failed)
+        self.d.cancel(&id).map_err(api_err)
     }
 
     /// Stop starting queued jobs; running ones finish.
@@ -217,7 +228,7 @@ impl Admin {
 
     /// Why a commit is or is not released (JSON).
     async fn release_status(&self, commit: String) -> fdo::Result<String> {
-        let r = self.d.release_service().map_err(fdo::Error::Failed)?;
+        let r = self.d.release_service().map_err(api_err)?;
         r.status(&commit)
             .await
             .map(|s| json(&s))

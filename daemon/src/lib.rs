@@ -29,6 +29,7 @@ pub mod review;
 pub mod runner;
 pub mod substituter;
 pub mod supervise;
+pub mod systemd;
 pub mod term;
 pub mod vm;
 pub mod web;

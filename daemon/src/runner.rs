@@ -368,6 +368,15 @@ impl Runner {
         self.store.paths(id)
     }
 
+    /// Move the job forward and save it (a refused move is a bug: logged,
+    /// and the job goes on).
+    fn advance(&self, rec: &mut JobRecord, to: JobState) {
+        if let Err(e) = rec.advance(to) {
+            warn!(error = %e, "job state not changed");
+        }
+        self.save(rec);
+    }
+
     /// Record that a step of the job ended now.
     fn mark(&self, rec: &mut JobRecord, step: &str) {
         self.mark_at(rec, step, Instant::now());
@@ -411,14 +420,12 @@ impl Runner {
     pub fn finish_cancelled(&self, rec: &mut JobRecord) {
         rec.span()
             .in_scope(|| info!("job cancelled before it started"));
-        rec.result = Some(result(
+        rec.finish(result(
             BuildStatus::UnexpectedError {
                 err: crate::control::CANCELLED.into(),
             },
             vec![],
         ));
-        rec.state = JobState::Done;
-        rec.finished_at = Some(crate::job::now());
         self.save(rec);
         self.sink.finished(rec);
         self.control.forget(&rec.id);
@@ -491,9 +498,7 @@ impl Runner {
             }
             clear_scratch(&paths);
             info!(status = ?res.status, secs = t0.elapsed().as_secs_f64(), paths = res.store_paths.len(), "job finished");
-            rec.result = Some(res);
-            rec.state = JobState::Done;
-            rec.finished_at = Some(crate::job::now());
+            rec.finish(res);
             self.save(rec);
             self.sink.finished(rec);
         }
@@ -523,8 +528,7 @@ impl Runner {
             .build_step(rec, paths, last_phase, &mut follower)
             .await?;
         crate::fault::pause(&self.cfg.state_dir, crate::fault::Point::MidBuild, &rec.id).await;
-        rec.state = JobState::Verifying;
-        self.save(rec);
+        self.advance(rec, JobState::Verifying);
         let mut res = self.collect(rec, paths, res, follower, upstream).await;
         self.mark(rec, "verified");
         self.review_finish(rec, paths, &mut res).await;
@@ -558,8 +562,7 @@ impl Runner {
 
     /// 1. Fetch the head and the branch it is merged onto, and merge.
     async fn checkout(&self, rec: &mut JobRecord, paths: &JobPaths) -> Step<()> {
-        rec.state = JobState::Checkout;
-        self.save(rec);
+        self.advance(rec, JobState::Checkout);
         let onto = self.base_branch(rec).to_owned();
         let outcome = checkout::prepare(
             &self.cfg.git_cache_dir(),
@@ -592,8 +595,7 @@ impl Runner {
 
     /// 3. The job runs: its build log, and the guest's lines to the journal.
     fn follow(&self, rec: &mut JobRecord, paths: &JobPaths) -> Step<Follower> {
-        rec.state = JobState::Running;
-        self.save(rec);
+        self.advance(rec, JobState::Running);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -99,7 +99,7 @@ fn not_found() -> Response {
 
 fn status_word(r: &JobRecord) -> String {
     match (&r.result, r.state) {
-        (_, s) if !s.is_terminal() => format!("{s:?}").to_lowercase(),
+        (_, s) if !s.is_terminal() => s.as_str().to_owned(),
         (Some(res), _) if r.interrupted => format!("interrupted ({:?})", res.status),
         (Some(res), _) => crate::ofborg::status_word(&res.status),
         (None, _) => "done".into(),

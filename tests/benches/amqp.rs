@@ -7,8 +7,7 @@
 //! Run: `cargo bench -p airlock-e2e --bench amqp` (root; needs rabbitmq-server,
 //! and for part 2 QEMU and the guest image).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use airlock_e2e as common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -12,8 +12,7 @@
 //! Run: `cargo bench -p airlock-e2e --bench cache` (root; needs nix-store,
 //! nginx and wrk; scripts/setup.sh installs them).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use airlock_e2e as common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

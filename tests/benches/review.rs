@@ -16,8 +16,7 @@
 //! target/debug` after `cargo build --workspace`: the time is Nix's, in the
 //! VM; `AIRLOCK_NIXPKGS=/path/to/nixpkgs` for the second).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use airlock_e2e as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

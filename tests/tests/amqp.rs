@@ -1,7 +1,7 @@
 //! ofborg compatibility over a real RabbitMQ: airlockd consumes BuildJobs from
 //! `build-inputs-x86_64-linux` and reports like one of ofborg's builders.
 
-mod common;
+use airlock_e2e as common;
 
 use common::broker::{job_json, rt, settle, Broker, Probe};
 use common::*;

@@ -11,7 +11,7 @@
 //! Everything (broker, airlockd, its job networks and nftables table) lives
 //! in a network namespace of its own, entered by the test's own thread.
 
-mod common;
+use airlock_e2e as common;
 
 use std::collections::BTreeMap;
 use std::process::Command;

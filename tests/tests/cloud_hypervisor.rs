@@ -16,7 +16,7 @@
 //! `tiny-wait.elf`), `AIRLOCK_VIRTIOFSD`; defaults are where
 //! scripts/setup.sh puts them.
 
-mod common;
+use airlock_e2e as common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

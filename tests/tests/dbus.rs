@@ -5,7 +5,7 @@
 //! resume, the JobChanged signal (read with `dbus-monitor`), and a caller
 //! the policy does not allow (`nobody`) refused.
 
-mod common;
+use airlock_e2e as common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -145,11 +145,17 @@ fn dbus_admin_api_lists_shows_cancels_and_refuses_strangers() {
     if !prerequisites("dbus_admin_api_lists_shows_cancels_and_refuses_strangers") {
         return;
     }
-    let missing: Vec<String> = ["dbus-daemon", "busctl", "setpriv", "dbus-monitor"]
-        .into_iter()
-        .filter(|c| !have(c))
-        .map(String::from)
-        .collect();
+    let missing: Vec<String> = [
+        "dbus-daemon",
+        "busctl",
+        "setpriv",
+        "dbus-monitor",
+        "dbus-send",
+    ]
+    .into_iter()
+    .filter(|c| !have(c))
+    .map(String::from)
+    .collect();
     if !ready_or_skip(
         "dbus_admin_api_lists_shows_cancels_and_refuses_strangers",
         &missing,
@@ -246,6 +252,32 @@ fn dbus_admin_api_lists_shows_cancels_and_refuses_strangers() {
         &["call", DEST, PATH, DEST, "CancelJob", "s", &running],
     );
     assert!(!err.status.success(), "a done job cannot be cancelled");
+    // A refusal and the caller's mistake are told apart by the error name.
+    let error_name = |id: &str| {
+        let out = std::process::Command::new("dbus-send")
+            .args([
+                &format!("--bus={}", bus.address),
+                "--print-reply",
+                &format!("--dest={DEST}"),
+                PATH,
+                &format!("{DEST}.CancelJob"),
+                &format!("string:{id}"),
+            ])
+            .output()
+            .expect("dbus-send");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(
+        error_name(&running).contains("org.freedesktop.DBus.Error.Failed"),
+        "{}",
+        error_name(&running)
+    );
+    let unknown = "0b6f6a1e-6f1d-4d0c-9a55-2f1f5f8f2a10";
+    assert!(
+        error_name(unknown).contains("org.freedesktop.DBus.Error.InvalidArgs"),
+        "{}",
+        error_name(unknown)
+    );
     // Drain and resume, seen through the property.
     let draining = |b: &Bus| {
         let out = busctl(b, false, &["get-property", DEST, PATH, DEST, "Draining"]);

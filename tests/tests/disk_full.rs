@@ -1,7 +1,7 @@
 //! A job whose closure does not fit its `/nix` disk fails with the reason,
 //! and the builder goes on: the next job on the same daemon succeeds.
 
-mod common;
+use airlock_e2e as common;
 
 use common::*;
 

@@ -10,7 +10,7 @@
 //! fetch over the fetch network (virtio-net, IPv4, DNS configuration), and
 //! sandboxed builds on the per-job /nix disk, exported and verified.
 
-mod common;
+use airlock_e2e as common;
 
 use std::path::PathBuf;
 

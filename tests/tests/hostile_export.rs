@@ -3,7 +3,7 @@
 //! reason in the log, leaving nothing in quarantine, while the daemon keeps
 //! running and the next honest job still works.
 
-mod common;
+use airlock_e2e as common;
 
 use airlock::quarantine::craft::{entry, stream};
 use airlock::quarantine::sha256_nix32 as hash;

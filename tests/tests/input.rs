@@ -6,7 +6,7 @@
 //! (names, types, contents), so any file too many or too few — a deleted
 //! directory left behind empty, a `lost+found` — changes its path.
 
-mod common;
+use airlock_e2e as common;
 
 use std::path::Path;
 use std::process::Command;

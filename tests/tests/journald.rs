@@ -4,7 +4,7 @@
 //! `journalctl -o json JOB_ID=…` reads one job's story back with its
 //! fields.
 
-mod common;
+use airlock_e2e as common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! "LAN" host (10.99.0.10, also answering as 169.254.169.254), all namespaces
 //! this test creates. No packet leaves them.
 
-mod common;
+use airlock_e2e as common;
 
 use std::process::{Child, Command, Stdio};
 

@@ -27,7 +27,7 @@
 //! - the options table in docs/nixos.md is what nixos/options-doc.nix
 //!   generates from the module (scripts/gen-nixos-options.sh rewrites it).
 
-mod common;
+use airlock_e2e as common;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@
 //! cannot reach): the job must end with `Failure` naming what could not be
 //! fetched, well before any timeout.
 
-mod common;
+use airlock_e2e as common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! signatures. GitHub is the one stand-in (`common::github::FakeGitHub`,
 //! serving GitHub's documented shapes from `tests/fixtures/github/`).
 
-mod common;
+use airlock_e2e as common;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -7,7 +7,7 @@
 //! exactly the passing tests whose closure (computed on the host) holds it.
 //! The report's page is then looked at in a real headless Chromium.
 
-mod common;
+use airlock_e2e as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! Every shell script of the repository passes shellcheck (warnings and
 //! errors; Debian's `shellcheck`, installed by `scripts/setup.sh test`).
-//! No VM, no daemon: this file does not use `mod common`.
+//! No VM, no daemon: this file does not use the harness.
 
 use std::path::Path;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! API is up, `STATUS=` with job counts, `WATCHDOG=1` at half the interval
 //! `WATCHDOG_USEC` asks for, `STOPPING=1` on SIGTERM.
 
-mod common;
+use airlock_e2e as common;
 
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};

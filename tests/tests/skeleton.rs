@@ -1,7 +1,7 @@
 //! Walking-skeleton end-to-end tests: a job goes in, a real Nix build runs in
 //! a real VM, verified outputs land in quarantine, a result comes out.
 
-mod common;
+use airlock_e2e as common;
 
 use std::path::Path;
 use std::process::Command;

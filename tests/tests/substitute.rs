@@ -5,7 +5,7 @@
 //! substitute through airlockd's caching proxy; only the upstream cache is a
 //! stand-in for cache.nixos.org.
 
-mod common;
+use airlock_e2e as common;
 
 use std::path::Path;
 use std::process::Command;

@@ -15,7 +15,7 @@
 //! `supervision.mode = "direct"` in a delegated cgroup, a cgroup per job
 //! with the same limits.
 
-mod common;
+use airlock_e2e as common;
 
 use std::path::Path;
 use std::time::Duration;

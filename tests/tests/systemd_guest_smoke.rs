@@ -3,7 +3,7 @@
 //! D-Bus, journald and cgroup v2 controllers that airlockd's own tests in
 //! that guest rely on.
 
-mod common;
+use airlock_e2e as common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;

@@ -509,7 +509,7 @@ async fn jobs(api: &Api<'_>, json: bool) -> anyhow::Result<()> {
         out!(
             "{:<36}  {:<9}  {:<11}  {:>6}  {}",
             j.id,
-            format!("{:?}", j.state).to_lowercase(),
+            j.state.as_str(),
             st.unwrap_or_else(|| "-".into()),
             j.job.pr.number,
             j.job.attrs.join(" ")

@@ -11,7 +11,7 @@ use tracing::info;
 
 use airlock::amqp::Amqp;
 use airlock::config::{Backend, Config, Trust};
-use airlock::daemon::{sd_notify_ready, Daemon};
+use airlock::daemon::Daemon;
 use airlock::job::JobStore;
 use airlock::release::Release;
 use airlock::runner::{LogSink, NoSink, Runner};
@@ -109,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
     // SIGTERM handled before it: a stop right after READY drains.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let server = airlock::dbus::bind_and_serve(&daemon, &cfg.socket)?;
-    sd_notify_ready();
+    airlock::systemd::notify_ready();
     daemon.spawn_sd_status();
     tokio::select! {
         r = server => { r??; return Ok(()); }
@@ -357,7 +357,7 @@ async fn front_ends(
 /// for `shutdown_grace_secs`, then leave the broker.
 async fn drain(cfg: &Config, daemon: &Arc<Daemon>, amqp: Option<&Arc<Amqp>>) {
     daemon.drain();
-    airlock::daemon::sd_notify(
+    airlock::systemd::notify(
         "STOPPING=1\nSTATUS=draining: running jobs finish, queued ones wait\n",
     );
     if let Some(a) = amqp {

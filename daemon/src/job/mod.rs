@@ -23,10 +23,17 @@ pub enum Error {
     Read(PathBuf, #[source] std::io::Error),
     #[error("job record {0} is corrupt")]
     Corrupt(PathBuf, #[source] serde_json::Error),
+    #[error("job {id}: {from:?} cannot move to {to:?} (a job only moves forward, and ends only by finishing)")]
+    Transition {
+        id: String,
+        from: JobState,
+        to: JobState,
+    },
 }
 pub type Result<T> = std::result::Result<T, Error>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A job's place in its story, in order: it only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Queued,
@@ -39,6 +46,18 @@ pub enum JobState {
 impl JobState {
     pub fn is_terminal(self) -> bool {
         self == JobState::Done
+    }
+
+    /// The word every front-end shows (`airlockctl jobs`, the web view,
+    /// the D-Bus API): the serialised name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Checkout => "checkout",
+            JobState::Running => "running",
+            JobState::Verifying => "verifying",
+            JobState::Done => "done",
+        }
     }
 }
 
@@ -189,6 +208,28 @@ pub fn check_id(id: &str) -> Result<()> {
 }
 
 impl JobRecord {
+    /// Move the job to the next step of its story (`Checkout`, `Running`,
+    /// `Verifying`): forward only, and never to `Done`, which only
+    /// [`JobRecord::finish`] reaches.
+    pub fn advance(&mut self, to: JobState) -> Result<()> {
+        if to <= self.state || to == JobState::Done {
+            return Err(Error::Transition {
+                id: self.id.clone(),
+                from: self.state,
+                to,
+            });
+        }
+        self.state = to;
+        Ok(())
+    }
+
+    /// The one way a job ends: its result, `Done`, the time.
+    pub fn finish(&mut self, result: JobResult) {
+        self.result = Some(result);
+        self.state = JobState::Done;
+        self.finished_at = Some(now());
+    }
+
     /// The span every event about this job is logged in: its fields are the
     /// journal's `JOB_ID`, `PR`, `COMMIT`, `REPO` and `ATTR`
     /// (docs/operations.md), on every entry of the job.
@@ -356,6 +397,44 @@ mod tests {
 
     fn job() -> BuildJob {
         serde_json::from_str(r#"{"repo":{"owner":"o","name":"n","full_name":"o/n","clone_url":"/x"},"pr":{"target_branch":"master","number":1,"head_sha":"e9872fa30caac57c69bfac8667e6c21254603df1"},"subset":null,"attrs":["a"],"request_id":"r","logs":null,"statusreport":null}"#).unwrap()
+    }
+
+    #[test]
+    fn a_job_moves_forward_and_ends_by_finishing() {
+        let mut r = JobRecord::new(Source::Local, job());
+        r.advance(JobState::Checkout).unwrap();
+        r.advance(JobState::Running).unwrap();
+        assert!(r.advance(JobState::Checkout).is_err(), "backwards");
+        assert!(r.advance(JobState::Running).is_err(), "again");
+        assert!(r.advance(JobState::Done).is_err(), "only finish ends a job");
+        r.advance(JobState::Verifying).unwrap();
+        r.finish(JobResult {
+            status: BuildStatus::Success,
+            attempted_attrs: None,
+            skipped_attrs: None,
+            output: vec![],
+            quarantine: None,
+            store_paths: vec![],
+            export_error: None,
+            silent: false,
+        });
+        assert_eq!(r.state, JobState::Done);
+        assert!(r.finished_at.is_some());
+        for s in [
+            JobState::Queued,
+            JobState::Checkout,
+            JobState::Running,
+            JobState::Verifying,
+            JobState::Done,
+        ] {
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                s.as_str(),
+                "one word per state"
+            );
+        }
+        let e = r.advance(JobState::Verifying).unwrap_err().to_string();
+        assert!(e.contains("Done cannot move to Verifying"), "{e}");
     }
 
     #[test]
