@@ -209,14 +209,11 @@ impl Daemon {
                 }
             }
             rec.finish(crate::job::JobResult {
-                status: crate::ofborg::BuildStatus::UnexpectedError { err },
-                attempted_attrs: None,
-                skipped_attrs: None,
-                output: vec![],
-                quarantine: None,
-                store_paths: vec![],
-                export_error: None,
                 silent: broker,
+                ..crate::job::JobResult::new(
+                    crate::ofborg::BuildStatus::UnexpectedError { err },
+                    vec![],
+                )
             });
             rec.interrupted = true;
             rec.retried_as = retry.as_ref().map(|r| r.id.clone());

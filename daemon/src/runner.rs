@@ -171,16 +171,7 @@ fn fetch_status_wins(fetch: Option<&BuildStatus>, mut res: JobResult) -> JobResu
 }
 
 fn result(status: BuildStatus, output: Vec<String>) -> JobResult {
-    JobResult {
-        status,
-        attempted_attrs: None,
-        skipped_attrs: None,
-        output,
-        quarantine: None,
-        store_paths: vec![],
-        export_error: None,
-        silent: false,
-    }
+    JobResult::new(status, output)
 }
 
 /// The new whole lines of a file a VM is writing, read from where the last

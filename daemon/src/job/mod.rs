@@ -114,6 +114,23 @@ pub struct JobResult {
     pub silent: bool,
 }
 
+impl JobResult {
+    /// A result with this status and these last lines, and nothing else
+    /// (no attrs, no outputs).
+    pub fn new(status: BuildStatus, output: Vec<String>) -> JobResult {
+        JobResult {
+            status,
+            attempted_attrs: None,
+            skipped_attrs: None,
+            output,
+            quarantine: None,
+            store_paths: vec![],
+            export_error: None,
+            silent: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub id: String,
@@ -408,16 +425,7 @@ mod tests {
         assert!(r.advance(JobState::Running).is_err(), "again");
         assert!(r.advance(JobState::Done).is_err(), "only finish ends a job");
         r.advance(JobState::Verifying).unwrap();
-        r.finish(JobResult {
-            status: BuildStatus::Success,
-            attempted_attrs: None,
-            skipped_attrs: None,
-            output: vec![],
-            quarantine: None,
-            store_paths: vec![],
-            export_error: None,
-            silent: false,
-        });
+        r.finish(JobResult::new(BuildStatus::Success, vec![]));
         assert_eq!(r.state, JobState::Done);
         assert!(r.finished_at.is_some());
         for s in [
