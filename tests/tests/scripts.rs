@@ -1,7 +1,8 @@
 //! Every shell script of the repository passes shellcheck (warnings and
 //! errors; Debian's `shellcheck`, installed by `scripts/setup.sh test`).
-//! No VM, no daemon: this file does not use the harness.
+//! No VM, no daemon.
 
+use airlock_e2e as common;
 use std::path::Path;
 use std::process::Command;
 
@@ -12,18 +13,12 @@ fn repo() -> &'static Path {
 #[test]
 fn every_script_passes_shellcheck() {
     let test = "every_script_passes_shellcheck";
-    if Command::new("shellcheck")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        let msg = format!("SKIPPED {test}: missing shellcheck (apt-get install shellcheck)");
-        eprintln!("{msg}");
-        println!("{msg}");
-        assert!(
-            std::env::var("AIRLOCK_REQUIRE_E2E").as_deref() != Ok("1"),
-            "{msg}"
-        );
+    let missing: Vec<String> = if common::have("shellcheck") {
+        vec![]
+    } else {
+        vec!["shellcheck (apt-get install shellcheck)".into()]
+    };
+    if !common::ready_or_skip(test, &missing) {
         return;
     }
     let files = Command::new("git")
