@@ -27,12 +27,12 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::daemon::Daemon;
 use crate::job::{AmqpOrigin, JobRecord, JobState, ReportState, Source};
 use crate::ofborg::{
     BuildJob, BuildLogMsg, BuildLogStart, BuildResultV1, BuildStatus, Destination, V1Tag,
 };
 use crate::runner::LogSink;
+use crate::scheduler::Scheduler;
 
 /// Largest job message accepted.
 const MAX_BODY: usize = 1 << 20;
@@ -167,14 +167,14 @@ fn record_key(o: &AmqpOrigin, job: &BuildJob) -> String {
 
 /// Marker file: this job's `BuildLogStart` went out (kept across restarts,
 /// so a result published after a restart is not preceded by a second one).
-fn start_marker(daemon: &Daemon, id: &str) -> std::path::PathBuf {
+fn start_marker(daemon: &Scheduler, id: &str) -> std::path::PathBuf {
     daemon.runner.store.dir(id).join("amqp-start-published")
 }
 
 /// Marker file: this job's `BuildResult` reached its `statusreport`
 /// destination (confirmed); a retry after a failure publishing the copy to
 /// `logs` must not report the job a second time.
-fn result_marker(daemon: &Daemon, id: &str) -> std::path::PathBuf {
+fn result_marker(daemon: &Scheduler, id: &str) -> std::path::PathBuf {
     daemon.runner.store.dir(id).join("amqp-result-published")
 }
 
@@ -319,7 +319,7 @@ impl Amqp {
     }
 
     /// Run forever: connect, consume, publish; reconnect with backoff.
-    pub async fn run(self: Arc<Self>, daemon: Arc<Daemon>) {
+    pub async fn run(self: Arc<Self>, daemon: Arc<Scheduler>) {
         let publisher = self.clone();
         let d2 = daemon.clone();
         tokio::spawn(async move { publisher.publish_loop(d2).await });
@@ -361,7 +361,7 @@ impl Amqp {
     /// At shutdown: wait (up to `limit`) until finished jobs are acked, then
     /// close the connection cleanly so every ack reaches the broker and every
     /// unstarted delivery goes back to the queue at once.
-    pub async fn shutdown(&self, daemon: &Daemon, limit: Duration) {
+    pub async fn shutdown(&self, daemon: &Scheduler, limit: Duration) {
         let t0 = std::time::Instant::now();
         while t0.elapsed() < limit {
             let waiting = {
@@ -384,7 +384,7 @@ impl Amqp {
         }
     }
 
-    async fn session(&self, daemon: &Arc<Daemon>) -> Result<()> {
+    async fn session(&self, daemon: &Arc<Scheduler>) -> Result<()> {
         let uri = self.cfg.amqp.uri()?;
         let props = ConnectionProperties::default()
             .with_connection_name(LongString::from(format!("airlock {}", self.cfg.identity)));
@@ -534,7 +534,7 @@ impl Amqp {
         Ok(drx)
     }
 
-    async fn handle(&self, daemon: &Arc<Daemon>, system: &str, d: Delivery, generation: u64) {
+    async fn handle(&self, daemon: &Arc<Scheduler>, system: &str, d: Delivery, generation: u64) {
         let job = match decode_job(&d.data).and_then(|j| match j {
             Some(job) => check_origin(&self.cfg.github, &job).map(|_| Some(job)),
             None => Ok(None),
@@ -615,7 +615,7 @@ impl Amqp {
     /// records on first use, then kept up to date by [`Amqp::handle`]).
     fn with_index<T>(
         &self,
-        daemon: &Daemon,
+        daemon: &Scheduler,
         f: impl FnOnce(&mut HashMap<String, String>) -> T,
     ) -> T {
         let mut ix = self.shared.index.lock().expect("lock");
@@ -637,7 +637,7 @@ impl Amqp {
     }
 
     /// The job id for identity `key`, if this builder has that job.
-    fn lookup(&self, daemon: &Daemon, key: &str) -> Option<String> {
+    fn lookup(&self, daemon: &Scheduler, key: &str) -> Option<String> {
         self.with_index(daemon, |ix| ix.get(key).cloned())
     }
 
@@ -703,7 +703,7 @@ impl Amqp {
         Ok(())
     }
 
-    async fn publish_loop(&self, daemon: Arc<Daemon>) {
+    async fn publish_loop(&self, daemon: Arc<Scheduler>) {
         let mut rx = self.rx.lock().await;
         let mut retry = tokio::time::interval(Duration::from_secs(30));
         loop {
@@ -768,7 +768,7 @@ impl Amqp {
     }
 
     /// Publish a finished job's result (if not yet), then ack its delivery.
-    async fn report(&self, daemon: &Arc<Daemon>, id: &str) {
+    async fn report(&self, daemon: &Arc<Scheduler>, id: &str) {
         let store = &daemon.runner.store;
         let Ok(mut rec) = store.load(id) else { return };
         let Some(origin) = rec.amqp.clone() else {
@@ -816,7 +816,7 @@ impl Amqp {
 
     async fn publish_result(
         &self,
-        daemon: &Daemon,
+        daemon: &Scheduler,
         rec: &JobRecord,
         origin: &AmqpOrigin,
     ) -> Result<()> {

@@ -19,8 +19,6 @@ pub enum Error {
     Export(#[source] std::io::Error),
     #[error("cannot prepare the git cache {0}")]
     Cache(PathBuf, #[source] std::io::Error),
-    #[error("git cache lock task failed: {0}")]
-    LockTask(String),
     #[error("git {args} did not finish within {secs} s")]
     Timeout { args: String, secs: u64 },
 }
@@ -209,15 +207,9 @@ pub fn cache_dir(root: &Path, url: &str) -> PathBuf {
 /// the same cache). Released when the file is dropped.
 async fn lock_cache(cache: &Path) -> Result<std::fs::File> {
     let path = cache.with_extension("lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::Cache(path.clone(), e))?;
-    tokio::task::spawn_blocking(move || f.lock().map(|_| f).map_err(|e| Error::Cache(path, e)))
+    crate::fsutil::lock_exclusive(&path)
         .await
-        .map_err(|e| Error::LockTask(e.to_string()))?
+        .map_err(|e| Error::Cache(path, e))
 }
 
 /// Fetch the target branch and the head into the cache, then merge in `work`.
@@ -491,6 +483,20 @@ pub async fn write_files(
     .await;
     let _ = std::fs::remove_file(&index);
     res.map(|_| ())
+}
+
+/// Remove the half-made git caches (`*.tmp-*`) an interrupted first fetch
+/// left in the cache directory.
+pub fn remove_half_made(cache_dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(cache_dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().contains(".tmp-") {
+            tracing::warn!(path = %e.path().display(), "removing half-made git cache");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use tracing::{info, warn};
 use zbus::fdo;
 use zbus::object_server::SignalEmitter;
 
-use crate::daemon::Daemon;
 use crate::job::JobState;
+use crate::scheduler::Scheduler;
 
 pub const NAME: &str = "org.airlock.Airlock1";
 pub const PATH: &str = "/org/airlock/Airlock1";
@@ -41,7 +41,7 @@ pub enum Error {
 /// module's D-Bus interface, peer to peer. airlockd does this before
 /// `READY=1`.
 pub fn bind_and_serve(
-    d: &Arc<Daemon>,
+    d: &Arc<Scheduler>,
     socket: &Path,
 ) -> Result<tokio::task::JoinHandle<Result<(), Error>>, Error> {
     let l = bind_p2p(socket).map_err(|e| Error::Listen(socket.display().to_string(), e))?;
@@ -55,7 +55,7 @@ pub fn bind_and_serve(
 }
 
 pub struct Admin {
-    d: Arc<Daemon>,
+    d: Arc<Scheduler>,
     /// May this caller sign (`Release`) and delete (`Gc`)? On a bus the
     /// bus policy decides (daemon/dbus/org.airlock.Airlock1.conf: root
     /// only) and this is true; on the peer-to-peer socket, which has no
@@ -90,7 +90,7 @@ fn state_word(s: JobState) -> String {
 /// A refusal of the scheduler as D-Bus reports it: `InvalidArgs` for the
 /// caller's mistake (a bad job, an unknown or malformed id), `Failed` for
 /// everything else.
-fn api_err(e: crate::daemon::ApiError) -> fdo::Error {
+fn api_err(e: crate::scheduler::ApiError) -> fdo::Error {
     if e.is_callers() {
         fdo::Error::InvalidArgs(e.to_string())
     } else {
@@ -265,7 +265,7 @@ impl Admin {
 /// `unix:path=/run/dbus/system_bus_socket`), take the name, serve the
 /// object, and forward job changes as signals. The connection lives as long
 /// as the returned handle.
-pub async fn serve(d: Arc<Daemon>, address: &str) -> Result<zbus::Connection, Error> {
+pub async fn serve(d: Arc<Scheduler>, address: &str) -> Result<zbus::Connection, Error> {
     let err = |source| Error::Connect {
         address: address.to_owned(),
         source: Box::new(source),
@@ -362,7 +362,7 @@ pub fn bind_p2p(socket: &std::path::Path) -> std::io::Result<tokio::net::UnixLis
 /// bus daemon), for ever: one D-Bus connection per client, authenticated
 /// by the kernel's peer credentials; the socket's file mode decides who may
 /// connect, and a non-root peer may not `Release` or `Gc`.
-pub async fn serve_listener(d: Arc<Daemon>, l: tokio::net::UnixListener) -> std::io::Result<()> {
+pub async fn serve_listener(d: Arc<Scheduler>, l: tokio::net::UnixListener) -> std::io::Result<()> {
     loop {
         let (stream, _) = match l.accept().await {
             Ok(s) => s,

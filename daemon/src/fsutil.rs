@@ -1,4 +1,5 @@
-//! Atomic file writes: temp name, fsync, rename, fsync the directory.
+//! Atomic file writes (temp name, fsync, rename, fsync the directory),
+//! syncs, and the one exclusive-lock helper.
 
 use std::io::Write;
 use std::path::Path;
@@ -34,4 +35,18 @@ pub fn sync_fs(path: &Path) -> std::io::Result<()> {
 
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Take an exclusive `flock` on `path` (created if missing), waiting on a
+/// blocking thread; released when the returned file is dropped. It
+/// serialises this daemon's tasks and any other process using the file.
+pub async fn lock_exclusive(path: &Path) -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    tokio::task::spawn_blocking(move || f.lock().map(|_| f))
+        .await
+        .map_err(std::io::Error::other)?
 }

@@ -41,8 +41,6 @@ pub enum Error {
     Diff(String),
     #[error("{0}")]
     Disk(String),
-    #[error("input cache lock task failed: {0}")]
-    LockTask(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -146,17 +144,11 @@ fn is_tree_id(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Take an exclusive flock on `path` (created), released when dropped.
+/// Take the exclusive lock `path`, released when dropped.
 async fn lock(path: PathBuf) -> Result<std::fs::File> {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io("cannot open the lock", &path))?;
-    tokio::task::spawn_blocking(move || f.lock().map(|_| f).map_err(io("cannot lock", &path)))
+    crate::fsutil::lock_exclusive(&path)
         .await
-        .map_err(|e| Error::LockTask(e.to_string()))?
+        .map_err(io("cannot lock", &path))
 }
 
 /// The base image cache.

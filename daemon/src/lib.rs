@@ -1,20 +1,27 @@
 //! airlock: build untrusted nixpkgs pull requests in throwaway VMs.
 //!
-//! Layers (see ARCHITECTURE.md):
-//! - pure formats and policy: [`store`] (the `airlock-nix-formats` crate:
-//!   store paths, NAR, narinfo, signatures),
-//!   [`ofborg`] (messages), [`config`], [`job`] (the job record);
-//! - adapters behind narrow traits: [`vm`] (QEMU), [`checkout`] (git),
-//!   [`quarantine`] (verified outputs on disk), [`release`] (GitHub label
-//!   watcher, signing, the binary cache server);
-//! - the [`runner`] that composes them, and the [`daemon`] (queue, scheduler,
-//!   API) that `airlockd` and `airlockctl` wire up.
+//! Layers, lowest first (ARCHITECTURE.md's picture is generated from the
+//! `use` edges and `daemon/tests/structure.rs` fails on a cycle):
+//! - leaves and pure formats: [`store`] (the `airlock-nix-formats` crate:
+//!   store paths, NAR, narinfo, signatures), [`ofborg`] (messages),
+//!   [`config`], [`error`], [`job`] (the job record and its directory),
+//!   [`systemd`] (sd_notify), [`term`], [`fsutil`], [`fault`];
+//! - adapters, each owning its settings (`from_config`): [`vm`] (QEMU,
+//!   cloud-hypervisor), [`checkout`] (git), [`input`] (the input disk),
+//!   [`quarantine`] (verified outputs on disk), [`substituter`] (the fetch
+//!   phase's cache), [`supervise`] (systemd units), [`journal`],
+//!   [`control`] (cancel, job changes), [`review`] (reports), [`release`]
+//!   (label watcher, signing, the binary cache server);
+//! - the [`runner`], one job's story as named steps, and [`web`] (read-only
+//!   pages over the job directories);
+//! - the [`scheduler`] (queue, slots, drain, cancel, recovery);
+//! - its front-ends, [`dbus`] (`airlockctl`) and [`amqp`] (the broker),
+//!   which call the scheduler and are wired up by `airlockd`.
 
 pub mod amqp;
 pub mod checkout;
 pub mod config;
 pub mod control;
-pub mod daemon;
 pub mod dbus;
 pub mod error;
 pub mod fault;
@@ -27,6 +34,7 @@ pub mod quarantine;
 pub mod release;
 pub mod review;
 pub mod runner;
+pub mod scheduler;
 pub mod substituter;
 pub mod supervise;
 pub mod systemd;

@@ -688,6 +688,25 @@ pub mod craft {
     }
 }
 
+/// Remove the half-written job directories (`<commit>/.tmp-*`) an import
+/// interrupted by a restart left under the quarantine `root`.
+pub fn remove_half_written(root: &Path) {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
+    for commit in rd.flatten() {
+        let Ok(rd2) = std::fs::read_dir(commit.path()) else {
+            continue;
+        };
+        for e in rd2.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                tracing::warn!(path = %e.path().display(), "removing half-written quarantine directory");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::craft::{entry, stream};

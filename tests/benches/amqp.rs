@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use airlock::amqp::Amqp;
 use airlock::config::Config;
-use airlock::daemon::{Daemon, Executor};
 use airlock::job::{JobRecord, JobResult, JobState, JobStore};
 use airlock::ofborg::BuildStatus;
 use airlock::runner::{LogSink, Runner};
+use airlock::scheduler::{Executor, Scheduler};
 use airlock::vm::qemu::Qemu;
 use common::broker::{job_json, Broker, Probe};
 use futures_lite::StreamExt;
@@ -130,7 +130,7 @@ async fn throughput(broker: &Broker, n: usize) {
         substituter: None,
         control: Default::default(),
     });
-    let daemon = Daemon::start_with(runner, Arc::new(Noop { store, sink })).unwrap();
+    let daemon = Scheduler::start_with(runner, Arc::new(Noop { store, sink })).unwrap();
     let t0 = Instant::now();
     tokio::spawn(amqp.clone().run(daemon.clone()));
     loop {

@@ -11,10 +11,10 @@ use tracing::info;
 
 use airlock::amqp::Amqp;
 use airlock::config::{Backend, Config, Trust};
-use airlock::daemon::Daemon;
 use airlock::job::JobStore;
 use airlock::release::Release;
 use airlock::runner::{LogSink, NoSink, Runner};
+use airlock::scheduler::Scheduler;
 use airlock::vm::ch::{self, CloudHypervisor};
 use airlock::vm::qemu::{probe_accel, Qemu};
 use airlock::vm::{probe_boot, RunAs, VmBackend};
@@ -102,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let runner = runner(&cfg, backend, sink, run_as.as_ref(), journald).await?;
     info!(state_dir = %cfg.state_dir.display(), max_jobs = cfg.max_jobs, identity = %cfg.identity, "airlockd starting");
-    let daemon = Daemon::start(runner)?;
+    let daemon = Scheduler::start(runner)?;
     // Held for airlockd's lifetime: dropping it leaves the bus.
     let _dbus = front_ends(&cfg, &daemon, amqp.as_ref()).await?;
     // Bound before READY=1: a client that connects at READY finds it. And
@@ -327,7 +327,7 @@ async fn runner(
 /// is held for airlockd's lifetime).
 async fn front_ends(
     cfg: &Arc<Config>,
-    daemon: &Arc<Daemon>,
+    daemon: &Arc<Scheduler>,
     amqp: Option<&Arc<Amqp>>,
 ) -> anyhow::Result<Option<zbus::Connection>> {
     let release = Release::new(cfg.clone()).context("cannot start the release service")?;
@@ -355,7 +355,7 @@ async fn front_ends(
 
 /// Graceful drain: take no new jobs, let running ones finish and report
 /// for `shutdown_grace_secs`, then leave the broker.
-async fn drain(cfg: &Config, daemon: &Arc<Daemon>, amqp: Option<&Arc<Amqp>>) {
+async fn drain(cfg: &Config, daemon: &Arc<Scheduler>, amqp: Option<&Arc<Amqp>>) {
     daemon.drain();
     airlock::systemd::notify(
         "STOPPING=1\nSTATUS=draining: running jobs finish, queued ones wait\n",

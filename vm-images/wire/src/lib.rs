@@ -18,6 +18,24 @@
 
 pub mod review;
 
+/// The virtio-blk serials the host gives a job VM's disks and the guest's
+/// init finds them by (`/dev/disk/by-id/virtio-<serial>`; `init.sh` and
+/// `guest.nix` spell the same words, and a test holds them to these).
+pub mod disk {
+    /// The guest image's root filesystem (read-only).
+    pub const ROOT: &str = "airlock-root";
+    /// The job's `/nix` (read-write; kept between the fetch and build phases).
+    pub const NIX: &str = "airlock-nix";
+    /// The job's input: `job.json`, the agent, the checkout (read-only).
+    pub const INPUT: &str = "airlock-input";
+    /// The raw export area the agent writes its result stream to.
+    pub const EXPORT: &str = "airlock-export";
+    /// A base tree the input's delta applies to (only with `airlock.base=1`).
+    pub const BASE: &str = "airlock-base";
+    /// Every serial, in the order the host attaches them.
+    pub const ALL: [&str; 5] = [ROOT, NIX, INPUT, EXPORT, BASE];
+}
+
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
@@ -323,6 +341,19 @@ pub fn read_trailer(r: &mut impl Read) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The guest's init finds every disk under the serial the host gives it.
+    #[test]
+    fn the_guest_init_looks_for_the_host_serials() {
+        let init = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest/init.sh");
+        let text = std::fs::read_to_string(init).unwrap();
+        for serial in disk::ALL {
+            assert!(
+                text.contains(&format!("dev_for {serial})")),
+                "init.sh does not look for the disk {serial}"
+            );
+        }
+    }
 
     fn manifest() -> Manifest {
         Manifest {

@@ -1,5 +1,7 @@
-//! airlockd's core: the job queue, the scheduler (max_jobs), start-up
-//! recovery, and the API server on the unix socket.
+//! The scheduler, airlockd's runtime: the job queue, `max_jobs` slots,
+//! drain and resume, cancel, and start-up recovery. Its front-ends (D-Bus,
+//! the broker, the web view) call it; it calls none of them, and tells
+//! them why it refused a request ([`ApiError`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -55,7 +57,7 @@ impl Executor for Runner {
     }
 }
 
-pub struct Daemon {
+pub struct Scheduler {
     pub runner: Arc<Runner>,
     queue: mpsc::UnboundedSender<String>,
     /// Jobs whose VM work is under way.
@@ -68,16 +70,19 @@ pub struct Daemon {
     held: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
-impl Daemon {
-    /// Recover the state dir, start the scheduler. Returns the daemon handle.
-    pub fn start(runner: Arc<Runner>) -> Result<Arc<Daemon>, Error> {
+impl Scheduler {
+    /// Recover the state dir, start the scheduler. Returns its handle.
+    pub fn start(runner: Arc<Runner>) -> Result<Arc<Scheduler>, Error> {
         let exec: Arc<dyn Executor> = runner.clone();
-        Daemon::start_with(runner, exec)
+        Scheduler::start_with(runner, exec)
     }
 
-    /// Like [`Daemon::start`] with another executor (benchmarks of the
+    /// Like [`Scheduler::start`] with another executor (benchmarks of the
     /// intake path use one that runs no VM).
-    pub fn start_with(runner: Arc<Runner>, exec: Arc<dyn Executor>) -> Result<Arc<Daemon>, Error> {
+    pub fn start_with(
+        runner: Arc<Runner>,
+        exec: Arc<dyn Executor>,
+    ) -> Result<Arc<Scheduler>, Error> {
         let cfg = runner.cfg.clone();
         for d in [cfg.jobs_dir(), cfg.quarantine_dir(), cfg.git_cache_dir()] {
             std::fs::create_dir_all(&d).map_err(|e| Error::StateDir(d.display().to_string(), e))?;
@@ -87,7 +92,7 @@ impl Daemon {
         let draining = Arc::new(AtomicBool::new(false));
         let release: Arc<OnceLock<Arc<Release>>> = Arc::new(OnceLock::new());
         let held = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let d = Arc::new(Daemon {
+        let d = Arc::new(Scheduler {
             runner: runner.clone(),
             queue: tx,
             running: running.clone(),
@@ -141,30 +146,11 @@ impl Daemon {
     /// per-job disks of jobs that were running. Unfinished jobs run again.
     fn recover(&self) -> Vec<String> {
         let cfg = &self.runner.cfg;
-        if let Ok(rd) = std::fs::read_dir(cfg.quarantine_dir()) {
-            for commit in rd.flatten() {
-                if let Ok(rd2) = std::fs::read_dir(commit.path()) {
-                    for e in rd2.flatten() {
-                        if e.file_name().to_string_lossy().starts_with(".tmp-") {
-                            warn!(path = %e.path().display(), "removing half-written quarantine directory");
-                            let _ = std::fs::remove_dir_all(e.path());
-                        }
-                    }
-                }
-            }
-        }
+        crate::quarantine::remove_half_written(&cfg.quarantine_dir());
         if let Some(b) = crate::input::Bases::from_config(cfg) {
             b.clean();
         }
-        // Half-made git caches of an interrupted first fetch.
-        if let Ok(rd) = std::fs::read_dir(cfg.git_cache_dir()) {
-            for e in rd.flatten() {
-                if e.file_name().to_string_lossy().contains(".tmp-") {
-                    warn!(path = %e.path().display(), "removing half-made git cache");
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
+        crate::checkout::remove_half_made(&cfg.git_cache_dir());
         let (recs, errs) = self.runner.store.list();
         for e in errs {
             warn!(error = %e, "skipping unreadable job record");
@@ -275,7 +261,7 @@ impl Daemon {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    /// Start queued jobs again after [`Daemon::drain`].
+    /// Start queued jobs again after [`Scheduler::drain`].
     pub fn resume(&self) {
         self.draining.store(false, Ordering::SeqCst);
         let held: Vec<String> = std::mem::take(&mut *self.held.lock().expect("lock"));
@@ -327,7 +313,7 @@ impl Daemon {
     }
 }
 
-impl Daemon {
+impl Scheduler {
     /// systemd's view of airlockd: `STATUS=` with the running and queued
     /// job counts whenever a job changes (and every 10 s), ", draining"
     /// while an administrator's drain holds queued jobs, and `WATCHDOG=1` at
