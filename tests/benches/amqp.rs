@@ -155,7 +155,10 @@ async fn throughput(broker: &Broker, n: usize) {
 }
 
 async fn latency(broker: &Broker) {
-    let d = common::Daemon::start_amqp(&broker.url(), "bench-latency", "");
+    let d = common::Daemon::builder()
+        .host_network()
+        .amqp(&broker.url(), "bench-latency")
+        .start();
     let (repo, head) = common::fixture_repo(d.dir.path(), &[]);
     let p = Probe::setup(&broker.url()).await;
     let conn = lapin::Connection::connect(&broker.url(), Default::default())

@@ -131,7 +131,7 @@ fn main() {
         return;
     }
     // 1. The fixture set.
-    let d = Daemon::start("");
+    let d = Daemon::builder().start();
     let text = std::fs::read_to_string(fixture_dir().join("default.nix")).unwrap();
     let changed = text.replace("echo leaf-v1 > $out", "echo leaf-v2 > $out");
     let (repo, head) = fixture_repo(d.dir.path(), &[("default.nix", changed.into_bytes())]);
@@ -156,7 +156,12 @@ fn main() {
         println!("nixpkgs snapshot: skipped (set AIRLOCK_NIXPKGS)");
         return;
     };
-    let d = Daemon::start_with_vm("memory_mib = 3072\nnix_disk_mib = 4096\n");
+    let d = Daemon::builder()
+        .with(|c| {
+            c.vm.memory_mib = 3072;
+            c.vm.nix_disk_mib = 4096;
+        })
+        .start();
     let repo = d.dir.path().join("repo");
     assert!(Command::new("cp")
         .arg("-a")

@@ -528,10 +528,11 @@ impl ReleaseDaemon {
             secret_file.display()
         );
         // A signing key needs a VMM user other than root: nobody.
-        let d = super::Daemon::start_local_vm(
-            &format!("user = \"{}\"\n", super::VM_USER),
-            &cfg,
-            &[
+        let d = super::Daemon::builder()
+            .host_network()
+            .with(|c| c.vm.user = super::VM_USER.into())
+            .toml(&cfg)
+            .args(&[
                 "--trust",
                 trust,
                 "--signing-key-file",
@@ -540,8 +541,8 @@ impl ReleaseDaemon {
                 &cache,
                 "--github-api-url",
                 api_url,
-            ],
-        );
+            ])
+            .start();
         ReleaseDaemon {
             d,
             cache,

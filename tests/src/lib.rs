@@ -4,6 +4,7 @@
 //! links (`use airlock_e2e as common;`), not a module each compiles.
 
 pub mod broker;
+pub mod builder;
 pub mod github;
 pub mod internet;
 pub mod systemd_guest;
@@ -11,6 +12,8 @@ pub mod systemd_guest;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use builder::DaemonBuilder;
 
 pub const IMAGE_DIR_DEFAULT: &str = "/var/cache/airlock/guest/current";
 
@@ -155,21 +158,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// airlockd's flags for the broker at `url` as `identity`, x86_64-linux.
-fn amqp_args(url: &str, identity: &str) -> Vec<String> {
-    [
-        "--amqp-url",
-        url,
-        "--identity",
-        identity,
-        "--system",
-        "x86_64-linux",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
@@ -217,180 +205,6 @@ pub fn del_netns(name: &str) {
 }
 
 impl Daemon {
-    /// Start airlockd with TCG (or AIRLOCK_TEST_ACCEL) and `extra` TOML lines
-    /// (tables after the `[vm]` table), in a network namespace of its own
-    /// (its job networks and nftables table live there).
-    pub fn start(extra: &str) -> Daemon {
-        Daemon::start_full("", extra)
-    }
-
-    /// Start in an existing network namespace (the caller built a topology).
-    pub fn start_in_netns(netns: &str, extra: &str) -> Daemon {
-        Daemon::start_inner("", extra, vec![], Some(netns.to_owned()), &[])
-    }
-
-    /// As [`Daemon::start_in_netns`], with extra keys inside the `[vm]` table.
-    pub fn start_in_netns_with_vm(netns: &str, vm_keys: &str, extra: &str) -> Daemon {
-        Daemon::start_inner(vm_keys, extra, vec![], Some(netns.to_owned()), &[])
-    }
-
-    /// Like [`Daemon::start`], with extra keys inside the `[vm]` table.
-    pub fn start_with_vm(vm_keys: &str) -> Daemon {
-        Daemon::start_full(vm_keys, "")
-    }
-
-    /// A daemon on the broker at `url` with `identity`, for x86_64-linux. It
-    /// runs in the machine's network namespace (the broker is on its
-    /// 127.0.0.1) with the fetch-phase network off, so it changes nothing there.
-    pub fn start_amqp(url: &str, identity: &str, extra: &str) -> Daemon {
-        Daemon::start_amqp_env(url, identity, extra, &[])
-    }
-
-    /// Like [`Daemon::start_amqp`], with extra environment for airlockd.
-    pub fn start_amqp_env(url: &str, identity: &str, extra: &str, env: &[(&str, &str)]) -> Daemon {
-        let extra = format!("{extra}\n[network]\nenabled = false\n");
-        Daemon::start_inner("", &extra, amqp_args(url, identity), None, env)
-    }
-
-    /// A broker daemon with the fetch-phase network on, in network
-    /// namespace `netns` (which must also hold the broker).
-    pub fn start_amqp_in_netns(url: &str, identity: &str, netns: &str, extra: &str) -> Daemon {
-        Daemon::start_inner(
-            "",
-            extra,
-            amqp_args(url, identity),
-            Some(netns.to_owned()),
-            &[],
-        )
-    }
-
-    /// In the machine's network namespace (the test talks to its HTTP
-    /// listeners on 127.0.0.1) with the fetch-phase network off; `args` are
-    /// extra airlockd flags.
-    pub fn start_local(extra: &str, args: &[&str]) -> Daemon {
-        let extra = format!("{extra}\n[network]\nenabled = false\n");
-        Daemon::start_inner(
-            "",
-            &extra,
-            args.iter().map(|s| s.to_string()).collect(),
-            None,
-            &[],
-        )
-    }
-
-    /// As [`Daemon::start_local`], with keys for the `[vm]` table.
-    pub fn start_local_vm(vm_keys: &str, extra: &str, args: &[&str]) -> Daemon {
-        let extra = format!("{extra}\n[network]\nenabled = false\n");
-        Daemon::start_inner(
-            vm_keys,
-            &extra,
-            args.iter().map(|s| s.to_string()).collect(),
-            None,
-            &[],
-        )
-    }
-
-    pub fn start_full(vm_keys: &str, extra: &str) -> Daemon {
-        let ns = new_netns("d");
-        Daemon::start_inner(vm_keys, extra, vec![], Some(ns), &[])
-    }
-
-    fn start_inner(
-        vm_keys: &str,
-        extra: &str,
-        args: Vec<String>,
-        netns: Option<String>,
-        env: &[(&str, &str)],
-    ) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("airlock-e2e-")
-            .tempdir()
-            .expect("tempdir");
-        let mut tun_node = None;
-        if vm_keys.contains("user =") {
-            // vm.user must reach state_dir (the NixOS module's
-            // StateDirectoryMode=0711 does this on a builder).
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-            if netns.is_some() {
-                use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-                let node = dir.path().join("tun");
-                mknod(&node, SFlag::S_IFCHR, Mode::empty(), makedev(10, 200)).unwrap();
-                std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o666)).unwrap();
-                tun_node = Some(node);
-            }
-        }
-        let accel = std::env::var("AIRLOCK_TEST_ACCEL").unwrap_or_else(|_| "tcg".into());
-        let config = dir.path().join("airlock.toml");
-        // Top-level keys in `extra` (before its first table) go first.
-        let split = if extra.starts_with('[') {
-            0
-        } else {
-            extra.find("\n[").map(|i| i + 1).unwrap_or(extra.len())
-        };
-        let (top, tables) = extra.split_at(split);
-        let max_jobs = if top.contains("max_jobs") {
-            ""
-        } else {
-            "max_jobs = 1\n"
-        };
-        let nix_disk = if vm_keys.contains("nix_disk_mib") {
-            ""
-        } else {
-            "nix_disk_mib = 1024\n"
-        };
-        // AIRLOCK_BACKEND=cloud-hypervisor runs the suite under
-        // cloud-hypervisor (a host with real KVM; docs/operations.md).
-        let backend = match std::env::var("AIRLOCK_BACKEND").as_deref() {
-            Ok("cloud-hypervisor") => format!(
-                "backend = \"cloud-hypervisor\"\ncloud_hypervisor = \"{}\"\n",
-                cloud_hypervisor_binary()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "cloud-hypervisor".into())
-            ),
-            _ => String::new(),
-        };
-        // A test may boot another image (`image_dir` in `vm_keys`).
-        let image = if vm_keys.contains("image_dir") {
-            String::new()
-        } else {
-            format!("image_dir = \"{}\"\n", image_dir().display())
-        };
-        let mut toml = format!(
-            "{max_jobs}{top}\n[vm]\n{backend}accel = \"{accel}\"\n{image}{nix_disk}export_disk_mib = 256\n"
-        );
-        toml.push_str(vm_keys);
-        toml.push_str(tables);
-        // Hermetic: nothing is substituted from the real cache.nixos.org
-        // unless a test configures its own upstream.
-        if !extra.contains("[nix]") {
-            toml.push_str("\n[nix]\nsubstituters = []\n");
-        }
-        // Broker jobs are fetched only from the configured URL: the fixture
-        // repository that tests make with `fixture_repo(d.dir.path(), …)`.
-        if args.iter().any(|a| a == "--amqp-url") && !extra.contains("[github]") {
-            toml.push_str(&format!(
-                "\n[github]\nclone_url = \"{}\"\n",
-                dir.path().join("repo").display()
-            ));
-        }
-        std::fs::write(&config, toml).unwrap();
-        let mut d = Daemon {
-            dir,
-            child: None,
-            config,
-            args,
-            netns,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            tun_node,
-        };
-        d.spawn();
-        d
-    }
-
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
     }

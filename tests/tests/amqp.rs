@@ -45,11 +45,14 @@ fn job_from_broker_is_built_and_reported_like_ofborg() {
         return;
     }
     let broker = Broker::start();
-    let d = Daemon::start_amqp(
-        &broker.url(),
-        "airlock-test-1",
-        "[sponsor]\nname = \"Example Builders\"\nurl = \"https://example.org/builders\"\n",
-    );
+    let d = Daemon::builder()
+        .host_network()
+        .amqp(&broker.url(), "airlock-test-1")
+        .with(|c| {
+            c.sponsor.name = "Example Builders".into();
+            c.sponsor.url = "https://example.org/builders".into();
+        })
+        .start();
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
     rt().block_on(async {
         // Wait for airlockd to declare its queue.
@@ -200,7 +203,10 @@ fn kill9_mid_job_redelivers_and_reports_once() {
         return;
     }
     let broker = Broker::start();
-    let mut d = Daemon::start_amqp(&broker.url(), "airlock-test-k", "");
+    let mut d = Daemon::builder()
+        .host_network()
+        .amqp(&broker.url(), "airlock-test-k")
+        .start();
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
     let req = uuid::Uuid::new_v4().to_string();
     rt().block_on(async {
@@ -234,11 +240,11 @@ fn broker_restart_mid_job_still_delivers_the_result() {
         return;
     }
     let broker = Broker::start();
-    let d = Daemon::start_amqp(
-        &broker.url(),
-        "airlock-test-r",
-        "[amqp]\nreconnect_max_secs = 2\n",
-    );
+    let d = Daemon::builder()
+        .host_network()
+        .amqp(&broker.url(), "airlock-test-r")
+        .with(|c| c.amqp.reconnect_max_secs = 2)
+        .start();
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
     let req = uuid::Uuid::new_v4().to_string();
     rt().block_on(async {
@@ -279,8 +285,16 @@ fn two_builders_share_one_queue() {
     let src = tempfile::tempdir().unwrap();
     let (repo, head) = fixture_repo(src.path(), &[]);
     let gh = format!("[github]\nclone_url = \"{}\"\n", repo.display());
-    let a = Daemon::start_amqp(&broker.url(), "airlock-a", &gh);
-    let b = Daemon::start_amqp(&broker.url(), "airlock-b", &gh);
+    let a = Daemon::builder()
+        .host_network()
+        .amqp(&broker.url(), "airlock-a")
+        .toml(&gh)
+        .start();
+    let b = Daemon::builder()
+        .host_network()
+        .amqp(&broker.url(), "airlock-b")
+        .toml(&gh)
+        .start();
     let reqs: Vec<String> = (0..4).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     rt().block_on(async {
         let mut p = probe_when_ready(&broker.url(), &a).await;
@@ -320,7 +334,10 @@ fn sigterm_drains_running_jobs_and_leaves_the_rest_to_the_broker() {
         return;
     }
     let broker = Broker::start();
-    let mut d = Daemon::start_amqp(&broker.url(), "airlock-test-t", "");
+    let mut d = Daemon::builder()
+        .host_network()
+        .amqp(&broker.url(), "airlock-test-t")
+        .start();
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
     let first = uuid::Uuid::new_v4().to_string();
     let second = uuid::Uuid::new_v4().to_string();
@@ -375,12 +392,12 @@ fn one_result_despite(point: &str, faults: &[Fault]) {
         return;
     }
     let broker = Broker::start();
-    let d = Daemon::start_amqp_env(
-        &broker.url(),
-        "airlock-test-f",
-        "[amqp]\nreconnect_max_secs = 1\n",
-        &[("AIRLOCK_FAULT_PAUSE", point)],
-    );
+    let d = Daemon::builder()
+        .host_network()
+        .amqp(&broker.url(), "airlock-test-f")
+        .with(|c| c.amqp.reconnect_max_secs = 1)
+        .env("AIRLOCK_FAULT_PAUSE", point)
+        .start();
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
     rt().block_on(async {
         let mut p = probe_when_ready(&broker.url(), &d).await;
@@ -470,12 +487,11 @@ fn restart_with_unpublished_result_sends_one_start() {
         return;
     }
     let broker = Broker::start();
-    let mut d = Daemon::start_amqp_env(
-        &broker.url(),
-        "airlock-test-s",
-        "",
-        &[("AIRLOCK_FAULT_PAUSE", "before-publish")],
-    );
+    let mut d = Daemon::builder()
+        .host_network()
+        .amqp(&broker.url(), "airlock-test-s")
+        .env("AIRLOCK_FAULT_PAUSE", "before-publish")
+        .start();
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
     let req = uuid::Uuid::new_v4().to_string();
     rt().block_on(async {

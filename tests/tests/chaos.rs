@@ -101,12 +101,15 @@ fn chaos(ns: &str) {
     let mut rng = Rng(seed);
 
     let broker = Broker::start();
-    let mut d = Daemon::start_amqp_in_netns(
-        &broker.url(),
-        "airlock-chaos",
-        ns,
-        "max_jobs = 2\n[limits]\njob_timeout_secs = 30\n[amqp]\nreconnect_max_secs = 1\n",
-    );
+    let mut d = Daemon::builder()
+        .netns(ns)
+        .amqp(&broker.url(), "airlock-chaos")
+        .with(|c| {
+            c.max_jobs = 2;
+            c.limits.job_timeout_secs = 30;
+            c.amqp.reconnect_max_secs = 1;
+        })
+        .start();
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
     let reqs: Vec<(String, &[&str])> = (0..n_jobs)
         .map(|i| {

@@ -172,7 +172,9 @@ fn dbus_admin_api_lists_shows_cancels_and_refuses_strangers() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let d = Daemon::start(&format!("[dbus]\naddress = \"{}\"\n", bus.address));
+    let d = Daemon::builder()
+        .with(|c| c.dbus.address = bus.address.clone())
+        .start();
     // Introspection shows the interface, also to a stranger.
     let intro = busctl(&bus, true, &["introspect", DEST, PATH]);
     let text = String::from_utf8_lossy(&intro.stdout);
@@ -368,7 +370,9 @@ fn the_admin_group_may_operate_but_not_release_or_gc() {
     )
     .unwrap();
     let bus = start_bus_with(bd.path(), &as_user);
-    let d = Daemon::start(&format!("[dbus]\naddress = \"{}\"\n", bus.address));
+    let d = Daemon::builder()
+        .with(|c| c.dbus.address = bus.address.clone())
+        .start();
     let admin = |args: &[&str]| {
         let mut a = vec!["call", DEST, PATH, DEST];
         a.extend_from_slice(args);

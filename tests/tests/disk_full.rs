@@ -11,7 +11,7 @@ fn a_closure_larger_than_the_nix_disk_fails_clearly() {
         return;
     }
     // 192 MiB of /nix; the `big` fixture writes 300 MiB.
-    let d = Daemon::start_with_vm("nix_disk_mib = 192\n");
+    let d = Daemon::builder().with(|c| c.vm.nix_disk_mib = 192).start();
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
     let id = d.submit(&repo, &head, &["big"]);
     let rec = d.wait(&id, 900);

@@ -70,11 +70,11 @@ fn a_job_runs_on_the_trimmed_guest_kernel() {
     let www = tempfile::tempdir().unwrap();
     std::fs::write(www.path().join("file.txt"), "airlock-internet-ok\n").unwrap();
     let net = Internet::up(www.path());
-    let d = Daemon::start_in_netns_with_vm(
-        &net.host,
-        &format!("image_dir = \"{}\"\n", images.path().display()),
-        "[network]\ndns = [\"203.0.113.10\"]\n",
-    );
+    let d = Daemon::builder()
+        .netns(&net.host)
+        .with(|c| c.vm.image_dir = images.path().to_owned())
+        .toml("[network]\ndns = [\"203.0.113.10\"]\n")
+        .start();
     // The fixture set plus an attr that records the kernel it was built on.
     let fixture = std::fs::read(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pkgs/default.nix"),

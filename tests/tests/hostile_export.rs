@@ -127,10 +127,13 @@ fn tampered_exports_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let agent = dir.path().join("hostile-agent");
     std::fs::write(&agent, HOSTILE_AGENT).unwrap();
-    let d = Daemon::start_full(
-        &format!("agent = \"{}\"\n", agent.display()),
-        "[limits]\nmax_log_bytes = 4194304\nmax_quarantine_bytes = 1048576\n",
-    );
+    let d = Daemon::builder()
+        .with(|c| {
+            c.vm.agent = agent.clone();
+            c.limits.max_log_bytes = 4 << 20;
+            c.limits.max_quarantine_bytes = 1 << 20;
+        })
+        .start();
     let extra: Vec<(String, Vec<u8>)> = cases
         .iter()
         .map(|(n, b, _)| (format!("evil/{n}.bin"), b.clone()))

@@ -119,7 +119,7 @@ fn a_second_pr_against_one_base_reuses_its_image_and_sees_its_exact_tree() {
     if !prerequisites("a_second_pr_against_one_base_reuses_its_image_and_sees_its_exact_tree") {
         return;
     }
-    let d = Daemon::start("");
+    let d = Daemon::builder().start();
     let t = d.dir.path();
     let repo = t.join("repo");
     std::fs::create_dir_all(&repo).unwrap();

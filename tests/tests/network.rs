@@ -191,7 +191,11 @@ fn only_fixed_output_derivations_reach_the_internet() {
     assert!(before.contains("tcp dport 2222"));
     // The VMMs run as their own user (the NixOS module's default), and
     // attach to TAPs that user owns.
-    let d = Daemon::start_in_netns_with_vm(&topo.host, &format!("user = \"{VM_USER}\"\n"), CONFIG);
+    let d = Daemon::builder()
+        .netns(&topo.host)
+        .with(|c| c.vm.user = VM_USER.into())
+        .toml(CONFIG)
+        .start();
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
 
     // Holds slot 0's network while the attacker (slot 1) probes it.
@@ -306,7 +310,7 @@ fn kill9_during_fetch_leaves_no_network_behind() {
     }
     let topo = Topology::up();
     let before = topo.operator_table();
-    let mut d = Daemon::start_in_netns(&topo.host, CONFIG);
+    let mut d = Daemon::builder().netns(&topo.host).toml(CONFIG).start();
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
     // Two jobs in their fetch VMs at once (max_jobs = 2).
     let ids = [

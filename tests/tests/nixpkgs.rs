@@ -56,7 +56,10 @@ fn a_real_nixpkgs_pr_evaluates_in_the_vm_and_fails_on_the_unreachable_bootstrap(
     // bootstrap sources' hosts do not, from here), so downloads fail fast.
     let www = tempfile::tempdir().unwrap();
     let net = common::internet::Internet::up(www.path());
-    let d = Daemon::start_in_netns(&net.host, "[network]\ndns = [\"203.0.113.10\"]\n");
+    let d = Daemon::builder()
+        .netns(&net.host)
+        .toml("[network]\ndns = [\"203.0.113.10\"]\n")
+        .start();
     let repo = d.dir.path().join("repo");
     let t0 = Instant::now();
     snapshot_repo(&np, &repo);
@@ -188,7 +191,12 @@ fn a_real_nixpkgs_review_of_a_hello_change_finds_exactly_its_dependents() {
     // Evaluating a few hundred nixpkgs attrs takes about 1.5 GB, and
     // instantiating the changed ones copies the whole tree into the store
     // once (`tests.problems.no-problems` is `cleanSource` of nixpkgs).
-    let d = Daemon::start_with_vm("memory_mib = 3072\nnix_disk_mib = 4096\n");
+    let d = Daemon::builder()
+        .with(|c| {
+            c.vm.memory_mib = 3072;
+            c.vm.nix_disk_mib = 4096;
+        })
+        .start();
     let repo = d.dir.path().join("repo");
     snapshot_repo(&np, &repo);
     git(&repo, &["checkout", "-q", "-b", "pr"]);

@@ -192,9 +192,14 @@ fn a_review_rebuilds_exactly_the_dependents_and_maps_the_evidence() {
         return;
     }
     let port = free_port();
-    let d = Daemon::start(&format!(
-        "max_jobs = 2\n[web]\nlisten = \"127.0.0.1:{port}\"\n[sponsor]\nname = \"Example Compute\"\nurl = \"https://compute.example\"\n"
-    ));
+    let d = Daemon::builder()
+        .with(|c| {
+            c.max_jobs = 2;
+            c.web.listen = Some(format!("127.0.0.1:{port}"));
+            c.sponsor.name = "Example Compute".into();
+            c.sponsor.url = "https://compute.example".into();
+        })
+        .start();
     let web = format!("http://127.0.0.1:{port}");
     let (repo, head) = fixture_repo(d.dir.path(), &[("default.nix", changed_fixture())]);
 
@@ -465,11 +470,14 @@ fn a_mass_rebuild_from_the_broker_is_reported_and_only_sampled() {
         return;
     }
     let broker = Broker::start();
-    let d = Daemon::start_amqp(
-        &broker.url(),
-        "airlock-review-1",
-        "[review]\nmax_build = 2\n[sponsor]\nname = \"Example Compute\"\n",
-    );
+    let d = Daemon::builder()
+        .host_network()
+        .amqp(&broker.url(), "airlock-review-1")
+        .with(|c| {
+            c.review.max_build = 2;
+            c.sponsor.name = "Example Compute".into();
+        })
+        .start();
     let (repo, head) = fixture_repo(d.dir.path(), &[("default.nix", changed_fixture())]);
     rt().block_on(async {
         let mut p = Probe::setup(&broker.url()).await;
@@ -540,7 +548,7 @@ fn a_rebuild_list_from_the_central_side_skips_the_base_evaluation() {
     if !prerequisites(name) {
         return;
     }
-    let d = Daemon::start("");
+    let d = Daemon::builder().start();
     let (repo, head) = fixture_repo(d.dir.path(), &[("default.nix", changed_fixture())]);
     let id = d.review(
         &repo,

@@ -38,7 +38,7 @@ fn chain_builds_in_vm_and_matches_host_build() {
     if !prerequisites("chain_builds_in_vm_and_matches_host_build") {
         return;
     }
-    let d = Daemon::start("");
+    let d = Daemon::builder().start();
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
     let id = d.submit(&repo, &head, &["chain"]);
     let rec = d.wait(&id, JOB_LIMIT);
@@ -162,7 +162,7 @@ fn failing_and_unevaluable_attrs() {
     if !prerequisites("failing_and_unevaluable_attrs") {
         return;
     }
-    let d = Daemon::start("");
+    let d = Daemon::builder().start();
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
     let id = d.submit(&repo, &head, &["failing", "broken", "leaf"]);
     let rec = d.wait(&id, JOB_LIMIT);
@@ -200,7 +200,7 @@ fn only_unevaluable_attrs_are_skipped() {
     if !prerequisites("only_unevaluable_attrs_are_skipped") {
         return;
     }
-    let d = Daemon::start("");
+    let d = Daemon::builder().start();
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
     let id = d.submit(&repo, &head, &["broken", "does-not-exist"]);
     let rec = d.wait(&id, JOB_LIMIT);
@@ -218,7 +218,9 @@ fn never_ending_attr_times_out_and_leaves_nothing() {
         return;
     }
     let limit = 45;
-    let d = Daemon::start(&format!("[limits]\njob_timeout_secs = {limit}\n"));
+    let d = Daemon::builder()
+        .with(|c| c.limits.job_timeout_secs = limit)
+        .start();
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
     let id = d.submit(&repo, &head, &["forever"]);
     let t0 = Instant::now();
@@ -242,7 +244,7 @@ fn merge_conflict_is_a_failure() {
     if !prerequisites("merge_conflict_is_a_failure") {
         return;
     }
-    let d = Daemon::start("");
+    let d = Daemon::builder().start();
     let (repo, _) = fixture_repo(d.dir.path(), &[]);
     // Both branches change the same line of PR.md differently.
     git(&repo, &["checkout", "-q", "master"]);

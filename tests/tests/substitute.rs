@@ -68,7 +68,7 @@ fn fetch_phase_substitutes_through_the_builders_cache() {
     let config = format!(
         "max_jobs = 2\n[network]\ndns = [\"203.0.113.10\"]\n[nix]\nsubstituters = [\"http://203.0.113.10\"]\ntrusted_public_keys = [\"{pk}\"]\n"
     );
-    let d = Daemon::start_in_netns(&net.host, &config);
+    let d = Daemon::builder().netns(&net.host).toml(&config).start();
     let a = d.submit(&repo, &head, &["chain"]);
     let c = d.submit(&repo, &head, &["leaf"]);
 
