@@ -15,7 +15,7 @@ let
   secrets = "/run/secrets/airlock";
   # GitHub's stand-in: the REST endpoints the release path asks, and signed
   # webhook deliveries, from GitHub's documented shapes (tests/fixtures/github).
-  # tests/tests/release.rs runs the same script against airlockd on a
+  # tests/tests/security/release.rs runs the same script against airlockd on a
   # machine without KVM.
   githubPy = "${pkgs.python3}/bin/python3 ${./github.py}";
   githubFixtures = ../tests/fixtures/github;

@@ -1,7 +1,7 @@
 # The options table of docs/nixos.md, as Markdown, from the module's own
 # option declarations. docs/nixos.md holds the output between its
 # "BEGIN generated" and "END generated" lines; scripts/gen-nixos-options.sh
-# rewrites that block, and tests/tests/nixos.rs fails when it is stale.
+# rewrites that block, and tests/tests/packaging/nixos.rs fails when it is stale.
 #
 #   nix-instantiate --eval --strict --json nixos/options-doc.nix \
 #     --arg nixpkgs /path/to/nixpkgs | jq -j .

@@ -2,7 +2,7 @@
 # Rewrites the options table of docs/nixos.md (between its "BEGIN generated"
 # and "END generated" lines) from nixos/module.nix, through
 # nixos/options-doc.nix. Run it after changing the module's options;
-# tests/tests/nixos.rs (options_table_in_docs_is_current) fails until then.
+# tests/tests/packaging/nixos.rs (options_table_in_docs_is_current) fails until then.
 #
 # Usage: scripts/gen-nixos-options.sh [NIXPKGS]
 #   NIXPKGS defaults to $AIRLOCK_NIXPKGS (a nixpkgs checkout).

@@ -44,7 +44,7 @@ demo_pkgs=(qemu-system-x86 e2fsprogs nftables iproute2 git ca-certificates
 # the kernel source and build tools (the trimmed guest kernel), pyflakes3
 # (the NixOS test scripts' lint; python3-pyflakes alone is only the module),
 # libseccomp/libcap-ng (virtiofsd from crates.io), binutils (the tiny guest),
-# and the shell linter shellcheck (every script, tests/tests/scripts.rs).
+# and the shell linter shellcheck (every script, tests/tests/packaging/scripts.rs).
 test_pkgs=(nix-bin nix-setup-systemd rabbitmq-server dbus-daemon dbus-bin systemd curl
            chromium linux-source-6.12 make flex bison bc libelf-dev xz-utils pyflakes3
            libseccomp-dev libcap-ng-dev binutils shellcheck)

@@ -7,7 +7,7 @@
 //! ACPI), which ends the process the same way. KVM for both; median of 20.
 //!
 //! `cargo bench -p airlock-e2e --bench vmm` (paths as in
-//! tests/tests/cloud_hypervisor.rs: AIRLOCK_CLOUD_HYPERVISOR, AIRLOCK_CH_TINY).
+//! tests/tests/platform/cloud_hypervisor.rs: AIRLOCK_CLOUD_HYPERVISOR, AIRLOCK_CH_TINY).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

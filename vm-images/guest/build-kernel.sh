@@ -2,7 +2,7 @@
 # Build airlock's trimmed guest kernel on Debian, from Debian's kernel source
 # (the linux-source-6.12 package), with the same configuration the Nix-built
 # guest uses (vm-images/guest/kernel-config.sh + kernel.config). Only for
-# tests/tests/guest_kernel.rs, which boots it with the Debian guest's
+# tests/tests/platform/guest_kernel.rs, which boots it with the Debian guest's
 # initramfs and root and runs real jobs on it: the proof, on a machine that
 # cannot build nixpkgs' kernel, that the fragment is enough for the guest.
 #   vm-images/guest/build-kernel.sh [OUTDIR]   (default /var/cache/airlock/guest-kernel)

@@ -6,7 +6,7 @@
 #   kernel-config.sh SRC FRAGMENT OUT [MAKE ARGS...]
 # SRC is an unpacked kernel source tree (written to: the config is made in
 # place); OUT receives the .config. Used by vm-images/nix/kernel.nix and by
-# tests/tests/guest_kernel.rs (Debian's linux-source), so both build the same
+# tests/tests/platform/guest_kernel.rs (Debian's linux-source), so both build the same
 # configuration.
 set -euo pipefail
 src=$1 frag=$2 out=$3

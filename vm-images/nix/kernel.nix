@@ -6,7 +6,7 @@
 # if an option of the fragment does not survive `olddefconfig`. Everything is
 # built in: no modules, so the initramfs loads none.
 #
-# The same script and fragment make the kernel that tests/tests/guest_kernel.rs
+# The same script and fragment make the kernel that tests/tests/platform/guest_kernel.rs
 # builds from Debian's linux-source and runs real jobs on.
 #
 # Being trimmed, it is not on cache.nixos.org: each builder (or the operator's

@@ -885,7 +885,7 @@ fn package_guest_image_and_nixos_tests_instantiate() {
     );
     // The guest's kernel is the trimmed one (vm-images/nix/kernel.nix): the
     // default kernel's source and version, configured from the fragment by
-    // the script tests/tests/guest_kernel.rs boots, with no module outputs.
+    // the script tests/tests/platform/guest_kernel.rs boots, with no module outputs.
     let k: Value = serde_json::from_str(&nix(&[
         "--eval",
         "--strict",
