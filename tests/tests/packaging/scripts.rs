@@ -48,3 +48,34 @@ fn every_script_passes_shellcheck() {
     );
     println!("shellcheck: {} scripts clean", files.len());
 }
+
+/// Every test file under `tests/tests/<category>/` is a `[[test]]` target
+/// of `tests/Cargo.toml` (cargo finds only the top level by itself, so a
+/// file without its entry would never run), and none is left at the top.
+#[test]
+fn every_test_file_is_a_test_target() {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(here.join("Cargo.toml")).unwrap();
+    let mut seen = 0;
+    for cat in std::fs::read_dir(here.join("tests")).unwrap().flatten() {
+        let p = cat.path();
+        assert!(
+            p.is_dir(),
+            "{} is not in a category directory (functional, security, platform, packaging)",
+            p.display()
+        );
+        for f in std::fs::read_dir(&p).unwrap().flatten() {
+            let rel = format!(
+                "tests/{}/{}",
+                cat.file_name().to_string_lossy(),
+                f.file_name().to_string_lossy()
+            );
+            assert!(
+                manifest.contains(&format!("path = \"{rel}\"")),
+                "{rel} has no [[test]] entry in tests/Cargo.toml"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 20, "only {seen} test files found");
+}
