@@ -153,30 +153,25 @@ in
       ];
       services.airlock = {
         enable = true;
-        trust = "trusted";
-        maxJobs = 1;
-        vm = {
-          memory = 1024;
-          diskSize = 2048;
-          timeout = 3600;
-        };
-        intake.amqp = {
-          url = "amqp://guest@rabbitmq:5672/%2f";
-          passwordFile = "${secrets}/amqp-password";
-        };
-        release = {
-          signingKeyFile = "${secrets}/signing-key";
-          webhookSecretFile = "${secrets}/webhook-secret";
-        };
-        cache = {
-          listenAddress = "0.0.0.0:8080";
-          openFirewall = true;
-        };
-        network.resolvers = [ "203.0.113.10" ];
-        nix.substituters = [ ];
+        cache.openFirewall = true;
         settings = {
           identity = "nixos-test-builder";
+          trust = "trusted";
+          max_jobs = 1;
+          vm = {
+            memory_mib = 1024;
+            nix_disk_mib = 2048;
+          };
+          limits.job_timeout_secs = 3600;
+          amqp = {
+            url = "amqp://guest@rabbitmq:5672/%2f";
+            password_file = "${secrets}/amqp-password";
+          };
+          cache.listen = "0.0.0.0:8080";
+          network.dns = [ "203.0.113.10" ];
+          nix.substituters = [ ];
           github = {
+            webhook_secret_file = "${secrets}/webhook-secret";
             clone_url = "/srv/git/{full_name}.git";
             webhook_listen = "0.0.0.0:8081";
             api_url = "http://rabbitmq:8090";
@@ -184,6 +179,7 @@ in
             poll_interval_secs = 3600;
           };
           release = {
+            signing_key_file = "${secrets}/signing-key";
             min_head_age_secs = 0;
             # The fixture's repository, not nixpkgs (the default).
             repositories = [ "airlock/fixture" ];

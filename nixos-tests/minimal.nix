@@ -17,10 +17,12 @@
     environment.systemPackages = [ pkgs.git ];
     services.airlock = {
       enable = true;
-      vm.memory = 1024;
-      vm.diskSize = 2048;
-      # No internet in the test: nothing to substitute from.
-      nix.substituters = [ ];
+      settings = {
+        vm.memory_mib = 1024;
+        vm.nix_disk_mib = 2048;
+        # No internet in the test: nothing to substitute from.
+        nix.substituters = [ ];
+      };
     };
   };
 

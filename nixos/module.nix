@@ -1,11 +1,17 @@
 # services.airlock: airlockd on a NixOS builder. See docs/nixos.md.
 #
 # The daemon reads one TOML file (docs/configuration.md); `settings` is that
-# file (freeform, RFC 42), and the typed options below are shorthands that
-# land on its keys. A typed option left at null is not written, so airlockd's
-# own default applies (the module does not repeat the daemon's defaults).
-# Setting both a typed option and its `settings` key to different values is
-# a "conflicting definition" error, not a silent override.
+# file (RFC 42): a freeform TOML value with typed options inside it, on the
+# daemon's own key names (`settings.vm.memory_mib`). A typed key left at
+# null is not written, so airlockd's own default applies (the module does
+# not repeat the daemon's defaults). The options of earlier versions
+# (`maxJobs`, `vm.memory`, `intake.amqp.url`, ...) still work: each is
+# renamed to its `settings` key, with a warning.
+#
+# The rendered file is checked at build time by the daemon itself
+# (`airlockd --check-config`, `checkConfig`): the module does not copy the
+# daemon's rules. Its own assertions are about Nix: secrets that would land
+# in the world-readable store, and the firewall.
 {
   config,
   lib,
@@ -29,64 +35,154 @@ let
   # an absolute path string that is not in the Nix store.
   secretFile = types.nullOr (types.externalPath or types.str);
 
-  nullOr = t: types.nullOr t;
-  opt =
+  # A key of airlockd's file with a type; null: not written, airlockd's
+  # default applies.
+  key =
     type: description:
     mkOption {
-      type = nullOr type;
+      type = types.nullOr type;
       default = null;
       inherit description;
     };
-
-  # The typed options, on airlockd's key names; nulls are dropped.
-  typed = {
-    trust = cfg.trust;
-    max_jobs = cfg.maxJobs;
-    vm = {
-      inherit (cfg.vm) backend vcpus;
-      memory_mib = cfg.vm.memory;
-      nix_disk_mib = cfg.vm.diskSize;
+  # A key holding a secret's path (read by airlockd at start).
+  secretKey =
+    example: description:
+    mkOption {
+      type = secretFile;
+      default = null;
+      inherit example description;
     };
-    limits.job_timeout_secs = cfg.vm.timeout;
+  # A key the module always writes (a path of this system), changeable.
+  pathKey =
+    default: defaultText: description:
+    mkOption {
+      type = types.str;
+      inherit default description;
+      defaultText = literalExpression defaultText;
+    };
+
+  # The typed keys of `settings`; every other key of docs/configuration.md
+  # is accepted as it is (freeform) and checked by airlockd.
+  settingsOptions = {
+    trust = key (types.enum [
+      "trusted"
+      "community"
+    ]) "`trusted` may release labelled outputs to its signed binary cache (needs a signing key); `community` never releases. null: airlockd's default, community.";
+    max_jobs = key types.ints.unsigned "Jobs (VMs) running at the same time. null: airlockd's default (1).";
+    state_dir = mkOption {
+      type = types.str;
+      default = "/var/lib/airlock";
+      description = "Jobs, quarantine, the released cache, git caches, input images (the unit's `StateDirectory`).";
+    };
+    socket = mkOption {
+      type = types.str;
+      default = "/run/airlock/airlockd.sock";
+      description = "airlockctl's unix socket (root only; group `airlock-admin` uses the D-Bus API).";
+    };
+    vm = {
+      backend = key (types.enum [
+        "qemu"
+        "cloud-hypervisor"
+      ]) "The VMM. null: airlockd's default (qemu).";
+      vcpus = key types.ints.unsigned "vCPUs per VM.";
+      memory_mib = key types.ints.unsigned "Memory per VM, in MiB.";
+      nix_disk_mib = key types.ints.positive "Size of each job's writable /nix disk, in MiB (also the job's disk limit).";
+      user = mkOption {
+        type = types.str;
+        default = "airlock-vm";
+        description = "The VMMs' user (`NAME` or `UID:GID`; the module creates `airlock-vm`, group `kvm`). Not root, and required, with a signing key. Empty: the VMMs run as root.";
+      };
+      image_dir = pathKey "${cfg.guestImage}" ''"''${config.services.airlock.guestImage}"'' "The guest image (`guestImage`).";
+      agent = pathKey "${cfg.package}/bin/airlock-agent" ''"''${config.services.airlock.package}/bin/airlock-agent"'' "The guest agent, copied into each job's input disk.";
+      qemu = pathKey "${cfg.package.qemu or pkgs.qemu_kvm}/bin/qemu-system-x86_64" ''"''${config.services.airlock.package.qemu or pkgs.qemu_kvm}/bin/qemu-system-x86_64"'' "QEMU (absolute: the configuration, not PATH, says what runs VMs).";
+      cloud_hypervisor = pathKey "${
+        cfg.package.cloudHypervisor or pkgs.cloud-hypervisor
+      }/bin/cloud-hypervisor" ''"''${config.services.airlock.package.cloudHypervisor or pkgs.cloud-hypervisor}/bin/cloud-hypervisor"'' "cloud-hypervisor, for `vm.backend = \"cloud-hypervisor\"`.";
+      virtiofsd = pathKey "${cfg.package.virtiofsd or pkgs.virtiofsd}/bin/virtiofsd" ''"''${config.services.airlock.package.virtiofsd or pkgs.virtiofsd}/bin/virtiofsd"'' "virtiofsd, for VMs that share a directory (cloud-hypervisor).";
+    };
+    limits.job_timeout_secs = key types.ints.unsigned "Wall-clock limit of a job's build VM, in seconds.";
     amqp = {
-      inherit (cfg.intake.amqp) url;
-      password_file = cfg.intake.amqp.passwordFile;
+      url = key types.str "The ofborg broker, `amqps://user@host/vhost` (no password here: use `amqp.password_file`). Enables the broker intake.";
+      password_file = secretKey "/run/secrets/airlock-amqp-password" "File holding the broker password, read by airlockd at start.";
     };
     release = {
-      inherit (cfg.release) label;
-      signing_key_file = cfg.release.signingKeyFile;
+      label = key types.str "The PR label that says the input is not malicious.";
+      signing_key_file = secretKey "/run/secrets/airlock-signing-key" "Nix secret key (`nix-store --generate-binary-cache-key`), passed to airlockd as a systemd credential. Required with `trust = \"trusted\"`.";
     };
     github = {
-      token_file = cfg.release.githubTokenFile;
-      webhook_secret_file = cfg.release.webhookSecretFile;
+      token_file = secretKey "/run/secrets/airlock-github-token" "File with a GitHub API token.";
+      webhook_secret_file = secretKey "/run/secrets/airlock-webhook-secret" "The webhook's shared secret. Required with `github.webhook_listen`.";
     };
-    cache.listen = cfg.cache.listenAddress;
+    cache.listen = key types.str "`ADDR:PORT` of the binary cache server (trusted builders).";
     network = {
-      allow = cfg.network.allowedEgress;
-      dns = cfg.network.resolvers;
+      allow = key (types.listOf types.str) "Private destinations fixed-output derivations may reach anyway (`10.1.2.0/24`, `10.1.2.3:5000`).";
+      dns = key (types.listOf types.str) "DNS resolvers of the fetch VMs.";
     };
     nix = {
-      inherit (cfg.nix) substituters;
-      trusted_public_keys = cfg.nix.trustedPublicKeys;
+      substituters = key (types.listOf types.str) "Upstream binary caches the fetch phase substitutes from (through airlockd's proxy).";
+      trusted_public_keys = key (types.listOf types.str) "Keys a narinfo from those caches must be signed with.";
     };
-    sponsor =
-      if cfg.sponsor == null then
-        null
-      else
-        {
-          inherit (cfg.sponsor) name;
-          url = cfg.sponsor.url;
-        };
+    sponsor = {
+      name = key types.str "Who runs and pays for this builder: credited as \"These build results were contributed by: NAME – URL\" in every result posted to ofborg and at the end of every build log.";
+      url = key types.str "Where to read about them.";
+    };
+    substituter.dir = mkOption {
+      type = types.str;
+      default = "/var/cache/airlock/substituter";
+      description = "The substituter's NARs: a cache, not state (the unit's `CacheDirectory`).";
+    };
+    dbus.address = mkOption {
+      type = types.str;
+      default = "system";
+      description = "The admin API (docs/dbus.md) on the system bus; the module's policy lets root and group `airlock-admin` call it.";
+    };
   };
+
+  # Every option of earlier versions, and the `settings` key it now is.
+  renamed = [
+    [ [ "trust" ] [ "trust" ] ]
+    [ [ "maxJobs" ] [ "max_jobs" ] ]
+    [ [ "vm" "backend" ] [ "vm" "backend" ] ]
+    [ [ "vm" "vcpus" ] [ "vm" "vcpus" ] ]
+    [ [ "vm" "memory" ] [ "vm" "memory_mib" ] ]
+    [ [ "vm" "diskSize" ] [ "vm" "nix_disk_mib" ] ]
+    [ [ "vm" "timeout" ] [ "limits" "job_timeout_secs" ] ]
+    [ [ "intake" "amqp" "url" ] [ "amqp" "url" ] ]
+    [ [ "intake" "amqp" "passwordFile" ] [ "amqp" "password_file" ] ]
+    [ [ "release" "label" ] [ "release" "label" ] ]
+    [ [ "release" "signingKeyFile" ] [ "release" "signing_key_file" ] ]
+    [ [ "release" "githubTokenFile" ] [ "github" "token_file" ] ]
+    [ [ "release" "webhookSecretFile" ] [ "github" "webhook_secret_file" ] ]
+    [ [ "cache" "listenAddress" ] [ "cache" "listen" ] ]
+    [ [ "network" "allowedEgress" ] [ "network" "allow" ] ]
+    [ [ "network" "resolvers" ] [ "network" "dns" ] ]
+    [ [ "nix" "substituters" ] [ "nix" "substituters" ] ]
+    [ [ "nix" "trustedPublicKeys" ] [ "nix" "trusted_public_keys" ] ]
+    [ [ "sponsor" ] [ "sponsor" ] ]
+  ];
+
+  # What is written: typed keys left at null are dropped (and tables left
+  # empty by that).
   dropNulls =
     a:
     lib.filterAttrs (_: v: v != null && v != { }) (
       lib.mapAttrs (_: v: if builtins.isAttrs v then dropNulls v else v) a
     );
 
-  s = cfg.settings;
+  s = dropNulls cfg.settings;
   get = path: default: lib.attrByPath path default s;
-  configFile = format.generate "airlock.toml" s;
+  rendered = format.generate "airlock.toml" s;
+  # The daemon's own check of the rendered file, at build time: a
+  # configuration airlockd would refuse at start fails the system's build,
+  # in airlockd's words.
+  configFile =
+    if cfg.checkConfig then
+      pkgs.runCommandLocal "airlock.toml" { } ''
+        ${cfg.package}/bin/airlockd --check-config ${rendered} > /dev/null
+        ln -s ${rendered} $out
+      ''
+    else
+      rendered;
 
   # `ADDR:PORT` or `[V6]:PORT` → PORT
   portOf = listen: lib.toInt (lib.last (lib.splitString ":" listen));
@@ -164,17 +260,20 @@ let
     walk "" s;
   storeSecrets = lib.filter (f: lib.hasPrefix builtins.storeDir f.v) fileKeys;
   amqpUrl = get [ "amqp" "url" ] "";
-
-  machine = get [ "vm" "machine" ] "q35";
-  badUpstreams = lib.filter (u: builtins.match "https?://[^[:space:]?]+" u == null) (
-    get [ "nix" "substituters" ] [ ]
-  );
-
-  # airlockd's own words (daemon/src/config.rs, Config::check, and the
-  # substituter's check), so the assertion says what the daemon would.
-  daemonSays = msg: "services.airlock: invalid config: ${msg}";
 in
 {
+  imports = map (
+    r:
+    lib.mkRenamedOptionModule ([ "services" "airlock" ] ++ lib.elemAt r 0) (
+      [
+        "services"
+        "airlock"
+        "settings"
+      ]
+      ++ lib.elemAt r 1
+    )
+  ) renamed;
+
   options.services.airlock = {
     enable = mkEnableOption "airlockd, which builds untrusted nixpkgs pull requests in throwaway VMs";
 
@@ -199,114 +298,49 @@ in
     };
 
     settings = mkOption {
-      type = format.type;
+      type = types.submodule {
+        freeformType = format.type;
+        options = settingsOptions;
+      };
       default = { };
       example = literalExpression ''
         {
           identity = "builder-7";
+          trust = "trusted";
+          max_jobs = 2;
+          vm.memory_mib = 8192;
           vm.accel = "auto";
           limits.fetch_timeout_secs = 1800;
+          release.signing_key_file = "/run/secrets/airlock/signing-key";
           github.webhook_listen = "0.0.0.0:8443";
         }
       '';
       description = ''
         airlockd's configuration file, as Nix (every key of
-        docs/configuration.md; airlockd refuses unknown keys). Rendered to
-        TOML in the store, so it must not hold secrets: give secrets as file
+        docs/configuration.md; the keys below are typed, the rest are
+        checked by airlockd, which refuses unknown keys). Rendered to TOML
+        in the store, so it must not hold secrets: give secrets as file
         paths (`amqp.password_file`, `github.token_file`,
         `github.webhook_secret_file`, `release.signing_key_file`).
       '';
     };
 
-    trust = opt (types.enum [
-      "trusted"
-      "community"
-    ]) "`trust`: `trusted` may release labelled outputs to its signed binary cache (needs a signing key); `community` never releases. null: airlockd's default, community.";
-
-    maxJobs = opt types.ints.unsigned "`max_jobs`: jobs (VMs) running at the same time. null: airlockd's default (1).";
-
-    vm = {
-      backend = opt (types.enum [
-        "qemu"
-        "cloud-hypervisor"
-      ]) "`vm.backend`. null: airlockd's default (qemu).";
-      vcpus = opt types.ints.unsigned "`vm.vcpus`: vCPUs per VM.";
-      memory = opt types.ints.unsigned "`vm.memory_mib`: memory per VM, in MiB.";
-      diskSize = opt types.ints.positive "`vm.nix_disk_mib`: size of each job's writable /nix disk, in MiB (also the job's disk limit).";
-      timeout = opt types.ints.unsigned "`limits.job_timeout_secs`: wall-clock limit of a job's build VM, in seconds.";
-    };
-
-    intake.amqp = {
-      url = opt types.str "`amqp.url`: the ofborg broker, `amqps://user@host/vhost` (no password here: use passwordFile). Enables the broker intake.";
-      passwordFile = mkOption {
-        type = secretFile;
-        default = null;
-        example = "/run/secrets/airlock-amqp-password";
-        description = "`amqp.password_file`: file holding the broker password, read by airlockd at start.";
-      };
-    };
-
-    release = {
-      label = opt types.str "`release.label`: the PR label that says the input is not malicious.";
-      signingKeyFile = mkOption {
-        type = secretFile;
-        default = null;
-        example = "/run/secrets/airlock-signing-key";
-        description = "`release.signing_key_file`: Nix secret key (`nix-store --generate-binary-cache-key`). Required with `trust = \"trusted\"`.";
-      };
-      githubTokenFile = mkOption {
-        type = secretFile;
-        default = null;
-        description = "`github.token_file`: file with a GitHub API token.";
-      };
-      webhookSecretFile = mkOption {
-        type = secretFile;
-        default = null;
-        description = "`github.webhook_secret_file`: the webhook's shared secret. Required with `settings.github.webhook_listen`.";
-      };
-    };
-
-    cache = {
-      listenAddress = opt types.str "`cache.listen`: `ADDR:PORT` of the binary cache server (trusted builders).";
-      openFirewall = mkOption {
-        type = types.bool;
-        default = false;
-        description = "Open the binary cache's TCP port (from `cache.listen`) in the firewall.";
-      };
-    };
-
-    network = {
-      allowedEgress = opt (types.listOf types.str) "`network.allow`: private destinations fixed-output derivations may reach anyway (`10.1.2.0/24`, `10.1.2.3:5000`).";
-      resolvers = opt (types.listOf types.str) "`network.dns`: DNS resolvers of the fetch VMs.";
-    };
-
-    nix = {
-      substituters = opt (types.listOf types.str) "`nix.substituters`: upstream binary caches the fetch phase substitutes from (through airlockd's proxy).";
-      trustedPublicKeys = opt (types.listOf types.str) "`nix.trusted_public_keys`: keys a narinfo from those caches must be signed with.";
-    };
-
-    sponsor = mkOption {
-      type = types.nullOr (
-        types.submodule {
-          options = {
-            name = mkOption {
-              type = types.str;
-              description = "Who runs and pays for this builder.";
-            };
-            url = mkOption {
-              type = types.nullOr types.str;
-              default = null;
-              description = "Where to read about them.";
-            };
-          };
-        }
-      );
-      default = null;
+    checkConfig = mkOption {
+      type = types.bool;
+      default = true;
       description = ''
-        Who contributes this builder's compute (`[sponsor]`): credited as
-        "These build results were contributed by: NAME – URL" in every
-        result posted to ofborg and at the end of every build log.
+        Check the rendered configuration with `airlockd --check-config` when
+        the system is built, so a configuration airlockd would refuse at
+        start fails the build instead, in airlockd's words. It runs the
+        package's airlockd on the build machine: turn it off when
+        cross-compiling.
       '';
+    };
+
+    cache.openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the binary cache's TCP port (from `settings.cache.listen`) in the firewall.";
     };
 
     kvmModules = mkOption {
@@ -338,75 +372,14 @@ in
   };
 
   config = mkIf cfg.enable {
-    services.airlock.settings = lib.mkMerge [
-      (dropNulls typed)
-      {
-        state_dir = mkDefault "/var/lib/airlock";
-        socket = mkDefault "/run/airlock/airlockd.sock";
-        vm = {
-          # The VMMs run as their own user, never root (a signing key needs
-          # that: docs/security.md).
-          user = mkDefault "airlock-vm";
-          image_dir = mkDefault "${cfg.guestImage}";
-          # Absolute store paths: the config, not PATH, says what runs VMs.
-          agent = mkDefault "${cfg.package}/bin/airlock-agent";
-          qemu = mkDefault "${cfg.package.qemu or pkgs.qemu_kvm}/bin/qemu-system-x86_64";
-          cloud_hypervisor = mkDefault "${cfg.package.cloudHypervisor or pkgs.cloud-hypervisor}/bin/cloud-hypervisor";
-          virtiofsd = mkDefault "${cfg.package.virtiofsd or pkgs.virtiofsd}/bin/virtiofsd";
-        };
-        # A cache, not state: it can be dropped and refilled from upstream.
-        substituter.dir = mkDefault "/var/cache/airlock/substituter";
-        # The admin API (docs/dbus.md) on the system bus; the policy below
-        # lets root and group airlock-admin call it.
-        dbus.address = mkDefault "system";
-      }
-    ];
-
     assertions = [
-      {
-        assertion = get [ "trust" ] "community" != "trusted" || get [ "release" "signing_key_file" ] null != null;
-        message = daemonSays ''trust = "trusted" needs release.signing_key_file (or --signing-key-file)'';
-      }
-      {
-        assertion = signingKey == null || !vmAsRoot;
-        message = daemonSays "release.signing_key_file needs vm.user (a user other than root): a VMM running as airlockd's user could read the signing key";
-      }
-      {
-        assertion =
-          get [ "github" "webhook_listen" ] null == null || get [ "github" "webhook_secret_file" ] null != null;
-        message = daemonSays "github.webhook_listen needs github.webhook_secret_file";
-      }
-      {
-        assertion = get [ "max_jobs" ] 1 >= 1;
-        message = daemonSays "max_jobs must be at least 1";
-      }
-      {
-        assertion = get [ "vm" "memory_mib" ] 1024 >= 256 && get [ "vm" "vcpus" ] 1 >= 1;
-        message = daemonSays "vm.memory_mib must be >= 256 and vm.vcpus >= 1";
-      }
-      {
-        assertion = builtins.elem machine [
-          "q35"
-          "microvm"
-          "pc"
-        ];
-        message = daemonSays "vm.machine ${builtins.toJSON machine} is not q35, pc or microvm";
-      }
-      {
-        assertion = get [ "limits" "job_timeout_secs" ] 14400 > 0;
-        message = daemonSays "limits.job_timeout_secs must be > 0";
-      }
-      {
-        assertion = !networkEnabled || badUpstreams == [ ];
-        message = daemonSays "nix.substituters entry ${builtins.toJSON (lib.head badUpstreams)} is not an http:// or https:// URL";
-      }
       {
         assertion = inlineSecrets == [ ];
         message = "services.airlock: settings.${lib.head inlineSecrets} looks like a secret given inline; it would be copied into the world-readable Nix store. Put it in a file and give the file's path (amqp.password_file, github.token_file, github.webhook_secret_file, release.signing_key_file).";
       }
       {
         assertion = builtins.match "[a-z]+://[^/@]*:[^/@]*@.*" amqpUrl == null;
-        message = "services.airlock: amqp.url carries a password, which would be copied into the world-readable Nix store; put it in a file and set amqp.password_file (intake.amqp.passwordFile).";
+        message = "services.airlock: amqp.url carries a password, which would be copied into the world-readable Nix store; put it in a file and set amqp.password_file (services.airlock.settings.amqp.password_file).";
       }
       {
         assertion = storeSecrets == [ ];
@@ -414,7 +387,7 @@ in
       }
       {
         assertion = !cfg.cache.openFirewall || cacheListen != null;
-        message = "services.airlock: cache.openFirewall needs cache.listen (services.airlock.cache.listenAddress = \"ADDR:PORT\").";
+        message = "services.airlock: cache.openFirewall needs cache.listen (services.airlock.settings.cache.listen = \"ADDR:PORT\").";
       }
     ];
 
@@ -440,8 +413,9 @@ in
       description = "airlock VMMs (QEMU, cloud-hypervisor, virtiofsd)";
     };
     users.groups.airlock-vm = mkIf (vmUserName == "airlock-vm") { };
-    # The rendered file, for reading and for `airlockd --check-config /etc/airlock/airlock.toml`.
-    environment.etc."airlock/airlock.toml".source = configFile;
+    # The rendered file, for reading and for `airlockd --check-config
+    # /etc/airlock/airlock.toml`; the unit reads the checked link to it.
+    environment.etc."airlock/airlock.toml".source = rendered;
 
     boot.kernelModules = cfg.kvmModules ++ [
       "tun"

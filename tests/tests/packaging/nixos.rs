@@ -17,8 +17,12 @@
 //!   airlockd unit, its hardening and devices, the config file, the user,
 //!   the firewall port and the gc timer are what they should be;
 //! - the TOML the module renders is accepted by `airlockd --check-config`;
-//! - each assertion of the module fires for its bad configuration, and where
-//!   airlockd refuses the same configuration it says the same words;
+//! - each bad configuration is refused: by the module's own assertions
+//!   (secrets in the store, the firewall) at evaluation, or by airlockd's
+//!   check of the rendered file (what `checkConfig` runs when the system is
+//!   built), in airlockd's words;
+//! - nixos/examples/old-names.nix (the options of earlier versions) renders
+//!   what full.nix renders, with a rename warning for each;
 //! - the package, the guest image and every NixOS test instantiate to a
 //!   `.drv` (`--option max-jobs 0`, a private store: the host's Nix database
 //!   is never written), and the guest image's kernel is the trimmed one
@@ -499,9 +503,44 @@ fn module_full_example() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let t0 = std::time::Instant::now();
-    let r = eval_ok(&np, tmp.path(), &repo().join("nixos/examples/full.nix"));
-    println!("eval-module full: {:.1}s", t0.elapsed().as_secs_f64());
+    // full.nix sets the typed keys of `settings`; old-names.nix the same
+    // through the options of earlier versions, each renamed (a warning).
+    for example in ["full", "old-names"] {
+        let t0 = std::time::Instant::now();
+        let r = eval_ok(
+            &np,
+            tmp.path(),
+            &repo().join(format!("nixos/examples/{example}.nix")),
+        );
+        println!("eval-module {example}: {:.1}s", t0.elapsed().as_secs_f64());
+        let warnings = r["warnings"].to_string();
+        if example == "full" {
+            assert!(!warnings.contains("renamed"), "{warnings}");
+        } else {
+            for (old, new) in [
+                ("maxJobs", "settings.max_jobs"),
+                ("vm.memory", "settings.vm.memory_mib"),
+                ("vm.timeout", "settings.limits.job_timeout_secs"),
+                ("intake.amqp.passwordFile", "settings.amqp.password_file"),
+                ("release.githubTokenFile", "settings.github.token_file"),
+                ("cache.listenAddress", "settings.cache.listen"),
+                ("sponsor", "settings.sponsor"),
+            ] {
+                assert!(
+                    warnings.contains(&format!(
+                        "services.airlock.{old}' defined in"
+                    )) && warnings.contains(&format!("renamed to `services.airlock.{new}'")),
+                    "no rename warning {old} -> {new}: {warnings}"
+                );
+            }
+        }
+        check_full_example(&tmp, &r);
+    }
+}
+
+/// What full.nix (and old-names.nix) must render and make.
+fn check_full_example(tmp: &tempfile::TempDir, r: &Value) {
+    let r = r.clone();
     check_airlockd_unit(&r);
     check_gc(&r, "hourly");
     assert_eq!(
@@ -605,11 +644,23 @@ fn airlockd_refuses_the_bad_configs_the_module_refuses() {
     println!("airlockd refused {n} bad configurations");
 }
 
+/// Where the module refuses a bad configuration.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum At {
+    /// An assertion of the module's own (secrets in the store, the
+    /// firewall), at evaluation.
+    Eval,
+    /// airlockd's check of the rendered file (`checkConfig`: `airlockd
+    /// --check-config` when the system is built), in airlockd's words.
+    Build,
+}
+
 struct Bad {
     name: &'static str,
     /// the body of `services.airlock = { enable = true; … }`
     nix: &'static str,
-    /// in the assertion's message
+    at: At,
+    /// in the refusal's message
     says: &'static str,
     /// the same configuration for airlockd, and whether it says `says`
     daemon: Option<(&'static str, bool)>,
@@ -618,13 +669,15 @@ struct Bad {
 const BAD: &[Bad] = &[
     Bad {
         name: "trusted_without_key",
-        nix: r#"trust = "trusted";"#,
+        nix: r#"settings.trust = "trusted";"#,
+        at: At::Build,
         says: r#"trust = "trusted" needs release.signing_key_file (or --signing-key-file)"#,
         daemon: Some(("trust = \"trusted\"\n", true)),
     },
     Bad {
         name: "signing_key_with_a_root_vmm",
-        nix: r#"release.signingKeyFile = "/run/secrets/airlock/signing-key"; settings.vm.user = "";"#,
+        nix: r#"settings.release.signing_key_file = "/run/secrets/airlock/signing-key"; settings.vm.user = "";"#,
+        at: At::Build,
         says: "release.signing_key_file needs vm.user (a user other than root): a VMM running as airlockd's user could read the signing key",
         daemon: Some((
             "[release]\nsigning_key_file = \"/run/secrets/airlock/signing-key\"\n[vm]\nuser = \"root\"\n",
@@ -634,36 +687,43 @@ const BAD: &[Bad] = &[
     Bad {
         name: "webhook_without_secret",
         nix: r#"settings.github.webhook_listen = "0.0.0.0:8443";"#,
+        at: At::Build,
         says: "github.webhook_listen needs github.webhook_secret_file",
         daemon: Some(("[github]\nwebhook_listen = \"0.0.0.0:8443\"\n", true)),
     },
     Bad {
         name: "no_jobs",
-        nix: "maxJobs = 0;",
+        nix: "settings.max_jobs = 0;",
+        at: At::Build,
         says: "max_jobs must be at least 1",
         daemon: Some(("max_jobs = 0\n", true)),
     },
     Bad {
         name: "tiny_vm",
-        nix: "vm.memory = 128;",
+        nix: "settings.vm.memory_mib = 128;",
+        at: At::Build,
         says: "vm.memory_mib must be >= 256 and vm.vcpus >= 1",
         daemon: Some(("[vm]\nmemory_mib = 128\n", true)),
     },
     Bad {
         name: "bad_machine",
         nix: r#"settings.vm.machine = "virt";"#,
+        at: At::Build,
         says: r#"vm.machine "virt" is not q35, pc or microvm"#,
         daemon: Some(("[vm]\nmachine = \"virt\"\n", true)),
     },
     Bad {
         name: "no_timeout",
+        // An option of earlier versions, renamed: the same check.
         nix: "vm.timeout = 0;",
+        at: At::Build,
         says: "limits.job_timeout_secs must be > 0",
         daemon: Some(("[limits]\njob_timeout_secs = 0\n", true)),
     },
     Bad {
         name: "bad_substituter",
-        nix: r#"nix.substituters = [ "ftp://cache.example.org" ];"#,
+        nix: r#"settings.nix.substituters = [ "ftp://cache.example.org" ];"#,
+        at: At::Build,
         says: r#"nix.substituters entry "ftp://cache.example.org" is not an http:// or https:// URL"#,
         daemon: Some((
             "[nix]\nsubstituters = [\"ftp://cache.example.org\"]\n",
@@ -673,6 +733,7 @@ const BAD: &[Bad] = &[
     Bad {
         name: "inline_password",
         nix: r#"settings.amqp.password = "hunter2";"#,
+        at: At::Eval,
         says: "settings.amqp.password looks like a secret given inline",
         // airlockd refuses it too, as an unknown key.
         daemon: Some(("[amqp]\npassword = \"hunter2\"\n", false)),
@@ -680,30 +741,35 @@ const BAD: &[Bad] = &[
     Bad {
         name: "inline_token",
         nix: r#"settings.github.token = "ghp_x";"#,
+        at: At::Eval,
         says: "settings.github.token looks like a secret given inline",
         daemon: Some(("[github]\ntoken = \"ghp_x\"\n", false)),
     },
     Bad {
         name: "password_in_amqp_url",
-        nix: r#"intake.amqp.url = "amqps://builder:hunter2@broker.example.org/ofborg";"#,
+        nix: r#"settings.amqp.url = "amqps://builder:hunter2@broker.example.org/ofborg";"#,
+        at: At::Eval,
         says: "amqp.url carries a password",
         daemon: None,
     },
     Bad {
         name: "secret_file_in_store",
         nix: r#"settings.github.token_file = "/nix/store/00000000000000000000000000000000-token";"#,
+        at: At::Eval,
         says: "settings.github.token_file is in the Nix store",
         daemon: None,
     },
     Bad {
         name: "secret_file_as_nix_path",
-        nix: "intake.amqp.passwordFile = ./amqp-password;",
+        nix: "settings.amqp.password_file = ./amqp-password;",
+        at: At::Eval,
         says: "absolute path not in the Nix store",
         daemon: None,
     },
     Bad {
         name: "firewall_without_listen",
         nix: "cache.openFirewall = true;",
+        at: At::Eval,
         says: "cache.openFirewall needs cache.listen",
         daemon: None,
     },
@@ -728,9 +794,9 @@ fn assert_airlockd_refuses(tmp: &Path, b: &Bad) -> Option<bool> {
 }
 
 #[test]
-fn module_assertions_fire_for_bad_configs() {
+fn module_refuses_bad_configs() {
     let Some(np) = prerequisites(
-        "module_assertions_fire_for_bad_configs",
+        "module_refuses_bad_configs",
         Needs::SnapshotAndTools,
     ) else {
         return;
@@ -781,21 +847,38 @@ fn module_assertions_fire_for_bad_configs() {
     for b in BAD {
         let out = &results.iter().find(|(n, _)| n == b.name).unwrap().1;
         let err = text(&out.stderr);
-        assert!(!out.status.success(), "{}: the module accepted it", b.name);
-        assert!(
-            err.contains(b.says),
-            "{}: expected {:?} in:\n{err}",
-            b.name,
-            b.says
-        );
-        if assert_airlockd_refuses(tmp.path(), b) == Some(true) {
-            assert!(
-                err.contains(&format!("services.airlock: invalid config: {}", b.says)),
-                "{}: {err}",
-                b.name
-            );
+        match b.at {
+            At::Eval => {
+                assert!(!out.status.success(), "{}: the module accepted it", b.name);
+                assert!(
+                    err.contains(b.says),
+                    "{}: expected {:?} in:\n{err}",
+                    b.name,
+                    b.says
+                );
+            }
+            At::Build => {
+                // It evaluates; the build's check (airlockd --check-config
+                // on the rendered file) refuses it in airlockd's words.
+                assert!(
+                    out.status.success(),
+                    "{}: refused at evaluation, not by airlockd's check:\n{err}",
+                    b.name
+                );
+                let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+                let toml = to_toml(&rendered(&r));
+                let (ok, said) = check_config(tmp.path(), b.name, &toml);
+                assert!(!ok, "{}: airlockd accepted the rendering:\n{toml}", b.name);
+                assert!(
+                    said.contains(&format!("invalid config: {}", b.says)),
+                    "{}: airlockd says something else ({:?}):\n{said}",
+                    b.name,
+                    b.says
+                );
+            }
         }
-        println!("{}: refused: {}", b.name, b.says);
+        assert_airlockd_refuses(tmp.path(), b);
+        println!("{}: refused ({:?}): {}", b.name, b.at, b.says);
     }
 }
 
