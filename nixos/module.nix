@@ -162,11 +162,11 @@ let
   ];
 
   # What is written: typed keys left at null are dropped (and tables left
-  # empty by that).
+  # empty by that). A derivation given as a value is a value, not a table.
   dropNulls =
     a:
     lib.filterAttrs (_: v: v != null && v != { }) (
-      lib.mapAttrs (_: v: if builtins.isAttrs v then dropNulls v else v) a
+      lib.mapAttrs (_: v: if builtins.isAttrs v && !lib.isDerivation v then dropNulls v else v) a
     );
 
   s = dropNulls cfg.settings;
@@ -203,7 +203,6 @@ let
   # be able to walk into the state dir. Empty: the VMMs run as root.
   vmUserName = get [ "vm" "user" ] "";
   vmUser = vmUserName != "";
-  vmAsRoot = vmUserName == "" || vmUserName == "root" || lib.hasPrefix "0:" vmUserName;
   # The signing key reaches airlockd as a systemd credential (a copy only
   # airlockd's unit can read, in /run/credentials/airlockd.service); the
   # file it came from is hidden from airlockd and so from every VMM.

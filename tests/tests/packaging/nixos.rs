@@ -527,9 +527,8 @@ fn module_full_example() {
                 ("sponsor", "settings.sponsor"),
             ] {
                 assert!(
-                    warnings.contains(&format!(
-                        "services.airlock.{old}' defined in"
-                    )) && warnings.contains(&format!("renamed to `services.airlock.{new}'")),
+                    warnings.contains(&format!("services.airlock.{old}' defined in"))
+                        && warnings.contains(&format!("renamed to `services.airlock.{new}'")),
                     "no rename warning {old} -> {new}: {warnings}"
                 );
             }
@@ -795,10 +794,7 @@ fn assert_airlockd_refuses(tmp: &Path, b: &Bad) -> Option<bool> {
 
 #[test]
 fn module_refuses_bad_configs() {
-    let Some(np) = prerequisites(
-        "module_refuses_bad_configs",
-        Needs::SnapshotAndTools,
-    ) else {
+    let Some(np) = prerequisites("module_refuses_bad_configs", Needs::SnapshotAndTools) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
