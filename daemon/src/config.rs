@@ -616,6 +616,10 @@ pub struct VmConfig {
     /// cloud-hypervisor: Landlock the VMM to the VM's own files where the
     /// kernel has Landlock (airlockd says at start if it has not).
     pub landlock: bool,
+    /// QEMU: start each VM by restoring a saved guest template (booted once
+    /// per image and VM size) instead of booting it; a VM that cannot be
+    /// restored boots cold (the reason is in the log). q35 and pc only.
+    pub template: bool,
     /// Run the VMM (QEMU or cloud-hypervisor, and virtiofsd) as this user,
     /// `NAME` or `UID:GID`; empty: as airlockd. It needs `/dev/kvm` (group
     /// `kvm`). Required (and not root) with a signing key.
@@ -707,6 +711,7 @@ impl Default for VmConfig {
             virtiofsd: "virtiofsd".into(),
             stop_grace_secs: 5,
             landlock: true,
+            template: true,
             user: String::new(),
         }
     }

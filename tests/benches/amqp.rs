@@ -123,6 +123,7 @@ async fn throughput(broker: &Broker, n: usize) {
             machine: "q35".into(),
             accel: "tcg".into(),
             run_as: None,
+            templates: None,
         }),
         store: store.clone(),
         sink: sink.clone(),

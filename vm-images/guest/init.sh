@@ -9,13 +9,65 @@
 #   airlock-base    (with airlock.base=1) a base tree the input's delta/ is
 #                   stacked on (ext4, read-only; shared by jobs of one base)
 # Kernel cmdline: airlock.probe=1 only prints AIRLOCK-PROBE-OK and powers off.
+# airlock.template=1: a template boot (daemon/src/vm/template.rs). Nothing
+# job-specific is read before the host saves the VM: the disk driver is
+# held back (unbound where it is built in), the kernel's RNG made ready,
+# then init says AIRLOCK-TEMPLATE-READY on the virtio port airlock.ctl and
+# waits there. Each VM restored from the saved state gets one line on that
+# port, "AIRLOCK-GO 1 <unix secs> <seed hex> <boot words>": init sets the
+# clock, binds the disks (now the job's), and passes the boot words (which a
+# cold boot has on its command line) and the seed to the agent in
+# /run/airlock-boot and /run/airlock-seed.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-while read -r m; do insmod "$m" 2>/dev/null; done < /etc/modules.order
 say() { echo "airlock-init: $*"; }
 fail() { say "FATAL: $*"; poweroff -f; }
+template=
+grep -q 'airlock.template=1' /proc/cmdline && template=1
+blk_modules=
+while read -r m; do
+  case "$m" in
+    */virtio_blk.ko) [ -n "$template" ] && { blk_modules="$blk_modules $m"; continue; } ;;
+  esac
+  insmod "$m" 2>/dev/null
+done < /etc/modules.order
 if grep -q 'airlock.probe=1' /proc/cmdline; then
   echo "AIRLOCK-PROBE-OK"; poweroff -f
+fi
+words=$(cat /proc/cmdline)
+seed=
+if [ -n "$template" ]; then
+  blk=/sys/bus/virtio/drivers/virtio_blk
+  # Built into the kernel: the placeholder disks were probed; let them go.
+  held=
+  for d in "$blk"/virtio*; do
+    [ -e "$d" ] || continue
+    held="$held ${d##*/}"; echo "${d##*/}" > "$blk/unbind"
+  done
+  port=
+  for _ in $(seq 200); do
+    for p in /sys/class/virtio-ports/vport*; do
+      [ "$(cat "$p/name" 2>/dev/null)" = airlock.ctl ] && port=/dev/${p##*/}
+    done
+    [ -n "$port" ] && break; sleep 0.05
+  done
+  [ -n "$port" ] || fail "no airlock.ctl port"
+  # The RNG's slow start happens once, here, not in every job; each
+  # restored VM is reseeded (its VM generation ID, the host's seed).
+  head -c 1 /dev/random > /dev/null
+  exec 3<> "$port"
+  echo "AIRLOCK-TEMPLATE-READY" >&3
+  read -r go <&3 || fail "no go record"
+  set -- $go
+  [ "$1" = AIRLOCK-GO ] && [ "$2" = 1 ] || fail "not a go record"
+  date -u -s "@$3" > /dev/null 2>&1
+  seed=$4
+  shift 4
+  words="$*"
+  exec 3>&-
+  for m in $blk_modules; do insmod "$m" 2>/dev/null; done
+  for d in $held; do echo "$d" > "$blk/bind"; done
+  say "restored uptime=$(cut -d' ' -f1 /proc/uptime)"
 fi
 dev_for() {
   for d in /sys/block/vd*; do
@@ -23,7 +75,7 @@ dev_for() {
   done
   return 1
 }
-for _ in $(seq 50); do dev_for airlock-export >/dev/null && break; sleep 0.1; done
+for _ in $(seq 500); do dev_for airlock-export >/dev/null && break; sleep 0.01; done
 root=$(dev_for airlock-root) || fail "no root disk"
 nixd=$(dev_for airlock-nix) || fail "no /nix disk"
 input=$(dev_for airlock-input) || fail "no input disk"
@@ -35,11 +87,16 @@ mount -t tmpfs -o mode=1777,size=256m tmpfs /newroot/tmp
 mount -t ext4 -o nosuid,nodev "$nixd" /newroot/nix || fail "cannot mount /nix"
 mkdir -p /newroot/run/input
 mount -t ext4 -o ro,noload,nosuid,nodev "$input" /newroot/run/input || fail "cannot mount input"
-if grep -q 'airlock.base=1' /proc/cmdline; then
+case " $words " in *" airlock.base=1 "*) base_disk=1 ;; *) base_disk= ;; esac
+if [ -n "$base_disk" ]; then
   for _ in $(seq 50); do dev_for airlock-base >/dev/null && break; sleep 0.1; done
   base=$(dev_for airlock-base) || fail "no base disk"
   mkdir -p /newroot/run/base
   mount -t ext4 -o ro,noload,nosuid,nodev "$base" /newroot/run/base || fail "cannot mount the base disk"
+fi
+if [ -n "$template" ]; then
+  echo "$words" > /newroot/run/airlock-boot
+  (umask 077; echo "$seed" > /newroot/run/airlock-seed)
 fi
 say "stage1 done uptime=$(cut -d' ' -f1 /proc/uptime)"
 cat > /newroot/run/stage2 <<STAGE2

@@ -221,6 +221,11 @@ async fn vm_backend(cfg: &Config, run_as: Option<&RunAs>) -> anyhow::Result<Arc<
                 machine: cfg.vm.machine.clone(),
                 accel: String::new(),
                 run_as: run_as.cloned(),
+                templates: cfg.vm.template.then(|| {
+                    Arc::new(airlock::vm::template::Templates::new(
+                        cfg.state_dir.join("templates"),
+                    ))
+                }),
             };
             let (kernel, initrd) = (img.join("vmlinux"), img.join("initrd.gz"));
             let (accel, why) =

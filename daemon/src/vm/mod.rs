@@ -9,6 +9,7 @@
 pub mod ch;
 pub mod ch_api;
 pub mod qemu;
+pub mod template;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -1,13 +1,19 @@
-//! QEMU backend: direct PVH kernel boot, virtio-blk disks, KVM or TCG.
+//! QEMU backend: direct PVH kernel boot, virtio-blk disks, KVM or TCG; or,
+//! where a guest template fits, a restore of that template instead of a
+//! boot ([`super::template`]).
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tokio::process::Command;
+use tokio::process::{Child, ChildStdin, Command};
+use tracing::{info, warn};
 
+use super::template::{self, Shape, Template, Templates};
 use super::{BoxFuture, Cancel, Error, Result, RunAs, VmBackend, VmExit, VmSpec};
 use crate::config::Accel;
+use airlock_wire::disk;
 
 #[derive(Debug, Clone)]
 pub struct Qemu {
@@ -17,6 +23,16 @@ pub struct Qemu {
     pub accel: String,
     /// Run QEMU as this user, not airlockd's (`vm.user`).
     pub run_as: Option<RunAs>,
+    /// Start VMs by restoring guest templates where they fit (`vm.template`).
+    pub templates: Option<Arc<Templates>>,
+}
+
+/// What a restorable command line is for.
+pub enum Role<'a> {
+    /// The template VM: its RAM in the shared memfd, placeholder disks.
+    Template { ctl: &'a Path, nic: bool },
+    /// A job's VM restored from the template: the job's backends.
+    Clone { ctl: &'a Path, guid: &'a str },
 }
 
 /// What airlockd says on QEMU's monitor (QMP on its stdin) once QEMU is in
@@ -129,6 +145,316 @@ impl Qemu {
     }
 }
 
+impl Qemu {
+    /// The command line of a template or of a VM restored from it. The two
+    /// differ only in backends (files, TAP, logs, the control port), the
+    /// VM generation ID, how the memory file is mapped and `-incoming`:
+    /// QEMU restores device state only into the same devices, in the same
+    /// order.
+    pub fn restorable_args(&self, spec: &VmSpec, role: &Role) -> Vec<String> {
+        let (_, fixed) = template::split_cmdline(&spec.cmdline);
+        let (share, ctl, guid, nic) = match role {
+            Role::Template { ctl, nic } => ("on", *ctl, "auto", *nic),
+            Role::Clone { ctl, guid } => ("off", *ctl, *guid, spec.tap.is_some()),
+        };
+        let mem = spec.memory_mib;
+        let mut a: Vec<String> = vec![
+            "-name".into(),
+            spec.name.clone(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-S".into(),
+            "-qmp".into(),
+            "stdio".into(),
+            "-sandbox".into(),
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+            "-accel".into(),
+            self.accel.clone(),
+        ];
+        if self.accel == "kvm" {
+            a.extend(["-cpu".into(), "host".into()]);
+        }
+        a.extend([
+            "-M".into(),
+            format!("{},memory-backend=ram0", self.machine),
+            "-m".into(),
+            format!("{mem}M"),
+            "-smp".into(),
+            spec.vcpus.to_string(),
+            "-object".into(),
+            format!(
+                "memory-backend-file,id=ram0,size={mem}M,mem-path=/proc/self/fd/{},share={share}",
+                template::MEMORY_FD
+            ),
+            "-kernel".into(),
+            spec.kernel.display().to_string(),
+            "-initrd".into(),
+            spec.initrd.display().to_string(),
+            "-append".into(),
+            format!("{fixed} airlock.template=1"),
+            "-serial".into(),
+            format!("file:{}", spec.console_log.display()),
+            "-device".into(),
+            "virtio-serial-pci,id=vser0".into(),
+            "-chardev".into(),
+            format!("file,id=agentch,path={}", spec.channel_log.display()),
+            "-device".into(),
+            "virtconsole,chardev=agentch,bus=vser0.0".into(),
+            "-chardev".into(),
+            format!("pipe,id=ctl,path={}", escape_opt(ctl)),
+            "-device".into(),
+            format!(
+                "virtserialport,chardev=ctl,name={},bus=vser0.0",
+                template::port_name()
+            ),
+            "-device".into(),
+            format!("vmgenid,id=vmgenid0,guid={guid}"),
+        ]);
+        if nic {
+            let backend = match (role, &spec.tap) {
+                (Role::Clone { .. }, Some(tap)) => {
+                    format!("tap,id=net0,ifname={tap},script=no,downscript=no")
+                }
+                // A NIC that leads nowhere: the template never sends.
+                _ => "hubport,id=net0,hubid=0".into(),
+            };
+            a.extend([
+                "-netdev".into(),
+                backend,
+                "-device".into(),
+                "virtio-net-pci,netdev=net0,romfile=".into(),
+            ]);
+        }
+        // Every slot, always, in one order; a slot the job does not use
+        // (or the template) reads zeros.
+        for (i, serial) in disk::ALL.iter().enumerate() {
+            let job_disk = match role {
+                Role::Clone { .. } => spec.disks.iter().find(|d| d.serial == *serial),
+                Role::Template { .. } => None,
+            };
+            let backend = match job_disk {
+                Some(d) => {
+                    let ro = if d.readonly { ",readonly=on" } else { "" };
+                    vec![
+                        "-drive".into(),
+                        format!(
+                            "file={},if=none,id=disk{i},format=raw,cache=unsafe{ro}",
+                            escape_opt(&d.path)
+                        ),
+                    ]
+                }
+                None => vec![
+                    "-blockdev".into(),
+                    format!("driver=null-co,node-name=disk{i},read-zeroes=on,read-only=on"),
+                ],
+            };
+            a.extend(backend);
+            a.extend([
+                "-device".into(),
+                format!("virtio-blk-pci,drive=disk{i},serial={serial}"),
+            ]);
+        }
+        if matches!(role, Role::Clone { .. }) {
+            a.extend(["-incoming".into(), "defer".into()]);
+        }
+        a
+    }
+
+    /// The template shape of `spec` on this backend, or why it boots cold.
+    fn restorable(&self, spec: &VmSpec) -> std::result::Result<Shape, &'static str> {
+        if !matches!(self.machine.as_str(), "q35" | "pc") {
+            return Err("its machine has no ACPI for the VM generation ID (vm.machine)");
+        }
+        Shape::of(spec)
+    }
+
+    /// Start a job's VM from `t`: QEMU with the template's command line
+    /// and the job's backends, in the job's unit; the saved state fed in;
+    /// the vCPUs started; the go record sent. Any failure here kills the
+    /// new QEMU (and the caller boots the VM cold).
+    async fn start_clone(&self, spec: &VmSpec, t: &Template) -> Result<(Child, ChildStdin)> {
+        let api = |why: String| Error::Api {
+            endpoint: "restore",
+            why,
+        };
+        let ctl = template::ctl_path(spec);
+        template::ctl_fifos(&ctl, self.run_as.as_ref())
+            .map_err(|e| api(crate::error::chain(&e)))?;
+        let state = std::fs::File::open(&t.state)
+            .map_err(|e| api(format!("{}: {e}", t.state.display())))?;
+        let guid = uuid::Uuid::new_v4().to_string();
+        let mut cmd = Command::new(&self.binary);
+        super::confine(self.run_as.as_ref(), &mut cmd);
+        {
+            use std::os::fd::AsRawFd;
+            template::pass_fds(&mut cmd, vec![t.memory_fd(), state.as_raw_fd()]);
+        }
+        let mut child = cmd
+            .args(self.restorable_args(
+                spec,
+                &Role::Clone {
+                    ctl: &ctl,
+                    guid: &guid,
+                },
+            ))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        drop(state);
+        if let Some(pid) = child.id() {
+            let _ = std::fs::write(&spec.pidfile, pid.to_string());
+        }
+        spec.adopt.child(&child).await?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let restored = async {
+            let mut qmp = template::Qmp::open(stdin, stdout).await?;
+            qmp.ignore_shared().await?;
+            qmp.cmd(
+                "migrate-incoming",
+                serde_json::json!({"uri": format!("fd:{}", template::STATE_FD)}),
+            )
+            .await?;
+            qmp.migrated(Duration::from_secs(60)).await?;
+            qmp.cmd("cont", serde_json::json!({})).await?;
+            template::send_go(&ctl, &template::go_record(spec)).await?;
+            Ok::<ChildStdin, template::Error>(qmp.into_stdin())
+        };
+        match restored.await {
+            Ok(stdin) => {
+                info!(template = %t.key, vmgenid = %guid, "VM restored from its template");
+                Ok((child, stdin))
+            }
+            Err(e) => {
+                let _ = child.kill().await;
+                let mut detail = String::new();
+                if let Some(mut err) = child.stderr.take() {
+                    let _ = tokio::io::AsyncReadExt::read_to_string(&mut err, &mut detail).await;
+                }
+                Err(api(format!(
+                    "{}; QEMU said: {}",
+                    crate::error::chain(&e),
+                    detail.trim()
+                )))
+            }
+        }
+    }
+
+    /// A VM of `spec` restored from its template, or None: it boots cold
+    /// (the reason is in the log).
+    async fn try_restore(&self, spec: &VmSpec) -> Option<(Child, ChildStdin)> {
+        let templates = self.templates.as_ref()?;
+        let shape = match self.restorable(spec) {
+            Ok(s) => s,
+            Err(why) => {
+                tracing::debug!(why, "VM boots cold");
+                return None;
+            }
+        };
+        let t = templates.get(self, &shape).await.ok()?;
+        let t0 = Instant::now();
+        match self.start_clone(spec, &t).await {
+            Ok(started) => {
+                info!(
+                    restore_ms = (t0.elapsed().as_secs_f64() * 1000.0).round(),
+                    "VM started from template {}", t.key
+                );
+                Some(started)
+            }
+            Err(e) => {
+                warn!(error = %crate::error::chain(&e), "restore from the guest template failed; the VM boots cold");
+                None
+            }
+        }
+    }
+
+    /// Boot `spec` cold: its QEMU, in the job's unit, vCPUs started.
+    async fn start_cold(&self, spec: &VmSpec) -> Result<(Child, ChildStdin)> {
+        let mut cmd = Command::new(&self.binary);
+        super::confine(self.run_as.as_ref(), &mut cmd);
+        let mut child = cmd
+            .args(self.args(spec))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        // airlockd writes the pid file (QEMU's own `-pidfile` would need
+        // a directory writable by vm.user).
+        if let Some(pid) = child.id() {
+            let _ = std::fs::write(&spec.pidfile, pid.to_string());
+        }
+        if let Err(e) = spec.adopt.child(&child).await {
+            let _ = child.kill().await;
+            return Err(e);
+        }
+        // Held until the VM ends: an EOF would only close the monitor,
+        // but nothing more is said on it.
+        let mut monitor = child.stdin.take().expect("piped");
+        if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut monitor, QMP_START).await {
+            let _ = child.kill().await;
+            let detail = match child.stderr.take() {
+                Some(mut err) => {
+                    let mut s = String::new();
+                    let _ = tokio::io::AsyncReadExt::read_to_string(&mut err, &mut s).await;
+                    s
+                }
+                None => String::new(),
+            };
+            return Err(Error::Api {
+                endpoint: "cont",
+                why: format!("QEMU's monitor (stdin): {e}; QEMU said: {}", detail.trim()),
+            });
+        }
+        Ok((child, monitor))
+    }
+}
+
+/// Wait for a started VM: its power-off, the deadline, or a cancel.
+async fn wait_vm(
+    mut child: Child,
+    monitor: ChildStdin,
+    timeout: Duration,
+    cancel: Cancel,
+) -> Result<VmExit> {
+    let mut stderr = child.stderr.take().expect("piped");
+    let err_task = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut s).await;
+        s
+    });
+    let exit = tokio::select! {
+        st = child.wait() => {
+            let st = st.map_err(Error::Wait)?;
+            let detail = err_task.await.unwrap_or_default();
+            VmExit::PoweredOff { ok: st.success(), detail: format!("{st}; {}", detail.trim()) }
+        }
+        _ = tokio::time::sleep(timeout) => {
+            let _ = child.kill().await;
+            VmExit::TimedOut
+        }
+        Ok(reason) = cancel => {
+            let _ = child.kill().await;
+            VmExit::Killed(reason)
+        }
+    };
+    drop(monitor);
+    Ok(exit)
+}
+
 /// QEMU option values escape ',' by doubling it.
 fn escape_opt(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
@@ -160,71 +486,26 @@ impl VmBackend for Qemu {
                     why: format!("cannot prepare the VM's files for vm.user: {e}"),
                 })?;
             }
-            let mut cmd = Command::new(&self.binary);
-            super::confine(self.run_as.as_ref(), &mut cmd);
-            let mut child = cmd
-                .args(self.args(spec))
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|source| Error::Spawn {
-                    binary: self.binary.clone(),
-                    source,
-                })?;
-            // airlockd writes the pid file (QEMU's own `-pidfile` would need
-            // a directory writable by vm.user).
-            if let Some(pid) = child.id() {
-                let _ = std::fs::write(&spec.pidfile, pid.to_string());
-            }
             let _pidfile = RemoveOnDrop(&spec.pidfile);
-            if let Err(e) = spec.adopt.child(&child).await {
-                let _ = child.kill().await;
-                return Err(e);
-            }
-            // Held until the VM ends: an EOF would only close the monitor,
-            // but nothing more is said on it.
-            let mut monitor = child.stdin.take().expect("piped");
-            if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut monitor, QMP_START).await {
-                let _ = child.kill().await;
-                let detail = match child.stderr.take() {
-                    Some(mut err) => {
-                        let mut s = String::new();
-                        let _ = tokio::io::AsyncReadExt::read_to_string(&mut err, &mut s).await;
-                        s
-                    }
-                    None => String::new(),
-                };
-                return Err(Error::Api {
-                    endpoint: "cont",
-                    why: format!("QEMU's monitor (stdin): {e}; QEMU said: {}", detail.trim()),
-                });
-            }
-            let mut stderr = child.stderr.take().expect("piped");
-            let err_task = tokio::spawn(async move {
-                let mut s = String::new();
-                let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut s).await;
-                s
-            });
-            let exit = tokio::select! {
-                st = child.wait() => {
-                    let st = st.map_err(Error::Wait)?;
-                    let detail = err_task.await.unwrap_or_default();
-                    VmExit::PoweredOff { ok: st.success(), detail: format!("{st}; {}", detail.trim()) }
-                }
-                _ = tokio::time::sleep(timeout) => {
-                    let _ = child.kill().await;
-                    VmExit::TimedOut
-                }
-                Ok(reason) = cancel => {
-                    let _ = child.kill().await;
-                    VmExit::Killed(reason)
-                }
+            let restored = self.try_restore(spec).await;
+            let _ctl = RemoveCtl(template::ctl_path(spec));
+            let (child, monitor) = match restored {
+                Some(started) => started,
+                None => self.start_cold(spec).await?,
             };
-            drop(monitor);
-            Ok(exit)
+            wait_vm(child, monitor, timeout, cancel).await
         })
+    }
+}
+
+/// Removes a restored VM's control FIFOs when it is over.
+struct RemoveCtl(std::path::PathBuf);
+
+impl Drop for RemoveCtl {
+    fn drop(&mut self) {
+        for suffix in [".in", ".out"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+        }
     }
 }
 
@@ -309,6 +590,7 @@ mod tests {
             machine: "q35".into(),
             accel: "tcg".into(),
             run_as: None,
+            templates: None,
         };
         let spec = VmSpec {
             name: "t".into(),

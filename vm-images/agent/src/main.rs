@@ -89,10 +89,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before anything that could use randomness: a VM restored from a
+    // template shares the template's RNG state until this is done.
+    let reseeded = reseed_from_host();
     let ch = Channel::open(args.channel.as_deref());
     ch.event(&Event::AgentStarted {
         version: WIRE_VERSION,
     });
+    if let Err(e) = reseeded {
+        let e = format!("cannot reseed the guest's RNG after restore: {e}");
+        eprintln!("airlock-agent: {e}");
+        ch.event(&Event::AgentError { message: e });
+        return ExitCode::FAILURE;
+    }
     if let Some(nix) = nix_version() {
         ch.event(&Event::GuestInfo { nix });
     }
@@ -115,6 +124,72 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The boot words: what init wrote from the go record of a restored VM,
+/// else the kernel command line.
+fn boot_words() -> String {
+    std::fs::read_to_string(airlock_wire::BOOT_WORDS_FILE)
+        .or_else(|_| std::fs::read_to_string("/proc/cmdline"))
+        .unwrap_or_default()
+}
+
+/// A restored VM: mix the host's seed into the kernel's entropy pool
+/// (credited: it is secret, from the host's getrandom) and reseed the
+/// kernel's CRNG at once, so nothing drawn from here on is what another
+/// VM restored from the same template draws. The seed file is removed
+/// first. A cold boot has no seed file: nothing to do.
+fn reseed_from_host() -> Result<(), String> {
+    let path = airlock_wire::SEED_FILE;
+    let hex = match std::fs::read_to_string(path) {
+        Ok(h) => h,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("{path}: {e}")),
+    };
+    let _ = std::fs::remove_file(path);
+    let seed = airlock_wire::decode_seed(&hex).ok_or("the host's seed is not 64 hex digits")?;
+    add_entropy_and_reseed(&seed)
+}
+
+/// `_IOW('R', 0x03, int[2])` and `_IO('R', 0x07)` of linux/random.h.
+const RNDADDENTROPY: u32 = 0x4008_5203;
+const RNDRESEEDCRNG: u32 = 0x5207;
+
+#[allow(unsafe_code)]
+fn add_entropy_and_reseed(seed: &[u8; 32]) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    #[repr(C)]
+    struct PoolInfo {
+        entropy_count: libc::c_int,
+        buf_size: libc::c_int,
+        buf: [u8; 32],
+    }
+    let info = PoolInfo {
+        entropy_count: 256,
+        buf_size: 32,
+        buf: *seed,
+    };
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    // SAFETY: RNDADDENTROPY reads a rand_pool_info of buf_size bytes of
+    // buffer from `info`, which lives for the call.
+    if unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY as _, &info) } != 0 {
+        return Err(format!(
+            "RNDADDENTROPY: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    if unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG as _) } != 0 {
+        return Err(format!(
+            "RNDRESEEDCRNG: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 fn nix_env(cmd: &mut Command, src: &Path) {
@@ -157,9 +232,9 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
     }
     let src = source_tree(&args.input)?;
     std::fs::create_dir_all("/nix/var/airlock-tmp").map_err(|e| format!("mkdir tmp: {e}"))?;
-    // Which boot this is comes from the kernel command line.
-    let boot =
-        BootParams::from_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    // Which boot this is: the kernel command line, or for a VM restored
+    // from a template the boot words its go record carried.
+    let boot = BootParams::from_cmdline(&boot_words());
     let phase = boot.phase;
     if phase == Phase::Fetch {
         configure_network(boot.net.as_ref(), &job.dns)?;

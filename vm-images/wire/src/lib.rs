@@ -162,6 +162,78 @@ impl BootParams {
     }
 }
 
+/// What the host tells a guest restored from a template (see
+/// `daemon/src/vm/template.rs`), as one line on the virtio port
+/// [`CTL_PORT`]: `AIRLOCK-GO 1 <unix secs> <seed: 64 hex> <boot words>`.
+/// The guest's init sets the clock from it, hands the boot words (what a
+/// cold boot has on its kernel command line: [`BootParams::to_cmdline`],
+/// `airlock.base=1`) to the agent in [`BOOT_WORDS_FILE`] and the seed in
+/// [`SEED_FILE`]; the agent mixes the seed into the kernel's RNG and
+/// reseeds it before it does anything else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoRecord {
+    pub unix_secs: u64,
+    pub seed: [u8; 32],
+    pub words: String,
+}
+
+/// The virtio-serial port a template guest waits on.
+pub const CTL_PORT: &str = "airlock.ctl";
+/// A restored guest's boot words, written by init for the agent.
+pub const BOOT_WORDS_FILE: &str = "/run/airlock-boot";
+/// A restored guest's seed from the host (hex), read once by the agent.
+pub const SEED_FILE: &str = "/run/airlock-seed";
+/// What a template guest says on [`CTL_PORT`] when it is ready to be saved.
+pub const TEMPLATE_READY: &str = "AIRLOCK-TEMPLATE-READY";
+
+impl GoRecord {
+    const MAGIC: &'static str = "AIRLOCK-GO";
+    const VERSION: &'static str = "1";
+
+    /// The line, newline included. Boot words are the host's own (no
+    /// newline in them; a word with one would be cut there).
+    pub fn encode(&self) -> String {
+        let seed: String = self.seed.iter().map(|b| format!("{b:02x}")).collect();
+        let words = self.words.replace(['\n', '\r'], " ");
+        format!(
+            "{} {} {} {seed} {}\n",
+            Self::MAGIC,
+            Self::VERSION,
+            self.unix_secs,
+            words.trim()
+        )
+    }
+
+    /// Parse a line as [`GoRecord::encode`] writes it.
+    pub fn parse(line: &str) -> Option<GoRecord> {
+        let mut it = line.trim_end_matches(['\n', '\r']).splitn(5, ' ');
+        if it.next()? != Self::MAGIC || it.next()? != Self::VERSION {
+            return None;
+        }
+        let unix_secs = it.next()?.parse().ok()?;
+        let seed = decode_seed(it.next()?)?;
+        let words = it.next().unwrap_or_default().to_owned();
+        Some(GoRecord {
+            unix_secs,
+            seed,
+            words,
+        })
+    }
+}
+
+/// 64 hex digits to 32 bytes.
+pub fn decode_seed(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 /// ofborg's `BuildStatus`, with its exact JSON representation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BuildStatus {
@@ -341,6 +413,52 @@ pub fn read_trailer(r: &mut impl Read) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_go_record_round_trips_and_junk_is_refused() {
+        let g = GoRecord {
+            unix_secs: 1_796_000_000,
+            seed: [0xab; 32],
+            words: "airlock.phase=fetch airlock.net=10.0.0.2/30,10.0.0.1 airlock.base=1".into(),
+        };
+        let line = g.encode();
+        assert!(line.starts_with("AIRLOCK-GO 1 1796000000 abab"), "{line}");
+        assert!(line.ends_with("airlock.base=1\n"));
+        assert_eq!(GoRecord::parse(&line), Some(g.clone()));
+        let bare = GoRecord {
+            words: String::new(),
+            ..g.clone()
+        };
+        assert_eq!(GoRecord::parse(&bare.encode()), Some(bare));
+        for bad in [
+            "",
+            "AIRLOCK-GO 2 1 ab",
+            "AIRLOCK-GO 1 x abab",
+            "AIRLOCK-GO 1 5 abc",
+            "NOPE 1 5 abab",
+        ] {
+            assert_eq!(GoRecord::parse(bad), None, "{bad:?}");
+        }
+        // A newline in the words cannot start a second record.
+        let sneaky = GoRecord {
+            words: "a\nAIRLOCK-GO".into(),
+            ..g
+        };
+        assert_eq!(sneaky.encode().matches('\n').count(), 1);
+        // The guest's init reads the record this way (init.sh).
+        let init =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../guest/init.sh"))
+                .unwrap();
+        for must in [
+            "AIRLOCK-GO",
+            "airlock.ctl",
+            BOOT_WORDS_FILE,
+            SEED_FILE,
+            TEMPLATE_READY,
+        ] {
+            assert!(init.contains(must), "init.sh lacks {must}");
+        }
+    }
 
     /// The guest's init finds every disk under the serial the host gives it.
     #[test]
