@@ -154,7 +154,7 @@ impl Qemu {
     pub fn restorable_args(&self, spec: &VmSpec, role: &Role) -> Vec<String> {
         let (_, fixed) = template::split_cmdline(&spec.cmdline);
         let (share, ctl, guid, nic) = match role {
-            Role::Template { ctl, nic } => ("on", *ctl, "auto", *nic),
+            Role::Template { ctl, nic } => ("on", *ctl, template::TEMPLATE_VMGENID, *nic),
             Role::Clone { ctl, guid } => ("off", *ctl, *guid, spec.tap.is_some()),
         };
         let mem = spec.memory_mib;
@@ -285,7 +285,7 @@ impl Qemu {
             .map_err(|e| api(crate::error::chain(&e)))?;
         let state = std::fs::File::open(&t.state)
             .map_err(|e| api(format!("{}: {e}", t.state.display())))?;
-        let guid = uuid::Uuid::new_v4().to_string();
+        let guid = template::clone_vmgenid();
         let mut cmd = Command::new(&self.binary);
         super::confine(self.run_as.as_ref(), &mut cmd);
         {
@@ -487,7 +487,13 @@ impl VmBackend for Qemu {
                 })?;
             }
             let _pidfile = RemoveOnDrop(&spec.pidfile);
-            let restored = self.try_restore(spec).await;
+            let mut cancel = cancel;
+            // The first VM of a shape waits for its template to be built;
+            // a cancel (or the runner's boot limit) still stops it.
+            let restored = tokio::select! {
+                r = self.try_restore(spec) => r,
+                Ok(reason) = &mut cancel => return Ok(VmExit::Killed(reason)),
+            };
             let _ctl = RemoveCtl(template::ctl_path(spec));
             let (child, monitor) = match restored {
                 Some(started) => started,

@@ -44,6 +44,22 @@ use airlock_wire::{disk, GoRecord, CTL_PORT, TEMPLATE_READY};
 /// changes (the guest's template mode, the command line's shape).
 const FORMAT: u32 = 1;
 
+/// The template's VM generation ID; every VM restored from it gets a new
+/// one, which the guest's vmgenid driver takes as "I was cloned" and
+/// reseeds its RNG at once.
+pub(super) const TEMPLATE_VMGENID: &str = "a1a1a1a1-0000-4000-8000-000000000029";
+
+/// A fresh VM generation ID for a restored VM; the template's own with
+/// `AIRLOCK_FAULT_SAME_VMGENID=1` (tests only: it shows what the change
+/// protects against, two restored guests drawing the same random bytes).
+pub(super) fn clone_vmgenid() -> String {
+    if std::env::var_os("AIRLOCK_FAULT_SAME_VMGENID").is_some_and(|v| v == "1") {
+        tracing::warn!("AIRLOCK_FAULT_SAME_VMGENID=1: restored VMs keep the template's VM generation ID (a test's fault)");
+        return TEMPLATE_VMGENID.to_owned();
+    }
+    uuid::Uuid::new_v4().to_string()
+}
+
 /// The fd the guest RAM's memfd has in QEMU, and the one its saved state has.
 pub(super) const MEMORY_FD: RawFd = 3;
 pub(super) const STATE_FD: RawFd = 4;
