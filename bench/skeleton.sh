@@ -6,6 +6,9 @@
 #        NETWORK=1 (default): two boots per job (fetch with a NIC, build without);
 #        NETWORK=0: one boot, no NIC. airlockd runs in a network namespace of
 #        its own, so the machine's network is not touched.
+#        TEMPLATE=1 (default): VMs restored from guest templates (vm.template);
+#        TEMPLATE=0: every VM boots cold. The first job builds the templates:
+#        it is run once before the measured ones and not counted.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 N=${1:-5}
@@ -27,6 +30,7 @@ cat > "$work/airlock.toml" <<TOML
 [network]
 enabled = $([ "${NETWORK:-1}" = 1 ] && echo true || echo false)
 [vm]
+template = $([ "${TEMPLATE:-1}" = 1 ] && echo true || echo false)
 accel = "${ACCEL:-auto}"
 image_dir = "${AIRLOCK_IMAGE_DIR:-/var/cache/airlock/guest/current}"
 TOML
@@ -35,7 +39,7 @@ pid=$!
 for _ in $(seq 600); do [ -S "$work/sock" ] && break; sleep 0.1; done
 ctl() { "$bin/airlockctl" --socket "$work/sock" "$@"; }
 
-for i in $(seq "$N"); do
+for i in $(seq 0 "$N"); do
   id=$(ctl submit --repo "$work/repo" --head "$head" --attr chain)
   ctl --json wait "$id" > "$work/job-$i.json" || { cat "$work/d.log"; exit 1; }
 done
@@ -64,7 +68,20 @@ print(f"| job via airlockd (s) | {med(total):.2f} | {min(total):.2f} | {max(tota
 print(f"| plain nix-build on host (s) | {med(host):.3f} | {min(host):.3f} | {max(host):.3f} |")
 print(f"| ratio airlockd / host | {med(total)/med(host):.0f}x | | |")
 boot = [j["boot_secs"] for j in jobs]
-print(f"| VM start -> agent running (s) | {med(boot):.2f} | {min(boot):.2f} | {max(boot):.2f} |")
+print(f"| VM start -> agent running, first VM (s) | {med(boot):.2f} | {min(boot):.2f} | {max(boot):.2f} |")
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+print("\nVM start -> agent running, per VM (s):\n")
+print("| phase | p50 | p95 | max | VMs |\n|---|---|---|---|---|")
+for prefix in ["fetch:", "build:", ""]:
+    ready = []
+    for j in jobs:
+        t = dict(j["timings"])
+        if f"{prefix}vm_start" in t and f"{prefix}agent_started" in t:
+            ready.append(t[f"{prefix}agent_started"] - t[f"{prefix}vm_start"])
+    if ready:
+        print(f"| {prefix.rstrip(':') or 'all'} | {pct(ready, 50):.2f} | {pct(ready, 95):.2f} | {max(ready):.2f} | {len(ready)} |")
 print("\nwhere the time goes (median seconds per step, from the job's timings):\n")
 print("| step | ends at | takes |\n|---|---|---|")
 prev = 0.0

@@ -447,6 +447,17 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        // AIRLOCK_E2E_LOGS=DIR keeps every daemon's log (one file each).
+        if let Some(dir) = std::env::var_os("AIRLOCK_E2E_LOGS") {
+            let name = self
+                .dir
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(Path::new(&dir).join(format!("{name}.log")), self.log());
+        }
         if let Some(ns) = &self.netns {
             if ns.starts_with("al-d-") {
                 del_netns(ns);

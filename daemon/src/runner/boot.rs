@@ -57,6 +57,9 @@ impl Runner {
             _ => self.cfg.limits.job_timeout_secs,
         });
         let t0 = Instant::now();
+        // When this VM was asked for: with its `agent_started` mark, the
+        // VM's start to a running agent (benchmarks, bench/skeleton.sh).
+        f.mark("vm_start", t0);
         rec.accel = Some(self.backend.accel().to_owned());
         info!(accel = self.backend.accel(), ?phase, "starting VM");
         let vm = self.backend.run(&spec, timeout, cancel_rx);
