@@ -213,6 +213,17 @@ impl Qemu {
             "-device".into(),
             format!("vmgenid,id=vmgenid0,guid={guid}"),
         ]);
+        a.extend(self.device_backends(spec, role, nic));
+        if matches!(role, Role::Clone { .. }) {
+            a.extend(["-incoming".into(), "defer".into()]);
+        }
+        a
+    }
+
+    /// The NIC (if any) and the five disk slots of a restorable command
+    /// line, with the backends `role` gives them.
+    fn device_backends(&self, spec: &VmSpec, role: &Role, nic: bool) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
         if nic {
             let backend = match (role, &spec.tap) {
                 (Role::Clone { .. }, Some(tap)) => {
@@ -256,9 +267,6 @@ impl Qemu {
                 "-device".into(),
                 format!("virtio-blk-pci,drive=disk{i},serial={serial}"),
             ]);
-        }
-        if matches!(role, Role::Clone { .. }) {
-            a.extend(["-incoming".into(), "defer".into()]);
         }
         a
     }
@@ -360,7 +368,16 @@ impl Qemu {
                 return None;
             }
         };
-        let t = templates.get(self, &shape).await.ok()?;
+        let key = template::key(
+            &template::vmm_id(&self.binary, &self.machine, &self.accel),
+            &shape,
+        );
+        let t = templates
+            .get(&key, |dir| {
+                self.build_template(shape.clone(), key.clone(), dir)
+            })
+            .await
+            .ok()?;
         let t0 = Instant::now();
         match self.start_clone(spec, &t).await {
             Ok(started) => {
@@ -375,6 +392,65 @@ impl Qemu {
                 None
             }
         }
+    }
+
+    /// Boot a template VM of `shape` (its files in `dir`), wait for its
+    /// init to be ready, save it; its memory is sealed after QEMU is gone.
+    async fn build_template(
+        &self,
+        shape: Shape,
+        key: String,
+        dir: std::path::PathBuf,
+    ) -> template::Result<Template> {
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |source| template::Error::Io { what, source }
+        };
+        let t0 = Instant::now();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(io("create the template's directory"))?;
+        let spec = template::template_spec(&shape, &key, &dir);
+        if let Some(r) = &self.run_as {
+            r.give(&spec, Some(&dir))
+                .map_err(io("give the template's files to vm.user"))?;
+        }
+        let ctl = dir.join("ctl");
+        template::ctl_fifos(&ctl, self.run_as.as_ref())?;
+        let memory = template::memfd(shape.memory_mib)?;
+        let (sock, listener) = template::state_socket(&dir, self.run_as.as_ref())?;
+        let mut cmd = Command::new(&self.binary);
+        super::confine(self.run_as.as_ref(), &mut cmd);
+        {
+            use std::os::fd::AsRawFd;
+            template::pass_fds(&mut cmd, vec![memory.as_raw_fd()]);
+        }
+        let mut child = cmd
+            .args(self.restorable_args(
+                &spec,
+                &Role::Template {
+                    ctl: &ctl,
+                    nic: shape.nic,
+                },
+            ))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io(&format!("start {}", self.binary)))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let mut qmp = template::Qmp::open(stdin, stdout).await?;
+        qmp.cmd("cont", serde_json::json!({})).await?;
+        template::wait_ready(&ctl, &spec.console_log, Duration::from_secs(300)).await?;
+        let booted = t0.elapsed();
+        let (state, bytes) = template::save(&mut qmp, &dir, &sock, listener).await?;
+        let _ = qmp.cmd("quit", serde_json::json!({})).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        let _ = child.kill().await;
+        template::seal(&memory)?;
+        info!(template = %key, boot_secs = booted.as_secs_f64(), "guest template saved");
+        Ok(Template::new(&key, memory, state, t0.elapsed(), bytes))
     }
 
     /// Boot `spec` cold: its QEMU, in the job's unit, vCPUs started.

@@ -27,7 +27,6 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,7 +35,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout, Command};
 use tracing::info;
 
-use super::qemu::Qemu;
 use super::VmSpec;
 use airlock_wire::{disk, GoRecord, CTL_PORT, TEMPLATE_READY};
 
@@ -157,14 +155,13 @@ fn file_id(p: &Path) -> String {
     }
 }
 
-/// The template's key: its shape and everything of the VMM it depends on.
-pub fn key(q: &Qemu, shape: &Shape) -> String {
-    let binary = which(&q.binary);
+/// The template's key: its shape and `vmm`, everything of the VMM it
+/// depends on ([`vmm_id`]).
+pub fn key(vmm: &str, shape: &Shape) -> String {
     let mut h = Sha256::new();
     for part in [
         format!("format {FORMAT}"),
-        format!("qemu {}", file_id(&binary)),
-        format!("machine {} accel {}", q.machine, q.accel),
+        format!("vmm {vmm}"),
         format!("kernel {}", file_id(&shape.kernel)),
         format!("initrd {}", file_id(&shape.initrd)),
         format!("cmdline {}", shape.cmdline),
@@ -181,6 +178,15 @@ pub fn key(q: &Qemu, shape: &Shape) -> String {
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// A VMM's identity for the key: its binary (found on PATH), machine and
+/// accelerator.
+pub fn vmm_id(binary: &str, machine: &str, accel: &str) -> String {
+    format!(
+        "{} machine {machine} accel {accel}",
+        file_id(&which(binary))
+    )
 }
 
 /// `name` on PATH (or as given when it has a slash).
@@ -237,29 +243,35 @@ impl Templates {
         }
     }
 
-    /// The template for `shape`, built now if it is the first use; or why
-    /// there is none (kept: a template that failed is not tried again
-    /// until airlockd restarts).
-    pub async fn get(&self, q: &Qemu, shape: &Shape) -> std::result::Result<Arc<Template>, String> {
-        let k = key(q, shape);
+    /// The template `key`, built now by `build` (given its scratch
+    /// directory) if this is its first use; or why there is none (kept: a
+    /// template that failed is not tried again until airlockd restarts).
+    pub async fn get<F, Fut>(
+        &self,
+        key: &str,
+        build: F,
+    ) -> std::result::Result<Arc<Template>, String>
+    where
+        F: FnOnce(PathBuf) -> Fut,
+        Fut: std::future::Future<Output = Result<Template>>,
+    {
         let cell = self
             .cells
             .lock()
             .expect("lock")
-            .entry(k.clone())
+            .entry(key.to_owned())
             .or_default()
             .clone();
         cell.get_or_init(|| async {
-            let dir = self.dir.join(&k);
             let t0 = Instant::now();
-            match build(q, shape, &k, &dir).await {
+            match build(self.dir.join(key)).await {
                 Ok(t) => {
-                    info!(template = %k, secs = t0.elapsed().as_secs_f64(), state_bytes = t.state_bytes, "guest template built");
+                    info!(template = %key, secs = t0.elapsed().as_secs_f64(), state_bytes = t.state_bytes, "guest template built");
                     Ok(Arc::new(t))
                 }
                 Err(e) => {
                     let why = crate::error::chain(&e);
-                    tracing::warn!(template = %k, %why, "guest template could not be built; VMs of its shape boot cold");
+                    tracing::warn!(template = %key, %why, "guest template could not be built; VMs of its shape boot cold");
                     Err(why)
                 }
             }
@@ -271,7 +283,7 @@ impl Templates {
 
 /// A memfd of `mib` MiB that may be sealed.
 #[allow(unsafe_code)]
-fn memfd(mib: u64) -> Result<OwnedFd> {
+pub(super) fn memfd(mib: u64) -> Result<OwnedFd> {
     let name = c"airlock-template";
     // SAFETY: memfd_create with a valid C string; the fd is owned below.
     let fd =
@@ -296,7 +308,7 @@ fn memfd(mib: u64) -> Result<OwnedFd> {
 /// No more writes, ever, to the template's memory (private mappings of
 /// it stay writable: their pages are the mapper's own copies).
 #[allow(unsafe_code)]
-fn seal(fd: &OwnedFd) -> Result<()> {
+pub(super) fn seal(fd: &OwnedFd) -> Result<()> {
     let seals = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
     // SAFETY: fcntl(F_ADD_SEALS) on an fd we own.
     if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
@@ -452,12 +464,27 @@ impl Qmp {
     }
 }
 
-/// Boot the template VM, wait for its init, save it.
-async fn build(q: &Qemu, shape: &Shape, key: &str, dir: &Path) -> Result<Template> {
-    let t0 = Instant::now();
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
-    let spec = VmSpec {
+impl Template {
+    pub(super) fn new(
+        key: &str,
+        memory: OwnedFd,
+        state: PathBuf,
+        built_in: Duration,
+        state_bytes: u64,
+    ) -> Template {
+        Template {
+            key: key.to_owned(),
+            memory,
+            state,
+            built_in,
+            state_bytes,
+        }
+    }
+}
+
+/// The spec of a template VM of `shape`, its files in `dir`.
+pub(super) fn template_spec(shape: &Shape, key: &str, dir: &Path) -> VmSpec {
+    VmSpec {
         name: format!("airlock-template-{key}"),
         kernel: shape.kernel.clone(),
         initrd: shape.initrd.clone(),
@@ -471,47 +498,13 @@ async fn build(q: &Qemu, shape: &Shape, key: &str, dir: &Path) -> Result<Templat
         tap: None,
         shares: vec![],
         adopt: super::Adopt::none(),
-    };
-    if let Some(r) = &q.run_as {
-        r.give(&spec, Some(dir))
-            .map_err(io("give the template's files to vm.user"))?;
     }
-    let ctl = dir.join("ctl");
-    ctl_fifos(&ctl, q.run_as.as_ref())?;
-    let memory = memfd(shape.memory_mib)?;
-    let sock = dir.join("migrate.sock");
-    let _ = std::fs::remove_file(&sock);
-    let listener =
-        tokio::net::UnixListener::bind(&sock).map_err(io("listen for the template's state"))?;
-    if let Some(r) = &q.run_as {
-        std::os::unix::fs::chown(&sock, Some(r.uid), Some(r.gid))
-            .map_err(io("give the state socket to vm.user"))?;
-    }
-    let args = q.restorable_args(
-        &spec,
-        &super::qemu::Role::Template {
-            ctl: &ctl,
-            nic: shape.nic,
-        },
-    );
-    let mut cmd = Command::new(&q.binary);
-    super::confine(q.run_as.as_ref(), &mut cmd);
-    pass_fds(&mut cmd, vec![memory.as_raw_fd()]);
-    let mut child = cmd
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(io(format!("start {}", q.binary)))?;
-    let stdin = child.stdin.take().expect("piped");
-    let stdout = child.stdout.take().expect("piped");
-    let mut qmp = Qmp::open(stdin, stdout).await?;
-    qmp.cmd("cont", serde_json::json!({})).await?;
-    // Its init says it is ready on the control port.
+}
+
+/// Wait until the template guest says it is ready on its control port.
+pub(super) async fn wait_ready(ctl: &Path, console: &Path, limit: Duration) -> Result<()> {
     let out = PathBuf::from(format!("{}.out", ctl.display()));
-    let ready = tokio::time::timeout(Duration::from_secs(300), async {
+    let ready = tokio::time::timeout(limit, async {
         let f = tokio::fs::File::open(&out).await?;
         let mut lines = BufReader::new(f).lines();
         while let Some(l) = lines.next_line().await? {
@@ -523,23 +516,46 @@ async fn build(q: &Qemu, shape: &Shape, key: &str, dir: &Path) -> Result<Templat
     })
     .await;
     match ready {
-        Ok(Ok(true)) => {}
-        Ok(Ok(false)) => {
-            return Err(Error::Guest(
-                "closed its control port without saying it was ready".into(),
-            ))
-        }
-        Ok(Err(e)) => return Err(io("read the template's control port")(e)),
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(Error::Guest(
+            "closed its control port without saying it was ready".into(),
+        )),
+        Ok(Err(e)) => Err(io("read the template's control port")(e)),
         Err(_) => {
-            let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
-            let tail: Vec<&str> = console.lines().rev().take(5).collect();
-            return Err(Error::Guest(format!(
-                "was not ready within 300 s (console: {})",
+            let text = std::fs::read_to_string(console).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            Err(Error::Guest(format!(
+                "was not ready within {limit:?} (console: {})",
                 tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            )));
+            )))
         }
     }
-    let booted = t0.elapsed();
+}
+
+/// A listener the template QEMU sends its state to (as vm.user, if any).
+pub(super) fn state_socket(
+    dir: &Path,
+    owner: Option<&super::RunAs>,
+) -> Result<(PathBuf, tokio::net::UnixListener)> {
+    let sock = dir.join("migrate.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener =
+        tokio::net::UnixListener::bind(&sock).map_err(io("listen for the template's state"))?;
+    if let Some(r) = owner {
+        std::os::unix::fs::chown(&sock, Some(r.uid), Some(r.gid))
+            .map_err(io("give the state socket to vm.user"))?;
+    }
+    Ok((sock, listener))
+}
+
+/// Stop the template VM and save its device state (RAM stays in the
+/// memfd) through `listener` to `dir/state`; returns the file and its size.
+pub(super) async fn save(
+    qmp: &mut Qmp,
+    dir: &Path,
+    sock: &Path,
+    listener: tokio::net::UnixListener,
+) -> Result<(PathBuf, u64)> {
     qmp.cmd("stop", serde_json::json!({})).await?;
     qmp.ignore_shared().await?;
     let state = dir.join("state");
@@ -560,26 +576,13 @@ async fn build(q: &Qemu, shape: &Shape, key: &str, dir: &Path) -> Result<Templat
     )
     .await?;
     qmp.migrated(Duration::from_secs(60)).await?;
-    let state_bytes = copy
+    let bytes = copy
         .await
         .map_err(|e| Error::Qmp(format!("state copy task: {e}")))?
         .map_err(io("save the template's state"))?;
-    let _ = qmp.cmd("quit", serde_json::json!({})).await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-    let _ = child.kill().await;
-    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(sock);
     std::fs::rename(&tmp, &state).map_err(io("keep the template's state"))?;
-    // The state file is read by every clone (vm.user) through fd 4, opened
-    // by airlockd: nobody else needs it.
-    seal(&memory)?;
-    info!(template = %key, boot_secs = booted.as_secs_f64(), "guest template saved");
-    Ok(Template {
-        key: key.to_owned(),
-        memory,
-        state,
-        built_in: t0.elapsed(),
-        state_bytes,
-    })
+    Ok((state, bytes))
 }
 
 /// The go record for a clone of `spec`: its boot words, now, a fresh seed.
