@@ -27,6 +27,11 @@ pub struct Qemu {
     pub templates: Option<Arc<Templates>>,
 }
 
+/// How long a template guest may take to be ready to save (it boots in
+/// about 4 s under TCG here): well inside the default boot limit, so a
+/// template that hangs still leaves the VM time to boot cold.
+const TEMPLATE_READY_LIMIT: Duration = Duration::from_secs(90);
+
 /// What a restorable command line is for.
 pub enum Role<'a> {
     /// The template VM: its RAM in the shared memfd, placeholder disks.
@@ -442,7 +447,7 @@ impl Qemu {
         let stdout = child.stdout.take().expect("piped");
         let mut qmp = template::Qmp::open(stdin, stdout).await?;
         qmp.cmd("cont", serde_json::json!({})).await?;
-        template::wait_ready(&ctl, &spec.console_log, Duration::from_secs(300)).await?;
+        template::wait_ready(&ctl, &spec.console_log, TEMPLATE_READY_LIMIT).await?;
         let booted = t0.elapsed();
         let (state, bytes) = template::save(&mut qmp, &dir, &sock, listener).await?;
         let _ = qmp.cmd("quit", serde_json::json!({})).await;
