@@ -247,20 +247,14 @@ impl CloudHypervisor {
                 binary: self.binary.display().to_string(),
                 source,
             })?;
-        if let Some(pid) = child.id() {
-            let _ = std::fs::write(&spec.pidfile, pid.to_string());
-        }
-        if let Err(e) = spec.adopt.child(&child).await {
-            let _ = child.kill().await;
-            return Err(e);
-        }
+        super::track(spec, &mut child).await?;
         let t0 = Instant::now();
         loop {
             if let Ok((200, _)) = api(&files.api, "GET", "vmm.ping", None).await {
                 return Ok(child);
             }
             if let Ok(Some(st)) = child.try_wait() {
-                let err = read_stderr(&mut child).await;
+                let err = super::read_stderr(&mut child).await;
                 return Err(Error::Api {
                     endpoint: "vmm.ping",
                     why: format!("the VMM exited before its API came up ({st}): {err}"),
@@ -285,19 +279,6 @@ impl CloudHypervisor {
         }
         gone
     }
-}
-
-async fn read_stderr(child: &mut Child) -> String {
-    let Some(mut e) = child.stderr.take() else {
-        return String::new();
-    };
-    let mut s = String::new();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::io::AsyncReadExt::read_to_string(&mut e, &mut s),
-    )
-    .await;
-    s.trim().chars().take(2000).collect()
 }
 
 /// Waits for an event the VM must not go on after (a guest reboot).
@@ -400,7 +381,7 @@ impl CloudHypervisor {
         let exit = tokio::select! {
             st = vmm.wait() => {
                 let st = st.map_err(Error::Wait)?;
-                let err = read_stderr(&mut vmm).await;
+                let err = super::read_stderr(&mut vmm).await;
                 let detail = if st.success() {
                     format!("{st}")
                 } else {

@@ -154,6 +154,35 @@ pub trait VmBackend: Send + Sync {
     ) -> BoxFuture<'a, Result<VmExit>>;
 }
 
+/// A VMM just spawned for `spec`: its pid into the pid file (airlockd
+/// writes it: the VMM's own would need a directory writable by vm.user),
+/// then the process into the job's unit; killed if that fails.
+pub(crate) async fn track(spec: &VmSpec, child: &mut tokio::process::Child) -> Result<()> {
+    if let Some(pid) = child.id() {
+        let _ = std::fs::write(&spec.pidfile, pid.to_string());
+    }
+    if let Err(e) = spec.adopt.child(child).await {
+        let _ = child.kill().await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// What a VMM said on stderr (trimmed, at most 2000 characters; waits at
+/// most 2 s for the pipe to close).
+pub(crate) async fn read_stderr(child: &mut tokio::process::Child) -> String {
+    let Some(mut e) = child.stderr.take() else {
+        return String::new();
+    };
+    let mut s = String::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::io::AsyncReadExt::read_to_string(&mut e, &mut s),
+    )
+    .await;
+    s.trim().chars().take(2000).collect()
+}
+
 /// Boot the guest once with `airlock.probe=1` (its init prints
 /// `AIRLOCK-PROBE-OK` on the console and powers off): can this backend run
 /// this guest here? Returns how long it took, or why not.

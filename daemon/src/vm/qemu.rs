@@ -59,9 +59,8 @@ fn host_tsc_khz() -> Option<u64> {
 }
 
 impl Qemu {
-    pub fn args(&self, spec: &VmSpec) -> Vec<String> {
-        let microvm = self.machine == "microvm";
-        let mut cmdline = spec.cmdline.clone();
+    /// What every QEMU of airlock starts with, booted or restored.
+    fn head_args(&self, spec: &VmSpec) -> Vec<String> {
         let mut a: Vec<String> = vec![
             "-name".into(),
             spec.name.clone(),
@@ -86,6 +85,13 @@ impl Qemu {
         if self.accel == "kvm" {
             a.extend(["-cpu".into(), "host".into()]);
         }
+        a
+    }
+
+    pub fn args(&self, spec: &VmSpec) -> Vec<String> {
+        let microvm = self.machine == "microvm";
+        let mut cmdline = spec.cmdline.clone();
+        let mut a = self.head_args(spec);
         if microvm {
             a.extend(["-M".into(), "microvm,rtc=on".into()]);
             if self.accel == "tcg" {
@@ -135,13 +141,9 @@ impl Qemu {
             ]);
         }
         for (i, d) in spec.disks.iter().enumerate() {
-            let ro = if d.readonly { ",readonly=on" } else { "" };
             a.extend([
                 "-drive".into(),
-                format!(
-                    "file={},if=none,id=disk{i},format=raw,cache=unsafe{ro}",
-                    escape_opt(&d.path)
-                ),
+                drive(i, d),
                 "-device".into(),
                 format!("{blk},drive=disk{i},serial={}", d.serial),
             ]);
@@ -163,25 +165,7 @@ impl Qemu {
             Role::Clone { ctl, guid } => ("off", *ctl, *guid, spec.tap.is_some()),
         };
         let mem = spec.memory_mib;
-        let mut a: Vec<String> = vec![
-            "-name".into(),
-            spec.name.clone(),
-            "-nodefaults".into(),
-            "-no-user-config".into(),
-            "-display".into(),
-            "none".into(),
-            "-no-reboot".into(),
-            "-S".into(),
-            "-qmp".into(),
-            "stdio".into(),
-            "-sandbox".into(),
-            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
-            "-accel".into(),
-            self.accel.clone(),
-        ];
-        if self.accel == "kvm" {
-            a.extend(["-cpu".into(), "host".into()]);
-        }
+        let mut a = self.head_args(spec);
         a.extend([
             "-M".into(),
             format!("{},memory-backend=ram0", self.machine),
@@ -213,7 +197,7 @@ impl Qemu {
             "-device".into(),
             format!(
                 "virtserialport,chardev=ctl,name={},bus=vser0.0",
-                template::port_name()
+                airlock_wire::CTL_PORT
             ),
             "-device".into(),
             format!("vmgenid,id=vmgenid0,guid={guid}"),
@@ -252,16 +236,7 @@ impl Qemu {
                 Role::Template { .. } => None,
             };
             let backend = match job_disk {
-                Some(d) => {
-                    let ro = if d.readonly { ",readonly=on" } else { "" };
-                    vec![
-                        "-drive".into(),
-                        format!(
-                            "file={},if=none,id=disk{i},format=raw,cache=unsafe{ro}",
-                            escape_opt(&d.path)
-                        ),
-                    ]
-                }
+                Some(d) => vec!["-drive".into(), drive(i, d)],
                 None => vec![
                     "-blockdev".into(),
                     format!("driver=null-co,node-name=disk{i},read-zeroes=on,read-only=on"),
@@ -323,10 +298,7 @@ impl Qemu {
                 source,
             })?;
         drop(state);
-        if let Some(pid) = child.id() {
-            let _ = std::fs::write(&spec.pidfile, pid.to_string());
-        }
-        spec.adopt.child(&child).await?;
+        super::track(spec, &mut child).await?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
         let restored = async {
@@ -349,14 +321,10 @@ impl Qemu {
             }
             Err(e) => {
                 let _ = child.kill().await;
-                let mut detail = String::new();
-                if let Some(mut err) = child.stderr.take() {
-                    let _ = tokio::io::AsyncReadExt::read_to_string(&mut err, &mut detail).await;
-                }
+                let detail = super::read_stderr(&mut child).await;
                 Err(api(format!(
-                    "{}; QEMU said: {}",
-                    crate::error::chain(&e),
-                    detail.trim()
+                    "{}; QEMU said: {detail}",
+                    crate::error::chain(&e)
                 )))
             }
         }
@@ -455,7 +423,7 @@ impl Qemu {
         let _ = child.kill().await;
         template::seal(&memory)?;
         info!(template = %key, boot_secs = booted.as_secs_f64(), "guest template saved");
-        Ok(Template::new(&key, memory, state, t0.elapsed(), bytes))
+        Ok(Template::new(&key, memory, state, bytes))
     }
 
     /// Boot `spec` cold: its QEMU, in the job's unit, vCPUs started.
@@ -473,31 +441,16 @@ impl Qemu {
                 binary: self.binary.clone(),
                 source,
             })?;
-        // airlockd writes the pid file (QEMU's own `-pidfile` would need
-        // a directory writable by vm.user).
-        if let Some(pid) = child.id() {
-            let _ = std::fs::write(&spec.pidfile, pid.to_string());
-        }
-        if let Err(e) = spec.adopt.child(&child).await {
-            let _ = child.kill().await;
-            return Err(e);
-        }
+        super::track(spec, &mut child).await?;
         // Held until the VM ends: an EOF would only close the monitor,
         // but nothing more is said on it.
         let mut monitor = child.stdin.take().expect("piped");
         if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut monitor, QMP_START).await {
             let _ = child.kill().await;
-            let detail = match child.stderr.take() {
-                Some(mut err) => {
-                    let mut s = String::new();
-                    let _ = tokio::io::AsyncReadExt::read_to_string(&mut err, &mut s).await;
-                    s
-                }
-                None => String::new(),
-            };
+            let detail = super::read_stderr(&mut child).await;
             return Err(Error::Api {
                 endpoint: "cont",
-                why: format!("QEMU's monitor (stdin): {e}; QEMU said: {}", detail.trim()),
+                why: format!("QEMU's monitor (stdin): {e}; QEMU said: {detail}"),
             });
         }
         Ok((child, monitor))
@@ -534,6 +487,15 @@ async fn wait_vm(
     };
     drop(monitor);
     Ok(exit)
+}
+
+/// The `-drive` of a job's disk in slot `i`.
+fn drive(i: usize, d: &super::Disk) -> String {
+    let ro = if d.readonly { ",readonly=on" } else { "" };
+    format!(
+        "file={},if=none,id=disk{i},format=raw,cache=unsafe{ro}",
+        escape_opt(&d.path)
+    )
 }
 
 /// QEMU option values escape ',' by doubling it.

@@ -3,7 +3,7 @@
 //!
 //! A template is booted with `airlock.template=1`: the guest's init loads
 //! its drivers but holds the disk driver back, lets the kernel's RNG become
-//! ready, says [`TEMPLATE_READY`] on the virtio port [`CTL_PORT`] and waits
+//! ready, says [`TEMPLATE_READY`] on the virtio port [`airlock_wire::CTL_PORT`] and waits
 //! there. airlockd then stops it and saves its device state with QEMU's
 //! `x-ignore-shared` migration capability: guest RAM is not in the stream,
 //! it stays in the template's memory file, a memfd that airlockd seals
@@ -36,7 +36,7 @@ use tokio::process::{ChildStdin, ChildStdout, Command};
 use tracing::info;
 
 use super::VmSpec;
-use airlock_wire::{disk, GoRecord, CTL_PORT, TEMPLATE_READY};
+use airlock_wire::{disk, GoRecord, TEMPLATE_READY};
 
 /// Bumped whenever what a template holds or how a clone is started
 /// changes (the guest's template mode, the command line's shape).
@@ -208,7 +208,6 @@ pub struct Template {
     pub key: String,
     memory: OwnedFd,
     pub state: PathBuf,
-    pub built_in: Duration,
     pub state_bytes: u64,
 }
 
@@ -465,18 +464,11 @@ impl Qmp {
 }
 
 impl Template {
-    pub(super) fn new(
-        key: &str,
-        memory: OwnedFd,
-        state: PathBuf,
-        built_in: Duration,
-        state_bytes: u64,
-    ) -> Template {
+    pub(super) fn new(key: &str, memory: OwnedFd, state: PathBuf, state_bytes: u64) -> Template {
         Template {
             key: key.to_owned(),
             memory,
             state,
-            built_in,
             state_bytes,
         }
     }
@@ -630,11 +622,6 @@ pub fn ctl_path(spec: &VmSpec) -> PathBuf {
         .join(format!("{}.ctl", spec.name))
 }
 
-/// The name of the control port, for the argv.
-pub(super) fn port_name() -> &'static str {
-    CTL_PORT
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -682,7 +669,6 @@ mod tests {
             key: "k".into(),
             memory: fd,
             state: PathBuf::new(),
-            built_in: Duration::ZERO,
             state_bytes: 0,
         };
         assert_ne!(seals(&t) & libc::F_SEAL_WRITE, 0);
