@@ -334,6 +334,19 @@ impl Amqp {
                 Err(e) => {
                     *self.shared.channel.lock().expect("lock") = None;
                     self.shared.consumers.lock().expect("lock").clear();
+                    // A session can end while its connection is still up
+                    // (its consumer stopped): a delivery the broker hands
+                    // to that connection's consumer would stay unacked
+                    // there, never redelivered. Closing it gives every
+                    // unacked delivery back to the queue; the next session
+                    // takes them as redeliveries.
+                    if let Some(c) = self.shared.conn.lock().await.take() {
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            c.close(200, "airlockd reconnects".into()),
+                        )
+                        .await;
+                    }
                     warn!(error = %crate::error::chain(&e), retry_in = ?backoff, "broker connection lost");
                 }
             }
