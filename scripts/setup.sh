@@ -34,6 +34,19 @@ command -v cargo >/dev/null || { echo "setup.sh: needs cargo (Rust >= 1.80, e.g.
 t_start=$(date +%s)
 log() { echo "setup.sh [$(( $(date +%s) - t_start ))s]: $*"; }
 
+# The build (target/, ~3 GB for the test tier), the image caches (~2 GB) and
+# the kernel build tree (~2 GB while it builds) need room; say so before a
+# compiler dies of a full disk halfway.
+need_gb=6; [ "$tier" = demo ] && need_gb=3
+mkdir -p /var/cache/airlock
+for dir in "$repo" /var/cache/airlock "${TMPDIR:-/tmp}"; do
+  avail_gb=$(( $(df --output=avail -k "$dir" | tail -1) / 1024 / 1024 ))
+  if [ "$avail_gb" -lt "$need_gb" ]; then
+    echo "setup.sh: WARNING: only ${avail_gb} GB free on the file system of $dir; the $tier tier wants about ${need_gb} GB" >&2
+    du -sh "$repo/target" /var/cache/airlock/* 2>/dev/null | sed 's/^/setup.sh:   /' >&2 || true
+  fi
+done
+
 # One job: QEMU and its image tool, the job disks (mkfs.ext4, debugfs), the
 # fetch network (nft, ip), git for the checkout, and the guest image build
 # (debootstrap, busybox, cpio, depmod/modprobe, python3 for the kernel).

@@ -15,11 +15,20 @@
 #                                file system
 #   cache_publish OUTDIR HASH    $work/out becomes OUTDIR/HASH (marked
 #                                complete), current points to it
+#
+# Both cache_hit and cache_publish prune OUTDIR: a build is kept while it is
+# among the CACHE_KEEP (default 3) most recently used (its .complete is
+# touched on every hit), so two or three checkouts with different inputs
+# share a machine without rebuilding, and the cache does not grow with every
+# change to an image's inputs (it did: a CI machine's disk filled). Build
+# directories left by a killed run (.build.*, untouched for two hours) go too.
 
 cache_hit() {
   local outdir=$1 hash=$2 what=$3
   [ -f "$outdir/$hash/.complete" ] || return 1
+  touch "$outdir/$hash/.complete"
   ln -sfn "$hash" "$outdir/current"
+  cache_prune "$outdir"
   echo "$what up to date: $outdir/$hash"
 }
 
@@ -43,4 +52,20 @@ cache_publish() {
   rm -rf --one-file-system "${outdir:?}/$hash"
   mv "$work/out" "$outdir/$hash"
   ln -sfn "$hash" "$outdir/current"
+  cache_prune "$outdir"
+}
+
+cache_prune() {
+  local outdir=$1 keep=${CACHE_KEEP:-3} current old
+  current=$(readlink "$outdir/current" 2>/dev/null || true)
+  # Complete builds (real directories: current is a symlink), newest use
+  # first; the current one is never removed.
+  find "$outdir" -mindepth 2 -maxdepth 2 -name .complete -printf '%T@ %h\n' 2>/dev/null \
+    | sort -rn | tail -n +"$((keep + 1))" | while read -r _ old; do
+    [ "${old##*/}" = "$current" ] && continue
+    echo "cache: removing $old (not among the $keep most recently used)"
+    rm -rf --one-file-system "$old"
+  done
+  find "$outdir" -mindepth 1 -maxdepth 1 -name '.build.*' -type d -mmin +120 -print0 2>/dev/null \
+    | xargs -0 -r rm -rf --one-file-system
 }
