@@ -596,3 +596,49 @@ pub fn no_vm_for(id: &str) -> bool {
         .lines()
         .any(|l| l.contains("qemu") && l.contains(id))
 }
+
+/// A stand-in for airlock-agent (a shell script, `body` after this
+/// prelude), for tests that make the guest do what the real agent would
+/// not. The prelude reads the agent's arguments into `$in`, `$ex` and `$ch`
+/// the way either start gives them: a cold boot's init passes the mounted
+/// input and the export disk; a guest template starts it with `--template
+/// PORT` (vm-images/agent/src/restore.rs), and the prelude then does what
+/// the real agent does there, in shell: says ready, waits for the go
+/// record, takes a random sample first (`$first_sample`, before anything
+/// else could stir the RNG), binds the job's disks and mounts `/nix` and
+/// the input. `$boot_words` is the go record's words with `+` for spaces,
+/// or `cold`.
+pub fn standin_agent(body: &str) -> String {
+    format!("#!/bin/sh\n{STANDIN_PRELUDE}\n{body}")
+}
+
+const STANDIN_PRELUDE: &str = r#"in= ex= ch=/dev/hvc0 port=
+while [ $# -gt 1 ]; do
+  case $1 in --input) in=$2;; --export) ex=$2;; --channel) ch=$2;; --template) port=$2;; esac; shift 2
+done
+boot_words=cold
+if [ -n "$port" ]; then
+  exec 3<> "$port"
+  echo AIRLOCK-TEMPLATE-READY >&3
+  read -r go <&3
+  exec 3>&-
+  first_sample=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  set -- $go; shift 4; boot_words=$(echo "$*" | tr ' ' '+')
+  for d in $(cat /run/airlock-held); do echo "$d" > /sys/bus/virtio/drivers/virtio_blk/bind; done
+  dev() {
+    for b in /sys/block/vd*; do
+      [ "$(cat "$b/serial" 2>/dev/null)" = "$1" ] && { echo "/dev/${b##*/}"; return 0; }
+    done
+    return 1
+  }
+  for _ in $(seq 1000); do
+    dev airlock-nix >/dev/null && dev airlock-input >/dev/null && dev airlock-export >/dev/null && break
+    sleep 0.01
+  done
+  mount -t ext4 -o nosuid,nodev "$(dev airlock-nix)" /nix
+  mkdir -p /run/input
+  mount -t ext4 -o ro,noload "$(dev airlock-input)" /run/input
+  in=/run/input ex=$(dev airlock-export)
+else
+  first_sample=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+fi"#;

@@ -10,38 +10,42 @@
 #                   stacked on (ext4, read-only; shared by jobs of one base)
 # Kernel cmdline: airlock.probe=1 only prints AIRLOCK-PROBE-OK and powers off.
 # airlock.template=1: a template boot (daemon/src/vm/template.rs). Nothing
-# job-specific is read before the host saves the VM: the disk driver is
-# held back (unbound where it is built in), the kernel's RNG made ready,
-# then init says AIRLOCK-TEMPLATE-READY on the virtio port airlock.ctl and
-# waits there. Each VM restored from the saved state gets one line on that
-# port, "AIRLOCK-GO 1 <unix secs> <seed hex> <boot words>": init sets the
-# clock, binds the disks (now the job's), and passes the boot words (which a
-# cold boot has on its command line) and the seed to the agent in
-# /run/airlock-boot and /run/airlock-seed.
+# job-specific is read before the host saves the VM: the disk driver lets
+# go of every disk but the guest root (the job slots hold placeholders
+# then), the kernel's RNG is made ready, the root is mounted and switched
+# to, and the agent the host appended to the initramfs (/airlock-agent)
+# starts with --template: it says AIRLOCK-TEMPLATE-READY on the virtio
+# port airlock.ctl and waits there. Each VM restored from the saved state
+# gets one line on that port, "AIRLOCK-GO 1 <unix secs> <seed hex> <boot
+# words>", and the agent reseeds the RNG, sets the clock, binds and mounts
+# the job's disks (vm-images/agent/src/restore.rs).
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 say() { echo "airlock-init: $*"; }
 fail() { say "FATAL: $*"; poweroff -f; }
 template=
 grep -q 'airlock.template=1' /proc/cmdline && template=1
-blk_modules=
-while read -r m; do
-  case "$m" in
-    */virtio_blk.ko) [ -n "$template" ] && { blk_modules="$blk_modules $m"; continue; } ;;
-  esac
-  insmod "$m" 2>/dev/null
-done < /etc/modules.order
+while read -r m; do insmod "$m" 2>/dev/null; done < /etc/modules.order
 if grep -q 'airlock.probe=1' /proc/cmdline; then
   echo "AIRLOCK-PROBE-OK"; poweroff -f
 fi
 words=$(cat /proc/cmdline)
-seed=
+dev_for() {
+  for d in /sys/block/vd*; do
+    [ "$(cat "$d/serial" 2>/dev/null)" = "$1" ] && { echo "/dev/${d##*/}"; return 0; }
+  done
+  return 1
+}
 if [ -n "$template" ]; then
+  for _ in $(seq 500); do dev_for airlock-root >/dev/null && break; sleep 0.01; done
+  root=$(dev_for airlock-root) || fail "no root disk"
+  # Every other disk is a placeholder now: let it go (its page cache with
+  # it); the agent binds them again once they are the job's.
   blk=/sys/bus/virtio/drivers/virtio_blk
-  # Built into the kernel: the placeholder disks were probed; let them go.
   held=
   for d in "$blk"/virtio*; do
     [ -e "$d" ] || continue
+    case "$(cat "$d"/block/*/serial 2>/dev/null)" in airlock-root) continue ;; esac
     held="$held ${d##*/}"; echo "${d##*/}" > "$blk/unbind"
   done
   port=
@@ -52,29 +56,30 @@ if [ -n "$template" ]; then
     [ -n "$port" ] && break; sleep 0.05
   done
   [ -n "$port" ] || fail "no airlock.ctl port"
+  [ -x /airlock-agent ] || fail "no agent in the template's initramfs"
   # The RNG's slow start happens once, here, not in every job; each
   # restored VM is reseeded (its VM generation ID, the host's seed).
   head -c 1 /dev/random > /dev/null
-  exec 3<> "$port"
-  echo "AIRLOCK-TEMPLATE-READY" >&3
-  read -r go <&3 || fail "no go record"
-  set -- $go
-  [ "$1" = AIRLOCK-GO ] && [ "$2" = 1 ] || fail "not a go record"
-  date -u -s "@$3" > /dev/null 2>&1
-  seed=$4
-  shift 4
-  words="$*"
-  exec 3>&-
-  for m in $blk_modules; do insmod "$m" 2>/dev/null; done
-  for d in $held; do echo "$d" > "$blk/bind"; done
-  say "restored uptime=$(cut -d' ' -f1 /proc/uptime)"
+  mkdir -p /newroot
+  mount -t ext4 -o ro,noload "$root" /newroot || fail "cannot mount root"
+  mount -t tmpfs -o mode=0755,size=64m tmpfs /newroot/run
+  mount -t tmpfs -o mode=1777,size=256m tmpfs /newroot/tmp
+  cp /airlock-agent /newroot/run/airlock-agent || fail "cannot copy the agent"
+  echo "$held" > /newroot/run/airlock-held
+  say "template ready to save uptime=$(cut -d' ' -f1 /proc/uptime)"
+  cat > /newroot/run/stage2 <<STAGE2
+#!/bin/sh
+export PATH=/usr/bin:/usr/sbin:/bin:/sbin HOME=/tmp
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
+/run/airlock-agent --template $port --channel /dev/hvc0
+echo "airlock-init: agent exited rc=\$? uptime=\$(cut -d' ' -f1 /proc/uptime)"
+sync
+/bin/busybox poweroff -f
+STAGE2
+  chmod +x /newroot/run/stage2
+  exec switch_root /newroot /run/stage2
 fi
-dev_for() {
-  for d in /sys/block/vd*; do
-    [ "$(cat "$d/serial" 2>/dev/null)" = "$1" ] && { echo "/dev/${d##*/}"; return 0; }
-  done
-  return 1
-}
 for _ in $(seq 500); do dev_for airlock-export >/dev/null && break; sleep 0.01; done
 root=$(dev_for airlock-root) || fail "no root disk"
 nixd=$(dev_for airlock-nix) || fail "no /nix disk"
@@ -93,10 +98,6 @@ if [ -n "$base_disk" ]; then
   base=$(dev_for airlock-base) || fail "no base disk"
   mkdir -p /newroot/run/base
   mount -t ext4 -o ro,noload,nosuid,nodev "$base" /newroot/run/base || fail "cannot mount the base disk"
-fi
-if [ -n "$template" ]; then
-  echo "$words" > /newroot/run/airlock-boot
-  (umask 077; echo "$seed" > /newroot/run/airlock-seed)
 fi
 say "stage1 done uptime=$(cut -d' ' -f1 /proc/uptime)"
 cat > /newroot/run/stage2 <<STAGE2

@@ -224,6 +224,7 @@ async fn vm_backend(cfg: &Config, run_as: Option<&RunAs>) -> anyhow::Result<Arc<
                 templates: cfg.vm.template.then(|| {
                     Arc::new(airlock::vm::template::Templates::new(
                         cfg.state_dir.join("templates"),
+                        cfg.agent_path(),
                     ))
                 }),
             };

@@ -65,11 +65,19 @@ impl Runner {
         let vm = self.backend.run(&spec, timeout, cancel_rx);
         tokio::pin!(vm);
         let mut cancel_tx = Some(cancel_tx);
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        // Every 10 ms until the agent has started (a restored VM's agent is
+        // up in well under a second, and the mark should say when), then
+        // every 100 ms.
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut ticks: u64 = 0;
         let exit = loop {
             tokio::select! {
                 r = &mut vm => break r.map_err(|e| e.to_string())?,
                 _ = tick.tick() => {
+                    ticks += 1;
+                    if f.started.is_some() && ticks % 10 != 0 {
+                        continue;
+                    }
                     if let Some(why) = self.watch(rec, &spec, f, t0, cancel_tx.is_none()) {
                         if let Some(tx) = cancel_tx.take() {
                             let _ = tx.send(why);
@@ -96,7 +104,7 @@ impl Runner {
         Ok(exit)
     }
 
-    /// Every 100 ms of a running VM: follow its channel and console, and
+    /// Every 100 ms of a running VM (10 ms until its agent started): follow its channel and console, and
     /// (unless it is `stopping` already) say why it must stop: a cancel, a
     /// flood of output, an agent that never started.
     pub(super) fn watch(

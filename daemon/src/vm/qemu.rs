@@ -34,10 +34,16 @@ const TEMPLATE_READY_LIMIT: Duration = Duration::from_secs(90);
 
 /// What a restorable command line is for.
 pub enum Role<'a> {
-    /// The template VM: its RAM in the shared memfd, placeholder disks.
+    /// The template VM: its RAM in the shared memfd, the guest root and
+    /// placeholder disks.
     Template { ctl: &'a Path, nic: bool },
-    /// A job's VM restored from the template: the job's backends.
-    Clone { ctl: &'a Path, guid: &'a str },
+    /// A job's VM restored from the template: the job's backends, the
+    /// template's initramfs.
+    Clone {
+        ctl: &'a Path,
+        guid: &'a str,
+        initrd: &'a Path,
+    },
 }
 
 /// What airlockd says on QEMU's monitor (QMP on its stdin) once QEMU is in
@@ -160,9 +166,15 @@ impl Qemu {
     /// order.
     pub fn restorable_args(&self, spec: &VmSpec, role: &Role) -> Vec<String> {
         let (_, fixed) = template::split_cmdline(&spec.cmdline);
-        let (share, ctl, guid, nic) = match role {
-            Role::Template { ctl, nic } => ("on", *ctl, template::TEMPLATE_VMGENID, *nic),
-            Role::Clone { ctl, guid } => ("off", *ctl, *guid, spec.tap.is_some()),
+        let (share, ctl, guid, nic, initrd) = match role {
+            Role::Template { ctl, nic } => (
+                "on",
+                *ctl,
+                template::TEMPLATE_VMGENID,
+                *nic,
+                spec.initrd.as_path(),
+            ),
+            Role::Clone { ctl, guid, initrd } => ("off", *ctl, *guid, spec.tap.is_some(), *initrd),
         };
         let mem = spec.memory_mib;
         let mut a = self.head_args(spec);
@@ -181,7 +193,7 @@ impl Qemu {
             "-kernel".into(),
             spec.kernel.display().to_string(),
             "-initrd".into(),
-            spec.initrd.display().to_string(),
+            initrd.display().to_string(),
             "-append".into(),
             format!("{fixed} airlock.template=1"),
             "-serial".into(),
@@ -229,13 +241,9 @@ impl Qemu {
             ]);
         }
         // Every slot, always, in one order; a slot the job does not use
-        // (or the template) reads zeros.
+        // (or the template, but for the root) reads zeros.
         for (i, serial) in disk::ALL.iter().enumerate() {
-            let job_disk = match role {
-                Role::Clone { .. } => spec.disks.iter().find(|d| d.serial == *serial),
-                Role::Template { .. } => None,
-            };
-            let backend = match job_disk {
+            let backend = match spec.disks.iter().find(|d| d.serial == *serial) {
                 Some(d) => vec!["-drive".into(), drive(i, d)],
                 None => vec![
                     "-blockdev".into(),
@@ -256,7 +264,8 @@ impl Qemu {
         if !matches!(self.machine.as_str(), "q35" | "pc") {
             return Err("its machine has no ACPI for the VM generation ID (vm.machine)");
         }
-        Shape::of(spec)
+        let agent = self.templates.as_ref().map(|t| t.agent.as_path());
+        Shape::of(spec, agent.unwrap_or(Path::new("airlock-agent")))
     }
 
     /// Start a job's VM from `t`: QEMU with the template's command line
@@ -286,6 +295,7 @@ impl Qemu {
                 &Role::Clone {
                     ctl: &ctl,
                     guid: &guid,
+                    initrd: &t.initrd,
                 },
             ))
             .stdin(Stdio::piped())
@@ -383,6 +393,7 @@ impl Qemu {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(io("create the template's directory"))?;
         let spec = template::template_spec(&shape, &key, &dir);
+        template::write_initrd(&shape.initrd, &shape.agent, &spec.initrd)?;
         if let Some(r) = &self.run_as {
             r.give(&spec, Some(&dir))
                 .map_err(io("give the template's files to vm.user"))?;
@@ -423,7 +434,7 @@ impl Qemu {
         let _ = child.kill().await;
         template::seal(&memory)?;
         info!(template = %key, boot_secs = booted.as_secs_f64(), "guest template saved");
-        Ok(Template::new(&key, memory, state, bytes))
+        Ok(Template::new(&key, spec.initrd, memory, state, bytes))
     }
 
     /// Boot `spec` cold: its QEMU, in the job's unit, vCPUs started.

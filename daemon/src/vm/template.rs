@@ -1,9 +1,12 @@
 //! Guest templates (QEMU): boot a guest once, save it, and start each job's
 //! VM by restoring that saved state instead of booting (issue 29).
 //!
-//! A template is booted with `airlock.template=1`: the guest's init loads
-//! its drivers but holds the disk driver back, lets the kernel's RNG become
-//! ready, says [`TEMPLATE_READY`] on the virtio port [`airlock_wire::CTL_PORT`] and waits
+//! A template is booted with `airlock.template=1`, the guest image's root
+//! disk in its slot, placeholders in the job's four, and the agent
+//! appended to the initramfs ([`write_initrd`]). The guest's init lets go
+//! of the placeholder disks, lets the kernel's RNG become ready, mounts the
+//! root and starts the agent in template mode, which says
+//! [`TEMPLATE_READY`] on the virtio port [`airlock_wire::CTL_PORT`] and waits
 //! there. airlockd then stops it and saves its device state with QEMU's
 //! `x-ignore-shared` migration capability: guest RAM is not in the stream,
 //! it stays in the template's memory file, a memfd that airlockd seals
@@ -18,7 +21,7 @@
 //! [`GoRecord`]: the boot words a cold boot has on its command line, the
 //! host clock, and a seed the agent mixes into the guest's RNG before it
 //! does anything (the VM generation ID change has reseeded it already).
-//! Only then does the guest load its disk driver and read the job's disks.
+//! Only then does the agent bind the job's disks and mount them.
 //!
 //! Anything that goes wrong with a template is a cold boot, with the
 //! reason in the log. A template lives as long as airlockd (its memory is
@@ -40,7 +43,7 @@ use airlock_wire::{disk, GoRecord, TEMPLATE_READY};
 
 /// Bumped whenever what a template holds or how a clone is started
 /// changes (the guest's template mode, the command line's shape).
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// The template's VM generation ID; every VM restored from it gets a new
 /// one, which the guest's vmgenid driver takes as "I was cloned" and
@@ -93,11 +96,16 @@ pub struct Shape {
     pub vcpus: u32,
     /// The fetch phase's VM has a NIC (and so its own template).
     pub nic: bool,
+    /// The guest image's root disk (read-only), mounted in the template.
+    pub root: PathBuf,
+    /// The agent binary, started in the template.
+    pub agent: PathBuf,
 }
 
 impl Shape {
-    /// The template shape of `spec`, or why it cannot be restored.
-    pub fn of(spec: &VmSpec) -> std::result::Result<Shape, &'static str> {
+    /// The template shape of `spec` with `agent`, or why it cannot be
+    /// restored.
+    pub fn of(spec: &VmSpec, agent: &Path) -> std::result::Result<Shape, &'static str> {
         if !spec.shares.is_empty() {
             return Err("it shares directories (virtio-fs)");
         }
@@ -108,9 +116,11 @@ impl Shape {
         {
             return Err("a probe boot");
         }
-        if !spec.disks.iter().any(|d| d.serial == disk::ROOT) {
-            return Err("it has no guest root disk");
-        }
+        let root = match spec.disks.iter().find(|d| d.serial == disk::ROOT) {
+            None => return Err("it has no guest root disk"),
+            Some(d) if !d.readonly => return Err("its root disk is writable"),
+            Some(d) => d.path.clone(),
+        };
         if spec
             .disks
             .iter()
@@ -126,6 +136,8 @@ impl Shape {
             memory_mib: spec.memory_mib,
             vcpus: spec.vcpus,
             nic: spec.tap.is_some(),
+            root,
+            agent: agent.to_owned(),
         })
     }
 }
@@ -164,6 +176,8 @@ pub fn key(vmm: &str, shape: &Shape) -> String {
         format!("vmm {vmm}"),
         format!("kernel {}", file_id(&shape.kernel)),
         format!("initrd {}", file_id(&shape.initrd)),
+        format!("root {}", file_id(&shape.root)),
+        format!("agent {}", file_id(&shape.agent)),
         format!("cmdline {}", shape.cmdline),
         format!(
             "memory {} vcpus {} nic {}",
@@ -206,6 +220,9 @@ fn which(name: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct Template {
     pub key: String,
+    /// The initramfs with the agent appended: a clone's command line
+    /// names the same file as its template's.
+    pub initrd: PathBuf,
     memory: OwnedFd,
     pub state: PathBuf,
     pub state_bytes: u64,
@@ -224,6 +241,8 @@ type Cell = Arc<tokio::sync::OnceCell<std::result::Result<Arc<Template>, String>
 #[derive(Default)]
 pub struct Templates {
     dir: PathBuf,
+    /// The agent binary templates start (the one job disks carry).
+    pub agent: PathBuf,
     cells: Mutex<HashMap<String, Cell>>,
 }
 
@@ -234,10 +253,12 @@ impl std::fmt::Debug for Templates {
 }
 
 impl Templates {
-    /// Templates' scratch files (console log, state file) go under `dir`.
-    pub fn new(dir: PathBuf) -> Templates {
+    /// Templates' scratch files (console log, state file, initramfs) go
+    /// under `dir`; `agent` is started in each.
+    pub fn new(dir: PathBuf, agent: PathBuf) -> Templates {
         Templates {
             dir,
+            agent,
             cells: Mutex::new(HashMap::new()),
         }
     }
@@ -464,9 +485,16 @@ impl Qmp {
 }
 
 impl Template {
-    pub(super) fn new(key: &str, memory: OwnedFd, state: PathBuf, state_bytes: u64) -> Template {
+    pub(super) fn new(
+        key: &str,
+        initrd: PathBuf,
+        memory: OwnedFd,
+        state: PathBuf,
+        state_bytes: u64,
+    ) -> Template {
         Template {
             key: key.to_owned(),
+            initrd,
             memory,
             state,
             state_bytes,
@@ -479,11 +507,15 @@ pub(super) fn template_spec(shape: &Shape, key: &str, dir: &Path) -> VmSpec {
     VmSpec {
         name: format!("airlock-template-{key}"),
         kernel: shape.kernel.clone(),
-        initrd: shape.initrd.clone(),
+        initrd: dir.join("initrd"),
         cmdline: shape.cmdline.clone(),
         memory_mib: shape.memory_mib,
         vcpus: shape.vcpus,
-        disks: vec![],
+        disks: vec![super::Disk {
+            path: shape.root.clone(),
+            serial: disk::ROOT.into(),
+            readonly: true,
+        }],
         console_log: dir.join("console.log"),
         channel_log: dir.join("channel.log"),
         pidfile: dir.join("qemu.pid"),
@@ -491,6 +523,54 @@ pub(super) fn template_spec(shape: &Shape, key: &str, dir: &Path) -> VmSpec {
         shares: vec![],
         adopt: super::Adopt::none(),
     }
+}
+
+/// The template's initramfs: the image's `base` with a second archive
+/// appended (the kernel unpacks concatenated archives in turn) that holds
+/// `agent` as `/airlock-agent`, for init to start in template mode.
+pub fn write_initrd(base: &Path, agent: &Path, out: &Path) -> Result<()> {
+    let mut bytes = std::fs::read(base).map_err(io(format!("read {}", base.display())))?;
+    let exe = std::fs::read(agent).map_err(io(format!("read the agent {}", agent.display())))?;
+    pad4(&mut bytes);
+    cpio_entry(&mut bytes, "airlock-agent", 0o100755, &exe);
+    cpio_entry(&mut bytes, "TRAILER!!!", 0, &[]);
+    std::fs::write(out, &bytes).map_err(io(format!("write {}", out.display())))
+}
+
+fn pad4(b: &mut Vec<u8>) {
+    while b.len() % 4 != 0 {
+        b.push(0);
+    }
+}
+
+/// One entry of a `newc` cpio archive (what the kernel's initramfs
+/// unpacker reads): the header, the name, the data, each padded to 4.
+fn cpio_entry(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]) {
+    let nlink = if mode == 0 { 0 } else { 1 };
+    let fields = [
+        1,
+        mode,
+        0,
+        0,
+        nlink,
+        0,
+        data.len() as u32,
+        0,
+        0,
+        0,
+        0,
+        name.len() as u32 + 1,
+        0,
+    ];
+    out.extend_from_slice(b"070701");
+    for f in fields {
+        out.extend_from_slice(format!("{f:08x}").as_bytes());
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    pad4(out);
+    out.extend_from_slice(data);
+    pad4(out);
 }
 
 /// Wait until the template guest says it is ready on its control port.
@@ -667,6 +747,7 @@ mod tests {
         seal(&fd).unwrap();
         let t = Template {
             key: "k".into(),
+            initrd: PathBuf::new(),
             memory: fd,
             state: PathBuf::new(),
             state_bytes: 0,
@@ -680,5 +761,34 @@ mod tests {
         use std::io::Write;
         let e = f.write_all(b"poison").unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+    }
+
+    /// The appended archive is one `cpio` itself reads: the agent,
+    /// executable, under the name init looks for.
+    #[test]
+    fn the_template_initrd_carries_the_agent_after_the_image_initrd() {
+        let d = tempfile::tempdir().unwrap();
+        let (base, agent, out) = (d.path().join("b"), d.path().join("a"), d.path().join("o"));
+        std::fs::write(&base, b"gzip!").unwrap();
+        std::fs::write(&agent, b"\x7fELF agent bytes").unwrap();
+        write_initrd(&base, &agent, &out).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(&bytes[..5], b"gzip!");
+        assert_eq!(&bytes[5..8], &[0, 0, 0], "padded to 4");
+        let x = d.path().join("x");
+        std::fs::create_dir(&x).unwrap();
+        let mut cpio = std::process::Command::new("cpio")
+            .args(["-i", "--quiet"])
+            .current_dir(&x)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("cpio (scripts/setup.sh installs it)");
+        use std::io::Write;
+        cpio.stdin.take().unwrap().write_all(&bytes[8..]).unwrap();
+        assert!(cpio.wait().unwrap().success());
+        let got = x.join("airlock-agent");
+        assert_eq!(std::fs::read(&got).unwrap(), b"\x7fELF agent bytes");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(got.metadata().unwrap().permissions().mode() & 0o777, 0o755);
     }
 }

@@ -15,11 +15,9 @@ const B: &str = "/nix/store/0mdqa9w1p6cmli6976v4wi0sw9r4p5pr-other";
 /// A's hash part with another name: both would be `<hash>.narinfo`.
 const A_TWIN: &str = "/nix/store/ihml9cgha2ncb1jfpf857yd6nls4n23b-twin";
 
-const HOSTILE_AGENT: &str = r#"#!/bin/sh
-# Pretends to be airlock-agent; writes a pre-made export chosen by the attr.
-while [ $# -gt 0 ]; do
-  case $1 in --input) in=$2;; --export) ex=$2;; --channel) ch=$2;; esac; shift 2
-done
+/// Pretends to be airlock-agent (after `standin_agent`'s prelude); writes
+/// a pre-made export chosen by the attr.
+const HOSTILE_AGENT: &str = r#"
 printf 'E {"agent_started":{"version":1}}\n' > "$ch"
 printf '\033[2J this is not the agent protocol\n' > "$ch"
 attr=$(grep -o '"evil-[a-z-]*"' "$in/job.json" | head -1 | tr -d '"')
@@ -126,7 +124,7 @@ fn tampered_exports_are_rejected() {
     ];
     let dir = tempfile::tempdir().unwrap();
     let agent = dir.path().join("hostile-agent");
-    std::fs::write(&agent, HOSTILE_AGENT).unwrap();
+    std::fs::write(&agent, standin_agent(HOSTILE_AGENT)).unwrap();
     let d = Daemon::builder()
         .with(|c| {
             c.vm.agent = agent.clone();

@@ -3,9 +3,10 @@
 //! before it wrote (on its disk, in its memory), and the template's memory
 //! is the same bytes after 20 VMs as before.
 //!
-//! The guest's agent here is a stand-in script (as in hostile_export.rs):
-//! the first thing it does is what the test looks at, before the real
-//! agent's own reseed could hide anything. So the random bytes it draws
+//! The guest's agent here is a stand-in script (as in hostile_export.rs),
+//! started in the template like the real one: the first thing it does
+//! after the go record is what the test looks at, before the real agent's
+//! own reseed could hide anything. So the random bytes it draws
 //! differ only through the VM generation ID change; with
 //! `AIRLOCK_FAULT_SAME_VMGENID=1` (the change left out) two restored VMs
 //! draw the same bytes, which the test shows as its negative control.
@@ -19,18 +20,15 @@ const JOB_LIMIT: u64 = 300;
 
 use common::*;
 
-const PROBE_AGENT: &str = r#"#!/bin/sh
-# Stands in for airlock-agent in a restored VM: says what it sees first.
-ch=/dev/hvc0
-while [ $# -gt 0 ]; do case "$1" in --channel) ch=$2; shift ;; esac; shift; done
-sample=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+/// After the prelude (`standin_agent`): the sample it took first, the
+/// canaries an earlier VM would have left, its own canaries.
+const PROBE_AGENT: &str = r#"
 seen() { cat "$1" 2>/dev/null || echo none; }
 nix=$(seen /nix/airlock-canary); run=$(seen /run/airlock-canary); tmp=$(seen /tmp/airlock-canary)
 mine=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
 for f in /nix/airlock-canary /run/airlock-canary /tmp/airlock-canary; do echo "$mine" > "$f"; done
-words=$(tr ' ' '+' < /run/airlock-boot 2>/dev/null || echo cold)
 { echo 'E {"agent_started":{"version":1}}'
-  echo "L probe sample=$sample nix=$nix run=$run tmp=$tmp mine=$mine words=$words"
+  echo "L probe sample=$first_sample nix=$nix run=$run tmp=$tmp mine=$mine words=$boot_words"
 } > "$ch"
 sync
 "#;
@@ -51,7 +49,7 @@ fn probe(d: &Daemon, id: &str) -> std::collections::BTreeMap<String, String> {
 
 fn daemon(dir: &Path, same_vmgenid: bool) -> Daemon {
     let agent = dir.join("probe-agent");
-    std::fs::write(&agent, PROBE_AGENT).unwrap();
+    std::fs::write(&agent, standin_agent(PROBE_AGENT)).unwrap();
     let mut b = Daemon::builder().host_network().with(|c| {
         c.vm.agent = agent.clone();
         c.vm.nix_disk_mib = 64;

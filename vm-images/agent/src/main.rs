@@ -16,6 +16,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 
 mod nar;
+mod restore;
 mod review;
 
 use airlock_wire::{
@@ -62,46 +63,71 @@ struct Args {
     channel: Option<PathBuf>,
 }
 
-fn parse_args() -> Result<Args, String> {
+/// How this agent was started: by a cold boot's init with the job's disks
+/// mounted, or in a template guest (`--template PORT`), where the export
+/// disk is known only after the go record (restore.rs).
+enum Start {
+    Cold(Args),
+    Template {
+        ctl: PathBuf,
+        channel: Option<PathBuf>,
+    },
+}
+
+fn parse_args() -> Result<Start, String> {
     let mut it = std::env::args().skip(1);
-    let (mut input, mut export, mut channel) = (None, None, None);
+    let (mut input, mut export, mut channel, mut template) = (None, None, None, None);
     while let Some(a) = it.next() {
         let v = it.next().ok_or(format!("{a} needs a value"))?;
         match a.as_str() {
             "--input" => input = Some(PathBuf::from(v)),
             "--export" => export = Some(PathBuf::from(v)),
             "--channel" => channel = Some(PathBuf::from(v)),
+            "--template" => template = Some(PathBuf::from(v)),
             _ => return Err(format!("unknown argument {a}")),
         }
     }
-    Ok(Args {
+    if let Some(ctl) = template {
+        return Ok(Start::Template { ctl, channel });
+    }
+    Ok(Start::Cold(Args {
         input: input.ok_or("--input is required")?,
         export: export.ok_or("--export is required")?,
         channel,
-    })
+    }))
 }
 
 fn main() -> ExitCode {
     let args = match parse_args() {
-        Ok(a) => a,
+        Ok(Start::Cold(a)) => a,
+        // Waits here, in the template, until a restored VM's go record;
+        // reseeds the RNG before anything else.
+        Ok(Start::Template { ctl, channel }) => match restore::await_job(&ctl) {
+            Ok(r) => Args {
+                input: PathBuf::from("/run/input"),
+                export: r.export,
+                channel,
+            },
+            Err(e) => {
+                let ch = Channel::open(channel.as_deref());
+                ch.event(&Event::AgentStarted {
+                    version: WIRE_VERSION,
+                });
+                let e = format!("cannot take the job after restore: {e}");
+                eprintln!("airlock-agent: {e}");
+                ch.event(&Event::AgentError { message: e });
+                return ExitCode::FAILURE;
+            }
+        },
         Err(e) => {
             eprintln!("airlock-agent: {e}");
             return ExitCode::from(2);
         }
     };
-    // Before anything that could use randomness: a VM restored from a
-    // template shares the template's RNG state until this is done.
-    let reseeded = reseed_from_host();
     let ch = Channel::open(args.channel.as_deref());
     ch.event(&Event::AgentStarted {
         version: WIRE_VERSION,
     });
-    if let Err(e) = reseeded {
-        let e = format!("cannot reseed the guest's RNG after restore: {e}");
-        eprintln!("airlock-agent: {e}");
-        ch.event(&Event::AgentError { message: e });
-        return ExitCode::FAILURE;
-    }
     if let Some(nix) = nix_version() {
         ch.event(&Event::GuestInfo { nix });
     }
@@ -132,23 +158,6 @@ fn boot_words() -> String {
     std::fs::read_to_string(airlock_wire::BOOT_WORDS_FILE)
         .or_else(|_| std::fs::read_to_string("/proc/cmdline"))
         .unwrap_or_default()
-}
-
-/// A restored VM: mix the host's seed into the kernel's entropy pool
-/// (credited: it is secret, from the host's getrandom) and reseed the
-/// kernel's CRNG at once, so nothing drawn from here on is what another
-/// VM restored from the same template draws. The seed file is removed
-/// first. A cold boot has no seed file: nothing to do.
-fn reseed_from_host() -> Result<(), String> {
-    let path = airlock_wire::SEED_FILE;
-    let hex = match std::fs::read_to_string(path) {
-        Ok(h) => h,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("{path}: {e}")),
-    };
-    let _ = std::fs::remove_file(path);
-    let seed = airlock_wire::decode_seed(&hex).ok_or("the host's seed is not 64 hex digits")?;
-    add_entropy_and_reseed(&seed)
 }
 
 /// `_IOW('R', 0x03, int[2])` and `_IO('R', 0x07)` of linux/random.h.

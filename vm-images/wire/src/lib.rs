@@ -165,11 +165,11 @@ impl BootParams {
 /// What the host tells a guest restored from a template (see
 /// `daemon/src/vm/template.rs`), as one line on the virtio port
 /// [`CTL_PORT`]: `AIRLOCK-GO 1 <unix secs> <seed: 64 hex> <boot words>`.
-/// The guest's init sets the clock from it, hands the boot words (what a
-/// cold boot has on its kernel command line: [`BootParams::to_cmdline`],
-/// `airlock.base=1`) to the agent in [`BOOT_WORDS_FILE`] and the seed in
-/// [`SEED_FILE`]; the agent mixes the seed into the kernel's RNG and
-/// reseeds it before it does anything else.
+/// The template's agent, waiting on that port, mixes the seed into the
+/// kernel's RNG and reseeds it before it does anything else, sets the
+/// clock, and keeps the boot words (what a cold boot has on its kernel
+/// command line: [`BootParams::to_cmdline`], `airlock.base=1`) in
+/// [`BOOT_WORDS_FILE`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoRecord {
     pub unix_secs: u64,
@@ -179,10 +179,11 @@ pub struct GoRecord {
 
 /// The virtio-serial port a template guest waits on.
 pub const CTL_PORT: &str = "airlock.ctl";
-/// A restored guest's boot words, written by init for the agent.
+/// A restored guest's boot words, written by the agent from its go record.
 pub const BOOT_WORDS_FILE: &str = "/run/airlock-boot";
-/// A restored guest's seed from the host (hex), read once by the agent.
-pub const SEED_FILE: &str = "/run/airlock-seed";
+/// The virtio devices a template guest's init let go (held back from the
+/// placeholders), bound again by the agent once they are the job's disks.
+pub const HELD_FILE: &str = "/run/airlock-held";
 /// What a template guest says on [`CTL_PORT`] when it is ready to be saved.
 pub const TEMPLATE_READY: &str = "AIRLOCK-TEMPLATE-READY";
 
@@ -445,17 +446,12 @@ mod tests {
             ..g
         };
         assert_eq!(sneaky.encode().matches('\n').count(), 1);
-        // The guest's init reads the record this way (init.sh).
+        // The guest's init finds the port by this name and starts the
+        // template's agent on it (init.sh).
         let init =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../guest/init.sh"))
                 .unwrap();
-        for must in [
-            "AIRLOCK-GO",
-            "airlock.ctl",
-            BOOT_WORDS_FILE,
-            SEED_FILE,
-            TEMPLATE_READY,
-        ] {
+        for must in [CTL_PORT, "--template $port", HELD_FILE] {
             assert!(init.contains(must), "init.sh lacks {must}");
         }
     }

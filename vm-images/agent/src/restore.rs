@@ -1,0 +1,155 @@
+//! The agent of a guest template (`--template PORT`).
+//!
+//! init started this agent in the template VM, before the host saved it:
+//! the guest root is mounted, the disk driver holds only the root disk,
+//! and nothing of any job has been read. Every VM restored from that saved
+//! state resumes here, in [`await_job`], which reads the VM's go record
+//! from the control port and only then makes the VM the job's: the
+//! kernel's RNG reseeded with the host's seed (before anything else), the
+//! clock set, the job's disks bound and mounted. A cold boot never comes
+//! here (init mounts the disks and starts the agent from the input disk).
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use airlock_wire::{disk, GoRecord, HELD_FILE};
+use nix::mount::{mount, MsFlags};
+
+const VIRTIO_BLK: &str = "/sys/bus/virtio/drivers/virtio_blk";
+/// How long the job's disks may take to appear once bound.
+const DISK_LIMIT: Duration = Duration::from_secs(10);
+
+/// What a restored VM's agent learned from its go record and its disks.
+pub struct Restored {
+    /// The raw export disk.
+    pub export: PathBuf,
+}
+
+/// Say ready on `ctl`, wait for the go record, and make this VM the job's.
+pub fn await_job(ctl: &Path) -> Result<Restored, String> {
+    let go = wait_for_go(ctl)?;
+    // First: until this is done, the kernel's RNG is the template's.
+    crate::add_entropy_and_reseed(&go.seed)?;
+    set_clock(go.unix_secs)?;
+    std::fs::write(airlock_wire::BOOT_WORDS_FILE, &go.words)
+        .map_err(|e| format!("{}: {e}", airlock_wire::BOOT_WORDS_FILE))?;
+    let held = std::fs::read_to_string(HELD_FILE).map_err(|e| format!("{HELD_FILE}: {e}"))?;
+    for dev in held.split_whitespace() {
+        std::fs::write(format!("{VIRTIO_BLK}/bind"), dev)
+            .map_err(|e| format!("cannot bind the disk {dev}: {e}"))?;
+    }
+    // As init.sh reads it on a cold boot.
+    let base = go.words.split_whitespace().any(|w| w == "airlock.base=1");
+    let mut want = vec![disk::NIX, disk::INPUT, disk::EXPORT];
+    if base {
+        want.push(disk::BASE);
+    }
+    let devs = wait_for_disks(&want)?;
+    let dev = |serial: &str| {
+        devs.iter()
+            .find(|(s, _)| s == serial)
+            .map(|(_, d)| d.clone())
+            .expect("waited for")
+    };
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount_ext4(&dev(disk::NIX), "/nix", nosuid, None)?;
+    std::fs::create_dir_all("/run/input").map_err(|e| format!("mkdir /run/input: {e}"))?;
+    mount_ext4(
+        &dev(disk::INPUT),
+        "/run/input",
+        nosuid | MsFlags::MS_RDONLY,
+        Some("noload"),
+    )?;
+    if base {
+        std::fs::create_dir_all("/run/base").map_err(|e| format!("mkdir /run/base: {e}"))?;
+        mount_ext4(
+            &dev(disk::BASE),
+            "/run/base",
+            nosuid | MsFlags::MS_RDONLY,
+            Some("noload"),
+        )?;
+    }
+    Ok(Restored {
+        export: dev(disk::EXPORT),
+    })
+}
+
+fn wait_for_go(ctl: &Path) -> Result<GoRecord, String> {
+    let mut port = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(ctl)
+        .map_err(|e| format!("{}: {e}", ctl.display()))?;
+    writeln!(port, "{}", airlock_wire::TEMPLATE_READY)
+        .map_err(|e| format!("{}: {e}", ctl.display()))?;
+    let mut line = String::new();
+    BufReader::new(port)
+        .read_line(&mut line)
+        .map_err(|e| format!("no go record: {e}"))?;
+    GoRecord::parse(&line).ok_or_else(|| "not a go record".to_owned())
+}
+
+#[allow(unsafe_code)]
+fn set_clock(unix_secs: u64) -> Result<(), String> {
+    let ts = libc::timespec {
+        tv_sec: unix_secs as libc::time_t,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_settime reads one timespec, which lives for the call.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+        return Err(format!(
+            "cannot set the clock: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// The block devices with these serials, once all have appeared.
+fn wait_for_disks(serials: &[&str]) -> Result<Vec<(String, PathBuf)>, String> {
+    let t0 = Instant::now();
+    loop {
+        let found = block_serials();
+        let all: Option<Vec<(String, PathBuf)>> = serials
+            .iter()
+            .map(|s| {
+                found
+                    .iter()
+                    .find(|(f, _)| f == s)
+                    .map(|(f, d)| (f.clone(), d.clone()))
+            })
+            .collect();
+        if let Some(all) = all {
+            return Ok(all);
+        }
+        if t0.elapsed() > DISK_LIMIT {
+            let seen: Vec<&str> = found.iter().map(|(s, _)| s.as_str()).collect();
+            return Err(format!(
+                "the job's disks {serials:?} did not appear within {}s (seen: {seen:?})",
+                DISK_LIMIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Every virtio disk's serial and device node.
+fn block_serials() -> Vec<(String, PathBuf)> {
+    let Ok(rd) = std::fs::read_dir("/sys/block") else {
+        return vec![];
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let serial = std::fs::read_to_string(e.path().join("serial")).ok()?;
+            Some((serial.trim().to_owned(), PathBuf::from("/dev").join(name)))
+        })
+        .collect()
+}
+
+fn mount_ext4(dev: &Path, at: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+    mount(Some(dev), at, Some("ext4"), flags, data)
+        .map_err(|e| format!("cannot mount {} on {at}: {e}", dev.display()))
+}
