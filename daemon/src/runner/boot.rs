@@ -75,7 +75,7 @@ impl Runner {
                 r = &mut vm => break r.map_err(|e| e.to_string())?,
                 _ = tick.tick() => {
                     ticks += 1;
-                    if f.started.is_some() && ticks % 10 != 0 {
+                    if f.started.is_some() && !ticks.is_multiple_of(10) {
                         continue;
                     }
                     if let Some(why) = self.watch(rec, &spec, f, t0, cancel_tx.is_none()) {

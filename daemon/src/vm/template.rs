@@ -538,7 +538,7 @@ pub fn write_initrd(base: &Path, agent: &Path, out: &Path) -> Result<()> {
 }
 
 fn pad4(b: &mut Vec<u8>) {
-    while b.len() % 4 != 0 {
+    while !b.len().is_multiple_of(4) {
         b.push(0);
     }
 }

@@ -32,6 +32,7 @@ pub fn await_job(ctl: &Path) -> Result<Restored, String> {
     let go = wait_for_go(ctl)?;
     // First: until this is done, the kernel's RNG is the template's.
     crate::add_entropy_and_reseed(&go.seed)?;
+    let t0 = Instant::now();
     set_clock(go.unix_secs)?;
     std::fs::write(airlock_wire::BOOT_WORDS_FILE, &go.words)
         .map_err(|e| format!("{}: {e}", airlock_wire::BOOT_WORDS_FILE))?;
@@ -47,6 +48,7 @@ pub fn await_job(ctl: &Path) -> Result<Restored, String> {
         want.push(disk::BASE);
     }
     let devs = wait_for_disks(&want)?;
+    let bound = t0.elapsed();
     let dev = |serial: &str| {
         devs.iter()
             .find(|(s, _)| s == serial)
@@ -71,6 +73,12 @@ pub fn await_job(ctl: &Path) -> Result<Restored, String> {
             Some("noload"),
         )?;
     }
+    // On the console: where a restored VM's first moments went.
+    eprintln!(
+        "airlock-agent: restored: disks bound in {} ms, mounted in {} ms",
+        bound.as_millis(),
+        (t0.elapsed() - bound).as_millis()
+    );
     Ok(Restored {
         export: dev(disk::EXPORT),
     })
