@@ -9,6 +9,10 @@
 #        TEMPLATE=1 (default): VMs restored from guest templates (vm.template);
 #        TEMPLATE=0: every VM boots cold. The first job builds the templates:
 #        it is run once before the measured ones and not counted.
+#        Memory: every 0.2 s each running QEMU's /proc/<pid>/smaps is read;
+#        a VM's own memory is its resident set minus the template pages it
+#        maps but never wrote (those are the memfd's, shared by every VM of
+#        the template: counted once, as "template pages").
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 N=${1:-5}
@@ -18,7 +22,8 @@ work=$(mktemp -d /tmp/airlock-bench.XXXXXX)
 pid=
 ns=airlock-bench-$$
 ip netns add "$ns"; ip -n "$ns" link set lo up
-trap '[ -n "$pid" ] && kill $pid 2>/dev/null; sleep 0.5; ip netns del "$ns"; rm -rf "$work"' EXIT
+sampler=
+trap '[ -n "$pid" ] && kill $pid 2>/dev/null; [ -n "$sampler" ] && kill $sampler 2>/dev/null; sleep 0.5; ip netns del "$ns"; rm -rf "$work"' EXIT
 
 g() { git -C "$work/repo" -c user.name=b -c user.email=b@localhost "$@"; }
 mkdir "$work/repo"; cp "$repo/tests/fixtures/pkgs/default.nix" "$work/repo/"
@@ -39,10 +44,48 @@ pid=$!
 for _ in $(seq 600); do [ -S "$work/sock" ] && break; sleep 0.1; done
 ctl() { "$bin/airlockctl" --socket "$work/sock" "$@"; }
 
+# Peak memory per QEMU process: "pid rss_kib template_kib" (template_kib:
+# resident in the template memfd's mapping and not copied on write).
+python3 - "$work/mem.txt" <<'PY' &
+import os, sys, time
+out, peak = sys.argv[1], {}
+while True:
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            if b"qemu-system" not in open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")[0]:
+                continue
+            rss = tmpl = 0
+            in_memfd = False
+            for line in open(f"/proc/{p}/smaps"):
+                f = line.split()
+                if not f[0].endswith(":"):
+                    in_memfd = "memfd:airlock-template" in line
+                elif f[0] == "Rss:":
+                    rss += int(f[1])
+                    if in_memfd:
+                        tmpl += int(f[1])
+                elif f[0] == "Anonymous:" and in_memfd:
+                    tmpl -= int(f[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if rss > peak.get(p, (0, 0))[0]:
+            peak[p] = (rss, tmpl)
+    with open(out + ".tmp", "w") as f:
+        for p, (rss, tmpl) in peak.items():
+            f.write(f"{p} {rss} {tmpl}\n")
+    os.replace(out + ".tmp", out)
+    time.sleep(0.2)
+PY
+sampler=$!
+
 for i in $(seq 0 "$N"); do
   id=$(ctl submit --repo "$work/repo" --head "$head" --attr chain)
   ctl --json wait "$id" > "$work/job-$i.json" || { cat "$work/d.log"; exit 1; }
 done
+
+kill "$sampler" 2>/dev/null || true; sampler=
 
 nixopts=(--option sandbox true --option sandbox-paths /bin/sh=/bin/busybox --option substituters "")
 for i in $(seq "$N"); do
@@ -82,6 +125,20 @@ for prefix in ["fetch:", "build:", ""]:
             ready.append(t[f"{prefix}agent_started"] - t[f"{prefix}vm_start"])
     if ready:
         print(f"| {prefix.rstrip(':') or 'all'} | {pct(ready, 50):.2f} | {pct(ready, 95):.2f} | {max(ready):.2f} | {len(ready)} |")
+mem = [tuple(int(x) for x in l.split()[1:]) for l in open(f"{work}/mem.txt")] if __import__("os").path.exists(f"{work}/mem.txt") else []
+if mem:
+    own = [(r - t) / 1024 for r, t in mem]
+    tmpl = [t / 1024 for _, t in mem]
+    print(f"\nmemory per VM (peak, MiB; {len(mem)} QEMU processes, the template builds included):\n")
+    print("| | p50 | max |\n|---|---|---|")
+    print(f"| resident set | {pct([r / 1024 for r, _ in mem], 50):.0f} | {max(r / 1024 for r, _ in mem):.0f} |")
+    print(f"| own (resident minus unwritten template pages) | {pct(own, 50):.0f} | {max(own):.0f} |")
+    print(f"| template pages mapped, shared by all VMs of a template (count once) | {pct(tmpl, 50):.0f} | {max(tmpl):.0f} |")
+import glob, re
+guest = [tuple(int(x) for x in m) for f in glob.glob(f"{work}/state/jobs/*/console.log")
+         for m in re.findall(r"restored: disks bound in (\d+) ms, mounted in (\d+) ms", open(f, errors="replace").read())]
+if guest:
+    print(f"\nin the restored guest (ms, {len(guest)} VMs' consoles): disks bound p50 {pct([b for b, _ in guest], 50)}, mounted p50 {pct([m for _, m in guest], 50)}")
 print("\nwhere the time goes (median seconds per step, from the job's timings):\n")
 print("| step | ends at | takes |\n|---|---|---|")
 prev = 0.0
