@@ -624,7 +624,7 @@ if [ -n "$port" ]; then
   exec 3>&-
   first_sample=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
   set -- $go; shift 4; boot_words=$(echo "$*" | tr ' ' '+')
-  for d in $(cat /run/airlock-held); do echo "$d" > /sys/bus/virtio/drivers/virtio_blk/bind; done
+  for d in $(cat /run/airlock-held); do echo "${d%%:*}" > /sys/bus/virtio/drivers/virtio_blk/bind; done
   dev() {
     for b in /sys/block/vd*; do
       [ "$(cat "$b/serial" 2>/dev/null)" = "$1" ] && { echo "/dev/${b##*/}"; return 0; }

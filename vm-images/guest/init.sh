@@ -40,13 +40,15 @@ if [ -n "$template" ]; then
   for _ in $(seq 500); do dev_for airlock-root >/dev/null && break; sleep 0.01; done
   root=$(dev_for airlock-root) || fail "no root disk"
   # Every other disk is a placeholder now: let it go (its page cache with
-  # it); the agent binds them again once they are the job's.
+  # it); the agent binds those the job uses once they are the job's
+  # (/run/airlock-held: "<virtio device>:<serial>" words).
   blk=/sys/bus/virtio/drivers/virtio_blk
   held=
   for d in "$blk"/virtio*; do
     [ -e "$d" ] || continue
-    case "$(cat "$d"/block/*/serial 2>/dev/null)" in airlock-root) continue ;; esac
-    held="$held ${d##*/}"; echo "${d##*/}" > "$blk/unbind"
+    serial=$(cat "$d"/block/*/serial 2>/dev/null)
+    [ "$serial" = airlock-root ] && continue
+    held="$held ${d##*/}:$serial"; echo "${d##*/}" > "$blk/unbind"
   done
   port=
   for _ in $(seq 200); do

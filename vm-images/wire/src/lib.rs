@@ -181,8 +181,9 @@ pub struct GoRecord {
 pub const CTL_PORT: &str = "airlock.ctl";
 /// A restored guest's boot words, written by the agent from its go record.
 pub const BOOT_WORDS_FILE: &str = "/run/airlock-boot";
-/// The virtio devices a template guest's init let go (held back from the
-/// placeholders), bound again by the agent once they are the job's disks.
+/// The virtio disks a template guest's init let go (the placeholders), as
+/// `<virtio device>:<serial>` words; the agent binds those the job uses
+/// once they are the job's disks.
 pub const HELD_FILE: &str = "/run/airlock-held";
 /// What a template guest says on [`CTL_PORT`] when it is ready to be saved.
 pub const TEMPLATE_READY: &str = "AIRLOCK-TEMPLATE-READY";
