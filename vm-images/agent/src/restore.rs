@@ -44,27 +44,16 @@ pub fn await_job(ctl: &Path) -> Result<Restored, String> {
     }
     let held = std::fs::read_to_string(HELD_FILE).map_err(|e| format!("{HELD_FILE}: {e}"))?;
     // Only the disks this job uses (a probe costs tens of ms under TCG),
-    // all at once: each waits on its own reads while the next is probed.
-    let binds: Vec<&str> = held
+    // one after the other: binding them from threads at once was slower
+    // on the one vCPU (BENCHMARKS.md).
+    for (dev, _) in held
         .split_whitespace()
         .filter_map(|w| w.split_once(':'))
         .filter(|(_, serial)| want.contains(serial))
-        .map(|(dev, _)| dev)
-        .collect();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = binds
-            .iter()
-            .map(|dev| {
-                s.spawn(move || {
-                    std::fs::write(format!("{VIRTIO_BLK}/bind"), dev)
-                        .map_err(|e| format!("cannot bind the disk {dev}: {e}"))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().unwrap_or_else(|_| Err("bind panicked".into())))
-    })?;
+    {
+        std::fs::write(format!("{VIRTIO_BLK}/bind"), dev)
+            .map_err(|e| format!("cannot bind the disk {dev}: {e}"))?;
+    }
     let devs = wait_for_disks(&want)?;
     let bound = t0.elapsed();
     let dev = |serial: &str| {
@@ -82,20 +71,10 @@ pub fn await_job(ctl: &Path) -> Result<Restored, String> {
     if base {
         mounts.push((dev(disk::BASE), "/run/base", ro, Some("noload")));
     }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = mounts
-            .iter()
-            .map(|(d, at, flags, data)| {
-                s.spawn(move || {
-                    std::fs::create_dir_all(at).map_err(|e| format!("mkdir {at}: {e}"))?;
-                    mount_ext4(d, at, *flags, *data)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().unwrap_or_else(|_| Err("mount panicked".into())))
-    })?;
+    for (d, at, flags, data) in &mounts {
+        std::fs::create_dir_all(at).map_err(|e| format!("mkdir {at}: {e}"))?;
+        mount_ext4(d, at, *flags, *data)?;
+    }
     // On the console: where a restored VM's first moments went.
     eprintln!(
         "airlock-agent: restored: disks bound in {} ms, mounted in {} ms",
