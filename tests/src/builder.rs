@@ -35,7 +35,8 @@ impl Daemon {
     /// `AIRLOCK_TEST_ACCEL`), the suite's guest image, small disks, nothing
     /// substituted from the real cache.nixos.org, in a network namespace of
     /// its own. `AIRLOCK_BACKEND=cloud-hypervisor` runs it under
-    /// cloud-hypervisor (a host with real KVM; docs/operations.md).
+    /// cloud-hypervisor (a host with real KVM; docs/operations.md);
+    /// `AIRLOCK_TEST_TEMPLATE=0` boots every VM cold (`vm.template = false`).
     pub fn builder() -> DaemonBuilder {
         let mut cfg = Config {
             max_jobs: 1,
@@ -47,6 +48,11 @@ impl Daemon {
             _ => Accel::Tcg,
         };
         cfg.vm.image_dir = image_dir();
+        // The suite once with every VM booted cold (issue 29: templates
+        // are the default, a cold boot the fallback that must keep working).
+        if std::env::var("AIRLOCK_TEST_TEMPLATE").as_deref() == Ok("0") {
+            cfg.vm.template = false;
+        }
         cfg.vm.nix_disk_mib = 1024;
         cfg.vm.export_disk_mib = 256;
         if std::env::var("AIRLOCK_BACKEND").as_deref() == Ok("cloud-hypervisor") {

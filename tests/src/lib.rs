@@ -618,11 +618,17 @@ while [ $# -gt 1 ]; do
 done
 boot_words=cold
 if [ -n "$port" ]; then
+  # As the real agent: the template's CRNG reseeded just before the save
+  # (RNDRESEEDCRNG), so no restored VM is due for a reseed of its own.
+  perl -e 'open(my $f, ">", "/dev/urandom") or die "$!"; ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!"'
   exec 3<> "$port"
   echo AIRLOCK-TEMPLATE-READY >&3
   read -r go <&3
+  # One process, nothing else started beside it: every exec draws from the
+  # kernel's RNG too, and a pipeline's processes start in any order.
+  head -c 16 /dev/urandom > /tmp/airlock-first-sample
   exec 3>&-
-  first_sample=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  first_sample=$(od -An -tx1 /tmp/airlock-first-sample | tr -d ' \n')
   set -- $go; shift 4; boot_words=$(echo "$*" | tr ' ' '+')
   for d in $(cat /run/airlock-held); do echo "${d%%:*}" > /sys/bus/virtio/drivers/virtio_blk/bind; done
   dev() {

@@ -52,6 +52,8 @@ fn daemon(dir: &Path, same_vmgenid: bool) -> Daemon {
     std::fs::write(&agent, standin_agent(PROBE_AGENT)).unwrap();
     let mut b = Daemon::builder().host_network().with(|c| {
         c.vm.agent = agent.clone();
+        // Whatever AIRLOCK_TEST_TEMPLATE says: this test is about templates.
+        c.vm.template = true;
         c.vm.nix_disk_mib = 64;
         c.vm.export_disk_mib = 16;
         c.vm.memory_mib = 512;

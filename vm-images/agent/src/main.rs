@@ -191,6 +191,14 @@ fn add_entropy_and_reseed(seed: &[u8; 32]) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
+    reseed_crng(&f)
+}
+
+/// Reseed the kernel's CRNG from its input pool now (`RNDRESEEDCRNG`;
+/// `f` is /dev/urandom open for writing).
+#[allow(unsafe_code)]
+fn reseed_crng(f: &std::fs::File) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
     // SAFETY: RNDRESEEDCRNG takes no argument.
     if unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG as _) } != 0 {
         return Err(format!(

@@ -87,6 +87,16 @@ pub fn await_job(ctl: &Path) -> Result<Restored, String> {
 }
 
 fn wait_for_go(ctl: &Path) -> Result<GoRecord, String> {
+    // The template's CRNG is reseeded just before the save, so that a
+    // restored VM's kernel is not due for a reseed of its own (early in
+    // a boot it reseeds every few seconds) and the two reseeds that make it
+    // differ from its siblings are the VM generation ID's and the agent's:
+    // the isolation test's negative control depends on it.
+    let urandom = OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    crate::reseed_crng(&urandom)?;
     let mut port = OpenOptions::new()
         .read(true)
         .write(true)
