@@ -36,6 +36,29 @@ dev_for() {
   done
   return 1
 }
+# The read-only guest root on /newroot with its tmpfs.
+mount_root() {
+  mkdir -p /newroot
+  mount -t ext4 -o ro,noload "$1" /newroot || fail "cannot mount root"
+  mount -t tmpfs -o mode=0755,size=64m tmpfs /newroot/run
+  mount -t tmpfs -o mode=1777,size=256m tmpfs /newroot/tmp
+}
+# Switch to the root and run the agent (its command line in the arguments)
+# as stage 2; the VM powers off when it exits.
+run_agent() {
+  cat > /newroot/run/stage2 <<STAGE2
+#!/bin/sh
+export PATH=/usr/bin:/usr/sbin:/bin:/sbin HOME=/tmp
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
+$* --channel /dev/hvc0
+echo "airlock-init: agent exited rc=\$? uptime=\$(cut -d' ' -f1 /proc/uptime)"
+sync
+/bin/busybox poweroff -f
+STAGE2
+  chmod +x /newroot/run/stage2
+  exec switch_root /newroot /run/stage2
+}
 if [ -n "$template" ]; then
   for _ in $(seq 500); do dev_for airlock-root >/dev/null && break; sleep 0.01; done
   root=$(dev_for airlock-root) || fail "no root disk"
@@ -62,35 +85,18 @@ if [ -n "$template" ]; then
   # The RNG's slow start happens once, here, not in every job; each
   # restored VM is reseeded (its VM generation ID, the host's seed).
   head -c 1 /dev/random > /dev/null
-  mkdir -p /newroot
-  mount -t ext4 -o ro,noload "$root" /newroot || fail "cannot mount root"
-  mount -t tmpfs -o mode=0755,size=64m tmpfs /newroot/run
-  mount -t tmpfs -o mode=1777,size=256m tmpfs /newroot/tmp
+  mount_root "$root"
   cp /airlock-agent /newroot/run/airlock-agent || fail "cannot copy the agent"
   echo "$held" > /newroot/run/airlock-held
   say "template ready to save uptime=$(cut -d' ' -f1 /proc/uptime)"
-  cat > /newroot/run/stage2 <<STAGE2
-#!/bin/sh
-export PATH=/usr/bin:/usr/sbin:/bin:/sbin HOME=/tmp
-mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
-/run/airlock-agent --template $port --channel /dev/hvc0
-echo "airlock-init: agent exited rc=\$? uptime=\$(cut -d' ' -f1 /proc/uptime)"
-sync
-/bin/busybox poweroff -f
-STAGE2
-  chmod +x /newroot/run/stage2
-  exec switch_root /newroot /run/stage2
+  run_agent /run/airlock-agent --template "$port"
 fi
 for _ in $(seq 500); do dev_for airlock-export >/dev/null && break; sleep 0.01; done
 root=$(dev_for airlock-root) || fail "no root disk"
 nixd=$(dev_for airlock-nix) || fail "no /nix disk"
 input=$(dev_for airlock-input) || fail "no input disk"
 export_dev=$(dev_for airlock-export) || fail "no export disk"
-mkdir -p /newroot
-mount -t ext4 -o ro,noload "$root" /newroot || fail "cannot mount root"
-mount -t tmpfs -o mode=0755,size=64m tmpfs /newroot/run
-mount -t tmpfs -o mode=1777,size=256m tmpfs /newroot/tmp
+mount_root "$root"
 mount -t ext4 -o nosuid,nodev "$nixd" /newroot/nix || fail "cannot mount /nix"
 mkdir -p /newroot/run/input
 mount -t ext4 -o ro,noload,nosuid,nodev "$input" /newroot/run/input || fail "cannot mount input"
@@ -102,15 +108,4 @@ if [ -n "$base_disk" ]; then
   mount -t ext4 -o ro,noload,nosuid,nodev "$base" /newroot/run/base || fail "cannot mount the base disk"
 fi
 say "stage1 done uptime=$(cut -d' ' -f1 /proc/uptime)"
-cat > /newroot/run/stage2 <<STAGE2
-#!/bin/sh
-export PATH=/usr/bin:/usr/sbin:/bin:/sbin HOME=/tmp
-mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
-/run/input/airlock-agent --input /run/input --export $export_dev --channel /dev/hvc0
-echo "airlock-init: agent exited rc=\$? uptime=\$(cut -d' ' -f1 /proc/uptime)"
-sync
-/bin/busybox poweroff -f
-STAGE2
-chmod +x /newroot/run/stage2
-exec switch_root /newroot /run/stage2
+run_agent /run/input/airlock-agent --input /run/input --export "$export_dev"

@@ -452,7 +452,7 @@ mod tests {
         let init =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../guest/init.sh"))
                 .unwrap();
-        for must in [CTL_PORT, "--template $port", HELD_FILE] {
+        for must in [CTL_PORT, "--template \"$port\"", HELD_FILE] {
             assert!(init.contains(must), "init.sh lacks {must}");
         }
     }
