@@ -139,6 +139,18 @@ guest = [tuple(int(x) for x in m) for f in glob.glob(f"{work}/state/jobs/*/conso
          for m in re.findall(r"restored: disks bound in (\d+) ms, mounted in (\d+) ms", open(f, errors="replace").read())]
 if guest:
     print(f"\nin the restored guest (ms, {len(guest)} VMs' consoles): disks bound p50 {pct([b for b, _ in guest], 50)}, mounted p50 {pct([m for _, m in guest], 50)}")
+# The agent prints how long each child process took ("airlock-agent: CMD
+# took N ms"): which Nix processes a job starts and what each costs.
+took = {}
+for f in glob.glob(f"{work}/state/jobs/*/console.log"):
+    for cmd, ms in re.findall(r"airlock-agent: (.+?) took (\d+) ms", open(f, errors="replace").read()):
+        took.setdefault(cmd, []).append(int(ms))
+if took:
+    consoles = len(glob.glob(f"{work}/state/jobs/*/console.log"))
+    print(f"\nchild processes in the guest ({consoles} jobs' consoles; ms):\n")
+    print("| command | runs per job | p50 | max |\n|---|---|---|---|")
+    for cmd, ms in sorted(took.items(), key=lambda kv: -sum(kv[1])):
+        print(f"| `{cmd}` | {len(ms) / consoles:.1f} | {pct(ms, 50)} | {max(ms)} |")
 print("\nwhere the time goes (median seconds per step, from the job's timings):\n")
 print("| step | ends at | takes |\n|---|---|---|")
 prev = 0.0

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 mod nar;
 mod restore;
 mod review;
+mod store;
 
 use airlock_wire::{
     encode_event, encode_log_line, BootParams, BuildStatus, Event, ExportedPath, GuestJob,
@@ -55,6 +56,41 @@ impl Channel {
     fn event(&self, ev: &Event) {
         self.send(&encode_event(ev));
     }
+}
+
+/// Runs a child and prints on the console (stderr) how long it took: under
+/// TCG every Nix process's start-up is a visible share of a job, and the
+/// console log is where an operator reads the guest's side of a job.
+trait Timed {
+    fn timed_output(&mut self) -> std::io::Result<std::process::Output>;
+}
+
+impl Timed for Command {
+    fn timed_output(&mut self) -> std::io::Result<std::process::Output> {
+        let t = std::time::Instant::now();
+        let r = self.output();
+        eprintln!(
+            "airlock-agent: {} took {} ms",
+            describe(self),
+            t.elapsed().as_millis()
+        );
+        r
+    }
+}
+
+/// A command as the timing lines name it: the program and its first
+/// option-like arguments (not the store paths).
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args().take(4) {
+        let a = a.to_string_lossy();
+        if a.starts_with('/') {
+            break;
+        }
+        s.push(' ');
+        s.push_str(&a);
+    }
+    s
 }
 
 struct Args {
@@ -98,17 +134,23 @@ fn parse_args() -> Result<Start, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Start::Cold(a)) => a,
+    let (args, nix) = match parse_args() {
+        Ok(Start::Cold(a)) => (a, nix_version()),
         // Waits here, in the template, until a restored VM's go record;
-        // reseeds the RNG before anything else.
-        Ok(Start::Template { ctl, channel }) => match restore::await_job(&ctl) {
-            Ok(r) => Args {
-                input: PathBuf::from("/run/input"),
-                export: r.export,
-                channel,
-            },
-            Err(e) => {
+        // reseeds the RNG before anything else. What is the same for every
+        // job is asked before: the guest's Nix version (a Nix process costs
+        // half a second under TCG, and its pages stay in the template's page
+        // cache for every Nix the job starts).
+        Ok(Start::Template { ctl, channel }) => match (nix_version(), restore::await_job(&ctl)) {
+            (nix, Ok(r)) => (
+                Args {
+                    input: PathBuf::from("/run/input"),
+                    export: r.export,
+                    channel,
+                },
+                nix,
+            ),
+            (_, Err(e)) => {
                 let ch = Channel::open(channel.as_deref());
                 ch.event(&Event::AgentStarted {
                     version: WIRE_VERSION,
@@ -128,7 +170,7 @@ fn main() -> ExitCode {
     ch.event(&Event::AgentStarted {
         version: WIRE_VERSION,
     });
-    if let Some(nix) = nix_version() {
+    if let Some(nix) = nix {
         ch.event(&Event::GuestInfo { nix });
     }
     match run(&args, &ch) {
@@ -377,7 +419,7 @@ fn evaluate(
         cmd.args(nix_common(job)).arg("-A").arg(attr);
         let t0 = std::time::Instant::now();
         let out = cmd
-            .output()
+            .timed_output()
             .map_err(|e| format!("cannot run nix-instantiate: {e}"))?;
         notes.push(format!(
             "airlock: evaluating {attr} took {:.1}s{}",
@@ -545,7 +587,7 @@ fn plan(drvs: &[String], subst: Option<&[String]>) -> Result<Plan, String> {
         .args(subst.unwrap_or_default())
         .args(drvs)
         .stdin(Stdio::null())
-        .output()
+        .timed_output()
         .map_err(|e| format!("cannot run nix-store --dry-run: {e}"))?;
     if !out.status.success() {
         return Err(format!(
@@ -573,7 +615,7 @@ fn show_derivations(
         .args(recursive.then_some("-r"))
         .args(drvs)
         .stdin(Stdio::null())
-        .output()
+        .timed_output()
         .map_err(|e| format!("cannot run nix show-derivation: {e}"))?;
     if !out.status.success() {
         return Err(format!(
@@ -591,7 +633,43 @@ fn is_fixed_output(d: &serde_json::Value) -> bool {
 }
 
 /// How many of `drvs` have every output valid now.
+/// Ask the store database (`db`), or Nix (`nix`) when the database cannot
+/// answer; either way the host re-verifies what is exported.
+fn from_store<T>(
+    what: &str,
+    db: impl FnOnce(&store::Store) -> Result<T, String>,
+    nix: impl FnOnce() -> Result<T, String>,
+) -> Result<T, String> {
+    let t = std::time::Instant::now();
+    match store::Store::open().and_then(|s| db(&s)) {
+        Ok(v) => {
+            eprintln!(
+                "airlock-agent: {what} from the store database took {} ms",
+                t.elapsed().as_millis()
+            );
+            Ok(v)
+        }
+        Err(e) => {
+            eprintln!("airlock-agent: {what}: {e}; asking Nix");
+            nix()
+        }
+    }
+}
+
 fn count_built(drvs: &[String]) -> u64 {
+    from_store(
+        "built derivations",
+        |s| {
+            let outs = s.outputs(drvs)?;
+            let all: Vec<String> = outs.iter().flat_map(|(_, o)| o.clone()).collect();
+            Ok(store::count_complete(&outs, &s.valid(&all)?))
+        },
+        || Ok(count_built_by_nix(drvs)),
+    )
+    .unwrap_or(0)
+}
+
+fn count_built_by_nix(drvs: &[String]) -> u64 {
     let Ok(all) = show_derivations(drvs, false) else {
         return 0;
     };
@@ -622,10 +700,16 @@ fn counting_builds(
     ch: &Channel,
     run: impl FnOnce() -> Result<BuildStatus, String>,
 ) -> Result<BuildStatus, String> {
-    let plan = plan(drvs, None).unwrap_or_default();
+    // Without substituters, what Nix will build is every derivation with
+    // an output not yet valid that the job needs.
+    let to_build = from_store(
+        "derivations to build",
+        |s| s.to_build(drvs),
+        || Ok(plan(drvs, None).unwrap_or_default().build),
+    )?;
     let status = run()?;
     ch.event(&Event::Realised {
-        built: count_built(&plan.build),
+        built: count_built(&to_build),
         substituted: 0,
     });
     Ok(status)
@@ -683,11 +767,17 @@ fn fetch(
         serde_json::to_vec(&substituted).unwrap_or_default(),
     )
     .map_err(|e| format!("cannot save the substituted paths: {e}"))?;
-    let fods: Vec<String> = show_derivations(&to_build, false)?
-        .into_iter()
-        .filter(|(_, d)| is_fixed_output(d))
-        .map(|(p, _)| p)
-        .collect();
+    let fods: Vec<String> = from_store(
+        "fixed-output derivations",
+        |_| store::fixed_output(&to_build),
+        || {
+            Ok(show_derivations(&to_build, false)?
+                .into_iter()
+                .filter(|(_, d)| is_fixed_output(d))
+                .map(|(p, _)| p)
+                .collect())
+        },
+    )?;
     ch.log(&format!(
         "airlock: fetching {} fixed-output derivations",
         fods.len()
@@ -845,6 +935,8 @@ fn configure_network(net: Option<&(String, String)>, dns: &[String]) -> Result<(
 
 fn run_streamed(mut cmd: Command, what: &str, ch: &Channel) -> Result<BuildStatus, String> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let started = std::time::Instant::now();
+    let described = describe(&cmd);
     let mut child = cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))?;
     let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let failed_build = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -882,6 +974,10 @@ fn run_streamed(mut cmd: Command, what: &str, ch: &Channel) -> Result<BuildStatu
         .map_err(|e| format!("waiting for nix-build: {e}"))?;
     let _ = t1.join();
     let _ = t2.join();
+    eprintln!(
+        "airlock-agent: {described} took {} ms",
+        started.elapsed().as_millis()
+    );
     let mut status = BuildStatus::from_nix_exit(st.code());
     // Nix exits 1, not 100, when what failed is a download (a transient
     // failure to Nix): still a build that failed, not an error of Nix.
@@ -934,7 +1030,7 @@ fn nix_disk_mib() -> Option<(u64, u64)> {
     let out = Command::new("df")
         .args(["-Pm", "/nix"])
         .stdin(Stdio::null())
-        .output()
+        .timed_output()
         .ok()?;
     parse_df(&String::from_utf8_lossy(&out.stdout))
 }
@@ -949,7 +1045,7 @@ fn nix_store(args: &[&str], paths: &[String]) -> Result<Vec<String>, String> {
         .args(args)
         .args(paths)
         .stdin(Stdio::null())
-        .output()
+        .timed_output()
         .map_err(|e| format!("cannot run nix-store: {e}"))?;
     if !out.status.success() {
         return Err(format!(
@@ -967,47 +1063,74 @@ fn nix_store(args: &[&str], paths: &[String]) -> Result<Vec<String>, String> {
 
 /// The paths of `paths` that are valid in the store.
 fn valid_paths(paths: Vec<String>) -> Result<Vec<String>, String> {
-    // --check-validity --print-invalid exits 0 and prints the invalid ones.
-    let invalid = nix_store(&["--check-validity", "--print-invalid"], &paths)?;
-    Ok(paths.into_iter().filter(|p| !invalid.contains(p)).collect())
+    if paths.is_empty() {
+        return Ok(paths);
+    }
+    from_store(
+        "valid paths",
+        |s| {
+            let valid = s.valid(&paths)?;
+            Ok(paths
+                .iter()
+                .filter(|p| valid.contains(*p))
+                .cloned()
+                .collect())
+        },
+        || {
+            // --check-validity --print-invalid exits 0 and prints the invalid ones.
+            let invalid = nix_store(&["--check-validity", "--print-invalid"], &paths)?;
+            Ok(paths
+                .iter()
+                .filter(|p| !invalid.contains(p))
+                .cloned()
+                .collect())
+        },
+    )
 }
 
 /// Every valid output of every derivation in the closure of `drvs`, plus the
 /// runtime closure of those outputs (sources they reference), minus `.drv`s.
 fn produced_paths(drvs: &[String]) -> Result<Vec<ExportedPath>, String> {
-    let reqs = nix_store(&["-qR"], drvs)?;
-    let all_drvs: Vec<String> = reqs.into_iter().filter(|p| p.ends_with(".drv")).collect();
-    let outputs = nix_store(&["-q", "--outputs"], &all_drvs)?;
     // Paths the fetch phase substituted are upstream's, not the job's.
     let substituted: std::collections::BTreeSet<String> = std::fs::read(SUBSTITUTED_FILE)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let mut valid = valid_paths(outputs)?;
-    valid.retain(|p| !substituted.contains(p));
-    if valid.is_empty() {
-        return Ok(vec![]);
-    }
-    // One call for the closure's metadata (hash, size, references, deriver, CA).
-    let out = Command::new("nix")
-        .args([
-            "--extra-experimental-features",
-            "nix-command",
-            "path-info",
-            "--json",
-            "-r",
-        ])
-        .args(&valid)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run nix path-info: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "nix path-info failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let infos = parse_path_infos(&out.stdout)?;
+    let infos = from_store(
+        "the export's paths",
+        |s| {
+            let all_drvs: Vec<String> = s
+                .closure(drvs)?
+                .into_iter()
+                .filter(|p| p.ends_with(".drv"))
+                .collect();
+            let outputs: Vec<String> = s
+                .outputs(&all_drvs)?
+                .into_iter()
+                .flat_map(|(_, o)| o)
+                .collect();
+            let valid = s.valid(&outputs)?;
+            let roots: Vec<String> = valid
+                .into_iter()
+                .filter(|p| !substituted.contains(p))
+                .collect();
+            if roots.is_empty() {
+                return Ok(vec![]);
+            }
+            Ok(s.path_infos(&roots)?
+                .into_iter()
+                .map(|i| PathInfo {
+                    path: i.path,
+                    nar_hash: i.nar_hash,
+                    nar_size: i.nar_size,
+                    references: i.references,
+                    deriver: i.deriver,
+                    ca: i.ca,
+                })
+                .collect())
+        },
+        || produced_by_nix(drvs, &substituted),
+    )?;
     let mut paths: Vec<ExportedPath> = infos
         .into_iter()
         .filter(|i| !i.path.ends_with(".drv") && !substituted.contains(&i.path))
@@ -1029,12 +1152,50 @@ fn produced_paths(drvs: &[String]) -> Result<Vec<ExportedPath>, String> {
     Ok(paths)
 }
 
+/// [`produced_paths`]' metadata, from Nix.
+fn produced_by_nix(
+    drvs: &[String],
+    substituted: &std::collections::BTreeSet<String>,
+) -> Result<Vec<PathInfo>, String> {
+    let reqs = nix_store(&["-qR"], drvs)?;
+    let all_drvs: Vec<String> = reqs.into_iter().filter(|p| p.ends_with(".drv")).collect();
+    let outputs = nix_store(&["-q", "--outputs"], &all_drvs)?;
+    let invalid = nix_store(&["--check-validity", "--print-invalid"], &outputs)?;
+    let valid: Vec<String> = outputs
+        .into_iter()
+        .filter(|p| !invalid.contains(p) && !substituted.contains(p))
+        .collect();
+    if valid.is_empty() {
+        return Ok(vec![]);
+    }
+    // One call for the closure's metadata (hash, size, references, deriver, CA).
+    let out = Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "path-info",
+            "--json",
+            "-r",
+        ])
+        .args(&valid)
+        .stdin(Stdio::null())
+        .timed_output()
+        .map_err(|e| format!("cannot run nix path-info: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nix path-info failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    parse_path_infos(&out.stdout)
+}
+
 /// The guest's Nix, as `nix --version` prints it.
 fn nix_version() -> Option<String> {
     let out = Command::new("nix")
         .arg("--version")
         .stdin(Stdio::null())
-        .output()
+        .timed_output()
         .ok()?;
     let v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     (out.status.success() && !v.is_empty()).then_some(v)

@@ -20,7 +20,8 @@ use airlock_wire::review::{
 use airlock_wire::{BootParams, BuildStatus, Event, GuestJob, Manifest, Phase, WIRE_VERSION};
 
 use super::{
-    counting_builds, fetch, finish, nix_store, realise, valid_paths, Channel, BUILD_PHASE_OPTIONS,
+    counting_builds, fetch, finish, nix_store, realise, valid_paths, Channel, Timed,
+    BUILD_PHASE_OPTIONS,
 };
 
 const EVAL_NIX: &str = include_str!("review-eval.nix");
@@ -184,7 +185,7 @@ fn eval_tree<T: serde::de::DeserializeOwned>(
         cmd.arg("--arg").arg(arg).arg(f);
     }
     let out = cmd
-        .output()
+        .timed_output()
         .map_err(|e| format!("cannot run nix-instantiate: {e}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
