@@ -93,6 +93,11 @@ let
         description = "The VMMs' user (`NAME` or `UID:GID`; the module creates `airlock-vm`, group `kvm`). Not root, and required, with a signing key. Empty: the VMMs run as root.";
       };
       image_dir = pathKey "${cfg.guestImage}" ''"''${config.services.airlock.guestImage}"'' "The guest image (`guestImage`).";
+      kernel = mkOption {
+        type = types.str;
+        default = "";
+        description = "A guest kernel to boot instead of the image's `vmlinux` while it boots (airlockd's own default is the Debian build's trimmed kernel). Empty: the image's, which for `guestImage`'s default is already airlock's trimmed kernel.";
+      };
       agent = pathKey "${cfg.package}/bin/airlock-agent" ''"''${config.services.airlock.package}/bin/airlock-agent"'' "The guest agent, copied into each job's input disk.";
       qemu = pathKey "${cfg.package.qemu or pkgs.qemu_kvm}/bin/qemu-system-x86_64" ''"''${config.services.airlock.package.qemu or pkgs.qemu_kvm}/bin/qemu-system-x86_64"'' "QEMU (absolute: the configuration, not PATH, says what runs VMs).";
       cloud_hypervisor = pathKey "${

@@ -595,6 +595,10 @@ pub struct VmConfig {
     pub machine: String,
     /// Directory with `vmlinux`, `initrd.gz`, `rootfs.img` (vm-images/guest/build-guest.sh).
     pub image_dir: PathBuf,
+    /// The guest kernel jobs boot while it boots: `auto` (airlock's trimmed
+    /// kernel for the Debian build's image), a path, or empty; missing or
+    /// failing: the image's own `vmlinux` (vm::kernel).
+    pub kernel: String,
     /// The guest agent binary; empty = `airlock-agent` next to airlockd.
     pub agent: PathBuf,
     pub memory_mib: u64,
@@ -701,6 +705,7 @@ impl Default for VmConfig {
             qemu: "qemu-system-x86_64".into(),
             machine: "q35".into(),
             image_dir: PathBuf::from("/var/cache/airlock/guest/current"),
+            kernel: "auto".into(),
             agent: PathBuf::new(),
             memory_mib: 1024,
             vcpus: 1,

@@ -315,7 +315,10 @@ async fn runner(
     if !cleaned.is_empty() {
         info!(units = ?cleaned, "removed job units left by a previous run");
     }
+    let (kernel, why) = airlock::vm::kernel::KernelChoice::new(&cfg.vm.kernel, &cfg.vm.image_dir);
+    info!(kernel = %kernel.current().display(), reason = %why, "guest kernel");
     Ok(Arc::new(Runner {
+        kernel: Arc::new(kernel),
         supervisor,
         journal: journald.then(|| airlock::journal::SOCKET.into()),
         network,

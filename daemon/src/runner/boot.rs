@@ -37,7 +37,35 @@ impl Runner {
         net: Option<&JobNet>,
         f: &mut Follower,
     ) -> Result<VmExit, String> {
-        let spec = self.spec(rec, paths, phase, net);
+        loop {
+            let spec = self.spec(rec, paths, phase, net);
+            let exit = self.boot_once(rec, &spec, phase, f).await?;
+            // A VM on the trimmed kernel that never started its agent (and
+            // was not stopped for another reason): again, on the image's.
+            if f.started.is_none()
+                && !self.control.is_cancelled(&rec.id)
+                && self.kernel.did_not_boot(&spec.kernel)
+            {
+                let fallback = self.kernel.current();
+                warn!(
+                    kernel = %spec.kernel.display(),
+                    fallback = %fallback.display(),
+                    ?exit,
+                    "the VM did not start its agent on the trimmed kernel: booting it again on the image's own kernel, as every later VM (vm.kernel)"
+                );
+                continue;
+            }
+            return Ok(exit);
+        }
+    }
+
+    async fn boot_once(
+        &self,
+        rec: &mut JobRecord,
+        spec: &VmSpec,
+        phase: Phase,
+        f: &mut Follower,
+    ) -> Result<VmExit, String> {
         if !self.cfg.vm.image_dir.join("rootfs.img").exists() {
             return Err(format!(
                 "guest image not found in {}: run vm-images/guest/build-guest.sh",
@@ -62,7 +90,7 @@ impl Runner {
         f.mark("vm_start", t0);
         rec.accel = Some(self.backend.accel().to_owned());
         info!(accel = self.backend.accel(), ?phase, "starting VM");
-        let vm = self.backend.run(&spec, timeout, cancel_rx);
+        let vm = self.backend.run(spec, timeout, cancel_rx);
         tokio::pin!(vm);
         let mut cancel_tx = Some(cancel_tx);
         // Every 10 ms until the agent has started (a restored VM's agent is
@@ -78,7 +106,7 @@ impl Runner {
                     if f.started.is_some() && !ticks.is_multiple_of(10) {
                         continue;
                     }
-                    if let Some(why) = self.watch(rec, &spec, f, t0, cancel_tx.is_none()) {
+                    if let Some(why) = self.watch(rec, spec, f, t0, cancel_tx.is_none()) {
                         if let Some(tx) = cancel_tx.take() {
                             let _ = tx.send(why);
                         }

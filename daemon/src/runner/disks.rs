@@ -112,7 +112,7 @@ impl Runner {
         };
         VmSpec {
             name: format!("airlock-{}-{:?}", rec.id, phase).to_lowercase(),
-            kernel: img.join("vmlinux"),
+            kernel: self.kernel.current(),
             initrd: img.join("initrd.gz"),
             cmdline: format!(
                 "console=ttyS0 quiet panic=-1 {}{}",

@@ -62,6 +62,8 @@ pub struct Runner {
     /// journald's socket when airlockd logs there: the guest's console and
     /// build log lines go there too (rate-limited).
     pub journal: Option<PathBuf>,
+    /// The kernel a VM boots: the trimmed one while it boots.
+    pub kernel: Arc<crate::vm::kernel::KernelChoice>,
 }
 
 /// Remove what must not outlive the job, after killing a VM a previous

@@ -60,19 +60,20 @@ fn a_job_runs_on_the_trimmed_guest_kernel() {
         assert!(config.lines().any(|l| l == opt), "{opt} not in the config");
     }
 
-    // The Debian guest's initramfs and root around the trimmed kernel.
-    let images = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(kdir.join("vmlinux"), images.path().join("vmlinux")).unwrap();
-    for f in ["initrd.gz", "rootfs.img"] {
-        std::os::unix::fs::symlink(image_dir().join(f), images.path().join(f)).unwrap();
-    }
+    // The Debian guest's image with airlockd's default `vm.kernel = "auto"`
+    // (the trimmed kernel for that image), or the kernel the environment
+    // names.
+    let kernel = match std::env::var_os("AIRLOCK_GUEST_KERNEL_DIR") {
+        Some(_) => kdir.join("vmlinux").display().to_string(),
+        None => "auto".to_owned(),
+    };
 
     let www = tempfile::tempdir().unwrap();
     std::fs::write(www.path().join("file.txt"), "airlock-internet-ok\n").unwrap();
     let net = Internet::up(www.path());
     let d = Daemon::builder()
         .netns(&net.host)
-        .with(|c| c.vm.image_dir = images.path().to_owned())
+        .with(|c| c.vm.kernel = kernel)
         .toml("[network]\ndns = [\"203.0.113.10\"]\n")
         .start();
     // The fixture set plus an attr that records the kernel it was built on.
@@ -112,4 +113,39 @@ fn a_job_runs_on_the_trimmed_guest_kernel() {
         "not the trimmed kernel: {version}"
     );
     println!("guest kernel: {version}");
+}
+
+/// A `vm.kernel` that does not boot: the VM is booted again on the image's
+/// own kernel, the job succeeds, and the log says why, once.
+#[test]
+fn a_kernel_that_does_not_boot_falls_back_to_the_images_own() {
+    const TEST: &str = "a_kernel_that_does_not_boot_falls_back_to_the_images_own";
+    if !prerequisites(TEST) {
+        return;
+    }
+    let d0 = tempfile::tempdir().unwrap();
+    let bogus = d0.path().join("vmlinux-bogus");
+    std::fs::write(&bogus, b"not a kernel").unwrap();
+    let d = Daemon::builder()
+        .with(|c| c.vm.kernel = bogus.display().to_string())
+        .toml("[network]\nenabled = false\n")
+        .start();
+    let fixture = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pkgs/default.nix"),
+    )
+    .unwrap();
+    let (repo, head) = fixture_repo(d.dir.path(), &[("default.nix", fixture)]);
+    const SAID: &str = "booting it again on the image's own kernel";
+    let id = d.submit(&repo, &head, &["leaf"]);
+    let rec = d.wait(&id, 600);
+    assert_eq!(status(&rec), "Success", "{rec:#}\n{}", d.log());
+    assert!(
+        d.log().contains(SAID),
+        "no fallback in the log:\n{}",
+        d.log()
+    );
+    // Later VMs boot the image's kernel directly.
+    let id = d.submit(&repo, &head, &["leaf"]);
+    assert_eq!(status(&d.wait(&id, 600)), "Success", "{}", d.log());
+    assert_eq!(d.log().matches(SAID).count(), 1, "{}", d.log());
 }
