@@ -7,7 +7,8 @@
 #        NETWORK=0: one boot, no NIC. airlockd runs in a network namespace of
 #        its own, so the machine's network is not touched.
 #        TEMPLATE=1 (default): VMs restored from guest templates (vm.template);
-#        TEMPLATE=0: every VM boots cold. The first job builds the templates:
+#        TEMPLATE=0: every VM boots cold. KERNEL=…: vm.kernel (default
+#        "auto": the trimmed kernel where built; "" the image's own). The first job builds the templates:
 #        it is run once before the measured ones and not counted.
 #        Memory: every 0.2 s each running QEMU's /proc/<pid>/smaps is read;
 #        a VM's own memory is its resident set minus the template pages it
@@ -36,6 +37,7 @@ cat > "$work/airlock.toml" <<TOML
 enabled = $([ "${NETWORK:-1}" = 1 ] && echo true || echo false)
 [vm]
 template = $([ "${TEMPLATE:-1}" = 1 ] && echo true || echo false)
+kernel = "${KERNEL-auto}"
 accel = "${ACCEL:-auto}"
 image_dir = "${AIRLOCK_IMAGE_DIR:-/var/cache/airlock/guest/current}"
 TOML
