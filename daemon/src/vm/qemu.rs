@@ -90,6 +90,13 @@ impl Qemu {
         ];
         if self.accel == "kvm" {
             a.extend(["-cpu".into(), "host".into()]);
+        } else {
+            // TCG's default CPU model offers SVM, which QEMU emulates: a
+            // guest kernel with KVM built in (the trimmed one) would have a
+            // /dev/kvm that runs nested VMs by emulation inside emulation,
+            // and review mode would run NixOS tests on it and claim KVM.
+            // Under TCG a VM gets no virtualisation extensions.
+            a.extend(["-cpu".into(), TCG_CPU.into()]);
         }
         a
     }
@@ -604,6 +611,9 @@ pub fn kill_orphan(pidfile: &Path, marker: &str) -> bool {
 /// the guest kernel reaches its init within `timeout`. Returns the choice and
 /// why, for the log.
 /// `qemu` is the backend as configured; its `accel` is not looked at.
+/// The CPU model of a VM under TCG: QEMU's default, without SVM or VMX.
+pub const TCG_CPU: &str = "qemu64,-svm,-vmx";
+
 pub async fn probe_accel(
     qemu: &Qemu,
     requested: Accel,
@@ -682,6 +692,10 @@ mod tests {
         assert!(a.contains("file=/r,,x.img,if=none,id=disk0,format=raw,cache=unsafe,readonly=on"));
         assert!(a.contains("virtio-blk-pci,drive=disk1,serial=airlock-nix"));
         assert!(a.contains("-accel tcg"));
+        assert!(
+            a.contains("-cpu qemu64,-svm,-vmx"),
+            "no nested virtualisation under TCG"
+        );
         assert!(a.contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny"));
         assert!(!a.contains("-netdev"), "no NIC unless asked");
         assert!(
