@@ -135,7 +135,8 @@ fn parse_args() -> Result<Start, String> {
 
 fn main() -> ExitCode {
     let (args, nix) = match parse_args() {
-        Ok(Start::Cold(a)) => (a, nix_version()),
+        // A cold boot asks after the agent has started (below).
+        Ok(Start::Cold(a)) => (a, None),
         // Waits here, in the template, until a restored VM's go record;
         // reseeds the RNG before anything else. What is the same for every
         // job is asked before: the guest's Nix version (a Nix process costs
@@ -170,7 +171,7 @@ fn main() -> ExitCode {
     ch.event(&Event::AgentStarted {
         version: WIRE_VERSION,
     });
-    if let Some(nix) = nix {
+    if let Some(nix) = nix.or_else(nix_version) {
         ch.event(&Event::GuestInfo { nix });
     }
     match run(&args, &ch) {
