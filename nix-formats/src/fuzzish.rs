@@ -94,3 +94,13 @@ fn text_parsers_never_panic() {
         }
     }
 }
+
+#[test]
+fn drv_outputs_parser_never_panics() {
+    let mut rng = Rng(0xd7f0_0001);
+    let base = br#"Derive([("dev","/nix/store/ihml9cgha2ncb1jfpf857yd6nls4n23b-x-dev","",""),("out","/nix/store/ihml9cgha2ncb1jfpf857yd6nls4n23b-x","r:sha256","0b5a\"q\\")],[],[],"x86_64-linux","/bin/sh",[],[])"#;
+    assert_eq!(crate::drv::outputs(base).unwrap().len(), 2);
+    for _ in 0..20_000 {
+        let _ = crate::drv::outputs(&mutate(&mut rng, base));
+    }
+}
