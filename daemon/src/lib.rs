@@ -19,6 +19,7 @@
 //!   which call the scheduler and are wired up by `airlockd`.
 
 pub mod amqp;
+pub mod attest;
 pub mod checkout;
 pub mod config;
 pub mod control;

@@ -60,8 +60,30 @@ impl SecretKey {
 
     /// The narinfo `Sig:` value for these signed fields.
     pub fn sign(&self, signed: &Signed) -> String {
-        let sig = self.key.sign(signed.fingerprint().as_bytes());
+        self.sign_bytes(signed.fingerprint().as_bytes())
+    }
+
+    /// `name:base64(signature)` over any message (a builder's attestations
+    /// and log head; never with the cache's key).
+    pub fn sign_bytes(&self, message: &[u8]) -> String {
+        let sig = self.key.sign(message);
         format!("{}:{}", self.name, B64.encode(sig.to_bytes()))
+    }
+
+    /// A new key named `name` from 32 random bytes (a builder's identity).
+    pub fn from_seed(name: &str, seed: &[u8; 32]) -> Result<SecretKey> {
+        if name.is_empty() || name.contains(char::is_whitespace) || name.contains(':') {
+            return Err(Error::Format);
+        }
+        Ok(SecretKey {
+            name: name.to_owned(),
+            key: SigningKey::from_bytes(seed),
+        })
+    }
+
+    /// The key file's text (`name:base64(seed ‖ public)`), as Nix writes it.
+    pub fn to_file_text(&self) -> String {
+        format!("{}:{}", self.name, B64.encode(self.key.to_keypair_bytes()))
     }
 }
 
@@ -86,6 +108,11 @@ pub fn check_public(public: &str) -> Result<()> {
 
 /// Check a `Sig:` value against a public key (`name:base64`).
 pub fn verify(public: &str, signed: &Signed, sig: &str) -> Result<bool> {
+    verify_bytes(public, signed.fingerprint().as_bytes(), sig)
+}
+
+/// Check a `name:base64` signature over `message` against a public key.
+pub fn verify_bytes(public: &str, message: &[u8], sig: &str) -> Result<bool> {
     let (name, pk) = parse_public(public)?;
     let (sname, sbytes) = split(sig)?;
     let Ok(sbytes) = <[u8; 64]>::try_from(sbytes.as_slice()) else {
@@ -93,10 +120,7 @@ pub fn verify(public: &str, signed: &Signed, sig: &str) -> Result<bool> {
     };
     Ok(sname == name
         && pk
-            .verify(
-                signed.fingerprint().as_bytes(),
-                &Signature::from_bytes(&sbytes),
-            )
+            .verify(message, &Signature::from_bytes(&sbytes))
             .is_ok())
 }
 
