@@ -51,9 +51,26 @@ pub struct Config {
     pub inputs: InputsConfig,
     pub dbus: DbusConfig,
     pub sponsor: SponsorConfig,
+    pub attestation: AttestationConfig,
     pub supervision: SupervisionConfig,
     pub review: ReviewConfig,
     pub web: WebConfig,
+}
+
+/// Signed attestations of what this builder built (issue 30,
+/// docs/trust.md): the builder's identity is `identity` (its key's name)
+/// with the operator and URL here.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttestationConfig {
+    /// Who runs this builder; empty: `sponsor.name`, else `identity`.
+    pub operator: String,
+    /// The operator's `https://…` page; empty: `sponsor.url`.
+    pub url: String,
+    /// The builder's ed25519 identity key (Nix's `name:base64` secret key
+    /// format; never the cache signing key). Empty:
+    /// `<state_dir>/identity.sec`, made at first start.
+    pub key_file: PathBuf,
 }
 
 /// Review jobs (issue 16): build everything a PR changes.
@@ -690,6 +707,7 @@ impl Default for Config {
             inputs: InputsConfig::default(),
             dbus: DbusConfig::default(),
             sponsor: SponsorConfig::default(),
+            attestation: AttestationConfig::default(),
             supervision: SupervisionConfig::default(),
             review: ReviewConfig::default(),
             web: WebConfig::default(),
@@ -796,6 +814,13 @@ impl Config {
         if self.trust == Trust::Trusted && self.release.signing_key_file.is_none() {
             return Err(Error::Invalid(
                 "trust = \"trusted\" needs release.signing_key_file (or --signing-key-file)".into(),
+            ));
+        }
+        if !self.attestation.key_file.as_os_str().is_empty()
+            && self.release.signing_key_file.as_deref() == Some(self.attestation.key_file.as_path())
+        {
+            return Err(Error::Invalid(
+                "attestation.key_file is release.signing_key_file: a builder's identity key must not be the cache signing key".into(),
             ));
         }
         let vmm_as_root =

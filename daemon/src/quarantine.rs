@@ -284,6 +284,8 @@ pub struct Imported {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub paths: Vec<StorePath>,
+    /// What the host verified of each path (as in `manifest.json`).
+    pub verified: Vec<VerifiedPath>,
 }
 
 /// Check a content address against the path's NAR (on disk at `nar`, its
@@ -425,7 +427,7 @@ fn import_into(
         std::fs::write(&ni_path, ni.render().as_bytes()).map_err(io_at(&ni_path))?;
     }
     airlock_wire::read_trailer(&mut r)?;
-    write_job_files(tmp, job, &manifest, &set.paths, verified)?;
+    write_job_files(tmp, job, &manifest, &set.paths, verified.clone())?;
     // One sync of the file system instead of one per file (three per path
     // made a 35 000-path export take 20 s): the files, then the directories.
     crate::fsutil::sync_fs(tmp).map_err(io_at(tmp))?;
@@ -433,6 +435,7 @@ fn import_into(
         dir: tmp.to_path_buf(),
         manifest,
         paths: set.paths,
+        verified,
     })
 }
 

@@ -118,10 +118,7 @@ pub fn verify_bytes(public: &str, message: &[u8], sig: &str) -> Result<bool> {
     let Ok(sbytes) = <[u8; 64]>::try_from(sbytes.as_slice()) else {
         return Ok(false);
     };
-    Ok(sname == name
-        && pk
-            .verify(message, &Signature::from_bytes(&sbytes))
-            .is_ok())
+    Ok(sname == name && pk.verify(message, &Signature::from_bytes(&sbytes)).is_ok())
 }
 
 #[cfg(test)]

@@ -130,6 +130,7 @@ async fn throughput(broker: &Broker, n: usize) {
         network: None,
         substituter: None,
         control: Default::default(),
+        attestor: None,
         kernel: Arc::new(airlock::vm::kernel::KernelChoice::new("", "/unused".as_ref()).0),
     });
     let daemon = Scheduler::start_with(runner, Arc::new(Noop { store, sink })).unwrap();

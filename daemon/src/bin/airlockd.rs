@@ -317,7 +317,15 @@ async fn runner(
     }
     let (kernel, why) = airlock::vm::kernel::KernelChoice::new(&cfg.vm.kernel, &cfg.vm.image_dir);
     info!(kernel = %kernel.current().display(), reason = %why, "guest kernel");
+    let attestor = airlock::attest::store::Attestor::open(cfg)
+        .map_err(|e| anyhow::anyhow!("{}", airlock::error::chain(&e)))?;
+    info!(
+        builder = attestor.builder(),
+        public_key = attestor.public(),
+        "attestations signed with this identity key"
+    );
     Ok(Arc::new(Runner {
+        attestor: Some(Arc::new(attestor)),
         kernel: Arc::new(kernel),
         supervisor,
         journal: journald.then(|| airlock::journal::SOCKET.into()),

@@ -12,6 +12,10 @@ impl JobPaths {
     pub fn build_log(&self) -> PathBuf {
         self.dir.join("build.log")
     }
+    /// The job's signed attestations, one JSON per line (attest).
+    pub fn attestations(&self) -> PathBuf {
+        self.dir.join("attestations.jsonl")
+    }
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
     }

@@ -65,6 +65,9 @@ impl Runner {
         match imported {
             Ok(Ok(imp)) => {
                 info!(dir = %imp.dir.display(), paths = imp.paths.len(), "outputs verified and quarantined");
+                if let Some(att) = &self.attestor {
+                    self.attest(att, rec, paths, &imp.verified);
+                }
                 res.quarantine = Some(imp.dir);
                 res.store_paths = imp.paths.iter().map(|p| p.to_string()).collect();
             }
@@ -90,5 +93,37 @@ impl Runner {
             }
         }
         res
+    }
+
+    /// Sign what was verified, append it to the builder's log and keep the
+    /// job's own copy; a failure here is logged and costs the job nothing.
+    fn attest(
+        &self,
+        att: &crate::attest::store::Attestor,
+        rec: &JobRecord,
+        paths: &JobPaths,
+        verified: &[quarantine::VerifiedPath],
+    ) {
+        match att.attest(rec, verified) {
+            Ok(list) => {
+                let mut text = Vec::new();
+                for a in &list {
+                    text.extend(a.to_json());
+                    text.push(b'\n');
+                }
+                let file = paths.attestations();
+                match std::fs::write(&file, text) {
+                    Ok(()) => info!(
+                        count = list.len(),
+                        builder = att.builder(),
+                        "outputs attested"
+                    ),
+                    Err(e) => {
+                        warn!(file = %file.display(), error = %e, "cannot write the job's attestations")
+                    }
+                }
+            }
+            Err(e) => warn!(error = %error_chain(&e), "outputs not attested"),
+        }
     }
 }

@@ -64,6 +64,8 @@ pub struct Runner {
     pub journal: Option<PathBuf>,
     /// The kernel a VM boots: the trimmed one while it boots.
     pub kernel: Arc<crate::vm::kernel::KernelChoice>,
+    /// Signs an attestation for every verified output (issue 30).
+    pub attestor: Option<Arc<crate::attest::store::Attestor>>,
 }
 
 /// Remove what must not outlive the job, after killing a VM a previous

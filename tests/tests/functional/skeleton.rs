@@ -150,6 +150,31 @@ fn chain_builds_in_vm_and_matches_host_build() {
     assert!(jobdir.join("console.log").exists());
     assert!(d.build_log(&id).contains("building '/nix/store/"));
 
+    // Each built output attested, signed with the builder's identity key
+    // (issue 30), and the builder's log verifies with its signed head.
+    let public = std::fs::read_to_string(d.state().join("attestations/public")).unwrap();
+    let atts: Vec<airlock::attest::Attestation> =
+        std::fs::read_to_string(jobdir.join("attestations.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| airlock::attest::Attestation::parse(l.as_bytes()).unwrap())
+            .collect();
+    assert_eq!(atts.len(), 3, "{atts:#?}");
+    for a in &atts {
+        a.verify(public.trim()).unwrap();
+        assert!(host_paths.contains(&a.statement.out_path), "{a:?}");
+        assert_eq!(a.statement.output, "out");
+        assert_eq!(a.statement.job_id, id);
+    }
+    let head: airlock::attest::Head =
+        serde_json::from_slice(&std::fs::read(d.state().join("attestations/head.json")).unwrap())
+            .unwrap();
+    let log = std::fs::read(d.state().join("attestations/log.jsonl")).unwrap();
+    assert_eq!(
+        airlock::attest::verify_log(&log, public.trim(), &head).unwrap(),
+        atts
+    );
+
     // airlockctl's human views work too.
     let jobs = String::from_utf8_lossy(&d.ctl(&["jobs"]).stdout).into_owned();
     assert!(jobs.contains(&id) && jobs.contains("Success"), "{jobs}");

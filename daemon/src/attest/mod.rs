@@ -17,6 +17,8 @@
 //! breaks the chain at that entry, and a head signed before cannot be
 //! matched by a rewritten history.
 
+pub mod store;
+
 use airlock_nix_formats::signing::{self, SecretKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -310,7 +312,10 @@ mod tests {
         assert_eq!(t.verify(&k.public()), Err(Error::BadSignature));
         // Another builder's key, or a key named otherwise.
         let other = key("builder-b-1", 2);
-        assert!(matches!(a.verify(&other.public()), Err(Error::WrongKey { .. })));
+        assert!(matches!(
+            a.verify(&other.public()),
+            Err(Error::WrongKey { .. })
+        ));
         let impostor = key("builder-a-1", 3);
         assert_eq!(a.verify(&impostor.public()), Err(Error::BadSignature));
         assert!(matches!(
@@ -323,7 +328,10 @@ mod tests {
         assert!(Attestation::parse(v.to_string().as_bytes()).is_err());
         let mut v: serde_json::Value = serde_json::from_slice(&a.to_json()).unwrap();
         v["statement"]["version"] = 2.into();
-        assert_eq!(Attestation::parse(v.to_string().as_bytes()), Err(Error::Version(2)));
+        assert_eq!(
+            Attestation::parse(v.to_string().as_bytes()),
+            Err(Error::Version(2))
+        );
     }
 
     #[test]
@@ -368,7 +376,9 @@ mod tests {
         let mut rewritten: Vec<u8> = lines[..3].join("\n").into_bytes();
         rewritten.push(b'\n');
         let h3 = Head::sign(&k, 3, &line_hash(lines[2].as_bytes()));
-        let a = statement("builder-a-1", "p3", "sha256:other").sign(&k).unwrap();
+        let a = statement("builder-a-1", "p3", "sha256:other")
+            .sign(&k)
+            .unwrap();
         let (line, new_head) = append(&k, 3, &h3.hash, a);
         rewritten.extend(&line);
         rewritten.push(b'\n');
