@@ -17,6 +17,7 @@
 //! breaks the chain at that entry, and a head signed before cannot be
 //! matched by a rewritten history.
 
+pub mod compare;
 pub mod store;
 
 use airlock_nix_formats::signing::{self, SecretKey};
