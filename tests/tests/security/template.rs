@@ -134,19 +134,30 @@ fn restored_vms_share_nothing() {
     assert_eq!(d.log().matches("guest template built").count(), 1);
     println!("20 restored VMs: 20 distinct samples, no canary seen, template memory unchanged");
 
-    // The negative control: without the VM generation ID change, two VMs
-    // restored from one template draw the same bytes.
+    // The negative control: without the VM generation ID change, VMs
+    // restored from one template draw the same bytes. Not every one of
+    // them need: the kernel reseeds its CRNG by itself once the last
+    // reseed is older than an interval that is only max(1 s, uptime / 2)
+    // early in boot, and a template of the trimmed kernel is saved a few
+    // seconds after boot; a clone that is slow (under TCG, on a loaded
+    // machine) to take its first sample reseeds from its own interrupt
+    // timings. So four clones, and at least two must repeat each other.
     let control = daemon(work.path(), true);
     let (repo2, head2) = fixture_repo(control.dir.path(), &[]);
     let mut same = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..4 {
         let id = control.submit(&repo2, &head2, &["leaf"]);
         control.wait(&id, JOB_LIMIT);
         same.push(probe(&control, &id)["sample"].clone());
     }
-    assert_eq!(
-        same[0], same[1],
-        "with the template's VM generation ID kept, restored VMs should repeat the template's RNG"
+    let mut counts: std::collections::BTreeMap<&String, usize> = Default::default();
+    for s in &same {
+        *counts.entry(s).or_default() += 1;
+    }
+    let (repeated, n) = counts.into_iter().max_by_key(|(_, n)| *n).expect("four");
+    assert!(
+        n >= 2,
+        "with the template's VM generation ID kept, restored VMs should repeat the template's RNG: {same:?}"
     );
-    println!("negative control (same vmgenid): both VMs drew {}", same[0]);
+    println!("negative control (same vmgenid): {n} of 4 VMs drew {repeated}");
 }
