@@ -69,13 +69,17 @@ impl Timed for Command {
     fn timed_output(&mut self) -> std::io::Result<std::process::Output> {
         let t = std::time::Instant::now();
         let r = self.output();
-        eprintln!(
-            "airlock-agent: {} took {} ms",
-            describe(self),
-            t.elapsed().as_millis()
-        );
+        say_took(&describe(self), t);
         r
     }
+}
+
+/// `airlock-agent: WHAT took N ms` on the console (bench/skeleton.sh reads it).
+fn say_took(what: &str, since: std::time::Instant) {
+    eprintln!(
+        "airlock-agent: {what} took {} ms",
+        since.elapsed().as_millis()
+    );
 }
 
 /// A command as the timing lines name it: the program and its first
@@ -633,7 +637,6 @@ fn is_fixed_output(d: &serde_json::Value) -> bool {
         .is_some_and(|o| o.values().any(|v| v.get("hash").is_some()))
 }
 
-/// How many of `drvs` have every output valid now.
 /// Ask the store database (`db`), or Nix (`nix`) when the database cannot
 /// answer; either way the host re-verifies what is exported.
 fn from_store<T>(
@@ -644,10 +647,7 @@ fn from_store<T>(
     let t = std::time::Instant::now();
     match store::Store::open().and_then(|s| db(&s)) {
         Ok(v) => {
-            eprintln!(
-                "airlock-agent: {what} from the store database took {} ms",
-                t.elapsed().as_millis()
-            );
+            say_took(&format!("{what} from the store database"), t);
             Ok(v)
         }
         Err(e) => {
@@ -657,13 +657,14 @@ fn from_store<T>(
     }
 }
 
+/// How many of `drvs` have every output valid now.
 fn count_built(drvs: &[String]) -> u64 {
     from_store(
         "built derivations",
         |s| {
-            let outs = s.outputs(drvs)?;
-            let all: Vec<String> = outs.iter().flat_map(|(_, o)| o.clone()).collect();
-            Ok(store::count_complete(&outs, &s.valid(&all)?))
+            let outs: Vec<Vec<String>> = s.outputs(drvs)?.into_iter().map(|(_, o)| o).collect();
+            let valid = s.valid(&outs.concat())?;
+            Ok(store::count_complete(&outs, |p| valid.contains(p)))
         },
         || Ok(count_built_by_nix(drvs)),
     )
@@ -688,10 +689,7 @@ fn count_built_by_nix(drvs: &[String]) -> u64 {
         })
         .collect();
     let valid = valid_paths(outputs.concat()).unwrap_or_default();
-    outputs
-        .iter()
-        .filter(|o| !o.is_empty() && o.iter().all(|p| valid.contains(p)))
-        .count() as u64
+    store::count_complete(&outputs, |p| valid.contains(p))
 }
 
 /// Run a build of `drvs` (`run`), then report how many derivations it built
@@ -975,10 +973,7 @@ fn run_streamed(mut cmd: Command, what: &str, ch: &Channel) -> Result<BuildStatu
         .map_err(|e| format!("waiting for nix-build: {e}"))?;
     let _ = t1.join();
     let _ = t2.join();
-    eprintln!(
-        "airlock-agent: {described} took {} ms",
-        started.elapsed().as_millis()
-    );
+    say_took(&described, started);
     let mut status = BuildStatus::from_nix_exit(st.code());
     // Nix exits 1, not 100, when what failed is a download (a transient
     // failure to Nix): still a build that failed, not an error of Nix.
@@ -1097,7 +1092,7 @@ fn produced_paths(drvs: &[String]) -> Result<Vec<ExportedPath>, String> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let infos = from_store(
+    let infos: Vec<ExportedPath> = from_store(
         "the export's paths",
         |s| {
             let all_drvs: Vec<String> = s
@@ -1118,35 +1113,13 @@ fn produced_paths(drvs: &[String]) -> Result<Vec<ExportedPath>, String> {
             if roots.is_empty() {
                 return Ok(vec![]);
             }
-            Ok(s.path_infos(&roots)?
-                .into_iter()
-                .map(|i| PathInfo {
-                    path: i.path,
-                    nar_hash: i.nar_hash,
-                    nar_size: i.nar_size,
-                    references: i.references,
-                    deriver: i.deriver,
-                    ca: i.ca,
-                })
-                .collect())
+            s.path_infos(&roots)
         },
         || produced_by_nix(drvs, &substituted),
     )?;
     let mut paths: Vec<ExportedPath> = infos
         .into_iter()
         .filter(|i| !i.path.ends_with(".drv") && !substituted.contains(&i.path))
-        .map(|i| {
-            let mut references = i.references;
-            references.sort();
-            ExportedPath {
-                path: i.path,
-                nar_hash: i.nar_hash,
-                nar_size: i.nar_size,
-                references,
-                deriver: i.deriver,
-                ca: i.ca,
-            }
-        })
         .collect();
     paths.sort_by(|a, b| a.path.cmp(&b.path));
     paths.dedup_by(|a, b| a.path == b.path);
@@ -1157,7 +1130,7 @@ fn produced_paths(drvs: &[String]) -> Result<Vec<ExportedPath>, String> {
 fn produced_by_nix(
     drvs: &[String],
     substituted: &std::collections::BTreeSet<String>,
-) -> Result<Vec<PathInfo>, String> {
+) -> Result<Vec<ExportedPath>, String> {
     let reqs = nix_store(&["-qR"], drvs)?;
     let all_drvs: Vec<String> = reqs.into_iter().filter(|p| p.ends_with(".drv")).collect();
     let outputs = nix_store(&["-q", "--outputs"], &all_drvs)?;
@@ -1188,7 +1161,21 @@ fn produced_by_nix(
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    parse_path_infos(&out.stdout)
+    Ok(parse_path_infos(&out.stdout)?
+        .into_iter()
+        .map(|i| {
+            let mut references = i.references;
+            references.sort();
+            ExportedPath {
+                path: i.path,
+                nar_hash: i.nar_hash,
+                nar_size: i.nar_size,
+                references,
+                deriver: i.deriver,
+                ca: i.ca,
+            }
+        })
+        .collect())
 }
 
 /// The guest's Nix, as `nix --version` prints it.

@@ -13,20 +13,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use airlock_wire::ExportedPath;
 use rusqlite::{Connection, OpenFlags};
 
 pub const DB: &str = "/nix/var/nix/db/db.sqlite";
-
-/// One store path's metadata as Nix registered it.
-pub struct PathInfo {
-    pub path: String,
-    /// `sha256:<base16>`, as Nix stores it.
-    pub nar_hash: String,
-    pub nar_size: u64,
-    pub references: Vec<String>,
-    pub deriver: Option<String>,
-    pub ca: Option<String>,
-}
 
 pub struct Store(Connection);
 
@@ -115,8 +105,9 @@ impl Store {
     }
 
     /// The metadata of every path in the closure of `roots`, as `nix
-    /// path-info --json -r` gives it.
-    pub fn path_infos(&self, roots: &[String]) -> Result<Vec<PathInfo>> {
+    /// path-info --json -r` gives it (the NAR hash as Nix stores it,
+    /// `sha256:<base16>`; references sorted).
+    pub fn path_infos(&self, roots: &[String]) -> Result<Vec<ExportedPath>> {
         let closure: Vec<String> = self.closure(roots)?.into_iter().collect();
         let mut st = self
             .0
@@ -125,9 +116,9 @@ impl Store {
                  WHERE v.path IN (SELECT value FROM json_each(?1)) ORDER BY v.path",
             )
             .map_err(db_err)?;
-        let mut infos: Vec<PathInfo> = st
+        let mut infos: Vec<ExportedPath> = st
             .query_map([json(&closure)], |r| {
-                Ok(PathInfo {
+                Ok(ExportedPath {
                     path: r.get(0)?,
                     nar_hash: r.get(1)?,
                     nar_size: r.get::<_, Option<i64>>(2)?.unwrap_or(-1) as u64,
@@ -197,11 +188,12 @@ impl Store {
     }
 }
 
-/// Of `drvs`, those whose outputs are all valid now.
-pub fn count_complete(outputs: &[(String, Vec<String>)], valid: &BTreeSet<String>) -> u64 {
+/// Of derivations with these output lists, how many have every output
+/// `valid` now.
+pub fn count_complete(outputs: &[Vec<String>], valid: impl Fn(&String) -> bool) -> u64 {
     outputs
         .iter()
-        .filter(|(_, o)| !o.is_empty() && o.iter().all(|p| valid.contains(p)))
+        .filter(|o| !o.is_empty() && o.iter().all(&valid))
         .count() as u64
 }
 
