@@ -158,7 +158,6 @@ pub fn compare(
 
 #[cfg(test)]
 mod tests {
-    use super::super::Statement;
     use super::*;
     use airlock_nix_formats::signing::SecretKey;
 
@@ -169,27 +168,10 @@ mod tests {
         claimed_operator: &str,
         time: i64,
     ) -> Attestation {
-        Statement {
-            version: Statement::VERSION,
-            drv_path: format!("/nix/store/{}-{out}.drv", "a".repeat(32)),
-            output: "out".into(),
-            out_path: format!("/nix/store/{}-{out}", "b".repeat(32)),
-            nar_hash: hash.into(),
-            nar_size: 1,
-            references: vec![],
-            builder: key.name.clone(),
-            operator: claimed_operator.into(),
-            trust: "community".into(),
-            job_id: "j".into(),
-            repo: "o/n".into(),
-            pr: Some(1),
-            head: "c".repeat(40),
-            merged: None,
-            guest_nix: None,
-            time,
-        }
-        .sign(key)
-        .unwrap()
+        let mut s = crate::attest::tests::statement(&key.name, out, hash);
+        s.operator = claimed_operator.into();
+        s.time = time;
+        s.sign(key).unwrap()
     }
 
     #[test]

@@ -277,7 +277,8 @@ mod tests {
         SecretKey::from_seed(name, &[b; 32]).unwrap()
     }
 
-    fn statement(builder: &str, out: &str, hash: &str) -> Statement {
+    /// A statement for tests (compare.rs's too).
+    pub(super) fn statement(builder: &str, out: &str, hash: &str) -> Statement {
         Statement {
             version: Statement::VERSION,
             drv_path: format!("/nix/store/{}-{out}.drv", "a".repeat(32)),

@@ -48,23 +48,21 @@ impl KernelChoice {
         debian: &Path,
     ) -> (KernelChoice, String) {
         let auto = configured == "auto";
-        let debian_image = std::fs::canonicalize(image_dir)
-            .is_ok_and(|d| std::fs::canonicalize(debian).is_ok_and(|deb| d.starts_with(deb)));
-        if auto && !debian_image {
-            return (
-                KernelChoice {
-                    stock: image_dir.join("vmlinux"),
-                    preferred: Mutex::new(None),
-                },
+        let debian_image = || {
+            std::fs::canonicalize(image_dir)
+                .is_ok_and(|d| std::fs::canonicalize(debian).is_ok_and(|deb| d.starts_with(deb)))
+        };
+        let configured = if auto { trimmed } else { Path::new(configured) };
+        let stock = image_dir.join("vmlinux");
+        let (preferred, why) = if auto && !debian_image() {
+            (
+                None,
                 format!(
                     "vm.kernel = \"auto\": the image's own kernel (the trimmed kernel is taken only for the Debian build's images under {})",
                     debian.display()
                 ),
-            );
-        }
-        let configured = if auto { trimmed } else { Path::new(configured) };
-        let stock = image_dir.join("vmlinux");
-        let (preferred, why) = if configured.as_os_str().is_empty() {
+            )
+        } else if configured.as_os_str().is_empty() {
             (
                 None,
                 "vm.kernel is empty: the image's own kernel".to_owned(),
