@@ -330,6 +330,16 @@ pub enum Trust {
     Community,
 }
 
+impl Trust {
+    /// As the configuration spells it (`trusted`, `community`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trust::Trusted => "trusted",
+            Trust::Community => "community",
+        }
+    }
+}
+
 impl std::str::FromStr for Trust {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Trust, String> {

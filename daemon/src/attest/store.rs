@@ -121,7 +121,7 @@ impl Attestor {
             key,
             public,
             operator,
-            trust: format!("{:?}", cfg.trust).to_lowercase(),
+            trust: cfg.trust.as_str().to_owned(),
             dir,
             state: Mutex::new(state),
         })

@@ -117,7 +117,6 @@ pub fn write_report(i: &ReportInput, late: &AtomicBool) -> Vec<String> {
         .airlock_review
         .as_ref()
         .and_then(|r| r.attrs.as_deref());
-    let trust = format!("{:?}", cfg.trust).to_lowercase();
     let r = report::build(
         rv,
         report::Context {
@@ -131,7 +130,7 @@ pub fn write_report(i: &ReportInput, late: &AtomicBool) -> Vec<String> {
             system: &cfg.system,
             guest_nix: rec.guest_nix.as_deref(),
             identity: &cfg.identity,
-            trust: &trust,
+            trust: cfg.trust.as_str(),
             sponsor,
             requested,
             skip: &cfg.review.skip_attrs,
