@@ -37,6 +37,14 @@ use crate::scheduler::Scheduler;
 /// Largest job message accepted.
 const MAX_BODY: usize = 1 << 20;
 
+/// Fanout exchange every builder publishes its attestations on (one
+/// message per attestation, routing key the builder's key name); ofborg's
+/// consumers never bind to it.
+pub const ATTESTATIONS_EXCHANGE: &str = "airlock-attestations";
+/// Topic exchange a publisher copies each job to, routing key `<system>`,
+/// for operators' own queues (`amqp.operator_queue`, docs/trust.md).
+pub const OPERATOR_JOBS_EXCHANGE: &str = "airlock-build-jobs";
+
 /// Log lines waiting for the publisher, at most: beyond, a chatty build's
 /// lines are dropped (and counted) instead of growing memory while the
 /// broker is slow or away. The job log on disk keeps every line.
@@ -176,6 +184,20 @@ fn start_marker(daemon: &Scheduler, id: &str) -> std::path::PathBuf {
 /// `logs` must not report the job a second time.
 fn result_marker(daemon: &Scheduler, id: &str) -> std::path::PathBuf {
     daemon.runner.store.dir(id).join("amqp-result-published")
+}
+
+/// Marker file: this job's attestations were published (confirmed).
+fn attestations_marker(daemon: &Scheduler, id: &str) -> std::path::PathBuf {
+    daemon
+        .runner
+        .store
+        .dir(id)
+        .join("amqp-attestations-published")
+}
+
+/// The queue this builder reads other builders' attestations from.
+pub fn attestations_queue(builder: &str) -> String {
+    format!("airlock-attestations-{builder}")
 }
 
 /// Write a marker durably (fsync), warning if that fails.
@@ -413,6 +435,7 @@ impl Amqp {
         *self.shared.channel.lock().expect("lock") = Some((generation, pubch.clone()));
         let _ = self.tx.send(Out::ReportAll);
         let mut drx = self.consume(&conn, &systems).await?;
+        self.consume_attestations(daemon, &conn).await?;
         info!(broker = %redact(&uri), systems = ?systems, prefetch = self.cfg.max_jobs, "consuming from the broker");
         loop {
             tokio::select! {
@@ -452,6 +475,10 @@ impl Amqp {
         for (name, kind) in [
             ("logs", ExchangeKind::Topic),
             ("build-results", ExchangeKind::Fanout),
+            // airlock's own, beside ofborg's (docs/trust.md): every
+            // builder's attestations, and jobs copied per operator.
+            (ATTESTATIONS_EXCHANGE, ExchangeKind::Fanout),
+            (OPERATOR_JOBS_EXCHANGE, ExchangeKind::Topic),
         ] {
             pubch
                 .exchange_declare(
@@ -470,15 +497,22 @@ impl Amqp {
             ..Default::default()
         };
         for sys in systems {
-            let q = format!("build-inputs-{sys}");
+            let q = self.cfg.job_queue(sys);
             pubch
                 .queue_declare(q.as_str().into(), durable, FieldTable::default())
                 .await?;
+            // ofborg's queue on its fanout; an operator's on airlock's
+            // topic exchange, keyed by system.
+            let (exchange, key) = if self.cfg.amqp.operator_queue {
+                (OPERATOR_JOBS_EXCHANGE, sys.as_str())
+            } else {
+                ("build-jobs", "")
+            };
             pubch
                 .queue_bind(
                     q.as_str().into(),
-                    "build-jobs".into(),
-                    "".into(),
+                    exchange.into(),
+                    key.into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
@@ -510,7 +544,7 @@ impl Amqp {
                 BasicQosOptions::default(),
             )
             .await?;
-            let q = format!("build-inputs-{sys}");
+            let q = self.cfg.job_queue(sys);
             let consumer = ch
                 .basic_consume(
                     q.as_str().into(),
@@ -663,7 +697,7 @@ impl Amqp {
         );
         headers.insert(
             "x-airlock-queue".into(),
-            AMQPValue::LongString(format!("build-inputs-{system}").into()),
+            AMQPValue::LongString(self.cfg.job_queue(system).into()),
         );
         headers.insert(
             "x-airlock-identity".into(),
@@ -875,6 +909,7 @@ impl Amqp {
             skipped_attrs: res.skipped_attrs.clone(),
             attempted_attrs: res.attempted_attrs.clone(),
         };
+        self.publish_attestations(daemon, rec).await?;
         let body = serde_json::to_vec(&result).expect("serialises");
         let sent = result_marker(daemon, &rec.id);
         if !sent.exists() {
@@ -892,6 +927,117 @@ impl Amqp {
                 .await?;
         }
         self.shared.started.lock().expect("lock").remove(&rec.id);
+        Ok(())
+    }
+}
+
+impl Amqp {
+    /// The job's attestations on `airlock-attestations`, before its result
+    /// (a builder that sees the result can find them), once.
+    async fn publish_attestations(&self, daemon: &Scheduler, rec: &JobRecord) -> Result<()> {
+        let marker = attestations_marker(daemon, &rec.id);
+        if marker.exists() {
+            return Ok(());
+        }
+        let file = daemon.runner.store.dir(&rec.id).join("attestations.jsonl");
+        let Ok(text) = std::fs::read(&file) else {
+            return Ok(());
+        };
+        let mut n = 0;
+        for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(a) = crate::attest::Attestation::parse(line) else {
+                warn!(file = %file.display(), "unreadable attestation line not published");
+                continue;
+            };
+            let dest = Destination {
+                exchange: ATTESTATIONS_EXCHANGE.into(),
+                routing_key: a.statement.builder.clone(),
+            };
+            self.publish(&dest, line, persistent_json(), true).await?;
+            n += 1;
+        }
+        mark(&marker, "attestations");
+        info!(count = n, "attestations published");
+        Ok(())
+    }
+
+    /// With `[verify] builders`: consume `airlock-attestations` through
+    /// this builder's own queue, keeping what verifies. A message that is
+    /// not an attestation, or one no known key signed, is logged and
+    /// dropped (acked): it would never verify later either.
+    async fn consume_attestations(&self, daemon: &Arc<Scheduler>, conn: &Connection) -> Result<()> {
+        let Some(att) = daemon.runner.attestor.clone() else {
+            return Ok(());
+        };
+        if self.cfg.verify.builders.is_empty() {
+            return Ok(());
+        }
+        let ch = conn.create_channel().await?;
+        let q = attestations_queue(att.builder());
+        ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_bind(
+            q.as_str().into(),
+            ATTESTATIONS_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        ch.basic_qos(64, BasicQosOptions::default()).await?;
+        let consumer = ch
+            .basic_consume(
+                q.as_str().into(),
+                format!("{}-attestations", self.cfg.identity)
+                    .as_str()
+                    .into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        info!(queue = %q, known = self.cfg.verify.builders.len(), "consuming other builders' attestations");
+        tokio::spawn(async move {
+            use futures_lite::StreamExt;
+            let _ch = ch;
+            let mut consumer = consumer;
+            while let Some(Ok(d)) = consumer.next().await {
+                let a2 = att.clone();
+                let body = d.data.clone();
+                let kept = tokio::task::spawn_blocking(move || {
+                    if body.len() > crate::attest::MAX_LINE {
+                        return Err(format!("{} bytes: too long", body.len()));
+                    }
+                    let a = crate::attest::Attestation::parse(&body).map_err(|e| e.to_string())?;
+                    if a.statement.builder == a2.builder() {
+                        return Ok(None);
+                    }
+                    a2.pool
+                        .add(&a)
+                        .map(|new| new.then_some(a))
+                        .map_err(|e| crate::error::chain(&e))
+                })
+                .await;
+                match kept {
+                    Ok(Ok(Some(a))) => info!(
+                        builder = %a.statement.builder,
+                        out_path = %a.statement.out_path,
+                        nar_hash = %a.statement.nar_hash,
+                        "attestation received and verified"
+                    ),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(why)) => warn!(%why, "attestation from the broker not kept"),
+                    Err(e) => warn!(error = %e, "attestation check crashed"),
+                }
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+            }
+        });
         Ok(())
     }
 }

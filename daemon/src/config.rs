@@ -52,6 +52,7 @@ pub struct Config {
     pub dbus: DbusConfig,
     pub sponsor: SponsorConfig,
     pub attestation: AttestationConfig,
+    pub verify: VerifyConfig,
     pub supervision: SupervisionConfig,
     pub review: ReviewConfig,
     pub web: WebConfig,
@@ -71,6 +72,67 @@ pub struct AttestationConfig {
     /// format; never the cache signing key). Empty:
     /// `<state_dir>/identity.sec`, made at first start.
     pub key_file: PathBuf,
+}
+
+/// Other builders whose attestations this one checks and counts (issue 30,
+/// docs/trust.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyConfig {
+    /// Known builders: their identity keys and who runs them. An
+    /// attestation counts only if its signature verifies against one of
+    /// these (or this builder's own key); the operator is the one named
+    /// here, never the one the attestation claims.
+    pub builders: Vec<KnownBuilderConfig>,
+    /// A builder with more strikes than this (its results contradicted by
+    /// this trusted builder's) is no longer counted.
+    pub max_strikes: u32,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            builders: vec![],
+            max_strikes: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KnownBuilderConfig {
+    /// The builder's public identity key, `name:base64` (its
+    /// `<state_dir>/attestations/public`).
+    pub key: String,
+    /// Who runs it: builders of one operator count as one operator.
+    pub operator: String,
+    /// The operator's page.
+    pub url: String,
+}
+
+/// How many builders must agree before release (`release.require_agreement`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Agreement {
+    pub builders: usize,
+    pub operators: usize,
+}
+
+impl Default for Agreement {
+    fn default() -> Self {
+        Agreement {
+            builders: 1,
+            operators: 1,
+        }
+    }
+}
+
+impl Agreement {
+    /// 1 builder of 1 operator: the releasing builder's own result is
+    /// enough (no attestation is looked up).
+    pub fn is_own_word(&self) -> bool {
+        self.builders <= 1 && self.operators <= 1
+    }
 }
 
 /// Review jobs (issue 16): build everything a PR changes.
@@ -368,6 +430,10 @@ pub struct ReleaseConfig {
     /// Seconds a commit must have been the PR's head before a label on it
     /// counts (a push just before the label is not what was reviewed).
     pub min_head_age_secs: u64,
+    /// Release a path only when this many builders of this many distinct
+    /// operators attested the same NAR hash for it, this builder among
+    /// them. 1/1 (default): the label alone releases.
+    pub require_agreement: Agreement,
 }
 
 impl Default for ReleaseConfig {
@@ -378,6 +444,7 @@ impl Default for ReleaseConfig {
             repositories: vec!["NixOS/nixpkgs".into()],
             signing_key_file: None,
             min_head_age_secs: 300,
+            require_agreement: Agreement::default(),
         }
     }
 }
@@ -524,6 +591,11 @@ pub struct AmqpConfig {
     pub dead_letter_queue: String,
     /// Longest wait between reconnect attempts.
     pub reconnect_max_secs: u64,
+    /// Take jobs from this operator's own queue `airlock-<operator>-<system>`,
+    /// bound to the topic exchange `airlock-build-jobs` with key `<system>`,
+    /// instead of ofborg's shared `build-inputs-<system>` (docs/trust.md:
+    /// every operator sees every job; one operator's builders compete).
+    pub operator_queue: bool,
 }
 
 impl Default for AmqpConfig {
@@ -539,6 +611,7 @@ impl Default for AmqpConfig {
             systems: Vec::new(),
             dead_letter_queue: "airlock-dead-letters".into(),
             reconnect_max_secs: 30,
+            operator_queue: false,
         }
     }
 }
@@ -718,6 +791,7 @@ impl Default for Config {
             dbus: DbusConfig::default(),
             sponsor: SponsorConfig::default(),
             attestation: AttestationConfig::default(),
+            verify: VerifyConfig::default(),
             supervision: SupervisionConfig::default(),
             review: ReviewConfig::default(),
             web: WebConfig::default(),
@@ -833,6 +907,7 @@ impl Config {
                 "attestation.key_file is release.signing_key_file: a builder's identity key must not be the cache signing key".into(),
             ));
         }
+        self.check_verify()?;
         let vmm_as_root =
             matches!(self.vm.user.as_str(), "" | "root") || self.vm.user.starts_with("0:");
         if self.release.signing_key_file.is_some() && vmm_as_root {
@@ -856,6 +931,76 @@ impl Config {
             return Err(Error::Invalid("limits.job_timeout_secs must be > 0".into()));
         }
         Ok(())
+    }
+
+    /// `[verify] builders` and `release.require_agreement`.
+    fn check_verify(&self) -> Result<()> {
+        let mut names = std::collections::BTreeSet::new();
+        for b in &self.verify.builders {
+            airlock_nix_formats::signing::check_public(&b.key)
+                .map_err(|e| Error::Invalid(format!("verify.builders: key {:?}: {e}", b.key)))?;
+            let name = b.key.split_once(':').map(|(n, _)| n).unwrap_or_default();
+            if !names.insert(name.to_owned()) {
+                return Err(Error::Invalid(format!(
+                    "verify.builders: two keys named {name:?} (a builder's key name is its identity)"
+                )));
+            }
+            if b.operator.trim().is_empty() {
+                return Err(Error::Invalid(format!(
+                    "verify.builders: key {name:?} has no operator (who runs it decides what agreement is worth)"
+                )));
+            }
+        }
+        let a = self.release.require_agreement;
+        if a.builders == 0 || a.operators == 0 || a.operators > a.builders {
+            return Err(Error::Invalid(format!(
+                "release.require_agreement: builders = {}, operators = {}: both at least 1, operators at most builders",
+                a.builders, a.operators
+            )));
+        }
+        if a.builders > self.verify.builders.len() + 1 {
+            return Err(Error::Invalid(format!(
+                "release.require_agreement: {} builders must agree, but [verify] builders knows only {} besides this one",
+                a.builders,
+                self.verify.builders.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Who runs this builder: `attestation.operator`, else `sponsor.name`,
+    /// else `identity`.
+    pub fn operator(&self) -> String {
+        if !self.attestation.operator.is_empty() {
+            self.attestation.operator.clone()
+        } else if !self.sponsor.name.is_empty() {
+            self.sponsor.name.clone()
+        } else {
+            self.identity.clone()
+        }
+    }
+
+    /// The queue jobs for `system` are taken from: ofborg's
+    /// `build-inputs-<system>`, or with `amqp.operator_queue` this
+    /// operator's `airlock-<operator>-<system>` (the operator's name with
+    /// anything but letters, digits, `.`, `_` and `-` as `-`).
+    pub fn job_queue(&self, system: &str) -> String {
+        if self.amqp.operator_queue {
+            let op: String = self
+                .operator()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            format!("airlock-{op}-{system}")
+        } else {
+            format!("build-inputs-{system}")
+        }
     }
 
     /// Systems the broker intake consumes for.

@@ -66,6 +66,12 @@ pub struct Admin {
 }
 
 impl Admin {
+    fn attestor(&self) -> fdo::Result<std::sync::Arc<crate::attest::store::Attestor>> {
+        self.d.runner.attestor.clone().ok_or_else(|| {
+            fdo::Error::Failed("this airlockd signs and keeps no attestations".into())
+        })
+    }
+
     fn check_release(&self, method: &str) -> fdo::Result<()> {
         if self.may_release {
             Ok(())
@@ -80,6 +86,8 @@ impl Admin {
 
 /// Largest job document `SubmitJob` takes.
 const MAX_JOB_JSON: usize = 1 << 20;
+/// Largest attestation text `ImportAttestations` takes.
+const MAX_IMPORT: usize = 64 << 20;
 /// Most build log bytes one `ReadLog` returns.
 const MAX_LOG_CHUNK: u64 = 1 << 20;
 
@@ -195,6 +203,67 @@ impl Admin {
             .await
             .map(|js| json(&js))
             .map_err(|e| fdo::Error::Failed(e.to_string()))
+    }
+
+    /// Per output of a commit's jobs or of one derivation: reproduced by
+    /// N builders of M operators, single, or differs (JSON, a Comparison).
+    async fn compare(&self, what: String) -> fdo::Result<String> {
+        let a = self.attestor()?;
+        tokio::task::spawn_blocking(move || a.pool.compare_what(&what))
+            .await
+            .map_err(|e| fdo::Error::Failed(e.to_string()))?
+            .map(|c| json(&c))
+            .map_err(|e| fdo::Error::InvalidArgs(crate::error::chain(&e)))
+    }
+
+    /// The known builders: attestations, agreement, strikes (JSON).
+    async fn builders(&self) -> fdo::Result<String> {
+        let a = self.attestor()?;
+        tokio::task::spawn_blocking(move || json(&a.pool.builders()))
+            .await
+            .map_err(|e| fdo::Error::Failed(e.to_string()))
+    }
+
+    /// Attestations (one JSON per line, as `jobs/<id>/attestations.jsonl`
+    /// or `/attestations/<drv hash>` has them) checked against the known
+    /// keys and kept: `{"kept": N, "known": N, "refused": [why, …]}`.
+    async fn import_attestations(&self, text: String) -> fdo::Result<String> {
+        if text.len() > MAX_IMPORT {
+            return Err(fdo::Error::InvalidArgs(format!(
+                "more than {MAX_IMPORT} bytes; import in parts"
+            )));
+        }
+        let a = self.attestor()?;
+        tokio::task::spawn_blocking(move || {
+            let (mut kept, mut known, mut refused) = (0, 0, Vec::new());
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                match crate::attest::Attestation::parse(line.as_bytes()) {
+                    Err(e) => refused.push(format!("line {}: {e}", i + 1)),
+                    Ok(att) => match a.pool.add(&att) {
+                        Ok(true) => kept += 1,
+                        Ok(false) => known += 1,
+                        Err(e) => {
+                            refused.push(format!("line {}: {}", i + 1, crate::error::chain(&e)))
+                        }
+                    },
+                }
+            }
+            if kept > 0 {
+                tracing::info!(
+                    kept,
+                    known,
+                    refused = refused.len(),
+                    "attestations imported"
+                );
+            }
+            json(&serde_json::json!({ "kept": kept, "known": known, "refused": refused }))
+        })
+        .await
+        .map_err(|e| fdo::Error::Failed(e.to_string()))
     }
 
     /// Apply the retention policy now: what was removed (JSON).
@@ -452,4 +521,7 @@ pub trait Airlock1 {
     fn release_status(&self, commit: &str) -> zbus::Result<String>;
     fn release(&self, commit: &str, reason: &str) -> zbus::Result<String>;
     fn gc(&self) -> zbus::Result<String>;
+    fn compare(&self, what: &str) -> zbus::Result<String>;
+    fn builders(&self) -> zbus::Result<String>;
+    fn import_attestations(&self, text: &str) -> zbus::Result<String>;
 }

@@ -81,7 +81,7 @@ impl Verdict {
 }
 
 /// An attestation that does not count, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ignored {
     pub builder: String,
     pub out_path: String,
@@ -154,6 +154,100 @@ pub fn compare(
         })
         .collect();
     (verdicts, ignored)
+}
+
+/// Whose attestations a trusted builder's own result contradicts, for one
+/// output: when `own` attested a hash that at least one more builder of
+/// another operator attested too (the output is reproducible, and `own`
+/// is not alone in its hash), every builder that attested another hash.
+/// An output only `own` built,
+/// or one no two operators agree on, contradicts nobody: honest builders
+/// of a build that is not bit-reproducible differ too.
+pub fn contradicted(
+    v: &Verdict,
+    own: &str,
+    operator_of: impl Fn(&str) -> Option<String>,
+) -> Option<Contradiction> {
+    let Verdict::Differs { by_hash } = v else {
+        return None;
+    };
+    let (ours, agreeing) = by_hash.iter().find(|(_, b)| b.contains(own))?;
+    let operators: BTreeSet<String> = agreeing.iter().filter_map(|b| operator_of(b)).collect();
+    if agreeing.len() < 2 || operators.len() < 2 {
+        return None;
+    }
+    let others = by_hash
+        .iter()
+        .filter(|(h, _)| *h != ours)
+        .flat_map(|(h, bs)| bs.iter().map(move |b| (b.clone(), h.clone())))
+        .collect();
+    Some(Contradiction {
+        ours: ours.clone(),
+        agreeing: agreeing.clone(),
+        others,
+    })
+}
+
+/// What [`contradicted`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contradiction {
+    /// The reproduced hash.
+    pub ours: String,
+    /// The builders that attested it.
+    pub agreeing: BTreeSet<String>,
+    /// The contradicted builders, each with its hash.
+    pub others: Vec<(String, String)>,
+}
+
+/// One output's verdict as airlockctl and the web page show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutputReport {
+    pub drv_path: String,
+    pub output: String,
+    /// `reproduced`, `single` or `differs`.
+    pub verdict: String,
+    /// [`Verdict::describe`].
+    pub text: String,
+    /// Each NAR hash with the builders that attested it.
+    pub hashes: BTreeMap<String, Vec<String>>,
+    /// Distinct operators of the builders that agree (empty when they differ).
+    pub operators: Vec<String>,
+}
+
+impl OutputReport {
+    pub fn new(id: &OutputId, v: &Verdict) -> OutputReport {
+        let (verdict, hashes, operators) = match v {
+            Verdict::Agree {
+                nar_hash,
+                builders,
+                operators,
+            } => (
+                if builders.len() > 1 {
+                    "reproduced"
+                } else {
+                    "single"
+                },
+                BTreeMap::from([(nar_hash.clone(), builders.iter().cloned().collect())]),
+                operators.iter().cloned().collect(),
+            ),
+            Verdict::Differs { by_hash } => (
+                "differs",
+                by_hash
+                    .iter()
+                    .map(|(h, b)| (h.clone(), b.iter().cloned().collect()))
+                    .collect(),
+                vec![],
+            ),
+        };
+        OutputReport {
+            drv_path: id.drv_path.clone(),
+            output: id.output.clone(),
+            verdict: verdict.into(),
+            text: v.describe(),
+            hashes,
+            operators,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -235,5 +329,47 @@ mod tests {
         assert!(ignored
             .iter()
             .any(|i| i.builder == "b4" && i.why == "bad signature"));
+    }
+
+    #[test]
+    fn only_a_reproduced_hash_contradicts() {
+        let op = |b: &str| Some(format!("org-{b}"));
+        let same_org = |_: &str| Some("org".to_owned());
+        let differs = |pairs: &[(&str, &[&str])]| Verdict::Differs {
+            by_hash: pairs
+                .iter()
+                .map(|(h, bs)| (h.to_string(), bs.iter().map(|b| b.to_string()).collect()))
+                .collect(),
+        };
+        // Three agree, one differs: the one is contradicted.
+        let v = differs(&[("good", &["a", "b", "c"]), ("evil", &["d"])]);
+        let c = contradicted(&v, "a", op).unwrap();
+        assert_eq!((c.ours.as_str(), c.agreeing.len()), ("good", 3));
+        assert_eq!(c.others, vec![("d".to_owned(), "evil".to_owned())]);
+        // The same from the liar's side: it is alone, it accuses nobody.
+        assert_eq!(contradicted(&v, "d", op), None);
+        // Two of one operator are not independent.
+        assert_eq!(contradicted(&v, "a", same_org), None);
+        // Not reproducible (everyone alone), or no result of ours: nobody.
+        let v = differs(&[("one", &["a"]), ("two", &["b"])]);
+        assert_eq!(contradicted(&v, "a", op), None);
+        assert_eq!(contradicted(&v, "z", op), None);
+        let agree = Verdict::Agree {
+            nar_hash: "h".into(),
+            builders: ["a".to_owned(), "b".to_owned()].into(),
+            operators: ["x".to_owned()].into(),
+        };
+        assert_eq!(contradicted(&agree, "a", op), None);
+        assert_eq!(
+            OutputReport::new(
+                &OutputId {
+                    drv_path: "d".into(),
+                    output: "out".into()
+                },
+                &agree
+            )
+            .verdict,
+            "reproduced"
+        );
     }
 }

@@ -18,6 +18,7 @@
 //! matched by a rewritten history.
 
 pub mod compare;
+pub mod pool;
 pub mod store;
 
 use airlock_nix_formats::signing::{self, SecretKey};
@@ -227,6 +228,62 @@ pub fn append(key: &SecretKey, len: u64, last_hash: &str, a: Attestation) -> (Ve
 /// attestations. The first entry that fails is named.
 pub fn verify_log(text: &[u8], public: &str, head: &Head) -> Result<Vec<Attestation>> {
     head.verify(public)?;
+    let chain = verify_chain(text, public)?;
+    let last = chain.last().map(|(_, h)| h.as_str()).unwrap_or(GENESIS);
+    if chain.len() as u64 != head.len || last != head.hash {
+        return Err(Error::Head(format!(
+            "signed for {} entries ending in {}; the log has {} ending in {last}",
+            head.len,
+            head.hash,
+            chain.len()
+        )));
+    }
+    Ok(chain.into_iter().map(|(a, _)| a).collect())
+}
+
+/// A log that grew past its head: the builder appended entries and
+/// stopped before it replaced the head (a crash between the two writes).
+/// The head still verifies, the log's first `head.len` entries are the
+/// ones it signed, and every later entry chains on and is the builder's
+/// own. Returns the log's attestations and the head for its full length.
+pub fn verify_extension(
+    text: &[u8],
+    key: &SecretKey,
+    head: &Head,
+) -> Result<(Vec<Attestation>, Head)> {
+    head.verify(&key.public())?;
+    let chain = verify_chain(text, &key.public())?;
+    let at_head = match head.len {
+        0 => GENESIS,
+        n => chain
+            .get(n as usize - 1)
+            .map(|(_, h)| h.as_str())
+            .ok_or_else(|| {
+                Error::Head(format!(
+                    "signed for {n} entries; the log has only {}",
+                    chain.len()
+                ))
+            })?,
+    };
+    if at_head != head.hash {
+        return Err(Error::Head(format!(
+            "signed for {} entries ending in {}; the log's entry {} is {at_head}",
+            head.len,
+            head.hash,
+            head.len.saturating_sub(1)
+        )));
+    }
+    let last = chain
+        .last()
+        .map(|(_, h)| h.clone())
+        .unwrap_or(GENESIS.into());
+    let new_head = Head::sign(key, chain.len() as u64, &last);
+    Ok((chain.into_iter().map(|(a, _)| a).collect(), new_head))
+}
+
+/// Every entry of a log checked (signature, sequence number, `prev`) and
+/// returned with its line's hash; the first entry that fails is named.
+fn verify_chain(text: &[u8], public: &str) -> Result<Vec<(Attestation, String)>> {
     let mut prev = GENESIS.to_owned();
     let mut out = Vec::new();
     for (i, line) in text
@@ -256,15 +313,7 @@ pub fn verify_log(text: &[u8], public: &str, head: &Head) -> Result<Vec<Attestat
             .verify(public)
             .map_err(|x| err(x.to_string()))?;
         prev = line_hash(line);
-        out.push(e.attestation);
-    }
-    if out.len() as u64 != head.len || prev != head.hash {
-        return Err(Error::Head(format!(
-            "signed for {} entries ending in {}; the log has {} ending in {prev}",
-            head.len,
-            head.hash,
-            out.len()
-        )));
+        out.push((e.attestation, prev.clone()));
     }
     Ok(out)
 }

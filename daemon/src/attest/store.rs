@@ -15,6 +15,10 @@ use std::sync::Mutex;
 
 use airlock_nix_formats::signing::SecretKey;
 
+use tracing::warn;
+
+use super::compare::KnownBuilder;
+use super::pool::Pool;
 use super::{append, verify_log, Attestation, Head, Statement, GENESIS};
 use crate::config::Config;
 use crate::job::JobRecord;
@@ -41,6 +45,8 @@ fn io_at(p: &Path) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 pub struct Attestor {
+    /// Every attestation this builder checked: its own and known builders'.
+    pub pool: Pool,
     key: SecretKey,
     public: String,
     operator: String,
@@ -79,13 +85,7 @@ impl Attestor {
             a.key_file.clone()
         };
         let key = load_or_make_key(&key_path, &key_name(&cfg.identity))?;
-        let operator = if !a.operator.is_empty() {
-            a.operator.clone()
-        } else if !cfg.sponsor.name.is_empty() {
-            cfg.sponsor.name.clone()
-        } else {
-            cfg.identity.clone()
-        };
+        let operator = cfg.operator();
         let dir = cfg.state_dir.join("attestations");
         std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
         let public = key.public();
@@ -99,15 +99,40 @@ impl Attestor {
                     path: head_path.clone(),
                     source: super::Error::Head(e.to_string()),
                 })?;
-                let log = std::fs::read(&log_path).unwrap_or_default();
-                verify_log(&log, &public, &head).map_err(|source| Error::Log {
-                    path: log_path.clone(),
-                    source,
-                })?;
-                (head.len, head.hash)
+                let log = read_log(&log_path)?;
+                match verify_log(&log, &public, &head) {
+                    Ok(_) => (head.len, head.hash),
+                    Err(super::Error::Head(why)) => {
+                        // Appended, then stopped before the head was
+                        // replaced: the entries past the head are ours
+                        // and chain on, or this is refused as damage.
+                        let (atts, new_head) =
+                            super::verify_extension(&log, &key, &head).map_err(|source| {
+                                Error::Log {
+                                    path: log_path.clone(),
+                                    source,
+                                }
+                            })?;
+                        warn!(
+                            log = %log_path.display(),
+                            signed = head.len,
+                            entries = atts.len(),
+                            was = %why,
+                            "the attestation log ran past its head (airlockd stopped between appending and signing the head); the chain verifies, the head is signed again"
+                        );
+                        write_head(&dir, &new_head)?;
+                        (new_head.len, new_head.hash)
+                    }
+                    Err(source) => {
+                        return Err(Error::Log {
+                            path: log_path.clone(),
+                            source,
+                        })
+                    }
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if std::fs::metadata(&log_path).is_ok_and(|m| m.len() > 0) {
+                if !read_log(&log_path)?.is_empty() {
                     return Err(Error::Log {
                         path: log_path,
                         source: super::Error::Head("the log has entries but no head.json".into()),
@@ -117,7 +142,16 @@ impl Attestor {
             }
             Err(e) => return Err(Error::Io(head_path, e)),
         };
+        let pool = Pool::open(
+            dir.clone(),
+            KnownBuilder {
+                key: public.clone(),
+                operator: operator.clone(),
+            },
+            cfg,
+        );
         Ok(Attestor {
+            pool,
             key,
             public,
             operator,
@@ -170,7 +204,6 @@ impl Attestor {
             return Ok(atts);
         }
         let log_path = self.dir.join("log.jsonl");
-        let head_path = self.dir.join("head.json");
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (mut len, mut last) = state.clone();
         let mut lines = Vec::new();
@@ -190,13 +223,60 @@ impl Attestor {
             .map_err(io_at(&log_path))?;
         f.write_all(&lines).map_err(io_at(&log_path))?;
         f.sync_data().map_err(io_at(&log_path))?;
-        let tmp = self.dir.join("head.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&head).expect("serialises"))
-            .map_err(io_at(&tmp))?;
-        std::fs::rename(&tmp, &head_path).map_err(io_at(&head_path))?;
+        if let Some(head) = &head {
+            write_head(&self.dir, head)?;
+        }
         *state = (len, last);
+        drop(state);
+        for a in &atts {
+            if let Err(e) = self.pool.add(a) {
+                warn!(error = %crate::error::chain(&e), "own attestation not added to the pool");
+            }
+        }
         Ok(atts)
     }
+
+    pub fn operator(&self) -> &str {
+        &self.operator
+    }
+}
+
+/// The log's bytes, a torn last line (a crash in the middle of an append,
+/// never covered by a head) cut off the file first.
+fn read_log(path: &Path) -> Result<Vec<u8>> {
+    let mut log = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(Error::Io(path.to_owned(), e)),
+    };
+    if !log.is_empty() && !log.ends_with(b"\n") {
+        let keep = log.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        warn!(log = %path.display(), bytes = log.len() - keep, "the attestation log ends in a torn line (airlockd stopped while appending); it is cut off");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_at(path))?;
+        f.set_len(keep as u64)
+            .and_then(|_| f.sync_all())
+            .map_err(io_at(path))?;
+        log.truncate(keep);
+    }
+    Ok(log)
+}
+
+/// Replace `head.json`: written and synced beside it, renamed over it, the
+/// directory synced.
+fn write_head(dir: &Path, head: &Head) -> Result<()> {
+    let tmp = dir.join("head.json.tmp");
+    let path = dir.join("head.json");
+    let mut f = std::fs::File::create(&tmp).map_err(io_at(&tmp))?;
+    f.write_all(&serde_json::to_vec(head).expect("serialises"))
+        .and_then(|_| f.sync_all())
+        .map_err(io_at(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_at(&path))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at(dir))
 }
 
 /// The output name of `out` built by `drv`: Nix names an output path
@@ -325,6 +405,31 @@ mod tests {
             4
         );
         drop(a);
+
+        // A crash between appending and replacing the head (the old head
+        // back), then one in the middle of an append (a torn line): the
+        // log is taken up again, the head signed for all of it.
+        let head_file = d.path().join("attestations/head.json");
+        let old_head = std::fs::read(&head_file).unwrap();
+        let a = Attestor::open(&cfg).unwrap();
+        a.attest(&rec, &[v("e")]).unwrap();
+        drop(a);
+        std::fs::write(&head_file, &old_head).unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"{\"seq\":5,\"prev\":\"00").unwrap();
+        drop(f);
+        let a = Attestor::open(&cfg).unwrap();
+        a.attest(&rec, &[v("f")]).unwrap();
+        drop(a);
+        let head: Head = serde_json::from_slice(&std::fs::read(&head_file).unwrap()).unwrap();
+        assert_eq!(head.len, 6);
+        let key = SecretKey::parse(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+        assert_eq!(
+            verify_log(&std::fs::read(&log).unwrap(), &key.public(), &head)
+                .unwrap()
+                .len(),
+            6
+        );
 
         // An old entry edited: airlockd does not start on that log.
         let text = std::fs::read_to_string(&log).unwrap();

@@ -157,6 +157,23 @@ enum Cmd {
     Drain,
     /// Start queued jobs again after a drain.
     Resume,
+    /// What independent builders attested for a commit's outputs (head or
+    /// merged commit) or one derivation's: reproduced by N builders of M
+    /// operators, single, or differs (each hash and who attested it).
+    Compare {
+        /// A commit (40 hex digits), a `.drv` path or its hash.
+        what: String,
+    },
+    /// The builders whose attestations count: attestations, agreement
+    /// with the others, strikes.
+    Builders,
+    /// Check attestation files (one JSON per line: a job's
+    /// attestations.jsonl, a cache's /attestations/<drv hash>) against the
+    /// known keys and keep what verifies. `-` reads stdin.
+    Import {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// Queue `job`; print its id.
@@ -325,6 +342,112 @@ fn how_text(h: &How) -> String {
     }
 }
 
+/// `airlockctl compare COMMIT|DRV`.
+async fn compare(
+    api: &airlock::dbus::Airlock1Proxy<'_>,
+    what: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let doc = api.compare(what).await.map_err(api_err)?;
+    if json {
+        println!("{}", pretty(&doc)?);
+    } else {
+        print_comparison(&parse(&doc)?);
+    }
+    Ok(())
+}
+
+/// `airlockctl builders`.
+async fn builders(api: &airlock::dbus::Airlock1Proxy<'_>, json: bool) -> anyhow::Result<()> {
+    let doc = api.builders().await.map_err(api_err)?;
+    if json {
+        println!("{}", pretty(&doc)?);
+    } else {
+        let rows: Vec<airlock::attest::pool::BuilderRow> = parse(&doc)?;
+        print_builders(&rows);
+    }
+    Ok(())
+}
+
+/// `airlockctl import FILE…`.
+async fn import(
+    api: &airlock::dbus::Airlock1Proxy<'_>,
+    files: &[PathBuf],
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for f in files {
+        let t = if f.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).context("stdin")?
+        } else {
+            std::fs::read_to_string(f).with_context(|| f.display().to_string())?
+        };
+        text.push_str(&t);
+        text.push('\n');
+    }
+    let doc = api.import_attestations(&text).await.map_err(api_err)?;
+    if json {
+        println!("{}", pretty(&doc)?);
+    } else {
+        let v: serde_json::Value = parse(&doc)?;
+        out!("kept {}, already known {}", v["kept"], v["known"]);
+        for r in v["refused"].as_array().into_iter().flatten() {
+            out!("refused: {}", r.as_str().unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+fn print_comparison(c: &airlock::attest::pool::Comparison) {
+    if c.outputs.is_empty() {
+        out!("{}: no attestations from known builders", c.what);
+    }
+    for o in &c.outputs {
+        out!("{}!{}: {}", o.drv_path, o.output, o.text);
+        if o.verdict != "differs" {
+            for (h, b) in &o.hashes {
+                out!("  {h}: {}", b.join(", "));
+            }
+        }
+    }
+    for i in &c.ignored {
+        out!("ignored: {} for {}: {}", i.builder, i.out_path, i.why);
+    }
+}
+
+fn print_builders(rows: &[airlock::attest::pool::BuilderRow]) {
+    for r in rows {
+        let rate = if r.compared == 0 {
+            "none compared yet".to_owned()
+        } else {
+            format!(
+                "agreed on {} of {} compared outputs ({:.0}%)",
+                r.agreed,
+                r.compared,
+                100.0 * r.agreed as f64 / r.compared as f64
+            )
+        };
+        out!(
+            "{}{}  operator {}{}  {} attestations; {rate}; {} strike(s){}",
+            r.builder,
+            if r.own { " (this builder)" } else { "" },
+            r.operator,
+            if r.url.is_empty() {
+                String::new()
+            } else {
+                format!(" <{}>", r.url)
+            },
+            r.attestations,
+            r.strikes,
+            if r.excluded {
+                "; EXCLUDED (more than verify.max_strikes)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
 fn print_release_status(st: &Status) {
     out!("commit:   {}", st.commit);
     out!("builder:  {:?}", st.trust);
@@ -342,6 +465,21 @@ fn print_release_status(st: &Status) {
                 how_text(&r.how)
             ),
             None => "not released".into(),
+        };
+        let what = match &j.released {
+            Some(r) if !r.withheld.is_empty() => {
+                let list: Vec<String> = r
+                    .withheld
+                    .iter()
+                    .map(|w| format!("{} ({})", w.path, w.why))
+                    .collect();
+                format!(
+                    "{what}; {} path(s) held back: {}",
+                    r.withheld.len(),
+                    list.join("; ")
+                )
+            }
+            _ => what,
         };
         out!(
             "job {}  {}#{}  {} path(s)  {what}",
@@ -459,6 +597,9 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        Cmd::Compare { what } => compare(&api, &what, json).await?,
+        Cmd::Builders => builders(&api, json).await?,
+        Cmd::Import { files } => import(&api, &files, json).await?,
         Cmd::Cancel { id } => {
             let what = api.cancel_job(&id).await.map_err(api_err)?;
             if json {

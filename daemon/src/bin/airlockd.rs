@@ -349,6 +349,9 @@ async fn front_ends(
 ) -> anyhow::Result<Option<zbus::Connection>> {
     let release = Release::new(cfg.clone()).context("cannot start the release service")?;
     daemon.set_release(release.clone());
+    if let Some(a) = &daemon.runner.attestor {
+        release.set_attestor(a.clone());
+    }
     release
         .spawn()
         .context("cannot listen (cache.listen / github.webhook_listen)")?;

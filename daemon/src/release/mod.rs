@@ -97,6 +97,8 @@ pub struct Release {
     unlabel_logged: Mutex<std::collections::HashSet<String>>,
     /// When polling last looked for labels removed after release.
     unlabel_checked: Mutex<Option<std::time::Instant>>,
+    /// The builder's attestations (set by airlockd after the runner is built).
+    attestor: std::sync::OnceLock<Arc<crate::attest::store::Attestor>>,
 }
 
 /// How long after a label release polling still watches for the label's removal.
@@ -157,7 +159,13 @@ impl Release {
             last: Mutex::new(HashMap::new()),
             unlabel_logged: Mutex::new(Default::default()),
             unlabel_checked: Mutex::new(None),
+            attestor: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// The builder's attestations, for `release.require_agreement`.
+    pub fn set_attestor(&self, a: Arc<crate::attest::store::Attestor>) {
+        let _ = self.attestor.set(a);
     }
 
     pub fn public_key(&self) -> Option<String> {
@@ -185,7 +193,10 @@ impl Release {
         }
         if let Some(addr) = &cfg.cache.listen {
             if cfg.trust == Trust::Trusted {
-                let r = server::cache_router(self.dirs.cache.clone(), cfg.cache.priority);
+                let mut r = server::cache_router(self.dirs.cache.clone(), cfg.cache.priority);
+                if let Some(a) = self.attestor.get() {
+                    r = server::attestations_router(a.clone()).merge(r);
+                }
                 server::spawn(addr, r, "binary cache")?;
             } else {
                 warn!("cache.listen ignored: a community builder serves no cache");
@@ -614,10 +625,41 @@ impl Release {
         let _g = self.lock.lock().await;
         let dirs = self.dirs.clone();
         let jobs: Vec<QuarantinedJob> = jobs.iter().map(|j| (*j).clone()).collect();
+        let need = self.cfg.release.require_agreement;
+        let attestor = self.attestor.get().cloned();
         tokio::task::spawn_blocking(move || {
             let now = crate::job::now();
+            // 1 builder of 1 operator: the label (or operator) alone.
+            let gate = |v: &crate::quarantine::VerifiedPath| -> std::result::Result<(), String> {
+                if need.is_own_word() {
+                    return Ok(());
+                }
+                let a = attestor
+                    .as_ref()
+                    .ok_or("this builder signs no attestations")?;
+                let output = v
+                    .deriver
+                    .as_deref()
+                    .map(|d| crate::attest::store::output_name(d, &v.path))
+                    .unwrap_or_default();
+                a.pool
+                    .agreement(v.deriver.as_deref(), &output, &v.nar_hash, need)
+                    .map(|_| ())
+                    .map_err(|why| format!("release.require_agreement: {why}"))
+            };
             jobs.iter()
-                .map(|j| store::release_job(&dirs, &key, j, how.clone(), now).map_err(Error::from))
+                .map(|j| {
+                    store::release_job_gated(
+                        &dirs,
+                        &key,
+                        j,
+                        how.clone(),
+                        now,
+                        &gate,
+                        !need.is_own_word(),
+                    )
+                    .map_err(Error::from)
+                })
                 .collect()
         })
         .await

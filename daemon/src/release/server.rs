@@ -64,6 +64,26 @@ pub fn cache_router(dir: PathBuf, priority: u32) -> Router {
         .with_state(st)
 }
 
+/// `/attestations/<drv hash>`: the attestations this builder checked for
+/// one derivation's outputs (its own and known builders'), one JSON per
+/// line, as kept (each verified before it was kept). Read-only; anything
+/// but a 32-character hash is a 404.
+pub fn attestations_router(a: Arc<crate::attest::store::Attestor>) -> Router {
+    Router::new()
+        .route("/attestations/{hash}", get(attestations))
+        .with_state(a)
+}
+
+async fn attestations(
+    State(a): State<Arc<crate::attest::store::Attestor>>,
+    Path(hash): Path<String>,
+) -> Response {
+    match tokio::task::spawn_blocking(move || a.pool.raw(&hash)).await {
+        Ok(Some(b)) => ([(header::CONTENT_TYPE, "application/x-ndjson")], b).into_response(),
+        _ => not_found(),
+    }
+}
+
 async fn cache_info(State(s): State<CacheState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/x-nix-cache-info")],

@@ -104,6 +104,17 @@ pub struct ReleasedJob {
     /// Set when retention removed the outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expired_at: Option<u64>,
+    /// Paths held back (`release.require_agreement` not met), with why;
+    /// the job stays pending for them and is released again when they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<Withheld>,
+}
+
+/// A path a release left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Withheld {
+    pub path: String,
+    pub why: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,7 +203,7 @@ pub fn quarantined(d: &Dirs, commit: Option<&str>) -> Vec<QuarantinedJob> {
     out
 }
 
-/// Quarantined jobs not released yet.
+/// Quarantined jobs not released yet, or released with paths withheld.
 pub fn pending(d: &Dirs) -> Vec<QuarantinedJob> {
     let mut released: std::collections::HashMap<String, HashSet<String>> = Default::default();
     quarantined(d, None)
@@ -200,13 +211,23 @@ pub fn pending(d: &Dirs) -> Vec<QuarantinedJob> {
         .filter(|j| {
             let set = released.entry(j.commit.clone()).or_insert_with(|| {
                 load_record(d, &j.commit)
-                    .map(|r| r.jobs.into_iter().map(|j| j.job_id).collect())
+                    .map(|r| {
+                        r.jobs
+                            .into_iter()
+                            .filter(|j| j.withheld.is_empty())
+                            .map(|j| j.job_id)
+                            .collect()
+                    })
                     .unwrap_or_default()
             });
             !set.contains(&j.job_id)
         })
         .collect()
 }
+
+/// What may be released of a job: `Err(why)` holds a path back.
+pub type Gate<'a> =
+    &'a (dyn Fn(&crate::quarantine::VerifiedPath) -> std::result::Result<(), String> + Sync);
 
 /// A job released because of a label.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,12 +305,44 @@ pub fn release_job(
     how: How,
     now: u64,
 ) -> Result<ReleasedJob> {
+    release_job_gated(d, key, job, how, now, &|_| Ok(()), false)
+}
+
+/// [`release_job`], every path passed through `gate` first; `gated` says
+/// the gate is a real one (a job quarantined before verified values were
+/// recorded is then held back whole: its paths have no deriver to check).
+pub fn release_job_gated(
+    d: &Dirs,
+    key: &SecretKey,
+    job: &QuarantinedJob,
+    how: How,
+    now: u64,
+    gate: Gate<'_>,
+    gated: bool,
+) -> Result<ReleasedJob> {
     let mut infos = Vec::new();
+    let mut withheld = Vec::new();
     let manifest = job.dir.join("manifest.json");
-    if !job.verified.is_empty() {
+    if gated && job.verified.is_empty() {
+        withheld = job
+            .paths
+            .iter()
+            .map(|p| Withheld {
+                path: p.clone(),
+                why: "quarantined before verified values were recorded: nothing to check agreement on".into(),
+            })
+            .collect();
+    } else if !job.verified.is_empty() {
         // The values quarantine verified, checked against their grammars
         // again; never the narinfo text on disk.
         for v in &job.verified {
+            if let Err(why) = gate(v) {
+                withheld.push(Withheld {
+                    path: v.path.clone(),
+                    why,
+                });
+                continue;
+            }
             let ni = v.narinfo().map_err(|e| Error::Bad(manifest.clone(), e))?;
             if !job.paths.contains(&v.path) {
                 return Err(Error::Bad(
@@ -343,12 +396,16 @@ pub fn release_job(
         how,
         paths,
         expired_at: None,
+        withheld,
     };
     let mut rec = load_record(d, &job.commit)?;
     rec.jobs.retain(|j| j.job_id != job.job_id);
     rec.jobs.push(rj.clone());
     save_record(d, &rec)?;
-    info!(commit = %job.commit, job_id = %job.job_id, paths = rj.paths.len(), how = ?rj.how, "released: signed and served by the binary cache");
+    for w in &rj.withheld {
+        warn!(commit = %job.commit, job_id = %job.job_id, path = %w.path, why = %w.why, "path held back from release");
+    }
+    info!(commit = %job.commit, job_id = %job.job_id, paths = rj.paths.len(), withheld = rj.withheld.len(), how = ?rj.how, "released: signed and served by the binary cache");
     Ok(rj)
 }
 

@@ -1,0 +1,626 @@
+//! Every attestation this builder has checked, its own and known builders',
+//! by derivation; the strikes it recorded; comparing, agreement for
+//! release, the builders' record (the adapter over [`super::compare`]).
+//!
+//! `<state_dir>/attestations/by-drv/<drv hash>.jsonl`: the attestations of
+//! one derivation's outputs, one canonical JSON per line, each verified
+//! against a known key before it was written (so the cache server can serve
+//! the file as it is). `strikes.jsonl`: one strike per line, with the
+//! contradicted attestation as its evidence.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::compare::{self, Ignored, KnownBuilder, OutputId, OutputReport, Verdict};
+use super::Attestation;
+use crate::config::{Agreement, Config, Trust};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("attestation by {builder}: unknown builder (not in [verify] builders)")]
+    Unknown { builder: String },
+    #[error("attestation by {builder} for {out_path}: {source}")]
+    Invalid {
+        builder: String,
+        out_path: String,
+        #[source]
+        source: super::Error,
+    },
+    #[error("{0:?} is not a derivation path or hash")]
+    NotADrv(String),
+    #[error("{0:?} is neither a commit (40 hex digits) nor a derivation")]
+    What(String),
+    #[error("I/O at {0}")]
+    Io(PathBuf, #[source] std::io::Error),
+}
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A trusted builder's record that another builder's attestation
+/// contradicts a reproduced result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Strike {
+    /// The contradicted builder.
+    pub builder: String,
+    pub drv_path: String,
+    pub output: String,
+    pub their_hash: String,
+    pub our_hash: String,
+    /// The builders that attested `our_hash`.
+    pub agreeing: Vec<String>,
+    /// The builder that recorded the strike.
+    pub by: String,
+    pub time: i64,
+    /// The contradicted attestation, checkable by anyone with its key.
+    pub evidence: Attestation,
+}
+
+/// `airlockctl compare`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub what: String,
+    pub outputs: Vec<OutputReport>,
+    pub ignored: Vec<Ignored>,
+}
+
+/// `airlockctl builders`' answer, one row per known builder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuilderRow {
+    pub builder: String,
+    pub key: String,
+    pub operator: String,
+    pub url: String,
+    /// This builder itself.
+    pub own: bool,
+    pub attestations: usize,
+    /// Outputs this builder and at least one other attested.
+    pub compared: usize,
+    /// Of those, the ones where another builder attested the same hash.
+    pub agreed: usize,
+    pub strikes: usize,
+    /// More strikes than `verify.max_strikes`: its attestations do not count.
+    pub excluded: bool,
+}
+
+pub struct Pool {
+    dir: PathBuf,
+    own: KnownBuilder,
+    known: Vec<KnownBuilder>,
+    urls: BTreeMap<String, String>,
+    trusted: bool,
+    max_strikes: u32,
+    lock: Mutex<()>,
+}
+
+fn io_at(p: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let p = p.to_path_buf();
+    move |e| Error::Io(p, e)
+}
+
+fn key_name(key: &str) -> &str {
+    key.split_once(':').map(|(n, _)| n).unwrap_or(key)
+}
+
+/// The hash part of a derivation: a bare 32-character hash, or a
+/// `/nix/store/<hash>-<name>.drv` path.
+pub fn drv_hash(what: &str) -> Option<&str> {
+    let base = what.strip_prefix("/nix/store/").unwrap_or(what);
+    let hash = base.get(..32)?;
+    let rest = &base[32..];
+    let ok_rest =
+        rest.is_empty() || (rest.starts_with('-') && rest.ends_with(".drv") && !rest.contains('/'));
+    (ok_rest && hash.bytes().all(airlock_nix_formats::nix32::is_nix32_char)).then_some(hash)
+}
+
+fn is_commit(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Pool {
+    /// The pool under `dir` (`<state_dir>/attestations`), knowing `own`
+    /// and `[verify] builders`.
+    pub fn open(dir: PathBuf, own: KnownBuilder, cfg: &Config) -> Pool {
+        let mut known = vec![own.clone()];
+        let mut urls = BTreeMap::new();
+        let own_url = if cfg.attestation.url.is_empty() {
+            cfg.sponsor.url.clone()
+        } else {
+            cfg.attestation.url.clone()
+        };
+        urls.insert(key_name(&own.key).to_owned(), own_url);
+        for b in &cfg.verify.builders {
+            if key_name(&b.key) == key_name(&own.key) {
+                continue;
+            }
+            urls.insert(key_name(&b.key).to_owned(), b.url.clone());
+            known.push(KnownBuilder {
+                key: b.key.clone(),
+                operator: b.operator.clone(),
+            });
+        }
+        Pool {
+            dir,
+            own,
+            known,
+            urls,
+            trusted: cfg.trust == Trust::Trusted,
+            max_strikes: cfg.verify.max_strikes,
+            lock: Mutex::new(()),
+        }
+    }
+
+    pub fn own_builder(&self) -> &str {
+        key_name(&self.own.key)
+    }
+
+    fn operator_of(&self, builder: &str) -> Option<String> {
+        self.known
+            .iter()
+            .find(|k| key_name(&k.key) == builder)
+            .map(|k| k.operator.clone())
+    }
+
+    fn file(&self, hash: &str) -> PathBuf {
+        self.dir.join("by-drv").join(format!("{hash}.jsonl"))
+    }
+
+    /// Check `a` against the known keys and keep it. `Ok(false)`: it was
+    /// already kept. A trusted builder then looks for strikes on its output.
+    pub fn add(&self, a: &Attestation) -> Result<bool> {
+        let s = &a.statement;
+        let k = self
+            .known
+            .iter()
+            .find(|k| key_name(&k.key) == s.builder)
+            .ok_or_else(|| Error::Unknown {
+                builder: s.builder.clone(),
+            })?;
+        let invalid = |source| Error::Invalid {
+            builder: s.builder.clone(),
+            out_path: s.out_path.clone(),
+            source,
+        };
+        a.verify(&k.key).map_err(invalid)?;
+        let hash = drv_hash(&s.drv_path)
+            .ok_or_else(|| invalid(super::Error::Parse(format!("drv_path {:?}", s.drv_path))))?;
+        let file = self.file(hash);
+        let line = a.to_json();
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let existing = std::fs::read(&file).unwrap_or_default();
+        if existing
+            .split(|&b| b == b'\n')
+            .any(|l| l == line.as_slice())
+        {
+            return Ok(false);
+        }
+        if let Some(d) = file.parent() {
+            std::fs::create_dir_all(d).map_err(io_at(d))?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file)
+            .map_err(io_at(&file))?;
+        let mut buf = line;
+        buf.push(b'\n');
+        f.write_all(&buf)
+            .and_then(|_| f.sync_data())
+            .map_err(io_at(&file))?;
+        if self.trusted {
+            self.look_for_strikes(
+                hash,
+                &OutputId {
+                    drv_path: s.drv_path.clone(),
+                    output: s.output.clone(),
+                },
+            )?;
+        }
+        Ok(true)
+    }
+
+    /// The attestations kept for one derivation (by path or hash).
+    pub fn of_drv(&self, drv: &str) -> Result<Vec<Attestation>> {
+        let hash = drv_hash(drv).ok_or_else(|| Error::NotADrv(drv.to_owned()))?;
+        Ok(read_lines(&self.file(hash)))
+    }
+
+    /// The file the cache server serves for `/attestations/<drv hash>`.
+    pub fn raw(&self, hash: &str) -> Option<Vec<u8>> {
+        if drv_hash(hash) != Some(hash) {
+            return None;
+        }
+        std::fs::read(self.file(hash)).ok()
+    }
+
+    fn all(&self) -> Vec<Attestation> {
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir(self.dir.join("by-drv")) else {
+            return out;
+        };
+        for e in rd.flatten() {
+            out.extend(read_lines(&e.path()));
+        }
+        out
+    }
+
+    pub fn strikes(&self) -> Vec<Strike> {
+        let text = std::fs::read(self.dir.join("strikes.jsonl")).unwrap_or_default();
+        text.split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect()
+    }
+
+    /// Builders past `verify.max_strikes`, with their strike counts.
+    fn excluded(&self) -> BTreeMap<String, usize> {
+        let mut n: BTreeMap<String, usize> = BTreeMap::new();
+        for s in self.strikes() {
+            *n.entry(s.builder).or_default() += 1;
+        }
+        n.retain(|_, c| *c > self.max_strikes as usize);
+        n
+    }
+
+    /// [`compare::compare`] over `atts`, builders past their strikes left out.
+    pub fn compare(&self, atts: &[Attestation]) -> (BTreeMap<OutputId, Verdict>, Vec<Ignored>) {
+        let excluded = self.excluded();
+        let (kept, mut ignored): (Vec<_>, Vec<_>) = atts
+            .iter()
+            .cloned()
+            .partition(|a| !excluded.contains_key(&a.statement.builder));
+        let ignored: Vec<Ignored> = ignored
+            .drain(..)
+            .map(|a| Ignored {
+                why: format!(
+                    "{} strikes (more than verify.max_strikes = {})",
+                    excluded[&a.statement.builder], self.max_strikes
+                ),
+                builder: a.statement.builder,
+                out_path: a.statement.out_path,
+            })
+            .collect();
+        let (v, mut more) = compare::compare(&kept, &self.known);
+        more.extend(ignored);
+        (v, more)
+    }
+
+    /// Per output of a commit's jobs (any builder's attestation naming it
+    /// as head or merged commit) or of one derivation.
+    pub fn compare_what(&self, what: &str) -> Result<Comparison> {
+        let what = what.trim();
+        let atts = if is_commit(what) {
+            let c = what.to_ascii_lowercase();
+            self.all()
+                .into_iter()
+                .filter(|a| a.statement.head == c || a.statement.merged.as_deref() == Some(&c))
+                .collect()
+        } else if drv_hash(what).is_some() {
+            self.of_drv(what)?
+        } else {
+            return Err(Error::What(what.to_owned()));
+        };
+        let (v, ignored) = self.compare(&atts);
+        Ok(Comparison {
+            what: what.to_owned(),
+            outputs: v.iter().map(|(id, v)| OutputReport::new(id, v)).collect(),
+            ignored,
+        })
+    }
+
+    /// Whether `need` builders of distinct operators, this one among them,
+    /// attested `nar_hash` for `out_path` (built by `drv`): `Ok` with what
+    /// agreed, or `Err` with why not.
+    pub fn agreement(
+        &self,
+        drv: Option<&str>,
+        output: &str,
+        nar_hash: &str,
+        need: Agreement,
+    ) -> std::result::Result<String, String> {
+        let drv = drv.ok_or("no deriver recorded, so no builder attested it")?;
+        let atts = self.of_drv(drv).map_err(|e| e.to_string())?;
+        let (v, _) = self.compare(&atts);
+        let id = OutputId {
+            drv_path: drv.to_owned(),
+            output: output.to_owned(),
+        };
+        let verdict = v.get(&id).ok_or("no attestation of it")?;
+        let own_agrees = matches!(verdict, Verdict::Agree { nar_hash: h, builders, .. }
+            if h == nar_hash && builders.contains(self.own_builder()));
+        if own_agrees && verdict.agrees_on(nar_hash, need.builders, need.operators) {
+            Ok(verdict.describe())
+        } else {
+            Err(format!(
+                "needs {} builders of {} operators agreeing on {nar_hash}, this one among them; {}",
+                need.builders,
+                need.operators,
+                verdict.describe()
+            ))
+        }
+    }
+
+    /// One row per known builder: what it attested, how often it agreed
+    /// with the others, its strikes.
+    pub fn builders(&self) -> Vec<BuilderRow> {
+        let all = self.all();
+        let (verdicts, _) = compare::compare(&all, &self.known);
+        let strikes = self.strikes();
+        let excluded = self.excluded();
+        self.known
+            .iter()
+            .map(|k| {
+                let name = key_name(&k.key);
+                // Compared: another builder attested the output too;
+                // agreed: one of them attested the same hash.
+                let mut compared = 0;
+                let mut agreed = 0;
+                for v in verdicts.values() {
+                    let (same, total) = match v {
+                        Verdict::Agree { builders, .. } => (
+                            builders.contains(name).then_some(builders.len()),
+                            builders.len(),
+                        ),
+                        Verdict::Differs { by_hash } => (
+                            by_hash
+                                .values()
+                                .find(|b| b.contains(name))
+                                .map(BTreeSet::len),
+                            by_hash.values().map(BTreeSet::len).sum(),
+                        ),
+                    };
+                    if let Some(same) = same.filter(|_| total > 1) {
+                        compared += 1;
+                        agreed += usize::from(same > 1);
+                    }
+                }
+                BuilderRow {
+                    builder: name.to_owned(),
+                    key: k.key.clone(),
+                    operator: k.operator.clone(),
+                    url: self.urls.get(name).cloned().unwrap_or_default(),
+                    own: k.key == self.own.key,
+                    attestations: all.iter().filter(|a| a.statement.builder == name).count(),
+                    compared,
+                    agreed,
+                    strikes: strikes.iter().filter(|s| s.builder == name).count(),
+                    excluded: excluded.contains_key(name),
+                }
+            })
+            .collect()
+    }
+
+    /// Called with the lock held, after an attestation of `id` was kept.
+    fn look_for_strikes(&self, hash: &str, id: &OutputId) -> Result<()> {
+        let atts: Vec<Attestation> = read_lines(&self.file(hash))
+            .into_iter()
+            .filter(|a| a.statement.drv_path == id.drv_path && a.statement.output == id.output)
+            .collect();
+        let (v, _) = self.compare(&atts);
+        let Some(verdict) = v.get(id) else {
+            return Ok(());
+        };
+        let Some(compare::Contradiction {
+            ours,
+            agreeing,
+            others: liars,
+        }) = compare::contradicted(verdict, self.own_builder(), |b| self.operator_of(b))
+        else {
+            return Ok(());
+        };
+        let old = self.strikes();
+        let path = self.dir.join("strikes.jsonl");
+        for (builder, theirs) in liars {
+            if old
+                .iter()
+                .any(|s| s.builder == builder && s.drv_path == id.drv_path && s.output == id.output)
+            {
+                continue;
+            }
+            let Some(evidence) = atts
+                .iter()
+                .filter(|a| a.statement.builder == builder && a.statement.nar_hash == theirs)
+                .max_by_key(|a| a.statement.time)
+                .cloned()
+            else {
+                continue;
+            };
+            let strike = Strike {
+                builder: builder.clone(),
+                drv_path: id.drv_path.clone(),
+                output: id.output.clone(),
+                their_hash: theirs.clone(),
+                our_hash: ours.clone(),
+                agreeing: agreeing.iter().cloned().collect(),
+                by: self.own_builder().to_owned(),
+                time: crate::job::now() as i64,
+                evidence,
+            };
+            warn!(
+                %builder,
+                drv = %id.drv_path,
+                output = %id.output,
+                their_hash = %theirs,
+                our_hash = %ours,
+                agreeing = ?strike.agreeing,
+                "strike: the builder's attestation contradicts a result reproduced by independent builders"
+            );
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_at(&path))?;
+            let mut line = serde_json::to_vec(&strike).expect("serialises");
+            line.push(b'\n');
+            f.write_all(&line)
+                .and_then(|_| f.sync_data())
+                .map_err(io_at(&path))?;
+            let n = self
+                .strikes()
+                .iter()
+                .filter(|s| s.builder == builder)
+                .count();
+            if n == self.max_strikes as usize + 1 {
+                info!(%builder, strikes = n, max = self.max_strikes, "builder excluded: its attestations no longer count");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The attestations of a pool file; a line that does not parse (a torn
+/// append) is skipped.
+fn read_lines(path: &Path) -> Vec<Attestation> {
+    let text = std::fs::read(path).unwrap_or_default();
+    text.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| Attestation::parse(l).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KnownBuilderConfig;
+    use airlock_nix_formats::signing::SecretKey;
+
+    fn key(i: u8) -> SecretKey {
+        SecretKey::from_seed(&format!("b{i}"), &[i; 32]).unwrap()
+    }
+
+    fn att(k: &SecretKey, out: &str, hash: &str) -> Attestation {
+        crate::attest::tests::statement(&k.name, out, hash)
+            .sign(k)
+            .unwrap()
+    }
+
+    fn pool(dir: &Path, own: &SecretKey, others: &[&SecretKey], max_strikes: u32) -> Pool {
+        let mut cfg = Config {
+            trust: Trust::Trusted,
+            ..Config::default()
+        };
+        cfg.verify.max_strikes = max_strikes;
+        cfg.verify.builders = others
+            .iter()
+            .map(|k| KnownBuilderConfig {
+                key: k.public(),
+                operator: format!("org-{}", k.name),
+                url: format!("https://{}.example", k.name),
+            })
+            .collect();
+        Pool::open(
+            dir.to_owned(),
+            KnownBuilder {
+                key: own.public(),
+                operator: "org-own".into(),
+            },
+            &cfg,
+        )
+    }
+
+    #[test]
+    fn agreement_strikes_and_exclusion() {
+        let d = tempfile::tempdir().unwrap();
+        let (own, b2, b3, liar) = (key(1), key(2), key(3), key(4));
+        let p = pool(d.path(), &own, &[&b2, &b3, &liar], 1);
+        let need = Agreement {
+            builders: 2,
+            operators: 2,
+        };
+        let x = att(&own, "x", "sha256:good");
+        let drv = x.statement.drv_path.clone();
+        assert!(p.add(&x).unwrap());
+        assert!(!p.add(&x).unwrap(), "kept once");
+        // Alone: not enough.
+        let e = p
+            .agreement(Some(&drv), "out", "sha256:good", need)
+            .unwrap_err();
+        assert!(e.contains("single (b1)"), "{e}");
+        p.add(&att(&b2, "x", "sha256:good")).unwrap();
+        assert_eq!(
+            p.agreement(Some(&drv), "out", "sha256:good", need).unwrap(),
+            "reproduced by 2 builders of 2 operators"
+        );
+        // Unknown and forged attestations are refused.
+        assert!(matches!(
+            p.add(&att(&key(9), "x", "sha256:good")),
+            Err(Error::Unknown { .. })
+        ));
+        let mut forged = att(&b3, "x", "sha256:good");
+        forged.statement.nar_hash = "sha256:evil".into();
+        assert!(matches!(p.add(&forged), Err(Error::Invalid { .. })));
+        // The liar differs: a strike, and the path is no longer agreed on.
+        p.add(&att(&liar, "x", "sha256:evil")).unwrap();
+        let s = p.strikes();
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            (s[0].builder.as_str(), s[0].their_hash.as_str()),
+            ("b4", "sha256:evil")
+        );
+        s[0].evidence.verify(&liar.public()).unwrap();
+        let e = p
+            .agreement(Some(&drv), "out", "sha256:good", need)
+            .unwrap_err();
+        assert!(e.contains("differs"), "{e}");
+        let c = p.compare_what(&drv).unwrap();
+        assert_eq!(c.outputs[0].verdict, "differs");
+        // A second strike (on another output) is past max_strikes = 1:
+        // the liar no longer counts, and the first output is agreed again.
+        p.add(&att(&own, "y", "sha256:g2")).unwrap();
+        p.add(&att(&b3, "y", "sha256:g2")).unwrap();
+        p.add(&att(&liar, "y", "sha256:e2")).unwrap();
+        assert_eq!(p.strikes().len(), 2);
+        assert_eq!(
+            p.agreement(Some(&drv), "out", "sha256:good", need).unwrap(),
+            "reproduced by 2 builders of 2 operators"
+        );
+        let c = p.compare_what(&"c".repeat(40)).unwrap();
+        assert_eq!(c.outputs.len(), 2);
+        assert!(c
+            .ignored
+            .iter()
+            .all(|i| i.builder == "b4" && i.why.contains("2 strikes")));
+        let rows = p.builders();
+        let row = |n: &str| rows.iter().find(|r| r.builder == n).unwrap().clone();
+        assert!(row("b1").own);
+        assert_eq!(
+            (
+                row("b4").strikes,
+                row("b4").excluded,
+                row("b4").agreed,
+                row("b4").compared
+            ),
+            (2, true, 0, 2)
+        );
+        assert_eq!((row("b2").compared, row("b2").agreed), (1, 1));
+        assert_eq!(row("b3").url, "https://b3.example");
+        // Served as kept; bad names are not files.
+        let hash = drv_hash(&drv).unwrap();
+        assert!(p.raw(hash).unwrap().starts_with(b"{\"statement\""));
+        assert!(p.raw("../strikes").is_none());
+        assert!(p.raw(&"e".repeat(32)).is_none());
+        assert!(matches!(p.compare_what("hello"), Err(Error::What(_))));
+    }
+
+    #[test]
+    fn a_community_builder_records_no_strikes_and_the_default_needs_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let (own, b2, b3) = (key(1), key(2), key(3));
+        let mut p = pool(d.path(), &own, &[&b2, &b3], 3);
+        p.trusted = false;
+        p.add(&att(&own, "x", "sha256:good")).unwrap();
+        p.add(&att(&b2, "x", "sha256:good")).unwrap();
+        p.add(&att(&b3, "x", "sha256:evil")).unwrap();
+        assert!(p.strikes().is_empty());
+        assert!(Agreement::default().is_own_word());
+        assert_eq!(
+            drv_hash(&format!("/nix/store/{}-a.drv", "a".repeat(32))),
+            Some(&*"a".repeat(32))
+        );
+        assert_eq!(drv_hash(&format!("/nix/store/{}-a", "a".repeat(32))), None);
+    }
+}
