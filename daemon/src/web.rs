@@ -33,11 +33,15 @@ const PAGE_CSP: &str = "default-src 'none'; img-src 'self'; style-src 'unsafe-in
 
 pub struct Web {
     jobs: JobStore,
+    /// The builder's attestations: a job page compares its outputs with
+    /// other builders' as they stand now.
+    attestor: Option<Arc<crate::attest::store::Attestor>>,
 }
 
-pub fn router(jobs_dir: PathBuf) -> Router {
+pub fn router(jobs_dir: PathBuf, attestor: Option<Arc<crate::attest::store::Attestor>>) -> Router {
     let st = Arc::new(Web {
         jobs: JobStore::new(jobs_dir),
+        attestor,
     });
     Router::new()
         .route("/", get(index))
@@ -270,7 +274,13 @@ fn render_artifacts(b: &mut String, r: &Report) {
 
 /// One job: status, the review's report if any, and the log (`log` is
 /// its first `next` bytes).
-pub fn render_job(r: &JobRecord, report: Option<&Report>, log: &str, next: u64) -> String {
+pub fn render_job(
+    r: &JobRecord,
+    report: Option<&Report>,
+    agreement: &[crate::attest::compare::OutputReport],
+    log: &str,
+    next: u64,
+) -> String {
     let mut b = format!(
         "<p><a href=\"/\">all jobs</a></p>\n<h1>Job {}</h1>\n",
         esc(&r.id)
@@ -302,6 +312,19 @@ pub fn render_job(r: &JobRecord, report: Option<&Report>, log: &str, next: u64) 
             "<p><a href=\"/jobs/{id}/report.json\">report.json</a> · <a href=\"/jobs/{id}/report.md\">report.md</a></p>\n",
             id = esc(&r.id)
         ));
+    }
+    if !agreement.is_empty() {
+        b.push_str("<h2>Builders</h2>\n<p>This job's outputs as independent builders attested them (signatures checked against known keys; operators as configured here).</p>\n<table>\n");
+        for o in agreement {
+            b.push_str(&format!(
+                "<tr><td><code>{}</code> {}</td><td class=\"{}\">{}</td></tr>\n",
+                esc(&o.drv_path),
+                esc(&o.output),
+                esc(&o.verdict),
+                esc(&o.text)
+            ));
+        }
+        b.push_str("</table>\n");
     }
     let running = !r.state.is_terminal();
     b.push_str(&format!(
@@ -384,8 +407,53 @@ async fn job_page(State(st): State<Arc<Web>>, UrlPath(id): UrlPath<String>) -> R
         }
         text.insert_str(0, "[… the start of the log is cut …]\n");
     }
-    html(render_job(&rec, report.as_ref(), &text, next))
+    let agreement = match &st.attestor {
+        Some(a) => {
+            let (a, file) = (a.clone(), paths.attestations());
+            tokio::task::spawn_blocking(move || agreement(&a, &file))
+                .await
+                .unwrap_or_default()
+        }
+        None => vec![],
+    };
+    html(render_job(&rec, report.as_ref(), &agreement, &text, next))
 }
+
+/// The job's attested outputs compared with every known builder's
+/// attestations of the same derivations.
+fn agreement(
+    a: &crate::attest::store::Attestor,
+    job_file: &std::path::Path,
+) -> Vec<crate::attest::compare::OutputReport> {
+    let own: Vec<crate::attest::Attestation> = std::fs::read(job_file)
+        .unwrap_or_default()
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| crate::attest::Attestation::parse(l).ok())
+        .take(MAX_AGREEMENT_ROWS)
+        .collect();
+    let mut all = Vec::new();
+    let mut drvs: Vec<&str> = own.iter().map(|x| x.statement.drv_path.as_str()).collect();
+    drvs.sort();
+    drvs.dedup();
+    for d in drvs {
+        all.extend(a.pool.of_drv(d).unwrap_or_default());
+    }
+    let (v, _) = a.pool.compare(&all);
+    own.iter()
+        .filter_map(|x| {
+            let id = crate::attest::compare::OutputId {
+                drv_path: x.statement.drv_path.clone(),
+                output: x.statement.output.clone(),
+            };
+            v.get(&id)
+                .map(|v| crate::attest::compare::OutputReport::new(&id, v))
+        })
+        .collect()
+}
+
+/// Most outputs a job page compares.
+const MAX_AGREEMENT_ROWS: usize = 1000;
 
 #[derive(serde::Deserialize)]
 struct From {

@@ -1,6 +1,8 @@
 //! AMQP benchmarks against a real RabbitMQ node:
 //! 1. intake/reporting throughput with a no-op executor (no VM): jobs/s and
-//!    messages/s through airlock's consumer, scheduler, sink and publisher;
+//!    messages/s through airlock's consumer, scheduler, sink and publisher,
+//!    with 1, 2, 4 and 8 builders (each its own connection, state and
+//!    scheduler, in this process) on one queue;
 //! 2. latency from a log line leaving the guest (its appearance in the VM's
 //!    channel file) to its BuildLogMsg arriving at a consumer on the broker.
 //!
@@ -64,53 +66,18 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn throughput(broker: &Broker, n: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut p = Probe::setup(&broker.url()).await;
-    // Queue the jobs before the builder connects: only its path is timed.
-    let q = lapin::Connection::connect(&broker.url(), Default::default())
-        .await
-        .unwrap();
-    let ch = q.create_channel().await.unwrap();
-    ch.queue_declare(
-        "build-inputs-x86_64-linux".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let head = "e9872fa30caac57c69bfac8667e6c21254603df1";
-    for i in 0..n {
-        let body = job_json(
-            std::path::Path::new("/nonexistent"),
-            head,
-            &["hello"],
-            &format!("req-{i}"),
-        );
-        ch.basic_publish(
-            "".into(),
-            "build-inputs-x86_64-linux".into(),
-            BasicPublishOptions::default(),
-            &body,
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    }
-    ch.wait_for_confirms().await.unwrap();
+/// One in-process builder: its own state directory, identity, broker
+/// connection and scheduler, with the no-op executor.
+fn noop_builder(dir: &std::path::Path, url: &str, i: usize) -> (Arc<Amqp>, Arc<Scheduler>) {
     let mut cfg = Config {
-        state_dir: dir.path().to_path_buf(),
-        identity: "bench".into(),
+        state_dir: dir.join(format!("builder-{i}")),
+        identity: format!("bench-{i}"),
         max_jobs: 8,
         ..Config::default()
     };
-    cfg.amqp.url = broker.url();
+    cfg.amqp.url = url.to_owned();
+    // Jobs are taken only for the configured clone URL (check_origin).
+    cfg.github.clone_url = "/nonexistent".into();
     let cfg = Arc::new(cfg);
     let (amqp, sink) = Amqp::new(cfg.clone());
     let store = JobStore::new(cfg.jobs_dir());
@@ -134,27 +101,99 @@ async fn throughput(broker: &Broker, n: usize) {
         kernel: Arc::new(airlock::vm::kernel::KernelChoice::new("", "/unused".as_ref()).0),
     });
     let daemon = Scheduler::start_with(runner, Arc::new(Noop { store, sink })).unwrap();
+    (amqp, daemon)
+}
+
+/// `n` no-op jobs queued on `build-inputs-x86_64-linux`, then `builders`
+/// builders started on it at once: jobs/s until every result arrived.
+async fn throughput(broker: &Broker, n: usize, builders: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Probe::setup(&broker.url()).await;
+    // Queue the jobs before the builders connect: only their path is timed.
+    let q = lapin::Connection::connect(&broker.url(), Default::default())
+        .await
+        .unwrap();
+    let ch = q.create_channel().await.unwrap();
+    ch.queue_declare(
+        "build-inputs-x86_64-linux".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let head = "e9872fa30caac57c69bfac8667e6c21254603df1";
+    let run = format!("run{builders}-");
+    for i in 0..n {
+        let body = job_json(
+            std::path::Path::new("/nonexistent"),
+            head,
+            &["hello"],
+            &format!("{run}{i}"),
+        );
+        ch.basic_publish(
+            "".into(),
+            "build-inputs-x86_64-linux".into(),
+            BasicPublishOptions::default(),
+            &body,
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    ch.wait_for_confirms().await.unwrap();
+    let all: Vec<_> = (0..builders)
+        .map(|i| noop_builder(dir.path(), &broker.url(), i))
+        .collect();
     let t0 = Instant::now();
-    tokio::spawn(amqp.clone().run(daemon.clone()));
+    for (amqp, daemon) in &all {
+        tokio::spawn(amqp.clone().run(daemon.clone()));
+    }
+    let ours = |p: &Probe| {
+        p.results
+            .iter()
+            .filter(|r| {
+                r["request_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with(&run))
+            })
+            .count()
+    };
     loop {
         p.poll().await;
-        let done = p.results.len();
+        let done = ours(&p);
         if done >= n {
             break;
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(600),
+            t0.elapsed() < Duration::from_secs(300),
             "only {done}/{n} results"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
+    // Jobs each builder took: how evenly one queue spreads over builders.
+    let per: Vec<usize> = all
+        .iter()
+        .map(|(_, d)| d.runner.store.list().0.len())
+        .collect();
     // Per job: 1 in; out: BuildLogStart + LINES BuildLogMsg + 2 BuildResult.
     let msgs = n as f64 * (1.0 + 1.0 + LINES as f64 + 2.0);
-    println!("| no-op jobs through intake → scheduler → reporting | {n} jobs, {LINES} log lines each | {:.0} jobs/s | {:.0} messages/s |", n as f64 / secs, msgs / secs);
-    daemon.drain();
-    amqp.stop_consuming().await;
-    amqp.shutdown(&daemon, Duration::from_secs(5)).await;
+    println!(
+        "| no-op jobs through intake → scheduler → reporting, {builders} builder(s) on one queue | {n} jobs, {LINES} log lines each; jobs per builder {per:?} | {:.0} jobs/s | {:.0} messages/s |",
+        n as f64 / secs,
+        msgs / secs
+    );
+    for (amqp, daemon) in &all {
+        daemon.drain();
+        amqp.stop_consuming().await;
+        amqp.shutdown(daemon, Duration::from_secs(5)).await;
+    }
 }
 
 async fn latency(broker: &Broker) {
@@ -261,7 +300,15 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
     println!("| path | load | rate / median | messages / p99 |\n|---|---|---|---|");
-    rt.block_on(throughput(&broker, n));
+    // Builders on one queue (issue 30: a community grows past one machine
+    // by adding builders to one broker). AMQP_BENCH_BUILDERS=1,2 to choose.
+    let counts: Vec<usize> = std::env::var("AMQP_BENCH_BUILDERS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2, 4, 8]);
+    for k in counts {
+        rt.block_on(throughput(&broker, n, k));
+    }
     if common::prerequisites("amqp latency bench") {
         rt.block_on(latency(&broker));
     }

@@ -319,7 +319,7 @@ fn verify_chain(text: &[u8], public: &str) -> Result<Vec<(Attestation, String)>>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn key(name: &str, b: u8) -> SecretKey {
@@ -327,7 +327,7 @@ mod tests {
     }
 
     /// A statement for tests (compare.rs's too).
-    pub(super) fn statement(builder: &str, out: &str, hash: &str) -> Statement {
+    pub(crate) fn statement(builder: &str, out: &str, hash: &str) -> Statement {
         Statement {
             version: Statement::VERSION,
             drv_path: format!("/nix/store/{}-{out}.drv", "a".repeat(32)),

@@ -356,8 +356,12 @@ async fn front_ends(
         .spawn()
         .context("cannot listen (cache.listen / github.webhook_listen)")?;
     if let Some(addr) = &cfg.web.listen {
-        airlock::release::server::spawn(addr, airlock::web::router(cfg.jobs_dir()), "web view")
-            .context("cannot listen (web.listen)")?;
+        airlock::release::server::spawn(
+            addr,
+            airlock::web::router(cfg.jobs_dir(), daemon.runner.attestor.clone()),
+            "web view",
+        )
+        .context("cannot listen (web.listen)")?;
     }
     if let Some(a) = amqp {
         tokio::spawn(a.clone().run(daemon.clone()));

@@ -138,6 +138,7 @@ pub fn write_report(i: &ReportInput, late: &AtomicBool) -> Vec<String> {
             verified: &hashes,
             references: &references,
             artifacts,
+            attestations: job_attestations(&i.paths),
         },
     );
     let json = serde_json::to_vec_pretty(&r).expect("serialises");
@@ -154,6 +155,18 @@ pub fn write_report(i: &ReportInput, late: &AtomicBool) -> Vec<String> {
         }
     }
     report::summary_lines(&r)
+}
+
+/// The job's own attestations (`jobs/<id>/attestations.jsonl`, written
+/// by the host before the report), at most one per verified output.
+fn job_attestations(paths: &JobPaths) -> Vec<crate::attest::Attestation> {
+    std::fs::read(paths.attestations())
+        .unwrap_or_default()
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| crate::attest::Attestation::parse(l).ok())
+        .take(report::MAX_CLOSURE)
+        .collect()
 }
 
 /// Largest artifact the page shows.

@@ -48,6 +48,8 @@ pub struct Context<'a> {
     /// evidence.
     pub references: &'a BTreeMap<String, Vec<String>>,
     pub artifacts: Vec<Artifact>,
+    /// This builder's signed attestations of the job's outputs.
+    pub attestations: Vec<crate::attest::Attestation>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +183,11 @@ pub struct Report {
     pub job: JobInfo,
     /// Milliseconds spent evaluating the base and the merged tree in the VM.
     pub eval_ms: BTreeMap<String, u64>,
+    /// This builder's signed attestations of the job's verified outputs
+    /// (docs/trust.md): anyone with its public key can check them, and
+    /// `airlockctl compare <head>` sets them beside other builders'.
+    #[serde(default)]
+    pub attestations: Vec<crate::attest::Attestation>,
 }
 
 impl Report {
@@ -383,6 +390,7 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
             ("base".to_owned(), o.eval_ms.0),
             ("merged".to_owned(), o.eval_ms.1),
         ]),
+        attestations: ctx.attestations,
     }
 }
 
@@ -726,12 +734,37 @@ pub fn markdown(r: &Report) -> String {
         }
         md.push('\n');
     }
+    if !r.attestations.is_empty() {
+        md_attestations(&mut md, r);
+    }
     if let Some(s) = &r.builder.sponsor {
         md.push_str("---\n\n");
         md.push_str(&esc(&s.line));
         md.push('\n');
     }
     md
+}
+
+/// The builder's signed word on each output, and where to compare it.
+fn md_attestations(md: &mut String, r: &Report) {
+    md.push_str("### Attestations\n\n");
+    md.push_str(&format!(
+        "Signed by builder {} (its identity key, not the cache key); compare with other builders: <code>airlockctl compare</code> {}.\n\n",
+        lit(&r.attestations[0].statement.builder),
+        lit(&r.job.head)
+    ));
+    for a in &r.attestations {
+        let s = &a.statement;
+        md.push_str(&format!(
+            "- {} ({}!{}): {}, {} bytes\n",
+            lit(&s.out_path),
+            lit(&s.drv_path),
+            lit(&s.output),
+            lit(&s.nar_hash),
+            s.nar_size
+        ));
+    }
+    md.push('\n');
 }
 
 /// Title, what was built where, how much changed.
@@ -973,7 +1006,36 @@ mod tests {
             verified,
             references: &NO_REFS,
             artifacts: vec![],
+            attestations: vec![],
         }
+    }
+
+    #[test]
+    fn the_builders_attestations_are_listed_for_checking() {
+        let (o, v) = sample();
+        let k = crate::store::signing::SecretKey::from_seed("builder-1", &[1; 32]).unwrap();
+        let a = crate::attest::tests::statement("builder-1", "leaf", "sha256:0x")
+            .sign(&k)
+            .unwrap();
+        let mut c = ctx(&v);
+        c.attestations = vec![a.clone()];
+        let r = build(&o, c);
+        let back: Report = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        back.attestations[0].verify(&k.public()).unwrap();
+        let md = markdown(&r);
+        assert!(md.contains("### Attestations"), "{md}");
+        assert!(
+            md.contains("<code>airlockctl compare</code> <code>h</code>"),
+            "{md}"
+        );
+        assert!(md.contains(&lit(&a.statement.out_path)), "{md}");
+        // Older reports, without the list, still read.
+        let mut old: serde_json::Value = serde_json::to_value(&r).unwrap();
+        old.as_object_mut().unwrap().remove("attestations");
+        assert!(serde_json::from_value::<Report>(old)
+            .unwrap()
+            .attestations
+            .is_empty());
     }
 
     #[test]

@@ -127,6 +127,7 @@ fn independent_builders_agree_and_a_liar_is_struck() {
     let keydir = tempfile::tempdir().unwrap();
     let (sk, _pk) = gen_key(keydir.path(), "airlock-cache-1");
     let cache = format!("127.0.0.1:{}", free_port());
+    let web = format!("127.0.0.1:{}", free_port());
     let known: String = (1..4)
         .map(|i| {
             format!(
@@ -138,7 +139,10 @@ fn independent_builders_agree_and_a_liar_is_struck() {
         })
         .collect();
     let trusted = builder(0)
-        .with(|c| c.vm.user = VM_USER.into())
+        .with(|c| {
+            c.vm.user = VM_USER.into();
+            c.web.listen = Some(web.clone());
+        })
         .toml(&format!(
             "[release]\nrequire_agreement = {{ builders = 2, operators = 2 }}\n[github]\npoll_interval_secs = 1\n{known}"
         ))
@@ -224,6 +228,16 @@ fn independent_builders_agree_and_a_liar_is_struck() {
         "{text}"
     );
     println!("airlockctl compare {head}:\n{text}");
+
+    // The job page shows the same, as it stands now.
+    let job = trusted.jobs()[0]["id"].as_str().unwrap().to_owned();
+    let (code, _, page) = http(&web, "GET", &format!("/jobs/{job}"), &[], b"");
+    let page = String::from_utf8_lossy(&page);
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("reproduced by 3 builders of 3 operators") && page.contains("differs: "),
+        "{page}"
+    );
 
     // The liar has a strike, with its attestation as the evidence.
     let builders = ctl_json(&trusted, &["builders"]);
