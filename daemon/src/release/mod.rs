@@ -118,6 +118,18 @@ impl Release {
             }
             None => None,
         };
+        if let Some(k) = &key {
+            // The builder's own cache as a trusted upstream would give a
+            // job what another PR's job built or fetched (a fixed-output
+            // path fetched from an attacker's URL under the hash of the
+            // real file) as if it were upstream's.
+            if cfg.nix.trusted_public_keys.contains(&k.public()) {
+                return Err(Error::Refused(format!(
+                    "nix.trusted_public_keys holds this builder's own release key {}: jobs would substitute other PRs' outputs as if they were upstream's",
+                    k.public()
+                )));
+            }
+        }
         if cfg.trust == Trust::Trusted && key.is_none() {
             return Err(Error::Refused(
                 "trust = \"trusted\" needs release.signing_key_file (or --signing-key-file)".into(),
@@ -865,7 +877,16 @@ mod tests {
         let e = Release::new(Arc::new(cfg.clone())).err().unwrap();
         assert!(e.to_string().contains("fewer than"), "{e}");
         std::fs::write(&sf, "a-long-enough-random-secret\n").unwrap();
-        assert!(Release::new(Arc::new(cfg)).is_ok());
+        assert!(Release::new(Arc::new(cfg.clone())).is_ok());
+        // Its own release key trusted for the jobs' substitution.
+        let k = SecretKey::from_seed("airlock-1", &[7; 32]).unwrap();
+        let kf = t.path().join("signing.sec");
+        std::fs::write(&kf, k.to_file_text()).unwrap();
+        cfg.release.signing_key_file = Some(kf);
+        assert!(Release::new(Arc::new(cfg.clone())).is_ok());
+        cfg.nix.trusted_public_keys.push(k.public());
+        let e = Release::new(Arc::new(cfg)).err().unwrap();
+        assert!(e.to_string().contains("own release key"), "{e}");
     }
 }
 

@@ -318,6 +318,35 @@ fn independent_builders_agree_and_a_liar_is_struck() {
         "the path builders differ on is not served"
     );
 
+    // Files: another builder's job attestations are already known; a
+    // tampered copy is refused with the reason.
+    let two_job = two.jobs()[0]["id"].as_str().unwrap().to_owned();
+    let file = two
+        .state()
+        .join("jobs")
+        .join(&two_job)
+        .join("attestations.jsonl");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let tampered = shared.path().join("tampered.jsonl");
+    std::fs::write(
+        &tampered,
+        text.replacen("\"nar_size\":", "\"nar_size\":1", 1),
+    )
+    .unwrap();
+    let imported = ctl_json(
+        &trusted,
+        &["import", file.to_str().unwrap(), tampered.to_str().unwrap()],
+    );
+    assert_eq!(imported["kept"], 0, "{imported:#}");
+    // Two from the file, the tampered copy's untouched second line.
+    assert_eq!(imported["known"], 3, "{imported:#}");
+    let refused = imported["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{imported:#}");
+    assert!(
+        refused[0].as_str().unwrap().contains("bad signature"),
+        "{imported:#}"
+    );
+
     // The cache server's /attestations/<drv hash>: all four, as kept.
     let drv_hash = &leaf_drv.trim_start_matches("/nix/store/")[..32];
     let (code, _, body) = http(
