@@ -40,6 +40,7 @@ impl Topology {
         let www = tempfile::tempdir().unwrap();
         std::fs::write(www.path().join("file.txt"), "airlock-internet-ok\n").unwrap();
         std::fs::write(www.path().join("gw.txt"), "airlock-gw-ok\n").unwrap();
+        std::fs::write(www.path().join("honest.txt"), "the real upstream file\n").unwrap();
         std::fs::write(www.path().join("index.html"), "LEAK\n").unwrap();
         // The builder and the "internet" (serving `www` on 203.0.113.10:80).
         let net = Internet::up(www.path());
@@ -279,6 +280,23 @@ fn only_fixed_output_derivations_reach_the_internet() {
         fetched.unwrap().contains("CA: fixed:sha256:"),
         "FOD narinfo carries its content address"
     );
+
+    // Fixed-output hash reuse (ofborg issue 68): the job above fetched
+    // file.txt as airlock-fetch-ok under hash H; a later job ("PR 2")
+    // names the same output (same name, same H) at a URL serving other
+    // bytes. Its VM's store is fresh and its only substituter is the
+    // host's proxy of upstream caches, so H is fetched again from PR 2's
+    // own URL: a hash mismatch naming the derivation, nothing quarantined.
+    let reuse = d.submit(&repo, &head, &["net.fetch-reuse"]);
+    let rec = d.wait(&reuse, 900);
+    let log = d.build_log(&reuse);
+    assert_eq!(status(&rec), "HashMismatch", "{rec:#}\n{log}");
+    assert!(
+        log.contains("hash mismatch") && log.contains("-airlock-fetch-ok.drv"),
+        "{log}"
+    );
+    assert_eq!(rec["result"]["store_paths"], serde_json::json!([]), "{rec:#}");
+    assert!(rec["result"]["quarantine"].is_null(), "{rec:#}");
 
     let rec = d.wait(&badhash, 900);
     assert_eq!(
