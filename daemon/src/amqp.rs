@@ -237,7 +237,7 @@ impl AmqpSink {
         }
         let m = BuildLogStart {
             system: o.system.clone(),
-            identity: self.cfg.identity.clone(),
+            identity: self.cfg.identity.name.clone(),
             attempt_id: o.attempt_id.clone(),
             attempted_attrs: attempted,
             skipped_attrs: skipped,
@@ -261,7 +261,7 @@ impl LogSink for AmqpSink {
         self.send_start(rec, None, None);
         let m = BuildLogMsg {
             system: o.system.clone(),
-            identity: self.cfg.identity.clone(),
+            identity: self.cfg.identity.name.clone(),
             attempt_id: o.attempt_id.clone(),
             line_number: n,
             output: text.to_owned(),
@@ -701,7 +701,7 @@ impl Amqp {
         );
         headers.insert(
             "x-airlock-identity".into(),
-            AMQPValue::LongString(self.cfg.identity.clone().into()),
+            AMQPValue::LongString(self.cfg.identity.name.clone().into()),
         );
         let props = BasicProperties::default()
             .with_delivery_mode(2)
@@ -880,7 +880,7 @@ impl Amqp {
         if !merge_failed && !marker.exists() {
             let m = BuildLogStart {
                 system: origin.system.clone(),
-                identity: self.cfg.identity.clone(),
+                identity: self.cfg.identity.name.clone(),
                 attempt_id: origin.attempt_id.clone(),
                 attempted_attrs: res.attempted_attrs.clone(),
                 skipped_attrs: res.skipped_attrs.clone(),

@@ -31,8 +31,9 @@ pub struct Config {
     pub max_jobs: usize,
     /// The Nix system this builder builds for.
     pub system: String,
-    /// Name of this builder in reports.
-    pub identity: String,
+    /// Name of this builder in reports (ofborg's `identity`); also the
+    /// table `[identity] name, operator, url` (issue 30).
+    pub identity: Identity,
     /// On SIGTERM: stop taking jobs, let running ones finish for this long.
     pub shutdown_grace_secs: u64,
     pub vm: VmConfig,
@@ -845,7 +846,93 @@ impl Default for Limits {
     }
 }
 
-fn default_identity() -> String {
+/// This builder's name, and who runs it. In the file either a string
+/// (ofborg's `identity = "builder-7"`, `--identity`) or a table
+/// `[identity]` with `name` and optional `operator` and `url` (issue 30's
+/// form; the same as `[attestation] operator` and `url`, which win).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    pub operator: String,
+    pub url: String,
+}
+
+impl From<&str> for Identity {
+    fn from(name: &str) -> Identity {
+        Identity {
+            name: name.to_owned(),
+            ..Identity::default()
+        }
+    }
+}
+
+impl From<String> for Identity {
+    fn from(name: String) -> Identity {
+        Identity {
+            name,
+            ..Identity::default()
+        }
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityTable {
+    name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    operator: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    url: String,
+}
+
+impl Serialize for Identity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if self.operator.is_empty() && self.url.is_empty() {
+            s.serialize_str(&self.name)
+        } else {
+            IdentityTable {
+                name: self.name.clone(),
+                operator: self.operator.clone(),
+                url: self.url.clone(),
+            }
+            .serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Identity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Identity, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(
+            untagged,
+            expecting = "a name, or a table with name and optional operator and url"
+        )]
+        enum Raw {
+            Name(String),
+            Table(IdentityTable),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Name(name) => Identity::from(name),
+            Raw::Table(t) => Identity {
+                name: t.name,
+                operator: t.operator,
+                url: t.url,
+            },
+        })
+    }
+}
+
+fn default_identity() -> Identity {
+    Identity::from(default_identity_name())
+}
+
+fn default_identity_name() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_owned())
         .ok()
@@ -968,16 +1055,29 @@ impl Config {
         Ok(())
     }
 
-    /// Who runs this builder: `attestation.operator`, else `sponsor.name`,
-    /// else `identity`.
+    /// Who runs this builder: `attestation.operator`, else `identity`'s
+    /// operator, else `sponsor.name`, else the identity's name.
     pub fn operator(&self) -> String {
-        if !self.attestation.operator.is_empty() {
-            self.attestation.operator.clone()
-        } else if !self.sponsor.name.is_empty() {
-            self.sponsor.name.clone()
-        } else {
-            self.identity.clone()
-        }
+        [
+            &self.attestation.operator,
+            &self.identity.operator,
+            &self.sponsor.name,
+            &self.identity.name,
+        ]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .cloned()
+        .unwrap_or_default()
+    }
+
+    /// The operator's page: `attestation.url`, else `identity`'s url,
+    /// else `sponsor.url`.
+    pub fn operator_url(&self) -> String {
+        [&self.attestation.url, &self.identity.url, &self.sponsor.url]
+            .into_iter()
+            .find(|s| !s.is_empty())
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The queue jobs for `system` are taken from: ofborg's
@@ -1053,6 +1153,33 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_is_a_name_or_a_table() {
+        let c: Config = toml::from_str("identity = \"builder-7\"\n").unwrap();
+        assert_eq!(c.identity, Identity::from("builder-7"));
+        assert_eq!(c.operator(), "builder-7");
+        let c: Config = toml::from_str(
+            "[identity]\nname = \"builder-7\"\noperator = \"Example Org\"\nurl = \"https://example.org\"\n[sponsor]\nname = \"Sponsor\"\nurl = \"https://sponsor.example\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.identity.name, "builder-7");
+        assert_eq!(
+            (c.operator(), c.operator_url()),
+            ("Example Org".into(), "https://example.org".into())
+        );
+        // Round trip (the tests' builder writes the file from the struct).
+        let back: Config = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back.identity, c.identity);
+        let mut c = c;
+        c.attestation.operator = "Wins".into();
+        assert_eq!(c.operator(), "Wins");
+        c.identity.operator.clear();
+        c.attestation.operator.clear();
+        assert_eq!(c.operator(), "Sponsor");
+        assert!(toml::from_str::<Config>("[identity]\nname = \"x\"\nemail = \"a\"\n").is_err());
+        assert!(toml::from_str::<Config>("[identity]\noperator = \"x\"\n").is_err());
+    }
 
     #[test]
     fn the_sponsor_line_names_who_contributed() {

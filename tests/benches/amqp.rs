@@ -71,7 +71,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 fn noop_builder(dir: &std::path::Path, url: &str, i: usize) -> (Arc<Amqp>, Arc<Scheduler>) {
     let mut cfg = Config {
         state_dir: dir.join(format!("builder-{i}")),
-        identity: format!("bench-{i}"),
+        identity: format!("bench-{i}").into(),
         max_jobs: 8,
         ..Config::default()
     };

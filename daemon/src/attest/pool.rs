@@ -127,11 +127,7 @@ impl Pool {
     pub fn open(dir: PathBuf, own: KnownBuilder, cfg: &Config) -> Pool {
         let mut known = vec![own.clone()];
         let mut urls = BTreeMap::new();
-        let own_url = if cfg.attestation.url.is_empty() {
-            cfg.sponsor.url.clone()
-        } else {
-            cfg.attestation.url.clone()
-        };
+        let own_url = cfg.operator_url();
         urls.insert(key_name(&own.key).to_owned(), own_url);
         for b in &cfg.verify.builders {
             if key_name(&b.key) == key_name(&own.key) {

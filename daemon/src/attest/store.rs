@@ -84,7 +84,7 @@ impl Attestor {
         } else {
             a.key_file.clone()
         };
-        let key = load_or_make_key(&key_path, &key_name(&cfg.identity))?;
+        let key = load_or_make_key(&key_path, &key_name(&cfg.identity.name))?;
         let operator = cfg.operator();
         let dir = cfg.state_dir.join("attestations");
         std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;

@@ -164,7 +164,7 @@ fn effective_config(args: Args) -> anyhow::Result<Config> {
         cfg.amqp.url = u;
     }
     if let Some(i) = args.identity {
-        cfg.identity = i;
+        cfg.identity.name = i;
     }
     if !args.systems.is_empty() {
         cfg.system = args.systems[0].clone();

@@ -129,7 +129,7 @@ pub fn write_report(i: &ReportInput, late: &AtomicBool) -> Vec<String> {
             merged_commit: rec.merged_commit.as_deref(),
             system: &cfg.system,
             guest_nix: rec.guest_nix.as_deref(),
-            identity: &cfg.identity,
+            identity: &cfg.identity.name,
             trust: cfg.trust.as_str(),
             sponsor,
             requested,

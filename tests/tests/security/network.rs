@@ -295,7 +295,11 @@ fn only_fixed_output_derivations_reach_the_internet() {
         log.contains("hash mismatch") && log.contains("-airlock-fetch-ok.drv"),
         "{log}"
     );
-    assert_eq!(rec["result"]["store_paths"], serde_json::json!([]), "{rec:#}");
+    assert_eq!(
+        rec["result"]["store_paths"],
+        serde_json::json!([]),
+        "{rec:#}"
+    );
     assert!(rec["result"]["quarantine"].is_null(), "{rec:#}");
 
     let rec = d.wait(&badhash, 900);
