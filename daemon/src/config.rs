@@ -435,6 +435,10 @@ pub struct ReleaseConfig {
     /// operators attested the same NAR hash for it, this builder among
     /// them. 1/1 (default): the label alone releases.
     pub require_agreement: Agreement,
+    /// Before a job's outputs are released, fetch its fixed-output paths
+    /// again from their own derivations' URLs in a job VM of this builder
+    /// and release only if the bytes match (docs/trust.md).
+    pub refetch_fixed_outputs: bool,
 }
 
 impl Default for ReleaseConfig {
@@ -446,6 +450,7 @@ impl Default for ReleaseConfig {
             signing_key_file: None,
             min_head_age_secs: 300,
             require_agreement: Agreement::default(),
+            refetch_fixed_outputs: true,
         }
     }
 }

@@ -174,6 +174,7 @@ impl Scheduler {
             let retry = (!broker).then(|| {
                 let mut r = JobRecord::new(rec.source.clone(), rec.job.clone());
                 r.retry_of = Some(rec.id.clone());
+                r.refetch = rec.refetch.clone();
                 r
             });
             let err = match &retry {

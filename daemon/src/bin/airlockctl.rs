@@ -266,6 +266,13 @@ fn print_job(r: &JobRecord) {
     if let Some(o) = &r.retry_of {
         out!("retry of: {o} (interrupted)");
     }
+    if let Some(f) = &r.refetch {
+        out!(
+            "re-fetch:  of job {} ({} fixed-output paths, before release)",
+            f.of_job,
+            f.paths.len()
+        );
+    }
     if let Some(a) = &r.accel {
         out!("vm accel:  {a}");
     }
@@ -488,6 +495,9 @@ fn print_release_status(st: &Status) {
             j.pr,
             j.paths
         );
+        if let Some(r) = &j.refetch {
+            out!("  fixed-output re-fetch: {r}");
+        }
     }
     for p in &st.prs {
         let onto = p.base_branch.as_deref().unwrap_or("(base not recorded)");

@@ -352,6 +352,10 @@ async fn front_ends(
     if let Some(a) = &daemon.runner.attestor {
         release.set_attestor(a.clone());
     }
+    let d = daemon.clone();
+    release.set_refetcher(Arc::new(move |rec| {
+        d.enqueue(rec).map_err(|e| e.to_string())
+    }));
     release
         .spawn()
         .context("cannot listen (cache.listen / github.webhook_listen)")?;

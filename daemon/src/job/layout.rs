@@ -16,6 +16,10 @@ impl JobPaths {
     pub fn attestations(&self) -> PathBuf {
         self.dir.join("attestations.jsonl")
     }
+    /// A re-fetch job's finding ([`super::RefetchOutcome`]).
+    pub fn refetch_outcome(&self) -> PathBuf {
+        self.dir.join("refetch.json")
+    }
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
     }

@@ -188,6 +188,46 @@ pub struct JobRecord {
     /// The interrupted job this one runs again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<String>,
+    /// A re-fetch before release (issue 30): this job fetches a
+    /// quarantined job's fixed-output paths again; what it exports is
+    /// compared, never quarantined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refetch: Option<Refetch>,
+}
+
+/// What a re-fetch job fetches again, and for which quarantined job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refetch {
+    pub of_job: String,
+    pub paths: Vec<RefetchPath>,
+}
+
+/// One fixed-output path as the quarantined job verified it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefetchPath {
+    pub path: String,
+    pub nar_hash: String,
+    pub deriver: Option<String>,
+}
+
+/// A re-fetch job's finding (`jobs/<id>/refetch.json`): per path, whether
+/// the bytes fetched again are the ones about to be released.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefetchOutcome {
+    pub of_job: String,
+    /// Paths whose re-fetched NAR hash (host-computed) is the released one.
+    pub matched: Vec<String>,
+    /// The others: the path, its derivation, and why.
+    pub failed: Vec<RefetchFailure>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefetchFailure {
+    pub path: String,
+    pub deriver: Option<String>,
+    pub why: String,
 }
 
 /// Derivations built and store paths substituted for a job (all phases).
@@ -287,6 +327,7 @@ impl JobRecord {
             interrupted: false,
             retried_as: None,
             retry_of: None,
+            refetch: None,
         }
     }
 }

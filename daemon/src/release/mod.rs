@@ -4,6 +4,7 @@
 //! as a Nix binary cache and receives GitHub webhooks.
 
 pub mod github;
+pub mod refetch;
 pub mod rule;
 pub mod server;
 pub mod store;
@@ -64,6 +65,10 @@ pub struct JobStatus {
     pub pr: u64,
     pub paths: usize,
     pub released: Option<ReleasedJob>,
+    /// Where the fixed-output re-fetch stands (`None`: no fixed-output
+    /// paths, or `release.refetch_fixed_outputs` off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refetch: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,6 +104,8 @@ pub struct Release {
     unlabel_checked: Mutex<Option<std::time::Instant>>,
     /// The builder's attestations (set by airlockd after the runner is built).
     attestor: std::sync::OnceLock<Arc<crate::attest::store::Attestor>>,
+    /// Queues a job (the scheduler's), for the fixed-output re-fetch.
+    refetcher: std::sync::OnceLock<refetch::Enqueue>,
 }
 
 /// How long after a label release polling still watches for the label's removal.
@@ -172,7 +179,43 @@ impl Release {
             unlabel_logged: Mutex::new(Default::default()),
             unlabel_checked: Mutex::new(None),
             attestor: std::sync::OnceLock::new(),
+            refetcher: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// How the release service queues its fixed-output re-fetch jobs.
+    pub fn set_refetcher(&self, e: refetch::Enqueue) {
+        let _ = self.refetcher.set(e);
+    }
+
+    /// The jobs whose fixed-output paths were fetched again and matched
+    /// (`release.refetch_fixed_outputs`); the others are held (their
+    /// re-fetch queued or running) or refused, with the reason logged.
+    /// None left while some were held or refused: that is the error.
+    fn past_refetch<'a>(&self, jobs: &[&'a QuarantinedJob]) -> Result<Vec<&'a QuarantinedJob>> {
+        if !self.cfg.release.refetch_fixed_outputs {
+            return Ok(jobs.to_vec());
+        }
+        let store = crate::job::JobStore::new(self.cfg.jobs_dir());
+        let mut ready = Vec::new();
+        let mut why = Vec::new();
+        for j in jobs {
+            match refetch::gate(j, &store, self.refetcher.get()) {
+                refetch::Gate::Ready => ready.push(*j),
+                refetch::Gate::Held(w) => {
+                    info!(job_id = %j.job_id, commit = %j.commit, why = %w, "release held");
+                    why.push(format!("job {}: {w}", j.job_id));
+                }
+                refetch::Gate::Refused(w) => {
+                    warn!(job_id = %j.job_id, commit = %j.commit, why = %w, "release refused");
+                    why.push(format!("job {}: {w}", j.job_id));
+                }
+            }
+        }
+        if ready.is_empty() && !why.is_empty() {
+            return Err(Error::Refused(why.join("; ")));
+        }
+        Ok(ready)
     }
 
     /// The builder's attestations, for `release.require_agreement`.
@@ -634,6 +677,8 @@ impl Release {
             .key
             .clone()
             .ok_or_else(|| Error::Refused("no signing key configured".into()))?;
+        let jobs = self.past_refetch(jobs)?;
+        let jobs = &jobs[..];
         let _g = self.lock.lock().await;
         let dirs = self.dirs.clone();
         let jobs: Vec<QuarantinedJob> = jobs.iter().map(|j| (*j).clone()).collect();
@@ -721,6 +766,7 @@ impl Release {
                 decision: d,
             });
         }
+        let jobs_store = crate::job::JobStore::new(self.cfg.jobs_dir());
         let mut js: Vec<JobStatus> = jobs
             .iter()
             .map(|j| JobStatus {
@@ -729,6 +775,12 @@ impl Release {
                 pr: j.pr,
                 paths: j.paths.len(),
                 released: rec.jobs.iter().find(|r| r.job_id == j.job_id).cloned(),
+                refetch: self
+                    .cfg
+                    .release
+                    .refetch_fixed_outputs
+                    .then(|| refetch::describe(j, &jobs_store))
+                    .flatten(),
             })
             .collect();
         // Released jobs whose outputs have since expired.
@@ -740,6 +792,7 @@ impl Release {
                     pr: 0,
                     paths: r.paths.len(),
                     released: Some(r.clone()),
+                    refetch: None,
                 });
             }
         }

@@ -67,7 +67,12 @@ impl Runner {
                     trusted_public_keys: self.cfg.nix.trusted_public_keys.clone(),
                 }),
             review: crate::review::Review::for_job(&rec.job, &self.cfg.review)
+                .filter(|_| rec.refetch.is_none())
                 .map(|r| r.guest(merged)),
+            refetch: rec
+                .refetch
+                .as_ref()
+                .map(|r| r.paths.iter().map(|p| p.path.clone()).collect()),
         };
         std::fs::write(
             stage.join("job.json"),

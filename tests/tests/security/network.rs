@@ -18,7 +18,7 @@ struct Topology {
     // Dropped after `servers` are stopped: removes the builder and
     // "internet" namespaces.
     _net: Internet,
-    _www: tempfile::TempDir,
+    www: tempfile::TempDir,
 }
 
 fn ip(args: &[&str]) {
@@ -41,6 +41,7 @@ impl Topology {
         std::fs::write(www.path().join("file.txt"), "airlock-internet-ok\n").unwrap();
         std::fs::write(www.path().join("gw.txt"), "airlock-gw-ok\n").unwrap();
         std::fs::write(www.path().join("honest.txt"), "the real upstream file\n").unwrap();
+        std::fs::write(www.path().join("once.txt"), "airlock-once-B\n").unwrap();
         std::fs::write(www.path().join("index.html"), "LEAK\n").unwrap();
         // The builder and the "internet" (serving `www` on 203.0.113.10:80).
         let net = Internet::up(www.path());
@@ -123,7 +124,7 @@ impl Topology {
             lan,
             servers,
             _net: net,
-            _www: www,
+            www,
         }
     }
 
@@ -191,11 +192,20 @@ fn only_fixed_output_derivations_reach_the_internet() {
     let before = topo.operator_table();
     assert!(before.contains("tcp dport 2222"));
     // The VMMs run as their own user (the NixOS module's default), and
-    // attach to TAPs that user owns.
+    // attach to TAPs that user owns. A trusted builder: the re-fetch of a
+    // fixed-output path before release is shown at the end.
+    let keys = tempfile::tempdir().unwrap();
+    let (sk, _) = common::github::gen_key(keys.path(), "airlock-net-1");
     let d = Daemon::builder()
         .netns(&topo.host)
         .with(|c| c.vm.user = VM_USER.into())
         .toml(CONFIG)
+        .args(&[
+            "--trust",
+            "trusted",
+            "--signing-key-file",
+            sk.to_str().unwrap(),
+        ])
         .start();
     let (repo, head) = fixture_repo(d.dir.path(), &[]);
 
@@ -317,12 +327,63 @@ fn only_fixed_output_derivations_reach_the_internet() {
         d.build_log(&sleeper)
     );
 
+    refetch_before_release(&d, &topo);
+
     assert!(
         topo.leftovers().is_empty(),
         "left behind: {:?}",
         topo.leftovers()
     );
     assert_eq!(topo.operator_table(), before, "operator's table changed");
+}
+
+/// A fixed-output path is released only if fetching it again from its own
+/// URL, in a job VM of the releasing builder, gives the same bytes (issue
+/// 30). Here the URL served the hashed bytes while the job fetched, and
+/// other bytes since: the release is refused, naming the derivation.
+fn refetch_before_release(d: &Daemon, topo: &Topology) {
+    let (repo, head) = fixture_repo(
+        &d.dir.path().join("once"),
+        &[("ONCE.md", b"pr 1\n".to_vec())],
+    );
+    let id = d.submit(&repo, &head, &["net.fetch-once"]);
+    let rec = d.wait(&id, 900);
+    assert_eq!(status(&rec), "Success", "{rec:#}\n{}", d.build_log(&id));
+    std::fs::write(topo.www.path().join("once.txt"), "other bytes now\n").unwrap();
+    let release = || d.ctl(&["release", &head, "--reason", "re-fetch test"]);
+    let out = release();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && err.contains("fetching its 1 fixed-output path(s) again"),
+        "{err}"
+    );
+    let refetch = || {
+        d.jobs()
+            .into_iter()
+            .find(|j| j["refetch"]["of_job"] == id.as_str())
+            .unwrap_or_else(|| panic!("no re-fetch job:\n{}", d.log()))
+    };
+    let rid = refetch()["id"].as_str().unwrap().to_owned();
+    let r = d.wait(&rid, 900);
+    assert_eq!(status(&r), "HashMismatch", "{r:#}\n{}", d.build_log(&rid));
+    let out = release();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "released after a failed re-fetch");
+    assert!(
+        err.contains("does not match") && err.contains("-airlock-fetch-once.drv"),
+        "{err}"
+    );
+    let st = d.ctl(&["--json", "release", "status", &head]);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert!(st["jobs"][0]["released"].is_null(), "{st:#}");
+    assert!(
+        st["jobs"][0]["refetch"]
+            .as_str()
+            .unwrap()
+            .contains("-airlock-fetch-once.drv"),
+        "{st:#}"
+    );
+    println!("re-fetch refused: {err}");
 }
 
 #[test]

@@ -204,6 +204,11 @@ fn label_unlocks_signed_cache_for_real_nix() {
         String::from_utf8_lossy(&out.stderr)
     );
     println!("released {}s after the webhook", t0.elapsed().as_secs_f64());
+    // Only after its fixed-output path was fetched again in a VM of its
+    // own and came back the same (issue 30).
+    let st = status_json(d, &head);
+    let refetch = st["jobs"][0]["refetch"].as_str().unwrap_or_default();
+    assert!(refetch.contains("fetched again: the same bytes"), "{st:#}");
     assert!(nix_substitute(d.dir.path(), &s.cache, &s.pk, &fod)
         .status
         .success());

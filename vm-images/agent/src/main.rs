@@ -354,11 +354,19 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
     }
 
     // 2. Fetch phase: only fixed-output derivations. Otherwise: build.
+    // A re-fetch builds nothing but them: after its fetch phase it only
+    // exports; in one boot (no network) it realises them without a
+    // substituter.
     let status = if attempted.is_empty() {
         BuildStatus::Skipped
     } else if phase == Phase::Fetch {
         let gateway = boot.net.as_ref().map(|(_, gw)| gw.as_str());
         fetch(&job, &drvs, gateway, ch)?
+    } else if let Some(targets) = &job.refetch {
+        if phase == Phase::All {
+            fetch(&job, &drvs, None, ch)?;
+        }
+        return finish_refetch(&args.export, phase, attempted, skipped, targets, ch);
     } else if reused {
         counting_builds(&drvs, ch, || {
             realise(&job, &drvs, &BUILD_PHASE_OPTIONS.map(String::from), ch)
@@ -388,6 +396,69 @@ fn finish(export: &Path, mut m: Manifest, drvs: &[String], ch: &Channel) -> Resu
     if !drvs.is_empty() && m.phase != Phase::Fetch {
         m.paths = produced_paths(drvs)?;
     }
+    let bytes = write_export(export, &m)?;
+    ch.event(&Event::Exported {
+        paths: m.paths.len() as u64,
+        bytes,
+    });
+    Ok(())
+}
+
+/// A re-fetch's export: which of `targets` are valid now, with their
+/// metadata (the host recomputes every hash and compares it with what it
+/// is about to release); the status says whether all of them are.
+fn finish_refetch(
+    export: &Path,
+    phase: Phase,
+    attempted: Vec<String>,
+    skipped: Vec<String>,
+    targets: &[String],
+    ch: &Channel,
+) -> Result<(), String> {
+    let paths: Vec<ExportedPath> = from_store(
+        "the re-fetched paths",
+        |s| {
+            let valid: Vec<String> = s.valid(targets)?.into_iter().collect();
+            if valid.is_empty() {
+                return Ok(vec![]);
+            }
+            s.path_infos(&valid)
+        },
+        || {
+            let invalid = nix_store(&["--check-validity", "--print-invalid"], targets)?;
+            let valid: Vec<String> = targets
+                .iter()
+                .filter(|p| !invalid.contains(p))
+                .cloned()
+                .collect();
+            path_infos_by_nix(&valid)
+        },
+    )?;
+    let missing = targets
+        .iter()
+        .filter(|t| !paths.iter().any(|p| &p.path == *t))
+        .count();
+    ch.log(&format!(
+        "airlock: re-fetch: {} of {} fixed-output paths are valid again",
+        targets.len() - missing,
+        targets.len()
+    ));
+    let m = Manifest {
+        version: WIRE_VERSION,
+        phase,
+        status: if missing == 0 {
+            BuildStatus::Success
+        } else {
+            BuildStatus::HashMismatch
+        },
+        attempted_attrs: attempted,
+        skipped_attrs: skipped,
+        paths,
+        review: None,
+    };
+    ch.event(&Event::Built {
+        status: m.status.clone(),
+    });
     let bytes = write_export(export, &m)?;
     ch.event(&Event::Exported {
         paths: m.paths.len() as u64,
@@ -777,6 +848,30 @@ fn fetch(
                 .collect())
         },
     )?;
+    // A re-fetch realises only the derivations of the paths it is for.
+    let fods = match &job.refetch {
+        None => fods,
+        Some(targets) => from_store(
+            "the re-fetch's derivations",
+            |s| {
+                Ok(s.outputs(&fods)?
+                    .into_iter()
+                    .filter(|(_, outs)| outs.iter().any(|o| targets.contains(o)))
+                    .map(|(d, _)| d)
+                    .collect())
+            },
+            || {
+                Ok(fods
+                    .iter()
+                    .filter(|d| {
+                        nix_store(&["-q", "--outputs"], std::slice::from_ref(*d))
+                            .is_ok_and(|outs| outs.iter().any(|o| targets.contains(o)))
+                    })
+                    .cloned()
+                    .collect())
+            },
+        )?,
+    };
     ch.log(&format!(
         "airlock: fetching {} fixed-output derivations",
         fods.len()
@@ -1139,10 +1234,15 @@ fn produced_by_nix(
         .into_iter()
         .filter(|p| !invalid.contains(p) && !substituted.contains(p))
         .collect();
+    path_infos_by_nix(&valid)
+}
+
+/// `nix path-info --json -r` of `valid`: the closure's metadata (hash,
+/// size, references, deriver, CA) in one call.
+fn path_infos_by_nix(valid: &[String]) -> Result<Vec<ExportedPath>, String> {
     if valid.is_empty() {
         return Ok(vec![]);
     }
-    // One call for the closure's metadata (hash, size, references, deriver, CA).
     let out = Command::new("nix")
         .args([
             "--extra-experimental-features",
@@ -1151,7 +1251,7 @@ fn produced_by_nix(
             "--json",
             "-r",
         ])
-        .args(&valid)
+        .args(valid)
         .stdin(Stdio::null())
         .timed_output()
         .map_err(|e| format!("cannot run nix path-info: {e}"))?;

@@ -105,6 +105,12 @@ pub struct GuestJob {
     /// base and the merged tree and builds what changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<review::GuestReview>,
+    /// A re-fetch before release (issue 30): evaluate `attrs`, realise only
+    /// their fixed-output derivations (the fetch phase as always; in one
+    /// boot without a network, no substituter), build nothing else, and
+    /// export exactly these store paths, the ones that are valid then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refetch: Option<Vec<String>>,
 }
 
 /// The fetch phase's only substituter: `http://<gateway>:<port>` (the
