@@ -51,8 +51,13 @@ pub struct Strike {
     pub output: String,
     pub their_hash: String,
     pub our_hash: String,
-    /// The builders that attested `our_hash`.
+    /// The builders that attested `our_hash` (empty when it failed here).
     pub agreeing: Vec<String>,
+    /// Set when this trusted builder's build of the derivation failed
+    /// (its job, whose log says so: the guest's word) where the struck
+    /// builder attested success; `our_hash` is then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_here: Option<String>,
     /// The builder that recorded the strike.
     pub by: String,
     pub time: i64,
@@ -215,6 +220,7 @@ impl Pool {
                     output: s.output.clone(),
                 },
             )?;
+            self.strike_failed_here(a)?;
         }
         Ok(true)
     }
@@ -409,7 +415,6 @@ impl Pool {
             return Ok(());
         };
         let old = self.strikes();
-        let path = self.dir.join("strikes.jsonl");
         for (builder, theirs) in liars {
             if old
                 .iter()
@@ -425,47 +430,170 @@ impl Pool {
             else {
                 continue;
             };
-            let strike = Strike {
+            self.record_strike(Strike {
                 builder: builder.clone(),
                 drv_path: id.drv_path.clone(),
                 output: id.output.clone(),
                 their_hash: theirs.clone(),
                 our_hash: ours.clone(),
                 agreeing: agreeing.iter().cloned().collect(),
+                failed_here: None,
                 by: self.own_builder().to_owned(),
                 time: crate::job::now() as i64,
                 evidence,
-            };
-            warn!(
-                %builder,
-                drv = %id.drv_path,
-                output = %id.output,
-                their_hash = %theirs,
-                our_hash = %ours,
-                agreeing = ?strike.agreeing,
-                "strike: the builder's attestation contradicts a result reproduced by independent builders"
-            );
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Pool {
+    /// Append a strike (called with the lock held), and say when it
+    /// excludes its builder.
+    fn record_strike(&self, strike: Strike) -> Result<()> {
+        let path = self.dir.join("strikes.jsonl");
+        warn!(
+            builder = %strike.builder,
+            drv = %strike.drv_path,
+            output = %strike.output,
+            their_hash = %strike.their_hash,
+            our_hash = %strike.our_hash,
+            agreeing = ?strike.agreeing,
+            failed_here = ?strike.failed_here,
+            "strike: the builder's attestation contradicts this trusted builder's result"
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        let mut line = serde_json::to_vec(&strike).expect("serialises");
+        line.push(b'\n');
+        f.write_all(&line)
+            .and_then(|_| f.sync_data())
+            .map_err(io_at(&path))?;
+        let n = self
+            .strikes()
+            .iter()
+            .filter(|s| s.builder == strike.builder)
+            .count();
+        if n == self.max_strikes as usize + 1 {
+            info!(builder = %strike.builder, strikes = n, max = self.max_strikes, "builder excluded: its attestations no longer count");
+        }
+        Ok(())
+    }
+
+    /// A trusted builder's build of `drv` failed in job `job_id` (its log
+    /// says so): kept (`failures.jsonl`), and every other builder that
+    /// attested an output of `drv` as built gets a strike, now or when its
+    /// attestation arrives.
+    pub fn record_failure(&self, drv: &str, job_id: &str) -> Result<()> {
+        if !self.trusted {
+            return Ok(());
+        }
+        let hash = drv_hash(drv).ok_or_else(|| Error::NotADrv(drv.to_owned()))?;
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.failures().iter().any(|f| f.drv_path == drv) {
+            let path = self.dir.join("failures.jsonl");
+            std::fs::create_dir_all(&self.dir).map_err(io_at(&self.dir))?;
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
                 .map_err(io_at(&path))?;
-            let mut line = serde_json::to_vec(&strike).expect("serialises");
+            let mut line = serde_json::to_vec(&Failure {
+                drv_path: drv.to_owned(),
+                job_id: job_id.to_owned(),
+                time: crate::job::now() as i64,
+            })
+            .expect("serialises");
             line.push(b'\n');
             f.write_all(&line)
                 .and_then(|_| f.sync_data())
                 .map_err(io_at(&path))?;
-            let n = self
-                .strikes()
-                .iter()
-                .filter(|s| s.builder == builder)
-                .count();
-            if n == self.max_strikes as usize + 1 {
-                info!(%builder, strikes = n, max = self.max_strikes, "builder excluded: its attestations no longer count");
-            }
+        }
+        for a in read_lines(&self.file(hash)) {
+            self.strike_failed_here(&a)?;
         }
         Ok(())
     }
+
+    fn failures(&self) -> Vec<Failure> {
+        let text = std::fs::read(self.dir.join("failures.jsonl")).unwrap_or_default();
+        text.split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect()
+    }
+
+    /// `a` (another builder's) claims an output of a derivation whose build
+    /// failed here: a strike, once per builder and output. Lock held.
+    fn strike_failed_here(&self, a: &Attestation) -> Result<()> {
+        let s = &a.statement;
+        if s.builder == self.own_builder() {
+            return Ok(());
+        }
+        let Some(fail) = self
+            .failures()
+            .into_iter()
+            .find(|f| f.drv_path == s.drv_path)
+        else {
+            return Ok(());
+        };
+        if self.excluded().contains_key(&s.builder)
+            || self
+                .strikes()
+                .iter()
+                .any(|k| k.builder == s.builder && k.drv_path == s.drv_path && k.output == s.output)
+        {
+            return Ok(());
+        }
+        self.record_strike(Strike {
+            builder: s.builder.clone(),
+            drv_path: s.drv_path.clone(),
+            output: s.output.clone(),
+            their_hash: s.nar_hash.clone(),
+            our_hash: String::new(),
+            agreeing: vec![],
+            failed_here: Some(fail.job_id),
+            by: self.own_builder().to_owned(),
+            time: crate::job::now() as i64,
+            evidence: a.clone(),
+        })
+    }
+}
+
+/// A derivation whose build failed on this trusted builder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Failure {
+    drv_path: String,
+    job_id: String,
+    time: i64,
+}
+
+/// The derivations a build log says failed to build here: Nix's
+/// `builder for '<drv>' failed` and `hash mismatch in fixed-output
+/// derivation '<drv>'` lines (the guest's word).
+pub fn failed_derivations(log: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in log.lines() {
+        for marker in [
+            "builder for '",
+            "hash mismatch in fixed-output derivation '",
+        ] {
+            let Some(i) = line.find(marker) else { continue };
+            let rest = &line[i + marker.len()..];
+            let Some(end) = rest.find('\'') else { continue };
+            let drv = &rest[..end];
+            if drv.starts_with("/nix/store/")
+                && drv_hash(drv).is_some()
+                && !out.iter().any(|d| d == drv)
+            {
+                out.push(drv.to_owned());
+            }
+        }
+    }
+    out
 }
 
 /// The attestations of a pool file; a line that does not parse (a torn
@@ -600,6 +728,41 @@ mod tests {
         assert!(p.raw("../strikes").is_none());
         assert!(p.raw(&"e".repeat(32)).is_none());
         assert!(matches!(p.compare_what("hello"), Err(Error::What(_))));
+    }
+
+    #[test]
+    fn success_claimed_where_the_trusted_builder_failed_is_a_strike() {
+        let d = tempfile::tempdir().unwrap();
+        let (own, b2, b3) = (key(1), key(2), key(3));
+        let p = pool(d.path(), &own, &[&b2, &b3], 3);
+        let early = att(&b2, "x", "sha256:claimed");
+        let drv = early.statement.drv_path.clone();
+        p.add(&early).unwrap();
+        let log = format!(
+            "building '{drv}'...\nerror: builder for '{drv}' failed with exit code 3;\n       last 3 log lines:\nerror: 1 dependencies of derivation '/nix/store/{}-top.drv' failed to build\n",
+            "c".repeat(32)
+        );
+        assert_eq!(failed_derivations(&log), vec![drv.clone()]);
+        assert_eq!(
+            failed_derivations(&format!(
+                "error: hash mismatch in fixed-output derivation '{drv}':"
+            )),
+            vec![drv.clone()]
+        );
+        assert!(failed_derivations("builder for '/etc/passwd' failed").is_empty());
+        // The failure here strikes the builder that attested before it...
+        p.record_failure(&drv, "job-9").unwrap();
+        p.record_failure(&drv, "job-9").unwrap();
+        let s = p.strikes();
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!(
+            (s[0].builder.as_str(), s[0].failed_here.as_deref()),
+            ("b2", Some("job-9"))
+        );
+        // ...and the one that attests after it.
+        p.add(&att(&b3, "x", "sha256:claimed")).unwrap();
+        assert_eq!(p.strikes().len(), 2);
+        assert!(p.strikes().iter().all(|k| k.our_hash.is_empty()));
     }
 
     #[test]

@@ -18,6 +18,37 @@ impl Runner {
         &self,
         rec: &JobRecord,
         paths: &JobPaths,
+        res: JobResult,
+        f: Follower,
+        upstream: BTreeSet<String>,
+    ) -> JobResult {
+        let res = self.collect_export(rec, paths, res, f, upstream).await;
+        if res.status != BuildStatus::Success && rec.refetch.is_none() {
+            self.note_failures(rec, paths);
+        }
+        res
+    }
+
+    /// A trusted builder keeps which derivations failed to build here (its
+    /// log says so), so another builder's attestation of them as built
+    /// is a strike (docs/trust.md).
+    fn note_failures(&self, rec: &JobRecord, paths: &JobPaths) {
+        let Some(att) = &self.attestor else { return };
+        if self.cfg.trust != crate::config::Trust::Trusted {
+            return;
+        }
+        let log = std::fs::read(paths.build_log()).unwrap_or_default();
+        for drv in crate::attest::pool::failed_derivations(&String::from_utf8_lossy(&log)) {
+            if let Err(e) = att.pool.record_failure(&drv, &rec.id) {
+                warn!(%drv, error = %error_chain(&e), "cannot record the failed derivation");
+            }
+        }
+    }
+
+    async fn collect_export(
+        &self,
+        rec: &JobRecord,
+        paths: &JobPaths,
         mut res: JobResult,
         f: Follower,
         upstream: BTreeSet<String>,

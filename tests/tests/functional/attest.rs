@@ -93,8 +93,37 @@ fn independent_builders_agree_and_a_liar_is_struck() {
     });
     let mut lie = entry(&leaf_out, &evil, &[]);
     lie.deriver = Some(leaf_drv.clone());
+    // And `failing`, which fails to build everywhere, claimed as built.
+    let st = store.to_str().unwrap();
+    let nix = |cmd: &str, args: &[&str]| {
+        let o = std::process::Command::new(cmd)
+            .current_dir(&repo)
+            .args(["--store", st])
+            .args(args)
+            .env("XDG_CACHE_HOME", store.join("xdg-cache"))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    let failing_drv = nix("nix-instantiate", &["-A", "failing"]);
+    let failing_out = nix("nix-store", &["-q", "--outputs", &failing_drv]);
+    let claimed = nar(&Node::File {
+        exec: false,
+        data: b"built, says the liar\n",
+    });
+    let mut lie2 = entry(&failing_out, &claimed, &[]);
+    lie2.deriver = Some(failing_drv.clone());
     let liar = shared.path().join("liar-agent");
-    std::fs::write(&liar, liar_agent(&stream(vec![(lie, evil)]))).unwrap();
+    std::fs::write(
+        &liar,
+        liar_agent(&stream(vec![(lie, evil), (lie2, claimed)])),
+    )
+    .unwrap();
 
     let keys: Vec<SecretKey> = (1..=4).map(identity).collect();
     let operators = ["Org One", "Org Two", "Org Three", "Org Four"];
@@ -173,7 +202,7 @@ fn independent_builders_agree_and_a_liar_is_struck() {
         p.publish(
             "airlock-build-jobs",
             SYSTEM,
-            &job_json(&repo, &head, &["leaf", "chain-1"], &req),
+            &job_json(&repo, &head, &["leaf", "chain-1", "failing"], &req),
         )
         .await;
         assert!(
@@ -239,7 +268,16 @@ fn independent_builders_agree_and_a_liar_is_struck() {
         "{page}"
     );
 
-    // The liar has a strike, with its attestation as the evidence.
+    // The liar has two strikes, each with its attestation as the
+    // evidence: leaf's hash differs from a reproduced one, and `failing`
+    // was claimed as built where the trusted builder's build failed.
+    trusted.wait_until("the liar's two strikes", 60, || {
+        ctl_json(&trusted, &["builders"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["builder"] == "builder-4" && r["strikes"] == 2)
+    });
     let builders = ctl_json(&trusted, &["builders"]);
     let row = |n: &str| {
         builders
@@ -250,7 +288,7 @@ fn independent_builders_agree_and_a_liar_is_struck() {
             .cloned()
             .unwrap()
     };
-    assert_eq!(row("builder-4")["strikes"], 1, "{builders:#}");
+    assert_eq!(row("builder-4")["strikes"], 2, "{builders:#}");
     assert_eq!(row("builder-4")["excluded"], false);
     assert_eq!(row("builder-2")["strikes"], 0);
     assert_eq!(
@@ -273,6 +311,12 @@ fn independent_builders_agree_and_a_liar_is_struck() {
         std::fs::read_to_string(trusted.state().join("attestations/strikes.jsonl")).unwrap();
     assert!(
         strikes.contains(&leaf_drv) && strikes.contains("\"builder\":\"builder-4\""),
+        "{strikes}"
+    );
+    assert!(
+        strikes
+            .lines()
+            .any(|l| l.contains(&failing_drv) && l.contains("\"failed_here\"")),
         "{strikes}"
     );
     println!(

@@ -296,8 +296,10 @@ fn only_fixed_output_derivations_reach_the_internet() {
     // names the same output (same name, same H) at a URL serving other
     // bytes. Its VM's store is fresh and its only substituter is the
     // host's proxy of upstream caches, so H is fetched again from PR 2's
-    // own URL: a hash mismatch naming the derivation, nothing quarantined.
-    let reuse = d.submit(&repo, &head, &["net.fetch-reuse"]);
+    // own URL: a hash mismatch naming the derivation, nothing quarantined,
+    // and so nothing of PR 2's commit can be released.
+    let (repo2, head2) = fixture_repo(&d.dir.path().join("pr2"), &[("PR2.md", b"pr 2\n".to_vec())]);
+    let reuse = d.submit(&repo2, &head2, &["net.fetch-reuse"]);
     let rec = d.wait(&reuse, 900);
     let log = d.build_log(&reuse);
     assert_eq!(status(&rec), "HashMismatch", "{rec:#}\n{log}");
@@ -311,6 +313,12 @@ fn only_fixed_output_derivations_reach_the_internet() {
         "{rec:#}"
     );
     assert!(rec["result"]["quarantine"].is_null(), "{rec:#}");
+    let out = d.ctl(&["release", &head2, "--reason", "PR 2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no unreleased outputs"),
+        "{err}"
+    );
 
     let rec = d.wait(&badhash, 900);
     assert_eq!(
