@@ -939,7 +939,7 @@ impl Amqp {
         if marker.exists() {
             return Ok(());
         }
-        let file = daemon.runner.store.dir(&rec.id).join("attestations.jsonl");
+        let file = daemon.runner.store.paths(&rec.id).attestations();
         let Ok(text) = std::fs::read(&file) else {
             return Ok(());
         };

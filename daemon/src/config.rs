@@ -851,6 +851,20 @@ impl Default for Limits {
     }
 }
 
+/// `s` with anything but ASCII letters, digits, `.`, `_` and `-` as `-`:
+/// fit for a Nix key name and an AMQP queue name.
+pub fn name_part(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
 /// This builder's name, and who runs it. In the file either a string
 /// (ofborg's `identity = "builder-7"`, `--identity`) or a table
 /// `[identity]` with `name` and optional `operator` and `url` (issue 30's
@@ -1031,7 +1045,7 @@ impl Config {
         for b in &self.verify.builders {
             airlock_nix_formats::signing::check_public(&b.key)
                 .map_err(|e| Error::Invalid(format!("verify.builders: key {:?}: {e}", b.key)))?;
-            let name = b.key.split_once(':').map(|(n, _)| n).unwrap_or_default();
+            let name = airlock_nix_formats::signing::key_name(&b.key).unwrap_or_default();
             if !names.insert(name.to_owned()) {
                 return Err(Error::Invalid(format!(
                     "verify.builders: two keys named {name:?} (a builder's key name is its identity)"
@@ -1091,18 +1105,7 @@ impl Config {
     /// anything but letters, digits, `.`, `_` and `-` as `-`).
     pub fn job_queue(&self, system: &str) -> String {
         if self.amqp.operator_queue {
-            let op: String = self
-                .operator()
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                        c
-                    } else {
-                        '-'
-                    }
-                })
-                .collect();
-            format!("airlock-{op}-{system}")
+            format!("airlock-{}-{system}", name_part(&self.operator()))
         } else {
             format!("build-inputs-{system}")
         }

@@ -425,13 +425,8 @@ fn agreement(
     a: &crate::attest::store::Attestor,
     job_file: &std::path::Path,
 ) -> Vec<crate::attest::compare::OutputReport> {
-    let own: Vec<crate::attest::Attestation> = std::fs::read(job_file)
-        .unwrap_or_default()
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| crate::attest::Attestation::parse(l).ok())
-        .take(MAX_AGREEMENT_ROWS)
-        .collect();
+    let mut own = crate::attest::read_file(job_file);
+    own.truncate(MAX_AGREEMENT_ROWS);
     let mut all = Vec::new();
     let mut drvs: Vec<&str> = own.iter().map(|x| x.statement.drv_path.as_str()).collect();
     drvs.sort();

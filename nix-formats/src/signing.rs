@@ -101,6 +101,11 @@ fn parse_public(public: &str) -> Result<(&str, VerifyingKey)> {
     ))
 }
 
+/// The name of a `name:base64` key (`None` without a `:`), unchecked.
+pub fn key_name(key: &str) -> Option<&str> {
+    key.split_once(':').map(|(n, _)| n)
+}
+
 /// Is `public` a usable public key? (For checking configuration.)
 pub fn check_public(public: &str) -> Result<()> {
     parse_public(public).map(|_| ())

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::Attestation;
+use airlock_nix_formats::signing;
 
 /// A builder this verifier knows: its public key (`name:base64`) and who
 /// runs it.
@@ -101,7 +102,7 @@ pub fn compare(
         let s = &a.statement;
         let Some(k) = known
             .iter()
-            .find(|k| k.key.split_once(':').map(|(n, _)| n) == Some(s.builder.as_str()))
+            .find(|k| signing::key_name(&k.key) == Some(s.builder.as_str()))
         else {
             ignored.push(Ignored {
                 builder: s.builder.clone(),

@@ -133,7 +133,7 @@ impl Attestation {
     /// Check the signature against the builder's public key
     /// (`name:base64`); its name must be the statement's `builder`.
     pub fn verify(&self, public: &str) -> Result<()> {
-        let name = public.split_once(':').map(|(n, _)| n).unwrap_or_default();
+        let name = signing::key_name(public).unwrap_or_default();
         if name != self.statement.builder {
             return Err(Error::WrongKey {
                 signer: name.to_owned(),
@@ -150,6 +150,18 @@ impl Attestation {
     pub fn to_json(&self) -> Vec<u8> {
         canonical(self)
     }
+}
+
+/// The attestations of a JSON-lines file (a job's `attestations.jsonl`,
+/// a pool file): a line that does not parse as one (a torn append, an
+/// unknown version) is skipped.
+pub fn read_file(path: &std::path::Path) -> Vec<Attestation> {
+    std::fs::read(path)
+        .unwrap_or_default()
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| Attestation::parse(l).ok())
+        .collect()
 }
 
 /// One line of a builder's log.

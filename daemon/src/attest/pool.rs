@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::compare::{self, Ignored, KnownBuilder, OutputId, OutputReport, Verdict};
-use super::Attestation;
+use super::{read_file, Attestation};
 use crate::config::{Agreement, Config, Trust};
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,7 @@ fn io_at(p: &Path) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 fn key_name(key: &str) -> &str {
-    key.split_once(':').map(|(n, _)| n).unwrap_or(key)
+    airlock_nix_formats::signing::key_name(key).unwrap_or(key)
 }
 
 /// The hash part of a derivation: a bare 32-character hash, or a
@@ -199,19 +199,7 @@ impl Pool {
         {
             return Ok(false);
         }
-        if let Some(d) = file.parent() {
-            std::fs::create_dir_all(d).map_err(io_at(d))?;
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&file)
-            .map_err(io_at(&file))?;
-        let mut buf = line;
-        buf.push(b'\n');
-        f.write_all(&buf)
-            .and_then(|_| f.sync_data())
-            .map_err(io_at(&file))?;
+        append_line(&file, line)?;
         if self.trusted {
             self.look_for_strikes(
                 hash,
@@ -228,7 +216,7 @@ impl Pool {
     /// The attestations kept for one derivation (by path or hash).
     pub fn of_drv(&self, drv: &str) -> Result<Vec<Attestation>> {
         let hash = drv_hash(drv).ok_or_else(|| Error::NotADrv(drv.to_owned()))?;
-        Ok(read_lines(&self.file(hash)))
+        Ok(read_file(&self.file(hash)))
     }
 
     /// The file the cache server serves for `/attestations/<drv hash>`.
@@ -245,17 +233,13 @@ impl Pool {
             return out;
         };
         for e in rd.flatten() {
-            out.extend(read_lines(&e.path()));
+            out.extend(read_file(&e.path()));
         }
         out
     }
 
     pub fn strikes(&self) -> Vec<Strike> {
-        let text = std::fs::read(self.dir.join("strikes.jsonl")).unwrap_or_default();
-        text.split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .filter_map(|l| serde_json::from_slice(l).ok())
-            .collect()
+        json_lines(&self.dir.join("strikes.jsonl"))
     }
 
     /// Builders past `verify.max_strikes`, with their strike counts.
@@ -398,7 +382,7 @@ impl Pool {
 
     /// Called with the lock held, after an attestation of `id` was kept.
     fn look_for_strikes(&self, hash: &str, id: &OutputId) -> Result<()> {
-        let atts: Vec<Attestation> = read_lines(&self.file(hash))
+        let atts: Vec<Attestation> = read_file(&self.file(hash))
             .into_iter()
             .filter(|a| a.statement.drv_path == id.drv_path && a.statement.output == id.output)
             .collect();
@@ -462,16 +446,7 @@ impl Pool {
             failed_here = ?strike.failed_here,
             "strike: the builder's attestation contradicts this trusted builder's result"
         );
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_at(&path))?;
-        let mut line = serde_json::to_vec(&strike).expect("serialises");
-        line.push(b'\n');
-        f.write_all(&line)
-            .and_then(|_| f.sync_data())
-            .map_err(io_at(&path))?;
+        append_line(&path, serde_json::to_vec(&strike).expect("serialises"))?;
         let n = self
             .strikes()
             .iter()
@@ -494,36 +469,22 @@ impl Pool {
         let hash = drv_hash(drv).ok_or_else(|| Error::NotADrv(drv.to_owned()))?;
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         if !self.failures().iter().any(|f| f.drv_path == drv) {
-            let path = self.dir.join("failures.jsonl");
-            std::fs::create_dir_all(&self.dir).map_err(io_at(&self.dir))?;
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(io_at(&path))?;
-            let mut line = serde_json::to_vec(&Failure {
+            let line = serde_json::to_vec(&Failure {
                 drv_path: drv.to_owned(),
                 job_id: job_id.to_owned(),
                 time: crate::job::now() as i64,
             })
             .expect("serialises");
-            line.push(b'\n');
-            f.write_all(&line)
-                .and_then(|_| f.sync_data())
-                .map_err(io_at(&path))?;
+            append_line(&self.dir.join("failures.jsonl"), line)?;
         }
-        for a in read_lines(&self.file(hash)) {
+        for a in read_file(&self.file(hash)) {
             self.strike_failed_here(&a)?;
         }
         Ok(())
     }
 
     fn failures(&self) -> Vec<Failure> {
-        let text = std::fs::read(self.dir.join("failures.jsonl")).unwrap_or_default();
-        text.split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .filter_map(|l| serde_json::from_slice(l).ok())
-            .collect()
+        json_lines(&self.dir.join("failures.jsonl"))
     }
 
     /// `a` (another builder's) claims an output of a derivation whose build
@@ -596,14 +557,31 @@ pub fn failed_derivations(log: &str) -> Vec<String> {
     out
 }
 
-/// The attestations of a pool file; a line that does not parse (a torn
+/// The records of a JSON-lines file; a line that does not parse (a torn
 /// append) is skipped.
-fn read_lines(path: &Path) -> Vec<Attestation> {
+fn json_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
     let text = std::fs::read(path).unwrap_or_default();
     text.split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
-        .filter_map(|l| Attestation::parse(l).ok())
+        .filter_map(|l| serde_json::from_slice(l).ok())
         .collect()
+}
+
+/// Append one line (`line` and a newline) to a JSON-lines file, its
+/// directory made if need be, and sync it.
+fn append_line(path: &Path, mut line: Vec<u8>) -> Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(io_at(d))?;
+    }
+    line.push(b'\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_at(path))?;
+    f.write_all(&line)
+        .and_then(|_| f.sync_data())
+        .map_err(io_at(path))
 }
 
 #[cfg(test)]

@@ -59,16 +59,7 @@ pub struct Attestor {
 /// A key name from the builder's identity: Nix's key names have no
 /// whitespace and no `:`.
 pub fn key_name(identity: &str) -> String {
-    let n: String = identity
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let n = crate::config::name_part(identity);
     if n.is_empty() {
         "airlock".into()
     } else {
@@ -234,10 +225,6 @@ impl Attestor {
             }
         }
         Ok(atts)
-    }
-
-    pub fn operator(&self) -> &str {
-        &self.operator
     }
 }
 

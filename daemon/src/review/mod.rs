@@ -160,13 +160,9 @@ pub fn write_report(i: &ReportInput, late: &AtomicBool) -> Vec<String> {
 /// The job's own attestations (`jobs/<id>/attestations.jsonl`, written
 /// by the host before the report), at most one per verified output.
 fn job_attestations(paths: &JobPaths) -> Vec<crate::attest::Attestation> {
-    std::fs::read(paths.attestations())
-        .unwrap_or_default()
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| crate::attest::Attestation::parse(l).ok())
-        .take(report::MAX_CLOSURE)
-        .collect()
+    let mut all = crate::attest::read_file(&paths.attestations());
+    all.truncate(report::MAX_CLOSURE);
+    all
 }
 
 /// Largest artifact the page shows.

@@ -79,26 +79,9 @@ impl Runner {
         if manifest.paths.is_empty() {
             return res;
         }
-        let limits = quarantine::Limits::from_config(&self.cfg.limits);
-        let root = self.cfg.quarantine_dir();
-        let job_id = rec.id.clone();
-        let commit = rec.job.pr.head_sha.clone();
-        let repo = rec.job.repo.full_name.clone();
-        let pr = rec.job.pr.number;
-        let origin = origin(rec);
-        let imported = tokio::task::spawn_blocking(move || {
-            let jr = quarantine::JobRef {
-                job_id: &job_id,
-                commit: &commit,
-                repo: &repo,
-                pr,
-                origin,
-                upstream: &upstream,
-            };
-            quarantine::import(&export, &root, &jr, &limits)
-        })
-        .await
-        .map_err(|e| e.to_string());
+        let imported = self
+            .import(rec, paths, self.cfg.quarantine_dir(), origin(rec), upstream)
+            .await;
         match imported {
             Ok(Ok(imp)) => {
                 info!(dir = %imp.dir.display(), paths = imp.paths.len(), "outputs verified and quarantined");
@@ -132,6 +115,35 @@ impl Runner {
         res
     }
 
+    /// Verify the job's export and publish it under `root` (on a blocking
+    /// thread); `Err` if that thread died.
+    async fn import(
+        &self,
+        rec: &JobRecord,
+        paths: &JobPaths,
+        root: std::path::PathBuf,
+        origin: Option<quarantine::Origin>,
+        upstream: BTreeSet<String>,
+    ) -> Result<quarantine::Result<quarantine::Imported>, String> {
+        let limits = quarantine::Limits::from_config(&self.cfg.limits);
+        let export = paths.export_img();
+        let (job_id, commit) = (rec.id.clone(), rec.job.pr.head_sha.clone());
+        let (repo, pr) = (rec.job.repo.full_name.clone(), rec.job.pr.number);
+        tokio::task::spawn_blocking(move || {
+            let jr = quarantine::JobRef {
+                job_id: &job_id,
+                commit: &commit,
+                repo: &repo,
+                pr,
+                origin,
+                upstream: &upstream,
+            };
+            quarantine::import(&export, &root, &jr, &limits)
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+
     /// A re-fetch job's export: verified as any export (into a scratch
     /// root, never the quarantine), each re-fetched path's recomputed NAR
     /// hash compared with the one about to be released; the finding in
@@ -145,30 +157,19 @@ impl Runner {
         upstream: BTreeSet<String>,
         nothing: bool,
     ) -> JobResult {
-        let limits = quarantine::Limits::from_config(&self.cfg.limits);
-        let root = self.cfg.state_dir.join("refetch");
-        let export = paths.export_img();
-        let (job_id, commit) = (rec.id.clone(), rec.job.pr.head_sha.clone());
-        let (repo, pr) = (rec.job.repo.full_name.clone(), rec.job.pr.number);
-        let verified = tokio::task::spawn_blocking(move || {
-            if nothing {
-                return Ok(vec![]);
+        let verified = if nothing {
+            Ok(vec![])
+        } else {
+            let root = self.cfg.state_dir.join("refetch");
+            match self.import(rec, paths, root, None, upstream).await {
+                Ok(Ok(imp)) => {
+                    let _ = std::fs::remove_dir_all(&imp.dir);
+                    Ok(imp.verified)
+                }
+                Ok(Err(e)) => Err(error_chain(&e)),
+                Err(e) => Err(e),
             }
-            let jr = quarantine::JobRef {
-                job_id: &job_id,
-                commit: &commit,
-                repo: &repo,
-                pr,
-                origin: None,
-                upstream: &upstream,
-            };
-            let imp = quarantine::import(&export, &root, &jr, &limits)?;
-            let _ = std::fs::remove_dir_all(&imp.dir);
-            Ok::<_, quarantine::Error>(imp.verified)
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| error_chain(&e)));
+        };
         let outcome = refetch_outcome(rf, verified.as_deref());
         if let Err(why) = &verified {
             warn!(%why, "re-fetch export rejected");
