@@ -200,9 +200,14 @@ pub fn attestations_queue(builder: &str) -> String {
     format!("airlock-attestations-{builder}")
 }
 
-/// Write a marker durably (fsync), warning if that fails.
+/// Write a marker (an empty file: its existence is the mark), warning if
+/// that fails. Right after the broker's confirm and without an fsync: the
+/// time in which a killed airlockd has published a message but not yet
+/// marked it (and so publishes it again after its restart) is one
+/// `open(2)`, not a disk flush. A power loss may still lose a mark; the
+/// message is then published twice, never lost.
 fn mark(path: &std::path::Path, what: &str) {
-    if let Err(e) = crate::fsutil::write_atomic(path, b"") {
+    if let Err(e) = std::fs::File::create(path) {
         warn!(error = %e, "cannot record that {what} was published");
     }
 }

@@ -57,6 +57,7 @@ pub struct Config {
     pub supervision: SupervisionConfig,
     pub review: ReviewConfig,
     pub web: WebConfig,
+    pub hydra: HydraConfig,
 }
 
 /// Signed attestations of what this builder built (issue 30,
@@ -577,6 +578,155 @@ impl Default for NetworkConfig {
     }
 }
 
+/// Hydra's queue-runner (`runner.v1.RunnerService`, docs/hydra.md): the
+/// second intake. Disabled unless `endpoint` is set; needs
+/// `trust = "trusted"` (the runner signs whatever a builder uploads).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HydraConfig {
+    /// `http://host:port` (h2c) or `https://host:port` (TLS).
+    pub endpoint: String,
+    /// File holding the bearer token (whitespace trimmed), sent with every
+    /// call as `authorization: Bearer <token>`.
+    pub token_file: Option<PathBuf>,
+    /// mTLS: the CA that signed the runner's certificate, and this
+    /// builder's client certificate and key (PEM). The CA alone verifies
+    /// the server; the certificate and key go together.
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    /// The name the runner's certificate is checked against; empty: the
+    /// endpoint's host.
+    pub domain_name: String,
+    /// The runner's version string this builder speaks (`CheckVersion`):
+    /// master's `0.1.0-5f82f0f0`; hydra.nixos.org's branch has
+    /// `0.1.0-dffd1b61`. A runner with another version is refused.
+    pub version: String,
+    /// The runner's store directory; paths on the wire are base names in it.
+    pub store_dir: String,
+    /// Systems announced; empty: `system`.
+    pub systems: Vec<String>,
+    /// Features a step may require (`big-parallel`, …). `kvm` and
+    /// `nixos-test` only where the job VMs can honour them.
+    pub supported_features: Vec<String>,
+    /// Only steps requiring all of these are taken.
+    pub mandatory_features: Vec<String>,
+    /// Hydra's ranking weight for this machine.
+    pub speed_factor: f32,
+    /// Seconds between the pings with load, memory and free space.
+    pub ping_secs: u64,
+    /// Upper bound of the reconnect backoff, seconds.
+    pub reconnect_max_secs: u64,
+}
+
+impl Default for HydraConfig {
+    fn default() -> Self {
+        HydraConfig {
+            endpoint: String::new(),
+            token_file: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            domain_name: String::new(),
+            version: "0.1.0-5f82f0f0".into(),
+            store_dir: "/nix/store".into(),
+            systems: vec![],
+            supported_features: vec![],
+            mandatory_features: vec![],
+            speed_factor: 1.0,
+            ping_secs: 10,
+            reconnect_max_secs: 90,
+        }
+    }
+}
+
+impl HydraConfig {
+    pub fn enabled(&self) -> bool {
+        !self.endpoint.is_empty()
+    }
+
+    /// What a queue-runner intake needs; `trusted`: this builder's trust.
+    pub fn check(&self, trusted: bool) -> std::result::Result<(), String> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if !trusted {
+            return Err("[hydra] needs trust = \"trusted\": the queue-runner signs and serves whatever a builder uploads, so only a builder trusted with the cache may join one (the VM protects this host from the step, not the runner's cache from this builder)".into());
+        }
+        let Some((scheme, _)) = self.endpoint.split_once("://") else {
+            return Err(format!(
+                "hydra.endpoint {:?} is not http://host:port or https://host:port",
+                self.endpoint
+            ));
+        };
+        if !matches!(scheme, "http" | "https") {
+            return Err(format!(
+                "hydra.endpoint {:?}: the scheme must be http (h2c) or https",
+                self.endpoint
+            ));
+        }
+        let tls = self.ca_file.is_some()
+            || self.client_cert_file.is_some()
+            || self.client_key_file.is_some();
+        if tls && scheme != "https" {
+            return Err(
+                "hydra.ca_file, client_cert_file and client_key_file need an https:// endpoint"
+                    .into(),
+            );
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return Err("hydra.client_cert_file and hydra.client_key_file go together".into());
+        }
+        if !self.version.starts_with("0.1.0-") {
+            return Err(format!(
+                "hydra.version {:?} is not a queue-runner version string (0.1.0-<8 hex digits>)",
+                self.version
+            ));
+        }
+        if !self.store_dir.starts_with('/') || self.store_dir.ends_with('/') {
+            return Err(format!(
+                "hydra.store_dir {:?} is not an absolute directory without a trailing /",
+                self.store_dir
+            ));
+        }
+        if let Some(f) = self
+            .supported_features
+            .iter()
+            .chain(&self.mandatory_features)
+            .find(|f| matches!(f.as_str(), "kvm" | "nixos-test"))
+        {
+            return Err(format!(
+                "hydra: feature {f:?} cannot be honoured: a step's VM has no /dev/kvm inside"
+            ));
+        }
+        if let Some(f) = self
+            .mandatory_features
+            .iter()
+            .find(|f| !self.supported_features.contains(f))
+        {
+            return Err(format!(
+                "hydra.mandatory_features: {f:?} is not in supported_features"
+            ));
+        }
+        if self.speed_factor.is_nan() || self.speed_factor <= 0.0 {
+            return Err("hydra.speed_factor must be > 0".into());
+        }
+        if self.ping_secs == 0 || self.reconnect_max_secs == 0 {
+            return Err("hydra.ping_secs and hydra.reconnect_max_secs must be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// The systems joined with.
+    pub fn systems(&self, system: &str) -> Vec<String> {
+        if self.systems.is_empty() {
+            vec![system.to_owned()]
+        } else {
+            self.systems.clone()
+        }
+    }
+}
+
 /// The ofborg broker. Disabled unless `url` or `host` is set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -801,6 +951,7 @@ impl Default for Config {
             supervision: SupervisionConfig::default(),
             review: ReviewConfig::default(),
             web: WebConfig::default(),
+            hydra: HydraConfig::default(),
         }
     }
 }
@@ -1014,6 +1165,9 @@ impl Config {
             ));
         }
         self.check_verify()?;
+        self.hydra
+            .check(self.trust == Trust::Trusted)
+            .map_err(Error::Invalid)?;
         let vmm_as_root =
             matches!(self.vm.user.as_str(), "" | "root") || self.vm.user.starts_with("0:");
         if self.release.signing_key_file.is_some() && vmm_as_root {
@@ -1161,6 +1315,39 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hydra_intake_needs_a_trusted_builder_and_honest_features() {
+        let c: Config = toml::from_str("[hydra]\nendpoint = \"http://runner:50051\"\n").unwrap();
+        let e = c.check().unwrap_err().to_string();
+        assert!(
+            e.contains("trust = \"trusted\"") && e.contains("signs"),
+            "{e}"
+        );
+        let trusted = |extra: &str| -> Result<()> {
+            let mut c: Config = toml::from_str(&format!(
+                "trust = \"trusted\"\n[vm]\nuser = \"airlock-vmm\"\n[release]\nsigning_key_file = \"/k\"\n[hydra]\nendpoint = \"http://runner:50051\"\n{extra}"
+            ))
+            .unwrap();
+            c.vm.user = "airlock-vmm".into();
+            c.check()
+        };
+        trusted("").unwrap();
+        let e = trusted("supported_features = [\"kvm\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kvm"), "{e}");
+        let e = trusted("mandatory_features = [\"big-parallel\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("supported_features"), "{e}");
+        let e = trusted("ca_file = \"/ca.pem\"").unwrap_err().to_string();
+        assert!(e.contains("https"), "{e}");
+        assert_eq!(
+            HydraConfig::default().systems("x86_64-linux"),
+            ["x86_64-linux"]
+        );
+    }
 
     #[test]
     fn identity_is_a_name_or_a_table() {

@@ -27,6 +27,7 @@ pub mod dbus;
 pub mod error;
 pub mod fault;
 pub mod fsutil;
+pub mod hydra;
 pub mod input;
 pub mod job;
 pub mod journal;

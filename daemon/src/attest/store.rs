@@ -93,26 +93,9 @@ impl Attestor {
                 let log = read_log(&log_path)?;
                 match verify_log(&log, &public, &head) {
                     Ok(_) => (head.len, head.hash),
+                    // Appended, then stopped before the head was replaced.
                     Err(super::Error::Head(why)) => {
-                        // Appended, then stopped before the head was
-                        // replaced: the entries past the head are ours
-                        // and chain on, or this is refused as damage.
-                        let (atts, new_head) =
-                            super::verify_extension(&log, &key, &head).map_err(|source| {
-                                Error::Log {
-                                    path: log_path.clone(),
-                                    source,
-                                }
-                            })?;
-                        warn!(
-                            log = %log_path.display(),
-                            signed = head.len,
-                            entries = atts.len(),
-                            was = %why,
-                            "the attestation log ran past its head (airlockd stopped between appending and signing the head); the chain verifies, the head is signed again"
-                        );
-                        write_head(&dir, &new_head)?;
-                        (new_head.len, new_head.hash)
+                        take_up(&dir, &log_path, &log, &key, &head, &why)?
                     }
                     Err(source) => {
                         return Err(Error::Log {
@@ -123,13 +106,15 @@ impl Attestor {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if !read_log(&log_path)?.is_empty() {
-                    return Err(Error::Log {
-                        path: log_path,
-                        source: super::Error::Head("the log has entries but no head.json".into()),
-                    });
+                let log = read_log(&log_path)?;
+                if log.is_empty() {
+                    (0, GENESIS.to_owned())
+                } else {
+                    // The first append, stopped before the first head was
+                    // written: the entries must chain on from the start.
+                    let genesis = Head::sign(&key, 0, GENESIS);
+                    take_up(&dir, &log_path, &log, &key, &genesis, "no head.json yet")?
                 }
-                (0, GENESIS.to_owned())
             }
             Err(e) => return Err(Error::Io(head_path, e)),
         };
@@ -228,6 +213,34 @@ impl Attestor {
     }
 }
 
+/// A log that ran past its signed head (airlockd stopped between
+/// appending and signing the head): the entries past the head must be
+/// this key's and chain on from it, or the log is refused as damaged.
+/// The head is signed again over the whole log.
+fn take_up(
+    dir: &Path,
+    log_path: &Path,
+    log: &[u8],
+    key: &SecretKey,
+    head: &Head,
+    why: &str,
+) -> Result<(u64, String)> {
+    let (atts, new_head) =
+        super::verify_extension(log, key, head).map_err(|source| Error::Log {
+            path: log_path.to_owned(),
+            source,
+        })?;
+    warn!(
+        log = %log_path.display(),
+        signed = head.len,
+        entries = atts.len(),
+        was = %why,
+        "the attestation log ran past its head (airlockd stopped between appending and signing the head); the chain verifies, the head is signed again"
+    );
+    write_head(dir, &new_head)?;
+    Ok((new_head.len, new_head.hash))
+}
+
 /// The log's bytes, a torn last line (a crash in the middle of an append,
 /// never covered by a head) cut off the file first.
 fn read_log(path: &Path) -> Result<Vec<u8>> {
@@ -301,16 +314,24 @@ fn load_or_make_key(path: &Path, name: &str) -> Result<SecretKey> {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(io_at(dir))?;
             }
+            // Written beside it and renamed into place: a key file is
+            // whole or absent, never empty after a crash.
             use std::os::unix::fs::OpenOptionsExt;
+            let tmp = path.with_extension("sec.tmp");
+            let _ = std::fs::remove_file(&tmp);
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(path)
-                .map_err(io_at(path))?;
+                .open(&tmp)
+                .map_err(io_at(&tmp))?;
             f.write_all(key.to_file_text().as_bytes())
                 .and_then(|_| f.sync_all())
-                .map_err(io_at(path))?;
+                .map_err(io_at(&tmp))?;
+            std::fs::rename(&tmp, path).map_err(io_at(path))?;
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+            }
             Ok(key)
         }
         Err(e) => Err(Error::Io(path.to_owned(), e)),
@@ -427,5 +448,51 @@ mod tests {
         .unwrap();
         let e = Attestor::open(&cfg).err().expect("refused");
         assert!(e.to_string().contains("log.jsonl"), "{e}");
+    }
+
+    #[test]
+    fn a_crash_before_the_first_head_is_taken_up() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            state_dir: d.path().to_owned(),
+            identity: "b".into(),
+            ..Config::default()
+        };
+        let job = serde_json::from_str(r#"{"repo":{"owner":"o","name":"n","full_name":"o/n","clone_url":"/x"},"pr":{"target_branch":"master","number":7,"head_sha":"e9872fa30caac57c69bfac8667e6c21254603df1"},"subset":null,"attrs":["a"],"request_id":"r","logs":null,"statusreport":null}"#).unwrap();
+        let rec = JobRecord::new(crate::job::Source::Local, job);
+        let h = "ihml9cgha2ncb1jfpf857yd6nls4n23b";
+        let v = VerifiedPath {
+            path: format!("/nix/store/{h}-a"),
+            nar_hash: "sha256:0x".into(),
+            nar_size: 1,
+            references: vec![],
+            deriver: Some(format!("/nix/store/{h}-a.drv")),
+            ca: None,
+            url: "nar/x.nar".into(),
+        };
+        let a = Attestor::open(&cfg).unwrap();
+        a.attest(&rec, &[v.clone(), v.clone()]).unwrap();
+        drop(a);
+        // The first append on disk, its head not (yet) written.
+        let head_file = d.path().join("attestations/head.json");
+        std::fs::remove_file(&head_file).unwrap();
+        let a = Attestor::open(&cfg).unwrap();
+        a.attest(&rec, &[v]).unwrap();
+        drop(a);
+        let head: Head = serde_json::from_slice(&std::fs::read(&head_file).unwrap()).unwrap();
+        assert_eq!(head.len, 3);
+        // Entries another key signed are never taken up.
+        let other = tempfile::tempdir().unwrap();
+        let cfg2 = Config {
+            state_dir: other.path().to_owned(),
+            ..cfg.clone()
+        };
+        std::fs::create_dir_all(other.path().join("attestations")).unwrap();
+        std::fs::copy(
+            d.path().join("attestations/log.jsonl"),
+            other.path().join("attestations/log.jsonl"),
+        )
+        .unwrap();
+        assert!(Attestor::open(&cfg2).is_err());
     }
 }
