@@ -93,7 +93,7 @@ fn git_command(limits: &Limits) -> Command {
     let mut cmd = Command::new("git");
     // A git left running by a killed airlockd would go on writing into a
     // checkout the next airlockd has cleared.
-    crate::vm::die_with_parent(&mut cmd);
+    crate::child::die_with_parent(&mut cmd);
     let max = limits.max_memory;
     if max > 0 {
         use nix::sys::resource::{setrlimit, Resource};

@@ -500,7 +500,7 @@ pub async fn mkfs(
 ) -> std::result::Result<(), String> {
     sparse_file(img, mib)?;
     let mut cmd = tokio::process::Command::new("mkfs.ext4");
-    crate::vm::die_with_parent(&mut cmd);
+    crate::child::die_with_parent(&mut cmd);
     cmd.args([
         "-q",
         "-F",

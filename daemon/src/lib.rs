@@ -21,6 +21,7 @@
 pub mod amqp;
 pub mod attest;
 pub mod checkout;
+pub mod child;
 pub mod config;
 pub mod control;
 pub mod dbus;

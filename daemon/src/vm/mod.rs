@@ -448,18 +448,7 @@ pub fn confine(run_as: Option<&RunAs>, cmd: &mut tokio::process::Command) {
     }
 }
 
-/// The child dies with airlockd, even when airlockd is killed with SIGKILL.
-pub fn die_with_parent(cmd: &mut tokio::process::Command) {
-    #[allow(unsafe_code)]
-    // SAFETY: the closure runs in the forked child before exec and only
-    // calls prctl(2), which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-}
+pub use crate::child::die_with_parent;
 
 #[cfg(test)]
 mod tests {
