@@ -683,11 +683,8 @@ impl HydraConfig {
                 self.version
             ));
         }
-        if !self.store_dir.starts_with('/') || self.store_dir.ends_with('/') {
-            return Err(format!(
-                "hydra.store_dir {:?} is not an absolute directory without a trailing /",
-                self.store_dir
-            ));
+        if self.store_dir != "/nix/store" {
+            return Err(format!("hydra.store_dir {:?}: the job VMs' Nix store is /nix/store, so only a runner with that store can be served", self.store_dir));
         }
         if let Some(f) = self
             .supported_features
@@ -1114,15 +1111,22 @@ fn default_identity_name() -> String {
 impl Config {
     /// Load `path`, or the defaults when `None`.
     pub fn load(path: Option<&Path>) -> Result<Config> {
-        let cfg: Config = match path {
+        let cfg = Config::read(path)?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// The file parsed (strictly) but not yet checked: for a caller that
+    /// applies command-line overrides first (`--trust`,
+    /// `--signing-key-file`, …) and then checks the result.
+    pub fn read(path: Option<&Path>) -> Result<Config> {
+        Ok(match path {
             None => Config::default(),
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| Error::Read(p.into(), e))?;
                 toml::from_str(&text).map_err(|e| Error::Parse(p.into(), e))?
             }
-        };
-        cfg.check()?;
-        Ok(cfg)
+        })
     }
 
     pub fn check(&self) -> Result<()> {

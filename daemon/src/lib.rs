@@ -29,6 +29,7 @@ pub mod error;
 pub mod fault;
 pub mod fsutil;
 pub mod hydra;
+pub mod hydra_intake;
 pub mod input;
 pub mod job;
 pub mod journal;

@@ -160,14 +160,17 @@ impl Scheduler {
             if rec.state.is_terminal() {
                 continue;
             }
-            if rec.state == JobState::Queued {
+            if rec.state == JobState::Queued && rec.source != Source::Hydra {
                 // Nothing of it ran: it simply waits its turn again.
                 requeue.push(rec.id);
                 continue;
             }
             let paths = self.runner.paths(&rec.id);
             crate::runner::clear_scratch(&paths);
-            let broker = rec.source == Source::Amqp;
+            let _ = std::fs::remove_dir_all(paths.step_dir());
+            // A broker job is redelivered by the broker; a queue-runner
+            // step is retried by the runner (the tunnel it came on is gone).
+            let broker = matches!(rec.source, Source::Amqp | Source::Hydra);
             // A local job's request runs again as a new job; a broker job
             // is redelivered by the broker (which still holds the unacked
             // delivery), and running it here as well would report it twice.
@@ -239,7 +242,7 @@ impl Scheduler {
         self.queue
             .send(rec.id.clone())
             .map_err(|_| ApiError::Stopped)?;
-        if let Some(r) = self.release.get() {
+        if let Some(r) = self.release.get().filter(|_| rec.source != Source::Hydra) {
             // Date the PR's head now, not when the build is done: a label
             // added during the build then counts even without webhooks.
             r.observe(&rec.job.repo.full_name, rec.job.pr.number);

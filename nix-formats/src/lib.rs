@@ -11,6 +11,7 @@ pub mod nar;
 pub mod narinfo;
 pub mod nix32;
 pub mod path;
+pub mod serve;
 pub mod signing;
 #[doc(hidden)]
 pub mod testkit;

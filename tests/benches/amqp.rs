@@ -54,6 +54,7 @@ impl Executor for Noop {
                 store_paths: vec![],
                 export_error: None,
                 silent: false,
+                nix_step: None,
             });
             self.store.save(rec).unwrap();
             self.sink.finished(rec);

@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod builder;
 pub mod github;
+pub mod hydra_runner;
 pub mod internet;
 pub mod systemd_guest;
 

@@ -657,13 +657,18 @@ async fn jobs(api: &Api<'_>, json: bool) -> anyhow::Result<()> {
             BuildStatus::UnexpectedError { .. } => "Error".to_string(),
             s => format!("{s:?}"),
         });
+        // A queue-runner step has no PR: its build id and derivation.
+        let (pr, what) = match &j.hydra {
+            Some(h) => ("step".to_owned(), format!("build {} {}", h.build_id, h.drv)),
+            None => (j.job.pr.number.to_string(), j.job.attrs.join(" ")),
+        };
         out!(
             "{:<36}  {:<9}  {:<11}  {:>6}  {}",
             j.id,
             j.state.as_str(),
             st.unwrap_or_else(|| "-".into()),
-            j.job.pr.number,
-            j.job.attrs.join(" ")
+            pr,
+            what
         );
     }
     Ok(())

@@ -100,9 +100,28 @@ async fn main() -> anyhow::Result<()> {
     } else {
         (None, Arc::new(NoSink))
     };
+    // Hydra's queue-runner (docs/hydra.md): a second intake, its own sink.
+    let hydra = cfg
+        .hydra
+        .enabled()
+        .then(|| airlock::hydra_intake::HydraIntake::new(cfg.clone()));
+    let sink: Arc<dyn LogSink> = match &hydra {
+        Some(h) => Arc::new(airlock::hydra_intake::Sinks(vec![
+            sink,
+            Arc::new(airlock::hydra_intake::HydraSink(h.clone())),
+        ])),
+        None => sink,
+    };
     let runner = runner(&cfg, backend, sink, run_as.as_ref(), journald).await?;
     info!(state_dir = %cfg.state_dir.display(), max_jobs = cfg.max_jobs, identity = %cfg.identity, "airlockd starting");
     let daemon = Scheduler::start(runner)?;
+    if let Some(h) = &hydra {
+        h.set_scheduler(daemon.clone());
+        let session = airlock::hydra::session::Session::new(cfg.clone(), Arc::new(h.clone()));
+        let d2 = daemon.clone();
+        info!(endpoint = %cfg.hydra.endpoint, version = %cfg.hydra.version, "joining the queue-runner");
+        tokio::spawn(async move { session.run(move || d2.is_draining()).await });
+    }
     // Held for airlockd's lifetime: dropping it leaves the bus.
     let _dbus = front_ends(&cfg, &daemon, amqp.as_ref()).await?;
     // Bound before READY=1: a client that connects at READY finds it. And
@@ -153,7 +172,8 @@ fn init_logging() -> bool {
 
 /// The configuration file with the command line's overrides, checked.
 fn effective_config(args: Args) -> anyhow::Result<Config> {
-    let mut cfg = Config::load(args.check_config.as_deref().or(args.config.as_deref()))?;
+    // Checked once, with the command line's overrides applied.
+    let mut cfg = Config::read(args.check_config.as_deref().or(args.config.as_deref()))?;
     if let Some(s) = args.state_dir {
         cfg.state_dir = s;
     }

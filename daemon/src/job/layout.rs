@@ -32,6 +32,12 @@ impl JobPaths {
     pub fn checkout(&self) -> PathBuf {
         self.dir.join("checkout")
     }
+    /// A queue-runner step's material, fetched and checked before the job
+    /// runs: `request.bin` (the serve protocol's `BuildDerivation`) and
+    /// `inputs/<base name>.nar`; moved into the input disk's tree.
+    pub fn step_dir(&self) -> PathBuf {
+        self.dir.join("step")
+    }
     pub fn stage(&self) -> PathBuf {
         self.dir.join("input")
     }

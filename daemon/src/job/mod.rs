@@ -67,6 +67,34 @@ impl JobState {
 pub enum Source {
     Local,
     Amqp,
+    /// A step of Hydra's queue-runner (issue 31).
+    Hydra,
+}
+
+/// Where a queue-runner step came from (docs/hydra.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HydraOrigin {
+    /// The runner's id of this dispatch (a UUID; a retry gets a new one).
+    pub build_id: String,
+    /// The tunnel's machine id it came on.
+    pub machine_id: String,
+    /// The step's `.drv`, as a base name.
+    pub drv: String,
+    /// A fixed-output step: built with the fetch phase's network.
+    pub fixed_output: bool,
+    /// The output paths (full) the guest is to export.
+    pub outputs: Vec<String>,
+    /// The input closure (full paths): what the outputs may refer to
+    /// besides themselves.
+    pub inputs: Vec<String>,
+}
+
+/// Nix's own result of a queue-runner step, as the guest reported it
+/// (the guest's word: the host checks the outputs, not this).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NixStepResult {
+    pub status: u64,
+    pub error: String,
 }
 
 /// Whether a broker job's result has been published.
@@ -112,6 +140,9 @@ pub struct JobResult {
     /// published for a broker job, it is only acked.
     #[serde(default)]
     pub silent: bool,
+    /// A queue-runner step: Nix's result in the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nix_step: Option<NixStepResult>,
 }
 
 impl JobResult {
@@ -127,6 +158,7 @@ impl JobResult {
             store_paths: vec![],
             export_error: None,
             silent: false,
+            nix_step: None,
         }
     }
 }
@@ -137,6 +169,10 @@ pub struct JobRecord {
     pub source: Source,
     #[serde(default)]
     pub amqp: Option<AmqpOrigin>,
+    /// A queue-runner step's origin (`source = hydra`); `job` is then a
+    /// stand-in naming the runner and the derivation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hydra: Option<HydraOrigin>,
     pub job: BuildJob,
     pub state: JobState,
     /// The merged commit that was built (head merged onto the target branch).
@@ -291,6 +327,17 @@ impl JobRecord {
     /// journal's `JOB_ID`, `PR`, `COMMIT`, `REPO` and `ATTR`
     /// (docs/operations.md), on every entry of the job.
     pub fn span(&self) -> tracing::Span {
+        if let Some(h) = &self.hydra {
+            // A queue-runner step: its build id and derivation instead of
+            // a PR and a commit.
+            return tracing::info_span!(
+                "job",
+                job_id = %self.id,
+                build_id = %h.build_id,
+                drv = %h.drv,
+                object_systemd_unit = tracing::field::Empty,
+            );
+        }
         tracing::info_span!(
             "job",
             job_id = %self.id,
@@ -328,6 +375,7 @@ impl JobRecord {
             retried_as: None,
             retry_of: None,
             refetch: None,
+            hydra: None,
         }
     }
 }

@@ -117,7 +117,7 @@ impl Runner {
 
     /// Verify the job's export and publish it under `root` (on a blocking
     /// thread); `Err` if that thread died.
-    async fn import(
+    pub(super) async fn import(
         &self,
         rec: &JobRecord,
         paths: &JobPaths,

@@ -73,6 +73,7 @@ impl Runner {
                 .refetch
                 .as_ref()
                 .map(|r| r.paths.iter().map(|p| p.path.clone()).collect()),
+            step: None,
         };
         std::fs::write(
             stage.join("job.json"),

@@ -72,6 +72,8 @@ pub(super) struct Follower {
     pub(super) marks: Vec<(String, Instant)>,
     /// Unexpected channel lines seen (only the first few are warned about).
     pub(super) garbage: u64,
+    /// A queue-runner step: Nix's result as the guest reported it.
+    pub(super) nix_step: Option<crate::job::NixStepResult>,
 }
 
 const TAIL: usize = 10;
@@ -98,6 +100,7 @@ impl Follower {
             garbage: 0,
             guest: None,
             console: FileTail::default(),
+            nix_step: None,
         }
     }
 
@@ -118,6 +121,7 @@ impl Follower {
         let mut res = result(BuildStatus::Success, self.tail.iter().cloned().collect());
         res.attempted_attrs = self.attempted.clone();
         res.skipped_attrs = self.skipped.clone();
+        res.nix_step = self.nix_step.clone();
         res
     }
 
@@ -181,6 +185,14 @@ impl Follower {
                         .add(crate::job::Realised { built, substituted }),
                     Event::Exported { .. } => self.mark("exported", now),
                     Event::AgentError { message } => self.agent_error = Some(message),
+                    Event::StepBuilt { nix_status, error } => {
+                        // Guest text, bounded: it becomes Hydra's error message.
+                        let error: String = error.chars().take(4096).collect();
+                        self.nix_step = Some(crate::job::NixStepResult {
+                            status: nix_status,
+                            error,
+                        });
+                    }
                     Event::GuestInfo { nix } => {
                         // Guest text: kept only when it looks like a version line.
                         if nix.len() <= 64 && nix.chars().all(|c| c.is_ascii_graphic() || c == ' ')

@@ -14,6 +14,7 @@ mod boot;
 mod collect;
 mod disks;
 mod follow;
+pub mod step;
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -293,9 +294,16 @@ impl Runner {
                 &self.cfg.supervision,
             );
             let res = match self.supervisor.begin(&unit).await {
-                Ok(()) => match self.run_inner(rec, &paths).await {
-                    Ok(res) | Err(JobEnd(res)) => *res,
-                },
+                Ok(()) => {
+                    let r = if rec.hydra.is_some() {
+                        self.run_step_inner(rec, &paths).await
+                    } else {
+                        self.run_inner(rec, &paths).await
+                    };
+                    match r {
+                        Ok(res) | Err(JobEnd(res)) => *res,
+                    }
+                }
                 Err(e) => {
                     warn!(error = %error_chain(&e), "cannot make the job's unit");
                     result(
@@ -326,6 +334,7 @@ impl Runner {
                 }
             }
             clear_scratch(&paths);
+            let _ = std::fs::remove_dir_all(paths.step_dir());
             info!(status = ?res.status, secs = t0.elapsed().as_secs_f64(), paths = res.store_paths.len(), "job finished");
             rec.finish(res);
             self.save(rec);
@@ -438,6 +447,10 @@ impl Runner {
                 ("COMMIT".to_owned(), rec.job.pr.head_sha.clone()),
                 ("REPO".to_owned(), rec.job.repo.full_name.clone()),
             ];
+            if let Some(h) = &rec.hydra {
+                fields.push(("BUILD_ID".to_owned(), h.build_id.clone()));
+                fields.push(("DRV".to_owned(), h.drv.clone()));
+            }
             if let Some(unit) = self.supervisor.job_unit(&rec.id) {
                 fields.push(("OBJECT_SYSTEMD_UNIT".to_owned(), unit));
             }

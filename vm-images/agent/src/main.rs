@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 mod nar;
 mod restore;
 mod review;
+mod step;
 mod store;
 
 use airlock_wire::{
@@ -294,7 +295,6 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
     if job.version != WIRE_VERSION {
         return Err(format!("job.json version {} unsupported", job.version));
     }
-    let src = source_tree(&args.input)?;
     std::fs::create_dir_all("/nix/var/airlock-tmp").map_err(|e| format!("mkdir tmp: {e}"))?;
     // Which boot this is: the kernel command line, or for a VM restored
     // from a template the boot words its go record carried.
@@ -307,6 +307,10 @@ fn run(args: &Args, ch: &Channel) -> Result<(), String> {
         std::fs::write("/run/resolv.conf", "").map_err(|e| format!("resolv.conf: {e}"))?;
     }
     bind_resolv_conf();
+    if let Some(st) = &job.step {
+        return step::run(st, &args.input, &args.export, ch);
+    }
+    let src = source_tree(&args.input)?;
     if let Some(rv) = &job.review {
         return review::run(&job, rv, &args.input, &src, &boot, &args.export, ch);
     }

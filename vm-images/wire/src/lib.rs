@@ -111,6 +111,36 @@ pub struct GuestJob {
     /// export exactly these store paths, the ones that are valid then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refetch: Option<Vec<String>>,
+    /// A step of Hydra's queue-runner (issue 31): no checkout, no
+    /// evaluation; import the inputs the host checked, build the resolved
+    /// derivation as given, export its outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<GuestStep>,
+}
+
+/// A queue-runner step on the input disk: `step/request.bin` holds the
+/// serve protocol's `BuildDerivation` command (for protocol 2.7, written by
+/// the host from the runner's resolved derivation), `step/inputs/<base
+/// name>.nar` every input's NAR, in `inputs`' order (dependencies first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestStep {
+    /// The `.drv` path the step is built as (full path).
+    pub drv_path: String,
+    /// The output paths to export once built (full paths).
+    pub outputs: Vec<String>,
+    pub inputs: Vec<GuestInput>,
+}
+
+/// One input path of a step, as the host checked it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestInput {
+    /// Full path.
+    pub path: String,
+    pub deriver: Option<String>,
+    /// Full paths.
+    pub references: Vec<String>,
 }
 
 /// The fetch phase's only substituter: `http://<gateway>:<port>` (the
@@ -293,6 +323,9 @@ pub enum Event {
     Exported { paths: u64, bytes: u64 },
     /// Something went wrong outside the build itself.
     AgentError { message: String },
+    /// A queue-runner step's build ended: Nix's `BuildResult` status code
+    /// and error message (the guest's word; the host checks the outputs).
+    StepBuilt { nix_status: u64, error: String },
 }
 
 /// One decoded channel line.
