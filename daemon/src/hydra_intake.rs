@@ -177,10 +177,13 @@ impl HydraIntake {
             output_infos: infos,
             error_msg: outcome.message(&drv),
         };
+        let total_ms = ms(t0.elapsed());
         match client.complete_build(m).await {
             Ok(_) => info!(
                 state = outcome.state().name(),
-                secs = t0.elapsed().as_secs_f64(),
+                total_ms,
+                nix_build_ms = times.3,
+                overhead_ms = total_ms.saturating_sub(times.3),
                 "step completed"
             ),
             Err(e) => {
@@ -232,7 +235,16 @@ impl HydraIntake {
             let build_ms = ms(t_build.elapsed());
             let t_up = Instant::now();
             let (outcome, infos) = self.deliver(&ctx, &done, over, &resolved).await;
-            Some((outcome, infos, (import_ms, build_ms, ms(t_up.elapsed()))))
+            let nix_ms = done
+                .result
+                .as_ref()
+                .and_then(|r| r.nix_step.as_ref())
+                .map_or(0, |n| n.build_ms);
+            Some((
+                outcome,
+                infos,
+                (import_ms, build_ms, ms(t_up.elapsed()), nix_ms),
+            ))
         }
         .instrument(span)
         .await
@@ -384,12 +396,16 @@ impl HydraIntake {
     }
 }
 
-/// What a step reports: its outcome, its outputs, and the import, build
-/// and upload times in ms.
-type Report = (Outcome, HashMap<String, proto::OutputInfo>, (u64, u64, u64));
+/// What a step reports: its outcome, its outputs, the import, build
+/// and upload times in ms, and Nix's own build time in the guest.
+type Report = (
+    Outcome,
+    HashMap<String, proto::OutputInfo>,
+    (u64, u64, u64, u64),
+);
 
 fn report(o: Outcome, import_ms: u64) -> Report {
-    (o, HashMap::new(), (import_ms, 0, 0))
+    (o, HashMap::new(), (import_ms, 0, 0, 0))
 }
 
 fn ms(d: Duration) -> u64 {

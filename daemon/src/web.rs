@@ -130,7 +130,13 @@ pub fn render_index(recs: &[JobRecord]) -> String {
         b.push_str(&format!(
             "<tr><td><a href=\"/jobs/{id}\">{id}</a></td><td>{kind}</td><td>{st}</td><td>{repo}</td><td>#{pr}</td><td><code>{head}</code></td></tr>\n",
             id = esc(&r.id),
-            kind = if r.job.airlock_review.is_some() { "review" } else { "build" },
+            kind = if r.hydra.is_some() {
+                "hydra step"
+            } else if r.job.airlock_review.is_some() {
+                "review"
+            } else {
+                "build"
+            },
             st = esc(&status_word(r)),
             repo = esc(&r.job.repo.full_name),
             pr = r.job.pr.number,
@@ -285,6 +291,15 @@ pub fn render_job(
         "<p><a href=\"/\">all jobs</a></p>\n<h1>Job {}</h1>\n",
         esc(&r.id)
     );
+    if let Some(h) = &r.hydra {
+        // A queue-runner step: the runner's ids, not a PR's.
+        b.push_str(&format!(
+            "<p>Hydra queue-runner step: build id <code>{}</code>, derivation <code>{}</code>, machine <code>{}</code></p>\n",
+            esc(&h.build_id),
+            esc(&h.drv),
+            esc(&h.machine_id)
+        ));
+    }
     b.push_str(&format!(
         "<table>\n<tr><th>status</th><td id=\"status\">{}</td></tr>\n<tr><th>repository</th><td>{}</td></tr>\n<tr><th>PR</th><td>#{}</td></tr>\n<tr><th>head</th><td><code>{}</code></td></tr>\n<tr><th>merged</th><td><code>{}</code></td></tr>\n<tr><th>attrs</th><td>{}</td></tr>\n<tr><th>guest Nix</th><td>{}</td></tr>\n</table>\n",
         esc(&status_word(r)),

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use airlock::hydra::frame;
+use airlock::hydra::proto;
 use airlock::hydra::proto::*;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
@@ -41,6 +42,52 @@ pub fn recording(name: &str) -> Vec<serde_json::Value> {
 pub fn recorded<M: prost::Message + Default>(lines: &[serde_json::Value], seq: u64) -> M {
     let l = lines.iter().find(|l| l["seq"] == seq).expect("seq");
     M::decode(&hex::decode(l["hex"].as_str().unwrap()).unwrap()[..]).unwrap()
+}
+
+/// The store dir of the recorded runs.
+pub const RECORDED_STORE: &str = "/tmp/hqr/qrstore/nix/store";
+
+/// A recorded step as a runner with store `/nix/store` would send it: the
+/// recorded message, its store dir in the environment replaced (the base
+/// names stay: an input-addressed path is taken as given), a fresh build id.
+pub fn step_message(file: &str) -> proto::BuildMessage {
+    let rec = recording(file);
+    let m: proto::RunnerRequest = recorded(&rec, 6);
+    let Some(runner_request::Message::Build(mut b)) = m.message else {
+        panic!("seq 6 is a build")
+    };
+    for v in b.resolved_drv.as_mut().unwrap().env.values_mut() {
+        if let Some(rest) = v.strip_prefix(RECORDED_STORE.as_bytes()) {
+            *v = [b"/nix/store".as_slice(), rest].concat();
+        }
+    }
+    b.build_id = uuid::Uuid::new_v4().to_string();
+    b
+}
+
+/// A step of our own: `/bin/sh -c <script>` with output `out` named
+/// `name`, and these inputs (base names).
+pub fn own_step(name: &str, hash: &str, script: &str, inputs: &[&str]) -> proto::BuildMessage {
+    let mut b = step_message("success.jsonl");
+    let out = format!("{hash}-{name}");
+    let r = b.resolved_drv.as_mut().unwrap();
+    r.name = name.into();
+    r.outputs.clear();
+    r.outputs.insert(
+        "out".into(),
+        proto::Output {
+            output: Some(proto::output::Output::InputAddressed(
+                proto::StorePath::new(out.clone()),
+            )),
+        },
+    );
+    r.inputs = inputs.iter().map(|i| proto::StorePath::new(*i)).collect();
+    r.args = vec![b"-c".to_vec(), script.as_bytes().to_vec()];
+    r.env.insert("name".into(), name.as_bytes().to_vec());
+    r.env
+        .insert("out".into(), format!("/nix/store/{out}").into_bytes());
+    b.drv = Some(proto::StorePath::new(format!("{hash}-{name}.drv")));
+    b
 }
 
 /// A store path the double holds: its info and NAR.

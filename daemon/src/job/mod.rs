@@ -95,6 +95,10 @@ pub struct HydraOrigin {
 pub struct NixStepResult {
     pub status: u64,
     pub error: String,
+    /// How long Nix's `BuildDerivation` took in the guest (the step's own
+    /// build time; the rest of the step is airlock's overhead).
+    #[serde(default)]
+    pub build_ms: u64,
 }
 
 /// Whether a broker job's result has been published.

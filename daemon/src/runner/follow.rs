@@ -185,12 +185,17 @@ impl Follower {
                         .add(crate::job::Realised { built, substituted }),
                     Event::Exported { .. } => self.mark("exported", now),
                     Event::AgentError { message } => self.agent_error = Some(message),
-                    Event::StepBuilt { nix_status, error } => {
+                    Event::StepBuilt {
+                        nix_status,
+                        error,
+                        build_ms,
+                    } => {
                         // Guest text, bounded: it becomes Hydra's error message.
                         let error: String = error.chars().take(4096).collect();
                         self.nix_step = Some(crate::job::NixStepResult {
                             status: nix_status,
                             error,
+                            build_ms,
                         });
                     }
                     Event::GuestInfo { nix } => {

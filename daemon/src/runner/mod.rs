@@ -257,6 +257,7 @@ impl Runner {
             vec![],
         ));
         self.save(rec);
+        let _ = std::fs::remove_dir_all(self.paths(&rec.id).step_dir());
         self.sink.finished(rec);
         self.control.forget(&rec.id);
     }
@@ -280,15 +281,22 @@ impl Runner {
                 return;
             }
             rec.started_at = Some(crate::job::now());
-            let unit = crate::supervise::JobUnit::new(
-                &rec.id,
-                format!(
+            let what = match &rec.hydra {
+                Some(h) => format!(
+                    "airlock job {}: queue-runner step {} ({})",
+                    rec.id, h.build_id, h.drv
+                ),
+                None => format!(
                     "airlock job {}: {} PR #{} at {}",
                     rec.id,
                     rec.job.repo.full_name,
                     rec.job.pr.number,
                     rec.job.pr.head_sha.chars().take(12).collect::<String>()
                 ),
+            };
+            let unit = crate::supervise::JobUnit::new(
+                &rec.id,
+                what,
                 self.cfg.vm.memory_mib,
                 self.cfg.vm.vcpus,
                 &self.cfg.supervision,

@@ -140,15 +140,7 @@ impl Runner {
             serde_json::to_vec_pretty(&gj).expect("serialises"),
         )
         .map_err(|e| format!("write job.json: {e}"))?;
-        let agent = self.cfg.agent_path();
-        let staged = stage.join("airlock-agent");
-        std::fs::copy(&agent, &staged)
-            .map_err(|e| format!("guest agent {} unusable: {e}", agent.display()))?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| format!("chmod agent: {e}"))?;
-        }
+        self.stage_agent(&stage)?;
         input::tree_disk(&paths.input_img(), &stage, "airlock-in")
             .await
             .map_err(|e| e.to_string())?;

@@ -11,10 +11,11 @@ use airlock::config::Config;
 use airlock::hydra::client::Client;
 use airlock::hydra::proto::{self, runner_request};
 use airlock::hydra::session::{Session, Steps};
-use airlock_e2e::hydra_runner::{recorded, recording, FakeRunner};
+use airlock_e2e::hydra_runner::{
+    own_step, recorded, recording, step_message, FakeRunner, RECORDED_STORE,
+};
 
 const MASTER: &str = "0.1.0-5f82f0f0";
-const RECORDED_STORE: &str = "/tmp/hqr/qrstore/nix/store";
 
 #[derive(Default)]
 struct Recorder {
@@ -305,49 +306,6 @@ fn hydra_recorded_steps_build_with_real_nix_through_the_serve_protocol() {
     );
 }
 
-/// A recorded step as a runner with store `/nix/store` would send it: the
-/// recorded message, its store dir in the environment replaced (the base
-/// names stay: an input-addressed path is taken as given), a fresh build id.
-fn step_message(file: &str) -> proto::BuildMessage {
-    let rec = recording(file);
-    let m: proto::RunnerRequest = recorded(&rec, 6);
-    let Some(runner_request::Message::Build(mut b)) = m.message else {
-        panic!("seq 6 is a build")
-    };
-    for v in b.resolved_drv.as_mut().unwrap().env.values_mut() {
-        if let Some(rest) = v.strip_prefix(RECORDED_STORE.as_bytes()) {
-            *v = [b"/nix/store".as_slice(), rest].concat();
-        }
-    }
-    b.build_id = uuid::Uuid::new_v4().to_string();
-    b
-}
-
-/// A step of our own: `/bin/sh -c <script>` with output `out` named
-/// `name`, and these inputs (base names).
-fn own_step(name: &str, hash: &str, script: &str, inputs: &[&str]) -> proto::BuildMessage {
-    let mut b = step_message("success.jsonl");
-    let out = format!("{hash}-{name}");
-    let r = b.resolved_drv.as_mut().unwrap();
-    r.name = name.into();
-    r.outputs.clear();
-    r.outputs.insert(
-        "out".into(),
-        proto::Output {
-            output: Some(proto::output::Output::InputAddressed(
-                proto::StorePath::new(out.clone()),
-            )),
-        },
-    );
-    r.inputs = inputs.iter().map(|i| proto::StorePath::new(*i)).collect();
-    r.args = vec![b"-c".to_vec(), script.as_bytes().to_vec()];
-    r.env.insert("name".into(), name.as_bytes().to_vec());
-    r.env
-        .insert("out".into(), format!("/nix/store/{out}").into_bytes());
-    b.drv = Some(proto::StorePath::new(format!("{hash}-{name}.drv")));
-    b
-}
-
 /// The messages of one step, in the order the double received them.
 fn step_messages(
     runner: &FakeRunner,
@@ -625,10 +583,34 @@ fn hydra_steps_build_in_vms_upload_fail_abort_and_rejoin() {
     );
     eprintln!("hydra: abort → VM stopped in {abort_secs:.1} s");
 
-    // 5. The tunnel drops: airlockd joins again under a new machine id.
+    // 5. The tunnel drops while a step runs: the step's VM is stopped
+    // (the runner retries the step elsewhere) and airlockd joins again
+    // under a new machine id.
+    let l = own_step(
+        "airlock-lost",
+        "3c5b8vw40dy178xlpddw65q9gf1h2186",
+        "echo lost; sleep 600",
+        &[],
+    );
+    assert!(runner.send(&machine, runner_request::Message::Build(l.clone())));
+    let running = |id: &str| {
+        d.jobs()
+            .iter()
+            .any(|j| j["state"] == "running" && j["hydra"]["build_id"] == id)
+    };
+    d.wait_until("the lost step's VM runs", 300, || running(&l.build_id));
     runner.drop_tunnel(&machine);
+    d.wait_until("the lost step's job ends", 30, || {
+        d.jobs()
+            .iter()
+            .any(|j| j["hydra"]["build_id"] == l.build_id.as_str() && j["state"] == "done")
+    });
     d.wait_until("the second join", 60, || runner.joined().len() == 2);
     assert_ne!(runner.joined()[1], machine);
+    assert!(
+        done(&l.build_id).is_none(),
+        "nothing reported for a lost step"
+    );
     let log = d.log();
     assert!(log.contains("queue-runner connection lost"), "{log}");
     d.terminate(30);

@@ -20,10 +20,12 @@ type Result<T> = std::result::Result<T, String>;
 pub fn run(step: &GuestStep, input: &Path, export: &Path, ch: &Channel) -> Result<()> {
     let dir = input.join("step");
     import(step, &dir, ch)?;
+    let t0 = std::time::Instant::now();
     let res = build(step, &dir.join("request.bin"), ch)?;
     ch.event(&Event::StepBuilt {
         nix_status: status_code(res.status),
         error: res.error.clone(),
+        build_ms: t0.elapsed().as_millis() as u64,
     });
     let status = match res.status {
         s if s.is_success() => BuildStatus::Success,

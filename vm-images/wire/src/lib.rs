@@ -324,8 +324,13 @@ pub enum Event {
     /// Something went wrong outside the build itself.
     AgentError { message: String },
     /// A queue-runner step's build ended: Nix's `BuildResult` status code
-    /// and error message (the guest's word; the host checks the outputs).
-    StepBuilt { nix_status: u64, error: String },
+    /// and error message, and how long `BuildDerivation` took (the guest's
+    /// word; the host checks the outputs).
+    StepBuilt {
+        nix_status: u64,
+        error: String,
+        build_ms: u64,
+    },
 }
 
 /// One decoded channel line.
