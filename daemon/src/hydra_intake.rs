@@ -60,7 +60,8 @@ impl LogStream {
         )
     }
 
-    /// One log line; `false` once the log is over the step's limit.
+    /// One log line; `true` exactly once: when this line takes the log
+    /// over the step's limit (what follows is dropped).
     fn line(&mut self, text: &str) -> bool {
         if self.over {
             return false;
@@ -68,14 +69,14 @@ impl LogStream {
         self.bytes += text.len() as u64 + 1;
         if self.max > 0 && self.bytes > self.max {
             self.over = true;
-            return false;
+            return true;
         }
         if let Some(e) = self.enc.as_mut() {
             let _ = e.write_all(text.as_bytes());
             let _ = e.write_all(b"\n");
         }
         self.pending += text.len() + 1;
-        true
+        false
     }
 
     /// Send what the encoder has so far (a block of the same frame).
@@ -127,15 +128,33 @@ pub struct HydraIntake {
     sched: OnceLock<Arc<Scheduler>>,
     /// By build id.
     running: Mutex<HashMap<String, Running>>,
+    /// Machine ids of the tunnels that are up.
+    live: Mutex<std::collections::HashSet<String>>,
 }
 
 impl HydraIntake {
     pub fn new(cfg: Arc<Config>) -> Arc<HydraIntake> {
+        // No step outlives airlockd (its tunnel is gone, the runner retries
+        // it): what a previous run left is removed.
+        let _ = std::fs::remove_dir_all(cfg.state_dir.join("hydra"));
+        if let Ok(rd) = std::fs::read_dir(cfg.state_dir.join("jobs")) {
+            for e in rd.flatten() {
+                if e.path().join("step").exists() && !e.path().join("job.json").exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         Arc::new(HydraIntake {
             cfg,
             sched: OnceLock::new(),
             running: Mutex::new(HashMap::new()),
+            live: Mutex::new(Default::default()),
         })
+    }
+
+    /// Steps taken and not yet reported (or given up).
+    pub fn steps(&self) -> usize {
+        self.running.lock().expect("lock").len()
     }
 
     /// The scheduler exists after the runner (which needs the sink).
@@ -178,16 +197,31 @@ impl HydraIntake {
             error_msg: outcome.message(&drv),
         };
         let total_ms = ms(t0.elapsed());
-        match client.complete_build(m).await {
-            Ok(_) => info!(
-                state = outcome.state().name(),
-                total_ms,
-                nix_build_ms = times.3,
-                overhead_ms = total_ms.saturating_sub(times.3),
-                "step completed"
-            ),
-            Err(e) => {
-                warn!(error = %crate::error::chain(&e), "CompleteBuild failed (the runner retries the step)")
+        // Retried with backoff (a proxy may recycle the connection), as
+        // the runner's own builder does; given up when the tunnel the step
+        // came on is gone (the runner then retries the step itself).
+        let mut wait = Duration::from_secs(3);
+        for attempt in 1.. {
+            match client.complete_build(m.clone()).await {
+                Ok(_) => {
+                    info!(
+                        state = outcome.state().name(),
+                        total_ms,
+                        nix_build_ms = times.3,
+                        overhead_ms = total_ms.saturating_sub(times.3),
+                        "step completed"
+                    );
+                    return;
+                }
+                Err(e) if attempt < 5 && self.live.lock().expect("lock").contains(&machine_id) => {
+                    warn!(error = %crate::error::chain(&e), retry_in = ?wait, "CompleteBuild failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(90));
+                }
+                Err(e) => {
+                    warn!(error = %crate::error::chain(&e), "CompleteBuild failed; given up (the runner retries the step when its tunnel ends)");
+                    return;
+                }
             }
         }
     }
@@ -211,6 +245,13 @@ impl HydraIntake {
         let Some(sched) = self.sched.get().cloned() else {
             return Some(report(Outcome::Preparing("airlockd is starting".into()), 0));
         };
+        if sched.is_draining() {
+            // Held jobs would hold the runner's step too: it goes elsewhere.
+            return Some(report(
+                Outcome::Preparing("airlockd is draining; not taking steps".into()),
+                0,
+            ));
+        }
         let mut rec = record(b, machine_id, &resolved);
         let span = rec.span();
         async {
@@ -228,9 +269,18 @@ impl HydraIntake {
                 }
             };
             let t_build = Instant::now();
-            let (done, over) = match self.build(&ctx, &sched, &rec).await? {
-                Ok(d) => d,
-                Err(o) => return Some(report(o, import_ms)),
+            let built = self.build(&ctx, &sched, &rec).await;
+            let (done, over) = match built {
+                Some(Ok(d)) => d,
+                // Not queued (refused, or aborted first): its inputs go.
+                Some(Err(o)) => {
+                    let _ = std::fs::remove_dir_all(paths.step_dir());
+                    return Some(report(o, import_ms));
+                }
+                None => {
+                    let _ = std::fs::remove_dir_all(paths.step_dir());
+                    return None;
+                }
             };
             let build_ms = ms(t_build.elapsed());
             let t_up = Instant::now();
@@ -324,21 +374,23 @@ impl HydraIntake {
                 }
             }))
         };
+        ctx.update(StepStatus::Building).await;
         let (done_tx, done_rx) = oneshot::channel();
         {
+            // Registered and queued under one lock: an abort either sees
+            // the job to cancel or finds the step gone before it is queued.
             let mut r = self.running.lock().expect("lock");
             let run = r.get_mut(&ctx.b.build_id).filter(|run| !run.aborted)?;
             run.job_id = Some(rec.id.clone());
             run.log = log.clone();
             run.done = Some(done_tx);
+            if let Err(e) = sched.enqueue(rec.clone()) {
+                return Some(Err(Outcome::Preparing(format!(
+                    "cannot queue the step: {e}"
+                ))));
+            }
         }
-        ctx.update(StepStatus::Building).await;
-        if let Err(e) = sched.enqueue(rec.clone()) {
-            return Some(Err(Outcome::Preparing(format!(
-                "cannot queue the step: {e}"
-            ))));
-        }
-        let done = done_rx.await.ok();
+        let done = self.wait_done(done_rx, sched, &rec.id).await;
         drop(flusher);
         let over = {
             let mut l = log.lock().expect("lock");
@@ -356,7 +408,36 @@ impl HydraIntake {
             .expect("lock")
             .get(&ctx.b.build_id)
             .is_none_or(|r| r.aborted);
-        (!aborted).then_some(Ok((done, over)))
+        if aborted {
+            drop_outputs(&done);
+            return None;
+        }
+        Some(Ok((done, over)))
+    }
+
+    /// The job's end as the sink reports it; should that never come (a
+    /// runner that died), the record on disk once it is done.
+    async fn wait_done(
+        &self,
+        mut rx: oneshot::Receiver<JobRecord>,
+        sched: &Arc<Scheduler>,
+        id: &str,
+    ) -> Option<JobRecord> {
+        loop {
+            tokio::select! {
+                r = &mut rx => return r.ok(),
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                    match sched.runner.store.load(id) {
+                        Ok(rec) if rec.state.is_terminal() => return Some(rec),
+                        Ok(_) => {}
+                        Err(e) => {
+                            warn!(error = %e, "the step's job record is gone");
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The outcome, and for a built step its outputs uploaded; the step's
@@ -386,13 +467,18 @@ impl HydraIntake {
             }
             ctx.update(StepStatus::PostProcessing).await;
         }
-        if let Some(dir) = done.result.as_ref().and_then(|r| r.quarantine.as_ref()) {
-            let _ = std::fs::remove_dir_all(dir);
-            if let Some(parent) = dir.parent() {
-                let _ = std::fs::remove_dir(parent);
-            }
-        }
+        drop_outputs(done);
         (outcome, infos)
+    }
+}
+
+/// A step's verified outputs, once uploaded or of no use.
+fn drop_outputs(done: &JobRecord) {
+    if let Some(dir) = done.result.as_ref().and_then(|r| r.quarantine.as_ref()) {
+        let _ = std::fs::remove_dir_all(dir);
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 }
 
@@ -509,7 +595,12 @@ fn outcome_of(rec: &JobRecord, log_over: bool) -> Outcome {
     match &res.status {
         BuildStatus::Success if res.quarantine.is_some() => Outcome::Built,
         BuildStatus::Success => Outcome::Upload("the VM exported no outputs".into()),
-        BuildStatus::TimedOut => Outcome::TimedOut,
+        // Nix's own timeouts come as its result above; this is airlock's
+        // limit on the whole VM (limits.job_timeout_secs), not the step's:
+        // another builder may have a longer one.
+        BuildStatus::TimedOut => {
+            Outcome::Preparing("the VM ran into this builder's limits.job_timeout_secs".into())
+        }
         BuildStatus::Failure => Outcome::Failed("the builder failed".into()),
         BuildStatus::UnexpectedError { err } if err.contains("export rejected") => {
             Outcome::Upload(err.clone())
@@ -560,54 +651,36 @@ async fn fetch_inputs(
             .map_err(|e| crate::error::chain(&e))?;
         let mut header = None;
         let mut chunks = Vec::new();
+        let mut compressed = 0u64;
         while let Some(m) = s.message().await.map_err(|e| format!("FetchPaths: {e}"))? {
             match (m.content, &header) {
                 (Some(add_to_store_request::Content::Header(h)), None) => header = Some(h),
-                (Some(add_to_store_request::Content::NarChunk(c)), Some(_)) => chunks.push(c),
+                (Some(add_to_store_request::Content::NarChunk(c)), Some(_)) => {
+                    compressed += c.len() as u64;
+                    if compressed > max_total {
+                        return Err(format!("FetchPaths: more than {max_total} bytes"));
+                    }
+                    chunks.push(c);
+                }
                 _ => return Err("FetchPaths: not a header followed by chunks".into()),
             }
         }
         let h = header.ok_or("FetchPaths: no header")?;
-        let nars = frame::decompress(&chunks, max_total.saturating_sub(total))
-            .map_err(|e| e.to_string())?;
-        total += nars.len() as u64;
-        for ((base, nar), vpi) in frame::split_nars(&h.path_infos, &nars)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .zip(&h.path_infos)
-        {
-            step::base_name(&base).map_err(|e| e.to_string())?;
-            airlock_nix_formats::nar::validate(
-                nar,
-                nar.len() as u64,
-                cfg.limits.max_nar_bytes,
-                None::<std::io::Sink>,
-                airlock_nix_formats::nar::RefScanner::new(std::iter::empty()),
-            )
-            .map_err(|e| format!("input {base}: not a valid NAR: {e}"))?;
-            std::fs::write(dir.join("inputs").join(format!("{base}.nar")), nar)
-                .map_err(|e| format!("input {base}: {e}"))?;
-            let info = vpi.info.clone().unwrap_or_default();
-            let mut references = Vec::new();
-            for r in &info.references {
-                references.push(format!(
-                    "{store}/{}",
-                    step::base_name(&r.path).map_err(|e| e.to_string())?
-                ));
-            }
-            let deriver = match &info.deriver {
-                Some(d) if !d.path.is_empty() => Some(format!(
-                    "{store}/{}",
-                    step::base_name(&d.path).map_err(|e| e.to_string())?
-                )),
-                _ => None,
-            };
-            out.push(airlock_wire::GuestInput {
-                path: format!("{store}/{base}"),
-                deriver,
-                references,
-            });
-        }
+        // Decompressing, hashing and parsing NARs is CPU work: off the
+        // threads that keep the tunnel alive.
+        let (dir, store, left, max_nar) = (
+            dir.to_owned(),
+            store.clone(),
+            max_total.saturating_sub(total),
+            cfg.limits.max_nar_bytes,
+        );
+        let (inputs, bytes) = tokio::task::spawn_blocking(move || {
+            check_batch(&h, &chunks, &dir, &store, left, max_nar)
+        })
+        .await
+        .map_err(|e| format!("checking inputs crashed: {e}"))??;
+        total += bytes;
+        out.extend(inputs);
     }
     info!(
         paths = out.len(),
@@ -615,6 +688,60 @@ async fn fetch_inputs(
         "step inputs fetched and checked"
     );
     Ok(out)
+}
+
+/// One `FetchPaths` answer: decompressed (at most `left` bytes), split by
+/// the header's sizes, each NAR checked (SHA-256, size, structure) and
+/// written to `dir/inputs/<base>.nar`; its metadata with full paths.
+fn check_batch(
+    h: &proto::AddToStoreHeader,
+    chunks: &[Vec<u8>],
+    dir: &Path,
+    store: &str,
+    left: u64,
+    max_nar: u64,
+) -> Result<(Vec<airlock_wire::GuestInput>, u64), String> {
+    let full = |p: &str| -> Result<String, String> {
+        Ok(format!(
+            "{store}/{}",
+            step::base_name(p).map_err(|e| e.to_string())?
+        ))
+    };
+    let nars = frame::decompress(chunks, left).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for ((base, nar), vpi) in frame::split_nars(&h.path_infos, &nars)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .zip(&h.path_infos)
+    {
+        let path = full(&base)?;
+        airlock_nix_formats::nar::validate(
+            nar,
+            nar.len() as u64,
+            max_nar,
+            None::<std::io::Sink>,
+            airlock_nix_formats::nar::RefScanner::new(std::iter::empty()),
+        )
+        .map_err(|e| format!("input {base}: not a valid NAR: {e}"))?;
+        std::fs::write(dir.join("inputs").join(format!("{base}.nar")), nar)
+            .map_err(|e| format!("input {base}: {e}"))?;
+        let info = vpi.info.clone().unwrap_or_default();
+        let references = info
+            .references
+            .iter()
+            .map(|r| full(&r.path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let deriver = match &info.deriver {
+            Some(d) if !d.path.is_empty() => Some(full(&d.path)?),
+            _ => None,
+        };
+        out.push(airlock_wire::GuestInput {
+            path,
+            deriver,
+            references,
+        });
+    }
+    Ok((out, nars.len() as u64))
 }
 
 /// Upload the step's verified outputs the runner lacks (`HasPath`, then
@@ -646,11 +773,7 @@ async fn upload(
     let mut infos = HashMap::new();
     let mut header = Vec::new();
     let mut nars = Vec::new();
-    for out in &r.drv.outputs {
-        let v = manifest
-            .iter()
-            .find(|v| v.path == out.path)
-            .ok_or_else(|| Outcome::Upload(format!("output {} was not built", out.name)))?;
+    for (out, v) in dependency_order(&r.drv.outputs, &manifest)? {
         if max_output_size > 0 && v.nar_size > max_output_size {
             return Err(Outcome::OutputTooLarge(format!(
                 "output {} is {} bytes, more than the limit of {max_output_size}",
@@ -691,6 +814,44 @@ async fn upload(
     Ok(infos)
 }
 
+/// The step's outputs with what the host verified of each, an output after
+/// the outputs it refers to (the runner imports them in stream order, and a
+/// path's references must be valid first).
+fn dependency_order<'a>(
+    outputs: &'a [airlock_nix_formats::serve::Output],
+    verified: &'a [crate::quarantine::VerifiedPath],
+) -> Result<
+    Vec<(
+        &'a airlock_nix_formats::serve::Output,
+        &'a crate::quarantine::VerifiedPath,
+    )>,
+    Outcome,
+> {
+    let mut left = Vec::new();
+    for out in outputs {
+        let v = verified
+            .iter()
+            .find(|v| v.path == out.path)
+            .ok_or_else(|| Outcome::Upload(format!("output {} was not built", out.name)))?;
+        left.push((out, v));
+    }
+    let mut ordered: Vec<(&serve::Output, &crate::quarantine::VerifiedPath)> = Vec::new();
+    while !left.is_empty() {
+        let ready = left.iter().position(|(_, v)| {
+            v.references.iter().all(|r| {
+                r == &v.path
+                    || ordered.iter().any(|(_, o)| &o.path == r)
+                    || !left.iter().any(|(_, o)| &o.path == r)
+            })
+        });
+        // A cycle between outputs cannot be (Nix refuses them): the rest
+        // goes in the step's order.
+        let i = ready.unwrap_or(0);
+        ordered.push(left.remove(i));
+    }
+    Ok(ordered)
+}
+
 /// A verified path as the runner's `ValidPathInfo` (base names).
 fn path_info(
     v: &crate::quarantine::VerifiedPath,
@@ -729,7 +890,12 @@ async fn send_nars(
             proto::AddToStoreHeader { path_infos: header },
         )),
     }];
-    for c in frame::compress_chunks(nars).map_err(|e| Outcome::Upload(e.to_string()))? {
+    let data = nars.to_vec();
+    let chunks = tokio::task::spawn_blocking(move || frame::compress_chunks(&data))
+        .await
+        .map_err(|e| Outcome::Upload(format!("compressing crashed: {e}")))?
+        .map_err(|e| Outcome::Upload(e.to_string()))?;
+    for c in chunks {
         msgs.push(AddToStoreRequest {
             content: Some(add_to_store_request::Content::NarChunk(c)),
         });
@@ -774,7 +940,15 @@ impl Steps for Arc<HydraIntake> {
         }
     }
 
+    fn joined(&self, machine_id: &str) {
+        self.live
+            .lock()
+            .expect("lock")
+            .insert(machine_id.to_owned());
+    }
+
     fn abort_all(&self) {
+        self.live.lock().expect("lock").clear();
         let ids: Vec<String> = self.running.lock().expect("lock").keys().cloned().collect();
         for id in ids {
             self.abort(&id);
@@ -797,7 +971,7 @@ impl LogSink for HydraSink {
         }
         let over = self
             .0
-            .by_job(rec, |r| !r.log.lock().expect("lock").line(text));
+            .by_job(rec, |r| r.log.lock().expect("lock").line(text));
         if over == Some(true) {
             // Past max_log_size: the job stops, the step is a log limit failure.
             if let Some(s) = self.0.sched.get() {
@@ -834,5 +1008,61 @@ impl LogSink for Sinks {
         for s in &self.0 {
             s.finished(rec);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quarantine::VerifiedPath;
+
+    fn out(name: &str) -> serve::Output {
+        serve::Output {
+            name: name.into(),
+            path: format!("/nix/store/ihml9cgha2ncb1jfpf857yd6nls4n23b-x-{name}"),
+            hash_algo: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    fn verified(o: &serve::Output, refs: &[&serve::Output]) -> VerifiedPath {
+        VerifiedPath {
+            path: o.path.clone(),
+            nar_hash: String::new(),
+            nar_size: 1,
+            references: refs.iter().map(|r| r.path.clone()).collect(),
+            deriver: None,
+            ca: None,
+            url: String::new(),
+        }
+    }
+
+    #[test]
+    fn outputs_go_up_after_what_they_refer_to() {
+        // bin -> out -> lib (and self-references), listed by name.
+        let (bin, lib, o) = (out("bin"), out("lib"), out("out"));
+        let outputs = vec![bin.clone(), lib.clone(), o.clone()];
+        let v = vec![
+            verified(&bin, &[&bin, &o]),
+            verified(&lib, &[&lib]),
+            verified(&o, &[&lib, &o]),
+        ];
+        let order: Vec<&str> = dependency_order(&outputs, &v)
+            .unwrap()
+            .iter()
+            .map(|(o, _)| o.name.as_str())
+            .collect();
+        assert_eq!(order, ["lib", "out", "bin"]);
+        // A missing output is an upload failure, not a panic.
+        assert!(dependency_order(&outputs, &v[..1]).is_err());
+    }
+
+    #[test]
+    fn the_log_limit_cancels_once() {
+        let (mut l, _rx) = LogStream::new("d", 10);
+        assert!(!l.line("12345"));
+        assert!(l.line("67890"), "the line that passes the limit");
+        assert!(!l.line("more"), "reported once");
+        assert!(l.over);
     }
 }

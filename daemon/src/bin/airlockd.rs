@@ -115,12 +115,19 @@ async fn main() -> anyhow::Result<()> {
     let runner = runner(&cfg, backend, sink, run_as.as_ref(), journald).await?;
     info!(state_dir = %cfg.state_dir.display(), max_jobs = cfg.max_jobs, identity = %cfg.identity, "airlockd starting");
     let daemon = Scheduler::start(runner)?;
+    // Set on SIGTERM: the queue-runner session then ends with its tunnel
+    // (an administrator's drain only refuses new steps).
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(h) = &hydra {
         h.set_scheduler(daemon.clone());
         let session = airlock::hydra::session::Session::new(cfg.clone(), Arc::new(h.clone()));
-        let d2 = daemon.clone();
+        let stop = stopping.clone();
         info!(endpoint = %cfg.hydra.endpoint, version = %cfg.hydra.version, "joining the queue-runner");
-        tokio::spawn(async move { session.run(move || d2.is_draining()).await });
+        tokio::spawn(async move {
+            session
+                .run(move || stop.load(std::sync::atomic::Ordering::SeqCst))
+                .await
+        });
     }
     // Held for airlockd's lifetime: dropping it leaves the bus.
     let _dbus = front_ends(&cfg, &daemon, amqp.as_ref()).await?;
@@ -135,7 +142,8 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => info!("SIGTERM: draining"),
         _ = tokio::signal::ctrl_c() => info!("interrupted: draining"),
     }
-    drain(&cfg, &daemon, amqp.as_ref()).await;
+    stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    drain(&cfg, &daemon, amqp.as_ref(), hydra.as_ref()).await;
     Ok(())
 }
 
@@ -403,13 +411,28 @@ async fn front_ends(
 
 /// Graceful drain: take no new jobs, let running ones finish and report
 /// for `shutdown_grace_secs`, then leave the broker.
-async fn drain(cfg: &Config, daemon: &Arc<Scheduler>, amqp: Option<&Arc<Amqp>>) {
+async fn drain(
+    cfg: &Config,
+    daemon: &Arc<Scheduler>,
+    amqp: Option<&Arc<Amqp>>,
+    hydra: Option<&Arc<airlock::hydra_intake::HydraIntake>>,
+) {
     daemon.drain();
     airlock::systemd::notify(
         "STOPPING=1\nSTATUS=draining: running jobs finish, queued ones wait\n",
     );
     if let Some(a) = amqp {
         a.stop_consuming().await;
+    }
+    if hydra.is_some() {
+        // Queued steps would only wait out the grace: they are given back
+        // (PreparingFailure: the runner retries them elsewhere).
+        for r in daemon.runner.store.list().0 {
+            if r.source == airlock::job::Source::Hydra && r.state == airlock::job::JobState::Queued
+            {
+                let _ = daemon.cancel(&r.id);
+            }
+        }
     }
     let grace = Duration::from_secs(cfg.shutdown_grace_secs);
     let t0 = std::time::Instant::now();
@@ -420,7 +443,9 @@ async fn drain(cfg: &Config, daemon: &Arc<Scheduler>, amqp: Option<&Arc<Amqp>>) 
                     .as_ref()
                     .is_some_and(|o| o.report == airlock::job::ReportState::Pending)
         });
-        if daemon.running() == 0 && !unreported {
+        // A step's job can be done while its outputs still go up.
+        let steps = hydra.map_or(0, |h| h.steps());
+        if daemon.running() == 0 && !unreported && steps == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -31,6 +31,9 @@ pub enum Error {
 }
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// How long a unary call may take.
+const UNARY_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// The runner accepts and sends messages up to this size.
 pub const MAX_MESSAGE: usize = 50 << 20;
 
@@ -117,10 +120,17 @@ impl Client {
         let mut g = self.grpc(rpc).await?;
         let path = PathAndQuery::from_maybe_shared(format!("{SERVICE}{rpc}")).expect("a path");
         let codec = tonic_prost::ProstCodec::<Q, A>::default();
-        g.unary(self.request(msg), path, codec)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|status| Error::Rpc { rpc, status })
+        // A unary call that hangs (a half-dead connection) must not hold
+        // a step forever.
+        match tokio::time::timeout(UNARY_TIMEOUT, g.unary(self.request(msg), path, codec)).await {
+            Ok(r) => r
+                .map(tonic::Response::into_inner)
+                .map_err(|status| Error::Rpc { rpc, status }),
+            Err(_) => Err(Error::Rpc {
+                rpc,
+                status: Status::deadline_exceeded(format!("no answer in {UNARY_TIMEOUT:?}")),
+            }),
+        }
     }
 
     pub async fn check_version(&self, m: VersionCheckRequest) -> Result<VersionCheckResponse> {

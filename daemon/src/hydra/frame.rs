@@ -60,10 +60,11 @@ pub fn decompress(chunks: &[Vec<u8>], max: u64) -> Result<Vec<u8>> {
 /// Split a decompressed NAR stream by the header's sizes, each NAR checked
 /// against its header's SHA-256: `(base name, NAR)` in stream order.
 pub fn split_nars<'a>(infos: &[ValidPathInfo], data: &'a [u8]) -> Result<Vec<(String, &'a [u8])>> {
-    let want: u64 = infos
+    let want = infos
         .iter()
         .map(|i| i.info.as_ref().map_or(0, |i| i.nar_size))
-        .sum();
+        .try_fold(0u64, u64::checked_add)
+        .unwrap_or(u64::MAX);
     if want != data.len() as u64 {
         return Err(Error::Length {
             got: data.len() as u64,

@@ -40,6 +40,8 @@ pub trait Steps: Send + Sync + 'static {
     /// The tunnel ended: every running step is lost (the runner marks
     /// them aborted and retries them elsewhere).
     fn abort_all(&self);
+    /// A tunnel is joined as `machine_id` (until the next `abort_all`).
+    fn joined(&self, _machine_id: &str) {}
     /// Steps running now (for the pings' counts).
     fn running(&self) -> usize;
 }
@@ -153,6 +155,7 @@ impl Session {
                             want: machine_id.to_owned(),
                         });
                     }
+                    self.steps.joined(machine_id);
                     info!(
                         endpoint = %h.endpoint,
                         machine_id,

@@ -117,9 +117,10 @@ fn output(
                 .hash
                 .as_ref()
                 .ok_or_else(|| bad("a fixed output without a hash"))?;
-            if !env_path.starts_with(&format!("{store_dir}/")) {
-                return Err(bad("a fixed output whose path is not in the environment"));
-            }
+            let base = env_path
+                .strip_prefix(&format!("{store_dir}/"))
+                .ok_or_else(|| bad("a fixed output whose path is not in the environment"))?;
+            base_name(base)?;
             (
                 env_path.to_owned(),
                 method_algo(ca.method, h.algorithm)?,
