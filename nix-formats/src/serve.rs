@@ -43,16 +43,11 @@ pub const CMD_BUILD_DERIVATION: u64 = 8;
 const MAX_STRING: u64 = 64 << 20;
 const MAX_LIST: u64 = 1 << 20;
 
-/// One output of a BasicDerivation, as Nix writes it: input-addressed is
-/// (path, "", ""); fixed is (path, `r:sha256` or `sha256`, base16 hash);
-/// floating is ("", method:algo, ""); deferred is ("", "", "").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Output {
-    pub name: String,
-    pub path: String,
-    pub hash_algo: String,
-    pub hash: String,
-}
+/// One output of a BasicDerivation: the same four strings as a `.drv`
+/// file's output (input-addressed (path, "", ""); fixed (path,
+/// `r:sha256` or `sha256`, base16 hash); floating ("", method:algo, "");
+/// deferred ("", "", "")).
+pub use crate::drv::Output;
 
 /// A derivation whose inputs are all store paths (no input derivations).
 /// Strings are bytes, as in Nix.

@@ -11,8 +11,7 @@
 use std::time::{Duration, Instant};
 
 use airlock::hydra::proto::{self, runner_request};
-use airlock_e2e::hydra_runner::{own_step, FakeRunner, Held};
-use sha2::Digest;
+use airlock_e2e::hydra_runner::{own_step, FakeRunner};
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -36,25 +35,7 @@ fn main() {
         exec: false,
         data: &[b'x'; 64 << 10],
     });
-    {
-        let mut st = runner.state.lock().unwrap();
-        st.store.insert(
-            input.into(),
-            Held {
-                info: proto::ValidPathInfo {
-                    path: Some(proto::StorePath::new(input)),
-                    info: Some(proto::UnkeyedValidPathInfo {
-                        nar_hash: Some(proto::Hash::sha256(sha2::Sha256::digest(&nar).into())),
-                        nar_size: nar.len() as u64,
-                        store_dir: "/nix/store".into(),
-                        ..Default::default()
-                    }),
-                },
-                nar,
-            },
-        );
-        st.order.push(input.into());
-    }
+    runner.hold(input, &nar);
     let keydir = tempfile::tempdir().unwrap();
     let (sk, _) = airlock_e2e::github::gen_key(keydir.path(), "airlock-cache-1");
     let mut d = airlock_e2e::Daemon::builder()

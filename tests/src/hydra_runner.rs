@@ -156,6 +156,29 @@ impl FakeRunner {
             .push((rpc.to_owned(), json));
     }
 
+    /// Hold `nar` as the store path `base` in `/nix/store` (no references),
+    /// last in dependency order.
+    pub fn hold(&self, base: &str, nar: &[u8]) {
+        use sha2::Digest;
+        let mut st = self.state.lock().unwrap();
+        st.store.insert(
+            base.into(),
+            Held {
+                info: ValidPathInfo {
+                    path: Some(StorePath::new(base)),
+                    info: Some(UnkeyedValidPathInfo {
+                        nar_hash: Some(Hash::sha256(sha2::Sha256::digest(nar).into())),
+                        nar_size: nar.len() as u64,
+                        store_dir: "/nix/store".into(),
+                        ..Default::default()
+                    }),
+                },
+                nar: nar.to_vec(),
+            },
+        );
+        st.order.push(base.into());
+    }
+
     /// Send a message on machine `m`'s tunnel; false if it is gone.
     pub fn send(&self, m: &str, msg: runner_request::Message) -> bool {
         let st = self.state.lock().unwrap();

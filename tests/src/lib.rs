@@ -518,6 +518,20 @@ pub fn fixture_repo(parent: &Path, extra: &[(&str, Vec<u8>)]) -> (PathBuf, Strin
     (repo, head)
 }
 
+/// How the tests' host Nix builds: sandboxed, with the busybox the guest's
+/// sandbox also maps to `/bin/sh`, substituting nothing.
+pub const HOST_NIX_OPTIONS: &[&str] = &[
+    "--option",
+    "sandbox",
+    "true",
+    "--option",
+    "sandbox-paths",
+    "/bin/sh=/bin/busybox",
+    "--option",
+    "substituters",
+    "",
+];
+
 /// Build an attr of the fixture set on the host with Nix, into a private
 /// store under `store` (a chroot store: paths are `/nix/store/…`, files live
 /// under `store/nix/store/…`). Tests never touch the host's own Nix database.
@@ -528,19 +542,8 @@ pub fn host_build(store: &Path, repo: &Path, attr: &str) -> Vec<String> {
         .current_dir(repo)
         .args(["--store", st, "--no-out-link"])
         .env("XDG_CACHE_HOME", store.join("xdg-cache"))
-        .args([
-            "--option",
-            "sandbox",
-            "true",
-            "--option",
-            "sandbox-paths",
-            "/bin/sh=/bin/busybox",
-            "--option",
-            "substituters",
-            "",
-            "-A",
-            attr,
-        ])
+        .args(HOST_NIX_OPTIONS)
+        .args(["-A", attr])
         .output()
         .expect("nix-build");
     assert!(

@@ -51,14 +51,7 @@ impl Runner {
             },
             build_timeout_secs: self.cfg.limits.build_timeout_secs,
             max_silent_secs: self.cfg.limits.max_silent_secs,
-            dns: self
-                .cfg
-                .network
-                .policy
-                .dns
-                .iter()
-                .map(|d| d.to_string())
-                .collect(),
+            dns: self.guest_dns(),
             substituter: self
                 .substituter
                 .as_ref()
@@ -75,16 +68,28 @@ impl Runner {
                 .map(|r| r.paths.iter().map(|p| p.path.clone()).collect()),
             step: None,
         };
+        self.finish_disks(paths, &stage, &gj).await
+    }
+
+    /// The rest of every job's disks: `job.json` and the agent into the
+    /// staged tree, the input disk made from it (the tree then goes), an
+    /// empty `/nix` and the export area.
+    pub(super) async fn finish_disks(
+        &self,
+        paths: &JobPaths,
+        stage: &std::path::Path,
+        gj: &GuestJob,
+    ) -> Result<(), String> {
         std::fs::write(
             stage.join("job.json"),
-            serde_json::to_vec_pretty(&gj).expect("serialises"),
+            serde_json::to_vec_pretty(gj).expect("serialises"),
         )
         .map_err(|e| format!("write job.json: {e}"))?;
-        self.stage_agent(&stage)?;
-        input::tree_disk(&paths.input_img(), &stage, "airlock-in")
+        self.stage_agent(stage)?;
+        input::tree_disk(&paths.input_img(), stage, "airlock-in")
             .await
             .map_err(|e| e.to_string())?;
-        let _ = std::fs::remove_dir_all(&stage);
+        let _ = std::fs::remove_dir_all(stage);
         mkfs(
             &paths.nix_img(),
             "airlock-nix",
@@ -95,8 +100,19 @@ impl Runner {
         sparse_file(&paths.export_img(), self.cfg.vm.export_disk_mib)
     }
 
+    /// The resolvers the fetch phase's guest uses.
+    pub(super) fn guest_dns(&self) -> Vec<String> {
+        self.cfg
+            .network
+            .policy
+            .dns
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
+    }
+
     /// The guest agent, executable, in the input disk's tree.
-    pub(super) fn stage_agent(&self, stage: &std::path::Path) -> Result<(), String> {
+    fn stage_agent(&self, stage: &std::path::Path) -> Result<(), String> {
         let agent = self.cfg.agent_path();
         let staged = stage.join("airlock-agent");
         std::fs::copy(&agent, &staged)

@@ -10,9 +10,8 @@ use std::collections::BTreeSet;
 
 use tracing::{info, warn};
 
-use super::{end_with_error, result, JobEnd, Runner, Step};
+use super::{end_with_error, JobEnd, Runner, Step};
 use crate::error::chain as error_chain;
-use crate::input::{self, mkfs, sparse_file};
 use crate::job::{HydraOrigin, JobPaths, JobRecord, JobResult, JobState};
 use crate::ofborg::BuildStatus;
 use crate::vm::VmExit;
@@ -118,14 +117,7 @@ impl Runner {
             nix_file: String::new(),
             build_timeout_secs: self.cfg.limits.build_timeout_secs,
             max_silent_secs: self.cfg.limits.max_silent_secs,
-            dns: self
-                .cfg
-                .network
-                .policy
-                .dns
-                .iter()
-                .map(|d| d.to_string())
-                .collect(),
+            dns: self.guest_dns(),
             substituter: None,
             review: None,
             refetch: None,
@@ -135,25 +127,8 @@ impl Runner {
                 inputs,
             }),
         };
-        std::fs::write(
-            stage.join("job.json"),
-            serde_json::to_vec_pretty(&gj).expect("serialises"),
-        )
-        .map_err(|e| format!("write job.json: {e}"))?;
-        self.stage_agent(&stage)?;
-        input::tree_disk(&paths.input_img(), &stage, "airlock-in")
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = std::fs::remove_dir_all(&stage);
         info!(job_id = %rec.id, inputs = origin.inputs.len(), "step staged");
-        mkfs(
-            &paths.nix_img(),
-            "airlock-nix",
-            self.cfg.vm.nix_disk_mib,
-            None,
-        )
-        .await?;
-        sparse_file(&paths.export_img(), self.cfg.vm.export_disk_mib)
+        self.finish_disks(paths, &stage, &gj).await
     }
 
     /// The step's export, verified as quarantine verifies any export (the
@@ -219,9 +194,4 @@ impl Runner {
         }
         res
     }
-}
-
-/// A step that could not even start.
-pub fn failed(err: String) -> JobResult {
-    result(BuildStatus::UnexpectedError { err }, vec![])
 }

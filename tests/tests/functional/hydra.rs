@@ -212,15 +212,7 @@ fn serve_build(
     use std::process::{Command, Stdio};
     let mut child = Command::new("nix-store")
         .args(["--store", store.to_str().unwrap(), "--serve", "--write"])
-        .args([
-            "--option",
-            "sandbox",
-            "true",
-            "--option",
-            "sandbox-paths",
-            "/bin/sh=/bin/busybox",
-        ])
-        .args(["--option", "substituters", ""])
+        .args(airlock_e2e::HOST_NIX_OPTIONS)
         .env("XDG_CACHE_HOME", store.join("xdg-cache"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -331,7 +323,6 @@ fn step_messages(
 
 #[test]
 fn hydra_steps_build_in_vms_upload_fail_abort_and_rejoin() {
-    use sha2::Digest;
     let test = "hydra_steps_build_in_vms_upload_fail_abort_and_rejoin";
     if !airlock_e2e::prerequisites(test) {
         return;
@@ -345,27 +336,7 @@ fn hydra_steps_build_in_vms_upload_fail_abort_and_rejoin() {
         exec: false,
         data: b"airlock input\n",
     });
-    {
-        let mut st = runner.state.lock().unwrap();
-        st.store.insert(
-            input.into(),
-            airlock_e2e::hydra_runner::Held {
-                info: proto::ValidPathInfo {
-                    path: Some(proto::StorePath::new(input)),
-                    info: Some(proto::UnkeyedValidPathInfo {
-                        nar_hash: Some(proto::Hash::sha256(
-                            sha2::Sha256::digest(&input_nar).into(),
-                        )),
-                        nar_size: input_nar.len() as u64,
-                        store_dir: "/nix/store".into(),
-                        ..Default::default()
-                    }),
-                },
-                nar: input_nar.clone(),
-            },
-        );
-        st.order.push(input.into());
-    }
+    runner.hold(input, &input_nar);
     let keydir = tempfile::tempdir().unwrap();
     let (sk, _pk) = airlock_e2e::github::gen_key(keydir.path(), "airlock-cache-1");
     let mut d = airlock_e2e::Daemon::builder()
