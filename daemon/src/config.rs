@@ -150,6 +150,12 @@ pub struct ReviewConfig {
     pub base_for: std::collections::BTreeMap<String, String>,
     /// Changed attrs never built (reported as `blacklisted`).
     pub skip_attrs: Vec<String>,
+    /// GitHub logins whose point releases get a merge verdict
+    /// (`report.json` `automerge`); airlock never merges.
+    pub bot_authors: Vec<String>,
+    /// Post a GitHub check run per (PR head, builder) for each review
+    /// (needs `[github]` credentials that may write checks: a GitHub App).
+    pub check_runs: bool,
 }
 
 impl Default for ReviewConfig {
@@ -158,6 +164,8 @@ impl Default for ReviewConfig {
             max_build: 100,
             base_for: Default::default(),
             skip_attrs: vec![],
+            bot_authors: vec!["r-ryantm".into()],
+            check_runs: true,
         }
     }
 }
@@ -168,6 +176,9 @@ impl Default for ReviewConfig {
 pub struct WebConfig {
     /// `ADDRESS:PORT` to serve it on; unset (the default): not served.
     pub listen: Option<String>,
+    /// Where readers reach the page (`https://airlock.example.org`, behind
+    /// the proxy): check runs link `<public_url>/jobs/<id>`. Unset: no link.
+    pub public_url: Option<String>,
 }
 
 /// Who contributes this builder's compute: named in every posted result
@@ -495,6 +506,12 @@ pub struct GithubConfig {
     /// job's `repo.full_name`. A BuildJob whose own `clone_url` differs is
     /// refused (dead-lettered): the URL is never taken from the message.
     pub clone_url: String,
+    /// A GitHub App (issue 32; only an App may write check runs): its id,
+    /// its private key (PEM) and the installation on the repositories.
+    /// All three or none; with them, `token_file` is not used.
+    pub app_id: Option<u64>,
+    pub app_key_file: Option<PathBuf>,
+    pub installation_id: Option<u64>,
 }
 
 impl GithubConfig {
@@ -526,6 +543,9 @@ impl Default for GithubConfig {
             webhook_listen: None,
             webhook_secret_file: None,
             clone_url: "https://github.com/{full_name}.git".into(),
+            app_id: None,
+            app_key_file: None,
+            installation_id: None,
         }
     }
 }
@@ -1130,6 +1150,24 @@ impl Config {
     }
 
     pub fn check(&self) -> Result<()> {
+        let g = &self.github;
+        let app = [
+            g.app_id.is_some(),
+            g.app_key_file.is_some(),
+            g.installation_id.is_some(),
+        ];
+        if app.iter().any(|x| *x) && !app.iter().all(|x| *x) {
+            return Err(Error::Invalid(
+                "a GitHub App needs all of github.app_id, github.app_key_file and github.installation_id".into(),
+            ));
+        }
+        if let Some(u) = &self.web.public_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                return Err(Error::Invalid(format!(
+                    "web.public_url {u:?} is not an http:// or https:// URL"
+                )));
+            }
+        }
         if self.github.webhook_listen.is_some() && self.github.webhook_secret_file.is_none() {
             return Err(Error::Invalid(
                 "github.webhook_listen needs github.webhook_secret_file".into(),

@@ -994,6 +994,11 @@ impl LogSink for HydraSink {
 pub struct Sinks(pub Vec<Arc<dyn LogSink>>);
 
 impl LogSink for Sinks {
+    fn queued(&self, rec: &JobRecord) {
+        for s in &self.0 {
+            s.queued(rec);
+        }
+    }
     fn started(&self, rec: &JobRecord, attempted: &[String], skipped: &[String]) {
         for s in &self.0 {
             s.started(rec, attempted, skipped);

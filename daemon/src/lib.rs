@@ -21,6 +21,7 @@
 pub mod amqp;
 pub mod attest;
 pub mod checkout;
+pub mod checks;
 pub mod child;
 pub mod config;
 pub mod control;
@@ -33,6 +34,7 @@ pub mod hydra_intake;
 pub mod input;
 pub mod job;
 pub mod journal;
+pub mod nixpkgs_ci;
 pub mod ofborg;
 pub mod quarantine;
 pub mod release;

@@ -79,6 +79,11 @@ pub struct ReviewRequest {
     /// Evaluate and diff, build nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub eval_only: bool,
+    /// nixpkgs CI's `changed-paths.json` (issue 32): its rebuild list for
+    /// this builder's system is the rebuild list (`rebuild` then unused);
+    /// the base is not evaluated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci_comparison: Option<crate::nixpkgs_ci::ChangedPaths>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -87,6 +92,8 @@ pub enum Error {
     BadSha(String),
     #[error("attribute path {0:?} is not allowed")]
     BadAttr(String),
+    #[error("airlock_review.ci_comparison: {0}")]
+    BadComparison(String),
     #[error("target branch {0:?} is not a valid branch name")]
     BadBranch(String),
 }
@@ -116,6 +123,13 @@ impl BuildJob {
         }
         if let Some(b) = self.airlock_review.as_ref().and_then(|r| r.base.as_deref()) {
             check_branch(b)?;
+        }
+        if let Some(c) = self
+            .airlock_review
+            .as_ref()
+            .and_then(|r| r.ci_comparison.as_ref())
+        {
+            c.check().map_err(|e| Error::BadComparison(e.to_string()))?;
         }
         check_branch(self.target_branch())
     }

@@ -242,6 +242,7 @@ impl Scheduler {
         self.queue
             .send(rec.id.clone())
             .map_err(|_| ApiError::Stopped)?;
+        self.runner.sink.queued(&rec);
         if let Some(r) = self.release.get().filter(|_| rec.source != Source::Hydra) {
             // Date the PR's head now, not when the build is done: a label
             // added during the build then counts even without webhooks.

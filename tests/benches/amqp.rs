@@ -83,6 +83,7 @@ fn noop_builder(dir: &std::path::Path, url: &str, i: usize) -> (Arc<Amqp>, Arc<S
     let (amqp, sink) = Amqp::new(cfg.clone());
     let store = JobStore::new(cfg.jobs_dir());
     let runner = Arc::new(Runner {
+        github: None,
         supervisor: airlock::supervise::Supervisor::plain(),
         journal: None,
         cfg: cfg.clone(),

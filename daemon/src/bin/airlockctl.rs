@@ -120,6 +120,11 @@ enum Cmd {
         /// Evaluate and diff only; build nothing.
         #[arg(long)]
         eval_only: bool,
+        /// nixpkgs CI's comparison (`changed-paths.json` of the PR's
+        /// `comparison` artifact): its rebuilds for the builder's system
+        /// are the rebuild list; the base is not evaluated.
+        #[arg(long, value_name = "FILE")]
+        ci_comparison: Option<std::path::PathBuf>,
     },
     /// List jobs.
     Jobs,
@@ -558,7 +563,20 @@ async fn main() -> anyhow::Result<()> {
             attrs_file,
             rebuild,
             eval_only,
+            ci_comparison,
         } => {
+            let ci_comparison = ci_comparison
+                .map(|f| -> anyhow::Result<_> {
+                    let b =
+                        std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+                    airlock::nixpkgs_ci::ChangedPaths::parse(&b).with_context(|| {
+                        format!("{} is not nixpkgs CI's changed-paths.json", f.display())
+                    })
+                })
+                .transpose()?;
+            if ci_comparison.is_some() && !rebuild.is_empty() {
+                anyhow::bail!("--ci-comparison and --rebuild both give the rebuild list: use one");
+            }
             if let Some(f) = attrs_file {
                 let list: Vec<String> = serde_json::from_slice(
                     &std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
@@ -571,6 +589,7 @@ async fn main() -> anyhow::Result<()> {
                 attrs: (!attrs.is_empty()).then_some(attrs),
                 rebuild: (!rebuild.is_empty()).then_some(rebuild),
                 eval_only,
+                ci_comparison,
             };
             submit(&api, pr.job(vec![], Some(review))?, json).await?;
         }

@@ -112,7 +112,20 @@ async fn main() -> anyhow::Result<()> {
         ])),
         None => sink,
     };
-    let runner = runner(&cfg, backend, sink, run_as.as_ref(), journald).await?;
+    // GitHub with credentials (issue 32): the review's merge verdict reads
+    // the PR; with `review.check_runs`, each review posts a check run.
+    let github = airlock::checks::client(&cfg)
+        .map_err(|e| anyhow::anyhow!("{}", airlock::error::chain(&e)))
+        .context("cannot set up GitHub access ([github] token_file or app_*)")?
+        .map(Arc::new);
+    let sink: Arc<dyn LogSink> = match &github {
+        Some(gh) if cfg.review.check_runs => Arc::new(airlock::hydra_intake::Sinks(vec![
+            sink,
+            airlock::checks::Checks::start(gh.clone(), cfg.clone()),
+        ])),
+        _ => sink,
+    };
+    let runner = runner(&cfg, backend, sink, run_as.as_ref(), journald, github).await?;
     info!(state_dir = %cfg.state_dir.display(), max_jobs = cfg.max_jobs, identity = %cfg.identity, "airlockd starting");
     let daemon = Scheduler::start(runner)?;
     // Set on SIGTERM: the queue-runner session then ends with its tunnel
@@ -307,6 +320,7 @@ async fn runner(
     sink: Arc<dyn LogSink>,
     run_as: Option<&RunAs>,
     journald: bool,
+    github: Option<Arc<airlock::release::github::GitHub>>,
 ) -> anyhow::Result<Arc<Runner>> {
     let network = if cfg.network.enabled {
         let mut n = airlock_network_policy::Network::init(cfg.network.policy.clone())
@@ -353,6 +367,7 @@ async fn runner(
         "attestations signed with this identity key"
     );
     Ok(Arc::new(Runner {
+        github,
         attestor: Some(Arc::new(attestor)),
         kernel: Arc::new(kernel),
         supervisor,

@@ -94,6 +94,9 @@ pub struct Activity {
 pub struct Pull {
     pub number: u64,
     pub state: String,
+    /// Who opened it (absent in a malformed answer).
+    #[serde(default)]
+    pub user: Option<User>,
     pub head: PullHead,
     /// The branch the PR targets (absent in a malformed answer: release
     /// then holds).
@@ -189,6 +192,90 @@ impl GitHub {
             permissions: Mutex::new(HashMap::new()),
             stats: Stats::default(),
         })
+    }
+
+    /// As a GitHub App's installation (issue 32: only an App may write
+    /// check runs): a JWT signed with the App's private key (RS256) buys
+    /// installation tokens, renewed before they expire (octocrab's).
+    pub fn new_app(
+        api_url: &str,
+        app_id: u64,
+        private_key_pem: &[u8],
+        installation_id: u64,
+    ) -> Result<GitHub> {
+        let base: http::Uri = api_url
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|e| Error::Client(format!("bad github.api_url {api_url:?}: {e}")))?;
+        let key = octocrab::EncodingKey::from_rsa_pem(private_key_pem).map_err(|e| {
+            Error::Client(format!(
+                "github.app_key_file is not an RSA private key (PEM): {e}"
+            ))
+        })?;
+        let app = Octocrab::builder()
+            .base_uri(base.clone())
+            .map_err(|e| Error::Client(e.to_string()))?
+            .set_connect_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .app(octocrab::models::AppId(app_id), key)
+            .build()
+            .map_err(|e| Error::Client(e.to_string()))?;
+        let octo = app
+            .installation(octocrab::models::InstallationId(installation_id))
+            .map_err(|e| Error::Client(e.to_string()))?;
+        Ok(GitHub {
+            octo,
+            base,
+            authenticated: true,
+            etags: Mutex::new(HashMap::new()),
+            blocked_until: Mutex::new(None),
+            permissions: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+        })
+    }
+
+    /// `POST` or `PATCH` a JSON body to `path` (under the API URL); the
+    /// answer's JSON. Rate limits are noted as for reads.
+    pub async fn write(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        if let Some(until) = *self.blocked_until.lock().expect("lock") {
+            if now() < until {
+                return Err(Error::RateLimited(until));
+            }
+        }
+        let url = self.url(path);
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let what = format!("{method} {url}");
+        let resp = if method == http::Method::PATCH {
+            self.octo._patch(url.as_str(), Some(body)).await
+        } else {
+            self.octo._post(url.as_str(), Some(body)).await
+        }
+        .map_err(|e| Error::Client(format!("{what}: {e}")))?;
+        let status = resp.status();
+        self.note_rate_limit(&resp.headers().clone(), status);
+        let text = self
+            .octo
+            .body_to_string(resp)
+            .await
+            .map_err(|e| Error::Client(format!("{what}: {e}")))?;
+        if !status.is_success() {
+            let mut b = text;
+            b.truncate(300);
+            return Err(Error::Status(what, status.as_u16(), b));
+        }
+        Self::parse(&what, text.as_bytes())
+    }
+
+    /// A GET's JSON, unconditional (a list that must be current).
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        let url = self.url(path);
+        let p = self.get_inner(&url, false).await?;
+        Self::parse(&url, &p.body)
     }
 
     pub fn authenticated(&self) -> bool {

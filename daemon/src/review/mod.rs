@@ -6,6 +6,7 @@
 //! [`ReviewOutcome`] and the host's verified export into the report.
 
 pub mod report;
+pub mod verdict;
 
 pub use airlock_wire::review::*;
 
@@ -41,10 +42,13 @@ impl<'a> Review<'a> {
 
     /// What the guest is asked to do (`seed`: the merged commit, which
     /// picks a mass rebuild's sample).
-    pub fn guest(&self, seed: &str) -> GuestReview {
+    pub fn guest(&self, seed: &str, system: &str) -> GuestReview {
         GuestReview {
             attrs: self.req.attrs.clone(),
-            rebuild: self.req.rebuild.clone(),
+            rebuild: match &self.req.ci_comparison {
+                Some(c) => Some(c.rebuilds(system)),
+                None => self.req.rebuild.clone(),
+            },
             max_build: self.cfg.max_build,
             seed: seed.to_owned(),
             eval_only: self.req.eval_only,
@@ -76,6 +80,8 @@ pub struct ReportInput {
     pub quarantine: Option<PathBuf>,
     pub paths: JobPaths,
     pub outcome: ReviewOutcome,
+    /// The PR as GitHub shows it now, for the merge verdict.
+    pub pr_now: Option<verdict::PrNow>,
 }
 
 /// Build the report, write `report.json` and `report.md` (unless `late`
@@ -139,8 +145,23 @@ pub fn write_report(i: &ReportInput, late: &AtomicBool) -> Vec<String> {
             references: &references,
             artifacts,
             attestations: job_attestations(&i.paths),
+            bot_authors: &cfg.review.bot_authors,
+            pr_now: i.pr_now.as_ref(),
         },
     );
+    let mut r = r;
+    if let Some(c) = rec
+        .job
+        .airlock_review
+        .as_ref()
+        .and_then(|q| q.ci_comparison.as_ref())
+    {
+        r.rebuild.source = format!(
+            "nixpkgs CI's changed-paths.json (rebuildsByPlatform.{}); the base was not evaluated",
+            cfg.system
+        );
+        r.rebuild.removed = c.attrdiff.removed.clone();
+    }
     let json = serde_json::to_vec_pretty(&r).expect("serialises");
     let md = report::markdown(&r);
     if late.load(Ordering::SeqCst) {

@@ -50,6 +50,10 @@ pub struct Context<'a> {
     pub artifacts: Vec<Artifact>,
     /// This builder's signed attestations of the job's outputs.
     pub attestations: Vec<crate::attest::Attestation>,
+    /// `review.bot_authors`: whose point releases may get a merge verdict.
+    pub bot_authors: &'a [String],
+    /// The PR as GitHub shows it now (author, head), if GitHub is configured.
+    pub pr_now: Option<&'a super::verdict::PrNow>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,16 +85,57 @@ pub struct Artifact {
     pub offset: u64,
 }
 
-/// nixpkgs-review's per-system categories.
+/// nixpkgs-review's per-system categories. In `report.json` each entry is
+/// nixpkgs-review 4.0's `{name, aliases}` object; older reports' plain
+/// names are read too. `failed` holds only the PR's own failures (see
+/// [`Report::failures`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Categories {
+    #[serde(with = "packages")]
     pub blacklisted: Vec<String>,
+    #[serde(with = "packages")]
     pub broken: Vec<String>,
+    #[serde(with = "packages")]
     pub built: Vec<String>,
+    #[serde(with = "packages")]
     pub failed: Vec<String>,
-    #[serde(rename = "non-existent")]
+    #[serde(rename = "non-existent", with = "packages")]
     pub non_existent: Vec<String>,
+    #[serde(with = "packages")]
     pub tests: Vec<String>,
+}
+
+/// A category's entries as nixpkgs-review 4.0 writes them:
+/// `[{"name": "hello", "aliases": []}]`; plain strings are read as well.
+pub mod packages {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Object {
+            name: String,
+            #[serde(default)]
+            aliases: Vec<String>,
+        },
+        Name(String),
+    }
+
+    pub fn serialize<S: Serializer>(v: &[String], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|n| Entry::Object {
+            name: n.clone(),
+            aliases: vec![],
+        }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Ok(Vec::<Entry>::deserialize(d)?
+            .into_iter()
+            .map(|e| match e {
+                Entry::Object { name, .. } | Entry::Name(name) => name,
+            })
+            .collect())
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,12 +208,54 @@ pub struct RebuildInfo {
     pub build: Vec<String>,
 }
 
+/// `report.json`. Its first keys are nixpkgs-review 4.0's (docs/review.md
+/// has the shape, key by key); airlock's own follow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
+    /// nixpkgs-review: the systems of `result`.
+    #[serde(default)]
+    pub systems: Vec<String>,
     pub pr: u64,
+    /// nixpkgs-review: the commit reviewed (the PR's head).
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// nixpkgs-review: `merge` (the head merged onto the base, as here).
+    #[serde(default)]
+    pub checkout: String,
+    #[serde(default, rename = "extra-nixpkgs-config")]
+    pub extra_nixpkgs_config: Option<String>,
+    /// nixpkgs-review's package filters: the request's attr list
+    /// (`only_packages`) and `review.skip_attrs` (`skip_packages`).
+    #[serde(default)]
+    pub only_packages: Vec<String>,
+    #[serde(default)]
+    pub additional_packages: Vec<String>,
+    #[serde(default)]
+    pub package_regex: Vec<String>,
+    #[serde(default)]
+    pub skip_packages: Vec<String>,
+    #[serde(default)]
+    pub skip_packages_regex: Vec<String>,
+    /// nixpkgs-review 4.0: the packages reviewed per system (the rebuild
+    /// set), `{name, aliases}` entries.
+    #[serde(default)]
+    pub pkgs: BTreeMap<String, Pkgs>,
     pub system: String,
     /// nixpkgs-review's shape: `result.<system>.{built,failed,…}`.
     pub result: BTreeMap<String, Categories>,
+    /// The failures sorted out: new, failing on the base too, unsupported
+    /// here. Only `new` are in `result.<system>.failed`.
+    #[serde(default)]
+    pub failures: super::verdict::Failures,
+    /// What the VM saw building each failed attr's base version.
+    #[serde(default)]
+    pub base_checks: BTreeMap<String, String>,
+    /// The last lines of each failure's build log (the VM's).
+    #[serde(default)]
+    pub failure_logs: BTreeMap<String, Vec<String>>,
+    /// The merge verdict for a bot's point release.
+    #[serde(default)]
+    pub automerge: super::verdict::Automerge,
     pub rebuild: RebuildInfo,
     /// Changed attrs that were not built, with the reason (evaluation
     /// only, needs KVM).
@@ -189,6 +276,10 @@ pub struct Report {
     #[serde(default)]
     pub attestations: Vec<crate::attest::Attestation>,
 }
+
+/// `pkgs.<system>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pkgs(#[serde(with = "packages")] pub Vec<String>);
 
 impl Report {
     pub fn categories(&self) -> &Categories {
@@ -296,6 +387,21 @@ pub fn bounded(o: &ReviewOutcome) -> ReviewOutcome {
                 runtime_closure: closure(&t.runtime_closure),
             })
             .collect(),
+        base_checks: o
+            .base_checks
+            .iter()
+            .filter(|(a, _)| name_ok(a))
+            .take(MAX_ATTRS)
+            .map(|(a, b)| {
+                let mut b = b.clone();
+                b.result = match &b.result {
+                    super::BaseResult::FailedOnBase(w) => super::BaseResult::FailedOnBase(cut(w)),
+                    super::BaseResult::NotChecked(w) => super::BaseResult::NotChecked(cut(w)),
+                    r => r.clone(),
+                };
+                (a.clone(), b)
+            })
+            .collect(),
         ..o.clone()
     }
 }
@@ -332,10 +438,45 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
         skipped_attrs,
         skipped_tests,
         passed,
+        guest_failed,
     } = sort_outcomes(o, &ctx);
     broken_and_missing(o, &ctx, &mut c);
     let (rebuild, rebuild_source, rebuild_note) = host_rebuild_set(o, &ctx);
     let evidence = evidence_map(o, &ctx, &c, &rebuild, &passed);
+    // Only what the guest itself said failed can fail on the base too.
+    let checks: BTreeMap<String, super::BaseCheck> = o
+        .base_checks
+        .iter()
+        .filter(|(a, _)| guest_failed.contains(*a))
+        .map(|(a, b)| (a.clone(), b.clone()))
+        .collect();
+    let skipped: Vec<&SkippedTest> = skipped_attrs.iter().chain(&skipped_tests).collect();
+    let failures = super::verdict::classify(&c.failed, &checks, &skipped);
+    c.failed = failures.new.clone();
+    let automerge = super::verdict::automerge(super::verdict::AutomergeInput {
+        bot_authors: ctx.bot_authors,
+        pr: ctx.pr_now,
+        reviewed_head: ctx.head,
+        changed: &rebuild.changed,
+        mass_rebuild: rebuild.mass_rebuild,
+        built: &c.built,
+        failures: &failures,
+        exercised: &evidence.by_package,
+        versions: super::verdict::version_changes(&rebuild.changed, &o.base, &o.merged),
+    });
+    let failure_logs = o
+        .failure_logs
+        .iter()
+        .filter(|(a, _)| guest_failed.contains(*a) && name_ok(a))
+        .take(MAX_LOGS)
+        .map(|(a, lines)| {
+            let tail = lines.len().saturating_sub(super::LOG_TAIL_LINES);
+            (
+                a.clone(),
+                lines[tail..].iter().map(|l| cut_line(l)).collect(),
+            )
+        })
+        .collect();
     let RebuildSet {
         changed,
         removed,
@@ -343,9 +484,26 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
         build,
     } = rebuild;
     Report {
+        systems: vec![ctx.system.to_owned()],
         pr: ctx.pr,
+        commit: Some(ctx.head.to_owned()),
+        checkout: "merge".into(),
+        extra_nixpkgs_config: None,
+        only_packages: ctx.requested.map(<[String]>::to_vec).unwrap_or_default(),
+        additional_packages: vec![],
+        package_regex: vec![],
+        skip_packages: ctx.skip.to_vec(),
+        skip_packages_regex: vec![],
+        pkgs: BTreeMap::from([(ctx.system.to_owned(), Pkgs(changed.clone()))]),
         system: ctx.system.to_owned(),
         result: BTreeMap::from([(ctx.system.to_owned(), c)]),
+        failures,
+        base_checks: checks
+            .iter()
+            .map(|(a, b)| (a.clone(), super::verdict::base_note(b)))
+            .collect(),
+        failure_logs,
+        automerge,
         rebuild: RebuildInfo {
             source: rebuild_source,
             note: rebuild_note,
@@ -394,6 +552,30 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
     }
 }
 
+/// Most failure logs a report keeps, and the longest line of one.
+pub const MAX_LOGS: usize = 1000;
+pub const MAX_LOG_LINE: usize = 300;
+
+/// A log line as the report keeps it: control characters (colour codes
+/// included) replaced, cut at [`MAX_LOG_LINE`].
+fn cut_line(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .take(MAX_LOG_LINE)
+        .collect();
+    if s.chars().count() > MAX_LOG_LINE {
+        out.push('\u{2026}');
+    }
+    out
+}
+
 /// The attrs and tests of an outcome in their report categories.
 struct Sorted {
     c: Categories,
@@ -401,6 +583,8 @@ struct Sorted {
     skipped_tests: Vec<SkippedTest>,
     /// Tests whose outputs are verified and their own.
     passed: BTreeSet<String>,
+    /// What the guest itself reported failed.
+    guest_failed: BTreeSet<String>,
 }
 
 /// Built only when every output is a path the host verified; a test
@@ -449,6 +633,18 @@ fn sort_outcomes(o: &ReviewOutcome, ctx: &Context<'_>) -> Sorted {
     }
     let mut skipped_tests = Vec::new();
     let mut passed = BTreeSet::new();
+    let guest_failed = o
+        .attrs
+        .iter()
+        .filter(|a| a.outcome == Outcome::Failed)
+        .map(|a| a.attr.clone())
+        .chain(
+            o.tests
+                .iter()
+                .filter(|t| t.outcome == Outcome::Failed)
+                .map(|t| t.attr.clone()),
+        )
+        .collect();
     for t in &o.tests {
         match &t.outcome {
             Outcome::Built if verified(&t.outputs) && own_outputs(t) => {
@@ -474,6 +670,7 @@ fn sort_outcomes(o: &ReviewOutcome, ctx: &Context<'_>) -> Sorted {
         skipped_attrs,
         skipped_tests,
         passed,
+        guest_failed,
     }
 }
 
@@ -691,8 +888,44 @@ fn clean(s: &str, out: &mut String, each: impl Fn(char, &mut String)) {
     }
 }
 
+/// GitHub's limit on a comment's (and a check run's output's) length, in
+/// characters.
+pub const MAX_COMMENT_CHARS: usize = 65_536;
+
+/// How much of each list a rendering shows.
+#[derive(Debug, Clone, Copy)]
+struct Lim {
+    /// Entries per list (sections, evidence rows, artifacts, attestations).
+    items: usize,
+    /// Failure logs shown.
+    logs: usize,
+}
+
+/// Tried in order until the comment fits.
+const LIMS: [Lim; 7] = [
+    Lim {
+        items: usize::MAX,
+        logs: usize::MAX,
+    },
+    Lim {
+        items: usize::MAX,
+        logs: 50,
+    },
+    Lim {
+        items: 500,
+        logs: 20,
+    },
+    Lim {
+        items: 100,
+        logs: 10,
+    },
+    Lim { items: 25, logs: 3 },
+    Lim { items: 5, logs: 1 },
+    Lim { items: 0, logs: 0 },
+];
+
 /// `what` is "noun rest": "package built" → "2 packages built".
-fn section(md: &mut String, icon: &str, what: &str, items: &[String]) {
+fn section(md: &mut String, icon: &str, what: &str, items: &[String], lim: Lim) {
     if items.is_empty() {
         return;
     }
@@ -707,23 +940,74 @@ fn section(md: &mut String, icon: &str, what: &str, items: &[String]) {
         "<details>\n  <summary>{icon} {n} {noun}{} {rest}:</summary>\n  <ul>\n",
         if n == 1 { "" } else { "s" }
     ));
-    for i in items {
+    for i in items.iter().take(lim.items) {
         md.push_str(&format!("    <li>{}</li>\n", lit(i)));
+    }
+    if n > lim.items {
+        md.push_str(&format!(
+            "    <li>… and {} more (report.json lists them all)</li>\n",
+            n - lim.items
+        ));
     }
     md.push_str("  </ul>\n</details>\n");
 }
 
-/// `report.md`: fit for a PR comment (nixpkgs-review's collapsible sections).
+/// `report.md`: fit for a PR comment (nixpkgs-review's collapsible
+/// sections), within [`MAX_COMMENT_CHARS`] whatever the PR: lists and
+/// failure logs are cut, with a note saying so, until it fits.
 pub fn markdown(r: &Report) -> String {
+    markdown_within(r, MAX_COMMENT_CHARS)
+}
+
+/// [`markdown`] within `limit` characters.
+pub fn markdown_within(r: &Report, limit: usize) -> String {
+    let full = render(r, LIMS[0], None);
+    if full.chars().count() <= limit {
+        return full;
+    }
+    for lim in &LIMS[1..] {
+        let md = render(r, *lim, Some(limit));
+        if md.chars().count() <= limit {
+            return md;
+        }
+    }
+    // Unreachable with bounded names; cut hard rather than post too much.
+    let note = "\n\n(cut: the comment was too long; report.json has everything)\n";
+    let mut md: String = render(r, LIMS[LIMS.len() - 1], Some(limit))
+        .chars()
+        .take(limit.saturating_sub(note.chars().count()))
+        .collect();
+    md.push_str(note);
+    md
+}
+
+fn render(r: &Report, lim: Lim, cut_to: Option<usize>) -> String {
     let mut md = String::new();
     md_header(&mut md, r);
-    md_categories(&mut md, r);
+    if let Some(limit) = cut_to {
+        md.push_str(&format!(
+            "> **This comment was cut to fit GitHub's {limit}-character limit**: {}{}; report.json has everything.\n\n",
+            if lim.items == usize::MAX {
+                "every list is whole".to_owned()
+            } else {
+                format!("each list shows at most {} entries", lim.items)
+            },
+            if lim.logs == usize::MAX {
+                String::new()
+            } else {
+                format!(", at most {} failure logs are shown", lim.logs)
+            }
+        ));
+    }
+    md_verdict(&mut md, r);
+    md_categories(&mut md, r, lim);
+    md_logs(&mut md, r, lim);
     if !r.evidence.by_package.is_empty() {
-        md_evidence(&mut md, r);
+        md_evidence(&mut md, r, lim);
     }
     if !r.artifacts.is_empty() {
         md.push_str("### Test artifacts\n\n");
-        for a in &r.artifacts {
+        for a in r.artifacts.iter().take(lim.items) {
             md.push_str(&format!(
                 "- {} {}: {} ({} bytes)\n",
                 lit(&a.test),
@@ -732,10 +1016,11 @@ pub fn markdown(r: &Report) -> String {
                 a.size
             ));
         }
+        more(&mut md, r.artifacts.len(), lim);
         md.push('\n');
     }
     if !r.attestations.is_empty() {
-        md_attestations(&mut md, r);
+        md_attestations(&mut md, r, lim);
     }
     if let Some(s) = &r.builder.sponsor {
         md.push_str("---\n\n");
@@ -745,15 +1030,40 @@ pub fn markdown(r: &Report) -> String {
     md
 }
 
+fn more(md: &mut String, n: usize, lim: Lim) {
+    if n > lim.items {
+        md.push_str(&format!(
+            "- … and {} more (report.json lists them all)\n",
+            n - lim.items
+        ));
+    }
+}
+
+/// The merge verdict, for a bot's PR (or whenever it is eligible).
+fn md_verdict(md: &mut String, r: &Report) {
+    let a = &r.automerge;
+    if a.eligible {
+        md.push_str(
+            "**Merge verdict: eligible.** A bot's point release: every changed package built, no new failure, each is exercised by a passing test, and the PR's head is the one reviewed. airlock does not merge; this is for the merge bot or a committer to act on.\n\n",
+        );
+    } else if a.bot {
+        md.push_str("**Merge verdict: not eligible.**\n\n");
+        for why in &a.reasons {
+            md.push_str(&format!("- {}\n", lit(why)));
+        }
+        md.push('\n');
+    }
+}
+
 /// The builder's signed word on each output, and where to compare it.
-fn md_attestations(md: &mut String, r: &Report) {
+fn md_attestations(md: &mut String, r: &Report, lim: Lim) {
     md.push_str("### Attestations\n\n");
     md.push_str(&format!(
         "Signed by builder {} (its identity key, not the cache key); compare with other builders: <code>airlockctl compare</code> {}.\n\n",
         lit(&r.attestations[0].statement.builder),
         lit(&r.job.head)
     ));
-    for a in &r.attestations {
+    for a in r.attestations.iter().take(lim.items) {
         let s = &a.statement;
         md.push_str(&format!(
             "- {} ({}!{}): {}, {} bytes\n",
@@ -764,9 +1074,9 @@ fn md_attestations(md: &mut String, r: &Report) {
             s.nar_size
         ));
     }
+    more(md, r.attestations.len(), lim);
     md.push('\n');
 }
-
 /// Title, what was built where, how much changed.
 fn md_header(md: &mut String, r: &Report) {
     md.push_str(&format!(
@@ -807,24 +1117,58 @@ fn md_header(md: &mut String, r: &Report) {
     }
 }
 
-/// nixpkgs-review's sections, one per category.
-fn md_categories(md: &mut String, r: &Report) {
+/// nixpkgs-review's sections, one per category, and airlock's own: the
+/// failures the base has too, and what this builder cannot build.
+fn md_categories(md: &mut String, r: &Report, lim: Lim) {
     let c = r.categories();
     md.push_str("---\n\n");
     md.push_str(&format!("### {}\n\n", lit(&r.system)));
-    section(md, ":fast_forward:", "package blacklisted", &c.blacklisted);
-    section(md, ":x:", "package marked as broken and skipped", &c.broken);
-    section(md, ":x:", "package failed to build", &c.failed);
-    section(md, ":white_check_mark:", "test built", &c.tests);
-    section(md, ":white_check_mark:", "package built", &c.built);
+    section(
+        md,
+        ":fast_forward:",
+        "package blacklisted",
+        &c.blacklisted,
+        lim,
+    );
+    section(
+        md,
+        ":x:",
+        "package marked as broken and skipped",
+        &c.broken,
+        lim,
+    );
+    section(md, ":x:", "package failed to build", &c.failed, lim);
+    let noted = |v: &[super::verdict::Noted]| -> Vec<String> {
+        v.iter()
+            .map(|s| format!("{} ({})", s.name, s.reason))
+            .collect()
+    };
+    section(
+        md,
+        ":heavy_minus_sign:",
+        "package fails on the base too (the VM's word; not counted as failed)",
+        &noted(&r.failures.on_base),
+        lim,
+    );
+    section(
+        md,
+        ":no_entry_sign:",
+        "package unsupported here (needs a feature this builder's VMs lack; not counted as failed)",
+        &noted(&r.failures.unsupported),
+        lim,
+    );
+    section(md, ":white_check_mark:", "test built", &c.tests, lim);
+    section(md, ":white_check_mark:", "package built", &c.built, lim);
     section(
         md,
         ":grey_question:",
         "package does not exist",
         &c.non_existent,
+        lim,
     );
     let skipped = |v: &[SkippedTest]| -> Vec<String> {
         v.iter()
+            .filter(|s| !super::verdict::is_unsupported(&s.reason))
             .map(|s| format!("{} ({})", s.attr, s.reason))
             .collect()
     };
@@ -833,18 +1177,55 @@ fn md_categories(md: &mut String, r: &Report) {
         ":fast_forward:",
         "package not built",
         &skipped(&r.skipped_attrs),
+        lim,
     );
     section(
         md,
         ":fast_forward:",
         "test skipped",
         &skipped(&r.skipped_tests),
+        lim,
     );
     md.push('\n');
 }
 
+/// Failure logs' tails, nixpkgs-review's way: a `<pre>` per failure,
+/// HTML-escaped (and `@` too: no mention), new failures first.
+fn md_logs(md: &mut String, r: &Report, lim: Lim) {
+    let order: Vec<&String> = r
+        .failures
+        .new
+        .iter()
+        .chain(r.failures.on_base.iter().map(|n| &n.name))
+        .filter(|a| r.failure_logs.contains_key(*a))
+        .collect();
+    if order.is_empty() {
+        return;
+    }
+    md.push_str(&format!(
+        "<details>\n<summary>Error logs: {} (the last {} lines of each, as the VM reported them)</summary>\n\n",
+        lit(&r.system),
+        super::LOG_TAIL_LINES
+    ));
+    for a in order.iter().take(lim.logs) {
+        let text = r.failure_logs[*a].join("\n");
+        md.push_str(&format!(
+            "<details>\n<summary>{}</summary>\n<pre>{}</pre>\n</details>\n",
+            lit(a),
+            esc(&text).replace('@', "&#64;")
+        ));
+    }
+    if order.len() > lim.logs {
+        md.push_str(&format!(
+            "\nWARNING: {} more logs were not included in this report: there were too many.\n",
+            order.len() - lim.logs
+        ));
+    }
+    md.push_str("</details>\n\n");
+}
+
 /// The evidence map: which passing tests vouch for which changed package.
-fn md_evidence(md: &mut String, r: &Report) {
+fn md_evidence(md: &mut String, r: &Report, lim: Lim) {
     md.push_str("### What the passing tests vouch for\n\n");
     md.push_str(
         "*runtime*: the test's verified outputs refer to the package (checked on this \
@@ -866,7 +1247,7 @@ fn md_evidence(md: &mut String, r: &Report) {
             )
         })
         .collect();
-    for (pkg, tests) in &r.evidence.by_package {
+    for (pkg, tests) in r.evidence.by_package.iter().take(lim.items) {
         let ts: Vec<String> = tests
             .iter()
             .map(|t| {
@@ -884,6 +1265,12 @@ fn md_evidence(md: &mut String, r: &Report) {
             .collect();
         md.push_str(&format!("| {} | {} |\n", lit(pkg), ts.join(", ")));
     }
+    if r.evidence.by_package.len() > lim.items {
+        md.push_str(&format!(
+            "\n… and {} more packages (report.json lists them all)\n",
+            r.evidence.by_package.len() - lim.items
+        ));
+    }
     md.push('\n');
 }
 
@@ -892,7 +1279,7 @@ fn md_evidence(md: &mut String, r: &Report) {
 pub fn summary_lines(r: &Report) -> Vec<String> {
     let c = r.categories();
     let mut v = vec![format!(
-        "airlock review: {} changed{}, {} built, {} failed, {} broken, {} tests passed, {} tests skipped",
+        "airlock review: {} changed{}, {} built, {} failed, {} broken, {} tests passed, {} tests skipped{}{}",
         r.rebuild.changed.len(),
         if r.rebuild.mass_rebuild {
             format!(" (mass rebuild, {} built as a sample)", r.rebuild.build.len())
@@ -903,8 +1290,19 @@ pub fn summary_lines(r: &Report) -> Vec<String> {
         c.failed.len(),
         c.broken.len(),
         c.tests.len(),
-        r.skipped_tests.len()
+        r.skipped_tests.len(),
+        match r.failures.on_base.len() {
+            0 => String::new(),
+            n => format!(", {n} fail on the base too"),
+        },
+        match r.failures.unsupported.len() {
+            0 => String::new(),
+            n => format!(", {n} unsupported here"),
+        }
     )];
+    if r.automerge.eligible {
+        v.push("airlock review: merge verdict: eligible (a bot's point release, every changed package built and tested)".into());
+    }
     for (pkg, tests) in &r.evidence.by_package {
         let tests: Vec<String> = tests.iter().map(|t| plain(t)).collect();
         v.push(format!(
@@ -920,6 +1318,7 @@ pub fn summary_lines(r: &Report) -> Vec<String> {
 mod tests {
     use super::super::{AttrEval, ReviewedAttr, ReviewedTest};
     use super::*;
+    use crate::ofborg::BuildStatus;
 
     fn drv(name: &str) -> AttrEval {
         AttrEval {
@@ -1007,6 +1406,8 @@ mod tests {
             references: &NO_REFS,
             artifacts: vec![],
             attestations: vec![],
+            bot_authors: &[],
+            pr_now: None,
         }
     }
 
@@ -1297,21 +1698,211 @@ mod tests {
     #[test]
     fn section_counts_agree_with_their_verbs() {
         let mut md = String::new();
-        section(&mut md, "?", "package does not exist", &["a".into()]);
+        let all = LIMS[0];
+        section(&mut md, "?", "package does not exist", &["a".into()], all);
         section(
             &mut md,
             "?",
             "package does not exist",
             &["a".into(), "b".into()],
+            all,
         );
         section(
             &mut md,
             "x",
             "package failed to build",
             &["a".into(), "b".into()],
+            all,
         );
         assert!(md.contains("1 package does not exist:"), "{md}");
         assert!(md.contains("2 packages do not exist:"), "{md}");
         assert!(md.contains("2 packages failed to build:"), "{md}");
+    }
+
+    /// nixpkgs-review 4.0's `report.json` keys and types, as docs/review.md
+    /// writes them down (`result.<system>.<category>`: `{name, aliases}`).
+    #[test]
+    fn report_json_has_nixpkgs_review_4s_shape_key_by_key() {
+        let (o, v) = sample();
+        let j = serde_json::to_value(build(&o, ctx(&v))).unwrap();
+        let is_list_of_str = |x: &serde_json::Value| {
+            x.as_array()
+                .is_some_and(|a| a.iter().all(serde_json::Value::is_string))
+        };
+        assert_eq!(j["systems"], serde_json::json!(["x86_64-linux"]));
+        assert_eq!(j["pr"], 7);
+        assert_eq!(j["commit"], "h");
+        assert_eq!(j["checkout"], "merge");
+        assert!(j["extra-nixpkgs-config"].is_null());
+        for k in [
+            "only_packages",
+            "additional_packages",
+            "package_regex",
+            "skip_packages",
+            "skip_packages_regex",
+        ] {
+            assert!(is_list_of_str(&j[k]), "{k}: {}", j[k]);
+        }
+        let entry = |x: &serde_json::Value| {
+            x.as_object().is_some_and(|o| {
+                o.len() == 2 && o["name"].is_string() && is_list_of_str(&o["aliases"])
+            })
+        };
+        assert!(j["pkgs"]["x86_64-linux"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(entry));
+        let r = j["result"].as_object().unwrap();
+        assert_eq!(r.keys().collect::<Vec<_>>(), ["x86_64-linux"]);
+        let c = r["x86_64-linux"].as_object().unwrap();
+        assert_eq!(
+            c.keys().collect::<Vec<_>>(),
+            [
+                "blacklisted",
+                "broken",
+                "built",
+                "failed",
+                "non-existent",
+                "tests"
+            ]
+        );
+        for (k, list) in c {
+            assert!(list.as_array().unwrap().iter().all(entry), "{k}: {list}");
+        }
+        assert_eq!(
+            c["built"][0],
+            serde_json::json!({"name": "app", "aliases": []})
+        );
+        // Older readers' plain names are read back too.
+        let mut old = j.clone();
+        old["result"]["x86_64-linux"]["built"] = serde_json::json!(["app", "leaf"]);
+        let back: Report = serde_json::from_value(old).unwrap();
+        assert_eq!(back.categories().built, ["app", "leaf"]);
+        // airlock's own keys beside them.
+        for k in [
+            "failures",
+            "automerge",
+            "evidence",
+            "artifacts",
+            "nar_hashes",
+            "builder",
+            "attestations",
+            "rebuild",
+        ] {
+            assert!(j.get(k).is_some(), "{k}");
+        }
+    }
+
+    fn failed_outcome(n: usize) -> ReviewOutcome {
+        let mut o = ReviewOutcome::default();
+        for i in 0..n {
+            let a = format!("python313Packages.package-number-{i:05}");
+            o.merged.insert(a.clone(), drv(&format!("m-{i}")));
+            o.base.insert(a.clone(), drv(&format!("b-{i}")));
+            o.rebuild.changed.push(a.clone());
+            o.rebuild.build.push(a.clone());
+            o.attrs.push(ReviewedAttr {
+                attr: a.clone(),
+                drv_path: format!("/nix/store/m-{i}.drv"),
+                outputs: BTreeMap::from([("out".into(), format!("/nix/store/m-{i}"))]),
+                outcome: Outcome::Failed,
+            });
+            o.failure_logs.insert(
+                a,
+                (0..30)
+                    .map(|l| format!("line {l}: error: builder for '/nix/store/m-{i}.drv' failed <b>@mention</b>"))
+                    .collect(),
+            );
+        }
+        o
+    }
+
+    #[test]
+    fn five_thousand_failures_fit_in_a_comment_that_says_what_was_cut() {
+        let v = BTreeMap::new();
+        let mut c = ctx(&v);
+        c.max_build = 10_000;
+        let r = build(&failed_outcome(5000), c);
+        assert_eq!(r.categories().failed.len(), 5000);
+        assert!(r.failure_logs.values().all(|l| l.len() == 20));
+        let md = markdown(&r);
+        let n = md.chars().count();
+        assert!(n <= MAX_COMMENT_CHARS, "{n} characters");
+        assert!(
+            md.contains("This comment was cut to fit"),
+            "{}",
+            &md[..2000]
+        );
+        assert!(md.contains("more (report.json lists them all)"));
+        assert!(md.contains("<pre>"), "some logs are still there");
+        assert!(
+            !md.contains("<b>") && !md.contains("@mention"),
+            "log text is inert"
+        );
+        // A small report is not cut.
+        let small = markdown(&build(&failed_outcome(3), ctx(&v)));
+        assert!(!small.contains("was cut"));
+        assert_eq!(small.matches("<pre>").count(), 3);
+    }
+
+    #[test]
+    fn a_failure_the_base_has_too_is_not_counted_as_failed() {
+        let mut o = failed_outcome(3);
+        o.failure_logs.clear();
+        let check = |r: super::super::BaseResult| super::super::BaseCheck {
+            result: r,
+            drv_path: String::new(),
+            outputs: BTreeMap::new(),
+        };
+        let names: Vec<String> = o.attrs.iter().map(|a| a.attr.clone()).collect();
+        o.base_checks.insert(
+            names[0].clone(),
+            check(super::super::BaseResult::FailedOnBase(
+                "built here, failed".into(),
+            )),
+        );
+        o.base_checks.insert(
+            names[1].clone(),
+            check(super::super::BaseResult::BuiltOnBase),
+        );
+        // A claim about something the guest did not say failed is ignored:
+        // it said "built", the host found no verified output.
+        o.attrs[2].outcome = Outcome::Built;
+        o.base_checks.insert(
+            names[2].clone(),
+            check(super::super::BaseResult::FailedOnBase("forged".into())),
+        );
+        let v = BTreeMap::new();
+        let r = build(&o, ctx(&v));
+        assert_eq!(r.categories().failed, [names[1].clone(), names[2].clone()]);
+        assert_eq!(r.failures.on_base.len(), 1);
+        assert_eq!(r.failures.on_base[0].name, names[0]);
+        let md = markdown(&r);
+        assert!(md.contains("2 packages failed to build"), "{md}");
+        assert!(md.contains("1 package fails on the base too"), "{md}");
+        let lines = summary_lines(&r);
+        assert!(
+            lines[0].contains("2 failed") && lines[0].contains("1 fail on the base too"),
+            "{lines:?}"
+        );
+        // The check run concludes on the new failures only.
+        let who = crate::checks::Who {
+            builder: "b",
+            trust: "community",
+            sponsor: None,
+            page: None,
+            job_id: "j",
+        };
+        let done = |r: &Report| {
+            crate::checks::completed("t", &BuildStatus::Failure, Some(r), &who)["conclusion"]
+                .clone()
+        };
+        assert_eq!(done(&r), "failure");
+        let mut only_old = o.clone();
+        only_old.attrs.truncate(1);
+        let r = build(&only_old, ctx(&v));
+        assert!(r.categories().failed.is_empty());
+        assert_eq!(done(&r), "success");
     }
 }

@@ -61,7 +61,7 @@ impl Runner {
                 }),
             review: crate::review::Review::for_job(&rec.job, &self.cfg.review)
                 .filter(|_| rec.refetch.is_none())
-                .map(|r| r.guest(merged)),
+                .map(|r| r.guest(merged, &self.cfg.system)),
             refetch: rec
                 .refetch
                 .as_ref()

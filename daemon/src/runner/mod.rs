@@ -38,6 +38,8 @@ use follow::Follower;
 
 /// Receives a job's live log (the local log file; the AMQP reporter later).
 pub trait LogSink: Send + Sync {
+    /// The job is queued (saved, not yet started).
+    fn queued(&self, _rec: &JobRecord) {}
     fn started(&self, _rec: &JobRecord, _attempted: &[String], _skipped: &[String]) {}
     fn line(&self, _rec: &JobRecord, _n: u64, _text: &str) {}
     /// The job is done and its record saved with the result.
@@ -67,6 +69,9 @@ pub struct Runner {
     pub kernel: Arc<crate::vm::kernel::KernelChoice>,
     /// Signs an attestation for every verified output (issue 30).
     pub attestor: Option<Arc<crate::attest::store::Attestor>>,
+    /// GitHub with credentials (a token or an App), for a review's merge
+    /// verdict (the PR's author and current head).
+    pub github: Option<Arc<crate::release::github::GitHub>>,
 }
 
 /// Remove what must not outlive the job, after killing a VM a previous
@@ -634,6 +639,24 @@ impl Runner {
         crate::review::merge_onto(&rec.job, &self.cfg.review)
     }
 
+    /// The PR as GitHub shows it now (author, head), for the merge
+    /// verdict; none without GitHub credentials or for a non-GitHub repo.
+    async fn pr_now(&self, rec: &JobRecord) -> Option<crate::review::verdict::PrNow> {
+        let gh = self.github.as_ref()?;
+        let repo = &rec.job.repo.full_name;
+        crate::release::github::check_repo(repo).ok()?;
+        match gh.pull(repo, rec.job.pr.number).await {
+            Ok((p, _)) => Some(crate::review::verdict::PrNow {
+                author: p.user.map(|u| u.login).unwrap_or_default(),
+                head_sha: p.head.sha,
+            }),
+            Err(e) => {
+                warn!(error = %e, "cannot read the PR from GitHub: no merge verdict");
+                None
+            }
+        }
+    }
+
     /// Write `report.json` and `report.md` of a review job from the guest's
     /// outcome and what the host verified; its summary joins the result's
     /// lines (and so the broker's BuildResult). The work (reading NARs for
@@ -656,6 +679,7 @@ impl Runner {
                 dir: paths.dir.clone(),
             },
             outcome: rv.clone(),
+            pr_now: self.pr_now(rec).await,
         };
         let late = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = late.clone();

@@ -14,14 +14,14 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use airlock_wire::review::{
-    out_paths, rebuild_set, AttrEval, GuestReview, Outcome, RebuildSet, ReviewOutcome,
-    ReviewedAttr, ReviewedTest,
+    out_paths, rebuild_set, AttrEval, BaseCheck, BaseResult, GuestReview, Outcome, RebuildSet,
+    ReviewOutcome, ReviewedAttr, ReviewedTest, LOG_TAIL_LINES,
 };
 use airlock_wire::{BootParams, BuildStatus, Event, GuestJob, Manifest, Phase, WIRE_VERSION};
 
 use super::{
-    counting_builds, fetch, finish, nix_store, realise, valid_paths, Channel, Timed,
-    BUILD_PHASE_OPTIONS,
+    counting_builds, fetch, finish, nix_store, plan, realise, show_derivations, valid_paths,
+    Channel, Timed, BUILD_PHASE_OPTIONS,
 };
 
 const EVAL_NIX: &str = include_str!("review-eval.nix");
@@ -135,6 +135,8 @@ pub(crate) fn run(
         };
         let st = counting_builds(&drvs, ch, || realise(job, &drvs, &extra, ch))?;
         record_outcomes(&mut outcome, ch)?;
+        failure_logs(&mut outcome);
+        check_base(job, input, &mut outcome, ch);
         st
     };
     let m = Manifest {
@@ -188,10 +190,16 @@ fn eval_tree<T: serde::de::DeserializeOwned>(
         .timed_output()
         .map_err(|e| format!("cannot run nix-instantiate: {e}"))?;
     if !out.status.success() {
+        use std::os::unix::process::ExitStatusExt;
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(20).collect();
+        let killed = match out.status.signal() {
+            Some(9) => " (nix-instantiate was killed: out of memory?)".to_owned(),
+            Some(s) => format!(" (nix-instantiate died of signal {s})"),
+            None => String::new(),
+        };
         return Err(format!(
-            "the review evaluation of {} failed: {}",
+            "the review evaluation of {} failed{killed}: {}",
             tree.display(),
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         ));
@@ -224,6 +232,8 @@ fn eval_outpaths(
         let f = write_list("part.json", &items)?;
         match eval_tree::<BTreeMap<String, AttrEval>>(job, tree, "outpaths", Some((arg, &f))) {
             Ok(m) => out.extend(m),
+            // Out of memory is not one attr's fault: the review ends.
+            Err(e) if e.contains("nix-instantiate was killed") => return Err(e),
             Err(e) if items.len() == 1 => {
                 ch.log(&format!(
                     "airlock: review: {} cannot be evaluated and ends the evaluation: {}",
@@ -286,7 +296,12 @@ fn evaluate(
         ..ReviewOutcome::default()
     };
     // 1. The base (unless the rebuild list was given) and the merged tree.
-    if rv.rebuild.is_none() {
+    if let Some(given) = &rv.rebuild {
+        ch.log(&format!(
+            "airlock: review: the rebuild list was given ({} attrs): the base is not evaluated",
+            given.len()
+        ));
+    } else {
         let t = Instant::now();
         outcome.base = eval_outpaths(job, &base_tree(input), rv.attrs.as_deref(), ch)?;
         outcome.eval_ms.0 = t.elapsed().as_millis() as u64;
@@ -298,6 +313,18 @@ fn evaluate(
     }
     let t = Instant::now();
     outcome.merged = eval_outpaths(job, src, rv.attrs.as_deref(), ch)?;
+    // Never an empty review for an evaluation that did not work.
+    if !outcome.merged.is_empty()
+        && outcome
+            .merged
+            .values()
+            .all(|e| e.error.as_deref() == Some("broken"))
+    {
+        return Err(format!(
+            "the review evaluation of the merged tree failed: none of its {} attrs evaluates (is the evaluation out of memory? see the lines above)",
+            outcome.merged.len()
+        ));
+    }
     outcome.eval_ms.1 = t.elapsed().as_millis() as u64;
     ch.log(&format!(
         "airlock: review: evaluated the merged tree: {} attrs in {:.1}s",
@@ -481,4 +508,225 @@ fn record_outcomes(o: &mut ReviewOutcome, ch: &Channel) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Issue 32: every failed attr and test is built again as the base has it
+/// (the base tree is on the VM's disks), so the report can tell the PR's
+/// failures from those the base has too. Offline: a base version that
+/// needs a source the fetch phase did not fetch is not checked (and so
+/// stays the PR's failure). Never fails the job: what cannot be checked
+/// says why.
+fn check_base(job: &GuestJob, input: &Path, o: &mut ReviewOutcome, ch: &Channel) {
+    // (failed attr or test, the attr to instantiate on the base, the test's name)
+    let failed: Vec<(String, String, Option<String>)> = o
+        .attrs
+        .iter()
+        .filter(|a| a.outcome == Outcome::Failed)
+        .map(|a| (a.attr.clone(), a.attr.clone(), None))
+        .chain(
+            o.tests
+                .iter()
+                .filter(|t| t.outcome == Outcome::Failed)
+                .filter_map(|t| {
+                    let name = t.attr.strip_prefix(&format!("{}.passthru.tests.", t.of))?;
+                    Some((t.attr.clone(), t.of.clone(), Some(name.to_owned())))
+                }),
+        )
+        .collect();
+    if failed.is_empty() {
+        return;
+    }
+    let merged_drv: BTreeMap<&str, &str> = o
+        .attrs
+        .iter()
+        .map(|a| (a.attr.as_str(), a.drv_path.as_str()))
+        .chain(
+            o.tests
+                .iter()
+                .map(|t| (t.attr.as_str(), t.drv_path.as_str())),
+        )
+        .collect();
+    let of: BTreeSet<String> = failed.iter().map(|(_, a, _)| a.clone()).collect();
+    ch.log(&format!(
+        "airlock: review: {} failed; building them as the base has them",
+        failed.len()
+    ));
+    let base: Result<BTreeMap<String, Tested>, String> =
+        write_list("base-check.json", &of.into_iter().collect::<Vec<_>>())
+            .and_then(|f| eval_tree(job, &base_tree(input), "tests", Some(("attrsFile", &f))));
+    let base = match base {
+        Ok(b) => b,
+        Err(e) => {
+            let why = format!(
+                "the base does not evaluate: {}",
+                e.lines().last().unwrap_or_default()
+            );
+            for (attr, _, _) in failed {
+                o.base_checks.insert(attr, not_checked(&why));
+            }
+            return;
+        }
+    };
+    let mut to_build: Vec<(String, String, BTreeMap<String, String>)> = Vec::new();
+    for (attr, of, test) in failed {
+        let found = base.get(&of).and_then(|e| match &test {
+            None => e.drv_path.clone().map(|d| (d, e.outputs.clone())),
+            Some(t) => e
+                .tests
+                .get(t)
+                .and_then(|t| t.drv_path.clone().map(|d| (d, t.outputs.clone()))),
+        });
+        let check = match found {
+            None => BaseCheck {
+                result: BaseResult::NotOnBase,
+                drv_path: String::new(),
+                outputs: BTreeMap::new(),
+            },
+            Some((drv, outputs)) if merged_drv.get(attr.as_str()) == Some(&drv.as_str()) => {
+                BaseCheck {
+                    result: BaseResult::FailedOnBase(
+                        "the base has the very derivation that failed".into(),
+                    ),
+                    drv_path: drv,
+                    outputs,
+                }
+            }
+            Some((drv, outputs)) => {
+                to_build.push((attr, drv, outputs));
+                continue;
+            }
+        };
+        o.base_checks.insert(attr, check);
+    }
+    if to_build.is_empty() {
+        return;
+    }
+    // Sources the fetch phase did not fetch cannot be had now (no NIC).
+    let drvs: Vec<String> = to_build.iter().map(|(_, d, _)| d.clone()).collect();
+    let missing_fods: BTreeSet<String> = plan(&drvs, None)
+        .map(|p| p.build)
+        .and_then(|b| show_derivations(&b, false))
+        .map(|m| {
+            m.into_iter()
+                .filter(|(_, d)| {
+                    d["outputs"]
+                        .as_object()
+                        .is_some_and(|outs| outs.values().any(|o| o.get("hash").is_some()))
+                })
+                .map(|(p, _)| p)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut buildable = Vec::new();
+    for (attr, drv, outputs) in to_build {
+        let needs: Vec<String> = if missing_fods.is_empty() {
+            vec![]
+        } else {
+            nix_store(&["-qR"], std::slice::from_ref(&drv))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|d| missing_fods.contains(d))
+                .collect()
+        };
+        if let Some(src) = needs.first() {
+            let why = format!("its base version needs {src}, which this review did not fetch");
+            o.base_checks.insert(
+                attr,
+                BaseCheck {
+                    result: BaseResult::NotChecked(why),
+                    drv_path: drv,
+                    outputs,
+                },
+            );
+        } else {
+            buildable.push((attr, drv, outputs));
+        }
+    }
+    if buildable.is_empty() {
+        return;
+    }
+    let drvs: Vec<String> = buildable.iter().map(|(_, d, _)| d.clone()).collect();
+    let extra: Vec<String> = BUILD_PHASE_OPTIONS.map(String::from).to_vec();
+    if let Err(e) = realise(job, &drvs, &extra, ch) {
+        for (attr, drv, outputs) in buildable {
+            o.base_checks.insert(
+                attr,
+                BaseCheck {
+                    result: BaseResult::NotChecked(format!("cannot build on the base: {e}")),
+                    drv_path: drv,
+                    outputs,
+                },
+            );
+        }
+        return;
+    }
+    let all: Vec<String> = buildable
+        .iter()
+        .flat_map(|(_, _, outs)| outs.values().cloned())
+        .collect();
+    let valid: BTreeSet<String> = valid_paths(all).unwrap_or_default().into_iter().collect();
+    for (attr, drv, outputs) in buildable {
+        let built = !outputs.is_empty() && outputs.values().all(|p| valid.contains(p));
+        ch.log(&format!(
+            "airlock: review: {attr} {} on the base",
+            if built { "builds" } else { "fails too" }
+        ));
+        o.base_checks.insert(
+            attr,
+            BaseCheck {
+                result: if built {
+                    BaseResult::BuiltOnBase
+                } else {
+                    BaseResult::FailedOnBase("its base version was built here and failed".into())
+                },
+                drv_path: drv,
+                outputs,
+            },
+        );
+    }
+}
+
+/// The last [`LOG_TAIL_LINES`] lines of each failed attr's and test's own
+/// build log (none when a dependency failed first: Nix never built it).
+fn failure_logs(o: &mut ReviewOutcome) {
+    let failed: Vec<(String, String)> = o
+        .attrs
+        .iter()
+        .filter(|a| a.outcome == Outcome::Failed)
+        .map(|a| (a.attr.clone(), a.drv_path.clone()))
+        .chain(
+            o.tests
+                .iter()
+                .filter(|t| t.outcome == Outcome::Failed)
+                .map(|t| (t.attr.clone(), t.drv_path.clone())),
+        )
+        .collect();
+    for (attr, drv) in failed.into_iter().take(1000) {
+        let Ok(out) = Command::new("nix-store")
+            .args(["--read-log", &drv])
+            .env("HOME", "/tmp")
+            .stdin(Stdio::null())
+            .timed_output()
+        else {
+            continue;
+        };
+        if !out.status.success() {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..]
+            .iter()
+            .map(|l| l.chars().take(500).collect())
+            .collect();
+        o.failure_logs.insert(attr, tail);
+    }
+}
+
+fn not_checked(why: &str) -> BaseCheck {
+    BaseCheck {
+        result: BaseResult::NotChecked(why.to_owned()),
+        drv_path: String::new(),
+        outputs: BTreeMap::new(),
+    }
 }

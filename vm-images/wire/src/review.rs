@@ -109,6 +109,43 @@ pub struct ReviewOutcome {
     pub eval_ms: (u64, u64),
     /// Whether the guest had /dev/kvm (NixOS tests run only then).
     pub kvm: bool,
+    /// Each failed attr and test built again on the base (issue 32): is
+    /// the failure the PR's, or did the base fail too?
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub base_checks: BTreeMap<String, BaseCheck>,
+    /// The last lines of each failed attr's and test's build log (at most
+    /// [`LOG_TAIL_LINES`]), as `nix-store --read-log` gives them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failure_logs: BTreeMap<String, Vec<String>>,
+}
+
+/// Lines of a failed build's log a review keeps (nixpkgs-review's 20).
+pub const LOG_TAIL_LINES: usize = 20;
+
+/// What building a failed attr's (or test's) base version showed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseCheck {
+    pub result: BaseResult,
+    /// The base version's derivation and outputs (none when it has none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub drv_path: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status", content = "reason")]
+pub enum BaseResult {
+    /// The base's version failed too (the reason says how it was seen:
+    /// built and failed, or the very derivation that failed).
+    FailedOnBase(String),
+    /// The base's version built: the PR broke it.
+    BuiltOnBase,
+    /// The base has no such attr or test: a new one that fails.
+    NotOnBase,
+    /// Not checked, with the reason (it needs sources not fetched, …).
+    NotChecked(String),
 }
 
 /// The out-paths of an evaluation, without the attrs that have none.
