@@ -57,10 +57,11 @@ demo_pkgs=(qemu-system-x86 e2fsprogs nftables iproute2 git ca-certificates
 # the kernel source and build tools (the trimmed guest kernel), pyflakes3
 # (the NixOS test scripts' lint; python3-pyflakes alone is only the module),
 # libseccomp/libcap-ng (virtiofsd from crates.io), binutils (the tiny guest),
-# and the shell linter shellcheck (every script, tests/tests/packaging/scripts.rs).
+# the shell linter shellcheck (every script, tests/tests/packaging/scripts.rs),
+# and openssl (a GitHub App's RSA key for the check-run tests).
 test_pkgs=(nix-bin nix-setup-systemd rabbitmq-server dbus-daemon dbus-bin systemd curl
            chromium linux-source-6.12 make flex bison bc libelf-dev xz-utils pyflakes3
-           libseccomp-dev libcap-ng-dev binutils shellcheck)
+           libseccomp-dev libcap-ng-dev binutils shellcheck openssl)
 pkgs=("${demo_pkgs[@]}")
 [ "$tier" = test ] && pkgs+=("${test_pkgs[@]}")
 

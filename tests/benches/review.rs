@@ -144,7 +144,7 @@ fn main() {
     let host = host_nix_env(&store, &base, &[]).0 + host_nix_env(&store, &merged, &[]).0;
     let vm = vm_review(&d, &repo, &head, None);
     report(
-        "fixture set (every attr, 7 changed)",
+        "fixture set (every attr, 9 changed)",
         "nix-env -qaP --out-path",
         host,
         vm,

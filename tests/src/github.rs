@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 
@@ -54,6 +54,16 @@ pub struct GhState {
     pub auth: Vec<Option<String>>,
     /// x-ratelimit-remaining to report (decremented on 200s).
     pub remaining: i64,
+    /// Check runs by id, as GitHub would return them now.
+    pub check_runs: std::collections::BTreeMap<u64, Value>,
+    /// Every check-run write: (method, check run id, request body).
+    pub check_writes: Vec<(String, u64, Value)>,
+    /// Requests refused (status, why), for the test to show.
+    pub refused: Vec<(u16, String)>,
+    /// The GitHub App: its id and public key (PEM), to check JWTs.
+    pub app: Option<(u64, Vec<u8>)>,
+    /// Installation tokens handed out.
+    pub tokens: Vec<String>,
 }
 
 pub struct FakeGitHub {
@@ -88,6 +98,19 @@ impl FakeGitHub {
                         get(permission),
                     )
                     .route("/repos/{o}/{r}/activity", get(activity))
+                    .route("/repos/{o}/{r}/check-runs", post(create_check_run))
+                    .route(
+                        "/repos/{o}/{r}/check-runs/{id}",
+                        axum::routing::patch(update_check_run),
+                    )
+                    .route(
+                        "/repos/{o}/{r}/commits/{sha}/check-runs",
+                        get(list_check_runs),
+                    )
+                    .route(
+                        "/app/installations/{id}/access_tokens",
+                        post(installation_token),
+                    )
                     .with_state((st, base));
                 let l = tokio::net::TcpListener::from_std(l).unwrap();
                 axum::serve(l, app).await.unwrap();
@@ -164,6 +187,30 @@ impl FakeGitHub {
             .unwrap()
             .perms
             .insert(login.into(), perm.into());
+    }
+
+    /// PR `n` was opened by `login`.
+    pub fn set_author(&self, n: u64, login: &str) {
+        let mut s = self.state.lock().unwrap();
+        let p = s.pulls.get_mut(&n).expect("set_pull first");
+        p["user"]["login"] = json!(login);
+    }
+
+    /// Be GitHub for an App: `app_id`, whose JWTs verify with `public_pem`.
+    pub fn set_app(&self, app_id: u64, public_pem: Vec<u8>) {
+        self.state.lock().unwrap().app = Some((app_id, public_pem));
+    }
+
+    /// The check runs on `head`, oldest first.
+    pub fn check_runs_on(&self, head: &str) -> Vec<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .check_runs
+            .values()
+            .filter(|r| r["head_sha"] == head)
+            .cloned()
+            .collect()
     }
 
     pub fn with<T>(&self, f: impl FnOnce(&mut GhState) -> T) -> T {
@@ -613,4 +660,319 @@ pub fn craft_job_on(
     .unwrap();
     std::fs::remove_file(&exp).unwrap();
     (id, path)
+}
+
+/// A GitHub App's key pair for the tests: (private key file, public key
+/// PEM), made by openssl as GitHub hands them out (PKCS#1).
+pub fn app_key(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let key = dir.join("app-key.pem");
+    let ok = std::process::Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl genrsa");
+    let out = std::process::Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&key)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl rsa -pubout");
+    (key, out.stdout)
+}
+
+fn refuse(st: &Arc<Mutex<GhState>>, code: StatusCode, why: String) -> Response {
+    st.lock()
+        .unwrap()
+        .refused
+        .push((code.as_u16(), why.clone()));
+    (
+        code,
+        json!({"message": why, "documentation_url": "https://docs.github.com/rest/checks/runs"})
+            .to_string(),
+    )
+        .into_response()
+}
+
+/// Only an App's installation token may write checks.
+fn check_auth(st: &Arc<Mutex<GhState>>, h: &HeaderMap) -> Result<(), Box<Response>> {
+    let auth = h
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let token = auth
+        .strip_prefix("Bearer ")
+        .or_else(|| auth.strip_prefix("token "))
+        .unwrap_or_default();
+    let known = st.lock().unwrap().tokens.iter().any(|t| t == token);
+    if known {
+        Ok(())
+    } else {
+        Err(Box::new(refuse(
+            st,
+            StatusCode::FORBIDDEN,
+            format!("Resource not accessible by personal access token (authorization: {auth:?})"),
+        )))
+    }
+}
+
+const STATUSES: &[&str] = &["queued", "in_progress", "completed"];
+const CONCLUSIONS: &[&str] = &[
+    "action_required",
+    "cancelled",
+    "failure",
+    "neutral",
+    "success",
+    "skipped",
+    "timed_out",
+];
+
+/// The documented request shape (create: `name` and `head_sha` required).
+fn check_body(b: &Value, create: bool) -> Result<(), String> {
+    let o = b.as_object().ok_or("the body is not an object")?;
+    let known = [
+        "name",
+        "head_sha",
+        "details_url",
+        "external_id",
+        "status",
+        "started_at",
+        "conclusion",
+        "completed_at",
+        "output",
+        "actions",
+    ];
+    if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(format!("{k} is not a check run field"));
+    }
+    if create {
+        if !b["name"].is_string() {
+            return Err("name is required".into());
+        }
+        let sha = b["head_sha"].as_str().ok_or("head_sha is required")?;
+        if sha.len() != 40 || !sha.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("head_sha {sha:?} is not a commit"));
+        }
+    }
+    if let Some(s) = o.get("status") {
+        if !STATUSES.contains(&s.as_str().unwrap_or("")) {
+            return Err(format!("status {s} is not one of {STATUSES:?}"));
+        }
+    }
+    if let Some(c) = o.get("conclusion") {
+        if !CONCLUSIONS.contains(&c.as_str().unwrap_or("")) {
+            return Err(format!("conclusion {c} is not one of {CONCLUSIONS:?}"));
+        }
+    }
+    if (b["status"] == "completed" || o.contains_key("completed_at"))
+        && !o.contains_key("conclusion")
+    {
+        return Err("conclusion is required with completed_at or status completed".into());
+    }
+    for k in ["started_at", "completed_at"] {
+        if let Some(t) = o.get(k) {
+            let t = t.as_str().unwrap_or("");
+            if chrono::DateTime::parse_from_rfc3339(t).is_err() || !t.ends_with('Z') {
+                return Err(format!("{k} {t:?} is not YYYY-MM-DDTHH:MM:SSZ"));
+            }
+        }
+    }
+    if let Some(out) = o.get("output") {
+        if !out["title"].is_string() || !out["summary"].is_string() {
+            return Err("output needs title and summary".into());
+        }
+        for k in ["summary", "text"] {
+            if let Some(t) = out[k].as_str() {
+                if t.chars().count() > 65_535 {
+                    return Err(format!("output.{k} is longer than 65535 characters"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A check run as GitHub returns it: the fixture with the run's values.
+fn apply(run: &mut Value, b: &Value) {
+    for k in [
+        "name",
+        "head_sha",
+        "details_url",
+        "external_id",
+        "status",
+        "started_at",
+        "conclusion",
+        "completed_at",
+    ] {
+        if let Some(v) = b.get(k) {
+            run[k] = v.clone();
+        }
+    }
+    if b.get("conclusion").is_some() {
+        run["status"] = json!("completed");
+    }
+    if let Some(o) = b.get("output") {
+        for k in ["title", "summary", "text"] {
+            if let Some(v) = o.get(k) {
+                run["output"][k] = v.clone();
+            }
+        }
+    }
+}
+
+async fn create_check_run(
+    State((st, base)): State<St>,
+    UrlPath((o, r)): UrlPath<(String, String)>,
+    h: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(resp) = check_auth(&st, &h) {
+        return *resp;
+    }
+    let b: Value = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return refuse(
+                &st,
+                StatusCode::BAD_REQUEST,
+                format!("Problems parsing JSON: {e}"),
+            )
+        }
+    };
+    if let Err(why) = check_body(&b, true) {
+        return refuse(&st, StatusCode::UNPROCESSABLE_ENTITY, why);
+    }
+    let mut run = fixture("check-run.json");
+    let id = {
+        let mut s = st.lock().unwrap();
+        s.next_id += 1;
+        s.next_id
+    };
+    run["id"] = json!(id);
+    run["url"] = json!(format!("{base}/repos/{o}/{r}/check-runs/{id}"));
+    run["html_url"] = json!(format!("https://github.com/{o}/{r}/runs/{id}"));
+    run["status"] = json!("queued");
+    for k in ["details_url", "external_id"] {
+        run[k] = json!(null);
+    }
+    apply(&mut run, &b);
+    let mut s = st.lock().unwrap();
+    s.check_writes.push(("POST".into(), id, b));
+    s.check_runs.insert(id, run.clone());
+    drop(s);
+    (StatusCode::CREATED, run.to_string()).into_response()
+}
+
+async fn update_check_run(
+    State((st, _)): State<St>,
+    UrlPath((_o, _r, id)): UrlPath<(String, String, u64)>,
+    h: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(resp) = check_auth(&st, &h) {
+        return *resp;
+    }
+    let b: Value = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return refuse(
+                &st,
+                StatusCode::BAD_REQUEST,
+                format!("Problems parsing JSON: {e}"),
+            )
+        }
+    };
+    if let Err(why) = check_body(&b, false) {
+        return refuse(&st, StatusCode::UNPROCESSABLE_ENTITY, why);
+    }
+    let mut s = st.lock().unwrap();
+    let Some(run) = s.check_runs.get_mut(&id) else {
+        drop(s);
+        return not_found();
+    };
+    apply(run, &b);
+    let run = run.clone();
+    s.check_writes.push(("PATCH".into(), id, b));
+    drop(s);
+    (StatusCode::OK, run.to_string()).into_response()
+}
+
+async fn list_check_runs(
+    State((st, _)): State<St>,
+    UrlPath((_o, _r, sha)): UrlPath<(String, String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    h: HeaderMap,
+) -> Response {
+    let runs: Vec<Value> = st
+        .lock()
+        .unwrap()
+        .check_runs
+        .values()
+        .filter(|r| r["head_sha"] == sha.as_str())
+        .filter(|r| q.get("check_name").is_none_or(|n| r["name"] == n.as_str()))
+        .cloned()
+        .collect();
+    let mut list = fixture("check-runs-list.json");
+    list["total_count"] = json!(runs.len());
+    list["check_runs"] = Value::Array(runs);
+    respond(&st, &h, list, None)
+}
+
+/// The App's JWT checked as GitHub documents it: RS256, `iss` the App's
+/// id, at most 10 minutes from `iat` to `exp`.
+async fn installation_token(
+    State((st, _)): State<St>,
+    UrlPath(_id): UrlPath<u64>,
+    h: HeaderMap,
+) -> Response {
+    use octocrab::jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+    let Some((app_id, public)) = st.lock().unwrap().app.clone() else {
+        return not_found();
+    };
+    let jwt = h
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    let key = DecodingKey::from_rsa_pem(&public).unwrap();
+    let mut v = Validation::new(Algorithm::RS256);
+    v.set_required_spec_claims(&["exp"]);
+    let claims = match decode::<Value>(&jwt, &key, &v) {
+        Ok(d) => d.claims,
+        Err(e) => {
+            return refuse(
+                &st,
+                StatusCode::UNAUTHORIZED,
+                format!("A JSON web token could not be decoded: {e}"),
+            )
+        }
+    };
+    let (iat, exp) = (
+        claims["iat"].as_i64().unwrap_or(0),
+        claims["exp"].as_i64().unwrap_or(0),
+    );
+    if exp - iat > 660 {
+        return refuse(
+            &st,
+            StatusCode::UNAUTHORIZED,
+            "'Expiration time' claim ('exp') is too far in the future".into(),
+        );
+    }
+    let mut t = fixture("installation-token.json");
+    let token = {
+        let mut s = st.lock().unwrap();
+        s.next_id += 1;
+        let token = format!("ghs_airlockTest{}{}", s.next_id, "x".repeat(40));
+        s.tokens.push(token.clone());
+        token
+    };
+    t["token"] = json!(token);
+    t["expires_at"] = json!(iso(now() + 3600));
+    (StatusCode::CREATED, t.to_string()).into_response()
 }

@@ -21,7 +21,8 @@ use super::rule::{parse_time, Time};
 pub enum Error {
     #[error("GitHub client: {0}")]
     Client(String),
-    #[error("GET {0}: HTTP {1}: {2}")]
+    /// The request (`GET <url>`), the HTTP status, the body's start.
+    #[error("{0}: HTTP {1}: {2}")]
     Status(String, u16, String),
     #[error("GitHub rate limit exhausted; next request allowed at {}", super::rule::fmt_time(*.0))]
     RateLimited(Time),
@@ -250,19 +251,20 @@ impl GitHub {
         let url = self.url(path);
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let what = format!("{method} {url}");
+        let rel = self.on_api(&url);
         let resp = if method == http::Method::PATCH {
-            self.octo._patch(url.as_str(), Some(body)).await
+            self.octo._patch(rel.as_str(), Some(body)).await
         } else {
-            self.octo._post(url.as_str(), Some(body)).await
+            self.octo._post(rel.as_str(), Some(body)).await
         }
-        .map_err(|e| Error::Client(format!("{what}: {e}")))?;
+        .map_err(|e| Error::Client(format!("{what}: {}", crate::error::chain(&e))))?;
         let status = resp.status();
         self.note_rate_limit(&resp.headers().clone(), status);
         let text = self
             .octo
             .body_to_string(resp)
             .await
-            .map_err(|e| Error::Client(format!("{what}: {e}")))?;
+            .map_err(|e| Error::Client(format!("{what}: {}", crate::error::chain(&e))))?;
         if !status.is_success() {
             let mut b = text;
             b.truncate(300);
@@ -288,6 +290,20 @@ impl GitHub {
             self.base.to_string().trim_end_matches('/'),
             path_and_query
         )
+    }
+
+    /// A URL on the API host as the path octocrab sends credentials with:
+    /// octocrab adds the `Authorization` header only to a request without
+    /// an authority (or to api.github.com), and puts the API URL back in
+    /// front. A URL elsewhere stays as it is (and goes without them).
+    fn on_api(&self, url: &str) -> String {
+        match url.parse::<http::Uri>() {
+            Ok(u) if u.authority().is_some() && u.authority() == self.base.authority() => u
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| "/".into()),
+            _ => url.to_owned(),
+        }
     }
 
     /// One conditional GET.
@@ -318,9 +334,9 @@ impl GitHub {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let resp = self
             .octo
-            ._get_with_headers(url, Some(h))
+            ._get_with_headers(self.on_api(url), Some(h))
             .await
-            .map_err(|e| Error::Client(format!("GET {url}: {e}")))?;
+            .map_err(|e| Error::Client(format!("GET {url}: {}", crate::error::chain(&e))))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let date = headers
@@ -359,7 +375,7 @@ impl GitHub {
             .octo
             .body_to_string(resp)
             .await
-            .map_err(|e| Error::Client(format!("GET {url}: {e}")))?;
+            .map_err(|e| Error::Client(format!("GET {url}: {}", crate::error::chain(&e))))?;
         if !status.is_success() {
             if let Some(until) = *self.blocked_until.lock().expect("lock") {
                 if now() < until {
@@ -368,7 +384,7 @@ impl GitHub {
             }
             let mut b = body;
             b.truncate(300);
-            return Err(Error::Status(url.into(), status.as_u16(), b));
+            return Err(Error::Status(format!("GET {url}"), status.as_u16(), b));
         }
         let next = link_next;
         let body = bytes::Bytes::from(body);
@@ -657,6 +673,16 @@ mod tests {
             query_escape("refs/heads/a b+c#d"),
             "refs/heads/a%20b%2Bc%23d"
         );
+    }
+
+    #[tokio::test]
+    async fn api_urls_go_as_paths_so_credentials_go_with_them() {
+        let gh = GitHub::new("https://ghe.example/api/v3", Some("t".into())).unwrap();
+        assert_eq!(
+            gh.on_api("https://ghe.example/api/v3/repos/a/b/pulls/1?x=1"),
+            "/api/v3/repos/a/b/pulls/1?x=1"
+        );
+        assert_eq!(gh.on_api("https://elsewhere.example/x"), "https://elsewhere.example/x");
     }
 
     #[test]

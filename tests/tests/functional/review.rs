@@ -29,6 +29,15 @@ fn chromium_or_skip(test: &str) -> bool {
     ready_or_skip(test, &missing)
 }
 
+fn openssl_or_skip(test: &str) -> bool {
+    let missing: Vec<String> = if have("openssl") {
+        vec![]
+    } else {
+        vec!["openssl (a GitHub App's key; scripts/setup.sh installs it)".into()]
+    };
+    ready_or_skip(test, &missing)
+}
+
 /// The fixture with the PR's change: the leaf's output changes.
 fn changed_fixture() -> Vec<u8> {
     let text = std::fs::read_to_string(fixture_dir().join("default.nix")).unwrap();
@@ -107,12 +116,78 @@ fn closure(store: &Path, path: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// A list of names: plain strings, or nixpkgs-review 4.0's
+/// `{name, aliases}` entries (report.json's categories).
 fn strings(v: &serde_json::Value) -> Vec<String> {
     v.as_array()
         .unwrap_or_else(|| panic!("not a list: {v}"))
         .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
+        .map(|s| {
+            s.as_str()
+                .or_else(|| s["name"].as_str())
+                .unwrap_or_else(|| panic!("not a name: {s}"))
+                .to_owned()
+        })
         .collect()
+}
+
+/// The names of `failures.on_base` / `failures.unsupported`.
+fn names(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A GitHub stand-in that is GitHub for an App, and the daemon's config
+/// for it (issue 32: check runs).
+fn github_app(dir: &Path) -> (airlock_e2e::github::FakeGitHub, PathBuf) {
+    let gh = airlock_e2e::github::FakeGitHub::start();
+    let (key, public) = airlock_e2e::github::app_key(dir);
+    gh.set_app(77, public);
+    (gh, key)
+}
+
+fn use_github_app(c: &mut airlock::config::Config, gh_url: &str, key: &Path) {
+    c.github.api_url = gh_url.to_owned();
+    c.github.app_id = Some(77);
+    c.github.app_key_file = Some(key.to_owned());
+    c.github.installation_id = Some(4242);
+    c.web.public_url = Some("https://airlock.example.org".into());
+}
+
+/// The one check run on `head`, once it is completed (it is posted after
+/// the job's record is saved: the job may be seen done a moment before).
+fn completed_run(
+    gh: &airlock_e2e::github::FakeGitHub,
+    head: &str,
+    d: &Daemon,
+) -> serde_json::Value {
+    let t0 = Instant::now();
+    loop {
+        let runs = gh.check_runs_on(head);
+        if runs.len() == 1 && runs[0]["status"] == "completed" {
+            return runs[0].clone();
+        }
+        assert!(
+            runs.len() <= 1 && t0.elapsed() < Duration::from_secs(60),
+            "{runs:#?}\nrefused: {:?}\n{}",
+            gh.with(|s| s.refused.clone()),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The check-run writes the stand-in received for `head`: (method, body).
+fn check_writes(gh: &airlock_e2e::github::FakeGitHub) -> Vec<(String, serde_json::Value)> {
+    gh.with(|s| {
+        s.check_writes
+            .iter()
+            .map(|(m, _, b)| (m.clone(), b.clone()))
+            .collect()
+    })
 }
 
 /// `program`, in airlockd's network namespace (where its listeners are).
@@ -188,12 +263,16 @@ fn green_pixels(png_file: &Path) -> usize {
 #[test]
 fn a_review_rebuilds_exactly_the_dependents_and_maps_the_evidence() {
     let name = "a_review_rebuilds_exactly_the_dependents_and_maps_the_evidence";
-    if !prerequisites(name) || !chromium_or_skip(name) {
+    if !prerequisites(name) || !chromium_or_skip(name) || !openssl_or_skip(name) {
         return;
     }
     let port = free_port();
+    let keys = tempfile::tempdir().unwrap();
+    let (gh, app_key) = github_app(keys.path());
     let d = Daemon::builder()
+        .host_network()
         .with(|c| {
+            use_github_app(c, &gh.url, &app_key);
             c.max_jobs = 2;
             c.web.listen = Some(format!("127.0.0.1:{port}"));
             c.sponsor.name = "Example Compute".into();
@@ -222,14 +301,17 @@ fn a_review_rebuilds_exactly_the_dependents_and_maps_the_evidence() {
             "graph.docs",
             "graph.libleaf",
             "graph.libmid",
+            "graph.oldbroken",
             "graph.shell",
+            "graph.strict",
             "graph.tool"
         ],
         "the fixture's graph changed; this test's expectations must follow"
     );
 
+    gh.set_pull(42, &head, &[]);
     let t0 = Instant::now();
-    let id = d.review(&repo, &head, &["--pr", "42"]);
+    let id = d.review(&repo, &head, &["--pr", "42", "--github", "airlock/fixture"]);
 
     // Meanwhile: a job that prints a line every 0.25 s, whose log page must
     // follow it in the browser.
@@ -278,7 +360,12 @@ fn a_review_rebuilds_exactly_the_dependents_and_maps_the_evidence() {
     );
     assert_eq!(report["rebuild"]["mass_rebuild"], false);
     let c = &report["result"]["x86_64-linux"];
-    assert_eq!(strings(&c["built"]), expected, "{report:#}");
+    let built: Vec<String> = expected
+        .iter()
+        .filter(|a| !["graph.oldbroken", "graph.strict"].contains(&a.as_str()))
+        .cloned()
+        .collect();
+    assert_eq!(strings(&c["built"]), built, "{report:#}");
     assert_eq!(
         strings(&c["tests"]),
         [
@@ -289,7 +376,108 @@ fn a_review_rebuilds_exactly_the_dependents_and_maps_the_evidence() {
             "graph.libmid.passthru.tests.unit"
         ]
     );
-    assert_eq!(strings(&c["failed"]), ["graph.app.passthru.tests.flaky"]);
+    // Issue 32: only the failure the PR caused is `failed`; the base fails
+    // on the others too (the flaky test is the very same derivation), and
+    // the NixOS test is unsupported here, not failed.
+    assert_eq!(strings(&c["failed"]), ["graph.strict"], "{report:#}");
+    assert_eq!(strings(&report["failures"]["new"]), ["graph.strict"]);
+    assert_eq!(
+        names(&report["failures"]["on_base"]),
+        ["graph.app.passthru.tests.flaky", "graph.oldbroken"],
+        "{:#}",
+        report["failures"]
+    );
+    assert_eq!(
+        names(&report["failures"]["unsupported"]),
+        ["graph.app.passthru.tests.vm"]
+    );
+    let checks = &report["base_checks"];
+    assert!(
+        checks["graph.strict"]
+            .as_str()
+            .unwrap()
+            .starts_with("builds on the base"),
+        "{checks}"
+    );
+    assert!(
+        checks["graph.oldbroken"]
+            .as_str()
+            .unwrap()
+            .contains("built here and failed"),
+        "{checks}"
+    );
+    assert!(
+        checks["graph.app.passthru.tests.flaky"]
+            .as_str()
+            .unwrap()
+            .contains("very derivation"),
+        "{checks}"
+    );
+    assert!(
+        log.contains("airlock: review: graph.oldbroken fails too on the base"),
+        "{log}"
+    );
+    let tail = strings(&report["failure_logs"]["graph.strict"]);
+    assert!(
+        tail.len() <= 20
+            && tail
+                .iter()
+                .any(|l| l.contains("strict: expected leaf-v1, got leaf-v2")),
+        "{tail:?}"
+    );
+    // Not a bot's PR: no merge verdict, and why.
+    assert_eq!(report["automerge"]["eligible"], false);
+    assert!(
+        strings(&report["automerge"]["reasons"])
+            .iter()
+            .any(|r| r.contains("mallory") && r.contains("bot_authors")),
+        "{:#}",
+        report["automerge"]
+    );
+    // The check run: queued, in progress, completed; its conclusion is the
+    // new failure's.
+    let run = &completed_run(&gh, &head, &d);
+    assert_eq!(
+        run["name"],
+        format!(
+            "airlock review ({})",
+            report["builder"]["identity"].as_str().unwrap()
+        )
+    );
+    assert_eq!(run["status"], "completed");
+    assert_eq!(run["conclusion"], "failure");
+    assert_eq!(
+        run["details_url"],
+        format!("https://airlock.example.org/jobs/{id}")
+    );
+    let summary = run["output"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("1 failed") && summary.contains("2 fail on the base too"),
+        "{summary}"
+    );
+    assert!(run["output"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("What the passing tests vouch for"));
+    let writes = check_writes(&gh);
+    let states: Vec<String> = writes
+        .iter()
+        .map(|(m, b)| format!("{m} {}", b["status"].as_str().unwrap_or("-")))
+        .collect();
+    assert_eq!(
+        states,
+        ["POST queued", "PATCH in_progress", "PATCH completed"],
+        "{writes:#?}"
+    );
+    assert!(writes[1].1["output"]["summary"]
+        .as_str()
+        .unwrap()
+        .contains("Example Compute"));
+    assert!(
+        gh.with(|s| s.refused.is_empty()),
+        "{:?}",
+        gh.with(|s| s.refused.clone())
+    );
     let skipped = &report["skipped_tests"][0];
     assert_eq!(skipped["attr"], "graph.app.passthru.tests.vm");
     assert!(
@@ -392,6 +580,10 @@ fn a_review_rebuilds_exactly_the_dependents_and_maps_the_evidence() {
         "{html}"
     );
     assert!(html.contains("<code>graph.libleaf</code>"), "{html}");
+    assert!(md.contains("1 package failed to build"), "{md}");
+    assert!(md.contains("2 packages fail on the base too"), "{md}");
+    assert!(md.contains("1 package unsupported here"), "{md}");
+    assert!(md.contains("Error logs"), "{md}");
     assert!(
         md.contains("These build results were contributed by: Example Compute \u{2013} https://compute.example"),
         "{md}"
@@ -510,7 +702,7 @@ fn a_mass_rebuild_from_the_broker_is_reported_and_only_sampled() {
         assert!(
             output
                 .iter()
-                .any(|l| l.starts_with("airlock review: 7 changed (mass rebuild, 2 built as a sample)")),
+                .any(|l| l.starts_with("airlock review: 9 changed (mass rebuild, 2 built as a sample)")),
             "{r:#}"
         );
         assert_eq!(
@@ -525,7 +717,7 @@ fn a_mass_rebuild_from_the_broker_is_reported_and_only_sampled() {
         )
         .unwrap();
         assert_eq!(report["rebuild"]["mass_rebuild"], true);
-        assert_eq!(report["rebuild"]["changed"].as_array().unwrap().len(), 7);
+        assert_eq!(report["rebuild"]["changed"].as_array().unwrap().len(), 9);
         let sample = strings(&report["rebuild"]["build"]);
         assert_eq!(sample.len(), 2);
         // Only the sample (and its tests) was built.
@@ -538,7 +730,7 @@ fn a_mass_rebuild_from_the_broker_is_reported_and_only_sampled() {
             "{attempted:?} vs {sample:?}"
         );
         let md = std::fs::read_to_string(d.state().join("jobs").join(id).join("report.md")).unwrap();
-        assert!(md.contains("**Mass rebuild: 7 attrs changed"), "{md}");
+        assert!(md.contains("**Mass rebuild: 9 attrs changed"), "{md}");
     });
 }
 
@@ -611,5 +803,211 @@ fn a_rebuild_list_from_the_central_side_skips_the_base_evaluation() {
             "graph.app.passthru.tests.smoke evaluation only",
             "graph.app.passthru.tests.vm evaluation only"
         ]
+    );
+
+    // Issue 32: nixpkgs CI's comparison (changed-paths.json, in its shape)
+    // is the rebuild list: no base evaluation, and the rebuild set is the
+    // one an evaluation gives (the host's diff of both trees).
+    let store = d.dir.path().join("host-store");
+    let base = host_out_paths(
+        &store,
+        &tree_of(&repo, "master", &d.dir.path().join("t-base")),
+    );
+    let merged = host_out_paths(
+        &store,
+        &tree_of(&repo, &head, &d.dir.path().join("t-merged")),
+    );
+    let diff: Vec<String> = merged
+        .iter()
+        .filter(|(a, o)| base.get(*a) != Some(*o))
+        .map(|(a, _)| a.clone())
+        .collect();
+    assert_eq!(diff.len(), 9, "{diff:?}");
+    let mut shuffled = diff.clone();
+    shuffled.reverse();
+    let cp = serde_json::json!({
+        "attrdiff": { "added": [], "changed": diff, "removed": ["graph.gone"] },
+        "labels": { "10.rebuild-linux: 1-10": true, "10.rebuild-darwin: 1-10": true },
+        "rebuildsByKernel": { "darwin": ["graph.app"], "linux": diff },
+        "rebuildCountByKernel": { "darwin": 1, "linux": diff.len() },
+        "rebuildsByPlatform": { "aarch64-darwin": ["graph.app"], "x86_64-linux": shuffled }
+    });
+    let cp_file = d.dir.path().join("changed-paths.json");
+    std::fs::write(&cp_file, serde_json::to_vec_pretty(&cp).unwrap()).unwrap();
+    let id = d.review(
+        &repo,
+        &head,
+        &["--ci-comparison", cp_file.to_str().unwrap(), "--eval-only"],
+    );
+    let rec = d.wait(&id, LIMIT);
+    let log = d.build_log(&id);
+    assert_eq!(status(&rec), "Skipped", "{rec:#}\n{log}");
+    assert!(!log.contains("evaluated the base"), "{log}");
+    assert!(
+        log.contains(
+            "airlock: review: the rebuild list was given (9 attrs): the base is not evaluated"
+        ),
+        "{log}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(d.state().join("jobs").join(&id).join("report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(strings(&report["rebuild"]["changed"]), diff, "{report:#}");
+    assert_eq!(strings(&report["rebuild"]["removed"]), ["graph.gone"]);
+    assert!(
+        report["rebuild"]["source"]
+            .as_str()
+            .unwrap()
+            .contains("changed-paths.json"),
+        "{report:#}"
+    );
+    // A file that is not in that shape is refused before a job exists.
+    std::fs::write(
+        &cp_file,
+        br#"{"rebuildsByPlatform": {"x86_64-linux": "graph.app"}}"#,
+    )
+    .unwrap();
+    let out = d.ctl(&[
+        "review",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--head",
+        &head,
+        "--ci-comparison",
+        cp_file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("changed-paths.json"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A bot's point release (issue 32): `r-ryantm` bumps `graph.base-a`
+/// 1.0.0 → 1.0.1; its dependent `graph.base-b` rebuilds, and
+/// `base-b.passthru.tests.check` exercises both: eligible. The same bump
+/// together with `graph.base-c` (no test exercises it): not eligible,
+/// with that reason. Both are posted as check runs.
+#[test]
+fn a_bot_point_release_gets_a_merge_verdict() {
+    let name = "a_bot_point_release_gets_a_merge_verdict";
+    if !prerequisites(name) || !openssl_or_skip(name) {
+        return;
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let (gh, app_key) = github_app(keys.path());
+    let d = Daemon::builder()
+        .host_network()
+        .with(|c| {
+            c.max_jobs = 2;
+            use_github_app(c, &gh.url, &app_key);
+        })
+        .start();
+    let text = std::fs::read_to_string(fixture_dir().join("default.nix")).unwrap();
+    let bump = |t: &str, attr: &str| {
+        let from = format!("\"airlock-g-{attr}-1.0.0\"");
+        assert!(t.contains(&from), "the fixture has no {from}");
+        t.replace(&from, &format!("\"airlock-g-{attr}-1.0.1\""))
+    };
+    let one = bump(&text, "base-a");
+    let two = bump(&one, "base-c");
+    let (repo1, head1) = fixture_repo(
+        &d.dir.path().join("one"),
+        &[("default.nix", one.into_bytes())],
+    );
+    let (repo2, head2) = fixture_repo(
+        &d.dir.path().join("two"),
+        &[("default.nix", two.into_bytes())],
+    );
+    let attrs = [
+        "--attr",
+        "graph.base-a",
+        "--attr",
+        "graph.base-b",
+        "--attr",
+        "graph.base-c",
+        "--attr",
+        "graph.libleaf",
+    ];
+    let mut ids = vec![];
+    for (pr, repo, head) in [(7u64, &repo1, &head1), (8, &repo2, &head2)] {
+        gh.set_pull(pr, head, &[]);
+        gh.set_author(pr, "r-ryantm");
+        let pr = pr.to_string();
+        let mut args = vec!["--pr", &pr, "--github", "airlock/fixture"];
+        args.extend(attrs);
+        ids.push(d.review(repo, head, &args));
+    }
+    let report = |id: &str| -> serde_json::Value {
+        let rec = d.wait(id, LIMIT);
+        let log = d.build_log(id);
+        assert_eq!(status(&rec), "Success", "{rec:#}\n{log}");
+        serde_json::from_slice(
+            &std::fs::read(d.state().join("jobs").join(id).join("report.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let r1 = report(&ids[0]);
+    assert_eq!(
+        strings(&r1["rebuild"]["changed"]),
+        ["graph.base-a", "graph.base-b"]
+    );
+    assert_eq!(
+        r1["automerge"]["versions"],
+        serde_json::json!([{"attr": "graph.base-a", "from": "1.0.0", "to": "1.0.1"}])
+    );
+    assert_eq!(
+        r1["automerge"]["eligible"],
+        true,
+        "{:#}\n{}",
+        r1["automerge"],
+        d.log()
+    );
+    assert!(strings(&r1["automerge"]["reasons"]).is_empty());
+    let md =
+        std::fs::read_to_string(d.state().join("jobs").join(&ids[0]).join("report.md")).unwrap();
+    assert!(md.contains("**Merge verdict: eligible.**"), "{md}");
+
+    let r2 = report(&ids[1]);
+    assert_eq!(
+        strings(&r2["rebuild"]["changed"]),
+        ["graph.base-a", "graph.base-b", "graph.base-c"]
+    );
+    assert_eq!(r2["automerge"]["eligible"], false);
+    assert_eq!(
+        strings(&r2["automerge"]["reasons"]),
+        ["exercised by no passing test: graph.base-c"],
+        "{:#}",
+        r2["automerge"]
+    );
+    let md =
+        std::fs::read_to_string(d.state().join("jobs").join(&ids[1]).join("report.md")).unwrap();
+    assert!(md.contains("**Merge verdict: not eligible.**"), "{md}");
+
+    // The verdicts as check runs, one per head.
+    let c1 = completed_run(&gh, &head1, &d);
+    assert_eq!(c1["conclusion"], "success");
+    assert!(
+        c1["output"]["title"]
+            .as_str()
+            .unwrap()
+            .contains("eligible for merging"),
+        "{c1:#}"
+    );
+    let c2 = completed_run(&gh, &head2, &d);
+    assert_eq!(c2["conclusion"], "success");
+    assert!(
+        c2["output"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("exercised by no passing test: graph.base-c"),
+        "{c2:#}"
+    );
+    assert!(
+        gh.with(|s| s.refused.is_empty()),
+        "{:?}",
+        gh.with(|s| s.refused.clone())
     );
 }
