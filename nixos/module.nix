@@ -117,6 +117,9 @@ let
     github = {
       token_file = secretKey "/run/secrets/airlock-github-token" "File with a GitHub API token.";
       webhook_secret_file = secretKey "/run/secrets/airlock-webhook-secret" "The webhook's shared secret. Required with `github.webhook_listen`.";
+      app_id = key types.ints.unsigned "A GitHub App's id (with `app_key_file` and `installation_id`): reviews post check runs, which only an App may write.";
+      app_key_file = secretKey "/run/secrets/airlock-github-app.pem" "The GitHub App's private key (PEM), read by airlockd at start.";
+      installation_id = key types.ints.unsigned "The App's installation on the reviewed repositories.";
     };
     cache.listen = key types.str "`ADDR:PORT` of the binary cache server (trusted builders).";
     network = {

@@ -953,6 +953,16 @@ async fn installation_token(
             )
         }
     };
+    // `iss`: the App's id (a number, or its text).
+    let iss_ok = claims["iss"].as_u64() == Some(app_id)
+        || claims["iss"].as_str() == Some(app_id.to_string().as_str());
+    if !iss_ok {
+        return refuse(
+            &st,
+            StatusCode::UNAUTHORIZED,
+            format!("'Issuer' claim ('iss') {} is not this App", claims["iss"]),
+        );
+    }
     let (iat, exp) = (
         claims["iat"].as_i64().unwrap_or(0),
         claims["exp"].as_i64().unwrap_or(0),

@@ -559,38 +559,14 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Review {
             pr,
             base,
-            mut attrs,
+            attrs,
             attrs_file,
             rebuild,
             eval_only,
             ci_comparison,
         } => {
-            let ci_comparison = ci_comparison
-                .map(|f| -> anyhow::Result<_> {
-                    let b =
-                        std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
-                    airlock::nixpkgs_ci::ChangedPaths::parse(&b).with_context(|| {
-                        format!("{} is not nixpkgs CI's changed-paths.json", f.display())
-                    })
-                })
-                .transpose()?;
-            if ci_comparison.is_some() && !rebuild.is_empty() {
-                anyhow::bail!("--ci-comparison and --rebuild both give the rebuild list: use one");
-            }
-            if let Some(f) = attrs_file {
-                let list: Vec<String> = serde_json::from_slice(
-                    &std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
-                )
-                .with_context(|| format!("{} is not a JSON list of attr paths", f.display()))?;
-                attrs.extend(list);
-            }
-            let review = airlock::ofborg::ReviewRequest {
-                base,
-                attrs: (!attrs.is_empty()).then_some(attrs),
-                rebuild: (!rebuild.is_empty()).then_some(rebuild),
-                eval_only,
-                ci_comparison,
-            };
+            let review =
+                review_request(base, attrs, attrs_file, rebuild, eval_only, ci_comparison)?;
             submit(&api, pr.job(vec![], Some(review))?, json).await?;
         }
         Cmd::Submit { pr, attrs } => submit(&api, pr.job(attrs, None)?, json).await?,
@@ -792,4 +768,39 @@ async fn release(
         }
     }
     Ok(())
+}
+
+/// `airlockctl review`'s marker from its flags (the files read and checked).
+fn review_request(
+    base: Option<String>,
+    mut attrs: Vec<String>,
+    attrs_file: Option<std::path::PathBuf>,
+    rebuild: Vec<String>,
+    eval_only: bool,
+    ci_comparison: Option<std::path::PathBuf>,
+) -> anyhow::Result<airlock::ofborg::ReviewRequest> {
+    let ci_comparison = ci_comparison
+        .map(|f| -> anyhow::Result<_> {
+            let b = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+            airlock::nixpkgs_ci::ChangedPaths::parse(&b)
+                .with_context(|| format!("{} is not nixpkgs CI's changed-paths.json", f.display()))
+        })
+        .transpose()?;
+    if ci_comparison.is_some() && !rebuild.is_empty() {
+        anyhow::bail!("--ci-comparison and --rebuild both give the rebuild list: use one");
+    }
+    if let Some(f) = attrs_file {
+        let list: Vec<String> = serde_json::from_slice(
+            &std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
+        )
+        .with_context(|| format!("{} is not a JSON list of attr paths", f.display()))?;
+        attrs.extend(list);
+    }
+    Ok(airlock::ofborg::ReviewRequest {
+        base,
+        attrs: (!attrs.is_empty()).then_some(attrs),
+        rebuild: (!rebuild.is_empty()).then_some(rebuild),
+        eval_only,
+        ci_comparison,
+    })
 }

@@ -682,7 +682,10 @@ mod tests {
             gh.on_api("https://ghe.example/api/v3/repos/a/b/pulls/1?x=1"),
             "/api/v3/repos/a/b/pulls/1?x=1"
         );
-        assert_eq!(gh.on_api("https://elsewhere.example/x"), "https://elsewhere.example/x");
+        assert_eq!(
+            gh.on_api("https://elsewhere.example/x"),
+            "https://elsewhere.example/x"
+        );
     }
 
     #[test]

@@ -443,40 +443,21 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
     broken_and_missing(o, &ctx, &mut c);
     let (rebuild, rebuild_source, rebuild_note) = host_rebuild_set(o, &ctx);
     let evidence = evidence_map(o, &ctx, &c, &rebuild, &passed);
-    // Only what the guest itself said failed can fail on the base too.
-    let checks: BTreeMap<String, super::BaseCheck> = o
-        .base_checks
-        .iter()
-        .filter(|(a, _)| guest_failed.contains(*a))
-        .map(|(a, b)| (a.clone(), b.clone()))
-        .collect();
-    let skipped: Vec<&SkippedTest> = skipped_attrs.iter().chain(&skipped_tests).collect();
-    let failures = super::verdict::classify(&c.failed, &checks, &skipped);
-    c.failed = failures.new.clone();
-    let automerge = super::verdict::automerge(super::verdict::AutomergeInput {
-        bot_authors: ctx.bot_authors,
-        pr: ctx.pr_now,
-        reviewed_head: ctx.head,
-        changed: &rebuild.changed,
-        mass_rebuild: rebuild.mass_rebuild,
-        built: &c.built,
-        failures: &failures,
-        exercised: &evidence.by_package,
-        versions: super::verdict::version_changes(&rebuild.changed, &o.base, &o.merged),
-    });
-    let failure_logs = o
-        .failure_logs
-        .iter()
-        .filter(|(a, _)| guest_failed.contains(*a) && name_ok(a))
-        .take(MAX_LOGS)
-        .map(|(a, lines)| {
-            let tail = lines.len().saturating_sub(super::LOG_TAIL_LINES);
-            (
-                a.clone(),
-                lines[tail..].iter().map(|l| cut_line(l)).collect(),
-            )
-        })
-        .collect();
+    let Verdicts {
+        failures,
+        checks,
+        automerge,
+        failure_logs,
+    } = verdicts(
+        o,
+        &ctx,
+        &mut c,
+        &rebuild,
+        &evidence,
+        &guest_failed,
+        &skipped_attrs,
+        &skipped_tests,
+    );
     let RebuildSet {
         changed,
         removed,
@@ -517,19 +498,7 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
         skipped_tests,
         evidence,
         artifacts: ctx.artifacts,
-        nar_hashes: ctx
-            .verified
-            .iter()
-            .map(|(p, (h, s))| {
-                (
-                    p.clone(),
-                    NarHash {
-                        nar_hash: h.clone(),
-                        nar_size: *s,
-                    },
-                )
-            })
-            .collect(),
+        nar_hashes: nar_hashes(ctx.verified),
         guest_nix: ctx.guest_nix.map(str::to_owned),
         builder: Builder {
             identity: ctx.identity.to_owned(),
@@ -549,6 +518,88 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
             ("merged".to_owned(), o.eval_ms.1),
         ]),
         attestations: ctx.attestations,
+    }
+}
+
+fn nar_hashes(verified: &BTreeMap<String, (String, u64)>) -> BTreeMap<String, NarHash> {
+    verified
+        .iter()
+        .map(|(p, (h, s))| {
+            (
+                p.clone(),
+                NarHash {
+                    nar_hash: h.clone(),
+                    nar_size: *s,
+                },
+            )
+        })
+        .collect()
+}
+
+/// What the report concludes from the failures: new or the base's, the
+/// merge verdict, the failures' log tails.
+struct Verdicts {
+    failures: super::verdict::Failures,
+    checks: BTreeMap<String, super::BaseCheck>,
+    automerge: super::verdict::Automerge,
+    failure_logs: BTreeMap<String, Vec<String>>,
+}
+
+/// `c.failed` becomes the new failures only.
+#[allow(clippy::too_many_arguments)]
+fn verdicts(
+    o: &ReviewOutcome,
+    ctx: &Context<'_>,
+    c: &mut Categories,
+    rebuild: &RebuildSet,
+    evidence: &Evidence,
+    guest_failed: &BTreeSet<String>,
+    skipped_attrs: &[SkippedTest],
+    skipped_tests: &[SkippedTest],
+) -> Verdicts {
+    // Only what the guest itself said failed can fail on the base too.
+    let checks: BTreeMap<String, super::BaseCheck> = o
+        .base_checks
+        .iter()
+        .filter(|(a, _)| guest_failed.contains(*a))
+        .map(|(a, b)| (a.clone(), b.clone()))
+        .collect();
+    let skipped: Vec<(&str, &str)> = skipped_attrs
+        .iter()
+        .chain(skipped_tests)
+        .map(|s| (s.attr.as_str(), s.reason.as_str()))
+        .collect();
+    let failures = super::verdict::classify(&c.failed, &checks, &skipped);
+    c.failed = failures.new.clone();
+    let automerge = super::verdict::automerge(super::verdict::AutomergeInput {
+        bot_authors: ctx.bot_authors,
+        pr: ctx.pr_now,
+        reviewed_head: ctx.head,
+        changed: &rebuild.changed,
+        mass_rebuild: rebuild.mass_rebuild,
+        built: &c.built,
+        failures: &failures,
+        exercised: &evidence.by_package,
+        versions: super::verdict::version_changes(&rebuild.changed, &o.base, &o.merged),
+    });
+    let failure_logs = o
+        .failure_logs
+        .iter()
+        .filter(|(a, _)| guest_failed.contains(*a) && name_ok(a))
+        .take(MAX_LOGS)
+        .map(|(a, lines)| {
+            let tail = lines.len().saturating_sub(super::LOG_TAIL_LINES);
+            (
+                a.clone(),
+                lines[tail..].iter().map(|l| cut_line(l)).collect(),
+            )
+        })
+        .collect();
+    Verdicts {
+        failures,
+        checks,
+        automerge,
+        failure_logs,
     }
 }
 
@@ -932,8 +983,9 @@ fn section(md: &mut String, icon: &str, what: &str, items: &[String], lim: Lim) 
     let n = items.len();
     let (noun, rest) = what.split_once(' ').unwrap_or((what, ""));
     // "1 package does not exist", "2 packages do not exist".
-    let rest = match rest.strip_prefix("does ") {
-        Some(r) if n != 1 => format!("do {r}"),
+    let rest = match (rest.strip_prefix("does "), rest.strip_prefix("fails ")) {
+        (Some(r), _) if n != 1 => format!("do {r}"),
+        (_, Some(r)) if n != 1 => format!("fail {r}"),
         _ => rest.to_owned(),
     };
     md.push_str(&format!(
@@ -1717,6 +1769,18 @@ mod tests {
         assert!(md.contains("1 package does not exist:"), "{md}");
         assert!(md.contains("2 packages do not exist:"), "{md}");
         assert!(md.contains("2 packages failed to build:"), "{md}");
+        let mut md = String::new();
+        let two = ["a".to_owned(), "b".to_owned()];
+        section(&mut md, "-", "package fails on the base too", &two, all);
+        section(
+            &mut md,
+            "-",
+            "package fails on the base too",
+            &two[..1],
+            all,
+        );
+        assert!(md.contains("2 packages fail on the base too:"), "{md}");
+        assert!(md.contains("1 package fails on the base too:"), "{md}");
     }
 
     /// nixpkgs-review 4.0's `report.json` keys and types, as docs/review.md

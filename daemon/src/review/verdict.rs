@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::report::SkippedTest;
 use super::{BaseCheck, BaseResult};
 
 /// A failure the base has too, or a package this builder cannot build.
@@ -48,11 +47,11 @@ pub fn is_unsupported(reason: &str) -> bool {
 }
 
 /// Sort `failed` (every failed attr and test) by the VM's base checks;
-/// `skipped` are the skipped attrs and tests.
+/// `skipped` are the skipped attrs and tests: (name, reason).
 pub fn classify(
     failed: &[String],
     checks: &BTreeMap<String, BaseCheck>,
-    skipped: &[&SkippedTest],
+    skipped: &[(&str, &str)],
 ) -> Failures {
     let mut f = Failures {
         source: ON_BASE_SOURCE.into(),
@@ -69,10 +68,10 @@ pub fn classify(
     }
     f.unsupported = skipped
         .iter()
-        .filter(|s| is_unsupported(&s.reason))
-        .map(|s| Noted {
-            name: s.attr.clone(),
-            reason: s.reason.clone(),
+        .filter(|(_, reason)| is_unsupported(reason))
+        .map(|(name, reason)| Noted {
+            name: name.to_string(),
+            reason: reason.to_string(),
         })
         .collect();
     f.new.sort();
@@ -446,18 +445,13 @@ mod tests {
                 },
             ),
         ]);
-        let vm = SkippedTest {
-            attr: "t.vm".into(),
-            reason: "needs KVM inside the VM".into(),
-        };
-        let eo = SkippedTest {
-            attr: "t.x".into(),
-            reason: "evaluation only".into(),
-        };
         let f = classify(
             &["broke".into(), "old".into(), "unchecked".into()],
             &checks,
-            &[&vm, &eo],
+            &[
+                ("t.vm", "needs KVM inside the VM"),
+                ("t.x", "evaluation only"),
+            ],
         );
         assert_eq!(f.new, ["broke", "unchecked"]);
         assert_eq!(f.on_base.len(), 1);
