@@ -23,7 +23,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::config::Config;
 use crate::job::{JobPaths, JobRecord, JobStore};
 use crate::ofborg::BuildStatus;
-use crate::release::github::{check_repo, is_sha, GitHub};
+use crate::release::github::GitHub;
 use crate::review::report::{self, Report};
 use crate::runner::LogSink;
 
@@ -120,9 +120,20 @@ pub fn completed(
     let (conclusion, title, summary, text) = match report {
         Some(r) => {
             let c = r.categories();
-            let conclusion = if !c.failed.is_empty() || !c.broken.is_empty() {
+            // Tests that do not evaluate are listed as broken, but whether
+            // the base's do cannot be told: they do not fail the run.
+            let broken_tests: std::collections::BTreeSet<&str> =
+                r.skipped_tests.iter().map(|t| t.attr.as_str()).collect();
+            let broken_attrs = c
+                .broken
+                .iter()
+                .filter(|b| !broken_tests.contains(b.as_str()))
+                .count();
+            let conclusion = if !c.failed.is_empty() || broken_attrs > 0 {
                 "failure"
-            } else if *status == BuildStatus::Skipped {
+            } else if *status == BuildStatus::Skipped || (c.built.is_empty() && c.tests.is_empty())
+            {
+                // Evaluation only, or nothing this builder could build.
                 "neutral"
             } else {
                 "success"
@@ -142,23 +153,7 @@ pub fn completed(
             if r.automerge.eligible {
                 title.push_str("; eligible for merging");
             }
-            let mut summary = String::new();
-            for l in report::summary_lines(r) {
-                summary.push_str(&format!("- {}\n", report::plain(&l)));
-            }
-            if r.automerge.bot || r.automerge.eligible {
-                summary.push_str(&format!(
-                    "\n**Merge verdict: {}**\n",
-                    if r.automerge.eligible {
-                        "eligible"
-                    } else {
-                        "not eligible"
-                    }
-                ));
-                for why in &r.automerge.reasons {
-                    summary.push_str(&format!("- {}\n", report::plain(why)));
-                }
-            }
+            let mut summary = summary(r);
             summary.push('\n');
             summary.push_str(&who.line());
             if let Some(p) = &who.page {
@@ -179,7 +174,8 @@ pub fn completed(
                     format!("no review report ({})", crate::ofborg::status_word(s)),
                 ),
             };
-            let summary = format!("{}\n\n{}", report::plain(&why), who.line());
+            let lines: Vec<String> = why.lines().map(str::to_owned).collect();
+            let summary = format!("<pre>{}</pre>\n\n{}", report::pre_text(&lines), who.line());
             (
                 conclusion,
                 "The review did not finish".to_owned(),
@@ -203,6 +199,61 @@ pub fn completed(
     });
     who.link(&mut b);
     b
+}
+
+/// Most evidence lines a summary lists.
+const SUMMARY_PACKAGES: usize = 50;
+
+/// A check run's summary (Markdown): the counts, what the tests vouch for
+/// and the merge verdict. Every name from the PR or the guest is
+/// [`report::lit`]: inert.
+fn summary(r: &Report) -> String {
+    let c = r.categories();
+    let mut s = format!(
+        "{} changed{}, {} built, **{} failed** (new), {} fail on the base too, {} unsupported here, {} broken, {} tests passed, {} tests skipped.\n\n",
+        r.rebuild.changed.len(),
+        if r.rebuild.mass_rebuild {
+            format!(" (a mass rebuild: a sample of {} built)", r.rebuild.build.len())
+        } else {
+            String::new()
+        },
+        c.built.len(),
+        c.failed.len(),
+        r.failures.on_base.len(),
+        r.failures.unsupported.len(),
+        c.broken.len(),
+        c.tests.len(),
+        r.skipped_tests.len()
+    );
+    for (pkg, tests) in r.evidence.by_package.iter().take(SUMMARY_PACKAGES) {
+        let tests: Vec<String> = tests.iter().map(|t| report::lit(t)).collect();
+        s.push_str(&format!(
+            "- {} is exercised by {}\n",
+            report::lit(pkg),
+            tests.join(", ")
+        ));
+    }
+    if r.evidence.by_package.len() > SUMMARY_PACKAGES {
+        s.push_str(&format!(
+            "- … and {} more packages\n",
+            r.evidence.by_package.len() - SUMMARY_PACKAGES
+        ));
+    }
+    let a = &r.automerge;
+    if a.bot || a.eligible {
+        s.push_str(&format!(
+            "\n**Merge verdict: {}**\n",
+            if a.eligible {
+                "eligible"
+            } else {
+                "not eligible"
+            }
+        ));
+        for why in &a.reasons {
+            s.push_str(&format!("- {}\n", report::lit(why)));
+        }
+    }
+    s
 }
 
 fn cut(s: &str, max: usize) -> String {
@@ -283,15 +334,19 @@ impl Checks {
     }
 
     fn send(&self, rec: &JobRecord, ev: impl FnOnce(JobRecord) -> Event) {
-        // Reviews of GitHub repositories only.
-        if rec.job.airlock_review.is_none()
-            || check_repo(&rec.job.repo.full_name).is_err()
-            || !is_sha(&rec.job.pr.head_sha)
-        {
-            return;
+        if rec.job.airlock_review.is_some() && on_github(rec) {
+            let _ = self.tx.send(ev(rec.clone()));
         }
-        let _ = self.tx.send(ev(rec.clone()));
     }
+}
+
+/// A job of a PR on GitHub (see [`crate::release::github::is_pr`]).
+pub fn on_github(rec: &JobRecord) -> bool {
+    crate::release::github::is_pr(
+        &rec.job.repo.full_name,
+        rec.job.pr.number,
+        &rec.job.pr.head_sha,
+    )
 }
 
 impl LogSink for Checks {
@@ -361,9 +416,15 @@ impl Poster {
                 query_escape(&name(&self.cfg.identity.name))
             ))
             .await?;
+        // A run not yet completed (airlockd restarted, or the same head
+        // queued again) is taken over; a completed one stays as it was
+        // (GitHub does not reopen it): a new run supersedes it.
         let existing = list["check_runs"]
             .as_array()
-            .and_then(|v| v.iter().find(|r| r["name"] == body["name"]))
+            .and_then(|v| {
+                v.iter()
+                    .find(|r| r["name"] == body["name"] && r["status"] != "completed")
+            })
             .and_then(|r| r["id"].as_u64());
         let answer = match existing {
             Some(id) => {
@@ -421,7 +482,7 @@ impl Poster {
         for attempt in 1.. {
             match self.gh.write(Method::PATCH, &path, body).await {
                 Ok(_) => break,
-                Err(e) if attempt < 3 => {
+                Err(e) if attempt < 6 => {
                     debug!(error = %e, attempt, "check run update failed; trying again");
                     tokio::time::sleep(wait).await;
                     wait *= 2;

@@ -27,6 +27,8 @@ pub enum Error {
 
 /// Most attrs read from one file (nixpkgs has ~120,000 attrs in all).
 pub const MAX_ATTRS: usize = 500_000;
+/// Most removed attrs a review keeps.
+pub const MAX_REMOVED: usize = 10_000;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttrDiff {
@@ -90,6 +92,29 @@ impl ChangedPaths {
         Ok(())
     }
 
+    /// Only what a builder of `system` reads: its rebuild list and the
+    /// removed attrs (at most [`MAX_REMOVED`]).
+    pub fn for_system(&self, system: &str) -> ChangedPaths {
+        ChangedPaths {
+            attrdiff: AttrDiff {
+                added: vec![],
+                changed: vec![],
+                removed: self
+                    .attrdiff
+                    .removed
+                    .iter()
+                    .take(MAX_REMOVED)
+                    .cloned()
+                    .collect(),
+            },
+            rebuilds_by_platform: self
+                .rebuilds_by_platform
+                .get(system)
+                .map(|v| BTreeMap::from([(system.to_owned(), v.clone())]))
+                .unwrap_or_default(),
+        }
+    }
+
     /// The rebuild list for `system`, sorted, without duplicates.
     pub fn rebuilds(&self, system: &str) -> Vec<String> {
         let mut v = self
@@ -134,6 +159,10 @@ mod tests {
             "no key: no rebuilds"
         );
         assert_eq!(c.attrdiff.removed, ["package4"]);
+        let mine = c.for_system("x86_64-linux");
+        assert_eq!(mine.rebuilds_by_platform.len(), 1);
+        assert_eq!(mine.rebuilds("x86_64-linux"), c.rebuilds("x86_64-linux"));
+        assert_eq!(mine.attrdiff.removed, ["package4"]);
         // The older shape (labels a list) is read too: labels are ignored.
         let old = EXAMPLE.replace(
             r#"{ "10.rebuild-darwin: 1-10": true, "10.rebuild-linux: 1-10": true }"#,

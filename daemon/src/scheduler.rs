@@ -229,7 +229,17 @@ impl Scheduler {
     }
 
     /// Persist a new job record and queue it.
-    pub fn enqueue(&self, rec: JobRecord) -> Result<String, ApiError> {
+    pub fn enqueue(&self, mut rec: JobRecord) -> Result<String, ApiError> {
+        // nixpkgs CI's comparison: only what this builder reads is kept
+        // (the record is saved at every step).
+        if let Some(c) = rec
+            .job
+            .airlock_review
+            .as_mut()
+            .and_then(|r| r.ci_comparison.as_mut())
+        {
+            *c = c.for_system(&self.runner.cfg.system);
+        }
         self.runner.store.save(&rec).map_err(ApiError::Store)?;
         rec.span()
             .in_scope(|| info!(source = ?rec.source, attrs = ?rec.job.attrs, "job queued"));

@@ -193,6 +193,44 @@ fn render_report(r: &Report) -> String {
         }
     }
     for (title, list) in [
+        (
+            "Fail on the base too (the VM's word; not counted as failed)",
+            &r.failures.on_base,
+        ),
+        (
+            "Unsupported here (not counted as failed)",
+            &r.failures.unsupported,
+        ),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        b.push_str(&format!("<h3>{title} ({})</h3>\n<ul>\n", list.len()));
+        for s in list {
+            b.push_str(&format!(
+                "<li><code>{}</code>: {}</li>\n",
+                esc(&s.name),
+                esc(&s.reason)
+            ));
+        }
+        b.push_str("</ul>\n");
+    }
+    let a = &r.automerge;
+    if a.eligible || a.bot {
+        b.push_str(&format!(
+            "<h3>Merge verdict: {}</h3>\n<ul>\n",
+            if a.eligible {
+                "eligible"
+            } else {
+                "not eligible"
+            }
+        ));
+        for why in &a.reasons {
+            b.push_str(&format!("<li>{}</li>\n", esc(why)));
+        }
+        b.push_str("</ul>\n");
+    }
+    for (title, list) in [
         ("Packages not built", &r.skipped_attrs),
         ("Tests skipped", &r.skipped_tests),
     ] {

@@ -73,13 +73,31 @@ pub struct FakeGitHub {
 
 impl FakeGitHub {
     pub fn start() -> FakeGitHub {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        FakeGitHub::start_on(l)
+    }
+
+    /// Listening in the network namespace `netns` (a daemon's own, where
+    /// the host's loopback is out of reach).
+    pub fn start_in(netns: &str) -> FakeGitHub {
+        let path = format!("/var/run/netns/{netns}");
+        let l = std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap()
+        })
+        .join()
+        .unwrap();
+        FakeGitHub::start_on(l)
+    }
+
+    fn start_on(l: std::net::TcpListener) -> FakeGitHub {
         let state = Arc::new(Mutex::new(GhState {
             page_cap: 2,
             remaining: 5000,
             next_id: 1000,
             ..Default::default()
         }));
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         let st = state.clone();
@@ -895,6 +913,16 @@ async fn update_check_run(
         drop(s);
         return not_found();
     };
+    // A completed run is not reopened (how GitHub is seen to behave; not
+    // spelled out in its documentation).
+    if run["status"] == "completed" && b.get("status").is_some_and(|x| x != "completed") {
+        drop(s);
+        return refuse(
+            &st,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("check run {id} is completed and cannot be reopened"),
+        );
+    }
     apply(run, &b);
     let run = run.clone();
     s.check_writes.push(("PATCH".into(), id, b));

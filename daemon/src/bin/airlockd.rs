@@ -119,10 +119,13 @@ async fn main() -> anyhow::Result<()> {
         .context("cannot set up GitHub access ([github] token_file or app_*)")?
         .map(Arc::new);
     let sink: Arc<dyn LogSink> = match &github {
-        Some(gh) if cfg.review.check_runs => Arc::new(airlock::hydra_intake::Sinks(vec![
-            sink,
-            airlock::checks::Checks::start(gh.clone(), cfg.clone()),
-        ])),
+        // Only an App may write check runs (a token would get 403s).
+        Some(gh) if cfg.review.check_runs && cfg.github.app_id.is_some() => {
+            Arc::new(airlock::hydra_intake::Sinks(vec![
+                sink,
+                airlock::checks::Checks::start(gh.clone(), cfg.clone()),
+            ]))
+        }
         _ => sink,
     };
     let runner = runner(&cfg, backend, sink, run_as.as_ref(), journald, github).await?;

@@ -586,6 +586,15 @@ fn query_escape(s: &str) -> String {
         .collect()
 }
 
+/// A PR on GitHub: a repository GitHub could have (not a local
+/// checkout's `local/<name>`), a PR number, a commit id.
+pub fn is_pr(full_name: &str, number: u64, head_sha: &str) -> bool {
+    check_repo(full_name).is_ok()
+        && !full_name.starts_with("local/")
+        && number > 0
+        && is_sha(head_sha)
+}
+
 pub fn is_sha(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }

@@ -123,6 +123,14 @@ pub fn write_report(i: &ReportInput, late: &AtomicBool) -> Vec<String> {
         .airlock_review
         .as_ref()
         .and_then(|r| r.attrs.as_deref());
+    let given: Option<Vec<String>> =
+        rec.job
+            .airlock_review
+            .as_ref()
+            .and_then(|r| match &r.ci_comparison {
+                Some(c) => Some(c.rebuilds(&cfg.system)),
+                None => r.rebuild.clone(),
+            });
     let r = report::build(
         rv,
         report::Context {
@@ -139,6 +147,7 @@ pub fn write_report(i: &ReportInput, late: &AtomicBool) -> Vec<String> {
             trust: cfg.trust.as_str(),
             sponsor,
             requested,
+            given: given.as_deref(),
             skip: &cfg.review.skip_attrs,
             max_build: cfg.review.max_build,
             verified: &hashes,
@@ -150,18 +159,7 @@ pub fn write_report(i: &ReportInput, late: &AtomicBool) -> Vec<String> {
         },
     );
     let mut r = r;
-    if let Some(c) = rec
-        .job
-        .airlock_review
-        .as_ref()
-        .and_then(|q| q.ci_comparison.as_ref())
-    {
-        r.rebuild.source = format!(
-            "nixpkgs CI's changed-paths.json (rebuildsByPlatform.{}); the base was not evaluated",
-            cfg.system
-        );
-        r.rebuild.removed = c.attrdiff.removed.clone();
-    }
+    ci_comparison_source(&mut r, rec, &cfg.system);
     let json = serde_json::to_vec_pretty(&r).expect("serialises");
     let md = report::markdown(&r);
     if late.load(Ordering::SeqCst) {
@@ -176,6 +174,29 @@ pub fn write_report(i: &ReportInput, late: &AtomicBool) -> Vec<String> {
         }
     }
     report::summary_lines(&r)
+}
+
+/// A review whose rebuild list is nixpkgs CI's says so, and lists what CI
+/// found removed.
+fn ci_comparison_source(r: &mut report::Report, rec: &JobRecord, system: &str) {
+    let Some(c) = rec
+        .job
+        .airlock_review
+        .as_ref()
+        .and_then(|q| q.ci_comparison.as_ref())
+    else {
+        return;
+    };
+    r.rebuild.source = format!(
+        "nixpkgs CI's changed-paths.json (rebuildsByPlatform.{system}); the base was not evaluated"
+    );
+    r.rebuild.removed = c
+        .attrdiff
+        .removed
+        .iter()
+        .take(report::MAX_ATTRS)
+        .cloned()
+        .collect();
 }
 
 /// The job's own attestations (`jobs/<id>/attestations.jsonl`, written

@@ -39,6 +39,10 @@ pub struct Context<'a> {
     pub sponsor: Option<Sponsor>,
     /// The explicit attr list of the request, if any (for `non-existent`).
     pub requested: Option<&'a [String]>,
+    /// The rebuild list given with the request (`rebuild`, or nixpkgs
+    /// CI's for this system): then the base is not evaluated, and this,
+    /// not the VM's word, is the rebuild set.
+    pub given: Option<&'a [String]>,
     /// Changed attrs the builder never builds.
     pub skip: &'a [String],
     pub max_build: usize,
@@ -442,6 +446,7 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
     } = sort_outcomes(o, &ctx);
     broken_and_missing(o, &ctx, &mut c);
     let (rebuild, rebuild_source, rebuild_note) = host_rebuild_set(o, &ctx);
+    unreported_failed(o, &rebuild, &mut c);
     let evidence = evidence_map(o, &ctx, &c, &rebuild, &passed);
     let Verdicts {
         failures,
@@ -521,6 +526,32 @@ pub fn build(o: &ReviewOutcome, ctx: Context<'_>) -> Report {
     }
 }
 
+/// An attr that was to be built and that the VM says nothing about
+/// failed (a VM that leaves out a failure does not hide it).
+fn unreported_failed(o: &ReviewOutcome, rebuild: &RebuildSet, c: &mut Categories) {
+    let reported: BTreeSet<&str> = o.attrs.iter().map(|a| a.attr.as_str()).collect();
+    c.failed.extend(
+        rebuild
+            .build
+            .iter()
+            .filter(|a| !reported.contains(a.as_str()))
+            .cloned(),
+    );
+    c.failed.sort();
+    c.failed.dedup();
+}
+
+/// Changed attr → passing tests whose verified runtime closure holds it.
+fn verified_evidence(e: &Evidence) -> BTreeMap<String, Vec<String>> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (test, te) in &e.by_test {
+        for a in &te.runtime {
+            m.entry(a.clone()).or_default().push(test.clone());
+        }
+    }
+    m
+}
+
 fn nar_hashes(verified: &BTreeMap<String, (String, u64)>) -> BTreeMap<String, NarHash> {
     verified
         .iter()
@@ -579,8 +610,11 @@ fn verdicts(
         mass_rebuild: rebuild.mass_rebuild,
         built: &c.built,
         failures: &failures,
-        exercised: &evidence.by_package,
+        exercised: &verified_evidence(evidence),
         versions: super::verdict::version_changes(&rebuild.changed, &o.base, &o.merged),
+        broken: &c.broken,
+        removed: &rebuild.removed,
+        base_evaluated: !o.base.is_empty(),
     });
     let failure_logs = o
         .failure_logs
@@ -732,7 +766,9 @@ fn broken_and_missing(o: &ReviewOutcome, ctx: &Context<'_>, c: &mut Categories) 
     for (attr, e) in &o.merged {
         if e.error.as_deref() == Some("broken")
             && o.base.get(attr).and_then(|b| b.error.as_deref()) != Some("broken")
-            && (!o.base.is_empty() || ctx.requested.is_some())
+            && (!o.base.is_empty()
+                || ctx.requested.is_some()
+                || ctx.given.is_some_and(|g| g.contains(attr)))
         {
             c.broken.push(attr.clone());
         }
@@ -765,11 +801,42 @@ fn broken_and_missing(o: &ReviewOutcome, ctx: &Context<'_>, c: &mut Categories) 
 fn host_rebuild_set(o: &ReviewOutcome, ctx: &Context<'_>) -> (RebuildSet, String, Option<String>) {
     // The rebuild set: the host's diff of the VM's two evaluations (a
     // list given with the request otherwise), never the VM's word alone.
-    if o.base.is_empty() {
+    if let (true, Some(given)) = (o.base.is_empty(), ctx.given) {
+        // The given list, of the attrs the merged tree has.
+        let changed: Vec<String> = given
+            .iter()
+            .filter(|a| o.merged.get(*a).is_some_and(|e| e.error.is_none()))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mass_rebuild = changed.len() > ctx.max_build;
+        let mut build = if mass_rebuild {
+            super::sample(
+                &changed,
+                ctx.max_build,
+                ctx.merged_commit.unwrap_or_default(),
+            )
+        } else {
+            changed.clone()
+        };
+        build.retain(|a| !ctx.skip.contains(a));
+        let note = (changed != o.rebuild.changed).then(|| {
+            format!(
+                "the VM reported {} changed attrs, the given list has {} the merged tree evaluates; this is the given list",
+                o.rebuild.changed.len(),
+                changed.len()
+            )
+        });
         (
-            o.rebuild.clone(),
+            RebuildSet {
+                changed,
+                removed: vec![],
+                mass_rebuild,
+                build,
+            },
             "the rebuild list given with the request".to_owned(),
-            None,
+            note,
         )
     } else {
         let mut r = super::rebuild_set(
@@ -1260,11 +1327,10 @@ fn md_logs(md: &mut String, r: &Report, lim: Lim) {
         super::LOG_TAIL_LINES
     ));
     for a in order.iter().take(lim.logs) {
-        let text = r.failure_logs[*a].join("\n");
         md.push_str(&format!(
-            "<details>\n<summary>{}</summary>\n<pre>{}</pre>\n</details>\n",
+            "<details>\n<summary>{}</summary>\n\n<pre>{}</pre>\n\n</details>\n",
             lit(a),
-            esc(&text).replace('@', "&#64;")
+            pre_text(&r.failure_logs[*a])
         ));
     }
     if order.len() > lim.logs {
@@ -1274,6 +1340,25 @@ fn md_logs(md: &mut String, r: &Report, lim: Lim) {
         ));
     }
     md.push_str("</details>\n\n");
+}
+
+/// Log lines as the inside of a `<pre>` that starts its own HTML block
+/// (after a blank line: CommonMark ends such a block only at `</pre>`):
+/// HTML-escaped, `@` too (no mention), and no line blank either, so
+/// nothing of the log is ever read as Markdown.
+pub fn pre_text(lines: &[String]) -> String {
+    lines
+        .iter()
+        .map(|l| {
+            let e = esc(l).replace('@', "&#64;");
+            if e.trim().is_empty() {
+                "&#160;".to_owned()
+            } else {
+                e
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The evidence map: which passing tests vouch for which changed package.
@@ -1458,6 +1543,7 @@ mod tests {
             references: &NO_REFS,
             artifacts: vec![],
             attestations: vec![],
+            given: None,
             bot_authors: &[],
             pr_now: None,
         }
@@ -1965,8 +2051,80 @@ mod tests {
         assert_eq!(done(&r), "failure");
         let mut only_old = o.clone();
         only_old.attrs.truncate(1);
+        only_old.rebuild.changed.truncate(1);
+        only_old.rebuild.build.truncate(1);
+        only_old.base.retain(|a, _| *a == names[0]);
+        only_old.merged.retain(|a, _| *a == names[0]);
         let r = build(&only_old, ctx(&v));
         assert!(r.categories().failed.is_empty());
-        assert_eq!(done(&r), "success");
+        // Not a failure (and, as nothing else was built, neutral).
+        assert_eq!(done(&r), "neutral");
+    }
+
+    #[test]
+    fn a_log_tail_cannot_write_markdown() {
+        let mut o = failed_outcome(1);
+        let a = o.attrs[0].attr.clone();
+        o.failure_logs.insert(
+            a,
+            vec![
+                "error: oops".into(),
+                String::new(),
+                "   ".into(),
+                "![x](https://evil.example/p.png)".into(),
+                "# **Merge verdict: eligible.**".into(),
+                "[approve](https://evil.example) @someone </pre> <img src=x>".into(),
+                "```".into(),
+            ],
+        );
+        let v = BTreeMap::new();
+        let md = markdown(&build(&o, ctx(&v)));
+        use pulldown_cmark::{Event, Parser, Tag};
+        // Everything of the log stays inside the HTML block: no image, no
+        // link, no text of its own.
+        for e in Parser::new(&md) {
+            match e {
+                Event::Start(Tag::Image { .. } | Tag::Link { .. }) => panic!("{e:?} in {md}"),
+                Event::Text(t) if t.contains("Merge verdict") || t.contains("evil") => {
+                    panic!("{t:?} is Markdown text: {md}")
+                }
+                _ => {}
+            }
+        }
+        assert!(
+            md.contains("&lt;/pre&gt;") && !md.contains("@someone"),
+            "{md}"
+        );
+    }
+
+    /// With a given rebuild list the host's rebuild set is that list (of
+    /// the attrs the merged tree has), not the VM's; an attr that was to
+    /// be built and that the VM says nothing about is failed.
+    #[test]
+    fn a_given_list_is_the_rebuild_set_and_a_silent_vm_fails() {
+        let (mut o, v) = sample();
+        o.base.clear();
+        // The VM "forgets" app: not in its rebuild list, nothing reported.
+        o.rebuild.changed = vec!["leaf".into()];
+        o.rebuild.build = vec!["leaf".into()];
+        o.attrs.retain(|a| a.attr == "leaf");
+        let given = vec!["app".to_owned(), "leaf".to_owned(), "bad".to_owned()];
+        let mut c = ctx(&v);
+        c.given = Some(&given);
+        let r = build(&o, c);
+        assert_eq!(r.rebuild.changed, ["app", "leaf"]);
+        assert!(r.rebuild.note.is_some());
+        assert!(
+            r.categories().failed.contains(&"app".to_owned()),
+            "{:?}",
+            r.categories()
+        );
+        // "bad" is in the list and does not evaluate: broken, not dropped.
+        assert_eq!(r.categories().broken, ["bad"]);
+        assert!(r
+            .automerge
+            .reasons
+            .iter()
+            .any(|x| x.contains("base was not evaluated")));
     }
 }

@@ -231,8 +231,15 @@ pub struct AutomergeInput<'a> {
     pub mass_rebuild: bool,
     pub built: &'a [String],
     pub failures: &'a Failures,
+    /// Changed attr → passing tests whose *verified* (runtime) closure
+    /// holds it: the build half is the VM's word and does not count here.
     pub exercised: &'a BTreeMap<String, Vec<String>>,
     pub versions: Vec<VersionChange>,
+    /// Attrs the PR made fail to evaluate, and attrs it removed.
+    pub broken: &'a [String],
+    pub removed: &'a [String],
+    /// The base was evaluated (no given rebuild list): versions compare.
+    pub base_evaluated: bool,
 }
 
 /// At most this many names in one reason.
@@ -272,8 +279,21 @@ pub fn automerge(i: AutomergeInput<'_>) -> Automerge {
             }
         }
     }
-    if i.versions.is_empty() {
+    if !i.base_evaluated {
+        reasons.push(
+            "the base was not evaluated (the rebuild list was given): versions cannot be compared"
+                .into(),
+        );
+    } else if i.versions.is_empty() {
         reasons.push("no changed package changes its version".into());
+    }
+    if !i.broken.is_empty() {
+        let b: Vec<&String> = i.broken.iter().collect();
+        reasons.push(format!("do not evaluate: {}", names(&b)));
+    }
+    if !i.removed.is_empty() {
+        let r: Vec<&String> = i.removed.iter().collect();
+        reasons.push(format!("removes attrs: {}", names(&r)));
     }
     for v in &i.versions {
         if !is_patch_step(&v.from, &v.to) {
@@ -302,7 +322,7 @@ pub fn automerge(i: AutomergeInput<'_>) -> Automerge {
         .collect();
     if !untested.is_empty() {
         reasons.push(format!(
-            "exercised by no passing test: {}",
+            "exercised by no passing test (verified runtime closures): {}",
             names(&untested)
         ));
     }
@@ -379,6 +399,9 @@ mod tests {
             built: changed,
             failures,
             exercised,
+            broken: &[],
+            removed: &[],
+            base_evaluated: true,
             versions: vec![VersionChange {
                 attr: "a".into(),
                 from: "1.2.3".into(),
@@ -404,7 +427,10 @@ mod tests {
         assert!(v.eligible, "{v:?}");
         exercised.remove("b");
         let v = automerge(input(Some(&bot), &changed, &ok, &exercised, &bots));
-        assert_eq!(v.reasons, ["exercised by no passing test: b"]);
+        assert_eq!(
+            v.reasons,
+            ["exercised by no passing test (verified runtime closures): b"]
+        );
         let human = PrNow {
             author: "alice".into(),
             head_sha: "h2".into(),

@@ -643,9 +643,11 @@ impl Runner {
     /// verdict; none without GitHub credentials or for a non-GitHub repo.
     async fn pr_now(&self, rec: &JobRecord) -> Option<crate::review::verdict::PrNow> {
         let gh = self.github.as_ref()?;
-        let repo = &rec.job.repo.full_name;
-        crate::release::github::check_repo(repo).ok()?;
-        match gh.pull(repo, rec.job.pr.number).await {
+        let (repo, pr) = (&rec.job.repo.full_name, rec.job.pr.number);
+        if !crate::release::github::is_pr(repo, pr, &rec.job.pr.head_sha) {
+            return None;
+        }
+        match gh.pull(repo, pr).await {
             Ok((p, _)) => Some(crate::review::verdict::PrNow {
                 author: p.user.map(|u| u.login).unwrap_or_default(),
                 head_sha: p.head.sha,

@@ -140,13 +140,28 @@ fn names(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-/// A GitHub stand-in that is GitHub for an App, and the daemon's config
-/// for it (issue 32: check runs).
-fn github_app(dir: &Path) -> (airlock_e2e::github::FakeGitHub, PathBuf) {
-    let gh = airlock_e2e::github::FakeGitHub::start();
+/// A GitHub stand-in that is GitHub for an App, listening in the daemon's
+/// network namespace `netns`, and the App's key (issue 32: check runs).
+fn github_app(dir: &Path, netns: &str) -> (airlock_e2e::github::FakeGitHub, PathBuf) {
+    let gh = airlock_e2e::github::FakeGitHub::start_in(netns);
     let (key, public) = airlock_e2e::github::app_key(dir);
     gh.set_app(77, public);
     (gh, key)
+}
+
+/// A network namespace of the test's own, deleted at the end.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Netns {
+        Netns(new_netns("r"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        del_netns(&self.0);
+    }
 }
 
 fn use_github_app(c: &mut airlock::config::Config, gh_url: &str, key: &Path) {
@@ -268,9 +283,10 @@ fn a_review_rebuilds_exactly_the_dependents_and_maps_the_evidence() {
     }
     let port = free_port();
     let keys = tempfile::tempdir().unwrap();
-    let (gh, app_key) = github_app(keys.path());
+    let ns = Netns::new();
+    let (gh, app_key) = github_app(keys.path(), &ns.0);
     let d = Daemon::builder()
-        .host_network()
+        .netns(&ns.0)
         .with(|c| {
             use_github_app(c, &gh.url, &app_key);
             c.max_jobs = 2;
@@ -862,6 +878,34 @@ fn a_rebuild_list_from_the_central_side_skips_the_base_evaluation() {
             .contains("changed-paths.json"),
         "{report:#}"
     );
+    // An evaluation that fails ends the job with that error: never an
+    // empty "0 changed" review.
+    let (bad_repo, bad_head) = fixture_repo(
+        &d.dir.path().join("bad"),
+        &[(
+            "default.nix",
+            b"{ system ? builtins.currentSystem }: { this is not nix".to_vec(),
+        )],
+    );
+    let id = d.review(
+        &bad_repo,
+        &bad_head,
+        &["--ci-comparison", cp_file.to_str().unwrap()],
+    );
+    let rec = d.wait(&id, LIMIT);
+    let err = status(&rec);
+    assert!(
+        err.contains("UnexpectedError") && err.contains("the review evaluation of"),
+        "{rec:#}"
+    );
+    assert!(
+        !d.state()
+            .join("jobs")
+            .join(&id)
+            .join("report.json")
+            .exists(),
+        "a report for an evaluation that failed"
+    );
     // A file that is not in that shape is refused before a job exists.
     std::fs::write(
         &cp_file,
@@ -897,9 +941,10 @@ fn a_bot_point_release_gets_a_merge_verdict() {
         return;
     }
     let keys = tempfile::tempdir().unwrap();
-    let (gh, app_key) = github_app(keys.path());
+    let ns = Netns::new();
+    let (gh, app_key) = github_app(keys.path(), &ns.0);
     let d = Daemon::builder()
-        .host_network()
+        .netns(&ns.0)
         .with(|c| {
             c.max_jobs = 2;
             use_github_app(c, &gh.url, &app_key);
@@ -978,7 +1023,7 @@ fn a_bot_point_release_gets_a_merge_verdict() {
     assert_eq!(r2["automerge"]["eligible"], false);
     assert_eq!(
         strings(&r2["automerge"]["reasons"]),
-        ["exercised by no passing test: graph.base-c"],
+        ["exercised by no passing test (verified runtime closures): graph.base-c"],
         "{:#}",
         r2["automerge"]
     );
@@ -1002,7 +1047,7 @@ fn a_bot_point_release_gets_a_merge_verdict() {
         c2["output"]["summary"]
             .as_str()
             .unwrap()
-            .contains("exercised by no passing test: graph.base-c"),
+            .contains("graph&#46;base-c"),
         "{c2:#}"
     );
     assert!(

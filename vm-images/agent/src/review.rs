@@ -313,8 +313,10 @@ fn evaluate(
     }
     let t = Instant::now();
     outcome.merged = eval_outpaths(job, src, rv.attrs.as_deref(), ch)?;
-    // Never an empty review for an evaluation that did not work.
-    if !outcome.merged.is_empty()
+    // Never an empty review for an evaluation that did not work: a whole
+    // tree of which not one attr evaluates did not evaluate.
+    if rv.attrs.is_none()
+        && !outcome.merged.is_empty()
         && outcome
             .merged
             .values()
@@ -510,6 +512,10 @@ fn record_outcomes(o: &mut ReviewOutcome, ch: &Channel) -> Result<(), String> {
     Ok(())
 }
 
+/// Most failed attrs built again on the base, and most failure logs kept.
+const MAX_BASE_CHECKS: usize = 100;
+const MAX_LOGS: usize = 200;
+
 /// Issue 32: every failed attr and test is built again as the base has it
 /// (the base tree is on the VM's disks), so the report can tell the PR's
 /// failures from those the base has too. Offline: a base version that
@@ -535,6 +541,15 @@ fn check_base(job: &GuestJob, input: &Path, o: &mut ReviewOutcome, ch: &Channel)
         .collect();
     if failed.is_empty() {
         return;
+    }
+    let mut failed = failed;
+    for (attr, _, _) in failed.split_off(failed.len().min(MAX_BASE_CHECKS)) {
+        o.base_checks.insert(
+            attr,
+            not_checked(&format!(
+                "more than {MAX_BASE_CHECKS} failures: the rest are not built on the base"
+            )),
+        );
     }
     let merged_drv: BTreeMap<&str, &str> = o
         .attrs
@@ -647,12 +662,18 @@ fn check_base(job: &GuestJob, input: &Path, o: &mut ReviewOutcome, ch: &Channel)
     }
     let drvs: Vec<String> = buildable.iter().map(|(_, d, _)| d.clone()).collect();
     let extra: Vec<String> = BUILD_PHASE_OPTIONS.map(String::from).to_vec();
-    if let Err(e) = realise(job, &drvs, &extra, ch) {
+    let why_not = match realise(job, &drvs, &extra, ch) {
+        Err(e) => Some(format!("cannot build on the base: {e}")),
+        Ok(BuildStatus::TimedOut) => Some("the base build timed out".to_owned()),
+        Ok(BuildStatus::UnexpectedError { err }) => Some(format!("the base build: {err}")),
+        Ok(_) => None,
+    };
+    if let Some(why) = why_not {
         for (attr, drv, outputs) in buildable {
             o.base_checks.insert(
                 attr,
                 BaseCheck {
-                    result: BaseResult::NotChecked(format!("cannot build on the base: {e}")),
+                    result: BaseResult::NotChecked(why.clone()),
                     drv_path: drv,
                     outputs,
                 },
@@ -701,7 +722,8 @@ fn failure_logs(o: &mut ReviewOutcome) {
                 .map(|t| (t.attr.clone(), t.drv_path.clone())),
         )
         .collect();
-    for (attr, drv) in failed.into_iter().take(1000) {
+    // Bounded: the manifest carrying them has a size limit.
+    for (attr, drv) in failed.into_iter().take(MAX_LOGS) {
         let Ok(out) = Command::new("nix-store")
             .args(["--read-log", &drv])
             .env("HOME", "/tmp")
@@ -717,7 +739,7 @@ fn failure_logs(o: &mut ReviewOutcome) {
         let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..]
             .iter()
-            .map(|l| l.chars().take(500).collect())
+            .map(|l| l.chars().take(300).collect())
             .collect();
         o.failure_logs.insert(attr, tail);
     }
