@@ -241,14 +241,7 @@ fn summary(r: &Report) -> String {
     }
     let a = &r.automerge;
     if a.bot || a.eligible {
-        s.push_str(&format!(
-            "\n**Merge verdict: {}**\n",
-            if a.eligible {
-                "eligible"
-            } else {
-                "not eligible"
-            }
-        ));
+        s.push_str(&format!("\n**Merge verdict: {}**\n", a.word()));
         for why in &a.reasons {
             s.push_str(&format!("- {}\n", report::lit(why)));
         }

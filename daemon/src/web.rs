@@ -192,67 +192,58 @@ fn render_report(r: &Report) -> String {
             ));
         }
     }
-    for (title, list) in [
-        (
-            "Fail on the base too (the VM's word; not counted as failed)",
-            &r.failures.on_base,
-        ),
-        (
-            "Unsupported here (not counted as failed)",
-            &r.failures.unsupported,
-        ),
-    ] {
-        if list.is_empty() {
-            continue;
-        }
-        b.push_str(&format!("<h3>{title} ({})</h3>\n<ul>\n", list.len()));
-        for s in list {
-            b.push_str(&format!(
-                "<li><code>{}</code>: {}</li>\n",
-                esc(&s.name),
-                esc(&s.reason)
-            ));
-        }
-        b.push_str("</ul>\n");
-    }
+    let noted = |v: &[crate::review::verdict::Noted]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|n| (n.name.clone(), n.reason.clone()))
+            .collect()
+    };
+    let skipped = |v: &[crate::review::report::SkippedTest]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|t| (t.attr.clone(), t.reason.clone()))
+            .collect()
+    };
+    reasons(
+        &mut b,
+        "Fail on the base too (the VM's word; not counted as failed)",
+        &noted(&r.failures.on_base),
+    );
+    reasons(
+        &mut b,
+        "Unsupported here (not counted as failed)",
+        &noted(&r.failures.unsupported),
+    );
     let a = &r.automerge;
     if a.eligible || a.bot {
-        b.push_str(&format!(
-            "<h3>Merge verdict: {}</h3>\n<ul>\n",
-            if a.eligible {
-                "eligible"
-            } else {
-                "not eligible"
-            }
-        ));
+        b.push_str(&format!("<h3>Merge verdict: {}</h3>\n<ul>\n", a.word()));
         for why in &a.reasons {
             b.push_str(&format!("<li>{}</li>\n", esc(why)));
         }
         b.push_str("</ul>\n");
     }
-    for (title, list) in [
-        ("Packages not built", &r.skipped_attrs),
-        ("Tests skipped", &r.skipped_tests),
-    ] {
-        if list.is_empty() {
-            continue;
-        }
-        b.push_str(&format!("<h3>{title} ({})</h3>\n<ul>\n", list.len()));
-        for s in list {
-            b.push_str(&format!(
-                "<li><code>{}</code>: {}</li>\n",
-                esc(&s.attr),
-                esc(&s.reason)
-            ));
-        }
-        b.push_str("</ul>\n");
-    }
+    reasons(&mut b, "Packages not built", &skipped(&r.skipped_attrs));
+    reasons(&mut b, "Tests skipped", &skipped(&r.skipped_tests));
     render_evidence(&mut b, r);
     render_artifacts(&mut b, r);
     if let Some(s) = &r.builder.sponsor {
         b.push_str(&format!("<p><i>{}</i></p>\n", esc(&s.line)));
     }
     b
+}
+
+/// A titled list of names, each with its reason (none: nothing).
+fn reasons(b: &mut String, title: &str, list: &[(String, String)]) {
+    if list.is_empty() {
+        return;
+    }
+    b.push_str(&format!("<h3>{title} ({})</h3>\n<ul>\n", list.len()));
+    for (name, reason) in list {
+        b.push_str(&format!(
+            "<li><code>{}</code>: {}</li>\n",
+            esc(name),
+            esc(reason)
+        ));
+    }
+    b.push_str("</ul>\n");
 }
 
 /// The evidence map as a table.

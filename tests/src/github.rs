@@ -843,34 +843,46 @@ fn apply(run: &mut Value, b: &Value) {
     }
 }
 
+/// A check-run write's body, once the caller may write checks and the
+/// body has the documented shape (`create`: `name` and `head_sha` too).
+fn write_body(
+    st: &Arc<Mutex<GhState>>,
+    h: &HeaderMap,
+    body: &[u8],
+    create: bool,
+) -> Result<Value, Box<Response>> {
+    check_auth(st, h)?;
+    let b: Value = serde_json::from_slice(body).map_err(|e| {
+        Box::new(refuse(
+            st,
+            StatusCode::BAD_REQUEST,
+            format!("Problems parsing JSON: {e}"),
+        ))
+    })?;
+    check_body(&b, create)
+        .map_err(|why| Box::new(refuse(st, StatusCode::UNPROCESSABLE_ENTITY, why)))?;
+    Ok(b)
+}
+
+/// The next id the stand-in hands out (events, check runs, tokens).
+fn next_id(st: &Arc<Mutex<GhState>>) -> u64 {
+    let mut s = st.lock().unwrap();
+    s.next_id += 1;
+    s.next_id
+}
+
 async fn create_check_run(
     State((st, base)): State<St>,
     UrlPath((o, r)): UrlPath<(String, String)>,
     h: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(resp) = check_auth(&st, &h) {
-        return *resp;
-    }
-    let b: Value = match serde_json::from_slice(&body) {
+    let b = match write_body(&st, &h, &body, true) {
         Ok(b) => b,
-        Err(e) => {
-            return refuse(
-                &st,
-                StatusCode::BAD_REQUEST,
-                format!("Problems parsing JSON: {e}"),
-            )
-        }
+        Err(resp) => return *resp,
     };
-    if let Err(why) = check_body(&b, true) {
-        return refuse(&st, StatusCode::UNPROCESSABLE_ENTITY, why);
-    }
     let mut run = fixture("check-run.json");
-    let id = {
-        let mut s = st.lock().unwrap();
-        s.next_id += 1;
-        s.next_id
-    };
+    let id = next_id(&st);
     run["id"] = json!(id);
     run["url"] = json!(format!("{base}/repos/{o}/{r}/check-runs/{id}"));
     run["html_url"] = json!(format!("https://github.com/{o}/{r}/runs/{id}"));
@@ -892,22 +904,10 @@ async fn update_check_run(
     h: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(resp) = check_auth(&st, &h) {
-        return *resp;
-    }
-    let b: Value = match serde_json::from_slice(&body) {
+    let b = match write_body(&st, &h, &body, false) {
         Ok(b) => b,
-        Err(e) => {
-            return refuse(
-                &st,
-                StatusCode::BAD_REQUEST,
-                format!("Problems parsing JSON: {e}"),
-            )
-        }
+        Err(resp) => return *resp,
     };
-    if let Err(why) = check_body(&b, false) {
-        return refuse(&st, StatusCode::UNPROCESSABLE_ENTITY, why);
-    }
     let mut s = st.lock().unwrap();
     let Some(run) = s.check_runs.get_mut(&id) else {
         drop(s);
@@ -1003,13 +1003,8 @@ async fn installation_token(
         );
     }
     let mut t = fixture("installation-token.json");
-    let token = {
-        let mut s = st.lock().unwrap();
-        s.next_id += 1;
-        let token = format!("ghs_airlockTest{}{}", s.next_id, "x".repeat(40));
-        s.tokens.push(token.clone());
-        token
-    };
+    let token = format!("ghs_airlockTest{}{}", next_id(&st), "x".repeat(40));
+    st.lock().unwrap().tokens.push(token.clone());
     t["token"] = json!(token);
     t["expires_at"] = json!(iso(now() + 3600));
     (StatusCode::CREATED, t.to_string()).into_response()

@@ -243,11 +243,7 @@ impl GitHub {
         path: &str,
         body: &serde_json::Value,
     ) -> Result<serde_json::Value> {
-        if let Some(until) = *self.blocked_until.lock().expect("lock") {
-            if now() < until {
-                return Err(Error::RateLimited(until));
-            }
-        }
+        self.not_blocked()?;
         let url = self.url(path);
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let what = format!("{method} {url}");
@@ -306,17 +302,21 @@ impl GitHub {
         }
     }
 
+    /// Refused while a rate limit GitHub announced lasts.
+    fn not_blocked(&self) -> Result<()> {
+        match *self.blocked_until.lock().expect("lock") {
+            Some(until) if now() < until => Err(Error::RateLimited(until)),
+            _ => Ok(()),
+        }
+    }
+
     /// One conditional GET.
     pub async fn get(&self, url: &str) -> Result<Page> {
         self.get_inner(url, true).await
     }
 
     async fn get_inner(&self, url: &str, conditional: bool) -> Result<Page> {
-        if let Some(until) = *self.blocked_until.lock().expect("lock") {
-            if now() < until {
-                return Err(Error::RateLimited(until));
-            }
-        }
+        self.not_blocked()?;
         let mut h = HeaderMap::new();
         h.insert(
             ACCEPT,
@@ -377,11 +377,7 @@ impl GitHub {
             .await
             .map_err(|e| Error::Client(format!("GET {url}: {}", crate::error::chain(&e))))?;
         if !status.is_success() {
-            if let Some(until) = *self.blocked_until.lock().expect("lock") {
-                if now() < until {
-                    return Err(Error::RateLimited(until));
-                }
-            }
+            self.not_blocked()?;
             let mut b = body;
             b.truncate(300);
             return Err(Error::Status(format!("GET {url}"), status.as_u16(), b));

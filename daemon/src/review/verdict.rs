@@ -215,6 +215,17 @@ pub struct Automerge {
     pub versions: Vec<VersionChange>,
 }
 
+impl Automerge {
+    /// `eligible` or `not eligible`.
+    pub fn word(&self) -> &'static str {
+        if self.eligible {
+            "eligible"
+        } else {
+            "not eligible"
+        }
+    }
+}
+
 /// What GitHub says about the PR now (none without GitHub configured).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrNow {

@@ -131,6 +131,17 @@ fn strings(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// A job's `report.json`.
+fn report_json(d: &Daemon, id: &str) -> serde_json::Value {
+    let f = d.state().join("jobs").join(id).join("report.json");
+    serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap()
+}
+
+/// A job's `report.md`.
+fn report_md(d: &Daemon, id: &str) -> String {
+    std::fs::read_to_string(d.state().join("jobs").join(id).join("report.md")).unwrap()
+}
+
 /// The names of `failures.on_base` / `failures.unsupported`.
 fn names(v: &serde_json::Value) -> Vec<String> {
     v.as_array()
@@ -728,10 +739,7 @@ fn a_mass_rebuild_from_the_broker_is_reported_and_only_sampled() {
         let attempted = strings(&r["attempted_attrs"]);
         let jobs = d.jobs();
         let id = jobs[0]["id"].as_str().unwrap();
-        let report: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(d.state().join("jobs").join(id).join("report.json")).unwrap(),
-        )
-        .unwrap();
+        let report: serde_json::Value = report_json(&d, id);
         assert_eq!(report["rebuild"]["mass_rebuild"], true);
         assert_eq!(report["rebuild"]["changed"].as_array().unwrap().len(), 9);
         let sample = strings(&report["rebuild"]["build"]);
@@ -745,7 +753,7 @@ fn a_mass_rebuild_from_the_broker_is_reported_and_only_sampled() {
                 .all(|a| sample.iter().any(|s| a == s || a.starts_with(&format!("{s}.")))),
             "{attempted:?} vs {sample:?}"
         );
-        let md = std::fs::read_to_string(d.state().join("jobs").join(id).join("report.md")).unwrap();
+        let md = report_md(&d, id);
         assert!(md.contains("**Mass rebuild: 9 attrs changed"), "{md}");
     });
 }
@@ -789,10 +797,7 @@ fn a_rebuild_list_from_the_central_side_skips_the_base_evaluation() {
         ),
         "{log}"
     );
-    let report: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(d.state().join("jobs").join(&id).join("report.json")).unwrap(),
-    )
-    .unwrap();
+    let report: serde_json::Value = report_json(&d, &id);
     assert_eq!(report["eval_ms"]["base"], 0);
     assert_eq!(strings(&report["rebuild"]["changed"]), ["graph.app"]);
     let c = &report["result"]["x86_64-linux"];
@@ -865,10 +870,7 @@ fn a_rebuild_list_from_the_central_side_skips_the_base_evaluation() {
         ),
         "{log}"
     );
-    let report: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(d.state().join("jobs").join(&id).join("report.json")).unwrap(),
-    )
-    .unwrap();
+    let report: serde_json::Value = report_json(&d, &id);
     assert_eq!(strings(&report["rebuild"]["changed"]), diff, "{report:#}");
     assert_eq!(strings(&report["rebuild"]["removed"]), ["graph.gone"]);
     assert!(
@@ -989,10 +991,7 @@ fn a_bot_point_release_gets_a_merge_verdict() {
         let rec = d.wait(id, LIMIT);
         let log = d.build_log(id);
         assert_eq!(status(&rec), "Success", "{rec:#}\n{log}");
-        serde_json::from_slice(
-            &std::fs::read(d.state().join("jobs").join(id).join("report.json")).unwrap(),
-        )
-        .unwrap()
+        report_json(&d, id)
     };
     let r1 = report(&ids[0]);
     assert_eq!(
@@ -1011,8 +1010,7 @@ fn a_bot_point_release_gets_a_merge_verdict() {
         d.log()
     );
     assert!(strings(&r1["automerge"]["reasons"]).is_empty());
-    let md =
-        std::fs::read_to_string(d.state().join("jobs").join(&ids[0]).join("report.md")).unwrap();
+    let md = report_md(&d, &ids[0]);
     assert!(md.contains("**Merge verdict: eligible.**"), "{md}");
 
     let r2 = report(&ids[1]);
@@ -1027,8 +1025,7 @@ fn a_bot_point_release_gets_a_merge_verdict() {
         "{:#}",
         r2["automerge"]
     );
-    let md =
-        std::fs::read_to_string(d.state().join("jobs").join(&ids[1]).join("report.md")).unwrap();
+    let md = report_md(&d, &ids[1]);
     assert!(md.contains("**Merge verdict: not eligible.**"), "{md}");
 
     // The verdicts as check runs, one per head.
