@@ -262,9 +262,7 @@ impl GitHub {
             .await
             .map_err(|e| Error::Client(format!("{what}: {}", crate::error::chain(&e))))?;
         if !status.is_success() {
-            let mut b = text;
-            b.truncate(300);
-            return Err(Error::Status(what, status.as_u16(), b));
+            return Err(Error::Status(what, status.as_u16(), body_start(&text)));
         }
         Self::parse(&what, text.as_bytes())
     }
@@ -378,9 +376,11 @@ impl GitHub {
             .map_err(|e| Error::Client(format!("GET {url}: {}", crate::error::chain(&e))))?;
         if !status.is_success() {
             self.not_blocked()?;
-            let mut b = body;
-            b.truncate(300);
-            return Err(Error::Status(format!("GET {url}"), status.as_u16(), b));
+            return Err(Error::Status(
+                format!("GET {url}"),
+                status.as_u16(),
+                body_start(&body),
+            ));
         }
         let next = link_next;
         let body = bytes::Bytes::from(body);
@@ -591,6 +591,16 @@ pub fn is_pr(full_name: &str, number: u64, head_sha: &str) -> bool {
         && is_sha(head_sha)
 }
 
+/// The first 300 bytes of an error answer, cut at a character boundary
+/// (`String::truncate` in the middle of one panics).
+fn body_start(body: &str) -> String {
+    let mut end = body.len().min(300);
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    body[..end].to_owned()
+}
+
 pub fn is_sha(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -691,6 +701,13 @@ mod tests {
             gh.on_api("https://elsewhere.example/x"),
             "https://elsewhere.example/x"
         );
+    }
+
+    #[test]
+    fn an_error_body_is_cut_between_characters() {
+        let body = format!("{}é tail", "x".repeat(299));
+        assert_eq!(body_start(&body), "x".repeat(299));
+        assert_eq!(body_start("short"), "short");
     }
 
     #[test]
