@@ -628,6 +628,13 @@ pub fn standin_agent_aged(body: &str, secs: u32) -> String {
     format!("#!/bin/sh\ntemplate_age={secs}\n{STANDIN_PRELUDE}\n{body}")
 }
 
+/// [`standin_agent_aged`] for a backend without a VM generation ID
+/// (cloud-hypervisor v53): the go record's seed is mixed in and the CRNG
+/// reseeded before the first sample, as the real agent does first.
+pub fn standin_agent_reseeding(body: &str, secs: u32) -> String {
+    format!("#!/bin/sh\ntemplate_age={secs}\nreseed_from_go=1\n{STANDIN_PRELUDE}\n{body}")
+}
+
 const STANDIN_PRELUDE: &str = r#"in= ex= ch=/dev/hvc0 port=
 while [ $# -gt 1 ]; do
   case $1 in --input) in=$2;; --export) ex=$2;; --channel) ch=$2;; --template) port=$2;; esac; shift 2
@@ -641,8 +648,16 @@ if [ -n "$port" ]; then
   # (RNDRESEEDCRNG), so no restored VM is due for a reseed of its own.
   perl -e 'open(my $f, ">", "/dev/urandom") or die "$!"; ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!"'
   exec 3<> "$port"
+  # cloud-hypervisor: the port is the virtio console, a terminal.
+  [ "$port" = /dev/hvc0 ] && stty -echo <&3
   echo AIRLOCK-TEMPLATE-READY >&3
   read -r go <&3
+  if [ -n "$reseed_from_go" ]; then
+    # As the real agent does first (cloud-hypervisor v53 has no VM
+    # generation ID): the go record's seed mixed in, the CRNG reseeded.
+    set -- $go
+    perl -e 'open(my $f, ">", "/dev/urandom") or die "$!"; my $s = pack("H*", $ARGV[0]); ioctl($f, 0x40085203, pack("i i", 256, length $s) . $s) or die "RNDADDENTROPY: $!"; ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!"' "$4"
+  fi
   # One process, nothing else started beside it: every exec draws from the
   # kernel's RNG too, and a pipeline's processes start in any order.
   head -c 16 /dev/urandom > /tmp/airlock-first-sample

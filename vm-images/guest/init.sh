@@ -15,7 +15,7 @@
 # then), the kernel's RNG is made ready, the root is mounted and switched
 # to, and the agent the host appended to the initramfs (/airlock-agent)
 # starts with --template: it says AIRLOCK-TEMPLATE-READY on the virtio
-# port airlock.ctl and waits there. Each VM restored from the saved state
+# port airlock.ctl (cloud-hypervisor: the virtio console) and waits there. Each VM restored from the saved state
 # gets one line on that port, "AIRLOCK-GO 1 <unix secs> <seed hex> <boot
 # words>", and the agent reseeds the RNG, sets the clock, binds and mounts
 # the job's disks (vm-images/agent/src/restore.rs).
@@ -73,8 +73,11 @@ if [ -n "$template" ]; then
     [ "$serial" = airlock-root ] && continue
     held="$held ${d##*/}:$serial"; echo "${d##*/}" > "$blk/unbind"
   done
+  # cloud-hypervisor has no virtio-serial port: there the control port is
+  # the virtio console (airlock.ctl=hvc0 on the template's command line).
   port=
-  for _ in $(seq 200); do
+  case " $words " in *" airlock.ctl=hvc0 "*) port=/dev/hvc0 ;; esac
+  [ -n "$port" ] || for _ in $(seq 200); do
     for p in /sys/class/virtio-ports/vport*; do
       [ "$(cat "$p/name" 2>/dev/null)" = airlock.ctl ] && port=/dev/${p##*/}
     done
@@ -97,7 +100,7 @@ nixd=$(dev_for airlock-nix) || fail "no /nix disk"
 input=$(dev_for airlock-input) || fail "no input disk"
 export_dev=$(dev_for airlock-export) || fail "no export disk"
 mount_root "$root"
-mount -t ext4 -o nosuid,nodev "$nixd" /newroot/nix || fail "cannot mount /nix"
+mount -t ext4 -o nosuid,nodev,noinit_itable "$nixd" /newroot/nix || fail "cannot mount /nix"
 mkdir -p /newroot/run/input
 mount -t ext4 -o ro,noload,nosuid,nodev "$input" /newroot/run/input || fail "cannot mount input"
 case " $words " in *" airlock.base=1 "*) base_disk=1 ;; *) base_disk= ;; esac

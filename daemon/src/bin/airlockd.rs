@@ -293,6 +293,12 @@ async fn vm_backend(cfg: &Config, run_as: Option<&RunAs>) -> anyhow::Result<Arc<
                 landlock,
                 virtiofsd: (!cfg.vm.virtiofsd.is_empty()).then(|| cfg.vm.virtiofsd.clone().into()),
                 run_as: run_as.cloned(),
+                templates: cfg.vm.template.then(|| {
+                    Arc::new(airlock::vm::template::Templates::new(
+                        cfg.state_dir.join("templates"),
+                        cfg.agent_path(),
+                    ))
+                }),
             };
             let (kernel, initrd) = (img.join("vmlinux"), img.join("initrd.gz"));
             let took = probe_boot(&b, &kernel, &initrd, &probe, probe_timeout)

@@ -15,14 +15,20 @@
 //! user, which owns only the VM's logs, writable disks, socket directory
 //! and (made by the network policy) TAP.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
+use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
+use tracing::{info, warn};
 
 use super::ch_api::{self, FsShare, VmInfo};
+use super::ch_template::{self, ChTemplate, Slot};
+use super::template::{self, Shape, Templates};
 use super::{BoxFuture, Cancel, Error, Result, RunAs, VmBackend, VmExit, VmSpec};
 
 #[derive(Debug, Clone)]
@@ -37,7 +43,13 @@ pub struct CloudHypervisor {
     pub virtiofsd: Option<PathBuf>,
     /// Run the VMM and virtiofsd as this user, not airlockd's.
     pub run_as: Option<RunAs>,
+    /// Start VMs by restoring guest templates where they fit
+    /// (`vm.template`; [`ch_template`]).
+    pub templates: Option<Arc<Templates<ChTemplate>>>,
 }
+
+/// How long a template guest may take to be ready to save.
+const TEMPLATE_READY_LIMIT: Duration = Duration::from_secs(90);
 
 /// A unix socket path must fit `sun_path` (108 bytes with its NUL).
 const SUN_PATH_MAX: usize = 107;
@@ -232,14 +244,21 @@ impl CloudHypervisor {
         Ok(())
     }
 
-    /// Start the VMM and wait until its API answers.
-    async fn start_vmm(&self, files: &VmFiles, spec: &VmSpec) -> Result<Child> {
+    /// Start the VMM (its stdin and stdout: the virtio console in `Tty`
+    /// mode) and wait until its API answers.
+    async fn start_vmm(
+        &self,
+        files: &VmFiles,
+        spec: &VmSpec,
+        stdin: Stdio,
+        stdout: Stdio,
+    ) -> Result<Child> {
         let mut cmd = Command::new(&self.binary);
         self.confine(&mut cmd);
         let mut child = cmd
             .args(self.args(files))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(stdin)
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -348,11 +367,29 @@ impl CloudHypervisor {
         spec: &VmSpec,
         files: &VmFiles,
         timeout: Duration,
-        cancel: Cancel,
+        mut cancel: Cancel,
     ) -> Result<VmExit> {
+        // The first VM of a shape waits for its template to be built; a
+        // cancel still stops it.
+        let restored = tokio::select! {
+            r = self.try_restore(spec, files) => r,
+            Ok(reason) = &mut cancel => return Ok(VmExit::Killed(reason)),
+        };
         let mut procs = Procs(Vec::new());
-        self.start_virtiofsd(spec, files, &mut procs).await?;
-        let mut vmm = self.start_vmm(files, spec).await?;
+        // A restored VM's console terminal lives as long as the VM.
+        let (vmm, _console) = match restored {
+            Some((vmm, console)) => (vmm, Some(console)),
+            None => (self.start_cold(spec, files, &mut procs).await?, None),
+        };
+        self.wait(vmm, procs, files, timeout, cancel).await
+    }
+
+    /// Boot `spec`: virtiofsd, the VMM, `vm.create`, `vm.boot`.
+    async fn start_cold(&self, spec: &VmSpec, files: &VmFiles, procs: &mut Procs) -> Result<Child> {
+        self.start_virtiofsd(spec, files, procs).await?;
+        let mut vmm = self
+            .start_vmm(files, spec, Stdio::null(), Stdio::null())
+            .await?;
         let shares: Vec<FsShare> = spec
             .shares
             .iter()
@@ -369,15 +406,22 @@ impl CloudHypervisor {
             put_ok(&files.api, "vm.boot", None).await
         };
         if let Err(e) = started.await {
-            let _ = put_ok(&files.api, "vmm.shutdown", None).await;
-            if tokio::time::timeout(Duration::from_secs(2), vmm.wait())
-                .await
-                .is_err()
-            {
-                let _ = vmm.kill().await;
-            }
+            shutdown(&files.api, &mut vmm).await;
             return Err(e);
         }
+        Ok(vmm)
+    }
+
+    /// Follow the running VM to its end (power-off, a reboot event, the
+    /// timeout, a cancel); then make sure virtiofsd is gone.
+    async fn wait(
+        &self,
+        mut vmm: Child,
+        mut procs: Procs,
+        files: &VmFiles,
+        timeout: Duration,
+        cancel: Cancel,
+    ) -> Result<VmExit> {
         let exit = tokio::select! {
             st = vmm.wait() => {
                 let st = st.map_err(Error::Wait)?;
@@ -412,6 +456,248 @@ impl CloudHypervisor {
             }
         }
         Ok(exit)
+    }
+
+    /// The template shape and slots of `spec` here, or why it boots cold.
+    fn restorable(&self, spec: &VmSpec) -> std::result::Result<(Shape, Vec<Slot>), String> {
+        if spec.tap.is_some() {
+            return Err("it has a NIC (a restored one would keep the template's TAP)".into());
+        }
+        let agent = self.templates.as_ref().map(|t| t.agent.as_path());
+        let shape = Shape::of(spec, agent.unwrap_or(Path::new("airlock-agent")))?;
+        Ok((shape, ch_template::slots(spec)?))
+    }
+
+    /// A VM of `spec` restored from its template (the VMM and the
+    /// console terminal airlockd holds), or None: it boots cold (the
+    /// reason in the log), with fresh VM files.
+    async fn try_restore(&self, spec: &VmSpec, files: &VmFiles) -> Option<(Child, OwnedFd)> {
+        let templates = self.templates.as_ref()?;
+        let (shape, slots) = match self.restorable(spec) {
+            Ok(s) => s,
+            Err(why) => {
+                tracing::debug!(why, "VM boots cold");
+                return None;
+            }
+        };
+        let vmm = template::vmm_id(
+            &self.binary.display().to_string(),
+            "cloud-hypervisor",
+            "kvm",
+        );
+        let key = template::key(
+            &format!("{vmm} slots {}", ch_template::slots_key(&slots)),
+            &shape,
+        );
+        let t = templates
+            .get(&key, |dir| {
+                self.build_template(shape, slots, key.clone(), dir)
+            })
+            .await
+            .ok()?;
+        let t0 = Instant::now();
+        match self.start_clone(spec, files, &t).await {
+            Ok(started) => {
+                info!(
+                    template = %t.key,
+                    restore_ms = (t0.elapsed().as_secs_f64() * 1000.0).round(),
+                    "VM restored from its template"
+                );
+                Some(started)
+            }
+            Err(e) => {
+                warn!(error = %crate::error::chain(&e), "restore from the guest template failed; the VM boots cold");
+                files.remove();
+                let fresh = std::fs::create_dir(&files.dir).and_then(|()| match &self.run_as {
+                    Some(r) => r.give(spec, Some(&files.dir)),
+                    None => Ok(()),
+                });
+                if let Err(e) = fresh {
+                    warn!(error = %e, "cannot make the VM's files afresh");
+                }
+                None
+            }
+        }
+    }
+
+    /// Start a job's VM from `t`: its snapshot directory (the job's
+    /// files), the VMM on a fresh console terminal with its output to the
+    /// channel log, `vm.restore` (resumed), the go record. Any failure
+    /// kills the new VMM.
+    async fn start_clone(
+        &self,
+        spec: &VmSpec,
+        files: &VmFiles,
+        t: &ChTemplate,
+    ) -> Result<(Child, OwnedFd)> {
+        let fail = |e: template::Error| Error::Api {
+            endpoint: "vm.restore",
+            why: crate::error::chain(&e),
+        };
+        let clone_dir = files.dir.join("restore");
+        let disks = ch_template::clone_disks(spec, &t.slots, &files.dir).map_err(fail)?;
+        let initrd = t.snapshot.with_file_name("initrd");
+        let rules = ch_template::clone_landlock(spec, &initrd, &disks, &clone_dir, t);
+        ch_template::write_clone_dir(t, &clone_dir, &disks, &spec.console_log, &rules)
+            .map_err(fail)?;
+        let channel = std::fs::File::create(&spec.channel_log).map_err(|e| Error::Api {
+            endpoint: "vm.restore",
+            why: format!("{}: {e}", spec.channel_log.display()),
+        })?;
+        let (console, term) = ch_template::console_pty().map_err(fail)?;
+        let mut vmm = self
+            .start_vmm(files, spec, Stdio::from(term), Stdio::from(channel))
+            .await?;
+        let uid = self.run_as.as_ref().map(|r| r.uid).unwrap_or(0);
+        let body =
+            serde_json::to_vec(&ch_template::restore_body(&clone_dir, uid)).expect("serialises");
+        let started = async {
+            put_ok(&files.api, "vm.restore", Some(body)).await?;
+            let go = template::go_record(spec).encode();
+            let mut w = std::fs::File::from(console.try_clone().map_err(Error::Wait)?);
+            std::io::Write::write_all(&mut w, go.as_bytes()).map_err(|e| Error::Api {
+                endpoint: "vm.restore",
+                why: format!("cannot send the go record: {e}"),
+            })
+        };
+        if let Err(e) = started.await {
+            shutdown(&files.api, &mut vmm).await;
+            let said = super::read_stderr(&mut vmm).await;
+            return Err(Error::Api {
+                endpoint: "vm.restore",
+                why: format!("{e}; the VMM said: {said}"),
+            });
+        }
+        Ok((vmm, console))
+    }
+
+    /// Boot a template VM of `shape` (its files in `dir`), wait until its
+    /// agent is ready, pause it and save it with `vm.snapshot`.
+    async fn build_template(
+        &self,
+        shape: Shape,
+        slots: Vec<Slot>,
+        key: String,
+        dir: PathBuf,
+    ) -> template::Result<ChTemplate> {
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |source| template::Error::Io { what, source }
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(io("create the template's directory"))?;
+        let spec = ch_template::template_spec(&shape, &slots, &key, &dir)?;
+        template::write_initrd(&shape.initrd, &shape.agent, &spec.initrd)?;
+        let snapshot = dir.join("snapshot");
+        let files = VmFiles::new(&spec);
+        for d in [&snapshot, &files.dir] {
+            std::fs::create_dir(d).map_err(io("create the template's directories"))?;
+        }
+        if let Some(r) = &self.run_as {
+            r.give(&spec, Some(&files.dir))
+                .and_then(|()| std::os::unix::fs::chown(&snapshot, Some(r.uid), Some(r.gid)))
+                .map_err(io("give the template's files to vm.user"))?;
+        }
+        let res = self.save_template(&spec, &files, &snapshot).await;
+        files.remove();
+        res?;
+        let state_bytes = ch_template::lock_down(&snapshot)?;
+        Ok(ChTemplate {
+            key,
+            snapshot,
+            slots,
+            state_bytes,
+        })
+    }
+
+    /// The template VM's life: boot, ready, pause, snapshot, shutdown.
+    async fn save_template(
+        &self,
+        spec: &VmSpec,
+        files: &VmFiles,
+        snapshot: &Path,
+    ) -> template::Result<()> {
+        let api = |e: Error| template::Error::Guest(crate::error::chain(&e));
+        let (_console, term) = ch_template::console_pty()?;
+        let mut vmm = self
+            .start_vmm(files, spec, Stdio::from(term), Stdio::piped())
+            .await
+            .map_err(api)?;
+        let out = vmm.stdout.take().expect("piped");
+        let mut config = ch_api::vm_config(spec, &[], self.landlock);
+        config.console = ch_api::ConsoleConfig {
+            mode: ch_api::ConsoleMode::Tty,
+            file: None,
+        };
+        if self.landlock {
+            config.landlock_rules.push(ch_api::LandlockConfig {
+                path: snapshot.display().to_string(),
+                access: "rw".into(),
+            });
+        }
+        let body = serde_json::to_vec(&config).expect("serialises");
+        let saved = async {
+            put_ok(&files.api, "vm.create", Some(body))
+                .await
+                .map_err(api)?;
+            put_ok(&files.api, "vm.boot", None).await.map_err(api)?;
+            wait_ready(out, &spec.console_log).await?;
+            put_ok(&files.api, "vm.pause", None).await.map_err(api)?;
+            let snap = ch_template::SnapshotBody {
+                destination_url: ch_template::file_url(snapshot),
+            };
+            let snap = serde_json::to_vec(&snap).expect("serialises");
+            put_ok(&files.api, "vm.snapshot", Some(snap))
+                .await
+                .map_err(api)
+        };
+        let res = saved.await;
+        shutdown(&files.api, &mut vmm).await;
+        res.map(drop)
+    }
+}
+
+/// Shut the VMM down through its API, or kill it after 2 s.
+async fn shutdown(api: &Path, vmm: &mut Child) {
+    let _ = put_ok(api, "vmm.shutdown", None).await;
+    if tokio::time::timeout(Duration::from_secs(2), vmm.wait())
+        .await
+        .is_err()
+    {
+        let _ = vmm.kill().await;
+    }
+}
+
+/// Wait until the template guest's agent says it is ready on the
+/// console (the VMM's stdout).
+async fn wait_ready(out: tokio::process::ChildStdout, console: &Path) -> template::Result<()> {
+    let mut lines = tokio::io::BufReader::new(out).lines();
+    let ready = tokio::time::timeout(TEMPLATE_READY_LIMIT, async {
+        while let Some(l) = lines.next_line().await? {
+            if l.trim() == airlock_wire::TEMPLATE_READY {
+                return Ok(true);
+            }
+        }
+        Ok::<bool, std::io::Error>(false)
+    })
+    .await;
+    match ready {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(template::Error::Guest(
+            "closed its console without saying it was ready".into(),
+        )),
+        Ok(Err(source)) => Err(template::Error::Io {
+            what: "read the template's console".into(),
+            source,
+        }),
+        Err(_) => {
+            let text = std::fs::read_to_string(console).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            Err(template::Error::Guest(format!(
+                "was not ready within {TEMPLATE_READY_LIMIT:?} (console: {})",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            )))
+        }
     }
 }
 

@@ -435,6 +435,44 @@ mod tests {
         assert!(check(&doc, "VmConfig", &body).is_empty());
     }
 
+    /// A template's snapshot and a clone's restore (ch_template.rs), as
+    /// sent, validate against `VmSnapshotConfig` and `RestoreConfig`; the
+    /// clone's rewritten config against `VmConfig`.
+    #[test]
+    fn template_bodies_validate_against_the_openapi_schema() {
+        use crate::vm::ch_template::{self, CloneDisk, SnapshotBody};
+        let Some(doc) = spec("template_bodies_validate_against_the_openapi_schema") else {
+            return;
+        };
+        let dir = std::path::Path::new("/var/lib/airlock/templates/k/snapshot");
+        let snap = serde_json::to_value(SnapshotBody {
+            destination_url: ch_template::file_url(dir),
+        })
+        .unwrap();
+        assert!(check(&doc, "VmSnapshotConfig", &snap).is_empty());
+        for uid in [0, 1000] {
+            let body = serde_json::to_value(ch_template::restore_body(dir, uid)).unwrap();
+            let errs = check(&doc, "RestoreConfig", &body);
+            assert!(errs.is_empty(), "{errs:#?}\n{body:#}");
+            assert_eq!(body["resume"], true);
+        }
+        let mut s = job_spec();
+        s.tap = None;
+        let config = serde_json::to_vec(&vm_config(&s, &[], true)).unwrap();
+        let disks: Vec<CloneDisk> = s
+            .disks
+            .iter()
+            .map(|d| CloneDisk {
+                path: d.path.clone(),
+                readonly: d.readonly,
+            })
+            .collect();
+        let out = ch_template::clone_config(&config, &disks, &s.console_log, &[]).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        let errs = check(&doc, "VmConfig", &v);
+        assert!(errs.is_empty(), "{errs:#?}\n{v:#}");
+    }
+
     /// The validator is not a rubber stamp.
     #[test]
     fn the_schema_check_catches_wrong_bodies() {

@@ -8,6 +8,7 @@
 
 pub mod ch;
 pub mod ch_api;
+pub mod ch_template;
 pub mod kernel;
 pub mod qemu;
 pub mod template;

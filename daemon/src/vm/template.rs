@@ -234,28 +234,41 @@ impl Template {
     }
 }
 
-type Cell = Arc<tokio::sync::OnceCell<std::result::Result<Arc<Template>, String>>>;
+/// What a saved template says of itself in the log.
+pub trait Saved: Send + Sync + 'static {
+    /// The bytes saved beside the guest's memory (its device state).
+    fn state_bytes(&self) -> u64;
+}
+
+impl Saved for Template {
+    fn state_bytes(&self) -> u64 {
+        self.state_bytes
+    }
+}
+
+type Cell<T> = Arc<tokio::sync::OnceCell<std::result::Result<Arc<T>, String>>>;
 
 /// The daemon's templates, one per key, each built once (by the first VM
-/// that needs it; the others wait for it).
-#[derive(Default)]
-pub struct Templates {
+/// that needs it; the others wait for it). `T` is the backend's saved
+/// template: QEMU's [`Template`], cloud-hypervisor's
+/// [`super::ch_template::ChTemplate`].
+pub struct Templates<T = Template> {
     dir: PathBuf,
     /// The agent binary templates start (the one job disks carry).
     pub agent: PathBuf,
-    cells: Mutex<HashMap<String, Cell>>,
+    cells: Mutex<HashMap<String, Cell<T>>>,
 }
 
-impl std::fmt::Debug for Templates {
+impl<T> std::fmt::Debug for Templates<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Templates({})", self.dir.display())
     }
 }
 
-impl Templates {
+impl<T: Saved> Templates<T> {
     /// Templates' scratch files (console log, state file, initramfs) go
     /// under `dir`; `agent` is started in each.
-    pub fn new(dir: PathBuf, agent: PathBuf) -> Templates {
+    pub fn new(dir: PathBuf, agent: PathBuf) -> Templates<T> {
         Templates {
             dir,
             agent,
@@ -266,14 +279,10 @@ impl Templates {
     /// The template `key`, built now by `build` (given its scratch
     /// directory) if this is its first use; or why there is none (kept: a
     /// template that failed is not tried again until airlockd restarts).
-    pub async fn get<F, Fut>(
-        &self,
-        key: &str,
-        build: F,
-    ) -> std::result::Result<Arc<Template>, String>
+    pub async fn get<F, Fut>(&self, key: &str, build: F) -> std::result::Result<Arc<T>, String>
     where
         F: FnOnce(PathBuf) -> Fut,
-        Fut: std::future::Future<Output = Result<Template>>,
+        Fut: std::future::Future<Output = Result<T>>,
     {
         let cell = self
             .cells
@@ -286,7 +295,7 @@ impl Templates {
             let t0 = Instant::now();
             match build(self.dir.join(key)).await {
                 Ok(t) => {
-                    info!(template = %key, secs = t0.elapsed().as_secs_f64(), state_bytes = t.state_bytes, "guest template built");
+                    info!(template = %key, secs = t0.elapsed().as_secs_f64(), state_bytes = t.state_bytes(), "guest template built");
                     Ok(Arc::new(t))
                 }
                 Err(e) => {

@@ -89,6 +89,7 @@ fn backend(grace_ms: u64) -> CloudHypervisor {
         landlock: ch::landlock_abi().is_some(),
         virtiofsd: Some(virtiofsd()),
         run_as: None,
+        templates: None,
     }
 }
 

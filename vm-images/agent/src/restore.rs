@@ -65,7 +65,9 @@ pub fn await_job(ctl: &Path) -> Result<Restored, String> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let ro = nosuid | MsFlags::MS_RDONLY;
     let mut mounts = vec![
-        (dev(disk::NIX), "/nix", nosuid, None),
+        // noinit_itable: the disk is a sparse file, its inode tables read
+        // as zeros already; zeroing them would cost the job's one vCPU.
+        (dev(disk::NIX), "/nix", nosuid, Some("noinit_itable")),
         (dev(disk::INPUT), "/run/input", ro, Some("noload")),
     ];
     if base {
@@ -102,6 +104,9 @@ fn wait_for_go(ctl: &Path) -> Result<GoRecord, String> {
         .write(true)
         .open(ctl)
         .map_err(|e| format!("{}: {e}", ctl.display()))?;
+    // On cloud-hypervisor the port is the virtio console, a terminal: the
+    // go record must not be echoed back (into the channel log).
+    quiet(&port)?;
     writeln!(port, "{}", airlock_wire::TEMPLATE_READY)
         .map_err(|e| format!("{}: {e}", ctl.display()))?;
     let mut line = String::new();
@@ -109,6 +114,18 @@ fn wait_for_go(ctl: &Path) -> Result<GoRecord, String> {
         .read_line(&mut line)
         .map_err(|e| format!("no go record: {e}"))?;
     GoRecord::parse(&line).ok_or_else(|| "not a go record".to_owned())
+}
+
+/// No echo on `port` if it is a terminal (a virtio port is not).
+fn quiet(port: &std::fs::File) -> Result<(), String> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let Ok(mut t) = tcgetattr(port) else {
+        return Ok(());
+    };
+    t.local_flags
+        .remove(LocalFlags::ECHO | LocalFlags::ECHONL | LocalFlags::ECHOE | LocalFlags::ECHOK);
+    tcsetattr(port, SetArg::TCSANOW, &t)
+        .map_err(|e| format!("cannot turn the console's echo off: {e}"))
 }
 
 #[allow(unsafe_code)]
