@@ -538,7 +538,8 @@ impl CloudHypervisor {
         let disks = ch_template::clone_disks(spec, &t.slots, &files.dir).map_err(fail)?;
         let initrd = t.snapshot.with_file_name("initrd");
         let rules = ch_template::clone_landlock(spec, &initrd, &disks, &clone_dir, t);
-        ch_template::write_clone_dir(t, &clone_dir, &disks, &spec.console_log, &rules)
+        let landlock = self.landlock.then_some(rules.as_slice());
+        ch_template::write_clone_dir(t, &clone_dir, &disks, &spec.console_log, landlock)
             .map_err(fail)?;
         let channel = std::fs::File::create(&spec.channel_log).map_err(|e| Error::Api {
             endpoint: "vm.restore",
@@ -548,7 +549,12 @@ impl CloudHypervisor {
         let mut vmm = self
             .start_vmm(files, spec, Stdio::from(term), Stdio::from(channel))
             .await?;
-        let uid = self.run_as.as_ref().map(|r| r.uid).unwrap_or(0);
+        // The VMM's user: vm.user, else airlockd's own (OnDemand needs
+        // userfaultfd, which an unprivileged user may not have).
+        let uid = match &self.run_as {
+            Some(r) => r.uid,
+            None => nix::unistd::geteuid().as_raw(),
+        };
         let body =
             serde_json::to_vec(&ch_template::restore_body(&clone_dir, uid)).expect("serialises");
         let started = async {
@@ -629,6 +635,10 @@ impl CloudHypervisor {
             mode: ch_api::ConsoleMode::Tty,
             file: None,
         };
+        // The console is the VMM's stdout here, not the channel log (a
+        // Landlock rule for a file that does not exist fails vm.boot).
+        let channel = spec.channel_log.display().to_string();
+        config.landlock_rules.retain(|r| r.path != channel);
         if self.landlock {
             config.landlock_rules.push(ch_api::LandlockConfig {
                 path: snapshot.display().to_string(),

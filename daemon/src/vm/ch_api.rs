@@ -467,7 +467,7 @@ mod tests {
                 readonly: d.readonly,
             })
             .collect();
-        let out = ch_template::clone_config(&config, &disks, &s.console_log, &[]).unwrap();
+        let out = ch_template::clone_config(&config, &disks, &s.console_log, Some(&[])).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         let errs = check(&doc, "VmConfig", &v);
         assert!(errs.is_empty(), "{errs:#?}\n{v:#}");

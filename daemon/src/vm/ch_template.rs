@@ -212,13 +212,14 @@ fn bad(why: impl Into<String>) -> Error {
 /// A clone's `config.json`: the template's `config`, with `disks` (slot
 /// order: the template's devices are `disk0`..`disk4`) as the disks'
 /// files, the serial port to `console_log`, the virtio console on the
-/// VMM's terminal, and `landlock` (if the template had Landlock on) as its
-/// rules. Everything else is the template's, unknown fields included.
+/// VMM's terminal, and Landlock on with these rules (`Some`) or off, as
+/// the backend is now (not as it was when the template was saved).
+/// Everything else is the template's, unknown fields included.
 pub fn clone_config(
     config: &[u8],
     disks: &[CloneDisk],
     console_log: &Path,
-    landlock: &[LandlockConfig],
+    landlock: Option<&[LandlockConfig]>,
 ) -> Result<Vec<u8>> {
     let mut v: Value =
         serde_json::from_slice(config).map_err(|e| bad(format!("is not JSON: {e}")))?;
@@ -249,11 +250,18 @@ pub fn clone_config(
         .ok_or_else(|| bad("has no console"))?;
     console.insert("mode".into(), "Tty".into());
     console.remove("file");
-    if o.get("landlock_enable").and_then(Value::as_bool) == Some(true) {
-        o.insert(
-            "landlock_rules".into(),
-            serde_json::to_value(landlock).expect("serialises"),
-        );
+    match landlock {
+        Some(rules) => {
+            o.insert("landlock_enable".into(), true.into());
+            o.insert(
+                "landlock_rules".into(),
+                serde_json::to_value(rules).expect("serialises"),
+            );
+        }
+        None => {
+            o.insert("landlock_enable".into(), false.into());
+            o.remove("landlock_rules");
+        }
     }
     Ok(serde_json::to_vec_pretty(&v).expect("serialises"))
 }
@@ -264,7 +272,7 @@ pub fn write_clone_dir(
     dir: &Path,
     disks: &[CloneDisk],
     console_log: &Path,
-    landlock: &[LandlockConfig],
+    landlock: Option<&[LandlockConfig]>,
 ) -> Result<()> {
     let io = |what: String| move |source| Error::Io { what, source };
     let config = std::fs::read(t.snapshot.join(CONFIG))
@@ -281,7 +289,9 @@ pub fn write_clone_dir(
 
 /// The clone's disks in slot order: the job's file where it uses the
 /// slot (a read-only one grown to the slot's size), else an empty file
-/// of the slot's size in `scratch`, read-only.
+/// of the slot's size in `scratch`, the clone's own, opened as the
+/// template's device is (a restored device keeps its read-only flag; a
+/// writable device on a read-only file fails the restore's disk lock).
 pub fn clone_disks(spec: &VmSpec, slots: &[Slot], scratch: &Path) -> Result<Vec<CloneDisk>> {
     let io = |what: String| move |source| Error::Io { what, source };
     slots
@@ -314,7 +324,7 @@ pub fn clone_disks(spec: &VmSpec, slots: &[Slot], scratch: &Path) -> Result<Vec<
                     .map_err(io(format!("create {}", p.display())))?;
                 Ok(CloneDisk {
                     path: p,
-                    readonly: true,
+                    readonly: s.readonly,
                 })
             }
         })
@@ -520,6 +530,13 @@ mod tests {
         assert_eq!(file_len(&s.disks[2].path).unwrap(), READONLY_CAPACITY);
         assert_eq!(disks[4].path, scratch.join("unused-airlock-base.img"));
         assert!(disks[4].readonly);
+        // An unused writable slot is writable: the device was saved so.
+        let mut no_export = s.clone();
+        no_export.disks.retain(|d| d.serial != disk::EXPORT);
+        let disks = clone_disks(&no_export, &slots, &scratch).unwrap();
+        assert_eq!(disks[3].path, scratch.join("unused-airlock-export.img"));
+        assert!(!disks[3].readonly);
+        assert_eq!(file_len(&disks[3].path).unwrap(), 16 << 20);
         // A /nix disk of another size does not fit.
         let mut other = s.clone();
         std::fs::File::create(&other.disks[1].path)
@@ -557,7 +574,13 @@ mod tests {
             path: "/jobs/j".into(),
             access: "rw".into(),
         }];
-        let out = clone_config(&config, &disks, Path::new("/jobs/j/console.log"), &rules).unwrap();
+        let out = clone_config(
+            &config,
+            &disks,
+            Path::new("/jobs/j/console.log"),
+            Some(&rules),
+        )
+        .unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         let before: Value = serde_json::from_slice(&config).unwrap();
         for i in 0..5 {
@@ -569,6 +592,12 @@ mod tests {
         assert_eq!(v["console"]["mode"], "Tty");
         assert!(v["console"].get("file").is_none());
         assert_eq!(v["landlock_rules"][0]["path"], "/jobs/j");
+        assert_eq!(v["landlock_enable"], true);
+        // Landlock off now: off in the clone, whatever the template had.
+        let off = clone_config(&config, &disks, Path::new("/c"), None).unwrap();
+        let off: Value = serde_json::from_slice(&off).unwrap();
+        assert_eq!(off["landlock_enable"], false);
+        assert!(off.get("landlock_rules").is_none());
         assert_eq!(v["platform"], before["platform"]);
         assert_eq!(v["payload"], before["payload"]);
         assert_eq!(v["memory"], before["memory"]);
@@ -596,7 +625,7 @@ mod tests {
                 "has no console",
             ),
         ] {
-            let e = clone_config(bad, &disks, Path::new("/c"), &[]).unwrap_err();
+            let e = clone_config(bad, &disks, Path::new("/c"), None).unwrap_err();
             assert!(e.to_string().contains(why), "{e} for {why}");
         }
     }
