@@ -32,7 +32,7 @@ nix=$(seen /nix/airlock-canary); run=$(seen /run/airlock-canary); tmp=$(seen /tm
 mine=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
 for f in /nix/airlock-canary /run/airlock-canary /tmp/airlock-canary; do echo "$mine" > "$f"; done
 { echo 'E {"agent_started":{"version":1}}'
-  echo "L probe sample=$first_sample nix=$nix run=$run tmp=$tmp mine=$mine words=$boot_words"
+  echo "L probe sample=$first_sample nix=$nix run=$run tmp=$tmp mine=$mine words=$boot_words boot_id=$(cat /proc/sys/kernel/random/boot_id)"
 } > "$ch"
 sync
 "#;
@@ -114,6 +114,9 @@ fn restored_vms_share_nothing() {
     );
     let before = template_memory_hash(&d);
     let mut samples = vec![first["sample"].clone()];
+    // The kernel makes its boot ID at the first read: no template reads
+    // it before the save, so each VM has its own.
+    let mut boot_ids = vec![first["boot_id"].clone()];
     for i in 1..20 {
         let p = run(&d);
         assert_ne!(p["words"], "cold", "VM {i} was not restored:\n{}", d.log());
@@ -121,6 +124,7 @@ fn restored_vms_share_nothing() {
             assert_eq!(p[place], "none", "VM {i} saw a canary in /{place}: {p:?}");
         }
         samples.push(p["sample"].clone());
+        boot_ids.push(p["boot_id"].clone());
     }
     let distinct: std::collections::BTreeSet<_> = samples.iter().collect();
     assert_eq!(
@@ -128,6 +132,8 @@ fn restored_vms_share_nothing() {
         samples.len(),
         "random bytes repeat: {samples:?}"
     );
+    let distinct: std::collections::BTreeSet<_> = boot_ids.iter().collect();
+    assert_eq!(distinct.len(), 20, "boot IDs repeat: {boot_ids:?}");
     assert_eq!(
         template_memory_hash(&d),
         before,
@@ -136,7 +142,7 @@ fn restored_vms_share_nothing() {
     let restored = d.log().matches("VM restored from its template").count();
     assert_eq!(restored, 20, "{}", d.log());
     assert_eq!(d.log().matches("guest template built").count(), 1);
-    println!("20 restored VMs: 20 distinct samples, no canary seen, template memory unchanged");
+    println!("20 restored VMs: 20 distinct samples and boot IDs, no canary seen, template memory unchanged");
 
     // The negative control: without the VM generation ID change, VMs
     // restored from one template draw the same bytes. The kernel reseeds
@@ -223,6 +229,7 @@ fn cloud_hypervisor_restored_vms_share_nothing() {
         format!("{:x}", h.finalize())
     };
     let mut samples = Vec::new();
+    let mut boot_ids = Vec::new();
     let mut before = None;
     for i in 0..20 {
         let id = d.submit(&repo, &head, &["leaf"]);
@@ -233,10 +240,13 @@ fn cloud_hypervisor_restored_vms_share_nothing() {
             assert_eq!(p[place], "none", "VM {i} saw a canary in /{place}: {p:?}");
         }
         samples.push(p["sample"].clone());
+        boot_ids.push(p["boot_id"].clone());
         before.get_or_insert_with(memory);
     }
     let distinct: std::collections::BTreeSet<_> = samples.iter().collect();
     assert_eq!(distinct.len(), 20, "random bytes repeat: {samples:?}");
+    let distinct: std::collections::BTreeSet<_> = boot_ids.iter().collect();
+    assert_eq!(distinct.len(), 20, "boot IDs repeat: {boot_ids:?}");
     assert_eq!(
         Some(memory()),
         before,
