@@ -476,7 +476,7 @@ fn tree_usage(p: &Path) -> (u64, u64) {
 pub async fn tree_disk(img: &Path, dir: &Path, label: &str) -> Result<()> {
     let (bytes, entries) = tree_usage(dir);
     let inodes = entries + entries / 4 + 1024;
-    // Data, 256-byte inodes, and room for the journal and metadata.
+    // Data, 256-byte inodes, and room for metadata.
     let mib = (bytes + bytes / 4 + inodes * 256).div_ceil(1 << 20) + 32;
     mkfs(img, label, mib, Some((dir, inodes)))
         .await

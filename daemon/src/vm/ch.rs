@@ -536,6 +536,17 @@ impl CloudHypervisor {
         };
         let clone_dir = files.dir.join("restore");
         let disks = ch_template::clone_disks(spec, &t.slots, &files.dir).map_err(fail)?;
+        if let Some(r) = &self.run_as {
+            // The empty files of unused slots are the VM's own.
+            for d in disks.iter().filter(|d| d.path.starts_with(&files.dir)) {
+                std::os::unix::fs::chown(&d.path, Some(r.uid), Some(r.gid)).map_err(|e| {
+                    Error::Api {
+                        endpoint: "vm.restore",
+                        why: format!("cannot give {} to vm.user: {e}", d.path.display()),
+                    }
+                })?;
+            }
+        }
         let initrd = t.snapshot.with_file_name("initrd");
         let rules = ch_template::clone_landlock(spec, &initrd, &disks, &clone_dir, t);
         let landlock = self.landlock.then_some(rules.as_slice());
@@ -607,10 +618,11 @@ impl CloudHypervisor {
         let res = self.save_template(&spec, &files, &snapshot).await;
         files.remove();
         res?;
-        let state_bytes = ch_template::lock_down(&snapshot)?;
+        let saved = dir.join("saved");
+        let state_bytes = ch_template::keep_saved(&snapshot, &saved)?;
         Ok(ChTemplate {
             key,
-            snapshot,
+            snapshot: saved,
             slots,
             state_bytes,
         })

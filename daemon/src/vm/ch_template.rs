@@ -6,8 +6,9 @@
 //!
 //! - **Save**: `vm.pause`, then `vm.snapshot` to `<template>/snapshot`
 //!   (`config.json`, `state.json`, `memory-ranges`), then the VMM is shut
-//!   down. The snapshot is then made root's and read-only (the VMM may run
-//!   as `vm.user`, which must read it but never write it).
+//!   down. The files are copied to new read-only files of airlockd's in
+//!   `<template>/saved` and the written ones removed (the VMM may run as
+//!   `vm.user`, which must read the template but never write it).
 //! - **Restore**: a clone's snapshot directory (beside its API socket)
 //!   holds a rewritten `config.json` (the job's disk files in the five
 //!   slots, its console log, its Landlock rules), a copy of `state.json`
@@ -28,7 +29,7 @@
 //!   (the same for every job: `vm.nix_disk_mib`, `vm.export_disk_mib`), a
 //!   read-only one (input, base) [`READONLY_CAPACITY`], to which the job's
 //!   file is grown (sparse) before the restore. A slot the job does not
-//!   use gets an empty file of its own, read-only.
+//!   use gets an empty file of its own, of the slot's size.
 //! - **Randomness**: v53 has no VM generation ID device (upstream's is not
 //!   released), so what separates two clones' RNGs is the go record's
 //!   seed, which the agent mixes in and reseeds from before it does
@@ -135,7 +136,7 @@ pub fn slots_key(slots: &[Slot]) -> String {
 #[derive(Debug)]
 pub struct ChTemplate {
     pub key: String,
-    /// `config.json`, `state.json`, `memory-ranges` (root's, read-only).
+    /// `config.json`, `state.json`, `memory-ranges` (airlockd's, read-only).
     pub snapshot: PathBuf,
     pub slots: Vec<Slot>,
     pub state_bytes: u64,
@@ -288,7 +289,9 @@ pub fn write_clone_dir(
 }
 
 /// The clone's disks in slot order: the job's file where it uses the
-/// slot (a read-only one grown to the slot's size), else an empty file
+/// slot (a read-only one grown to the slot's size: sparse, no blocks; a
+/// base image is a hard link to the shared cache's, which so grows once,
+/// and the cache counts blocks, not sizes), else an empty file
 /// of the slot's size in `scratch`, the clone's own, opened as the
 /// template's device is (a restored device keeps its read-only flag; a
 /// writable device on a read-only file fails the restore's disk lock).
@@ -392,50 +395,75 @@ pub fn template_spec(
     Ok(spec)
 }
 
-/// Make the saved snapshot root's and read-only: the VMM (perhaps
-/// `vm.user`, who wrote it) reads it from now on, never writes it.
-pub fn lock_down(snapshot: &Path) -> Result<u64> {
+/// Keep what the template VMM wrote to `written` as the template: each
+/// file copied to a new file in `saved` (airlockd's, mode 0444, in a
+/// directory of mode 0555), then `written` removed. New files, not a
+/// change of owner: a process of the VMM's user that opened one of the
+/// written files while the template was saved keeps its descriptor, and
+/// with it a way to write the memory every later VM restores. Returns the
+/// size of the saved device state.
+pub fn keep_saved(written: &Path, saved: &Path) -> Result<u64> {
     use std::os::unix::fs::PermissionsExt;
     let io = |what: String| move |source| Error::Io { what, source };
+    let _ = std::fs::remove_dir_all(saved);
+    std::fs::create_dir(saved).map_err(io(format!("create {}", saved.display())))?;
     let mut state_bytes = 0;
     for name in [CONFIG, STATE, MEMORY] {
-        let p = snapshot.join(name);
-        let m = std::fs::symlink_metadata(&p).map_err(io(format!("the snapshot's {name}")))?;
+        let from = written.join(name);
+        let m = std::fs::symlink_metadata(&from).map_err(io(format!("the snapshot's {name}")))?;
         if !m.is_file() {
             return Err(Error::Guest(format!("the snapshot's {name} is not a file")));
         }
-        std::os::unix::fs::chown(&p, Some(0), Some(0)).map_err(io(format!("chown {name}")))?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444))
+        let to = saved.join(name);
+        std::fs::copy(&from, &to).map_err(io(format!("keep the snapshot's {name}")))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o444))
             .map_err(io(format!("chmod {name}")))?;
         if name == STATE {
             state_bytes = m.len();
         }
     }
-    std::os::unix::fs::chown(snapshot, Some(0), Some(0))
-        .map_err(io("chown the snapshot".into()))?;
-    std::fs::set_permissions(snapshot, std::fs::Permissions::from_mode(0o555))
-        .map_err(io("chmod the snapshot".into()))?;
+    std::fs::set_permissions(saved, std::fs::Permissions::from_mode(0o555))
+        .map_err(io("chmod the saved template".into()))?;
+    std::fs::remove_dir_all(written).map_err(io("remove the written snapshot".into()))?;
     Ok(state_bytes)
 }
 
 /// A pseudo-terminal for the VMM's stdin: (airlockd's side, the VMM's).
-/// Both ends raw: no echo, no line editing, bytes as written.
+/// Both ends close on exec (no other process airlockd starts, another
+/// VM's VMM among them, may inherit a VM's console) and raw: no echo, no
+/// line editing, bytes as written.
 pub fn console_pty() -> Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::OFlag;
     use nix::sys::termios;
-    let pty = nix::pty::openpty(None, None).map_err(|e| Error::Io {
-        what: "open a pseudo-terminal for the VM's console".into(),
-        source: e.into(),
-    })?;
-    let mut t = termios::tcgetattr(&pty.slave).map_err(|e| Error::Io {
-        what: "read the console terminal's modes".into(),
-        source: e.into(),
-    })?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |what: &str| {
+        let what = what.to_owned();
+        move |e: nix::Error| Error::Io {
+            what,
+            source: e.into(),
+        }
+    };
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(err("open a pseudo-terminal for the VM's console"))?;
+    nix::pty::grantpt(&master).map_err(err("grant the console's terminal"))?;
+    nix::pty::unlockpt(&master).map_err(err("unlock the console's terminal"))?;
+    let name = nix::pty::ptsname_r(&master).map_err(err("name the console's terminal"))?;
+    // std opens with O_CLOEXEC.
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&name)
+        .map_err(|source| Error::Io {
+            what: format!("open {name}"),
+            source,
+        })?;
+    let mut t = termios::tcgetattr(&slave).map_err(err("read the console terminal's modes"))?;
     termios::cfmakeraw(&mut t);
-    termios::tcsetattr(&pty.slave, termios::SetArg::TCSANOW, &t).map_err(|e| Error::Io {
-        what: "make the console terminal raw".into(),
-        source: e.into(),
-    })?;
-    Ok((pty.master, pty.slave))
+    termios::tcsetattr(&slave, termios::SetArg::TCSANOW, &t)
+        .map_err(err("make the console terminal raw"))?;
+    let master = OwnedFd::from(master);
+    Ok((master, OwnedFd::from(slave)))
 }
 
 #[cfg(test)]
@@ -639,9 +667,52 @@ mod tests {
     }
 
     #[test]
+    fn the_saved_template_is_new_read_only_files_and_the_written_ones_go() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let (written, saved) = (d.path().join("snapshot"), d.path().join("saved"));
+        std::fs::create_dir(&written).unwrap();
+        for (name, bytes) in [(CONFIG, 2), (STATE, 7), (MEMORY, 4096)] {
+            std::fs::write(written.join(name), vec![b'x'; bytes]).unwrap();
+        }
+        let held = std::fs::OpenOptions::new()
+            .write(true)
+            .open(written.join(MEMORY))
+            .unwrap();
+        let old_ino = held.metadata().unwrap().ino();
+        assert_eq!(keep_saved(&written, &saved).unwrap(), 7);
+        assert!(!written.exists());
+        let m = std::fs::metadata(saved.join(MEMORY)).unwrap();
+        assert_ne!(
+            m.ino(),
+            old_ino,
+            "a new file, not the one a descriptor holds"
+        );
+        assert_eq!(m.permissions().mode() & 0o777, 0o444);
+        let dm = std::fs::metadata(&saved).unwrap();
+        assert_eq!(dm.permissions().mode() & 0o777, 0o555);
+        // A snapshot without its memory is not a template.
+        std::fs::create_dir(&written).unwrap();
+        std::fs::write(written.join(CONFIG), "{}").unwrap();
+        let e = keep_saved(&written, &d.path().join("saved2")).unwrap_err();
+        assert!(e.to_string().contains(STATE), "{e}");
+    }
+
+    #[test]
     fn the_console_pty_passes_bytes_unchanged() {
         use std::io::{Read, Write};
         let (master, slave) = console_pty().unwrap();
+        for fd in [&master, &slave] {
+            use std::os::fd::AsRawFd;
+            #[allow(unsafe_code)]
+            // SAFETY: F_GETFD on an fd we own.
+            let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+            assert_eq!(
+                flags & libc::FD_CLOEXEC,
+                libc::FD_CLOEXEC,
+                "inherited by children"
+            );
+        }
         let mut m = std::fs::File::from(master);
         let mut s = std::fs::File::from(slave);
         m.write_all(b"AIRLOCK-GO 1 2 ab\n").unwrap();

@@ -221,7 +221,7 @@ fn cloud_hypervisor_restored_vms_share_nothing() {
         let snap = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}\n{}", dir.display(), d.log()))
             .flatten()
-            .map(|e| e.path().join("snapshot/memory-ranges"))
+            .map(|e| e.path().join("saved/memory-ranges"))
             .find(|p| p.exists())
             .unwrap_or_else(|| panic!("no saved template:\n{}", d.log()));
         let mut h = sha2::Sha256::new();

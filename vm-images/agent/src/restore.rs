@@ -110,9 +110,12 @@ fn wait_for_go(ctl: &Path) -> Result<GoRecord, String> {
     writeln!(port, "{}", airlock_wire::TEMPLATE_READY)
         .map_err(|e| format!("{}: {e}", ctl.display()))?;
     let mut line = String::new();
-    BufReader::new(port)
+    BufReader::new(&port)
         .read_line(&mut line)
         .map_err(|e| format!("no go record: {e}"))?;
+    // Open for the agent's life: the console driver resets a terminal's
+    // modes (echo back on) when its last descriptor closes.
+    std::mem::forget(port);
     GoRecord::parse(&line).ok_or_else(|| "not a go record".to_owned())
 }
 
