@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
-use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
@@ -663,7 +662,13 @@ impl CloudHypervisor {
                 .await
                 .map_err(api)?;
             put_ok(&files.api, "vm.boot", None).await.map_err(api)?;
-            wait_ready(out, &spec.console_log).await?;
+            template::ready_on(
+                async { Ok(out) },
+                "console",
+                &spec.console_log,
+                TEMPLATE_READY_LIMIT,
+            )
+            .await?;
             put_ok(&files.api, "vm.pause", None).await.map_err(api)?;
             let snap = ch_template::SnapshotBody {
                 destination_url: ch_template::file_url(snapshot),
@@ -687,39 +692,6 @@ async fn shutdown(api: &Path, vmm: &mut Child) {
         .is_err()
     {
         let _ = vmm.kill().await;
-    }
-}
-
-/// Wait until the template guest's agent says it is ready on the
-/// console (the VMM's stdout).
-async fn wait_ready(out: tokio::process::ChildStdout, console: &Path) -> template::Result<()> {
-    let mut lines = tokio::io::BufReader::new(out).lines();
-    let ready = tokio::time::timeout(TEMPLATE_READY_LIMIT, async {
-        while let Some(l) = lines.next_line().await? {
-            if l.trim() == airlock_wire::TEMPLATE_READY {
-                return Ok(true);
-            }
-        }
-        Ok::<bool, std::io::Error>(false)
-    })
-    .await;
-    match ready {
-        Ok(Ok(true)) => Ok(()),
-        Ok(Ok(false)) => Err(template::Error::Guest(
-            "closed its console without saying it was ready".into(),
-        )),
-        Ok(Err(source)) => Err(template::Error::Io {
-            what: "read the template's console".into(),
-            source,
-        }),
-        Err(_) => {
-            let text = std::fs::read_to_string(console).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(5).collect();
-            Err(template::Error::Guest(format!(
-                "was not ready within {TEMPLATE_READY_LIMIT:?} (console: {})",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            )))
-        }
     }
 }
 

@@ -585,9 +585,23 @@ fn cpio_entry(out: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]) {
 /// Wait until the template guest says it is ready on its control port.
 pub(super) async fn wait_ready(ctl: &Path, console: &Path, limit: Duration) -> Result<()> {
     let out = PathBuf::from(format!("{}.out", ctl.display()));
+    ready_on(tokio::fs::File::open(&out), "control port", console, limit).await
+}
+
+/// Wait (`limit` in all, opening included) until what `open` gives (the
+/// guest's `port`: its control port, or on cloud-hypervisor its console)
+/// has a line saying the template is ready.
+pub(super) async fn ready_on<R>(
+    open: impl std::future::Future<Output = std::io::Result<R>>,
+    port: &str,
+    console: &Path,
+    limit: Duration,
+) -> Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
     let ready = tokio::time::timeout(limit, async {
-        let f = tokio::fs::File::open(&out).await?;
-        let mut lines = BufReader::new(f).lines();
+        let mut lines = BufReader::new(open.await?).lines();
         while let Some(l) = lines.next_line().await? {
             if l.trim() == TEMPLATE_READY {
                 return Ok(true);
@@ -598,10 +612,10 @@ pub(super) async fn wait_ready(ctl: &Path, console: &Path, limit: Duration) -> R
     .await;
     match ready {
         Ok(Ok(true)) => Ok(()),
-        Ok(Ok(false)) => Err(Error::Guest(
-            "closed its control port without saying it was ready".into(),
-        )),
-        Ok(Err(e)) => Err(io("read the template's control port")(e)),
+        Ok(Ok(false)) => Err(Error::Guest(format!(
+            "closed its {port} without saying it was ready"
+        ))),
+        Ok(Err(e)) => Err(io(format!("read the template's {port}"))(e)),
         Err(_) => {
             let text = std::fs::read_to_string(console).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(5).collect();
