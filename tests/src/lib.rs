@@ -111,6 +111,29 @@ pub fn optional_or_not_run(test: &str, needs: &[String]) -> bool {
     false
 }
 
+/// What the cloud-hypervisor tests (an optional group) need and this
+/// machine lacks: the binary (no package registry has it) and a usable
+/// `/dev/kvm`; for [`optional_or_not_run`].
+pub fn cloud_hypervisor_needs() -> Vec<String> {
+    let mut needs = Vec::new();
+    if cloud_hypervisor_binary().is_none() {
+        needs.push(
+            "the cloud-hypervisor binary (AIRLOCK_CLOUD_HYPERVISOR, or cloud-hypervisor on PATH; \
+             no package registry has it)"
+                .to_string(),
+        );
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        needs.push("/dev/kvm".into());
+    }
+    needs
+}
+
 /// The cloud-hypervisor binary: `AIRLOCK_CLOUD_HYPERVISOR`, else
 /// `cloud-hypervisor` on `PATH`; None where neither is.
 pub fn cloud_hypervisor_binary() -> Option<PathBuf> {

@@ -48,23 +48,7 @@ fn virtiofsd() -> PathBuf {
 /// then the tiny guests and virtiofsd, loud when missing (and a failure
 /// under AIRLOCK_REQUIRE_E2E=1).
 fn ready(test: &str, need_virtiofsd: bool) -> bool {
-    let mut needs = Vec::new();
-    if common::cloud_hypervisor_binary().is_none() {
-        needs.push(
-            "the cloud-hypervisor binary (AIRLOCK_CLOUD_HYPERVISOR, or cloud-hypervisor on PATH; \
-             no package registry has it)"
-                .to_string(),
-        );
-    }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        needs.push("/dev/kvm".into());
-    }
-    if !common::optional_or_not_run(test, &needs) {
+    if !common::optional_or_not_run(test, &common::cloud_hypervisor_needs()) {
         return false;
     }
     let mut missing = Vec::new();

@@ -51,22 +51,84 @@ fn probe(d: &Daemon, id: &str) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
-fn daemon(dir: &Path, same_vmgenid: bool) -> Daemon {
-    let agent = dir.join("probe-agent");
-    std::fs::write(&agent, standin_agent_aged(PROBE_AGENT, TEMPLATE_AGE)).unwrap();
+/// airlockd with templates on (whatever AIRLOCK_TEST_TEMPLATE says: these
+/// tests are about templates), `agent` (a stand-in script) as the agent,
+/// small disks, `env` for airlockd, `more` for the backend.
+fn daemon(
+    dir: &Path,
+    agent: String,
+    env: &[(&str, &str)],
+    more: impl FnOnce(&mut airlock::config::Config),
+) -> Daemon {
+    let path = dir.join("probe-agent");
+    std::fs::write(&path, agent).unwrap();
     let mut b = Daemon::builder().host_network().with(|c| {
-        c.vm.agent = agent.clone();
-        // Whatever AIRLOCK_TEST_TEMPLATE says: this test is about templates.
+        c.vm.agent = path.clone();
         c.vm.template = true;
         c.vm.nix_disk_mib = 64;
         c.vm.export_disk_mib = 16;
         c.vm.memory_mib = 512;
         c.limits.boot_timeout_secs = 120;
+        more(c);
     });
-    if same_vmgenid {
-        b = b.env("AIRLOCK_FAULT_SAME_VMGENID", "1");
+    for (k, v) in env {
+        b = b.env(k, v);
     }
     b.start()
+}
+
+/// 20 jobs on `d`, each VM restored from one template: its boot words
+/// from the go record, no canary of an earlier VM, 20 distinct random
+/// samples and kernel boot IDs (made at the first read: no template
+/// reads one before the save), the template's memory (`hash`) the same
+/// after 20 VMs, one template built.
+fn twenty_restored(d: &Daemon, hash: impl Fn(&Daemon) -> String) {
+    let (repo, head) = fixture_repo(d.dir.path(), &[]);
+    let run = |d: &Daemon| {
+        let id = d.submit(&repo, &head, &["leaf"]);
+        d.wait(&id, JOB_LIMIT);
+        probe(d, &id)
+    };
+    let first = run(d);
+    assert_ne!(
+        first["words"],
+        "cold",
+        "the VM was not restored:\n{}",
+        d.log()
+    );
+    assert!(
+        first["words"].starts_with("airlock.phase=all"),
+        "the boot words came in the go record: {first:?}"
+    );
+    let before = hash(d);
+    let mut samples = vec![first["sample"].clone()];
+    let mut boot_ids = vec![first["boot_id"].clone()];
+    for i in 1..20 {
+        let p = run(d);
+        assert_ne!(p["words"], "cold", "VM {i} was not restored:\n{}", d.log());
+        for place in ["nix", "run", "tmp"] {
+            assert_eq!(p[place], "none", "VM {i} saw a canary in /{place}: {p:?}");
+        }
+        samples.push(p["sample"].clone());
+        boot_ids.push(p["boot_id"].clone());
+    }
+    let distinct: std::collections::BTreeSet<_> = samples.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        samples.len(),
+        "random bytes repeat: {samples:?}"
+    );
+    let distinct: std::collections::BTreeSet<_> = boot_ids.iter().collect();
+    assert_eq!(distinct.len(), 20, "boot IDs repeat: {boot_ids:?}");
+    assert_eq!(
+        hash(d),
+        before,
+        "the template's memory changed after 20 VMs"
+    );
+    let restored = d.log().matches("VM restored from its template").count();
+    assert_eq!(restored, 20, "{}", d.log());
+    assert_eq!(d.log().matches("guest template built").count(), 1);
+    println!("20 restored VMs: 20 distinct samples and boot IDs, no canary seen, template memory unchanged");
 }
 
 /// The sha256 of the template's memory, read through airlockd's own fd.
@@ -94,55 +156,9 @@ fn restored_vms_share_nothing() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let d = daemon(work.path(), false);
-    let (repo, head) = fixture_repo(d.dir.path(), &[]);
-    let run = |d: &Daemon| {
-        let id = d.submit(&repo, &head, &["leaf"]);
-        d.wait(&id, JOB_LIMIT);
-        probe(d, &id)
-    };
-    let first = run(&d);
-    assert_ne!(
-        first["words"],
-        "cold",
-        "the VM was not restored:\n{}",
-        d.log()
-    );
-    assert!(
-        first["words"].starts_with("airlock.phase=all"),
-        "the boot words came in the go record: {first:?}"
-    );
-    let before = template_memory_hash(&d);
-    let mut samples = vec![first["sample"].clone()];
-    // The kernel makes its boot ID at the first read: no template reads
-    // it before the save, so each VM has its own.
-    let mut boot_ids = vec![first["boot_id"].clone()];
-    for i in 1..20 {
-        let p = run(&d);
-        assert_ne!(p["words"], "cold", "VM {i} was not restored:\n{}", d.log());
-        for place in ["nix", "run", "tmp"] {
-            assert_eq!(p[place], "none", "VM {i} saw a canary in /{place}: {p:?}");
-        }
-        samples.push(p["sample"].clone());
-        boot_ids.push(p["boot_id"].clone());
-    }
-    let distinct: std::collections::BTreeSet<_> = samples.iter().collect();
-    assert_eq!(
-        distinct.len(),
-        samples.len(),
-        "random bytes repeat: {samples:?}"
-    );
-    let distinct: std::collections::BTreeSet<_> = boot_ids.iter().collect();
-    assert_eq!(distinct.len(), 20, "boot IDs repeat: {boot_ids:?}");
-    assert_eq!(
-        template_memory_hash(&d),
-        before,
-        "the template's memory changed after 20 VMs"
-    );
-    let restored = d.log().matches("VM restored from its template").count();
-    assert_eq!(restored, 20, "{}", d.log());
-    assert_eq!(d.log().matches("guest template built").count(), 1);
-    println!("20 restored VMs: 20 distinct samples and boot IDs, no canary seen, template memory unchanged");
+    let agent = || standin_agent_aged(PROBE_AGENT, TEMPLATE_AGE);
+    let d = daemon(work.path(), agent(), &[], |_| {});
+    twenty_restored(&d, template_memory_hash);
 
     // The negative control: without the VM generation ID change, VMs
     // restored from one template draw the same bytes. The kernel reseeds
@@ -151,7 +167,12 @@ fn restored_vms_share_nothing() {
     // of uptime, so a clone has 10 s to take its first sample (the CI run
     // of 4da41a3, template saved at ~3 s, failed this test).
     // Four clones, and at least two must repeat each other.
-    let control = daemon(work.path(), true);
+    let control = daemon(
+        work.path(),
+        agent(),
+        &[("AIRLOCK_FAULT_SAME_VMGENID", "1")],
+        |_| {},
+    );
     let (repo2, head2) = fixture_repo(control.dir.path(), &[]);
     let mut same = Vec::new();
     for _ in 0..4 {
@@ -179,84 +200,33 @@ fn restored_vms_share_nothing() {
 #[test]
 fn cloud_hypervisor_restored_vms_share_nothing() {
     let test = "cloud_hypervisor_restored_vms_share_nothing";
-    let mut needs = Vec::new();
-    let binary = cloud_hypervisor_binary();
-    if binary.is_none() {
-        needs.push(
-            "the cloud-hypervisor binary (AIRLOCK_CLOUD_HYPERVISOR, or cloud-hypervisor on PATH)"
-                .to_string(),
-        );
-    }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        needs.push("/dev/kvm (a KVM that boots a Linux guest)".into());
-    }
+    // Its KVM must also boot a Linux guest (this machine's nested one does
+    // not under cloud-hypervisor): that shows only when the test runs.
+    let needs = cloud_hypervisor_needs();
     if !optional_or_not_run(test, &needs) || !prerequisites(test) {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let agent = work.path().join("probe-agent");
-    std::fs::write(&agent, standin_agent_reseeding(PROBE_AGENT, TEMPLATE_AGE)).unwrap();
-    let d = Daemon::builder()
-        .host_network()
-        .with(|c| {
-            c.vm.backend = airlock::config::Backend::CloudHypervisor;
-            c.vm.cloud_hypervisor = binary.expect("checked").display().to_string();
-            c.vm.agent = agent.clone();
-            c.vm.template = true;
-            c.vm.nix_disk_mib = 64;
-            c.vm.export_disk_mib = 16;
-            c.vm.memory_mib = 512;
-            c.limits.boot_timeout_secs = 120;
-        })
-        .start();
-    let (repo, head) = fixture_repo(d.dir.path(), &[]);
-    let memory = || {
+    let agent = standin_agent_reseeding(PROBE_AGENT, TEMPLATE_AGE);
+    let d = daemon(work.path(), agent, &[], |c| {
+        c.vm.backend = airlock::config::Backend::CloudHypervisor;
+        c.vm.cloud_hypervisor = cloud_hypervisor_binary()
+            .expect("checked")
+            .display()
+            .to_string();
+    });
+    // The saved template's memory file.
+    twenty_restored(&d, |d| {
         use sha2::Digest;
         let dir = d.state().join("templates");
-        let snap = std::fs::read_dir(&dir)
+        let saved = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}\n{}", dir.display(), d.log()))
             .flatten()
             .map(|e| e.path().join("saved/memory-ranges"))
             .find(|p| p.exists())
             .unwrap_or_else(|| panic!("no saved template:\n{}", d.log()));
         let mut h = sha2::Sha256::new();
-        std::io::copy(&mut std::fs::File::open(&snap).unwrap(), &mut h).unwrap();
+        std::io::copy(&mut std::fs::File::open(&saved).unwrap(), &mut h).unwrap();
         format!("{:x}", h.finalize())
-    };
-    let mut samples = Vec::new();
-    let mut boot_ids = Vec::new();
-    let mut before = None;
-    for i in 0..20 {
-        let id = d.submit(&repo, &head, &["leaf"]);
-        d.wait(&id, JOB_LIMIT);
-        let p = probe(&d, &id);
-        assert_ne!(p["words"], "cold", "VM {i} was not restored:\n{}", d.log());
-        for place in ["nix", "run", "tmp"] {
-            assert_eq!(p[place], "none", "VM {i} saw a canary in /{place}: {p:?}");
-        }
-        samples.push(p["sample"].clone());
-        boot_ids.push(p["boot_id"].clone());
-        before.get_or_insert_with(memory);
-    }
-    let distinct: std::collections::BTreeSet<_> = samples.iter().collect();
-    assert_eq!(distinct.len(), 20, "random bytes repeat: {samples:?}");
-    let distinct: std::collections::BTreeSet<_> = boot_ids.iter().collect();
-    assert_eq!(distinct.len(), 20, "boot IDs repeat: {boot_ids:?}");
-    assert_eq!(
-        Some(memory()),
-        before,
-        "the template's memory changed after 20 VMs"
-    );
-    assert_eq!(
-        d.log().matches("VM restored from its template").count(),
-        20,
-        "{}",
-        d.log()
-    );
-    assert_eq!(d.log().matches("guest template built").count(), 1);
+    });
 }
