@@ -288,6 +288,17 @@ impl CloudHypervisor {
         }
     }
 
+    /// The VM's directory (API socket, events, its snapshot when
+    /// restored) emptied and made anew, given to `vm.user` if any.
+    fn fresh_files(&self, spec: &VmSpec, files: &VmFiles) -> std::io::Result<()> {
+        files.remove();
+        std::fs::create_dir(&files.dir)?;
+        match &self.run_as {
+            Some(r) => r.give(spec, Some(&files.dir)),
+            None => Ok(()),
+        }
+    }
+
     /// Power button, `grace`, then kill. True if the guest went down itself.
     async fn stop(&self, child: &mut Child, files: &VmFiles) -> bool {
         let _ = api(&files.api, "PUT", "vm.power-button", None).await;
@@ -341,11 +352,7 @@ impl VmBackend for CloudHypervisor {
                     });
                 }
             }
-            files.remove();
-            if let Err(e) = std::fs::create_dir(&files.dir).and_then(|()| match &self.run_as {
-                Some(r) => r.give(spec, Some(&files.dir)),
-                None => Ok(()),
-            }) {
+            if let Err(e) = self.fresh_files(spec, &files) {
                 files.remove();
                 return Err(Error::Api {
                     endpoint: "vmm",
@@ -506,12 +513,7 @@ impl CloudHypervisor {
             }
             Err(e) => {
                 warn!(error = %crate::error::chain(&e), "restore from the guest template failed; the VM boots cold");
-                files.remove();
-                let fresh = std::fs::create_dir(&files.dir).and_then(|()| match &self.run_as {
-                    Some(r) => r.give(spec, Some(&files.dir)),
-                    None => Ok(()),
-                });
-                if let Err(e) = fresh {
+                if let Err(e) = self.fresh_files(spec, files) {
                     warn!(error = %e, "cannot make the VM's files afresh");
                 }
                 None
